@@ -1,0 +1,72 @@
+# Kingfisher: `make demo` runs the whole system, `make test` runs every test. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+# KF_JARS_DIR as in schemas/config.py, so `make setup` and the code agree on where jars live.
+JARS_DIR := $(or $(KF_JARS_DIR),.deps/jars)
+VENV_STAMP := $(VENV)/.kingfisher-installed
+KAFKA_JARS_STAMP := $(JARS_DIR)/kafka/.resolved
+FLINK_JARS_STAMP := $(JARS_DIR)/flink/.resolved
+MVN := mvn -B -q -Dstyle.color=never
+# uv reads the system CA store, like pip does with PIP_CERT.
+export UV_NATIVE_TLS := 1
+
+.PHONY: help setup system-deps up down status clean distclean test lint lock
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: system-deps $(VENV_STAMP) $(KAFKA_JARS_STAMP) $(FLINK_JARS_STAMP) ## install everything missing (apt, venv, jars); a no-op when done
+
+system-deps:
+	@bash infra/install-system-deps.sh
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip sync --quiet --python $(PY) --require-hashes requirements.lock
+	$(UV) pip install --quiet --python $(PY) --no-deps --editable .
+	@touch $@
+
+$(KAFKA_JARS_STAMP): infra/kafka/pom.xml
+	@echo "resolving Kafka broker jars from Maven Central into $(JARS_DIR)/kafka"
+	@rm -rf $(JARS_DIR)/kafka
+	$(MVN) -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS_DIR))/kafka
+	@touch $@
+
+$(FLINK_JARS_STAMP): infra/flink/pom.xml
+	@echo "resolving the Flink Kafka connector from Maven Central into $(JARS_DIR)/flink"
+	@rm -rf $(JARS_DIR)/flink
+	$(MVN) -f infra/flink/pom.xml dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=$(abspath $(JARS_DIR))/flink
+	@touch $@
+
+up: setup ## start Kafka and Redis (idempotent), create topics
+	@$(PY) infra/stack.py up
+
+down: ## stop everything `make up` started
+	@if [ -x $(PY) ]; then $(PY) infra/stack.py down; fi
+
+status: ## show what runs and whether it answers
+	@$(PY) infra/stack.py status || true
+
+test: setup ## run every test, integration tests against a real Kafka, Redis and PyFlink included
+	$(PY) -m pytest -v --durations=5
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+lock: ## re-resolve requirements.lock from pyproject.toml (needs network)
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --generate-hashes --quiet -o requirements.lock
+
+clean: down ## stop the stack and delete its data and logs (KF_RUN_DIR)
+	rm -rf $(or $(KF_RUN_DIR),.run)
+
+distclean: clean ## also delete the virtualenv and the resolved jars
+	rm -rf $(VENV) $(JARS_DIR) .pytest_cache .ruff_cache

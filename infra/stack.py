@@ -1,0 +1,379 @@
+"""Start, stop and inspect Kingfisher's local stack: a KRaft Kafka broker and a Redis server.
+
+Settings come from schemas.config (KF_* environment variables or kingfisher.toml); everything
+the services write (data, logs, pid files) goes under KF_RUN_DIR. `up` and `down` are
+idempotent: `up` leaves a running, answering service alone, `down` of a stopped one is a no-op.
+"""
+
+import argparse
+import base64
+import errno
+import logging
+import os
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import redis
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from rich.console import Console
+from rich.table import Table
+
+from schemas.config import Settings
+
+INFRA_DIR = Path(__file__).resolve().parent
+POLL_INTERVAL_S = 0.5
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_LINES = 15
+
+console = Console(stderr=True)
+
+
+class StackError(RuntimeError):
+    """A service could not start or stop; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ListenPort:
+    port: int
+    setting: str
+
+    @property
+    def variable(self) -> str:
+        return f"KF_{self.setting.upper()}"
+
+
+class Service(ABC):
+    """One local server process, tracked by a pid file holding its pid and start time."""
+
+    name: str
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.home = (settings.run_dir / self.name).resolve()
+        self.log_file = (settings.logs_dir / f"{self.name}.log").resolve()
+        self.pid_file = self.home / f"{self.name}.pid"
+
+    @property
+    @abstractmethod
+    def ports(self) -> list[ListenPort]: ...
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Write the config file and initialise storage; called before every fresh start."""
+
+    @abstractmethod
+    def command(self) -> list[str]: ...
+
+    @abstractmethod
+    def is_ready(self) -> bool:
+        """True when the service answers a real request."""
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.bind_host}:{self.ports[0].port}"
+
+    def running_process(self) -> psutil.Process | None:
+        try:
+            pid, started = self.pid_file.read_text().split()
+            process = psutil.Process(int(pid))
+            alive = process.status() != psutil.STATUS_ZOMBIE
+            # A matching start time tells our process from a later one that reused the pid.
+            return process if alive and f"{process.create_time():.2f}" == started else None
+        except (FileNotFoundError, ValueError, psutil.Error):
+            return None
+
+    def render(self, template: Path, target: Path, **extra: str) -> Path:
+        values = {key: str(value) for key, value in self.settings.model_dump().items()} | extra
+        target.write_text(string.Template(template.read_text()).substitute(values))
+        return target
+
+
+class Kafka(Service):
+    name = "kafka"
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return [
+            ListenPort(self.settings.kafka_port, "kafka_port"),
+            ListenPort(self.settings.kafka_controller_port, "kafka_controller_port"),
+        ]
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def prepare(self) -> None:
+        self.render(INFRA_DIR / "kafka" / "server.properties.template", self.config_file, data_dir=str(self.data_dir))
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage()
+
+    def _format_storage(self) -> None:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        format_command = [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id]
+        result = subprocess.run(
+            [*format_command, "-c", str(self.config_file)], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise StackError(f"formatting Kafka storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")
+
+    def _java(self) -> list[str]:
+        jars = self.settings.jars_dir.resolve() / "kafka"
+        if not any(jars.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Kafka jars not found in {jars}; run `make setup` to resolve them from Maven Central")
+        return [
+            find_executable("java", "install a JDK 17 or run `make setup`"),
+            f"-Xms{self.settings.kafka_heap}",
+            f"-Xmx{self.settings.kafka_heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={INFRA_DIR / 'kafka' / 'log4j2.properties'}",
+            "-cp",
+            f"{jars}/*",
+        ]
+
+    def command(self) -> list[str]:
+        return [*self._java(), "kafka.Kafka", str(self.config_file)]
+
+    def is_ready(self) -> bool:
+        try:
+            with kafka_admin(self.settings, timeout_ms=2000) as admin:
+                admin.describe_cluster()
+            return True
+        except KafkaConfigurationError:
+            raise
+        except KafkaError:
+            return False
+
+
+class Redis(Service):
+    name = "redis"
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return [ListenPort(self.settings.redis_port, "redis_port")]
+
+    def prepare(self) -> None:
+        self.render(INFRA_DIR / "redis" / "redis.conf.template", self.home / "redis.conf", data_dir=str(self.home))
+
+    def command(self) -> list[str]:
+        return [find_executable("redis-server", "run `make setup`"), str(self.home / "redis.conf")]
+
+    def is_ready(self) -> bool:
+        client = redis.Redis(host=self.settings.bind_host, port=self.settings.redis_port, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+
+def services(settings: Settings) -> list[Service]:
+    """The stack in start order; it stops in reverse."""
+    return [Redis(settings), Kafka(settings)]
+
+
+@contextmanager
+def kafka_admin(settings: Settings, timeout_ms: int = 10_000) -> Iterator[KafkaAdminClient]:
+    # kafka-python logs every refused connection at ERROR; while polling for readiness that is noise.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap,
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def find_executable(name: str, remedy: str) -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if name == "java" and java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(f"`{name}` not found on PATH; {remedy}")
+    return path
+
+
+def ensure_port_free(host: str, listen: ListenPort) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as the servers use it: only a listening socket, not TIME_WAIT, blocks the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, listen.port))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise StackError(
+                f"port {listen.port} ({listen.setting}) on {host} is already in use by {port_owner(listen.port)}. "
+                f"Stop that process, or pick a free port: {listen.variable}=<port> make up"
+            ) from None
+
+
+def port_owner(port: int) -> str:
+    for connection in psutil.net_connections(kind="inet"):
+        if connection.laddr and connection.laddr.port == port and connection.status == psutil.CONN_LISTEN:
+            if connection.pid is None:
+                break
+            process = psutil.Process(connection.pid)
+            return f"pid {process.pid} ({' '.join(process.cmdline())[:120]})"
+    return "another process"
+
+
+def log_tail(path: Path) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:])
+
+
+def wait_ready(service: Service, process: subprocess.Popen | None, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise StackError(
+                f"{service.name} exited with code {process.returncode} while starting; see {service.log_file}:\n"
+                f"{log_tail(service.log_file)}"
+            )
+        if service.is_ready():
+            return
+        time.sleep(POLL_INTERVAL_S)
+    raise StackError(f"{service.name} did not answer within {timeout_s:.0f}s; see {service.log_file}")
+
+
+def start(service: Service) -> str:
+    if service.running_process() is not None:
+        wait_ready(service, None, service.settings.startup_timeout_s)
+        return "already running"
+    service.home.mkdir(parents=True, exist_ok=True)
+    service.log_file.parent.mkdir(parents=True, exist_ok=True)
+    service.prepare()
+    with service.log_file.open("ab") as log:
+        process = subprocess.Popen(
+            service.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    service.pid_file.write_text(f"{process.pid} {psutil.Process(process.pid).create_time():.2f}")
+    try:
+        wait_ready(service, process, service.settings.startup_timeout_s)
+    except StackError:
+        stop(service)
+        raise
+    return "started"
+
+
+def stop(service: Service) -> str:
+    process = service.running_process()
+    service_state = "not running"
+    if process is not None:
+        family = [process, *process.children(recursive=True)]
+        for member in family:
+            member.terminate()
+        _, alive = psutil.wait_procs(family, timeout=STOP_TIMEOUT_S)
+        for member in alive:
+            member.kill()
+        psutil.wait_procs(alive, timeout=STOP_TIMEOUT_S)
+        service_state = "stopped" if not alive else "killed after a graceful stop timed out"
+    service.pid_file.unlink(missing_ok=True)
+    return service_state
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    """Every topic of the system. `items` is compacted (latest record per item_id); the low-volume
+    topics have one partition, which also keeps model announcements in total order."""
+    return [
+        NewTopic(settings.topic_events, settings.events_partitions, 1),
+        NewTopic(settings.topic_items, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_dlq, 1, 1),
+        NewTopic(settings.topic_model_updates, 1, 1),
+    ]
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics; returns the names created."""
+    with kafka_admin(settings) as admin:
+        existing = set(admin.list_topics())
+        missing = [topic for topic in topic_specs(settings) if topic.name not in existing]
+        if missing:
+            # Another `up` may create them concurrently: the goal is reached either way.
+            with suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+    return [topic.name for topic in missing]
+
+
+def up(settings: Settings) -> None:
+    stack = services(settings)
+    # Every port is checked before anything starts, so a conflict leaves no half-started stack.
+    for service in stack:
+        if service.running_process() is None:
+            for listen in service.ports:
+                ensure_port_free(settings.bind_host, listen)
+    for service in stack:
+        console.print(f"{service.name:<6} {start(service)} on {service.address} (log: {service.log_file})")
+    created = ensure_topics(settings)
+    console.print(f"topics: {', '.join(created) + ' created' if created else 'all present'}")
+
+
+def down(settings: Settings) -> None:
+    for service in reversed(services(settings)):
+        console.print(f"{service.name:<6} {stop(service)}")
+
+
+def status(settings: Settings) -> bool:
+    """Print a table of the services; True when all of them run and answer."""
+    table = Table("service", "state", "pid", "address", "log")
+    all_ready = True
+    for service in services(settings):
+        process = service.running_process()
+        ready = process is not None and service.is_ready()
+        all_ready &= ready
+        state = "ready" if ready else ("not answering" if process else "stopped")
+        table.add_row(service.name, state, str(process.pid) if process else "-", service.address, str(service.log_file))
+    Console().print(table)
+    return all_ready
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="infra/stack.py",
+        description="Start, stop and inspect the local Kafka broker and Redis server (settings: KF_* variables).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start every service that is not running, wait until it answers, create topics")
+    commands.add_parser("down", help="stop every service; leaves data and logs in KF_RUN_DIR")
+    commands.add_parser("status", help="show each service's state; exit code 0 only when all are ready")
+    arguments = parser.parse_args(argv)
+    settings = Settings()
+    try:
+        if arguments.command == "up":
+            up(settings)
+        elif arguments.command == "down":
+            down(settings)
+        else:
+            return 0 if status(settings) else 1
+    except StackError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Kingfisher's one typed configuration: every setting with its default, in one place.
+
+Values come from, highest precedence first: arguments to ``Settings(...)``, environment
+variables ``KF_<FIELD>`` (e.g. ``KF_KAFKA_PORT=19092``), the TOML file named by
+``KF_CONFIG_FILE`` (default ``kingfisher.toml`` in the working directory, if present),
+then the defaults below. The README's configuration table lists the same fields.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+CONFIG_FILE_VARIABLE = "KF_CONFIG_FILE"
+DEFAULT_CONFIG_FILE = "kingfisher.toml"
+
+
+class Settings(BaseSettings):
+    """All settings of the local stack and the jobs; see the README for what each one does."""
+
+    model_config = SettingsConfigDict(env_prefix="KF_", extra="forbid", frozen=True)
+
+    run_dir: Path = Field(Path(".run"), description="Data, logs and pid files of the local stack.")
+    jars_dir: Path = Field(Path(".deps/jars"), description="Jars resolved from Maven Central by `make setup`.")
+    bind_host: str = Field("127.0.0.1", description="Address every local service listens on.")
+
+    kafka_port: Port = Field(9092, description="Kafka client listener.")
+    kafka_controller_port: Port = Field(9093, description="Kafka KRaft controller listener.")
+    kafka_heap: str = Field("1g", description="JVM heap of the Kafka broker (-Xms and -Xmx).")
+
+    topic_events: str = Field("events", description="User events, keyed by user_id.")
+    topic_items: str = Field("items", description="Catalogue records, compacted by item_id.")
+    topic_dlq: str = Field("events.dlq", description="Events that failed validation, with the reason.")
+    topic_model_updates: str = Field("model-updates", description="Announcements of published model bundles.")
+    events_partitions: int = Field(4, ge=1, description="Partitions of the events topic (the others have 1).")
+
+    redis_port: Port = Field(6379, description="Redis server port.")
+    redis_maxmemory: str = Field("2gb", description="Redis memory limit.")
+    redis_maxmemory_policy: str = Field(
+        "volatile-lru",
+        description="Eviction when full: only keys with a TTL (per-user/per-item features), least recently used first.",
+    )
+
+    startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = os.environ.get(CONFIG_FILE_VARIABLE, DEFAULT_CONFIG_FILE)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))

@@ -1,0 +1,1 @@
+"""PyFlink jobs that turn Kafka events into live features in Redis."""

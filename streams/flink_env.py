@@ -1,0 +1,53 @@
+"""What every Kingfisher Flink job stands on: its execution environment, Kafka source and sinks."""
+
+import sys
+
+from pyflink.common import Configuration
+from pyflink.common.serialization import SimpleStringSchema
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream.connectors import Sink
+from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
+from pyflink.java_gateway import get_gateway
+
+from schemas.config import Settings
+
+
+def connector_jar_urls(settings: Settings) -> list[str]:
+    jars = sorted((settings.jars_dir.resolve() / "flink").glob("flink-sql-connector-kafka-*.jar"))
+    if not jars:
+        raise FileNotFoundError(
+            f"no Flink Kafka connector jar in {settings.jars_dir / 'flink'}; run `make setup` to resolve it"
+        )
+    return [jar.as_uri() for jar in jars]
+
+
+def execution_environment(settings: Settings, parallelism: int) -> StreamExecutionEnvironment:
+    """A local MiniCluster when run as a script, the cluster's environment under `flink run -py`."""
+    config = Configuration()
+    # Python operators must run in the interpreter that has Kingfisher's packages, not the first `python` on PATH.
+    config.set_string("python.executable", sys.executable)
+    config.set_string("python.client.executable", sys.executable)
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.set_parallelism(parallelism)
+    env.add_jars(*connector_jar_urls(settings))
+    return env
+
+
+def kafka_text_source(settings: Settings, topic: str, group_id: str, *, bounded: bool) -> KafkaSource:
+    """Read `topic` from its earliest offset; a bounded source stops at the offsets the topic had at start."""
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_topics(topic)
+        .set_group_id(group_id)
+        .set_starting_offsets(KafkaOffsetsInitializer.earliest())
+        .set_value_only_deserializer(SimpleStringSchema())
+    )
+    if bounded:
+        builder.set_bounded(KafkaOffsetsInitializer.latest())
+    return builder.build()
+
+
+def discarding_sink() -> Sink:
+    """End of a pipeline whose last operator writes to Redis itself: Flink needs a sink to run a job."""
+    return Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())

@@ -1,0 +1,112 @@
+"""Shared fixtures. Integration tests run against a real stack that this test session starts
+itself, on free ports and in a temporary run directory, so a developer's own stack is untouched."""
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from schemas.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Stack:
+    settings: Settings
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run a command of the project (e.g. `python -m streams.smoke`) configured for this stack."""
+        return subprocess.run(
+            [sys.executable, *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+        )
+
+
+def stack_environment(run_dir: Path) -> dict[str, str]:
+    return os.environ | {
+        "KF_RUN_DIR": str(run_dir),
+        "KF_KAFKA_PORT": str(free_port()),
+        "KF_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KF_REDIS_PORT": str(free_port()),
+        "KF_KAFKA_HEAP": "512m",
+    }
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    overrides = {key[3:].lower(): value for key, value in env.items() if key.startswith("KF_")}
+    return Settings(**overrides)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A running Kafka broker and Redis server; a failure to start fails the tests that need them."""
+    stack = Stack(settings_of(env := stack_environment(tmp_path_factory.mktemp("run"))), env)
+    started = stack.run("infra/stack.py", "up")
+    if started.returncode != 0:
+        stack.run("infra/stack.py", "down")
+        pytest.fail(f"the local stack did not start:\n{started.stdout}{started.stderr}", pytrace=False)
+    yield stack
+    stack.run("infra/stack.py", "down")
+
+
+@pytest.fixture
+def redis_client(stack: Stack) -> Iterator[redis.Redis]:
+    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def new_topic(stack: Stack) -> Iterator[str]:
+    """A fresh, empty topic with three partitions, deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
+    admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    yield name
+    admin.delete_topics([name])
+    admin.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in item.nodeid:
+            item.add_marker(pytest.mark.integration)
+
+
+class SkipGuard:
+    """`make test` must exercise everything: a skipped test fails the run instead of hiding a gap."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped:
+            self.skipped.append(report.nodeid)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.skipped and exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.skipped:
+            terminalreporter.write_line(f"FAILED: {len(self.skipped)} test(s) skipped; every test must run", red=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipGuard(), "kingfisher-skip-guard")

@@ -1,0 +1,22 @@
+"""The smoke test of the whole toolchain: Kafka -> PyFlink (KafkaSource, Python operator) -> Redis."""
+
+import redis
+from kafka import KafkaProducer
+
+from schemas.redis_keys import KeyKind, redis_key
+from tests.conftest import Stack
+
+
+def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str, redis_client: redis.Redis):
+    records = [f'{{"n": {i}, "text": "récord {i}"}}' for i in range(500)]
+    producer = KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all")
+    for i, record in enumerate(records):
+        producer.send(new_topic, key=str(i % 11).encode(), value=record.encode())
+    producer.flush()
+    producer.close()
+
+    job = stack.run("-m", "streams.smoke", "--topic", new_topic, "--namespace", "flinktest")
+
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert f"{len(records)} distinct records" in job.stdout
+    assert redis_client.smembers(redis_key(KeyKind.TOOLCHAIN_CHECK, new_topic, "flinktest")) == set(records)

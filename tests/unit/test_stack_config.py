@@ -1,0 +1,65 @@
+"""The service config files infra/stack.py renders, without starting anything."""
+
+from pathlib import Path
+
+import pytest
+
+from infra import stack
+from schemas.config import Settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(run_dir=tmp_path, kafka_port=19092, kafka_controller_port=19093, redis_port=16379)
+
+
+def properties(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_kafka_config_listens_on_the_configured_loopback_ports(settings):
+    kafka = stack.Kafka(settings)
+    kafka.home.mkdir()
+    config = properties(
+        kafka.render(stack.INFRA_DIR / "kafka" / "server.properties.template", kafka.config_file, data_dir="/data")
+    )
+
+    assert config["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert config["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert config["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert config["log.dirs"] == "/data"
+    assert config["auto.create.topics.enable"] == "false"
+
+
+def test_redis_config_binds_loopback_with_aof_and_the_eviction_policy(settings):
+    redis_service = stack.Redis(settings)
+    redis_service.home.mkdir()
+    redis_service.prepare()
+    directives = dict(
+        line.split(" ", 1)
+        for line in (redis_service.home / "redis.conf").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+    assert directives["bind"] == "127.0.0.1"
+    assert directives["port"] == "16379"
+    assert directives["appendonly"] == "yes"
+    assert directives["maxmemory-policy"] == "volatile-lru"
+    assert directives["dir"] == str(redis_service.home)
+
+
+def test_missing_kafka_jars_point_to_make_setup(settings, tmp_path):
+    kafka = stack.Kafka(settings.model_copy(update={"jars_dir": tmp_path / "nowhere"}))
+
+    with pytest.raises(stack.StackError, match="run `make setup`"):
+        kafka.command()
+
+
+def test_topics_have_the_configured_names_and_items_is_compacted(settings):
+    topics = {topic.name: topic for topic in stack.topic_specs(settings.model_copy(update={"events_partitions": 6}))}
+
+    assert set(topics) == {"events", "items", "events.dlq", "model-updates"}
+    assert topics["events"].num_partitions == 6
+    assert topics["items"].topic_configs == {"cleanup.policy": "compact"}
+    assert topics["model-updates"].num_partitions == 1

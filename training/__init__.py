@@ -1,0 +1,1 @@
+"""Retraining of the retrieval model and the DIN ranker, evaluation and gated publishing."""
