@@ -12,7 +12,8 @@ JARS_DIR := $(or $(KF_JARS_DIR),.deps/jars)
 VENV_STAMP := $(VENV)/.kingfisher-installed
 KAFKA_JARS_STAMP := $(JARS_DIR)/kafka/.resolved
 FLINK_JARS_STAMP := $(JARS_DIR)/flink/.resolved
-MVN := mvn -B -q -Dstyle.color=never
+# Maven's output goes to a log that is shown only when resolution fails.
+MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
@@ -36,13 +37,17 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 $(KAFKA_JARS_STAMP): infra/kafka/pom.xml
 	@echo "resolving Kafka broker jars from Maven Central into $(JARS_DIR)/kafka"
 	@rm -rf $(JARS_DIR)/kafka
-	$(MVN) -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS_DIR))/kafka
+	@mkdir -p $(JARS_DIR)
+	@$(MVN) -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+	  -DoutputDirectory=$(abspath $(JARS_DIR))/kafka > $(JARS_DIR)/maven-kafka.log 2>&1 || (cat $(JARS_DIR)/maven-kafka.log; exit 1)
 	@touch $@
 
 $(FLINK_JARS_STAMP): infra/flink/pom.xml
 	@echo "resolving the Flink Kafka connector from Maven Central into $(JARS_DIR)/flink"
 	@rm -rf $(JARS_DIR)/flink
-	$(MVN) -f infra/flink/pom.xml dependency:copy-dependencies -DexcludeTransitive=true -DoutputDirectory=$(abspath $(JARS_DIR))/flink
+	@mkdir -p $(JARS_DIR)
+	@$(MVN) -f infra/flink/pom.xml dependency:copy-dependencies -DexcludeTransitive=true \
+	  -DoutputDirectory=$(abspath $(JARS_DIR))/flink > $(JARS_DIR)/maven-flink.log 2>&1 || (cat $(JARS_DIR)/maven-flink.log; exit 1)
 	@touch $@
 
 up: setup ## start Kafka and Redis (idempotent), create topics

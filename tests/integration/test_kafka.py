@@ -1,6 +1,22 @@
+import time
+
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.conftest import Stack
+
+RECEIVE_TIMEOUT_S = 60
+
+
+def consume_all(stack: Stack, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
+    consumer = KafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(topic, partition) for partition in range(3)])
+    received: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + RECEIVE_TIMEOUT_S
+    while len(received) < expected and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            received.extend((record.key, record.value) for record in records)
+    consumer.close()
+    return received
 
 
 def test_produced_records_are_consumed_back_with_keys_and_per_key_order(stack: Stack, new_topic: str):
@@ -9,12 +25,7 @@ def test_produced_records_are_consumed_back_with_keys_and_per_key_order(stack: S
     acknowledged = [producer.send(new_topic, key=key, value=value).get(timeout=30) for key, value in sent]
     producer.close()
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=stack.settings.kafka_bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=10_000
-    )
-    consumer.assign([TopicPartition(new_topic, partition) for partition in range(3)])
-    received = [(record.key, record.value) for record in consumer]
-    consumer.close()
+    received = consume_all(stack, new_topic, expected=len(sent))
 
     assert len(acknowledged) == len(sent)
     assert sorted(received) == sorted(sent)
