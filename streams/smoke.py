@@ -13,7 +13,7 @@ from pyflink.common import WatermarkStrategy
 from pyflink.datastream import DataStream, ProcessFunction, RuntimeContext
 
 from schemas.config import Settings
-from schemas.redis_keys import KeyKind, redis_key
+from schemas.redis_format import KeyKind, redis_key
 from streams.flink_env import discarding_sink, execution_environment, kafka_text_source
 
 

@@ -3,7 +3,7 @@
 import redis
 from kafka import KafkaProducer
 
-from schemas.redis_keys import KeyKind, redis_key
+from schemas.redis_format import KeyKind, redis_key
 from tests.conftest import Stack
 
 

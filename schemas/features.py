@@ -1,0 +1,206 @@
+"""Feature definitions: the one implementation of every live and offline feature.
+
+Each feature is a pure `update(state, event, spec) -> state` function. The Flink job calls it per
+event, a replay calls it over a topic, training calls it over history, so all three agree.
+Results do not depend on arrival order: sequences are kept in event-time order, aggregates are
+sums and maxima, and decayed popularity is anchored so a late event adds what it would have
+added on time. Deduplication by event_id across the whole history is the caller's job (keyed
+state in the stream, `fold_*` below offline); `update_sequence` also ignores an event_id it holds.
+"""
+
+import bisect
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import Event, EventType
+
+FEATURE_SPEC_VERSION = 1
+HOUR_MS = 3_600_000
+
+DEFAULT_INTERACTION_WEIGHTS = MappingProxyType(
+    {
+        EventType.IMPRESSION: 0.0,
+        EventType.CLICK: 1.0,
+        EventType.PLAY: 1.0,
+        EventType.RATING: 1.0,
+        EventType.LIKE: 2.0,
+        EventType.ADD_TO_CART: 2.0,
+        EventType.PURCHASE: 4.0,
+    }
+)
+
+
+class FeatureSpec(BaseModel):
+    """The parameters of the features; recorded in every model bundle so training and serving agree."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = FEATURE_SPEC_VERSION
+    sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept per user (newest N).")
+    popularity_half_life_ms: int = Field(24 * HOUR_MS, gt=0, description="Half-life of an item's popularity.")
+    interaction_weights: dict[EventType, float] = Field(
+        default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS),
+        description="How much one event of each type adds to an item's popularity.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceEntry:
+    event_id: str
+    item_id: str
+    type: EventType
+    ts: int
+    value: float | None = None
+
+    @property
+    def order(self) -> tuple[int, str]:
+        """Event time, then event_id, so equal timestamps order the same whatever the arrival order."""
+        return self.ts, self.event_id
+
+
+@dataclass(frozen=True, slots=True)
+class UserSequence:
+    """A user's newest interactions (not impressions), oldest first."""
+
+    entries: tuple[SequenceEntry, ...] = ()
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [entry.item_id for entry in self.entries]
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionStats:
+    """What user and item features both count."""
+
+    event_counts: dict[str, int] = field(default_factory=dict)
+    rating_count: int = 0
+    rating_sum: float = 0.0
+    last_ts: int | None = None
+
+    @property
+    def rating_mean(self) -> float | None:
+        return self.rating_sum / self.rating_count if self.rating_count else None
+
+
+@dataclass(frozen=True, slots=True)
+class UserFeatures(InteractionStats):
+    first_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFeatures(InteractionStats):
+    popularity: float = 0.0
+    """Exponentially decayed, weighted interaction count as of `popularity_ts`."""
+    popularity_ts: int | None = None
+
+    @property
+    def ctr(self) -> float | None:
+        """Clicks per impression; None until the item has been shown."""
+        impressions = self.event_counts.get(EventType.IMPRESSION, 0)
+        return self.event_counts.get(EventType.CLICK, 0) / impressions if impressions else None
+
+
+def update_sequence(sequence: UserSequence, event: Event, spec: FeatureSpec) -> UserSequence:
+    """Insert an interaction at its event-time place and keep the newest `spec.sequence_length`."""
+    if not event.type.is_interaction or any(entry.event_id == event.event_id for entry in sequence.entries):
+        return sequence
+    entry = SequenceEntry(event.event_id, event.item_id, event.type, event.ts, event.value)
+    entries = list(sequence.entries)
+    bisect.insort(entries, entry, key=lambda e: e.order)
+    return UserSequence(tuple(entries[-spec.sequence_length :]))
+
+
+def _count(counts: dict[str, int], event_type: EventType) -> dict[str, int]:
+    return counts | {event_type.value: counts.get(event_type.value, 0) + 1}
+
+
+def _min(current: int | None, ts: int) -> int:
+    return ts if current is None else min(current, ts)
+
+
+def _max(current: int | None, ts: int) -> int:
+    return ts if current is None else max(current, ts)
+
+
+def _rating_update(features: InteractionStats, event: Event) -> dict[str, float | int]:
+    if event.type is not EventType.RATING:
+        return {}
+    return {"rating_count": features.rating_count + 1, "rating_sum": features.rating_sum + event.value}
+
+
+def update_user_features(features: UserFeatures, event: Event, spec: FeatureSpec) -> UserFeatures:
+    return replace(
+        features,
+        event_counts=_count(features.event_counts, event.type),
+        first_ts=_min(features.first_ts, event.ts),
+        last_ts=_max(features.last_ts, event.ts),
+        **_rating_update(features, event),
+    )
+
+
+def decay(score: float, from_ts: int, to_ts: int, spec: FeatureSpec) -> float:
+    return score * 2.0 ** (-(to_ts - from_ts) / spec.popularity_half_life_ms)
+
+
+def update_item_features(features: ItemFeatures, event: Event, spec: FeatureSpec) -> ItemFeatures:
+    weight = spec.interaction_weights[event.type]
+    previous_ts = event.ts if features.popularity_ts is None else features.popularity_ts
+    # Decay everything to the newer of the two times, so a late event adds what it would have on time.
+    anchor = max(previous_ts, event.ts)
+    popularity = decay(features.popularity, previous_ts, anchor, spec) + decay(weight, event.ts, anchor, spec)
+    return replace(
+        features,
+        event_counts=_count(features.event_counts, event.type),
+        popularity=popularity,
+        popularity_ts=anchor,
+        last_ts=_max(features.last_ts, event.ts),
+        **_rating_update(features, event),
+    )
+
+
+def popularity_at(features: ItemFeatures, ts: int, spec: FeatureSpec) -> float:
+    """The item's popularity at time `ts` (not before its newest event)."""
+    if features.popularity_ts is None:
+        return 0.0
+    return decay(features.popularity, features.popularity_ts, max(ts, features.popularity_ts), spec)
+
+
+def trending(
+    items: Iterable[tuple[str, ItemFeatures]], at_ts: int, k: int, spec: FeatureSpec
+) -> list[tuple[str, float]]:
+    """The k most popular items at `at_ts`, most popular first; ties broken by item_id."""
+    scored = ((popularity_at(features, at_ts, spec), item_id) for item_id, features in items)
+    top = heapq.nsmallest(k, scored, key=lambda pair: (-pair[0], pair[1]))
+    return [(item_id, score) for score, item_id in top]
+
+
+def unique_events(events: Iterable[Event]) -> Iterable[Event]:
+    """The first event of every event_id, as the stream's deduplication keeps it."""
+    seen: set[str] = set()
+    for event in events:
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            yield event
+
+
+def fold_users(events: Iterable[Event], spec: FeatureSpec) -> tuple[dict[str, UserSequence], dict[str, UserFeatures]]:
+    """Every user's sequence and features after `events`, deduplicated: the offline reference."""
+    sequences: dict[str, UserSequence] = {}
+    features: dict[str, UserFeatures] = {}
+    for event in unique_events(events):
+        sequences[event.user_id] = update_sequence(sequences.get(event.user_id, UserSequence()), event, spec)
+        features[event.user_id] = update_user_features(features.get(event.user_id, UserFeatures()), event, spec)
+    return sequences, features
+
+
+def fold_items(events: Iterable[Event], spec: FeatureSpec) -> dict[str, ItemFeatures]:
+    """Every item's features after `events`, deduplicated: the offline reference."""
+    items: dict[str, ItemFeatures] = {}
+    for event in unique_events(events):
+        items[event.item_id] = update_item_features(items.get(event.item_id, ItemFeatures()), event, spec)
+    return items

@@ -1,0 +1,99 @@
+"""Redis format version 1: the one key builder and the value codecs. Specified in REDIS_FORMAT.md.
+
+Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:<entity_id>``. A replay rebuilds state in a
+fresh namespace beside the live one; the control namespace holds which one is active.
+Values are JSON: ``{"format_version": 1, "as_of": <newest event time, ms>, "data": {...}}``.
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from schemas.events import EventType
+from schemas.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
+
+FORMAT_VERSION = 1
+KEY_PREFIX = "kf"
+CONTROL_NAMESPACE = "control"
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+T = TypeVar("T")
+
+
+class KeyKind(StrEnum):
+    USER_SEQUENCE = "user_seq"
+    USER_FEATURES = "user_feat"
+    ITEM_FEATURES = "item_feat"
+    TRENDING = "trending"
+    ACTIVE_NAMESPACE = "active_ns"
+    TOOLCHAIN_CHECK = "toolchain_check"
+
+
+CONTROL_KINDS = frozenset({KeyKind.ACTIVE_NAMESPACE})
+
+
+def redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
+    """Build the key of one entity. The entity id comes last, so it may itself contain ':'."""
+    if not NAMESPACE_PATTERN.fullmatch(namespace):
+        raise ValueError(f"namespace {namespace!r} must match {NAMESPACE_PATTERN.pattern}")
+    if (kind in CONTROL_KINDS) != (namespace == CONTROL_NAMESPACE):
+        raise ValueError(f"kind {kind} belongs {'in' if kind in CONTROL_KINDS else 'outside'} the control namespace")
+    if not entity_id:
+        raise ValueError("entity_id must not be empty")
+    return f"{KEY_PREFIX}:v{FORMAT_VERSION}:{namespace}:{KeyKind(kind)}:{entity_id}"
+
+
+def active_namespace_key() -> str:
+    return redis_key(KeyKind.ACTIVE_NAMESPACE, "current", CONTROL_NAMESPACE)
+
+
+@dataclass(frozen=True, slots=True)
+class Trending:
+    """The most popular items at `at_ts`, most popular first."""
+
+    items: tuple[tuple[str, float], ...]
+    at_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredValue(Generic[T]):
+    data: T
+    as_of: int
+    """Event time (epoch ms) of the newest event the value includes."""
+
+
+class FormatError(ValueError):
+    """A stored value is not in the format this code reads."""
+
+
+def encode_value(data: UserSequence | UserFeatures | ItemFeatures | Trending, as_of: int) -> bytes:
+    return orjson.dumps({"format_version": FORMAT_VERSION, "as_of": as_of, "data": data})
+
+
+def _sequence(data: dict[str, Any]) -> UserSequence:
+    return UserSequence(tuple(SequenceEntry(**{**e, "type": EventType(e["type"])}) for e in data["entries"]))
+
+
+def _trending(data: dict[str, Any]) -> Trending:
+    return Trending(items=tuple((item_id, score) for item_id, score in data["items"]), at_ts=data["at_ts"])
+
+
+DECODERS: dict[KeyKind, Callable[[dict[str, Any]], Any]] = {
+    KeyKind.USER_SEQUENCE: _sequence,
+    KeyKind.USER_FEATURES: lambda data: UserFeatures(**data),
+    KeyKind.ITEM_FEATURES: lambda data: ItemFeatures(**data),
+    KeyKind.TRENDING: _trending,
+}
+
+
+def decode_value(kind: KeyKind, raw: bytes) -> StoredValue:
+    try:
+        stored = orjson.loads(raw)
+        if stored.get("format_version") != FORMAT_VERSION:
+            raise FormatError(f"{kind} value has format_version {stored.get('format_version')}, not {FORMAT_VERSION}")
+        return StoredValue(DECODERS[kind](stored["data"]), stored["as_of"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise FormatError(f"{kind} value is not in Redis format v{FORMAT_VERSION}: {error!r}") from None

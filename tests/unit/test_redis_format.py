@@ -1,0 +1,72 @@
+import orjson
+import pytest
+
+from schemas.events import Event
+from schemas.features import FeatureSpec, fold_items, fold_users
+from schemas.redis_format import (
+    FormatError,
+    KeyKind,
+    Trending,
+    active_namespace_key,
+    decode_value,
+    encode_value,
+    redis_key,
+)
+
+
+def test_key_layout_is_prefix_version_namespace_kind_entity():
+    assert redis_key(KeyKind.USER_SEQUENCE, "42", "live") == "kf:v1:live:user_seq:42"
+    assert redis_key(KeyKind.ITEM_FEATURES, "tenant:7", "replay-1") == "kf:v1:replay-1:item_feat:tenant:7"
+    assert active_namespace_key() == "kf:v1:control:active_ns:current"
+
+
+@pytest.mark.parametrize("namespace", ["", "Live", "a:b", "x" * 49, "-leading-dash"])
+def test_malformed_namespaces_are_rejected(namespace):
+    with pytest.raises(ValueError, match="namespace"):
+        redis_key(KeyKind.USER_SEQUENCE, "42", namespace)
+
+
+def test_control_keys_and_data_keys_stay_in_their_namespaces():
+    with pytest.raises(ValueError, match="control namespace"):
+        redis_key(KeyKind.USER_SEQUENCE, "42", "control")
+    with pytest.raises(ValueError, match="control namespace"):
+        redis_key(KeyKind.ACTIVE_NAMESPACE, "current", "live")
+
+
+def test_empty_entity_id_is_rejected():
+    with pytest.raises(ValueError, match="entity_id"):
+        redis_key(KeyKind.USER_FEATURES, "", "live")
+
+
+def test_every_value_kind_round_trips_with_its_as_of_time():
+    spec = FeatureSpec()
+    events = [
+        Event(event_id="a", user_id="u", item_id="i", type="rating", value=4.5, ts=1_700_000_000_000),
+        Event(event_id="b", user_id="u", item_id="i", type="click", ts=1_700_000_100_000),
+    ]
+    sequences, users = fold_users(events, spec)
+    items = fold_items(events, spec)
+    values = {
+        KeyKind.USER_SEQUENCE: sequences["u"],
+        KeyKind.USER_FEATURES: users["u"],
+        KeyKind.ITEM_FEATURES: items["i"],
+        KeyKind.TRENDING: Trending(items=(("i", 1.9),), at_ts=1_700_000_100_000),
+    }
+
+    for kind, data in values.items():
+        stored = decode_value(kind, encode_value(data, as_of=1_700_000_100_000))
+        assert (stored.data, stored.as_of) == (data, 1_700_000_100_000)
+
+
+def test_the_stored_json_is_the_documented_envelope():
+    raw = encode_value(Trending(items=(("i7", 12.5),), at_ts=5), as_of=5)
+
+    assert orjson.loads(raw) == {"format_version": 1, "as_of": 5, "data": {"items": [["i7", 12.5]], "at_ts": 5}}
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"format_version": 2, "as_of": 1, "data": {}}', b"not json", b'{"format_version": 1}', b"[]"]
+)
+def test_values_in_another_format_are_refused(raw):
+    with pytest.raises(FormatError):
+        decode_value(KeyKind.USER_FEATURES, raw)
