@@ -18,16 +18,13 @@ import sys
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import redis
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
@@ -154,12 +151,9 @@ class Kafka(Service):
 
     def is_ready(self) -> bool:
         try:
-            with kafka_admin(self.settings, timeout_ms=2000) as admin:
-                admin.describe_cluster()
+            kafka_admin(self.settings).list_topics(timeout=2)  # a metadata request
             return True
-        except KafkaConfigurationError:
-            raise
-        except KafkaError:
+        except KafkaException:
             return False
 
 
@@ -191,18 +185,11 @@ def services(settings: Settings) -> list[Service]:
     return [Redis(settings), Kafka(settings)]
 
 
-@contextmanager
-def kafka_admin(settings: Settings, timeout_ms: int = 10_000) -> Iterator[KafkaAdminClient]:
-    # kafka-python logs every refused connection at ERROR; while polling for readiness that is noise.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
-        request_timeout_ms=timeout_ms,
-    )
-    try:
-        yield admin
-    finally:
-        admin.close()
+def kafka_admin(settings: Settings) -> AdminClient:
+    # librdkafka logs every refused connection; while polling for readiness that is noise.
+    quiet = logging.getLogger("kingfisher.stack.kafka-admin")
+    quiet.setLevel(logging.CRITICAL)
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": quiet})
 
 
 def find_executable(name: str, remedy: str) -> str:
@@ -300,23 +287,30 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """Every topic of the system. `items` is compacted (latest record per item_id); the low-volume
     topics have one partition, which also keeps model announcements in total order."""
     return [
-        NewTopic(settings.topic_events, settings.events_partitions, 1),
-        NewTopic(settings.topic_items, 1, 1, topic_configs={"cleanup.policy": "compact"}),
-        NewTopic(settings.topic_dlq, 1, 1),
-        NewTopic(settings.topic_model_updates, 1, 1),
+        NewTopic(settings.topic_events, num_partitions=settings.events_partitions, replication_factor=1),
+        NewTopic(settings.topic_items, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}),
+        NewTopic(settings.topic_dlq, num_partitions=1, replication_factor=1),
+        NewTopic(settings.topic_model_updates, num_partitions=1, replication_factor=1),
     ]
 
 
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics; returns the names created."""
-    with kafka_admin(settings) as admin:
-        existing = set(admin.list_topics())
-        missing = [topic for topic in topic_specs(settings) if topic.name not in existing]
-        if missing:
-            # Another `up` may create them concurrently: the goal is reached either way.
-            with suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing)
-    return [topic.name for topic in missing]
+    admin = kafka_admin(settings)
+    existing = admin.list_topics(timeout=10).topics
+    missing = [topic for topic in topic_specs(settings) if topic.topic not in existing]
+    if not missing:
+        return []
+    created = []
+    for name, future in admin.create_topics(missing).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as error:
+            # Another `up` may have created it meanwhile: the goal is reached either way.
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"creating topic {name} failed: {error}") from None
+    return created
 
 
 def up(settings: Settings) -> None:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         description="Eviction when full: only keys with a TTL (per-user/per-item features), least recently used first.",
     )
 
+    movielens_path: Path | None = Field(
+        None, description="MovieLens directory (CSV or .dat layout); unset: ../shared/datasets/ml-latest-small."
+    )
+
     startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
 
     @property

@@ -32,7 +32,7 @@ class ContractRecord(BaseModel):
         return getattr(self, self.kafka_key_field).encode()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+        return self.model_dump_json(exclude_none=True).encode()
 
 
 class InvalidRecord(ValueError):

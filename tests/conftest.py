@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka.admin import NewTopic
 
+from infra.stack import kafka_admin
 from schemas.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,10 +34,15 @@ class Stack:
     env: dict[str, str]
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run a command of the project (e.g. `python -m streams.smoke`) configured for this stack."""
-        return subprocess.run(
-            [sys.executable, *args], env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-        )
+        """Run a Python command of the project (e.g. `-m streams.smoke`) configured for this stack."""
+        return self.run_program(sys.executable, *args, timeout=timeout)
+
+    def kingfisher(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run the installed `kingfisher` console script configured for this stack."""
+        return self.run_program(str(Path(sys.executable).parent / "kingfisher"), *args, timeout=timeout)
+
+    def run_program(self, *command: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(command, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def stack_environment(run_dir: Path) -> dict[str, str]:
@@ -72,15 +79,32 @@ def redis_client(stack: Stack) -> Iterator[redis.Redis]:
     client.close()
 
 
+RECEIVE_TIMEOUT_S = 60
+
+
 @pytest.fixture
 def new_topic(stack: Stack) -> Iterator[str]:
     """A fresh, empty topic with three partitions, deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka_bootstrap)
-    admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    admin = kafka_admin(stack.settings)
+    admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])[name].result()
     yield name
-    admin.delete_topics([name])
-    admin.close()
+    admin.delete_topics([name])[name].result()
+
+
+def consume_all(stack: Stack, topic: str, expected: int) -> list[Message]:
+    """Every record of `topic` from the beginning, waiting until `expected` have arrived (or a timeout)."""
+    partitions = kafka_admin(stack.settings).list_topics(topic, timeout=10).topics[topic].partitions
+    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}"})
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
+    received: list[Message] = []
+    deadline = time.monotonic() + RECEIVE_TIMEOUT_S
+    while len(received) < expected and time.monotonic() < deadline:
+        received.extend(
+            message for message in consumer.consume(num_messages=10_000, timeout=0.5) if not message.error()
+        )
+    consumer.close()
+    return received
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

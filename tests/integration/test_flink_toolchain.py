@@ -1,7 +1,7 @@
 """The smoke test of the whole toolchain: Kafka -> PyFlink (KafkaSource, Python operator) -> Redis."""
 
 import redis
-from kafka import KafkaProducer
+from confluent_kafka import Producer
 
 from schemas.redis_format import KeyKind, redis_key
 from tests.conftest import Stack
@@ -9,11 +9,10 @@ from tests.conftest import Stack
 
 def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str, redis_client: redis.Redis):
     records = [f'{{"n": {i}, "text": "récord {i}"}}' for i in range(500)]
-    producer = KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all")
+    producer = Producer({"bootstrap.servers": stack.settings.kafka_bootstrap, "acks": "all"})
     for i, record in enumerate(records):
-        producer.send(new_topic, key=str(i % 11).encode(), value=record.encode())
-    producer.flush()
-    producer.close()
+        producer.produce(new_topic, key=str(i % 11).encode(), value=record.encode())
+    assert producer.flush(30) == 0
 
     job = stack.run("-m", "streams.smoke", "--topic", new_topic, "--namespace", "flinktest")
 

@@ -57,9 +57,9 @@ def test_missing_kafka_jars_point_to_make_setup(settings, tmp_path):
 
 
 def test_topics_have_the_configured_names_and_items_is_compacted(settings):
-    topics = {topic.name: topic for topic in stack.topic_specs(settings.model_copy(update={"events_partitions": 6}))}
+    topics = {topic.topic: topic for topic in stack.topic_specs(settings.model_copy(update={"events_partitions": 6}))}
 
     assert set(topics) == {"events", "items", "events.dlq", "model-updates"}
     assert topics["events"].num_partitions == 6
-    assert topics["items"].topic_configs == {"cleanup.policy": "compact"}
+    assert topics["items"].config == {"cleanup.policy": "compact"}
     assert topics["model-updates"].num_partitions == 1

@@ -1,0 +1,1 @@
+"""Data sources as contract records: MovieLens and a synthetic world with known preferences."""

@@ -1,0 +1,119 @@
+"""`kingfisher`: the operators' command line (publish data into Kafka; more commands join later).
+
+kingfisher publish events movielens [--path DIR] [--rate N | --speedup K]
+kingfisher publish events synthetic --limit 1000000 --rate 5000
+kingfisher publish catalogue movielens
+"""
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from schemas.config import Settings
+from schemas.sources import movielens, synthetic
+from schemas.validation import ContractRecord
+from streams.publish import Pacer, make_producer, progress_bar, publish
+
+console = Console(stderr=True)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", choices=["movielens", "synthetic"], help="where the records come from")
+    movielens_options = parser.add_argument_group("movielens")
+    movielens_options.add_argument(
+        "--path", type=Path, help="MovieLens directory (default: KF_MOVIELENS_PATH, else ../shared/datasets/...)"
+    )
+    world = parser.add_argument_group("synthetic")
+    defaults = synthetic.WorldSpec()
+    world.add_argument("--users", type=int, default=defaults.users, help=f"(default {defaults.users})")
+    world.add_argument("--items", type=int, default=defaults.items, help=f"(default {defaults.items})")
+    world.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
+    parser.add_argument("--topic", help="Kafka topic (default: KF_TOPIC_EVENTS or KF_TOPIC_ITEMS)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kingfisher", description="Kingfisher operators' command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    publish_parser = commands.add_parser("publish", help="publish a data source into Kafka")
+    what = publish_parser.add_subparsers(dest="what", required=True)
+
+    events = what.add_parser("events", help="publish user events (MovieLens ratings or a synthetic stream)")
+    add_source_options(events)
+    events.add_argument("--limit", type=int, help="stop after N events (synthetic default: 100000)")
+    pacing = events.add_mutually_exclusive_group()
+    pacing.add_argument("--rate", type=positive_float, help="events per second (default: as fast as possible)")
+    pacing.add_argument(
+        "--speedup", type=positive_float, help="replay history K times faster than it happened, keeping event times"
+    )
+
+    catalogue = what.add_parser("catalogue", help="publish catalogue items to the compacted items topic")
+    add_source_options(catalogue)
+    return parser
+
+
+def records_of(arguments: argparse.Namespace, settings: Settings, report: movielens.LoadReport) -> Iterable:
+    now_ms = int(time.time() * 1000)
+    if arguments.source == "movielens":
+        directory = movielens.locate_dataset(arguments.path or settings.movielens_path)
+        if arguments.what == "catalogue":
+            return movielens.catalogue_items(directory, report, updated_at=now_ms)
+        return limited(movielens.rating_events(directory, report), arguments.limit)
+    world = synthetic.SyntheticWorld(
+        synthetic.WorldSpec(users=arguments.users, items=arguments.items, seed=arguments.seed)
+    )
+    if arguments.what == "catalogue":
+        return world.catalogue(updated_at=now_ms)
+    return world.events(limit=arguments.limit or 100_000)
+
+
+def limited(records: Iterable[ContractRecord], limit: int | None) -> Iterable[ContractRecord]:
+    for index, record in enumerate(records):
+        if limit is not None and index >= limit:
+            return
+        yield record
+
+
+def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
+    topic = arguments.topic or (settings.topic_items if arguments.what == "catalogue" else settings.topic_events)
+    report = movielens.LoadReport()
+    records = records_of(arguments, settings, report)
+    pacer = Pacer(rate=getattr(arguments, "rate", None), speedup=getattr(arguments, "speedup", None))
+    with progress_bar(enabled=not arguments.no_progress) as progress:
+        summary = publish(records, make_producer(settings), topic, pacer, progress)
+    console.print(
+        f"published {summary.sent:,} of {summary.attempted:,} {arguments.what} to {topic!r} "
+        f"in {summary.seconds:.1f} s ({summary.per_second:,.0f}/s); failed: {summary.failed:,}"
+    )
+    if report.malformed:
+        console.print(f"[yellow]skipped {len(report.malformed):,} malformed line(s); first: {report.malformed[0]}")
+    if summary.failed:
+        console.print(f"[red]first failure: {summary.first_error}")
+    return 1 if summary.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    try:
+        return run_publish(arguments, Settings())
+    except FileNotFoundError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
