@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.features import HOUR_MS, FeatureSpec
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 CONFIG_FILE_VARIABLE = "KF_CONFIG_FILE"
@@ -54,6 +56,9 @@ class Settings(BaseSettings):
         None, description="MovieLens directory (CSV or .dat layout); unset: ../shared/datasets/ml-latest-small."
     )
 
+    sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept in each user's live sequence.")
+    popularity_half_life_h: float = Field(24.0, gt=0, description="Half-life of an item's decayed popularity.")
+
     startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
 
     @property
@@ -63,6 +68,12 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(
+            sequence_length=self.sequence_length,
+            popularity_half_life_ms=round(self.popularity_half_life_h * HOUR_MS),
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -6,6 +6,7 @@ kingfisher publish catalogue movielens
 """
 
 import argparse
+import itertools
 import logging
 import sys
 import time
@@ -65,26 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def records_of(arguments: argparse.Namespace, settings: Settings, report: movielens.LoadReport) -> Iterable:
+def records_of(
+    arguments: argparse.Namespace, settings: Settings, report: movielens.LoadReport
+) -> Iterable[ContractRecord]:
     now_ms = int(time.time() * 1000)
     if arguments.source == "movielens":
         directory = movielens.locate_dataset(arguments.path or settings.movielens_path)
         if arguments.what == "catalogue":
             return movielens.catalogue_items(directory, report, updated_at=now_ms)
-        return limited(movielens.rating_events(directory, report), arguments.limit)
+        return itertools.islice(movielens.rating_events(directory, report), arguments.limit)
     world = synthetic.SyntheticWorld(
         synthetic.WorldSpec(users=arguments.users, items=arguments.items, seed=arguments.seed)
     )
     if arguments.what == "catalogue":
         return world.catalogue(updated_at=now_ms)
     return world.events(limit=arguments.limit or 100_000)
-
-
-def limited(records: Iterable[ContractRecord], limit: int | None) -> Iterable[ContractRecord]:
-    for index, record in enumerate(records):
-        if limit is not None and index >= limit:
-            return
-        yield record
 
 
 def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
@@ -94,8 +90,9 @@ def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
     pacer = Pacer(rate=getattr(arguments, "rate", None), speedup=getattr(arguments, "speedup", None))
     with progress_bar(enabled=not arguments.no_progress) as progress:
         summary = publish(records, make_producer(settings), topic, pacer, progress)
+    noun = "catalogue items" if arguments.what == "catalogue" else "events"
     console.print(
-        f"published {summary.sent:,} of {summary.attempted:,} {arguments.what} to {topic!r} "
+        f"published {summary.sent:,} of {summary.attempted:,} {noun} to {topic!r} "
         f"in {summary.seconds:.1f} s ({summary.per_second:,.0f}/s); failed: {summary.failed:,}"
     )
     if report.malformed:

@@ -26,6 +26,7 @@ from schemas.validation import InvalidRecord
 log = logging.getLogger(__name__)
 
 SORT_CHUNK_ROWS = 2_000_000
+LOGGED_MALFORMED_LINES = 20
 # 'Title (1995)', and for series 'Title (2007-2013)' or with an en dash, 'Title (2007\u20132013)'.
 TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-\u2013]\d{0,4})?\)\s*$")
 NO_GENRES = "(no genres listed)"
@@ -53,8 +54,11 @@ class LoadReport:
 
     def reject(self, path: Path, line_number: int, reason: str) -> None:
         problem = MalformedLine(path, line_number, reason)
-        log.warning("skipping malformed line %s", problem)
         self.malformed.append(problem)
+        if len(self.malformed) <= LOGGED_MALFORMED_LINES:
+            log.warning("skipping malformed line %s", problem)
+        elif len(self.malformed) == LOGGED_MALFORMED_LINES + 1:
+            log.warning("more malformed lines: the rest are counted, not logged")
 
 
 @dataclass(frozen=True)

@@ -42,3 +42,12 @@ def test_unknown_settings_in_the_config_file_are_rejected(monkeypatch, tmp_path)
 
     with pytest.raises(ValidationError, match="kafka_prot"):
         Settings()
+
+
+def test_the_feature_spec_follows_the_settings(monkeypatch):
+    monkeypatch.setenv("KF_SEQUENCE_LENGTH", "20")
+    monkeypatch.setenv("KF_POPULARITY_HALF_LIFE_H", "1.5")
+
+    spec = Settings().feature_spec()
+
+    assert (spec.sequence_length, spec.popularity_half_life_ms) == (20, 5_400_000)

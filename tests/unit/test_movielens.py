@@ -127,3 +127,13 @@ def test_a_configured_path_that_does_not_exist_is_an_error_not_a_fallback(tmp_pa
 
     with pytest.raises(FileNotFoundError, match="absent"):
         locate_dataset(tmp_path / "absent")
+
+
+def test_all_malformed_lines_are_counted_but_only_the_first_twenty_logged(tmp_path, caplog):
+    directory = write_csv_layout(tmp_path, [f"{n},1,4.0" for n in range(25)], MOVIES)
+
+    _, report = events_and_report(directory)
+
+    assert len(report.malformed) == 25
+    assert len(caplog.records) == 21
+    assert "counted, not logged" in caplog.records[-1].message
