@@ -59,6 +59,22 @@ class Settings(BaseSettings):
     sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept in each user's live sequence.")
     popularity_half_life_h: float = Field(24.0, gt=0, description="Half-life of an item's decayed popularity.")
 
+    namespace: str = Field("live", description="Redis namespace the feature job writes to.")
+    checkpoint_interval_s: float = Field(10.0, gt=0, description="Flink checkpoint interval.")
+    python_bundle_size: int = Field(1000, ge=1, description="Flink Python bundle size (records).")
+    python_bundle_time_ms: int = Field(
+        50, ge=1, description="Flink Python bundle time; must be > 0 (0 silently means 1000 ms)."
+    )
+    watermark_out_of_orderness_ms: int = Field(5000, ge=0, description="How late an event may be for event time.")
+    source_idleness_s: float = Field(
+        30.0, gt=0, description="A partition without events this long stops holding watermarks back."
+    )
+    dedupe_ttl_h: float = Field(24.0, gt=0, description="A user's remembered event ids expire after this long idle.")
+    dedupe_capacity: int = Field(500, ge=1, description="Event ids remembered per user to drop redeliveries.")
+    entity_ttl_h: float = Field(720.0, gt=0, description="Inactive users' and items' keys expire after this long.")
+    redis_flush_interval_ms: int = Field(50, ge=1, description="How often the job flushes its coalesced Redis writes.")
+    flink_parallelism: int = Field(1, ge=1, description="Parallelism of the feature job's operators.")
+
     startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
 
     @property
@@ -68,6 +84,14 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.run_dir / "samples"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "flink" / "checkpoints"
 
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec(

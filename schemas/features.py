@@ -11,7 +11,7 @@ state in the stream, `fold_*` below offline); `update_sequence` also ignores an 
 import bisect
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,8 @@ from schemas.events import Event, EventType
 
 FEATURE_SPEC_VERSION = 1
 HOUR_MS = 3_600_000
+WINDOW_BUCKET_MS = 5 * 60_000
+WINDOWS_MS = MappingProxyType({"1h": HOUR_MS, "24h": 24 * HOUR_MS})
 
 DEFAULT_INTERACTION_WEIGHTS = MappingProxyType(
     {
@@ -46,6 +48,7 @@ class FeatureSpec(BaseModel):
         default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS),
         description="How much one event of each type adds to an item's popularity.",
     )
+    trending_size: int = Field(100, ge=1, description="Items in the trending list.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,15 @@ class ItemFeatures(InteractionStats):
     popularity: float = 0.0
     """Exponentially decayed, weighted interaction count as of `popularity_ts`."""
     popularity_ts: int | None = None
+    recent: tuple[tuple[int, int], ...] = ()
+    """Interactions per 5-minute bucket (bucket start, count), for the 24 hours up to `last_ts`."""
+
+    def interactions_within(self, window_ms: int) -> int:
+        """Interactions in the `window_ms` up to `last_ts` (in whole 5-minute buckets)."""
+        if self.last_ts is None:
+            return 0
+        oldest = _bucket(self.last_ts) - window_ms + WINDOW_BUCKET_MS
+        return sum(count for start, count in self.recent if start >= oldest)
 
     @property
     def ctr(self) -> float | None:
@@ -127,24 +139,35 @@ def _max(current: int | None, ts: int) -> int:
     return ts if current is None else max(current, ts)
 
 
-def _rating_update(features: InteractionStats, event: Event) -> dict[str, float | int]:
-    if event.type is not EventType.RATING:
-        return {}
-    return {"rating_count": features.rating_count + 1, "rating_sum": features.rating_sum + event.value}
-
-
 def update_user_features(features: UserFeatures, event: Event, spec: FeatureSpec) -> UserFeatures:
-    return replace(
-        features,
+    rated = event.type is EventType.RATING
+    return UserFeatures(
         event_counts=_count(features.event_counts, event.type),
-        first_ts=_min(features.first_ts, event.ts),
+        rating_count=features.rating_count + rated,
+        rating_sum=features.rating_sum + event.value if rated else features.rating_sum,
         last_ts=_max(features.last_ts, event.ts),
-        **_rating_update(features, event),
+        first_ts=_min(features.first_ts, event.ts),
     )
 
 
 def decay(score: float, from_ts: int, to_ts: int, spec: FeatureSpec) -> float:
     return score * 2.0 ** (-(to_ts - from_ts) / spec.popularity_half_life_ms)
+
+
+def _bucket(ts: int) -> int:
+    return ts - ts % WINDOW_BUCKET_MS
+
+
+def _recent(recent: tuple[tuple[int, int], ...], event: Event, last_ts: int) -> tuple[tuple[int, int], ...]:
+    bucket = _bucket(event.ts)
+    if not event.type.is_interaction:
+        return recent
+    if recent and recent[-1][0] == bucket:  # the common case: another event in the newest bucket
+        return (*recent[:-1], (bucket, recent[-1][1] + 1))
+    counts = dict(recent)
+    counts[bucket] = counts.get(bucket, 0) + 1
+    oldest = _bucket(last_ts) - max(WINDOWS_MS.values()) + WINDOW_BUCKET_MS
+    return tuple(sorted((start, count) for start, count in counts.items() if start >= oldest))
 
 
 def update_item_features(features: ItemFeatures, event: Event, spec: FeatureSpec) -> ItemFeatures:
@@ -153,13 +176,16 @@ def update_item_features(features: ItemFeatures, event: Event, spec: FeatureSpec
     # Decay everything to the newer of the two times, so a late event adds what it would have on time.
     anchor = max(previous_ts, event.ts)
     popularity = decay(features.popularity, previous_ts, anchor, spec) + decay(weight, event.ts, anchor, spec)
-    return replace(
-        features,
+    last_ts = _max(features.last_ts, event.ts)
+    rated = event.type is EventType.RATING
+    return ItemFeatures(
         event_counts=_count(features.event_counts, event.type),
+        rating_count=features.rating_count + rated,
+        rating_sum=features.rating_sum + event.value if rated else features.rating_sum,
+        last_ts=last_ts,
         popularity=popularity,
         popularity_ts=anchor,
-        last_ts=_max(features.last_ts, event.ts),
-        **_rating_update(features, event),
+        recent=_recent(features.recent, event, last_ts),
     )
 
 

@@ -2,7 +2,9 @@
 
 Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:<entity_id>``. A replay rebuilds state in a
 fresh namespace beside the live one; the control namespace holds which one is active.
-Values are JSON: ``{"format_version": 1, "as_of": <newest event time, ms>, "data": {...}}``.
+Data keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 1, "as_of": <newest
+event time, ms>, "data": {...}}`` and `version` counts the events applied to the key, so a write
+that would move the key backwards (a restart, a replay) is refused by `UPSERT_IF_NOT_OLDER`.
 """
 
 import re
@@ -46,6 +48,18 @@ def redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
     return f"{KEY_PREFIX}:v{FORMAT_VERSION}:{namespace}:{KeyKind(kind)}:{entity_id}"
 
 
+VERSION_FIELD, VALUE_FIELD = "version", "value"
+
+# KEYS[1] = key; ARGV = version, value, ttl in ms (0: none). Writes unless the stored version is newer.
+UPSERT_IF_NOT_OLDER = """
+local stored = redis.call('HGET', KEYS[1], 'version')
+if stored and tonumber(stored) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'value', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
 def active_namespace_key() -> str:
     return redis_key(KeyKind.ACTIVE_NAMESPACE, "current", CONTROL_NAMESPACE)
 
@@ -77,6 +91,10 @@ def _sequence(data: dict[str, Any]) -> UserSequence:
     return UserSequence(tuple(SequenceEntry(**{**e, "type": EventType(e["type"])}) for e in data["entries"]))
 
 
+def _item(data: dict[str, Any]) -> ItemFeatures:
+    return ItemFeatures(**{**data, "recent": tuple((start, count) for start, count in data["recent"])})
+
+
 def _trending(data: dict[str, Any]) -> Trending:
     return Trending(items=tuple((item_id, score) for item_id, score in data["items"]), at_ts=data["at_ts"])
 
@@ -84,7 +102,7 @@ def _trending(data: dict[str, Any]) -> Trending:
 DECODERS: dict[KeyKind, Callable[[dict[str, Any]], Any]] = {
     KeyKind.USER_SEQUENCE: _sequence,
     KeyKind.USER_FEATURES: lambda data: UserFeatures(**data),
-    KeyKind.ITEM_FEATURES: lambda data: ItemFeatures(**data),
+    KeyKind.ITEM_FEATURES: _item,
     KeyKind.TRENDING: _trending,
 }
 

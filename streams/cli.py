@@ -13,13 +13,16 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import redis
 from rich.console import Console
 from rich.logging import RichHandler
 
 from schemas.config import Settings
 from schemas.sources import movielens, synthetic
 from schemas.validation import ContractRecord
+from streams import namespaces
 from streams.publish import Pacer, make_producer, progress_bar, publish
+from streams.replay import replay_command
 
 console = Console(stderr=True)
 
@@ -63,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     catalogue = what.add_parser("catalogue", help="publish catalogue items to the compacted items topic")
     add_source_options(catalogue)
+
+    replay = commands.add_parser(
+        "replay", help="rebuild state: replay the events topic into a fresh Redis namespace, then switch serving to it"
+    )
+    replay.add_argument("--namespace", required=True, help="the fresh namespace to fill")
+    replay.add_argument("--topic", help="events topic (default: KF_TOPIC_EVENTS)")
+    replay.add_argument("--from-timestamp", type=int, metavar="MS", help="replay from this Kafka time, not the start")
+    replay.add_argument("--dry-run", action="store_true", help="only show what would be replayed")
+    replay.add_argument("--no-switch", action="store_true", help="leave serving on the current namespace")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    namespace = commands.add_parser("namespace", help="show, switch or drop Redis namespaces")
+    namespace_commands = namespace.add_subparsers(dest="action", required=True)
+    namespace_commands.add_parser("show", help="the namespace serving reads, and its key count")
+    for action, text in (("switch", "point serving at NS (one atomic SET)"), ("drop", "delete every key of NS")):
+        namespace_commands.add_parser(action, help=text).add_argument("name", metavar="NS")
     return parser
 
 
@@ -102,12 +121,36 @@ def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
     return 1 if summary.failed else 0
 
 
+def run_namespace(arguments: argparse.Namespace, settings: Settings) -> int:
+    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
+    current = namespaces.active_namespace(client, settings.namespace)
+    if arguments.action == "show":
+        console.print(f"serving reads {current!r} ({namespaces.count_keys(client, current):,} keys)")
+    elif arguments.action == "switch":
+        console.print(
+            f"serving now reads {arguments.name!r} (was {namespaces.switch_namespace(client, arguments.name)!r})"
+        )
+    elif arguments.name == current:
+        console.print(f"[red]{arguments.name!r} is the namespace serving reads; switch away from it first")
+        return 2
+    else:
+        console.print(f"dropped {namespaces.drop_namespace(client, arguments.name):,} keys of {arguments.name!r}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    settings = Settings()
     try:
-        return run_publish(arguments, Settings())
-    except FileNotFoundError as error:
+        if arguments.command == "publish":
+            return run_publish(arguments, settings)
+        if arguments.command == "namespace":
+            return run_namespace(arguments, settings)
+        return replay_command(settings, arguments.topic or settings.topic_events, arguments.namespace,
+                              arguments.from_timestamp, dry_run=arguments.dry_run, switch=not arguments.no_switch,
+                              show_progress=not arguments.no_progress, console=console)  # fmt: skip
+    except (FileNotFoundError, ValueError) as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2
 

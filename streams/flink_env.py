@@ -1,6 +1,8 @@
 """What every Kingfisher Flink job stands on: its execution environment, Kafka source and sinks."""
 
+import os
 import sys
+from pathlib import Path
 
 from pyflink.common import Configuration
 from pyflink.common.serialization import SimpleStringSchema
@@ -21,12 +23,36 @@ def connector_jar_urls(settings: Settings) -> list[str]:
     return [jar.as_uri() for jar in jars]
 
 
-def execution_environment(settings: Settings, parallelism: int) -> StreamExecutionEnvironment:
-    """A local MiniCluster when run as a script, the cluster's environment under `flink run -py`."""
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint under `directory` (<job id>/chk-<n>/_metadata), if any."""
+    complete = list(directory.glob("*/chk-*/_metadata"))
+    newest = max(complete, key=lambda metadata: (metadata.stat().st_mtime, int(metadata.parent.name[4:])), default=None)
+    return newest.parent if newest is not None else None
+
+
+def execution_environment(
+    settings: Settings, parallelism: int, checkpoints: Path | None = None, restore_from: Path | None = None
+) -> StreamExecutionEnvironment:
+    """A local MiniCluster when run as a script, the cluster's environment under `flink run -py`.
+
+    With `checkpoints`, the job checkpoints there every KF_CHECKPOINT_INTERVAL_S and keeps the
+    checkpoints when it is cancelled or killed; `restore_from` resumes from one of them."""
     config = Configuration()
     # Python operators must run in the interpreter that has Kingfisher's packages, not the first `python` on PATH.
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
+    # Small bundles bound the time a record waits in the Python worker (a value <= 0 silently means 1000 ms).
+    config.set_string("python.fn-execution.bundle.size", str(settings.python_bundle_size))
+    config.set_string("python.fn-execution.bundle.time", str(settings.python_bundle_time_ms))
+    if os.environ.get("KF_PROFILE_PYTHON"):
+        config.set_string("python.profile.enabled", "true")
+    if checkpoints is not None:
+        config.set_string("execution.checkpointing.interval", f"{round(settings.checkpoint_interval_s * 1000)} ms")
+        config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
+        config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
+        config.set_string("state.backend.type", "hashmap")
+    if restore_from is not None:
+        config.set_string("execution.state-recovery.path", restore_from.resolve().as_uri())
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
     env.add_jars(*connector_jar_urls(settings))

@@ -1,0 +1,43 @@
+"""Training samples: one row per labelled event with the user's state just before it.
+
+The stream writes these rows (JSON lines, partitioned by event date and hour); training reads
+them. Impressions are logged too: training labels an impression negative unless a click with
+the same `request_id` and `item_id` follows it.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.events import Event, EventType
+from schemas.streaming import UserState
+
+SAMPLE_VERSION = 1
+LABELLED_TYPES = frozenset({EventType.IMPRESSION, EventType.CLICK, EventType.RATING, EventType.PURCHASE})
+
+
+def training_sample(before: UserState, event: Event) -> dict[str, Any] | None:
+    """The row for `event`, or None if its type is not labelled. Point-in-time: the sequence holds
+    only interactions earlier in event time than `event`, the features are those before it."""
+    if event.type not in LABELLED_TYPES:
+        return None
+    context = event.context or {}
+    history = [entry for entry in before.sequence.entries if entry.order < (event.ts, event.event_id)]
+    return {
+        "sample_version": SAMPLE_VERSION,
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "item_id": event.item_id,
+        "type": event.type.value,
+        "value": event.value,
+        "ts": event.ts,
+        "request_id": context.get("request_id"),
+        "position": context.get("position"),
+        "sequence": [[entry.item_id, entry.type.value, entry.ts, entry.value] for entry in history],
+        "user_features": before.features,
+    }
+
+
+def hour_partition(ts: int) -> tuple[str, str]:
+    """(date, hour) of an event time in UTC, e.g. ('2026-11-22', '09'): the sample log's partitions."""
+    moment = datetime.fromtimestamp(ts / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%d"), moment.strftime("%H")

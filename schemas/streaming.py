@@ -1,0 +1,111 @@
+"""The stream's per-key state machines, as pure `apply(state, input, spec) -> state` functions.
+
+The Flink job keeps one `UserState` per user, one `ItemState` per item and one `TrendingState`
+in all; its operators only call these functions. `version` counts the events applied to a key:
+it only grows, so a Redis write carrying it can be refused when it would move state backwards.
+"""
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from schemas.events import Event
+from schemas.features import (
+    FeatureSpec,
+    ItemFeatures,
+    UserFeatures,
+    UserSequence,
+    unique_events,
+    update_item_features,
+    update_sequence,
+    update_user_features,
+)
+from schemas.redis_format import Trending
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    sequence: UserSequence = field(default_factory=UserSequence)
+    features: UserFeatures = field(default_factory=UserFeatures)
+    version: int = 0
+
+
+def apply_user_event(state: UserState, event: Event, spec: FeatureSpec) -> UserState:
+    """Apply one new (not duplicate) event to a user; duplicates are dropped before, by event_id."""
+    return UserState(
+        sequence=update_sequence(state.sequence, event, spec),
+        features=update_user_features(state.features, event, spec),
+        version=state.version + 1,
+    )
+
+
+def remember_event_id(recent: tuple[str, ...], event_id: str, capacity: int) -> tuple[tuple[str, ...], bool]:
+    """Keep a user's newest `capacity` event ids; returns them and whether `event_id` is new.
+    Redeliveries arrive close behind the original in the user's partition, well within capacity."""
+    if event_id in recent:
+        return recent, False
+    return (*recent[-(capacity - 1) :], event_id) if capacity > 1 else (event_id,), True
+
+
+@dataclass(frozen=True, slots=True)
+class ItemState:
+    features: ItemFeatures = field(default_factory=ItemFeatures)
+    version: int = 0
+
+
+def apply_item_event(state: ItemState, event: Event, spec: FeatureSpec) -> ItemState:
+    return ItemState(update_item_features(state.features, event, spec), state.version + 1)
+
+
+def rank_key(features: ItemFeatures, spec: FeatureSpec) -> float:
+    """log2(popularity) + popularity_ts / half-life: orders items as popularity at any common time does,
+    and never decreases when an item gets an event, so a top-K of it can be kept incrementally."""
+    if features.popularity <= 0 or features.popularity_ts is None:
+        return -math.inf
+    return math.log2(features.popularity) + features.popularity_ts / spec.popularity_half_life_ms
+
+
+@dataclass(frozen=True, slots=True)
+class TrendingState:
+    candidates: dict[str, float] = field(default_factory=dict)
+    """item_id -> rank key of the current top `spec.trending_size`."""
+    floor: float = -math.inf
+    """At most the lowest rank key among the candidates once they are full: an item ranked no higher cannot enter."""
+    at_ts: int = 0
+    version: int = 0
+
+
+def apply_trending_update(state: TrendingState, item_id: str, item: ItemFeatures, spec: FeatureSpec) -> TrendingState:
+    """Take an item's new features into the top-K. Exact because rank keys never decrease: an item
+    that drops out can only come back through an update, which passes through here."""
+    rank = rank_key(item, spec)
+    at_ts, version = max(state.at_ts, item.last_ts or 0), state.version + 1
+    if item_id not in state.candidates and rank <= state.floor:
+        return TrendingState(state.candidates, state.floor, at_ts, version)
+    candidates = state.candidates | {item_id: rank}
+    floor = state.floor
+    if len(candidates) > spec.trending_size:
+        del candidates[min(candidates, key=lambda i: (candidates[i], i))]
+        floor = min(candidates.values())
+    return TrendingState(candidates, floor, at_ts, version)
+
+
+def trending_list(state: TrendingState, spec: FeatureSpec) -> Trending:
+    """The top-K with each item's popularity at `state.at_ts`, most popular first, ties by item_id."""
+    ranked = sorted(state.candidates.items(), key=lambda pair: (-pair[1], pair[0]))
+    offset = state.at_ts / spec.popularity_half_life_ms
+    return Trending(items=tuple((item_id, 2.0 ** (rank - offset)) for item_id, rank in ranked), at_ts=state.at_ts)
+
+
+def fold_stream(
+    events: Iterable[Event], spec: FeatureSpec
+) -> tuple[dict[str, UserState], dict[str, ItemState], TrendingState]:
+    """What the stream computes from `events` in this order: the reference for tests and replays."""
+    users: dict[str, UserState] = {}
+    items: dict[str, ItemState] = {}
+    trending = TrendingState()
+    for event in unique_events(events):
+        users[event.user_id] = apply_user_event(users.get(event.user_id, UserState()), event, spec)
+        items[event.item_id] = apply_item_event(items.get(event.item_id, ItemState()), event, spec)
+        trending = apply_trending_update(trending, event.item_id, items[event.item_id].features, spec)
+    return users, items, trending

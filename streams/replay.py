@@ -1,0 +1,124 @@
+"""Replay the events topic into a fresh Redis namespace, then point serving at it.
+
+The replay is the feature job itself, bounded to the offsets that are latest when it starts and
+without a checkpoint to restore, so it rebuilds every key from the topic. Progress comes from the
+offsets the job commits to Kafka on each checkpoint.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
+from rich.progress import Progress
+
+from schemas.config import Settings
+from streams.namespaces import active_namespace, count_keys, switch_namespace
+from streams.publish import progress_bar
+
+REPLAY_CHECKPOINT_INTERVAL_S = "2"
+POLL_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    topic: str
+    namespace: str
+    group_id: str
+    start: dict[int, int]
+    """partition -> first offset to replay"""
+    end: dict[int, int]
+    """partition -> offset the replay stops before (the latest when it was planned)"""
+
+    @property
+    def events(self) -> int:
+        return sum(self.end[p] - self.start[p] for p in self.end)
+
+
+def _consumer(settings: Settings, group_id: str) -> Consumer:
+    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id, "enable.auto.commit": False})
+
+
+def plan(settings: Settings, topic: str, namespace: str, from_ms: int | None) -> ReplayPlan:
+    group_id = f"kingfisher-features-{namespace}"
+    consumer = _consumer(settings, group_id)
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
+        start = {p: low for p, (low, _) in watermarks.items()}
+        if from_ms is not None:
+            found = consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in partitions], timeout=10)
+            # -1: no record at or after the time: nothing to replay from that partition.
+            start = {tp.partition: (tp.offset if tp.offset >= 0 else watermarks[tp.partition][1]) for tp in found}
+        return ReplayPlan(topic, namespace, group_id, start, {p: high for p, (_, high) in watermarks.items()})
+    finally:
+        consumer.close()
+
+
+def replayed_so_far(settings: Settings, replay: ReplayPlan) -> int:
+    consumer = _consumer(settings, replay.group_id)
+    try:
+        committed = consumer.committed([TopicPartition(replay.topic, p) for p in replay.end], timeout=10)
+    finally:
+        consumer.close()
+    return sum(max(0, tp.offset - replay.start[tp.partition]) for tp in committed if tp.offset >= 0)
+
+
+def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: Progress) -> int:
+    """Run the bounded job with a progress bar; returns its exit code."""
+    command = [sys.executable, "-m", "streams.feature_job", "--namespace", replay.namespace, "--topic", replay.topic,
+               "--bounded", "--fresh", "--no-samples"]  # fmt: skip
+    if from_ms is not None:
+        command += ["--from-timestamp", str(from_ms)]
+    env = os.environ | {
+        "KF_CHECKPOINT_INTERVAL_S": os.environ.get("KF_CHECKPOINT_INTERVAL_S", REPLAY_CHECKPOINT_INTERVAL_S)
+    }
+    log_path = settings.logs_dir / f"replay-{replay.namespace}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
+    with log_path.open("ab") as log:
+        job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while job.poll() is None:
+            progress.update(task, completed=min(replayed_so_far(settings, replay), replay.events))
+            time.sleep(POLL_INTERVAL_S)
+    if job.returncode == 0:
+        progress.update(task, completed=replay.events)
+    return job.returncode
+
+
+def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int | None, *, dry_run: bool,
+                   switch: bool, show_progress: bool, console: Console) -> int:  # fmt: skip
+    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
+    current = active_namespace(client, settings.namespace)
+    if namespace == current:
+        console.print(f"[red]namespace {namespace!r} is the active one; replay into a fresh namespace")
+        return 2
+    existing = count_keys(client, namespace)
+    if existing:
+        console.print(f"[red]namespace {namespace!r} already holds {existing:,} keys; drop it or pick another")
+        return 2
+    replay = plan(settings, topic, namespace, from_ms)
+    partitions = ", ".join(f"{p}: {replay.start[p]}..{replay.end[p]}" for p in replay.end)
+    console.print(f"replay {replay.events:,} events of {topic!r} (offsets {partitions}) into namespace "
+                  f"{namespace!r}; serving reads {current!r}{' and will switch' if switch else ''}")  # fmt: skip
+    if dry_run:
+        console.print("dry run: nothing replayed, nothing switched")
+        return 0
+    started = time.monotonic()
+    with progress_bar(enabled=show_progress) as progress:
+        code = run(settings, replay, from_ms, progress)
+    seconds = time.monotonic() - started
+    if code != 0:
+        console.print(f"[red]the replay job failed (exit {code}); see {settings.logs_dir / f'replay-{namespace}.log'}")
+        return 1
+    console.print(f"replayed {replay.events:,} events in {seconds:.1f} s ({replay.events / seconds:,.0f}/s); "
+                  f"{count_keys(client, namespace):,} keys in {namespace!r}")  # fmt: skip
+    if switch:
+        previous = switch_namespace(client, namespace)
+        console.print(f"serving now reads {namespace!r} (was {previous or current!r}); the old namespace stays "
+                      f"until `kingfisher namespace drop {previous or current}`")  # fmt: skip
+    return 0

@@ -1,0 +1,232 @@
+"""The streaming feature job on real Kafka, Redis and PyFlink."""
+
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+
+import orjson
+import pytest
+import redis
+from confluent_kafka import Producer
+from confluent_kafka.admin import NewTopic
+
+from infra.stack import kafka_admin
+from schemas.dead_letters import original_payload
+from schemas.events import Event
+from schemas.features import FeatureSpec
+from schemas.redis_format import KeyKind, decode_value, redis_key
+from schemas.samples import LABELLED_TYPES
+from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.streaming import fold_stream, trending_list
+from tests.conftest import REPO_ROOT, Stack, consume_all
+
+JOB_TIMEOUT_S = 600
+BAD_RECORDS = [
+    b"not json at all",
+    b"\xff\xfe\x00 not utf-8",
+    b'{"event_id": "x1"}',
+    b'{"event_id": "x2", "user_id": "u1", "item_id": "i1", "type": "teleport", "ts": 1735689600000}',
+    b'{"event_id": "x3", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 99}',
+    orjson.dumps({"event_id": "x4", "user_id": "u" * 65, "item_id": "i1", "type": "click", "ts": 1735689600000}),
+    b"[1, 2, 3]",
+    b"x" * 1_000_000,
+]
+
+
+def new_topic_named(stack: Stack, prefix: str, partitions: int = 3) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = kafka_admin(stack.settings)  # kept referenced until the future resolves
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result()
+    return name
+
+
+def publish(stack: Stack, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": stack.settings.kafka_bootstrap, "acks": "all",
+                         "enable.idempotence": True, "message.max.bytes": 4 * 1024 * 1024})  # fmt: skip
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def messy_stream(seed: int, count: int) -> list[Event]:
+    """Events out of event-time order (shuffled in blocks of 5), with redeliveries close behind."""
+    rng = random.Random(seed)
+    events = list(SyntheticWorld(WorldSpec(users=30, items=60, seed=seed)).events(count))
+    blocks = [events[i : i + 5] for i in range(0, len(events), 5)]
+    for block in blocks:
+        rng.shuffle(block)
+    stream = [event for block in blocks for event in block]
+    for position in sorted(rng.sample(range(len(stream)), k=count // 15), reverse=True):
+        stream.insert(min(len(stream), position + rng.randrange(1, 40)), stream[position])
+    return stream
+
+
+def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int, object]]:
+    """key -> (version, decoded value) of every data key in the namespace."""
+    state = {}
+    for key in client.scan_iter(match=f"kf:v1:{namespace}:*", count=1000):
+        kind = KeyKind(key.decode().split(":")[3])
+        version, value = client.hmget(key, "version", "value")
+        state[key.decode().split(":", 3)[3]] = (int(version), decode_value(kind, value))
+    return state
+
+
+def assert_state_equals_reference(client: redis.Redis, namespace: str, events: list[Event], spec: FeatureSpec):
+    users, items, trending = fold_stream(events, spec)
+    stored = stored_state(client, namespace)
+    assert len(stored) == 2 * len(users) + len(items) + 1
+    for user_id, expected in users.items():
+        version, sequence = stored[f"{KeyKind.USER_SEQUENCE}:{user_id}"]
+        _, features = stored[f"{KeyKind.USER_FEATURES}:{user_id}"]
+        assert (version, sequence.data, sequence.as_of) == (
+            expected.version,
+            expected.sequence,
+            expected.features.last_ts,
+        )
+        assert replace(features.data, rating_sum=0) == replace(expected.features, rating_sum=0)
+        assert features.data.rating_sum == pytest.approx(expected.features.rating_sum)
+    for item_id, expected in items.items():
+        version, item = stored[f"{KeyKind.ITEM_FEATURES}:{item_id}"]
+        assert version == expected.version
+        assert replace(item.data, popularity=0) == replace(expected.features, popularity=0)
+        assert item.data.popularity == pytest.approx(expected.features.popularity, rel=1e-9)
+    version, listed = stored[f"{KeyKind.TRENDING}:global"]
+    expected_list = trending_list(trending, spec)
+    assert version == trending.version
+    assert dict(listed.data.items) == pytest.approx(dict(expected_list.items), rel=1e-9)
+
+
+def with_env(stack: Stack, **variables: str) -> Stack:
+    return replace(stack, env=stack.env | variables)
+
+
+@pytest.fixture(scope="module")
+def bounded_run(stack: Stack):
+    """Good events (out of order, with redeliveries) and bad records through one bounded job run."""
+    topic, dlq = new_topic_named(stack, "events"), new_topic_named(stack, "dlq", partitions=1)
+    events = messy_stream(seed=21, count=1500)
+    records = [(event.kafka_key, event.to_json()) for event in events]
+    for n, bad in enumerate(BAD_RECORDS):
+        records.insert(150 * n + 75, (b"bad", bad))
+    publish(stack, topic, records)
+    job_stack = with_env(stack, KF_TOPIC_DLQ=dlq)
+    job = job_stack.run("-m", "streams.feature_job", "--topic", topic, "--namespace", "bounded", "--bounded", "--fresh",
+                        timeout=JOB_TIMEOUT_S)  # fmt: skip
+    return job_stack, topic, dlq, events, job
+
+
+def test_1_redis_equals_the_pure_feature_functions_despite_disorder_and_duplicates(bounded_run, redis_client):
+    stack, _, _, events, job = bounded_run
+    raw_client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert len({e.event_id for e in events}) < len(events)  # the input did hold duplicates
+    assert any(a.ts > b.ts for a, b in itertools.pairwise(events))  # and disorder
+    assert_state_equals_reference(raw_client, "bounded", events, stack.settings.feature_spec())
+    assert raw_client.pttl(redis_key(KeyKind.USER_SEQUENCE, events[0].user_id, "bounded")) > 0  # inactive users expire
+
+
+def test_4_every_bad_record_is_a_dead_letter_with_its_reason_and_the_job_went_on(bounded_run):
+    stack, _, dlq, _, job = bounded_run
+
+    letters = [orjson.loads(message.value()) for message in consume_all(stack, dlq, expected=len(BAD_RECORDS))]
+
+    assert job.returncode == 0
+    assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(BAD_RECORDS)
+    reasons = {letter["reason"].split(":")[0] for letter in letters}
+    assert reasons >= {"$", "user_id", "type", "ts"}
+    assert all(letter["source"]["offset"] >= 0 and letter["reason"] for letter in letters)
+
+
+def test_training_samples_are_logged_once_per_labelled_event_by_event_hour(bounded_run):
+    stack, _, _, events, _ = bounded_run
+    files = [path for path in stack.settings.samples_dir.rglob("part-*") if not path.name.startswith(".")]
+
+    rows = [orjson.loads(line) for path in files for line in path.read_bytes().splitlines()]
+    unique = {e.event_id: e for e in events}
+
+    assert sorted(row["event_id"] for row in rows) == sorted(
+        e.event_id for e in unique.values() if e.type in LABELLED_TYPES
+    )
+    assert all(path.parent.name.startswith("hr=") and path.parent.parent.name.startswith("dt=") for path in files)
+
+
+def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key(bounded_run):
+    stack, topic, _, _, _ = bounded_run
+    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    replay_stack = with_env(stack, KF_TOPIC_DLQ=new_topic_named(stack, "dlq-replay", partitions=1))
+
+    dry = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--dry-run", "--no-progress")
+    result = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--no-progress",
+                                     timeout=JOB_TIMEOUT_S)  # fmt: skip
+    live, rebuilt = stored_state(client, "bounded"), stored_state(client, "rebuilt")
+
+    assert dry.returncode == 0 and "dry run: nothing replayed" in " ".join(dry.stderr.split())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert live.keys() == rebuilt.keys()
+    for key, (version, value) in live.items():
+        assert rebuilt[key][0] == version, key
+        if key.startswith(KeyKind.USER_SEQUENCE):
+            assert rebuilt[key][1] == value, key
+    assert client.get("kf:v1:control:active_ns:current") == b"rebuilt"
+
+
+def test_2_a_job_killed_mid_stream_resumes_from_its_checkpoint_to_the_uninterrupted_state(stack: Stack, tmp_path):
+    topic = new_topic_named(stack, "events-crash")
+    job_stack = with_env(stack, KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=new_topic_named(stack, "dlq-crash", 1))
+    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    events = messy_stream(seed=33, count=1200)
+    trending_key = redis_key(KeyKind.TRENDING, "global", "crash")
+    first, second = events[:600], events[600:]
+    checkpoints = stack.settings.checkpoints_dir / "crash"
+
+    publish(stack, topic, [(e.kafka_key, e.to_json()) for e in first])
+    job = start_job(job_stack, topic, "crash", tmp_path / "first.log")
+    try:
+        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in first}), "the first half")
+        applied_at = time.time()
+        wait_for(lambda: any(m.stat().st_mtime > applied_at for m in checkpoints.glob("*/chk-*/_metadata")),
+                 "a checkpoint after the first half")  # fmt: skip
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in second[:300]])
+        time.sleep(0.5)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # kill -9 of the job and its JVM and Python workers
+        job.wait()
+    publish(stack, topic, [(e.kafka_key, e.to_json()) for e in second[300:]])
+
+    restarted = start_job(job_stack, topic, "crash", tmp_path / "second.log")
+    try:
+        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in events}), "every event")
+        time.sleep(2 * stack.settings.redis_flush_interval_ms / 1000)
+        assert_state_equals_reference(client, "crash", events, stack.settings.feature_spec())
+        assert "restoring from" in (tmp_path / "second.log").read_text()
+    finally:
+        os.killpg(restarted.pid, signal.SIGKILL)
+        restarted.wait()
+
+
+def start_job(stack: Stack, topic: str, namespace: str, log_path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "streams.feature_job", "--topic", topic, "--namespace", namespace, "--no-samples"]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(command, env=stack.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def version_of(client: redis.Redis, key: str) -> int:
+    version = client.hget(key, "version")
+    return int(version) if version is not None else 0
+
+
+def wait_for(condition, what: str, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.5)

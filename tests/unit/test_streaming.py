@@ -1,0 +1,129 @@
+import math
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.dead_letters import dead_letter, original_payload
+from schemas.events import Event
+from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, fold_items, popularity_at
+from schemas.samples import hour_partition, training_sample
+from schemas.streaming import (
+    TrendingState,
+    UserState,
+    apply_trending_update,
+    apply_user_event,
+    fold_stream,
+    rank_key,
+    remember_event_id,
+    trending_list,
+)
+from schemas.validation import Problem
+
+T0 = 1_700_000_000_000
+
+
+def event(event_id, ts, item="i1", kind="click", user="u1", value=None, context=None) -> Event:
+    return Event(event_id=event_id, user_id=user, item_id=item, type=kind, ts=ts, value=value, context=context)
+
+
+def test_remembered_ids_drop_redeliveries_and_forget_the_oldest():
+    recent = ()
+    for event_id in ["a", "b", "c"]:
+        recent, is_new = remember_event_id(recent, event_id, capacity=2)
+        assert is_new
+
+    assert recent == ("b", "c")
+    assert remember_event_id(recent, "c", capacity=2) == (("b", "c"), False)
+    assert remember_event_id(recent, "a", capacity=2)[1]  # forgotten: beyond capacity
+
+
+def test_user_versions_count_applied_events():
+    state = UserState()
+    for n in range(3):
+        state = apply_user_event(state, event(f"e{n}", T0 + n), FeatureSpec())
+
+    assert state.version == 3
+    assert state.features.event_counts == {"click": 3}
+
+
+def test_rank_keys_order_items_like_popularity_at_any_common_time():
+    spec = FeatureSpec(popularity_half_life_ms=HOUR_MS)
+    old = ItemFeatures(popularity=8.0, popularity_ts=T0)
+    new = ItemFeatures(popularity=3.0, popularity_ts=T0 + 2 * HOUR_MS)  # 8 decays to 2 by then
+
+    assert rank_key(new, spec) > rank_key(old, spec)
+    for at in (T0 + 2 * HOUR_MS, T0 + 50 * HOUR_MS):
+        assert popularity_at(new, at, spec) > popularity_at(old, at, spec)
+    assert rank_key(ItemFeatures(), spec) == -math.inf
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8))
+def test_incremental_trending_equals_the_top_k_of_all_items(seed, k):
+    rng = random.Random(seed)
+    spec = FeatureSpec(popularity_half_life_ms=HOUR_MS, trending_size=k)
+    kinds = ["click", "impression", "purchase", "play"]
+    events = [event(f"e{n}", T0 + rng.randrange(10 * HOUR_MS), f"i{rng.randrange(15)}", rng.choice(kinds), f"u{n % 4}")
+              for n in range(120)]  # fmt: skip
+
+    _, items, trending = fold_stream(events, spec)
+    expected = sorted(
+        ((item_id, state.features) for item_id, state in items.items() if state.features.popularity > 0),
+        key=lambda pair: (-rank_key(pair[1], spec), pair[0]),
+    )[:k]
+    listed = trending_list(trending, spec)
+
+    assert [item_id for item_id, _ in listed.items] == [item_id for item_id, _ in expected]
+    for (_, score), (_, features) in zip(listed.items, expected, strict=True):
+        assert score == pytest.approx(popularity_at(features, listed.at_ts, spec))
+
+
+def test_trending_counts_every_update_as_a_version():
+    state = TrendingState()
+    for n, features in enumerate(fold_items([event("a", T0), event("b", T0 + 1, item="i2")], FeatureSpec()).values()):
+        state = apply_trending_update(state, f"i{n}", features, FeatureSpec())
+
+    assert state.version == 2
+
+
+def test_item_window_counts_cover_the_last_hour_and_day():
+    spec = FeatureSpec()
+    events = [event(f"e{n}", T0 + offset) for n, offset in enumerate([0, 23 * HOUR_MS, 23 * HOUR_MS + 30 * 60_000])]
+    events.append(event("imp", T0 + 23 * HOUR_MS + 31 * 60_000, kind="impression"))
+
+    item = fold_items(events, spec)["i1"]
+
+    assert item.interactions_within(HOUR_MS) == 2
+    assert item.interactions_within(24 * HOUR_MS) == 3
+    assert (
+        fold_items([*events[:1], event("late", T0 + 25 * HOUR_MS)], spec)["i1"].interactions_within(24 * HOUR_MS) == 1
+    )
+
+
+def test_training_samples_hold_the_state_just_before_the_event():
+    spec = FeatureSpec()
+    state = UserState()
+    for e in [event("a", T0, "i1"), event("c", T0 + 20, "i3")]:
+        state = apply_user_event(state, e, spec)
+    late_click = event("b", T0 + 10, "i2", context={"request_id": "r1", "position": 4})
+
+    sample = orjson.loads(orjson.dumps(training_sample(state, late_click)))
+
+    assert [entry[0] for entry in sample["sequence"]] == ["i1"]  # only interactions before it in event time
+    assert sample["user_features"]["event_counts"] == {"click": 2}
+    assert (sample["request_id"], sample["position"], sample["type"]) == ("r1", 4, "click")
+    assert training_sample(state, event("p", T0, kind="play")) is None
+    assert hour_partition(T0) == ("2023-11-14", "22")
+
+
+def test_dead_letters_keep_the_original_bytes_and_the_source():
+    raw = b"\xff\x00 not json"
+
+    record = orjson.loads(dead_letter(raw, [Problem(field="$", rule="not UTF-8")], 3, 42, T0))
+
+    assert record["reason"] == "$: not UTF-8"
+    assert record["source"] == {"partition": 3, "offset": 42, "kafka_timestamp_ms": T0}
+    assert original_payload(orjson.dumps(record)) == raw
