@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps up down status clean distclean test lint lock
+.PHONY: help setup system-deps up down status clean distclean test lint lock bench bench-stream
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,11 @@ status: ## show what runs and whether it answers
 
 test: setup ## run every test, integration tests against a real Kafka, Redis and PyFlink included
 	$(PY) -m pytest -v --durations=5
+
+bench: bench-stream ## every benchmark (numbers in README.md)
+
+bench-stream: up ## streaming job: sustained events/s and freshness p50/p99 at fixed input rates
+	$(PY) -m streams.bench $(BENCH_ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

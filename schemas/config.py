@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     python_bundle_time_ms: int = Field(
         50, ge=1, description="Flink Python bundle time; must be > 0 (0 silently means 1000 ms)."
     )
+    python_state_cache_size: int = Field(
+        200_000, ge=1, description="Keyed states cached in each Python worker; a miss is a blocking JVM round trip."
+    )
+    flink_profile_python: bool = Field(False, description="Profile the Python operators into Flink's log.")
     watermark_out_of_orderness_ms: int = Field(5000, ge=0, description="How late an event may be for event time.")
     source_idleness_s: float = Field(
         30.0, gt=0, description="A partition without events this long stops holding watermarks back."

@@ -5,7 +5,8 @@ them. Impressions are logged too: training labels an impression negative unless 
 the same `request_id` and `item_id` follows it.
 """
 
-from datetime import UTC, datetime
+import bisect
+import time
 from typing import Any
 
 from schemas.events import Event, EventType
@@ -21,7 +22,8 @@ def training_sample(before: UserState, event: Event) -> dict[str, Any] | None:
     if event.type not in LABELLED_TYPES:
         return None
     context = event.context or {}
-    history = [entry for entry in before.sequence.entries if entry.order < (event.ts, event.event_id)]
+    entries = before.sequence.entries  # ordered by (ts, event_id): the cut is a binary search
+    history = entries[: bisect.bisect_left(entries, (event.ts, event.event_id), key=lambda entry: entry.order)]
     return {
         "sample_version": SAMPLE_VERSION,
         "event_id": event.event_id,
@@ -39,5 +41,5 @@ def training_sample(before: UserState, event: Event) -> dict[str, Any] | None:
 
 def hour_partition(ts: int) -> tuple[str, str]:
     """(date, hour) of an event time in UTC, e.g. ('2026-11-22', '09'): the sample log's partitions."""
-    moment = datetime.fromtimestamp(ts / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%d"), moment.strftime("%H")
+    moment = time.gmtime(ts // 1000)
+    return f"{moment.tm_year:04d}-{moment.tm_mon:02d}-{moment.tm_mday:02d}", f"{moment.tm_hour:02d}"

@@ -166,7 +166,11 @@ class UserFeatures(KeyedProcessFunction):
         self.state = runtime_context.get_state(self.parameters.state("user"))
         self.recent_ids = runtime_context.get_state(self.parameters.recent_event_ids())
         self.writer = self.parameters.writer("users")
-        self.duplicates = runtime_context.get_metrics_group().counter("duplicates")
+        metrics = runtime_context.get_metrics_group()
+        self.duplicates = metrics.counter("duplicates")
+        for name in ("event_p50_ms", "event_p99_ms", "append_p50_ms", "append_p99_ms"):
+            # Freshness of the last 10 s window: Redis write time - event time, and - Kafka append time.
+            metrics.gauge(f"freshness_{name}", lambda name=name: round(self.writer.latest.get(name, 0)))
 
     def process_element(self, wire: tuple, ctx: KeyedProcessFunction.Context):
         event, append_ms = from_wire(wire)
