@@ -158,7 +158,7 @@ class EventTime(TimestampAssigner):
         return value[WIRE_TS]
 
 
-class UserFeatures(KeyedProcessFunction):
+class UserFeaturesFunction(KeyedProcessFunction):
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
@@ -198,7 +198,7 @@ class UserFeatures(KeyedProcessFunction):
         self.writer.close()
 
 
-class ItemFeatures(KeyedProcessFunction):
+class ItemFeaturesFunction(KeyedProcessFunction):
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
@@ -217,7 +217,7 @@ class ItemFeatures(KeyedProcessFunction):
         yield event.item_id, state.features, event.ts, append_ms
 
 
-class Trending(KeyedProcessFunction):
+class TrendingFunction(KeyedProcessFunction):
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
@@ -260,17 +260,17 @@ def build(raw: DataStream, settings: Settings, namespace: str) -> tuple[DataStre
         parsed.assign_timestamps_and_watermarks(watermarks)
         .name("event-time")
         .key_by(lambda wire: wire[WIRE_USER], key_type=Types.STRING())
-        .process(UserFeatures(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
+        .process(UserFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("user-features")
         .uid("user-features")
     )
     (
         users.key_by(lambda wire: wire[WIRE_ITEM], key_type=Types.STRING())
-        .process(ItemFeatures(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
+        .process(ItemFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("item-features")
         .uid("item-features")
         .key_by(lambda _update: TRENDING_ENTITY, key_type=Types.STRING())
-        .process(Trending(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
+        .process(TrendingFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("trending")
         .uid("trending")
         .set_parallelism(1)
