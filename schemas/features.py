@@ -5,7 +5,7 @@ event, a replay calls it over a topic, training calls it over history, so all th
 Results do not depend on arrival order: sequences are kept in event-time order, aggregates are
 sums and maxima, and decayed popularity is anchored so a late event adds what it would have
 added on time. Deduplication by event_id across the whole history is the caller's job (keyed
-state in the stream, `fold_*` below offline); `update_sequence` also ignores an event_id it holds.
+state in the stream, `unique_events` offline); `update_sequence` also ignores an event_id it holds.
 """
 
 import bisect
@@ -212,21 +212,3 @@ def unique_events(events: Iterable[Event]) -> Iterable[Event]:
         if event.event_id not in seen:
             seen.add(event.event_id)
             yield event
-
-
-def fold_users(events: Iterable[Event], spec: FeatureSpec) -> tuple[dict[str, UserSequence], dict[str, UserFeatures]]:
-    """Every user's sequence and features after `events`, deduplicated: the offline reference."""
-    sequences: dict[str, UserSequence] = {}
-    features: dict[str, UserFeatures] = {}
-    for event in unique_events(events):
-        sequences[event.user_id] = update_sequence(sequences.get(event.user_id, UserSequence()), event, spec)
-        features[event.user_id] = update_user_features(features.get(event.user_id, UserFeatures()), event, spec)
-    return sequences, features
-
-
-def fold_items(events: Iterable[Event], spec: FeatureSpec) -> dict[str, ItemFeatures]:
-    """Every item's features after `events`, deduplicated: the offline reference."""
-    items: dict[str, ItemFeatures] = {}
-    for event in unique_events(events):
-        items[event.item_id] = update_item_features(items.get(event.item_id, ItemFeatures()), event, spec)
-    return items

@@ -59,12 +59,8 @@ def plan(settings: Settings, topic: str, namespace: str, from_ms: int | None) ->
         consumer.close()
 
 
-def replayed_so_far(settings: Settings, replay: ReplayPlan) -> int:
-    consumer = _consumer(settings, replay.group_id)
-    try:
-        committed = consumer.committed([TopicPartition(replay.topic, p) for p in replay.end], timeout=10)
-    finally:
-        consumer.close()
+def replayed_so_far(consumer: Consumer, replay: ReplayPlan) -> int:
+    committed = consumer.committed([TopicPartition(replay.topic, p) for p in replay.end], timeout=10)
     return sum(max(0, tp.offset - replay.start[tp.partition]) for tp in committed if tp.offset >= 0)
 
 
@@ -80,11 +76,14 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
     log_path = settings.logs_dir / f"replay-{replay.namespace}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
+    # One consumer of the job's group reads its committed offsets for the whole run.
+    offsets = _consumer(settings, replay.group_id)
     with log_path.open("ab") as log:
         job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while job.poll() is None:
-            progress.update(task, completed=min(replayed_so_far(settings, replay), replay.events))
+            progress.update(task, completed=min(replayed_so_far(offsets, replay), replay.events))
             time.sleep(POLL_INTERVAL_S)
+    offsets.close()
     if job.returncode == 0:
         progress.update(task, completed=replay.events)
     return job.returncode

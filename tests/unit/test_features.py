@@ -8,14 +8,13 @@ from schemas.features import (
     ItemFeatures,
     UserFeatures,
     UserSequence,
-    fold_items,
-    fold_users,
     popularity_at,
     trending,
     update_item_features,
     update_sequence,
     update_user_features,
 )
+from schemas.streaming import fold_stream
 from tests.strategies import event_payloads
 
 T0 = 1_700_000_000_000
@@ -131,18 +130,18 @@ def test_state_does_not_depend_on_arrival_order_or_duplicates(events, random):
     shuffled = events + random.sample(events, k=len(events) // 2)  # duplicates, re-delivered later
     random.shuffle(shuffled)
     spec = FeatureSpec(sequence_length=5)
-    (sequences, users), items = fold_users(events, spec), fold_items(events, spec)
-    (reordered_sequences, reordered_users), reordered_items = fold_users(shuffled, spec), fold_items(shuffled, spec)
+    users, items, _ = fold_stream(events, spec)
+    reordered_users, reordered_items, _ = fold_stream(shuffled, spec)
 
     # Sequences, counts and times are exact; float sums may differ in the last bits with the order of addition.
-    assert reordered_sequences == sequences
-    assert reordered_users["u"].event_counts == users["u"].event_counts
-    assert reordered_users["u"].rating_sum == pytest.approx(users["u"].rating_sum, rel=1e-9)
+    assert reordered_users["u"].sequence == users["u"].sequence
+    assert reordered_users["u"].features.event_counts == users["u"].features.event_counts
+    assert reordered_users["u"].features.rating_sum == pytest.approx(users["u"].features.rating_sum, rel=1e-9)
     assert reordered_items.keys() == items.keys()
-    for item_id, features in items.items():
-        assert reordered_items[item_id].event_counts == features.event_counts
-        assert reordered_items[item_id].popularity_ts == features.popularity_ts
-        assert reordered_items[item_id].popularity == pytest.approx(features.popularity, rel=1e-9)
+    for item_id, state in items.items():
+        assert reordered_items[item_id].features.event_counts == state.features.event_counts
+        assert reordered_items[item_id].features.popularity_ts == state.features.popularity_ts
+        assert reordered_items[item_id].features.popularity == pytest.approx(state.features.popularity, rel=1e-9)
 
 
 def test_default_spec_keeps_50_interactions_and_weights_every_type():

@@ -2,7 +2,7 @@ import orjson
 import pytest
 
 from schemas.events import Event
-from schemas.features import FeatureSpec, fold_items, fold_users
+from schemas.features import FeatureSpec
 from schemas.redis_format import (
     FormatError,
     KeyKind,
@@ -12,6 +12,7 @@ from schemas.redis_format import (
     encode_value,
     redis_key,
 )
+from schemas.streaming import fold_stream
 
 
 def test_key_layout_is_prefix_version_namespace_kind_entity():
@@ -44,12 +45,11 @@ def test_every_value_kind_round_trips_with_its_as_of_time():
         Event(event_id="a", user_id="u", item_id="i", type="rating", value=4.5, ts=1_700_000_000_000),
         Event(event_id="b", user_id="u", item_id="i", type="click", ts=1_700_000_100_000),
     ]
-    sequences, users = fold_users(events, spec)
-    items = fold_items(events, spec)
+    users, items, _ = fold_stream(events, spec)
     values = {
-        KeyKind.USER_SEQUENCE: sequences["u"],
-        KeyKind.USER_FEATURES: users["u"],
-        KeyKind.ITEM_FEATURES: items["i"],
+        KeyKind.USER_SEQUENCE: users["u"].sequence,
+        KeyKind.USER_FEATURES: users["u"].features,
+        KeyKind.ITEM_FEATURES: items["i"].features,
         KeyKind.TRENDING: Trending(items=(("i", 1.9),), at_ts=1_700_000_100_000),
     }
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from schemas.dead_letters import dead_letter, original_payload
 from schemas.events import Event
-from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, fold_items, popularity_at
+from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, popularity_at
 from schemas.samples import hour_partition, training_sample
 from schemas.streaming import (
     TrendingState,
@@ -83,8 +83,9 @@ def test_incremental_trending_equals_the_top_k_of_all_items(seed, k):
 
 def test_trending_counts_every_update_as_a_version():
     state = TrendingState()
-    for n, features in enumerate(fold_items([event("a", T0), event("b", T0 + 1, item="i2")], FeatureSpec()).values()):
-        state = apply_trending_update(state, f"i{n}", features, FeatureSpec())
+    _, items, _ = fold_stream([event("a", T0), event("b", T0 + 1, item="i2")], FeatureSpec())
+    for n, item in enumerate(items.values()):
+        state = apply_trending_update(state, f"i{n}", item.features, FeatureSpec())
 
     assert state.version == 2
 
@@ -94,12 +95,15 @@ def test_item_window_counts_cover_the_last_hour_and_day():
     events = [event(f"e{n}", T0 + offset) for n, offset in enumerate([0, 23 * HOUR_MS, 23 * HOUR_MS + 30 * 60_000])]
     events.append(event("imp", T0 + 23 * HOUR_MS + 31 * 60_000, kind="impression"))
 
-    item = fold_items(events, spec)["i1"]
+    item = fold_stream(events, spec)[1]["i1"].features
 
     assert item.interactions_within(HOUR_MS) == 2
     assert item.interactions_within(24 * HOUR_MS) == 3
     assert (
-        fold_items([*events[:1], event("late", T0 + 25 * HOUR_MS)], spec)["i1"].interactions_within(24 * HOUR_MS) == 1
+        fold_stream([*events[:1], event("late", T0 + 25 * HOUR_MS)], spec)[1]["i1"].features.interactions_within(
+            24 * HOUR_MS
+        )
+        == 1
     )
 
 
