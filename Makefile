@@ -17,10 +17,10 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps up down status clean distclean test lint lock bench bench-stream
+.PHONY: help setup system-deps up down status clean distclean test lint lock bench bench-stream bench-train train
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 setup: system-deps $(VENV_STAMP) $(KAFKA_JARS_STAMP) $(FLINK_JARS_STAMP) ## install everything missing (apt, venv, jars); a no-op when done
 
@@ -62,10 +62,16 @@ status: ## show what runs and whether it answers
 test: setup ## run every test, integration tests against a real Kafka, Redis and PyFlink included
 	$(PY) -m pytest -v --durations=5
 
-bench: bench-stream ## every benchmark (numbers in README.md)
+train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source movielens" to bootstrap)
+	$(PY) -m training $(TRAIN_ARGS)
+
+bench: bench-stream bench-train ## every benchmark (numbers in README.md)
 
 bench-stream: up ## streaming job: sustained events/s and freshness p50/p99 at fixed input rates
 	$(PY) -m streams.bench $(BENCH_ARGS)
+
+bench-train: setup ## full training on MovieLens: wall time (target <= 10 min), memory, holdout metrics
+	$(PY) -m training.bench
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

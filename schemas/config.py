@@ -79,6 +79,36 @@ class Settings(BaseSettings):
     redis_flush_interval_ms: int = Field(50, ge=1, description="How often the job flushes its coalesced Redis writes.")
     flink_parallelism: int = Field(1, ge=1, description="Parallelism of the feature job's operators.")
 
+    label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")
+    train_seed: int = Field(
+        0, description="Seed of sampling, initialisation and shuffling: same data and seed, same models."
+    )
+    train_epochs: int = Field(
+        8, ge=1, description="Most epochs per model and run; each keeps its best epoch on the validation split."
+    )
+    train_batch_size: int = Field(
+        512, ge=2, description="Training batch size (also the in-batch negatives of retrieval)."
+    )
+    embedding_dim: int = Field(32, ge=2, description="Width of the item-id embeddings and of the retrieval vectors.")
+    logq_correction: float = Field(
+        1.0, ge=0, le=1, description="Weight of the logQ popularity correction of the in-batch softmax (1: full)."
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Newest share of events held out: first half validates, second half tests."
+    )
+    eval_max_queries: int = Field(2000, ge=1, description="Test queries sampled for the retrieval->ranking metrics.")
+    candidates: int = Field(200, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
+    faiss_exact_max_items: int = Field(
+        50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
+    )
+    gate_margin: float = Field(
+        0.01,
+        ge=0,
+        description="A new model may trail the current one by this much (GAUC, Recall@50) and still publish.",
+    )
+    keep_versions: int = Field(5, ge=1, description="Model versions kept in the registry; older ones are deleted.")
+    retrain_every_s: float = Field(900.0, gt=0, description="Period of the retraining scheduler.")
+
     startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
 
     @property
@@ -92,6 +122,10 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.run_dir / "samples"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.run_dir / "models"
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -7,10 +7,14 @@ the same `request_id` and `item_id` follows it.
 
 import bisect
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
+
 from schemas.events import Event, EventType
-from schemas.streaming import UserState
+from schemas.features import FeatureSpec, unique_events
+from schemas.streaming import UserState, apply_user_event
 
 SAMPLE_VERSION = 1
 LABELLED_TYPES = frozenset({EventType.IMPRESSION, EventType.CLICK, EventType.RATING, EventType.PURCHASE})
@@ -37,6 +41,18 @@ def training_sample(before: UserState, event: Event) -> dict[str, Any] | None:
         "sequence": [[entry.item_id, entry.type.value, entry.ts, entry.value] for entry in history],
         "user_features": before.features,
     }
+
+
+def sample_log(events: Iterable[Event], spec: FeatureSpec) -> Iterator[dict[str, Any]]:
+    """The rows the stream logs for `events` in this order, as a reader of the log gets them back
+    (through JSON): training's bootstrap path from a dataset, identical to the stream's log."""
+    users: dict[str, UserState] = {}
+    for event in unique_events(events):
+        before = users.get(event.user_id, UserState())
+        sample = training_sample(before, event)
+        if sample is not None:
+            yield orjson.loads(orjson.dumps(sample))
+        users[event.user_id] = apply_user_event(before, event, spec)
 
 
 def hour_partition(ts: int) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,11 @@ class Stack:
     def kingfisher(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run the installed `kingfisher` console script configured for this stack."""
         return self.run_program(str(Path(sys.executable).parent / "kingfisher"), *args, timeout=timeout)
+
+    def with_env(self, **variables: str) -> "Stack":
+        """The same stack with more settings for the programs it runs."""
+        env = self.env | variables
+        return replace(self, settings=settings_of(env), env=env)
 
     def run_program(self, *command: str, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run(command, env=self.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)

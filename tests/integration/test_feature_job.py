@@ -25,6 +25,7 @@ from schemas.samples import LABELLED_TYPES
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.streaming import fold_stream, trending_list
 from tests.conftest import REPO_ROOT, Stack, consume_all
+from training.data import bootstrap_rows, read_sample_log
 
 JOB_TIMEOUT_S = 600
 BAD_RECORDS = [
@@ -103,10 +104,6 @@ def assert_state_equals_reference(client: redis.Redis, namespace: str, events: l
     assert dict(listed.data.items) == pytest.approx(dict(expected_list.items), rel=1e-9)
 
 
-def with_env(stack: Stack, **variables: str) -> Stack:
-    return replace(stack, env=stack.env | variables)
-
-
 @pytest.fixture(scope="module")
 def bounded_run(stack: Stack):
     """Good events (out of order, with redeliveries) and bad records through one bounded job run."""
@@ -116,7 +113,7 @@ def bounded_run(stack: Stack):
     for n, bad in enumerate(BAD_RECORDS):
         records.insert(150 * n + 75, (b"bad", bad))
     publish(stack, topic, records)
-    job_stack = with_env(stack, KF_TOPIC_DLQ=dlq)
+    job_stack = stack.with_env(KF_TOPIC_DLQ=dlq)
     job = job_stack.run("-m", "streams.feature_job", "--topic", topic, "--namespace", "bounded", "--bounded", "--fresh",
                         timeout=JOB_TIMEOUT_S)  # fmt: skip
     return job_stack, topic, dlq, events, job
@@ -158,10 +155,18 @@ def test_training_samples_are_logged_once_per_labelled_event_by_event_hour(bound
     assert all(path.parent.name.startswith("hr=") and path.parent.parent.name.startswith("dt=") for path in files)
 
 
+def test_the_sample_log_is_what_training_bootstraps_from_the_same_events(bounded_run):
+    stack, _, _, events, _ = bounded_run
+
+    logged = read_sample_log(stack.settings.samples_dir)
+
+    assert logged == bootstrap_rows(events, stack.settings.feature_spec())
+
+
 def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key(bounded_run):
     stack, topic, _, _, _ = bounded_run
     client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
-    replay_stack = with_env(stack, KF_TOPIC_DLQ=new_topic_named(stack, "dlq-replay", partitions=1))
+    replay_stack = stack.with_env(KF_TOPIC_DLQ=new_topic_named(stack, "dlq-replay", partitions=1))
 
     dry = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--dry-run", "--no-progress")
     result = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--no-progress",
@@ -180,7 +185,7 @@ def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key(b
 
 def test_2_a_job_killed_mid_stream_resumes_from_its_checkpoint_to_the_uninterrupted_state(stack: Stack, tmp_path):
     topic = new_topic_named(stack, "events-crash")
-    job_stack = with_env(stack, KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=new_topic_named(stack, "dlq-crash", 1))
+    job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=new_topic_named(stack, "dlq-crash", 1))
     client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
     events = messy_stream(seed=33, count=1200)
     trending_key = redis_key(KeyKind.TRENDING, "global", "crash")

@@ -1,0 +1,189 @@
+"""Model bundles and the registry that holds them: the contract between training and serving.
+
+A bundle is a directory `v000042/` holding the exported models, item embeddings, the Faiss index,
+the vocabulary, the evaluation report and `manifest.json`, which records the SHA-256 of every
+other file. A reader verifies every checksum (and that no file was added) before it loads
+anything; nothing in a bundle is a pickle. The registry directory holds the versions and a
+`CURRENT` file naming the live one, replaced atomically. Publishing announces a `ModelUpdate` on
+the `model-updates` topic; serving follows that and polls `CURRENT` as a backstop.
+"""
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.features import FeatureSpec
+from schemas.validation import ContractRecord
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+USER_TOWER, RANKER = "user_tower", "ranker"
+"""Exported SavedModels; see the signatures in training/export.py."""
+ITEM_EMBEDDINGS, ITEM_INDEX, INDEX_IDS, VOCABULARY = (
+    "item_embeddings.npy",
+    "items.faiss",
+    "index_ids.json",
+    "vocabulary.json",
+)
+REPORT = "report"
+"""Directory of the evaluation report (JSON, Markdown, PNG)."""
+
+
+class BundleError(Exception):
+    """A bundle that must not be loaded: missing, altered or added files, or an unknown format."""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle_format: Literal[1] = BUNDLE_FORMAT
+    version: int = Field(ge=1)
+    parent_version: int | None = None
+    created_at: int = Field(description="Epoch milliseconds.")
+    feature_spec: FeatureSpec
+    trained_until: int = Field(description="Event time (ms) of the newest training event.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Headline holdout metrics.")
+    files: dict[str, str] = Field(default_factory=dict, description="Relative path -> SHA-256 hex digest.")
+
+
+class ModelUpdate(ContractRecord):
+    """Announcement on the `model-updates` topic that a version is live."""
+
+    kafka_key_field = "kind"
+
+    kind: Literal["bundle"] = "bundle"
+    version: int
+    path: str
+    published_at: int
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+def version_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file())
+
+
+def seal(directory: Path, manifest: Manifest) -> Manifest:
+    """Write the manifest with the checksum of every file now in `directory`."""
+    files = {name: sha256(directory / name) for name in _files(directory) if name != MANIFEST}
+    sealed = manifest.model_copy(update={"files": files})
+    (directory / MANIFEST).write_bytes(orjson.dumps(sealed.model_dump(mode="json"), option=orjson.OPT_INDENT_2))
+    return sealed
+
+
+def verify(directory: Path) -> Manifest:
+    """The bundle's manifest, once every file matches it; otherwise BundleError naming what is wrong."""
+    try:
+        manifest = Manifest.model_validate_json((directory / MANIFEST).read_bytes())
+    except FileNotFoundError as missing:
+        raise BundleError(f"{directory}: no {MANIFEST}") from missing
+    except ValueError as invalid:
+        raise BundleError(f"{directory / MANIFEST}: not a bundle manifest: {invalid}") from invalid
+    present = set(_files(directory)) - {MANIFEST}
+    if missing := sorted(set(manifest.files) - present):
+        raise BundleError(f"{directory}: files missing: {', '.join(missing)}")
+    if added := sorted(present - set(manifest.files)):
+        raise BundleError(f"{directory}: files not in the manifest: {', '.join(added)}")
+    for name, expected in manifest.files.items():
+        if sha256(directory / name) != expected:
+            raise BundleError(f"{directory / name}: checksum mismatch (expected sha256 {expected})")
+    return manifest
+
+
+class Registry:
+    """The versions under one directory and the pointer to the live one."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def versions(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        return sorted(int(path.name[1:]) for path in self.root.glob("v[0-9]*") if path.name[1:].isdigit())
+
+    def path(self, version: int) -> Path:
+        return self.root / version_name(version)
+
+    def current(self) -> int | None:
+        try:
+            return int((self.root / CURRENT).read_text().strip()[1:])
+        except FileNotFoundError:
+            return None
+
+    def next_version(self) -> int:
+        return max([0, *self.versions()]) + 1
+
+    def staging(self, version: int) -> Path:
+        """An empty directory to build a bundle in, on the registry's file system (for the atomic rename)."""
+        path = self.root / f".staging-{version_name(version)}-{os.getpid()}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, staging: Path, version: int) -> Manifest:
+        """Verify the staged bundle, move it into place and make it current; both steps are atomic renames."""
+        manifest = verify(staging)
+        if manifest.version != version:
+            raise BundleError(f"{staging}: manifest says version {manifest.version}, expected {version}")
+        staging.rename(self.path(version))
+        pointer = self.root / f".{CURRENT}.tmp"
+        pointer.write_text(version_name(version) + "\n")
+        pointer.replace(self.root / CURRENT)
+        return manifest
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete all but the newest `keep` versions (never the current one); returns the deleted ones."""
+        current = self.current()
+        doomed = [version for version in self.versions()[:-keep] if version != current]
+        for version in doomed:
+            shutil.rmtree(self.path(version))
+        return doomed
+
+
+class LoadedBundle:
+    """A verified bundle in memory: the vocabulary, the Faiss index and the exported models' signatures."""
+
+    def __init__(self, directory: Path, exact_max_items: int):
+        import tensorflow as tf  # here, not at module level: the stream imports schemas without TensorFlow
+
+        from schemas.ann import ItemIndex
+        from schemas.model_inputs import Vocabulary
+
+        self.directory = directory
+        self.manifest = verify(directory)
+        self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
+        self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
+        self._user_tower = tf.saved_model.load(str(directory / USER_TOWER))
+        self._ranker = tf.saved_model.load(str(directory / RANKER))
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def user_vectors(self, sequence, kinds, user_features):
+        """sequence and kinds [B, L] int32, user_features [B, F] float32 -> [B, d] float32."""
+        return self._user_tower.embed(sequence=sequence, kinds=kinds, user_features=user_features)["embedding"].numpy()
+
+    def score(self, sequence, kinds, candidates, user_features, hour):
+        """[B, L], [B, L], candidates [B, M] int32, [B, F], hour [B] -> (probabilities [B, M], attention [B, M, L])."""
+        out = self._ranker.score(
+            sequence=sequence, kinds=kinds, candidates=candidates, user_features=user_features, hour=hour
+        )
+        return out["score"].numpy(), out["attention"].numpy()

@@ -1,0 +1,54 @@
+"""The Faiss item index behind index()/search()."""
+
+import numpy as np
+import pytest
+
+from schemas.ann import ItemIndex
+
+
+def normalised(rng, rows: int, dimension: int = 8) -> np.ndarray:
+    vectors = rng.normal(size=(rows, dimension)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_exact_index_returns_the_brute_force_top_k_with_ids_and_scores(tmp_path):
+    rng = np.random.default_rng(1)
+    items, queries = normalised(rng, 200), normalised(rng, 5)
+    ids = [f"i{n}" for n in range(200)]
+
+    index = ItemIndex(exact_max_items=1000).index(items, ids)
+    scores, found = index.search(queries, 10)
+
+    expected = np.argsort(-(queries @ items.T), axis=1)[:, :10]
+    assert index.kind == "exact"
+    assert found.tolist() == [[ids[n] for n in row] for row in expected]
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ items.T, expected, axis=1), rtol=1e-5)
+
+    index.save(tmp_path / "items.faiss", tmp_path / "ids.json")
+    loaded = ItemIndex.load(tmp_path / "items.faiss", tmp_path / "ids.json", 1000)
+    assert loaded.search(queries, 10)[1].tolist() == found.tolist()
+
+
+def test_large_catalogues_get_hnsw_with_high_recall():
+    rng = np.random.default_rng(2)
+    items, queries = normalised(rng, 3000), normalised(rng, 50)
+
+    index = ItemIndex(exact_max_items=1000).index(items, [str(n) for n in range(3000)])
+    _, found = index.search(queries, 20)
+
+    exact = np.argsort(-(queries @ items.T), axis=1)[:, :20]
+    recall = np.mean([len({str(n) for n in row} & set(hits)) / 20 for row, hits in zip(exact, found, strict=True)])
+    assert index.kind == "hnsw" and recall > 0.9
+
+
+def test_fewer_items_than_k_leaves_empty_places():
+    index = ItemIndex(10).index(np.eye(2, dtype=np.float32), ["a", "b"])
+
+    scores, found = index.search(np.array([[1.0, 0.0]], np.float32), 3)
+
+    assert found.tolist() == [["a", "b", None]] and scores[0, 2] == -np.inf
+
+
+def test_embeddings_and_ids_must_match():
+    with pytest.raises(ValueError, match="3 embeddings for 2 ids"):
+        ItemIndex(10).index(np.zeros((3, 2), np.float32), ["a", "b"])

@@ -1,0 +1,33 @@
+"""Evaluation metrics against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from training.metrics import auc, gauc, ranking_metrics
+
+
+def test_auc_counts_correctly_ordered_pairs_and_ties_as_half():
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.3, 0.1])) == pytest.approx(3 / 4)
+    assert auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+    assert math.isnan(auc(np.array([1, 1]), np.array([0.2, 0.3])))
+
+
+def test_gauc_weights_each_users_auc_by_their_samples_and_skips_one_class_users():
+    users = ["a", "a", "b", "b", "b", "b", "c"]
+    labels = np.array([1, 0, 1, 0, 0, 0, 1])
+    scores = np.array([0.9, 0.1, 0.1, 0.2, 0.3, 0.4, 0.5])
+
+    assert gauc(users, labels, scores) == pytest.approx((2 * 1.0 + 4 * 0.0) / 6)
+
+
+def test_ranking_metrics_by_hand():
+    metrics = ranking_metrics([["a", "b", "c"], ["x", "y", "z"]], [frozenset({"b", "d"}), frozenset({"q"})], k=2)
+
+    ndcg_first = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
+    assert metrics == pytest.approx({"recall@2": 0.25, "ndcg@2": ndcg_first / 2, "hitrate@2": 0.5})
+
+
+def test_ranking_metrics_skip_queries_with_nothing_relevant():
+    assert ranking_metrics([["a"], ["b"]], [frozenset({"a"}), frozenset()], k=1)["recall@1"] == 1.0

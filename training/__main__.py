@@ -1,0 +1,49 @@
+"""`python -m training`: train, evaluate and publish one model version (settings: KF_*)."""
+
+import argparse
+import logging
+import sys
+
+from schemas.config import Settings
+from training.pipeline import TrainingError, train_once
+from training.sources import Source, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument(
+        "--source",
+        type=Source,
+        choices=list(Source),
+        default=Source.SAMPLES,
+        help="the stream's sample log (default) or a dataset passed through the feature functions",
+    )
+    parser.add_argument(
+        "--synthetic-events", type=int, default=20_000, metavar="N", help="events of --source synthetic"
+    )
+    parser.add_argument("--force", action="store_true", help="publish even if worse than the live version")
+    parser.add_argument("--cold", action="store_true", help="do not warm-start from the live version")
+    parser.add_argument("--no-announce", action="store_true", help="do not announce on the model-updates topic")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    try:
+        data = load(settings, arguments.source, arguments.synthetic_events)
+        outcome = train_once(
+            settings,
+            data,
+            force=arguments.force,
+            warm=not arguments.cold,
+            announce=not arguments.no_announce,
+            progress=not arguments.no_progress,
+        )
+    except TrainingError as error:
+        logging.getLogger("kingfisher.training").error("%s", error)
+        return 1
+    print(outcome.verdict)
+    return 0 if outcome.published else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Evaluation metrics, computed exactly (no sampled metrics)."""
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a random positive outranks a random negative (ties count
+    half). NaN when only one class is present."""
+    labels = np.asarray(labels) > 0
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = _average_ranks(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied scores sharing their mean rank."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    start = 0
+    while start < len(scores):
+        end = start
+        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def gauc(users: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> float:
+    """Group AUC of the DIN paper: each user's AUC weighted by that user's number of samples, over
+    users with both positives and negatives (the others have no AUC)."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for n, user in enumerate(users):
+        rows[user].append(n)
+    weighted, total = 0.0, 0
+    for indices in rows.values():
+        value = auc(labels[indices], scores[indices])
+        if not math.isnan(value):
+            weighted += len(indices) * value
+            total += len(indices)
+    return weighted / total if total else math.nan
+
+
+def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[frozenset[str]], k: int) -> dict[str, float]:
+    """Mean Recall@k, NDCG@k (binary relevance) and HitRate@k over queries with something relevant."""
+    recalls, ndcgs, hits = [], [], []
+    for items, truth in zip(ranked, relevant, strict=True):
+        if not truth:
+            continue
+        gains = [1.0 if item in truth else 0.0 for item in items[:k]]
+        found = sum(gains)
+        ideal = sum(1.0 / math.log2(position + 2) for position in range(min(len(truth), k)))
+        recalls.append(found / len(truth))
+        ndcgs.append(sum(gain / math.log2(position + 2) for position, gain in enumerate(gains)) / ideal)
+        hits.append(float(found > 0))
+    if not recalls:
+        return {f"recall@{k}": math.nan, f"ndcg@{k}": math.nan, f"hitrate@{k}": math.nan}
+    return {
+        f"recall@{k}": float(np.mean(recalls)),
+        f"ndcg@{k}": float(np.mean(ndcgs)),
+        f"hitrate@{k}": float(np.mean(hits)),
+    }

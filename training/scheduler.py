@@ -1,0 +1,73 @@
+"""`python -m training.scheduler`: retrain periodically, warm-starting from the live version.
+
+A failed run is logged and the next period tries again; the registry keeps the newest
+KF_KEEP_VERSIONS versions. SIGTERM or Ctrl-C stops it; a run in progress finishes first.
+"""
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+
+from schemas.config import Settings
+from training.pipeline import train_once
+from training.sources import Source, load
+
+log = logging.getLogger("kingfisher.training.scheduler")
+UNITS_S = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_s(text: str) -> float:
+    """'90s', '15m', '2h' or plain seconds -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive duration: {text!r} (e.g. 90s, 15m, 2h)")
+    return float(match[1]) * UNITS_S[match[2] or "s"]
+
+
+def run_periodically(
+    settings: Settings, source: Source, every_s: float, stop: threading.Event, synthetic_events: int, progress: bool
+) -> None:
+    next_start = time.monotonic()
+    while not stop.is_set():
+        try:
+            outcome = train_once(settings, load(settings, source, synthetic_events), progress=progress)
+            log.info("run finished: version %d %s", outcome.version, outcome.verdict)
+        except Exception:  # any failure: log it with its traceback, keep the schedule
+            log.exception("training run failed; next attempt in %.0fs", every_s)
+        next_start += every_s
+        stop.wait(max(0.0, next_start - time.monotonic()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m training.scheduler", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--every",
+        type=duration_s,
+        default=settings.retrain_every_s,
+        metavar="DURATION",
+        help="period, e.g. 15m (default KF_RETRAIN_EVERY_S seconds)",
+    )
+    parser.add_argument("--source", type=Source, choices=list(Source), default=Source.SAMPLES)
+    parser.add_argument("--synthetic-events", type=int, default=20_000, metavar="N")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, lambda *_: stop.set())
+    log.info("retraining from %s every %.0fs into %s", arguments.source, arguments.every, settings.models_dir)
+    run_periodically(
+        settings, arguments.source, arguments.every, stop, arguments.synthetic_events, not arguments.no_progress
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
