@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps up down status clean distclean test lint lock bench bench-stream bench-train train
+.PHONY: help setup system-deps up down status clean distclean test lint lock bench bench-stream bench-train bench-serve train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -65,13 +65,19 @@ test: setup ## run every test, integration tests against a real Kafka, Redis and
 train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source movielens" to bootstrap)
 	$(PY) -m training $(TRAIN_ARGS)
 
-bench: bench-stream bench-train ## every benchmark (numbers in README.md)
+serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 (KF_SERVE_PORT)
+	$(PY) -m serving
+
+bench: bench-stream bench-train bench-serve ## every benchmark (numbers in README.md)
 
 bench-stream: up ## streaming job: sustained events/s and freshness p50/p99 at fixed input rates
 	$(PY) -m streams.bench $(BENCH_ARGS)
 
 bench-train: setup ## full training on MovieLens: wall time (target <= 10 min), memory, holdout metrics
 	$(PY) -m training.bench
+
+bench-serve: up ## service latency p50/p95/p99 and errors at 50, 100, 200, 500 req/s (60 s each)
+	$(PY) -m serving.bench $(BENCH_ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

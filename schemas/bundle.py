@@ -14,10 +14,12 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.features import FeatureSpec
+from schemas.model_inputs import FIRST_ITEM
 from schemas.validation import ContractRecord
 
 BUNDLE_FORMAT = 1
@@ -31,6 +33,8 @@ ITEM_EMBEDDINGS, ITEM_INDEX, INDEX_IDS, VOCABULARY = (
     "index_ids.json",
     "vocabulary.json",
 )
+POPULAR = "popular.json"
+"""Most popular items of the training data, most popular first: the cold-start and no-Redis answer."""
 REPORT = "report"
 """Directory of the evaluation report (JSON, Markdown, PNG)."""
 
@@ -170,6 +174,9 @@ class LoadedBundle:
         self.manifest = verify(directory)
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
+        self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
+        self.embeddings = np.load(directory / ITEM_EMBEDDINGS, allow_pickle=False)
+        """[items, d]: row i is item vocabulary.item_ids[i]."""
         self._user_tower = tf.saved_model.load(str(directory / USER_TOWER))
         self._ranker = tf.saved_model.load(str(directory / RANKER))
 
@@ -187,3 +194,15 @@ class LoadedBundle:
             sequence=sequence, kinds=kinds, candidates=candidates, user_features=user_features, hour=hour
         )
         return out["score"].numpy(), out["attention"].numpy()
+
+    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        """The k items whose retrieval vectors are nearest to `item_id`'s; None for an unknown item."""
+        row = int(self.vocabulary.item_indices([item_id])[0]) - FIRST_ITEM
+        if row < 0:
+            return None
+        scores, ids = self.index.search(self.embeddings[row : row + 1], k + 1)
+        return [
+            (other, float(score))
+            for other, score in zip(ids[0], scores[0], strict=True)
+            if other is not None and other != item_id
+        ][:k]

@@ -109,6 +109,14 @@ class Settings(BaseSettings):
     keep_versions: int = Field(5, ge=1, description="Model versions kept in the registry; older ones are deleted.")
     retrain_every_s: float = Field(900.0, gt=0, description="Period of the retraining scheduler.")
 
+    serve_port: Port = Field(8080, description="Port of the recommendation service (on KF_BIND_HOST).")
+    request_budget_ms: int = Field(
+        100, ge=1, description="Time a request may wait for Redis before answering from trending/popularity."
+    )
+    max_k: int = Field(100, ge=1, description="Largest k a client may ask for.")
+    admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: they answer 403.")
+    model_poll_s: float = Field(5.0, gt=0, description="How often serving checks the registry for a new version.")
+
     startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
 
     @property

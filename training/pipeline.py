@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import orjson
 import tensorflow as tf
 from confluent_kafka import Producer
 
@@ -20,6 +21,7 @@ from schemas.bundle import (
     INDEX_IDS,
     ITEM_EMBEDDINGS,
     ITEM_INDEX,
+    POPULAR,
     RANKER,
     REPORT,
     USER_TOWER,
@@ -55,6 +57,7 @@ log = logging.getLogger("kingfisher.training")
 RETRIEVAL_WEIGHTS, RANKER_WEIGHTS = "retrieval.weights.h5", "ranker.weights.h5"
 """Keras weights (HDF5, not pickle) kept in the bundle so the next run can warm-start."""
 FUTURE_POSITIVES = 10
+POPULAR_ITEMS = 1000
 ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
 MIN_TRAIN_ROWS = 100
 GATED_METRICS = {"gauc": ("rankers", "DIN", "gauc"), "recall@50": ("pipelines", "two-tower + DIN", "recall@50")}
@@ -137,6 +140,8 @@ class TrainingRun:
 
     def prepare(self) -> None:
         settings, rows = self.settings, self.data.rows
+        if len(rows) < MIN_TRAIN_ROWS:
+            raise TrainingError(f"too little data: {len(rows)} sample rows from {self.data.source}")
         row_labels = labels(rows, settings.label_threshold)
         self.split = TimeSplit.of(rows, settings.holdout_fraction)
         train, validate, test = self.split.parts(rows)
@@ -210,6 +215,7 @@ class TrainingRun:
         np.save(staging / ITEM_EMBEDDINGS, self.embeddings, allow_pickle=False)
         self.index.save(staging / ITEM_INDEX, staging / INDEX_IDS)
         (staging / VOCABULARY).write_bytes(vocabulary.to_json())
+        (staging / POPULAR).write_bytes(orjson.dumps([item for item, _ in self.popularity.most_common(POPULAR_ITEMS)]))
         models.retrieval.save_weights(staging / RETRIEVAL_WEIGHTS)
         models.din.save_weights(staging / RANKER_WEIGHTS)
         self.manifest = Manifest(

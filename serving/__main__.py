@@ -1,0 +1,24 @@
+"""`python -m serving`: the recommendation service on KF_BIND_HOST:KF_SERVE_PORT (settings: KF_*)."""
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from schemas.config import Settings
+from serving.app import init_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--port", type=int, default=settings.serve_port, help="listen port (KF_SERVE_PORT)")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    web.run_app(init_app(settings), host=settings.bind_host, port=arguments.port, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The recommendation service: `init_app(settings)` builds it for production and for tests.
+
+Resources live in `cleanup_ctx` under typed keys; handlers are short and turn domain errors into
+HTTP errors at the edge. A request never fails because Redis is slow or down, or because no model
+is loaded yet: it answers from trending/popularity with `fallback` set.
+"""
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from confluent_kafka import Producer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas.catalogue_topic import read_catalogue_topic
+from schemas.config import Settings
+from schemas.events import ID_PATTERN, validate_event
+from schemas.validation import InvalidRecord
+from serving.live import LiveState, LiveStore
+from serving.metrics import Metrics
+from serving.models import ModelHolder, listen_for_updates
+from serving.openapi import openapi_document
+from serving.recommend import rank_for_user
+
+log = logging.getLogger("kingfisher.serving")
+MAX_BATCH = 500
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MODEL_THREADS = 2
+ID_RE = re.compile(ID_PATTERN)
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", LiveStore)
+MODELS = web.AppKey("models", ModelHolder)
+METRICS = web.AppKey("metrics", Metrics)
+PRODUCER = web.AppKey("producer", Producer)
+TITLES = web.AppKey("titles", dict)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+
+
+class BadRequest(ValueError):
+    def __init__(self, *reasons: str):
+        super().__init__("; ".join(reasons))
+        self.reasons = list(reasons)
+
+
+def json_response(payload, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+@web.middleware
+async def edge(request: web.Request, handler) -> web.StreamResponse:
+    """Time every route and turn BadRequest into 400 with its reasons."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    clock = time.perf_counter()
+    try:
+        response = await handler(request)
+    except BadRequest as bad:
+        response = json_response({"error": "bad request", "reasons": bad.reasons}, status=400)
+    except web.HTTPException as http:
+        response = http
+    metrics = request.app[METRICS]
+    metrics.latency.labels(route).observe(time.perf_counter() - clock)
+    if response.status >= 400:
+        metrics.errors.labels(route, str(response.status)).inc()
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+        raise BadRequest(f"{name}: must be an integer from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise BadRequest(f"{name}: must be true or false, got {raw!r}")
+    return raw in ("true", "1")
+
+
+def _identifier(name: str, value: str | None) -> str:
+    if value is None:
+        raise BadRequest(f"{name}: required")
+    if not ID_RE.fullmatch(value):
+        raise BadRequest(f"{name}: must match {ID_PATTERN}")
+    return value
+
+
+async def _live_state(app: web.Application, user_id: str) -> tuple[LiveState, str | None]:
+    """The user's live state within the time budget, or an empty one and why not."""
+    budget_s = app[SETTINGS].request_budget_ms / 1000
+    clock = time.perf_counter()
+    try:
+        state = await asyncio.wait_for(app[STORE].read(user_id), budget_s)
+    except TimeoutError:
+        return LiveState(), "redis slower than the request budget"
+    except (aioredis.RedisError, OSError) as error:
+        return LiveState(), f"redis unavailable: {type(error).__name__}"
+    finally:
+        app[METRICS].stage.labels("redis").observe(time.perf_counter() - clock)
+    return state, None
+
+
+def _item(app: web.Application, item_id: str, score: float, reasons: tuple[str, ...] = ()) -> dict:
+    titles = app[TITLES]
+    item = {"item_id": item_id, "score": score, "title": titles.get(item_id)}
+    if reasons:
+        item["reasons"] = [{"item_id": reason, "title": titles.get(reason)} for reason in reasons]
+    return item
+
+
+async def recommendations(request: web.Request) -> web.Response:
+    app, clock = request.app, time.perf_counter()
+    user_id = _identifier("user_id", request.query.get("user_id"))
+    k = _int(request, "k", 20, 1, app[SETTINGS].max_k)
+    exclude_seen, explain = _flag(request, "exclude_seen"), _flag(request, "explain")
+    bundle = app[MODELS].bundle  # this request's models, whatever swaps meanwhile
+    state, problem = await _live_state(app, user_id)
+    seen = {behaviour[0] for behaviour in state.behaviours} if exclude_seen else set()
+    trending = [item for item, _ in state.trending.data.items] if state.trending else []
+    reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else "cold start")
+    if reason is not None:
+        app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
+        popular = trending + ([item for item in bundle.popular if item not in trending] if bundle else [])
+        chosen = [item for item in popular if item not in seen][:k]
+        items = [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
+    else:
+        ranked = await asyncio.get_running_loop().run_in_executor(
+            request.app[EXECUTOR],
+            rank_for_user,
+            bundle,
+            state.behaviours,
+            state.feature_values,
+            int(time.time() * 1000),
+            trending,
+            seen,
+            k,
+            app[SETTINGS].candidates,
+        )
+        for stage, seconds in ranked.timings_s.items():
+            app[METRICS].stage.labels(stage).observe(seconds)
+        app[METRICS].candidates.observe(ranked.candidates)
+        items = [_item(app, s.item_id, s.score, s.reasons if explain else ()) for s in ranked.items]
+    return json_response(
+        {
+            "user_id": user_id,
+            "items": items,
+            "model_version": bundle.version if bundle else None,
+            "features_as_of": state.as_of,
+            "fallback": problem is not None or bundle is None,
+            "reason": reason,
+            "took_ms": round((time.perf_counter() - clock) * 1000, 2),
+        }
+    )
+
+
+async def similar_items(request: web.Request) -> web.Response:
+    item_id = _identifier("item_id", request.match_info["item_id"])
+    k = _int(request, "k", 20, 1, request.app[SETTINGS].max_k)
+    bundle = request.app[MODELS].bundle
+    if bundle is None:
+        return json_response({"error": "no model loaded"}, status=503)
+    neighbours = await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], bundle.similar, item_id, k)
+    if neighbours is None:
+        raise web.HTTPNotFound(
+            text=orjson.dumps({"error": f"unknown item {item_id}"}).decode(), content_type="application/json"
+        )
+    items = [_item(request.app, other, score) for other, score in neighbours]
+    return json_response({"item_id": item_id, "items": items, "model_version": bundle.version})
+
+
+async def profile(request: web.Request) -> web.Response:
+    user_id = _identifier("user_id", request.match_info["user_id"])
+    state, problem = await _live_state(request.app, user_id)
+    if problem is not None:
+        return json_response({"error": problem}, status=503)
+    return json_response({"user_id": user_id, "namespace": request.app[STORE].namespace} | state.profile())
+
+
+async def post_events(request: web.Request) -> web.Response:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BadRequest(f"body: at most {MAX_BODY_BYTES} bytes")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"body: not JSON ({error})") from None
+    payloads = body if isinstance(body, list) else [body]
+    if not 1 <= len(payloads) <= MAX_BATCH:
+        raise BadRequest(f"body: one event or a list of 1 to {MAX_BATCH}, got {len(payloads)}")
+    events, reasons = [], []
+    for index, payload in enumerate(payloads):
+        if not isinstance(payload, dict):
+            reasons.append(f"[{index}] $: an event must be a JSON object")
+            continue
+        try:
+            events.append(validate_event(payload))
+        except InvalidRecord as invalid:
+            reasons += [f"[{index}] {problem}" for problem in invalid.problems]
+    if reasons:
+        raise BadRequest(*reasons)  # nothing of an invalid batch is produced: the client resends it whole
+    settings, producer = request.app[SETTINGS], request.app[PRODUCER]
+    for event in events:
+        producer.produce(settings.topic_events, key=event.kafka_key, value=event.to_json())
+    producer.poll(0)
+    request.app[METRICS].events.inc(len(events))
+    return json_response({"accepted": len(events), "topic": settings.topic_events}, status=202)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    bundle, problems = request.app[MODELS].bundle, []
+    if bundle is None:
+        problems.append(request.app[MODELS].last_error or "no model loaded")
+    try:
+        await asyncio.wait_for(request.app[STORE].client.ping(), 1.0)
+    except (TimeoutError, aioredis.RedisError, OSError) as error:
+        problems.append(f"redis: {type(error).__name__}")
+    status = {"ready": not problems, "model_version": bundle.version if bundle else None, "problems": problems}
+    return json_response(status, status=200 if not problems else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    bundle = request.app[MODELS].bundle
+    request.app[METRICS].model_version.set(bundle.version if bundle else 0)
+    return web.Response(
+        body=generate_latest(request.app[METRICS].registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def models(request: web.Request) -> web.Response:
+    bundle = request.app[MODELS].bundle
+    retained = await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], request.app[MODELS].retained)
+    return json_response({"live_version": bundle.version if bundle else None, "versions": retained})
+
+
+async def reload_models(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].admin_token
+    if token is None:
+        raise web.HTTPForbidden(
+            text='{"error": "admin routes are off: set KF_ADMIN_TOKEN"}', content_type="application/json"
+        )
+    if request.headers.get("Authorization") != f"Bearer {token}":
+        raise web.HTTPUnauthorized(text='{"error": "admin token required"}', content_type="application/json")
+    swapped = await request.app[MODELS].refresh()
+    bundle = request.app[MODELS].bundle
+    return json_response(
+        {
+            "swapped": swapped,
+            "live_version": bundle.version if bundle else None,
+            "error": request.app[MODELS].last_error,
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[SETTINGS], MAX_BATCH))
+
+
+async def resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[EXECUTOR] = ThreadPoolExecutor(MODEL_THREADS, thread_name_prefix="models")
+    client = aioredis.Redis(
+        host=settings.bind_host, port=settings.redis_port, socket_connect_timeout=1, socket_timeout=1
+    )
+    app[STORE] = LiveStore(client, settings.namespace)
+    app[PRODUCER] = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    app[MODELS] = ModelHolder(settings, app[EXECUTOR])
+    loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+    try:
+        app[TITLES] = await loop.run_in_executor(app[EXECUTOR], _titles, settings)
+    except Exception as error:  # a missing catalogue costs titles only
+        log.warning("no catalogue titles: %s", error)
+        app[TITLES] = {}
+    listener = listen_for_updates(settings, loop, wake, stop)
+    tasks = [
+        asyncio.create_task(app[STORE].follow_namespace(), name="namespace"),
+        asyncio.create_task(app[MODELS].follow(wake), name="models"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    stop.set()
+    await loop.run_in_executor(None, listener.join, 5)
+    await loop.run_in_executor(None, app[PRODUCER].flush, 10)
+    await client.aclose()
+    app[EXECUTOR].shutdown(wait=True)
+
+
+def _titles(settings: Settings) -> dict[str, str]:
+    return {item_id: item.title for item_id, item in read_catalogue_topic(settings).items()}
+
+
+def init_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[edge], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/v1/recommendations", recommendations)
+    app.router.add_get("/v1/items/{item_id}/similar", similar_items)
+    app.router.add_get("/v1/users/{user_id}/profile", profile)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/admin/models/reload", reload_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

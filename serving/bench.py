@@ -1,0 +1,175 @@
+"""`python -m serving.bench` (make bench-serve): latency of /v1/recommendations at fixed request rates.
+
+Sets up live state for MovieLens users in a Redis namespace of its own (through the same feature
+functions the stream uses), starts the service as a separate process on the live model (training
+one on MovieLens first if the registry is empty), then sends requests open-loop: request i leaves
+at start + i / rate whatever the answers before it, and its latency counts from that moment, so a
+slow service cannot hide queueing. Reports p50/p95/p99 and errors per rate.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from schemas.bundle import Registry
+from schemas.config import Settings
+from schemas.redis_format import KeyKind, encode_value, redis_key
+from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
+from schemas.streaming import fold_stream, trending_list
+
+log = logging.getLogger("kingfisher.bench")
+NAMESPACE = "bench"
+READY_TIMEOUT_S = 180
+TARGET_P99_MS, TARGET_RATE = 50, 200
+
+
+def prepare_state(settings: Settings, users: int) -> list[str]:
+    """Write the live state of `users` MovieLens users (and trending) into the bench namespace."""
+    spec = settings.feature_spec()
+    states, _, trending = fold_stream(rating_events(locate_dataset(settings.movielens_path), LoadReport()), spec)
+    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
+    chosen = sorted(states)[:users]
+    with client.pipeline(transaction=False) as pipe:
+        for user_id in chosen:
+            state = states[user_id]
+            for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
+                pipe.hset(
+                    redis_key(kind, user_id, NAMESPACE),
+                    mapping={"version": state.version, "value": encode_value(value, state.features.last_ts)},
+                )
+        listed = trending_list(trending, spec)
+        pipe.hset(
+            redis_key(KeyKind.TRENDING, "global", NAMESPACE),
+            mapping={"version": trending.version, "value": encode_value(listed, listed.at_ts)},
+        )
+        pipe.execute()
+    return chosen
+
+
+def ensure_model(settings: Settings) -> int:
+    registry = Registry(settings.models_dir)
+    if registry.current() is None:
+        log.info("no model in %s: training one on MovieLens first", settings.models_dir)
+        subprocess.run(
+            [sys.executable, "-m", "training", "--source", "movielens", "--no-announce", "--no-progress"], check=True
+        )
+    return registry.current()
+
+
+async def wait_ready(base: str, service: subprocess.Popen) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if service.poll() is not None:
+                raise RuntimeError("the service exited while starting")
+            try:
+                async with session.get(base + "/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"service not ready in {READY_TIMEOUT_S}s")
+
+
+async def drive(base: str, users: list[str], rate: float, seconds: float, k: int) -> dict:
+    """Open-loop load at `rate` requests/s for `seconds`; latency from each request's scheduled time."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def one(n: int, scheduled: float) -> None:
+            nonlocal errors
+            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            try:
+                url = f"{base}/v1/recommendations?user_id={users[n % len(users)]}&k={k}&exclude_seen=true"
+                async with session.get(url) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors += 1
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+            latencies.append(time.perf_counter() - scheduled)
+
+        start = time.perf_counter() + 0.5
+        total = int(rate * seconds)
+        await asyncio.gather(*(one(n, start + n / rate) for n in range(total)))
+        elapsed = time.perf_counter() - start
+    p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
+    return {
+        "rate": rate,
+        "sent": total,
+        "achieved": total / elapsed,
+        "errors": errors,
+        "p50": p50,
+        "p95": p95,
+        "p99": p99,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rates", default="50,100,200,500", help="requests/s, comma-separated")
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of each rate")
+    parser.add_argument("--users", type=int, default=500, help="distinct users asked for")
+    parser.add_argument("--k", type=int, default=20)
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    version = ensure_model(settings)
+    users = prepare_state(settings, arguments.users)
+    port = settings.serve_port + 1
+    log_path = Path(settings.logs_dir) / "bench-serve.log"
+    env = os.environ | {"KF_NAMESPACE": NAMESPACE}
+    with log_path.open("w") as output:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    base = f"http://{settings.bind_host}:{port}"
+    try:
+        asyncio.run(wait_ready(base, service))
+        asyncio.run(drive(base, users, 20, 5, arguments.k))  # warm-up, not reported
+        results = [
+            asyncio.run(drive(base, users, float(rate), arguments.seconds, arguments.k))
+            for rate in arguments.rates.split(",")
+        ]
+    finally:
+        service.terminate()
+        service.wait(timeout=60)
+    table = Table(
+        title=f"bench-serve: model v{version}, M={settings.candidates} candidates ranked by DIN, "
+        f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
+    )
+    for column in ("rate req/s", "sent", "achieved req/s", "errors", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    for r in results:
+        table.add_row(
+            f"{r['rate']:.0f}",
+            str(r["sent"]),
+            f"{r['achieved']:.1f}",
+            str(r["errors"]),
+            f"{r['p50']:.1f}",
+            f"{r['p95']:.1f}",
+            f"{r['p99']:.1f}",
+        )
+    Console(width=140).print(table)
+    target = next((r for r in results if r["rate"] == TARGET_RATE), None)
+    return 0 if target is None or (target["p99"] <= TARGET_P99_MS and target["errors"] == 0) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

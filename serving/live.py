@@ -1,0 +1,86 @@
+"""The live state serving reads from Redis: one pipelined round trip per request."""
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from schemas.features import UserSequence
+from schemas.model_inputs import Behaviour
+from schemas.redis_format import KeyKind, StoredValue, Trending, active_namespace_key, decode_value, redis_key
+
+log = logging.getLogger("kingfisher.serving")
+TRENDING_ENTITY = "global"
+NAMESPACE_REFRESH_S = 1.0
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """A user's live sequence and features and the trending list, as stored (None where absent)."""
+
+    sequence: StoredValue | None = None
+    features: StoredValue | None = None
+    trending: StoredValue | None = None
+
+    @property
+    def known_user(self) -> bool:
+        return self.sequence is not None or self.features is not None
+
+    @property
+    def behaviours(self) -> list[Behaviour]:
+        entries = self.sequence.data.entries if self.sequence else ()
+        return [(entry.item_id, entry.type.value, entry.value) for entry in entries]
+
+    @property
+    def feature_values(self) -> dict[str, Any] | None:
+        return asdict(self.features.data) if self.features else None
+
+    @property
+    def as_of(self) -> int | None:
+        """Event time of the newest event the user's state includes."""
+        times = [value.as_of for value in (self.sequence, self.features) if value is not None]
+        return max(times) if times else None
+
+    def profile(self) -> dict[str, Any]:
+        sequence: UserSequence | None = self.sequence.data if self.sequence else None
+        return {
+            "sequence": [asdict(entry) for entry in sequence.entries] if sequence else [],
+            "features": self.feature_values,
+            "features_as_of": self.as_of,
+        }
+
+
+class LiveStore:
+    """Reads through redis.asyncio; follows the active namespace (switched by replays) once a second."""
+
+    def __init__(self, client: aioredis.Redis, default_namespace: str):
+        self.client = client
+        self.namespace = default_namespace
+        self._default = default_namespace
+
+    async def follow_namespace(self) -> None:
+        while True:
+            try:
+                active = await self.client.get(active_namespace_key())
+                self.namespace = active.decode() if active else self._default
+            except (aioredis.RedisError, OSError) as error:
+                log.debug("namespace refresh failed: %s", error)
+            await asyncio.sleep(NAMESPACE_REFRESH_S)
+
+    async def read(self, user_id: str) -> LiveState:
+        kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
+        entities = (user_id, user_id, TRENDING_ENTITY)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for kind, entity in zip(kinds, entities, strict=True):
+                pipe.hget(redis_key(kind, entity, self.namespace), "value")
+            raw = await pipe.execute()
+        values = [
+            decode_value(kind, value) if value is not None else None for kind, value in zip(kinds, raw, strict=True)
+        ]
+        return LiveState(*values)
+
+    async def trending(self) -> Trending | None:
+        raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, self.namespace), "value")
+        return decode_value(KeyKind.TRENDING, raw).data if raw is not None else None

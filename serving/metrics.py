@@ -1,0 +1,45 @@
+"""Prometheus metrics of the service (exposed at /metrics)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "kingfisher_request_seconds",
+            "Request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "kingfisher_stage_seconds",
+            "Time per recommendation stage (redis, retrieval, ranking).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "kingfisher_errors_total", "Answers with a 4xx or 5xx status.", ["route", "status"], registry=self.registry
+        )
+        self.fallbacks = Counter(
+            "kingfisher_fallbacks_total",
+            "Answers without the models or live state, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.candidates = Histogram(
+            "kingfisher_candidates",
+            "Candidates ranked per request.",
+            buckets=(0, 10, 50, 100, 200, 300, 500, 1000),
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "kingfisher_model_version", "Version of the live model bundle (0: none).", registry=self.registry
+        )
+        self.events = Counter(
+            "kingfisher_events_accepted_total", "Events accepted by POST /v1/events.", registry=self.registry
+        )

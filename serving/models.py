@@ -1,0 +1,118 @@
+"""The live model bundle: loaded, verified and warmed up in the background, then swapped in one assignment.
+
+A request takes `holder.bundle` once and uses that object to the end, so a swap never changes the
+models under a request in flight. New versions are noticed from the `model-updates` topic and,
+as a backstop, by polling the registry's CURRENT pointer.
+"""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import uuid
+from concurrent.futures import Executor
+
+import numpy as np
+from confluent_kafka import Consumer
+
+from schemas.bundle import BundleError, LoadedBundle, Registry, verify
+from schemas.config import Settings
+
+log = logging.getLogger("kingfisher.serving")
+WARM_UP_CANDIDATES = 200
+
+
+class ModelHolder:
+    def __init__(self, settings: Settings, executor: Executor):
+        self.settings, self.executor = settings, executor
+        self.registry = Registry(settings.models_dir)
+        self.bundle: LoadedBundle | None = None
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> bool:
+        """Load the registry's current version if it is not the live one; True if a new one went live."""
+        async with self._lock:
+            current = self.registry.current()
+            if current is None or (self.bundle is not None and self.bundle.version == current):
+                return False
+            loop = asyncio.get_running_loop()
+            try:
+                loaded = await loop.run_in_executor(self.executor, self._load, current)
+            except (BundleError, OSError, ValueError) as error:
+                self.last_error = f"version {current}: {error}"
+                log.error("not loading model %s", self.last_error)
+                return False
+            previous, self.bundle, self.last_error = self.bundle, loaded, None
+            log.info("model version %d live (was %s)", loaded.version, previous.version if previous else "none")
+            return True
+
+    def _load(self, version: int) -> LoadedBundle:
+        bundle = LoadedBundle(self.registry.path(version), self.settings.faiss_exact_max_items)
+        _warm_up(bundle)
+        return bundle
+
+    async def follow(self, wake: asyncio.Event) -> None:
+        """Refresh on each announcement (`wake`) and every KF_MODEL_POLL_S."""
+        while True:
+            await self.refresh()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.model_poll_s)
+            wake.clear()
+
+    def retained(self) -> list[dict]:
+        """Every version in the registry, newest first, with its metrics (or why it cannot be loaded)."""
+        return [self._summary(version) for version in reversed(self.registry.versions())]
+
+    @functools.cache  # noqa: B019 -- one holder per process; a version's files never change once published
+    def _summary(self, version: int) -> dict:
+        try:
+            manifest = verify(self.registry.path(version))
+        except BundleError as error:
+            return {"version": version, "error": str(error)}
+        return {
+            "version": version,
+            "created_at": manifest.created_at,
+            "parent_version": manifest.parent_version,
+            "metrics": manifest.metrics,
+        }
+
+
+def _warm_up(bundle: LoadedBundle) -> None:
+    """One request's worth of work, so the first real request does not pay for graph tracing."""
+    length = bundle.manifest.feature_spec.sequence_length
+    sequence = np.zeros((1, length), np.int32)
+    features = np.zeros((1, 3), np.float32)
+    vector = bundle.user_vectors(sequence, sequence, features)
+    bundle.index.search(vector, WARM_UP_CANDIDATES)
+    candidates = np.full((1, WARM_UP_CANDIDATES), 2, np.int32)
+    bundle.score(sequence, sequence, candidates, features, np.zeros(1, np.int32))
+
+
+def listen_for_updates(
+    settings: Settings, loop: asyncio.AbstractEventLoop, wake: asyncio.Event, stop: threading.Event
+) -> threading.Thread:
+    """A thread that sets `wake` on every message of the model-updates topic."""
+
+    def run() -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"serving-{uuid.uuid4().hex}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+            }
+        )
+        consumer.subscribe([settings.topic_model_updates])
+        try:
+            while not stop.is_set():
+                message = consumer.poll(0.5)
+                if message is not None and not message.error():
+                    loop.call_soon_threadsafe(wake.set)
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=run, name="model-updates", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,258 @@
+"""The recommendation service against real Redis, Kafka, the streaming job and a trained bundle."""
+
+import concurrent.futures
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from tests.conftest import REPO_ROOT, Stack, free_port
+from tests.integration.test_feature_job import new_topic_named, publish
+from tests.integration.test_training import TINY
+
+START_TIMEOUT_S = 180
+APPLY_TIMEOUT_S = 120
+SYNTHETIC_EVENTS = "4000"
+
+
+def call(base: str, path: str, body: object | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers=headers or {}, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read() or b"{}")
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class Process:
+    """A background program of the project with its output in a log file."""
+
+    def __init__(self, stack: Stack, log: Path, *args: str):
+        self.log = log
+        with log.open("w") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, *args], env=stack.env, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT
+            )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_service(stack: Stack, log: Path) -> tuple[Process, str]:
+    port = free_port()
+    service = Process(stack, log, "-m", "serving", "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert service.process.poll() is None, log.read_text()[-3000:]
+        try:
+            return call(base, "/readyz")[0] == 200
+        except OSError:
+            return False
+
+    wait_until(ready, START_TIMEOUT_S, "the service to be ready")
+    return service, base
+
+
+@pytest.fixture(scope="module")
+def system(stack: Stack, tmp_path_factory):
+    """A trained bundle, the catalogue, the streaming job and the service, on fresh topics."""
+    run_dir = tmp_path_factory.mktemp("serving")
+    items, events = new_topic_named(stack, "items", 1), new_topic_named(stack, "events", 2)
+    world = SyntheticWorld(WorldSpec(seed=7))
+    publish(stack, items, [(item.kafka_key, item.to_json()) for item in world.catalogue(1_735_689_600_000)])
+    configured = stack.with_env(
+        KF_RUN_DIR=str(run_dir),
+        KF_TOPIC_ITEMS=items,
+        KF_TOPIC_EVENTS=events,
+        KF_NAMESPACE="serving",
+        KF_ADMIN_TOKEN="secret",
+        KF_MODEL_POLL_S="1",
+        KF_GATE_MARGIN="1.0",
+        **TINY,
+    )
+    trained = configured.run(
+        "-m",
+        "training",
+        "--source",
+        "synthetic",
+        "--synthetic-events",
+        SYNTHETIC_EVENTS,
+        "--no-progress",
+        "--no-announce",
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    job = Process(configured, run_dir / "feature_job.log", "-m", "streams.feature_job", "--no-samples", "--fresh")
+    service, base = start_service(configured, run_dir / "service.log")
+    yield configured, base, run_dir
+    service.stop()
+    job.stop()
+
+
+def click(user: str, item: str, ts: int, n: int) -> dict:
+    return {"event_id": f"{user}-{n}", "user_id": user, "item_id": item, "type": "click", "ts": ts}
+
+
+def applied(base: str, user: str, count: int):
+    def check():
+        status, profile = call(base, f"/v1/users/{user}/profile")
+        return profile if status == 200 and len(profile["sequence"]) >= count else None
+
+    return wait_until(check, APPLY_TIMEOUT_S, f"{count} events of {user} in Redis")
+
+
+def test_1_recommendations_follow_new_events_through_kafka_and_the_stream(system):
+    _, base, _ = system
+    first = [click("fresh", f"i{n}", 1_735_700_000_000 + n, n) for n in (3, 5, 8)]
+
+    assert call(base, "/v1/events", first) == (202, {"accepted": 3, "topic": system[0].settings.topic_events})
+    applied(base, "fresh", 3)
+    status, before = call(base, "/v1/recommendations?user_id=fresh&k=10&explain=true")
+    later = [click("fresh", f"i{n}", 1_735_800_000_000 + n, n) for n in (101, 150, 222, 260, 301)]
+    call(base, "/v1/events", later)
+    applied(base, "fresh", 8)
+    _, after = call(base, "/v1/recommendations?user_id=fresh&k=10&explain=true")
+
+    assert status == 200 and before["fallback"] is False and before["reason"] is None
+    assert before["features_as_of"] == 1_735_700_000_008 and after["features_as_of"] == 1_735_800_000_301
+    assert [i["item_id"] for i in before["items"]] != [i["item_id"] for i in after["items"]]
+    assert all(reason["item_id"] in {"i3", "i5", "i8"} for item in before["items"] for reason in item["reasons"])
+    assert before["items"][0]["title"].startswith("Synthetic item")
+
+
+def test_2_exclude_seen_never_returns_an_item_of_the_sequence(system):
+    _, base, _ = system
+    seen = [f"i{n}" for n in range(0, 40, 2)]
+    call(base, "/v1/events", [click("seer", item, 1_735_700_000_000 + n, n) for n, item in enumerate(seen)])
+    applied(base, "seer", len(seen))
+
+    _, answer = call(base, "/v1/recommendations?user_id=seer&k=100&exclude_seen=true")
+
+    assert len(answer["items"]) == 100
+    assert not {item["item_id"] for item in answer["items"]} & set(seen)
+
+
+def test_3_a_hot_swap_under_concurrent_load_fails_no_request(system):
+    configured, base, _ = system
+    paths = [f"/v1/recommendations?user_id={user}&k=20" for user in ("fresh", "seer", "u1", "nobody")]
+    results: list[tuple[int, int | None]] = []
+
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for path in paths:
+                status, answer = call(base, path)
+                results.append((status, answer.get("model_version")))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        load = [pool.submit(hammer) for _ in range(4)]
+        try:
+            retrained = configured.run(
+                "-m",
+                "training",
+                "--source",
+                "synthetic",
+                "--synthetic-events",
+                SYNTHETIC_EVENTS,
+                "--no-progress",
+                timeout=600,
+            )
+            wait_until(lambda: any(version == 2 for _, version in results[-50:]), 120, "version 2 to serve")
+        finally:
+            stop.set()
+        for future in load:
+            future.result()
+
+    assert retrained.returncode == 0, retrained.stderr[-3000:]
+    statuses = {status for status, _ in results}
+    assert statuses == {200}, statuses
+    assert {version for _, version in results} >= {1, 2}
+
+
+def test_4_with_redis_stopped_the_service_answers_from_fallbacks(system, tmp_path):
+    configured, _, _ = system
+    port = free_port()
+    redis = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    service, base = start_service(configured.with_env(KF_REDIS_PORT=str(port)), tmp_path / "service.log")
+    try:
+        redis.terminate()
+        redis.wait(timeout=30)
+
+        status, answer = call(base, "/v1/recommendations?user_id=fresh&k=5")
+        ready_status, readiness = call(base, "/readyz")
+    finally:
+        service.stop()
+
+    assert status == 200 and answer["fallback"] is True and answer["reason"].startswith("redis unavailable")
+    assert len(answer["items"]) == 5
+    assert ready_status == 503 and any(problem.startswith("redis") for problem in readiness["problems"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/v1/recommendations?k=5", None, "user_id: required"),
+        ("/v1/recommendations?user_id=u1&k=0", None, "k: must be an integer from 1 to 100, got '0'"),
+        ("/v1/recommendations?user_id=u1&k=x", None, "k: must be an integer from 1 to 100, got 'x'"),
+        ("/v1/recommendations?user_id=a%20b", None, "user_id: must match"),
+        ("/v1/recommendations?user_id=u1&explain=maybe", None, "explain: must be true or false"),
+        (
+            "/v1/events",
+            {"event_id": "e", "user_id": "u", "item_id": "i", "type": "teleport", "ts": 1_735_700_000_000},
+            "[0] type:",
+        ),
+        ("/v1/events", [7], "[0] $: an event must be a JSON object"),
+        ("/v1/events", [{}] * 501, "body: one event or a list of 1 to 500, got 501"),
+    ],
+)
+def test_5_invalid_input_gets_400_with_each_reason(system, path, body, reason):
+    _, base, _ = system
+
+    status, answer = call(base, path, body)
+
+    assert status == 400 and answer["error"] == "bad request"
+    assert any(text.startswith(reason) for text in answer["reasons"]), answer
+
+
+def test_operator_routes_describe_the_service(system):
+    _, base, _ = system
+
+    _, document = call(base, "/openapi.json")
+    _, models = call(base, "/v1/models")
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    unauthorised = call(base, "/v1/admin/models/reload", {}, {"Authorization": "Bearer wrong"})
+    reload = call(base, "/v1/admin/models/reload", {}, {"Authorization": "Bearer secret"})
+
+    assert {"/v1/recommendations", "/v1/events", "/metrics"} <= document["paths"].keys()
+    assert models["live_version"] == models["versions"][0]["version"] and "gauc" in models["versions"][0]["metrics"]
+    assert 'kingfisher_request_seconds_bucket{le="0.05",route="/v1/recommendations"}' in exposition
+    assert 'kingfisher_stage_seconds_count{stage="ranking"}' in exposition
+    assert unauthorised[0] == 401 and reload[0] == 200 and reload[1]["live_version"] == models["live_version"]
