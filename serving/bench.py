@@ -99,7 +99,7 @@ async def drive(base: str, users: list[str], rate: float, seconds: float, k: int
                     await response.read()
                     if response.status != 200:
                         errors += 1
-            except (aiohttp.ClientError, TimeoutError):
+            except Exception:  # any failure of one request (refused, reset, timed out) is one error
                 errors += 1
             latencies.append(time.perf_counter() - scheduled)
 
@@ -143,13 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(wait_ready(base, service))
         asyncio.run(drive(base, users, 20, 5, arguments.k))  # warm-up, not reported
-        results = [
-            asyncio.run(drive(base, users, float(rate), arguments.seconds, arguments.k))
-            for rate in arguments.rates.split(",")
-        ]
+        results = []
+        for rate in arguments.rates.split(","):
+            results.append(asyncio.run(drive(base, users, float(rate), arguments.seconds, arguments.k)))
+            log.info("%s", {key: round(value, 1) for key, value in results[-1].items()})
     finally:
         service.terminate()
-        service.wait(timeout=60)
+        try:
+            service.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
     table = Table(
         title=f"bench-serve: model v{version}, M={settings.candidates} candidates ranked by DIN, "
         f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
