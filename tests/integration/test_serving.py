@@ -105,6 +105,9 @@ def system(stack: Stack, tmp_path_factory):
         timeout=600,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
+    # Serving reads the namespace the control key names (a replay test may have switched it): make it ours.
+    switched = configured.kingfisher("namespace", "switch", "serving")
+    assert switched.returncode == 0, switched.stderr
     job = Process(configured, run_dir / "feature_job.log", "-m", "streams.feature_job", "--no-samples", "--fresh")
     service, base = start_service(configured, run_dir / "service.log")
     yield configured, base, run_dir
