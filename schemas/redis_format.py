@@ -49,6 +49,8 @@ def redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
 
 
 VERSION_FIELD, VALUE_FIELD = "version", "value"
+TRENDING_ENTITY = "global"
+"""Entity id of the one trending list of a namespace."""
 
 # KEYS[1] = key; ARGV = version, value, ttl in ms (0: none). Writes unless the stored version is newer.
 UPSERT_IF_NOT_OLDER = """

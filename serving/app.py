@@ -148,11 +148,12 @@ async def recommendations(request: web.Request) -> web.Response:
             seen,
             k,
             app[SETTINGS].candidates,
+            explain,
         )
         for stage, seconds in ranked.timings_s.items():
             app[METRICS].stage.labels(stage).observe(seconds)
         app[METRICS].candidates.observe(ranked.candidates)
-        items = [_item(app, s.item_id, s.score, s.reasons if explain else ()) for s in ranked.items]
+        items = [_item(app, s.item_id, s.score, s.reasons) for s in ranked.items]
     return json_response(
         {
             "user_id": user_id,

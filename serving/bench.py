@@ -24,7 +24,7 @@ from rich.table import Table
 
 from schemas.bundle import Registry
 from schemas.config import Settings
-from schemas.redis_format import KeyKind, encode_value, redis_key
+from schemas.redis_format import TRENDING_ENTITY, UPSERT_IF_NOT_OLDER, KeyKind, encode_value, redis_key
 from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
 from schemas.streaming import fold_stream, trending_list
 
@@ -39,20 +39,17 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
     spec = settings.feature_spec()
     states, _, trending = fold_stream(rating_events(locate_dataset(settings.movielens_path), LoadReport()), spec)
     client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
+    upsert = client.register_script(UPSERT_IF_NOT_OLDER)  # written as the stream writes them
     chosen = sorted(states)[:users]
+    listed = trending_list(trending, spec)
+    writes = [(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, NAMESPACE), trending.version, listed, listed.at_ts)]
+    for user_id in chosen:
+        state = states[user_id]
+        for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
+            writes.append((redis_key(kind, user_id, NAMESPACE), state.version, value, state.features.last_ts))
     with client.pipeline(transaction=False) as pipe:
-        for user_id in chosen:
-            state = states[user_id]
-            for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
-                pipe.hset(
-                    redis_key(kind, user_id, NAMESPACE),
-                    mapping={"version": state.version, "value": encode_value(value, state.features.last_ts)},
-                )
-        listed = trending_list(trending, spec)
-        pipe.hset(
-            redis_key(KeyKind.TRENDING, "global", NAMESPACE),
-            mapping={"version": trending.version, "value": encode_value(listed, listed.at_ts)},
-        )
+        for key, version, value, as_of in writes:
+            upsert(keys=[key], args=[version, encode_value(value, as_of), 0], client=pipe)
         pipe.execute()
     return chosen
 

@@ -3,16 +3,24 @@
 import asyncio
 import logging
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from schemas.features import UserSequence
 from schemas.model_inputs import Behaviour
-from schemas.redis_format import KeyKind, StoredValue, Trending, active_namespace_key, decode_value, redis_key
+from schemas.redis_format import (
+    TRENDING_ENTITY,
+    VALUE_FIELD,
+    KeyKind,
+    StoredValue,
+    active_namespace_key,
+    decode_value,
+    redis_key,
+)
 
 log = logging.getLogger("kingfisher.serving")
-TRENDING_ENTITY = "global"
 NAMESPACE_REFRESH_S = 1.0
 
 
@@ -28,12 +36,12 @@ class LiveState:
     def known_user(self) -> bool:
         return self.sequence is not None or self.features is not None
 
-    @property
+    @cached_property
     def behaviours(self) -> list[Behaviour]:
         entries = self.sequence.data.entries if self.sequence else ()
         return [(entry.item_id, entry.type.value, entry.value) for entry in entries]
 
-    @property
+    @cached_property
     def feature_values(self) -> dict[str, Any] | None:
         return asdict(self.features.data) if self.features else None
 
@@ -74,13 +82,9 @@ class LiveStore:
         entities = (user_id, user_id, TRENDING_ENTITY)
         async with self.client.pipeline(transaction=False) as pipe:
             for kind, entity in zip(kinds, entities, strict=True):
-                pipe.hget(redis_key(kind, entity, self.namespace), "value")
+                pipe.hget(redis_key(kind, entity, self.namespace), VALUE_FIELD)
             raw = await pipe.execute()
         values = [
             decode_value(kind, value) if value is not None else None for kind, value in zip(kinds, raw, strict=True)
         ]
         return LiveState(*values)
-
-    async def trending(self) -> Trending | None:
-        raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, self.namespace), "value")
-        return decode_value(KeyKind.TRENDING, raw).data if raw is not None else None

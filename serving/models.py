@@ -7,7 +7,6 @@ as a backstop, by polling the registry's CURRENT pointer.
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 import uuid
@@ -18,6 +17,7 @@ from confluent_kafka import Consumer
 
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.config import Settings
+from schemas.model_inputs import USER_FEATURES
 
 log = logging.getLogger("kingfisher.serving")
 WARM_UP_CANDIDATES = 200
@@ -30,6 +30,7 @@ class ModelHolder:
         self.bundle: LoadedBundle | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
+        self._summaries: dict[int, dict] = {}
 
     async def refresh(self) -> bool:
         """Load the registry's current version if it is not the live one; True if a new one went live."""
@@ -65,8 +66,13 @@ class ModelHolder:
         """Every version in the registry, newest first, with its metrics (or why it cannot be loaded)."""
         return [self._summary(version) for version in reversed(self.registry.versions())]
 
-    @functools.cache  # noqa: B019 -- one holder per process; a version's files never change once published
     def _summary(self, version: int) -> dict:
+        # A published version's files never change: verify each version once.
+        if version not in self._summaries:
+            self._summaries[version] = self._verified_summary(version)
+        return self._summaries[version]
+
+    def _verified_summary(self, version: int) -> dict:
         try:
             manifest = verify(self.registry.path(version))
         except BundleError as error:
@@ -83,7 +89,7 @@ def _warm_up(bundle: LoadedBundle) -> None:
     """One request's worth of work, so the first real request does not pay for graph tracing."""
     length = bundle.manifest.feature_spec.sequence_length
     sequence = np.zeros((1, length), np.int32)
-    features = np.zeros((1, 3), np.float32)
+    features = np.zeros((1, len(USER_FEATURES)), np.float32)
     vector = bundle.user_vectors(sequence, sequence, features)
     bundle.index.search(vector, WARM_UP_CANDIDATES)
     candidates = np.full((1, WARM_UP_CANDIDATES), 2, np.int32)

@@ -39,9 +39,10 @@ def rank_for_user(
     exclude: set[str],
     k: int,
     candidates: int,
+    explain: bool = True,
 ) -> Ranked:
     """The top `k` of the user's Faiss neighbours (`candidates` of them) merged with `trending`,
-    `exclude` left out, by DIN score; each with the behaviours DIN attended to most."""
+    `exclude` left out, by DIN score; with `explain`, each with the behaviours DIN attended to most."""
     length = bundle.manifest.feature_spec.sequence_length
     sequence, kinds = sequence_arrays(bundle.vocabulary, [behaviours], length)
     user = user_feature_matrix([feature_values])
@@ -58,7 +59,9 @@ def rank_for_user(
     order = np.argsort(-scores[0], kind="stable")[:k]
     newest = behaviours[-length:]
     first = length - len(newest)  # sequence position of newest[0] (left padding before it)
-    ranked = [Scored(pool[n], float(scores[0, n]), _reasons(attention[0, n], newest, first)) for n in order]
+    ranked = [
+        Scored(pool[n], float(scores[0, n]), _reasons(attention[0, n], newest, first) if explain else ()) for n in order
+    ]
     return Ranked(ranked, len(pool), {"retrieval": retrieval_s, "ranking": time.perf_counter() - clock})
 
 

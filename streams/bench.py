@@ -26,7 +26,7 @@ from rich.table import Table
 
 from infra.stack import kafka_admin
 from schemas.config import Settings
-from schemas.redis_format import KeyKind, redis_key
+from schemas.redis_format import TRENDING_ENTITY, VERSION_FIELD, KeyKind, redis_key
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from streams.publish import Pacer, make_producer, publish
 
@@ -76,7 +76,7 @@ def stop_job(job: subprocess.Popen) -> None:
 
 def processed(client: redis.Redis, namespace: str) -> int:
     """Distinct events the job has applied: the trending key's version counts them."""
-    version = client.hget(redis_key(KeyKind.TRENDING, "global", namespace), "version")
+    version = client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace), VERSION_FIELD)
     return int(version) if version is not None else 0
 
 

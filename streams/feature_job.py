@@ -40,7 +40,7 @@ from schemas.config import Settings
 from schemas.dead_letters import dead_letter
 from schemas.events import Event, EventType, parse_event
 from schemas.features import FeatureSpec
-from schemas.redis_format import KeyKind, encode_value, redis_key
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, encode_value, redis_key
 from schemas.samples import hour_partition, training_sample
 from schemas.streaming import (
     ItemState,
@@ -60,7 +60,6 @@ log = logging.getLogger("kingfisher.features")
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLE_ROW = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
 SAMPLES = OutputTag("training-samples", SAMPLE_ROW)
-TRENDING_ENTITY = "global"
 WIRE_USER, WIRE_ITEM, WIRE_TS = 1, 2, 5
 # A dead letter carries the rejected record in base64 (4/3 of its size): the broker allows 4 MiB records.
 MAX_RECORD_BYTES = 4 * 1024 * 1024

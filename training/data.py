@@ -33,12 +33,17 @@ def read_sample_log(directory: Path) -> list[Row]:
     files = sorted(path for path in directory.rglob("part-*") if not path.name.startswith("."))
     rows = [orjson.loads(line) for path in files for line in path.read_bytes().splitlines() if line]
     log.info("read %d sample rows from %d files under %s", len(rows), len(files), directory)
-    return sorted(rows, key=lambda row: (row["ts"], row["event_id"]))
+    return in_time_order(rows)
 
 
 def bootstrap_rows(events: Iterable[Event], spec: FeatureSpec) -> list[Row]:
     """The rows the stream would log for `events`: the bootstrap path from a dataset."""
-    return sorted(sample_log(events, spec), key=lambda row: (row["ts"], row["event_id"]))
+    return in_time_order(sample_log(events, spec))
+
+
+def in_time_order(rows: Iterable[Row]) -> list[Row]:
+    """By event time, then event_id: the one order of rows whichever path they came by."""
+    return sorted(rows, key=lambda row: (row["ts"], row["event_id"]))
 
 
 def labels(rows: list[Row], threshold: float) -> np.ndarray:

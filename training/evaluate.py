@@ -53,8 +53,9 @@ class KerasRetrieval:
     def __init__(self, model: TwoTower, vocabulary: Vocabulary, exact_max_items: int):
         self.model, self.vocabulary = model, vocabulary
         indices = np.arange(FIRST_ITEM, vocabulary.size, dtype=np.int32)
-        vectors = np.asarray(model.item_vectors(indices), dtype=np.float32)
-        self.index = ItemIndex(exact_max_items).index(vectors, list(vocabulary.item_ids))
+        self.embeddings = np.asarray(model.item_vectors(indices), dtype=np.float32)
+        """[items, d]: row i is item vocabulary.item_ids[i]."""
+        self.index = ItemIndex(exact_max_items).index(self.embeddings, list(vocabulary.item_ids))
 
     def user_vectors(self, sequence, kinds, user_features) -> np.ndarray:
         return np.asarray(self.model.user_vectors(sequence, kinds, user_features))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import orjson
 import tensorflow as tf
 from confluent_kafka import Producer
 
-from schemas.ann import ItemIndex
 from schemas.bundle import (
     INDEX_IDS,
     ITEM_EMBEDDINGS,
@@ -33,7 +33,7 @@ from schemas.bundle import (
     seal,
 )
 from schemas.config import Settings
-from schemas.model_inputs import FIRST_ITEM, MAX_GENRES, Vocabulary, item_tables
+from schemas.model_inputs import MAX_GENRES, Vocabulary, item_tables
 from training.data import TimeSplit, encode, evaluation_queries, labels, positive_popularity, ranking_rows
 from training.evaluate import (
     CUTOFFS,
@@ -101,13 +101,11 @@ class Models:
         return self
 
 
-def _warm_start(models: Models, registry: Registry, settings: Settings, examples) -> int | None:
-    current = registry.current()
-    if current is None:
+def _warm_start(models: Models, bundle: LoadedBundle | None, settings: Settings, examples) -> int | None:
+    if bundle is None:
         return None
-    directory = registry.path(current)
+    current, directory = bundle.version, bundle.directory
     try:
-        bundle = LoadedBundle(directory, settings.faiss_exact_max_items)
         previous = Models.shaped_like(settings, bundle.vocabulary).build(examples)
         previous.retrieval.load_weights(directory / RETRIEVAL_WEIGHTS)
         previous.din.load_weights(directory / RANKER_WEIGHTS)
@@ -171,7 +169,7 @@ class TrainingRun:
     def train(self, warm: bool, progress: bool) -> None:
         settings, train, validate = self.settings, self.examples["train"], self.examples["validate"]
         self.models = Models(settings, self.vocabulary, item_tables(self.vocabulary, self.data.catalogue)).build(train)
-        self.parent = _warm_start(self.models, self.registry, settings, train) if warm else None
+        self.parent = _warm_start(self.models, self.live, settings, train) if warm else None
         schedule = Schedule(settings.train_batch_size, settings.train_epochs, settings.train_seed)
         log_q = _log_q(self.retrieval_examples, self.vocabulary)
         models, vocabulary = self.models, self.vocabulary
@@ -201,15 +199,22 @@ class TrainingRun:
         }
         with progress_bar(progress) as bar:
             for name, fit_model in steps.items():
-                with self._timed(f"train {name}"):
+                with self.timed(f"train {name}"):
                     self.histories[name] = fit_model(bar)
+
+    @cached_property
+    def live(self) -> LoadedBundle | None:
+        """The version live when the run started (verified), or None."""
+        current = self.registry.current()
+        return (
+            None if current is None else LoadedBundle(self.registry.path(current), self.settings.faiss_exact_max_items)
+        )
 
     def stage(self, staging: Path, version: int) -> LoadedBundle:
         """Export everything into `staging`, seal it and load it back as serving will."""
         models, vocabulary = self.models, self.vocabulary
-        item_indices = np.arange(FIRST_ITEM, vocabulary.size, dtype=np.int32)
-        self.embeddings = np.asarray(models.retrieval.item_vectors(item_indices), dtype=np.float32)
-        self.index = ItemIndex(self.settings.faiss_exact_max_items).index(self.embeddings, list(vocabulary.item_ids))
+        retrieval = KerasRetrieval(models.retrieval, vocabulary, self.settings.faiss_exact_max_items)
+        self.embeddings, self.index = retrieval.embeddings, retrieval.index
         export_user_tower(models.retrieval, staging / USER_TOWER, self.length)
         export_ranker(models.din, staging / RANKER, self.length)
         np.save(staging / ITEM_EMBEDDINGS, self.embeddings, allow_pickle=False)
@@ -282,10 +287,10 @@ class TrainingRun:
 
     def gate(self, new: dict[str, float], force: bool) -> tuple[bool, str]:
         """Compare the new models with the live version on the same holdout."""
-        current = self.registry.current()
-        if current is None:
+        live_bundle = self.live
+        if live_bundle is None:
             return True, "published: no live version to compare with"
-        live_bundle = LoadedBundle(self.registry.path(current), self.settings.faiss_exact_max_items)
+        current = live_bundle.version
         length = live_bundle.manifest.feature_spec.sequence_length
         live_test = encode(*self.ranking["test"], live_bundle.vocabulary, length)
         pipelines = evaluate_bundle(live_bundle, self.queries, length, self.settings.candidates)
@@ -307,7 +312,7 @@ class TrainingRun:
         return False, f"refused: {'; '.join(worse)} (--force publishes anyway)"
 
     @contextmanager
-    def _timed(self, stage: str) -> Iterator[None]:
+    def timed(self, stage: str) -> Iterator[None]:
         clock = time.perf_counter()
         yield
         self.timings[stage] = time.perf_counter() - clock
@@ -326,18 +331,18 @@ def train_once(
     keras.utils.set_random_seed(settings.train_seed)
     tf.config.experimental.enable_op_determinism()
     run = TrainingRun(settings, data)
-    with run._timed("data"):
+    with run.timed("data"):
         run.prepare()
     run.train(warm, progress)
     version = run.registry.next_version()
     staging = run.registry.staging(version)
     try:
-        with run._timed("export"):
+        with run.timed("export"):
             bundle = run.stage(staging, version)
-        with run._timed("evaluate"):
+        with run.timed("evaluate"):
             report = run.evaluate(bundle)
         metrics = {name: float(_lookup(report, path)) for name, path in GATED_METRICS.items()}
-        with run._timed("gate"):
+        with run.timed("gate"):
             allowed, verdict = run.gate(metrics, force)
         report |= {
             "timings_s": run.timings | {"total": sum(run.timings.values())},

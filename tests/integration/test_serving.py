@@ -16,11 +16,10 @@ import pytest
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.integration.test_feature_job import new_topic_named, publish
-from tests.integration.test_training import TINY
+from tests.integration.test_training import TINY, train_tiny
 
 START_TIMEOUT_S = 180
 APPLY_TIMEOUT_S = 120
-SYNTHETIC_EVENTS = "4000"
 
 
 def call(base: str, path: str, body: object | None = None, headers: dict | None = None) -> tuple[int, dict]:
@@ -93,17 +92,7 @@ def system(stack: Stack, tmp_path_factory):
         KF_GATE_MARGIN="1.0",
         **TINY,
     )
-    trained = configured.run(
-        "-m",
-        "training",
-        "--source",
-        "synthetic",
-        "--synthetic-events",
-        SYNTHETIC_EVENTS,
-        "--no-progress",
-        "--no-announce",
-        timeout=600,
-    )
+    trained = train_tiny(configured, "--no-announce")
     assert trained.returncode == 0, trained.stderr[-3000:]
     # Serving reads the namespace the control key names (a replay test may have switched it): make it ours.
     switched = configured.kingfisher("namespace", "switch", "serving")
@@ -174,16 +163,7 @@ def test_3_a_hot_swap_under_concurrent_load_fails_no_request(system):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         load = [pool.submit(hammer) for _ in range(4)]
         try:
-            retrained = configured.run(
-                "-m",
-                "training",
-                "--source",
-                "synthetic",
-                "--synthetic-events",
-                SYNTHETIC_EVENTS,
-                "--no-progress",
-                timeout=600,
-            )
+            retrained = train_tiny(configured)
             wait_until(lambda: any(version == 2 for _, version in results[-50:]), 120, "version 2 to serve")
         finally:
             stop.set()

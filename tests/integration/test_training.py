@@ -35,17 +35,33 @@ print(bundle.version, scores.shape, attention.shape, float(attention[0, :, :-2].
 """
 
 
+SYNTHETIC_EVENTS = "4000"
+
+
 def trainer(stack: Stack, run_dir, **settings: str) -> Stack:
     return stack.with_env(KF_RUN_DIR=str(run_dir), **TINY, **settings)
+
+
+def train_tiny(stack: Stack, *options: str):
+    """One `python -m training` run on a small synthetic world."""
+    return stack.run(
+        "-m",
+        "training",
+        "--source",
+        "synthetic",
+        "--synthetic-events",
+        SYNTHETIC_EVENTS,
+        "--no-progress",
+        *options,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def published(stack: Stack, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("training")
     configured = trainer(stack, run_dir)
-    result = configured.run(
-        "-m", "training", "--source", "synthetic", "--synthetic-events", "4000", "--no-progress", timeout=600
-    )
+    result = train_tiny(configured)
     return configured, run_dir, result
 
 
@@ -90,7 +106,7 @@ def test_a_bundle_with_one_corrupted_file_is_refused_with_a_clear_error(publishe
 
 def test_the_gate_refuses_a_worse_model_unless_forced(published):
     stack, _, _ = published
-    run = TrainingRun(stack.settings, load(stack.settings, Source.SYNTHETIC, 4000))
+    run = TrainingRun(stack.settings, load(stack.settings, Source.SYNTHETIC, int(SYNTHETIC_EVENTS)))
     run.prepare()
 
     refused, why = run.gate({"gauc": 0.0, "recall@50": 0.0}, force=False)
