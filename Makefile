@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps up down status clean distclean test lint lock bench bench-stream bench-train bench-serve train serve
+.PHONY: help setup system-deps browser demo up down status clean distclean test lint lock bench bench-stream bench-train bench-serve train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ setup: system-deps $(VENV_STAMP) $(KAFKA_JARS_STAMP) $(FLINK_JARS_STAMP) ## inst
 
 system-deps:
 	@bash infra/install-system-deps.sh
+
+browser: ## Debian's Chromium for the browser test (apt, when missing)
+	@bash infra/install-system-deps.sh --browser
 
 $(VENV_STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,16 +53,19 @@ $(FLINK_JARS_STAMP): infra/flink/pom.xml
 	  -DoutputDirectory=$(abspath $(JARS_DIR))/flink > $(JARS_DIR)/maven-flink.log 2>&1 || (cat $(JARS_DIR)/maven-flink.log; exit 1)
 	@touch $@
 
+demo: setup ## the whole system: Kafka, Redis, feature job, service, retraining; prints the page's URL
+	@$(PY) -m infra.demo
+
 up: setup ## start Kafka and Redis (idempotent), create topics
 	@$(PY) infra/stack.py up
 
-down: ## stop everything `make up` started
+down: ## stop everything `make up` and `make demo` started
 	@if [ -x $(PY) ]; then $(PY) infra/stack.py down; fi
 
-status: ## show what runs and whether it answers
+status: ## show each component (Kafka, Redis, feature job, service, retrainer) and its health
 	@$(PY) infra/stack.py status || true
 
-test: setup ## run every test, integration tests against a real Kafka, Redis and PyFlink included
+test: setup browser ## run every test, integration tests against a real Kafka, Redis and PyFlink included
 	$(PY) -m pytest -v --durations=5
 
 train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source movielens" to bootstrap)

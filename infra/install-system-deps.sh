@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs with apt whatever of Kingfisher's system requirements is missing:
-# JDK 17+ (Kafka broker, PyFlink), Maven (resolves the jars), redis-server, python3.11 venv support.
+# JDK 17+ (Kafka broker, PyFlink), Maven (resolves the jars), redis-server, python3.11 venv support,
+# and with `--browser` Debian's Chromium for the web page's browser test (Playwright drives it).
 # Quick and silent when everything is present; safe to run again.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ if ! command -v python3.11 >/dev/null; then
   exit 1
 fi
 python3.11 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3.11-venv)
+if [[ ${1:-} == --browser ]]; then command -v chromium >/dev/null || missing+=(chromium); fi
 
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 

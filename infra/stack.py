@@ -1,4 +1,5 @@
-"""Start, stop and inspect Kingfisher's local stack: a KRaft Kafka broker and a Redis server.
+"""Start, stop and inspect Kingfisher's local stack: a KRaft Kafka broker and a Redis server, and
+the applications `make demo` runs beside them (the feature job, the service, the retraining scheduler).
 
 Settings come from schemas.config (KF_* environment variables or kingfisher.toml); everything
 the services write (data, logs, pid files) goes under KF_RUN_DIR. `up` and `down` are
@@ -16,6 +17,8 @@ import string
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import psutil
 import redis
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
@@ -80,7 +83,7 @@ class Service(ABC):
 
     @property
     def address(self) -> str:
-        return f"{self.settings.bind_host}:{self.ports[0].port}"
+        return f"{self.settings.bind_host}:{self.ports[0].port}" if self.ports else "-"
 
     def running_process(self) -> psutil.Process | None:
         try:
@@ -180,9 +183,71 @@ class Redis(Service):
             client.close()
 
 
+class Application(Service):
+    """A Kingfisher program in the background: `python -m <module>` with the stack's settings."""
+
+    module: str
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return []
+
+    def prepare(self) -> None:
+        """Applications keep their state in Kafka, Redis and KF_RUN_DIR; nothing to write first."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.arguments()]
+
+    def arguments(self) -> list[str]:
+        return []
+
+    def is_ready(self) -> bool:
+        """Running is all a program without an endpoint can show; the log file tells the rest."""
+        return True
+
+
+class FeatureJob(Application):
+    name = "feature-job"
+    module = "streams.feature_job"
+
+
+class RecommendationService(Application):
+    name = "service"
+    module = "serving"
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return [ListenPort(self.settings.serve_port, "serve_port")]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}/"
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}readyz", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class Retrainer(Application):
+    name = "retrainer"
+    module = "training.scheduler"
+
+    def arguments(self) -> list[str]:
+        # The demo has just trained the first version: the next run is one period away.
+        return ["--delay", f"{self.settings.retrain_every_s}s", "--no-progress"]
+
+
 def services(settings: Settings) -> list[Service]:
-    """The stack in start order; it stops in reverse."""
+    """The infrastructure in start order; it stops in reverse."""
     return [Redis(settings), Kafka(settings)]
+
+
+def applications(settings: Settings) -> list[Application]:
+    """The programs `make demo` starts after the infrastructure, in start order."""
+    return [FeatureJob(settings), RecommendationService(settings), Retrainer(settings)]
 
 
 def kafka_admin(settings: Settings) -> AdminClient:
@@ -310,50 +375,83 @@ def ensure_topics(settings: Settings) -> list[str]:
             # Another `up` may have created it meanwhile: the goal is reached either way.
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise StackError(f"creating topic {name} failed: {error}") from None
+    wait_for_leaders(settings, created)
     return created
 
 
+def wait_for_leaders(settings: Settings, topics: list[str]) -> None:
+    """Until every partition of `topics` answers an offsets request: for a moment after creation
+    the metadata names a leader that still answers "not leader for partition"."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "kingfisher-stack"})
+    deadline = time.monotonic() + settings.startup_timeout_s
+    try:
+        for name in topics:
+            for partition in consumer.list_topics(name, timeout=10).topics[name].partitions:
+                while True:
+                    try:
+                        consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=5)
+                        break
+                    except KafkaException as error:
+                        if time.monotonic() > deadline:
+                            raise StackError(f"topic {name} partition {partition} did not answer: {error}") from None
+                        time.sleep(POLL_INTERVAL_S)
+    finally:
+        consumer.close()
+
+
 def up(settings: Settings) -> None:
-    stack = services(settings)
+    start_all(settings, services(settings))
+    created = ensure_topics(settings)
+    console.print(f"topics: {', '.join(created) + ' created' if created else 'all present'}")
+
+
+def start_all(settings: Settings, stack: list[Service]) -> None:
     # Every port is checked before anything starts, so a conflict leaves no half-started stack.
     for service in stack:
         if service.running_process() is None:
             for listen in service.ports:
                 ensure_port_free(settings.bind_host, listen)
     for service in stack:
-        console.print(f"{service.name:<6} {start(service)} on {service.address} (log: {service.log_file})")
-    created = ensure_topics(settings)
-    console.print(f"topics: {', '.join(created) + ' created' if created else 'all present'}")
+        where = f" on {service.address}" if service.ports else ""
+        console.print(f"{service.name:<11} {start(service)}{where} (log: {service.log_file})")
 
 
 def down(settings: Settings) -> None:
-    for service in reversed(services(settings)):
-        console.print(f"{service.name:<6} {stop(service)}")
+    for service in [*reversed(applications(settings)), *reversed(services(settings))]:
+        console.print(f"{service.name:<11} {stop(service)}")
 
 
 def status(settings: Settings) -> bool:
-    """Print a table of the services; True when all of them run and answer."""
-    table = Table("service", "state", "pid", "address", "log")
-    all_ready = True
-    for service in services(settings):
+    """Print a table of every component; True when the infrastructure answers and every
+    application that was started still runs and answers."""
+    table = Table("component", "state", "pid", "address", "log")
+    healthy = True
+    for service in [*services(settings), *applications(settings)]:
         process = service.running_process()
         ready = process is not None and service.is_ready()
-        all_ready &= ready
-        state = "ready" if ready else ("not answering" if process else "stopped")
-        table.add_row(service.name, state, str(process.pid) if process else "-", service.address, str(service.log_file))
+        started = process is not None or service.pid_file.exists()
+        if isinstance(service, Application):
+            healthy &= ready or not started
+            state = "ready" if ready else ("not answering" if process else "exited" if started else "not started")
+        else:
+            healthy &= ready
+            state = "ready" if ready else ("not answering" if process else "stopped")
+        pid = str(process.pid) if process else "-"
+        table.add_row(service.name, state, pid, service.address, str(service.log_file))
     Console().print(table)
-    return all_ready
+    return healthy
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="infra/stack.py",
-        description="Start, stop and inspect the local Kafka broker and Redis server (settings: KF_* variables).",
+        description="Start, stop and inspect the local Kafka broker, Redis server and the demo's programs "
+        "(settings: KF_* variables).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start every service that is not running, wait until it answers, create topics")
-    commands.add_parser("down", help="stop every service; leaves data and logs in KF_RUN_DIR")
-    commands.add_parser("status", help="show each service's state; exit code 0 only when all are ready")
+    commands.add_parser("down", help="stop every program and service; leaves data and logs in KF_RUN_DIR")
+    commands.add_parser("status", help="show each component's state; exit code 0 only when all started ones answer")
     arguments = parser.parse_args(argv)
     settings = Settings()
     try:

@@ -8,7 +8,7 @@ then the defaults below. The README's configuration table lists the same fields.
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -117,7 +117,26 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: they answer 403.")
     model_poll_s: float = Field(5.0, gt=0, description="How often serving checks the registry for a new version.")
 
-    startup_timeout_s: float = Field(90.0, gt=0, description="How long `make up` waits for each service.")
+    demo_source: Literal["auto", "movielens", "synthetic"] = Field(
+        "auto",
+        description="History `make demo` loads. auto: KF_MOVIELENS_PATH, else ../shared/datasets/ml-latest-small, "
+        "else a download of KF_MOVIELENS_URL, else the synthetic generator.",
+    )
+    movielens_url: str = Field(
+        "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
+        description="Where `make demo` downloads ml-latest-small when no copy is on disk (into KF_RUN_DIR/datasets).",
+    )
+    demo_synthetic_events: int = Field(50_000, ge=1, description="Events `make demo` publishes from the generator.")
+
+    startup_timeout_s: float = Field(
+        90.0, gt=0, description="How long `make up` and `make demo` wait for each service or program to answer."
+    )
+
+    @staticmethod
+    def feature_job_name(namespace: str) -> str:
+        """The feature job's Flink job name and Kafka consumer group for `namespace`: operators and
+        `make demo` read its committed offsets to see how far the stream has applied the topic."""
+        return f"kingfisher-features-{namespace}"
 
     @property
     def kafka_bootstrap(self) -> str:

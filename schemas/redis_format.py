@@ -37,15 +37,34 @@ class KeyKind(StrEnum):
 CONTROL_KINDS = frozenset({KeyKind.ACTIVE_NAMESPACE})
 
 
-def redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
-    """Build the key of one entity. The entity id comes last, so it may itself contain ':'."""
+def _namespace_prefix(namespace: str) -> str:
     if not NAMESPACE_PATTERN.fullmatch(namespace):
         raise ValueError(f"namespace {namespace!r} must match {NAMESPACE_PATTERN.pattern}")
+    return f"{KEY_PREFIX}:v{FORMAT_VERSION}:{namespace}:"
+
+
+def redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
+    """Build the key of one entity. The entity id comes last, so it may itself contain ':'."""
+    prefix = _namespace_prefix(namespace)
     if (kind in CONTROL_KINDS) != (namespace == CONTROL_NAMESPACE):
         raise ValueError(f"kind {kind} belongs {'in' if kind in CONTROL_KINDS else 'outside'} the control namespace")
     if not entity_id:
         raise ValueError("entity_id must not be empty")
-    return f"{KEY_PREFIX}:v{FORMAT_VERSION}:{namespace}:{KeyKind(kind)}:{entity_id}"
+    return f"{prefix}{KeyKind(kind)}:{entity_id}"
+
+
+def key_pattern(namespace: str, kind: KeyKind | None = None) -> str:
+    """A SCAN MATCH pattern for every key of `namespace`, or only those of one kind.
+    Namespaces and kinds hold no glob characters, so the pattern matches exactly those keys."""
+    return _namespace_prefix(namespace) + (f"{KeyKind(kind)}:*" if kind is not None else "*")
+
+
+def entity_of(key: str, kind: KeyKind, namespace: str) -> str:
+    """The entity id of a key `redis_key(kind, entity_id, namespace)` built."""
+    prefix = f"{_namespace_prefix(namespace)}{KeyKind(kind)}:"
+    if not key.startswith(prefix):
+        raise ValueError(f"{key!r} is not a {kind} key of namespace {namespace!r}")
+    return key[len(prefix) :]
 
 
 VERSION_FIELD, VALUE_FIELD = "version", "value"

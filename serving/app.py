@@ -10,8 +10,10 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -34,6 +36,8 @@ MAX_BATCH = 500
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MODEL_THREADS = 2
 ID_RE = re.compile(ID_PATTERN)
+WEB_DIR = Path(__file__).resolve().parent / "web"
+T = TypeVar("T")
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", LiveStore)
@@ -50,19 +54,25 @@ class BadRequest(ValueError):
         self.reasons = list(reasons)
 
 
+class StoreUnavailable(RuntimeError):
+    """Redis did not answer within the request budget; the message says how it failed."""
+
+
 def json_response(payload, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
 @web.middleware
 async def edge(request: web.Request, handler) -> web.StreamResponse:
-    """Time every route and turn BadRequest into 400 with its reasons."""
+    """Time every route; turn BadRequest into 400 with its reasons and StoreUnavailable into 503."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     clock = time.perf_counter()
     try:
         response = await handler(request)
     except BadRequest as bad:
         response = json_response({"error": "bad request", "reasons": bad.reasons}, status=400)
+    except StoreUnavailable as unavailable:
+        response = json_response({"error": str(unavailable)}, status=503)
     except web.HTTPException as http:
         response = http
     metrics = request.app[METRICS]
@@ -98,19 +108,25 @@ def _identifier(name: str, value: str | None) -> str:
     return value
 
 
-async def _live_state(app: web.Application, user_id: str) -> tuple[LiveState, str | None]:
-    """The user's live state within the time budget, or an empty one and why not."""
-    budget_s = app[SETTINGS].request_budget_ms / 1000
+async def _from_store(app: web.Application, read: Awaitable[T]) -> T:
+    """A Redis read within the request budget, timed as the `redis` stage."""
     clock = time.perf_counter()
     try:
-        state = await asyncio.wait_for(app[STORE].read(user_id), budget_s)
+        return await asyncio.wait_for(read, app[SETTINGS].request_budget_ms / 1000)
     except TimeoutError:
-        return LiveState(), "redis slower than the request budget"
+        raise StoreUnavailable("redis slower than the request budget") from None
     except (aioredis.RedisError, OSError) as error:
-        return LiveState(), f"redis unavailable: {type(error).__name__}"
+        raise StoreUnavailable(f"redis unavailable: {type(error).__name__}") from None
     finally:
         app[METRICS].stage.labels("redis").observe(time.perf_counter() - clock)
-    return state, None
+
+
+async def _live_state(app: web.Application, user_id: str) -> tuple[LiveState, str | None]:
+    """The user's live state within the time budget, or an empty one and why not."""
+    try:
+        return await _from_store(app, app[STORE].read(user_id)), None
+    except StoreUnavailable as unavailable:
+        return LiveState(), str(unavailable)
 
 
 def _item(app: web.Application, item_id: str, score: float, reasons: tuple[str, ...] = ()) -> dict:
@@ -184,10 +200,32 @@ async def similar_items(request: web.Request) -> web.Response:
 
 async def profile(request: web.Request) -> web.Response:
     user_id = _identifier("user_id", request.match_info["user_id"])
-    state, problem = await _live_state(request.app, user_id)
-    if problem is not None:
-        return json_response({"error": problem}, status=503)
-    return json_response({"user_id": user_id, "namespace": request.app[STORE].namespace} | state.profile())
+    state = await _from_store(request.app, request.app[STORE].read(user_id))
+    stored = state.profile()
+    titles = request.app[TITLES]
+    stored["sequence"] = [entry | {"title": titles.get(entry["item_id"])} for entry in stored["sequence"]]
+    return json_response({"user_id": user_id, "namespace": request.app[STORE].namespace} | stored)
+
+
+async def trending(request: web.Request) -> web.Response:
+    k = _int(request, "k", 10, 1, request.app[SETTINGS].max_k)
+    stored = await _from_store(request.app, request.app[STORE].trending())
+    ranked = stored.data.items[:k] if stored else ()
+    return json_response(
+        {
+            "items": [_item(request.app, item, score) for item, score in ranked],
+            "as_of": stored.as_of if stored else None,
+        }
+    )
+
+
+async def users(request: web.Request) -> web.Response:
+    limit = _int(request, "limit", 12, 1, 100)
+    return json_response({"users": await _from_store(request.app, request.app[STORE].some_users(limit))})
+
+
+async def page(_request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -315,7 +353,9 @@ def init_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources)
     app.router.add_get("/v1/recommendations", recommendations)
     app.router.add_get("/v1/items/{item_id}/similar", similar_items)
+    app.router.add_get("/v1/users", users)
     app.router.add_get("/v1/users/{user_id}/profile", profile)
+    app.router.add_get("/v1/trending", trending)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/admin/models/reload", reload_models)
@@ -323,4 +363,6 @@ def init_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/", page)
+    app.router.add_static("/static", WEB_DIR)
     return app

@@ -17,11 +17,14 @@ from schemas.redis_format import (
     StoredValue,
     active_namespace_key,
     decode_value,
+    entity_of,
+    key_pattern,
     redis_key,
 )
 
 log = logging.getLogger("kingfisher.serving")
 NAMESPACE_REFRESH_S = 1.0
+USER_SCAN_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,18 @@ class LiveStore:
             decode_value(kind, value) if value is not None else None for kind, value in zip(kinds, raw, strict=True)
         ]
         return LiveState(*values)
+
+    async def trending(self) -> StoredValue | None:
+        raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, self.namespace), VALUE_FIELD)
+        return decode_value(KeyKind.TRENDING, raw) if raw is not None else None
+
+    async def some_users(self, limit: int) -> list[str]:
+        """Up to `limit` users that have a live sequence, shortest ids first (for a picker, not a census)."""
+        namespace, users = self.namespace, []
+        async for key in self.client.scan_iter(
+            match=key_pattern(namespace, KeyKind.USER_SEQUENCE), count=USER_SCAN_BATCH
+        ):
+            users.append(entity_of(key.decode(), KeyKind.USER_SEQUENCE, namespace))
+            if len(users) >= limit:
+                break
+        return sorted(users, key=lambda user: (len(user), user))

@@ -18,6 +18,7 @@ def _json(description: str, schema: dict | None = None) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
+UNAVAILABLE = _json("Redis did not answer within the request budget.")
 BAD_REQUEST = _json("Invalid input: `reasons` lists each problem.", {"$ref": "#/components/schemas/BadRequest"})
 
 
@@ -80,11 +81,27 @@ def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/users": {
+                "get": {
+                    "summary": "Some users with a live sequence (a picker for the demo page and operators).",
+                    "parameters": [
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 12}, "How many.")
+                    ],
+                    "responses": {"200": _json("User ids."), "400": BAD_REQUEST, "503": UNAVAILABLE},
+                }
+            },
+            "/v1/trending": {
+                "get": {
+                    "summary": "The stream's trending items, most popular first.",
+                    "parameters": [k],
+                    "responses": {"200": _json("Trending items with scores."), "400": BAD_REQUEST, "503": UNAVAILABLE},
+                }
+            },
             "/v1/users/{user_id}/profile": {
                 "get": {
                     "summary": "The live sequence and features as stored in Redis.",
                     "parameters": [_path("user_id", "The user.")],
-                    "responses": {"200": _json("Profile."), "400": BAD_REQUEST, "503": _json("Redis unavailable.")},
+                    "responses": {"200": _json("Profile."), "400": BAD_REQUEST, "503": UNAVAILABLE},
                 }
             },
             "/v1/events": {

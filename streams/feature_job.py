@@ -352,7 +352,7 @@ def assemble(
 ) -> None:
     """The whole job on `env`: Kafka source, the feature graph, the DLQ and the sample log."""
     t_env = StreamTableEnvironment.create(env)
-    raw = kafka_events_table(t_env, settings, topic, f"kingfisher-features-{namespace}", bounded, from_ms)
+    raw = kafka_events_table(t_env, settings, topic, settings.feature_job_name(namespace), bounded, from_ms)
     dead_letters, samples = build(raw, settings, namespace)
     dead_letters.sink_to(dead_letter_sink(settings)).name("events.dlq")
     if samples_dir is not None:
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
              from_ms=arguments.from_timestamp, samples_dir=samples)  # fmt: skip
     log.info("feature job: topic %s -> namespace %s; %s", arguments.topic, arguments.namespace,
              f"restoring from {restore}" if restore else "starting without a checkpoint")  # fmt: skip
-    env.execute(f"kingfisher-features-{arguments.namespace}")
+    env.execute(settings.feature_job_name(arguments.namespace))
     return 0
 
 

@@ -2,15 +2,9 @@
 
 import redis
 
-from schemas.redis_format import FORMAT_VERSION, KEY_PREFIX, NAMESPACE_PATTERN, active_namespace_key
+from schemas.redis_format import active_namespace_key, key_pattern
 
 SCAN_BATCH = 1000
-
-
-def namespace_pattern(namespace: str) -> str:
-    if not NAMESPACE_PATTERN.fullmatch(namespace):
-        raise ValueError(f"namespace {namespace!r} must match {NAMESPACE_PATTERN.pattern}")
-    return f"{KEY_PREFIX}:v{FORMAT_VERSION}:{namespace}:*"
 
 
 def active_namespace(client: redis.Redis, default: str) -> str:
@@ -21,20 +15,20 @@ def active_namespace(client: redis.Redis, default: str) -> str:
 
 def switch_namespace(client: redis.Redis, namespace: str) -> str | None:
     """Point serving at `namespace` in one atomic SET; returns the namespace it pointed at before."""
-    namespace_pattern(namespace)
+    key_pattern(namespace)  # refuses an invalid name before the switch
     previous = client.set(active_namespace_key(), namespace, get=True)
     return previous.decode() if previous is not None else None
 
 
 def count_keys(client: redis.Redis, namespace: str) -> int:
-    return sum(1 for _ in client.scan_iter(match=namespace_pattern(namespace), count=SCAN_BATCH))
+    return sum(1 for _ in client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH))
 
 
 def drop_namespace(client: redis.Redis, namespace: str) -> int:
     """Delete every key of `namespace`; returns how many."""
     dropped = 0
     batch: list[bytes] = []
-    for key in client.scan_iter(match=namespace_pattern(namespace), count=SCAN_BATCH):
+    for key in client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH):
         batch.append(key)
         if len(batch) >= SCAN_BATCH:
             dropped += client.unlink(*batch)

@@ -44,7 +44,7 @@ def _consumer(settings: Settings, group_id: str) -> Consumer:
 
 
 def plan(settings: Settings, topic: str, namespace: str, from_ms: int | None) -> ReplayPlan:
-    group_id = f"kingfisher-features-{namespace}"
+    group_id = settings.feature_job_name(namespace)
     consumer = _consumer(settings, group_id)
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)

@@ -20,18 +20,25 @@ log = logging.getLogger("kingfisher.training.scheduler")
 UNITS_S = {"s": 1, "m": 60, "h": 3600}
 
 
-def duration_s(text: str) -> float:
+def duration_s(text: str, allow_zero: bool = False) -> float:
     """'90s', '15m', '2h' or plain seconds -> seconds."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
-    if not match or float(match[1]) <= 0:
+    if not match or float(match[1]) < 0 or (float(match[1]) == 0 and not allow_zero):
         raise argparse.ArgumentTypeError(f"not a positive duration: {text!r} (e.g. 90s, 15m, 2h)")
     return float(match[1]) * UNITS_S[match[2] or "s"]
 
 
 def run_periodically(
-    settings: Settings, source: Source, every_s: float, stop: threading.Event, synthetic_events: int, progress: bool
+    settings: Settings,
+    source: Source,
+    every_s: float,
+    stop: threading.Event,
+    synthetic_events: int,
+    progress: bool,
+    delay_s: float = 0.0,
 ) -> None:
-    next_start = time.monotonic()
+    next_start = time.monotonic() + delay_s
+    stop.wait(delay_s)
     while not stop.is_set():
         try:
             outcome = train_once(settings, load(settings, source, synthetic_events), progress=progress)
@@ -54,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DURATION",
         help="period, e.g. 15m (default KF_RETRAIN_EVERY_S seconds)",
     )
+    parser.add_argument(
+        "--delay",
+        type=lambda text: duration_s(text, allow_zero=True),
+        default=0.0,
+        metavar="DURATION",
+        help="wait this long before the first run (default: start at once)",
+    )
     parser.add_argument("--source", type=Source, choices=list(Source), default=Source.SAMPLES)
     parser.add_argument("--synthetic-events", type=int, default=20_000, metavar="N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -62,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
-    log.info("retraining from %s every %.0fs into %s", arguments.source, arguments.every, settings.models_dir)
-    run_periodically(
-        settings, arguments.source, arguments.every, stop, arguments.synthetic_events, not arguments.no_progress
-    )
+    log.info("retraining from %s every %.0fs into %s, first run in %.0fs",
+             arguments.source, arguments.every, settings.models_dir, arguments.delay)  # fmt: skip
+    run_periodically(settings, arguments.source, arguments.every, stop, arguments.synthetic_events,
+                     not arguments.no_progress, arguments.delay)  # fmt: skip
     return 0
 
 

@@ -10,6 +10,8 @@ from schemas.redis_format import (
     active_namespace_key,
     decode_value,
     encode_value,
+    entity_of,
+    key_pattern,
     redis_key,
 )
 from schemas.streaming import fold_stream
@@ -32,6 +34,18 @@ def test_control_keys_and_data_keys_stay_in_their_namespaces():
         redis_key(KeyKind.USER_SEQUENCE, "42", "control")
     with pytest.raises(ValueError, match="control namespace"):
         redis_key(KeyKind.ACTIVE_NAMESPACE, "current", "live")
+
+
+def test_scan_patterns_cover_a_namespace_or_one_kind_and_entities_come_back_from_keys():
+    key = redis_key(KeyKind.USER_SEQUENCE, "tenant:7", "live")
+
+    assert key_pattern("live") == "kf:v1:live:*"
+    assert key_pattern("live", KeyKind.USER_SEQUENCE) == "kf:v1:live:user_seq:*"
+    assert entity_of(key, KeyKind.USER_SEQUENCE, "live") == "tenant:7"
+    with pytest.raises(ValueError, match="not a user_feat key"):
+        entity_of(key, KeyKind.USER_FEATURES, "live")
+    with pytest.raises(ValueError, match="namespace"):
+        key_pattern("a:b")
 
 
 def test_empty_entity_id_is_rejected():

@@ -1,0 +1,191 @@
+"""`make demo`: the whole system on local defaults, ending with the URL of the web page.
+
+Kafka and Redis → the demo history (MovieLens, else synthetic) published into Kafka → the feature job
+applies it → the first models trained from the stream's sample log → the service and the retraining
+scheduler. Every step is skipped when its result is already there, so a second run is quick and
+changes nothing; `make down` stops every process, `make status` shows each one.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.stack import (
+    FeatureJob,
+    RecommendationService,
+    Retrainer,
+    StackError,
+    console,
+    log_tail,
+    start_all,
+    up,
+)
+from schemas.bundle import Registry
+from schemas.config import Settings
+from schemas.sources.movielens import SHARED_DATASET
+from streams.publish import progress_bar
+from streams.replay import plan, replayed_so_far
+
+DOWNLOAD_TIMEOUT_S = 20
+CATCH_UP_POLL_S = 1.0
+MOVIELENS_CITATION = (
+    "MovieLens ml-latest-small, GroupLens Research (research use; cite F. M. Harper and J. A. Konstan, "
+    "The MovieLens Datasets: History and Context, ACM TiiS 5(4), 2015)"
+)
+
+
+@dataclass(frozen=True)
+class History:
+    """The demo's catalogue and events: a MovieLens directory, or the synthetic generator (path None)."""
+
+    source: str
+    path: Path | None
+    why: str
+
+    def publish_arguments(self, what: str, settings: Settings) -> list[str]:
+        arguments = ["publish", what, self.source, "--no-progress"]
+        if self.path is not None:
+            arguments += ["--path", str(self.path)]
+        if self.source == "synthetic" and what == "events":
+            arguments += ["--limit", str(settings.demo_synthetic_events)]
+        return arguments
+
+
+def choose_history(settings: Settings) -> History:
+    """KF_MOVIELENS_PATH, then ../shared/datasets/ml-latest-small, then a download, then synthetic."""
+    if settings.demo_source == "synthetic":
+        return History("synthetic", None, "KF_DEMO_SOURCE=synthetic")
+    if settings.movielens_path is not None:
+        if not settings.movielens_path.is_dir():
+            raise StackError(f"KF_MOVIELENS_PATH={settings.movielens_path} is not a directory")
+        return History("movielens", settings.movielens_path, "KF_MOVIELENS_PATH")
+    if SHARED_DATASET.is_dir():
+        return History("movielens", SHARED_DATASET, f"found {SHARED_DATASET}")
+    downloaded = download_movielens(settings)
+    if downloaded is not None:
+        return History("movielens", downloaded, f"downloaded from {settings.movielens_url}")
+    if settings.demo_source == "movielens":
+        raise StackError("KF_DEMO_SOURCE=movielens, but no MovieLens directory is on disk and the download failed")
+    return History("synthetic", None, "no MovieLens on disk and no download: the synthetic generator")
+
+
+def download_movielens(settings: Settings) -> Path | None:
+    """ml-latest-small unpacked under KF_RUN_DIR/datasets, or None when it cannot be fetched."""
+    target = (settings.run_dir / "datasets").resolve()
+    directory = target / Path(settings.movielens_url).stem
+    if (directory / "ratings.csv").exists():
+        return directory
+    archive = target / Path(settings.movielens_url).name
+    target.mkdir(parents=True, exist_ok=True)
+    console.print(f"downloading {settings.movielens_url} …")
+    try:
+        with urllib.request.urlopen(settings.movielens_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            archive.write_bytes(response.read())
+        with zipfile.ZipFile(archive) as unpacked:
+            unpacked.extractall(target)
+    except (urllib.error.URLError, OSError, zipfile.BadZipFile) as error:
+        console.print(f"[yellow]download failed ({error}); using the synthetic generator")
+        return None
+    return directory if (directory / "ratings.csv").exists() else None
+
+
+def records_in(settings: Settings, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "kingfisher-demo"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        marks = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions]
+        return sum(high - low for low, high in marks)
+    finally:
+        consumer.close()
+
+
+def kingfisher(*arguments: str) -> None:
+    """Run the operators' CLI (`kingfisher ...`) with this process's settings; stop the demo if it fails."""
+    result = subprocess.run([sys.executable, "-m", "streams.cli", *arguments], check=False)
+    if result.returncode != 0:
+        raise StackError(f"`kingfisher {' '.join(arguments)}` failed with exit code {result.returncode}")
+
+
+def publish_history(settings: Settings, history: History) -> None:
+    for what, topic in (("catalogue", settings.topic_items), ("events", settings.topic_events)):
+        held = records_in(settings, topic)
+        if held:
+            console.print(f"{topic!r} already holds {held:,} records: not published again")
+        else:
+            kingfisher(*history.publish_arguments(what, settings))
+
+
+def wait_for_stream(settings: Settings, job: FeatureJob) -> None:
+    """Until the feature job has committed (checkpointed) every offset of the events topic that
+    existed when this started, with a progress bar."""
+    target = plan(settings, settings.topic_events, settings.namespace, None)
+    offsets = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": target.group_id, "enable.auto.commit": False}
+    )
+    try:
+        with progress_bar(enabled=True) as progress:
+            task = progress.add_task("stream applying the history", total=target.events)
+            while (applied := replayed_so_far(offsets, target)) < target.events:
+                if job.running_process() is None:
+                    raise StackError(f"the feature job stopped; see {job.log_file}:\n{log_tail(job.log_file)}")
+                progress.update(task, completed=applied)
+                time.sleep(CATCH_UP_POLL_S)
+            progress.update(task, completed=target.events)
+    finally:
+        offsets.close()
+
+
+def train_first_models(settings: Settings) -> int:
+    registry = Registry(settings.models_dir)
+    if registry.current() is None:
+        console.print("training the first models from the stream's sample log …")
+        result = subprocess.run([sys.executable, "-m", "training"], check=False)
+        if result.returncode != 0 or registry.current() is None:
+            raise StackError(f"the first training run failed (exit code {result.returncode}); see its output above")
+    return registry.current()
+
+
+def demo(settings: Settings) -> str:
+    """Bring everything up; returns the page's URL."""
+    started = time.monotonic()
+    up(settings)
+    history = choose_history(settings)
+    console.print(f"history: {history.source} ({history.why})")
+    if history.source == "movielens":
+        console.print(f"[dim]{MOVIELENS_CITATION}")
+    publish_history(settings, history)
+    job = FeatureJob(settings)
+    start_all(settings, [job])
+    wait_for_stream(settings, job)
+    version = train_first_models(settings)
+    service = RecommendationService(settings)
+    start_all(settings, [service, Retrainer(settings)])
+    console.print(
+        f"\n[bold green]Kingfisher is running[/] (model v{version}, ready in {time.monotonic() - started:.0f} s)\n"
+        f"  open   [bold]{service.url}[/]  (or {service.url}?user_id=<id>)\n"
+        f"  status make status     logs {settings.logs_dir.resolve()}\n"
+        f"  stop   make down"
+    )
+    return service.url
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="infra/demo.py", description=__doc__).parse_args(argv)
+    try:
+        demo(Settings())
+    except StackError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+// The demo page: one user's live sequence, recommendations and trending, all from the service's API.
+// A click is posted as an event; the page then polls the profile until the stream has applied it.
+"use strict";
+
+const RECOMMENDATIONS = 12;
+const TRENDING = 10;
+const APPLY_POLL_MS = 50;
+const APPLY_GIVE_UP_MS = 30000;
+const REFRESH_MS = 5000;
+
+const page = { user: null, modelVersion: null, shownEvents: new Set() };
+const $ = (id) => document.getElementById(id);
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const reasons = body.reasons ? `: ${body.reasons.join("; ")}` : body.error ? `: ${body.error}` : "";
+    throw new Error(`${options.method || "GET"} ${path} → ${response.status}${reasons}`);
+  }
+  return body;
+}
+
+function say(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function itemRow(item, { score, reasons, onClick } = {}) {
+  const row = element("li", onClick ? "clickable" : "");
+  row.dataset.itemId = item.item_id;
+  // The score floats right, so it comes before the title it sits beside.
+  if (score !== undefined) row.append(element("span", "score", score.toFixed(3)));
+  row.append(element("span", "title", item.title || item.item_id));
+  if (reasons && reasons.length) {
+    const names = reasons.map((reason) => reason.title || reason.item_id).join(", ");
+    row.append(element("span", "reasons", `because you watched ${names}`));
+  }
+  if (onClick) {
+    row.title = "click: publish a click event for this item";
+    row.addEventListener("click", () => clickItem(item.item_id));
+  }
+  return row;
+}
+
+function renderSequence(profile) {
+  const list = $("sequence");
+  list.replaceChildren();
+  for (const entry of [...profile.sequence].reverse()) {
+    const row = itemRow(entry);
+    row.dataset.eventId = entry.event_id;
+    row.prepend(element("span", "kind", entry.value != null ? `${entry.type} ${entry.value}` : entry.type));
+    row.append(element("span", "when", ` ${new Date(entry.ts).toLocaleString()}`));
+    if (page.shownEvents.size && !page.shownEvents.has(entry.event_id)) row.classList.add("fresh");
+    list.append(row);
+  }
+  page.shownEvents = new Set(profile.sequence.map((entry) => entry.event_id));
+  if (!profile.sequence.length) list.append(element("li", "", "no events yet: click an item"));
+}
+
+async function loadRecommendations() {
+  const query = new URLSearchParams({ user_id: page.user, k: RECOMMENDATIONS, exclude_seen: true, explain: true });
+  const answer = await api(`/v1/recommendations?${query}`);
+  $("recommendations").replaceChildren(
+    ...answer.items.map((item) => itemRow(item, { score: item.score, reasons: item.reasons, onClick: true })),
+  );
+  const asOf = answer.features_as_of ? new Date(answer.features_as_of).toLocaleString() : "no events";
+  const fallback = answer.fallback || answer.reason ? ` · fallback: ${answer.reason}` : "";
+  $("recommendation-meta").textContent = `features as of ${asOf} · ${answer.took_ms} ms${fallback}`;
+  noticeModel(answer.model_version);
+  return answer;
+}
+
+async function loadTrending() {
+  const answer = await api(`/v1/trending?k=${TRENDING}`);
+  // Ranked by decayed popularity; the scores themselves mean little next to each other, so only the order shows.
+  $("trending").replaceChildren(...answer.items.map((item) => itemRow(item, { onClick: true })));
+}
+
+function noticeModel(version) {
+  if (version == null || version === page.modelVersion) return;
+  if (page.modelVersion !== null) {
+    $("swap-notice").textContent = `New model v${version} swapped in at ${new Date().toLocaleTimeString()} (was v${page.modelVersion}).`;
+    $("swap-notice").hidden = false;
+  }
+  page.modelVersion = version;
+  $("model-version").textContent = `v${version}`;
+}
+
+async function showUser(user) {
+  page.user = user;
+  page.shownEvents = new Set();
+  $("user-input").value = user;
+  $("user-name").textContent = user;
+  history.replaceState(null, "", `?user_id=${encodeURIComponent(user)}`);
+  say(`loading user ${user}…`);
+  try {
+    const [profile] = await Promise.all([api(`/v1/users/${encodeURIComponent(user)}/profile`), loadRecommendations()]);
+    renderSequence(profile);
+    say(`user ${user}: ${profile.sequence.length} events in the live sequence. Click any item to send a click.`);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+function newEventId() {
+  const random = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  return `web-${random}`;
+}
+
+async function waitUntilApplied(eventId, since) {
+  while (performance.now() - since < APPLY_GIVE_UP_MS) {
+    const profile = await api(`/v1/users/${encodeURIComponent(page.user)}/profile`);
+    if (profile.sequence.some((entry) => entry.event_id === eventId)) return profile;
+    await new Promise((resolve) => setTimeout(resolve, APPLY_POLL_MS));
+  }
+  return null;
+}
+
+async function clickItem(itemId) {
+  const event = { event_id: newEventId(), user_id: page.user, item_id: itemId, type: "click", ts: Date.now() };
+  const clickedAt = performance.now();
+  try {
+    say(`click on ${itemId} sent; waiting for the stream to apply it…`);
+    await api("/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(event) });
+    const profile = await waitUntilApplied(event.event_id, clickedAt);
+    if (profile === null) {
+      say(`the click was not applied within ${APPLY_GIVE_UP_MS / 1000} s: is the feature job running?`, true);
+      return;
+    }
+    const appliedMs = performance.now() - clickedAt;
+    renderSequence(profile);
+    await loadRecommendations();
+    const totalMs = performance.now() - clickedAt;
+    $("click-latency").textContent = `${Math.round(totalMs)} ms (in Redis after ${Math.round(appliedMs)} ms)`;
+    say(`click on ${itemId} applied; recommendations updated ${Math.round(totalMs)} ms after the click.`);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function showSuggestions() {
+  const { users } = await api("/v1/users?limit=12");
+  $("user-suggestions").replaceChildren(
+    ...users.map((user) => {
+      const button = element("button", "", user);
+      button.type = "button";
+      button.addEventListener("click", () => showUser(user));
+      return button;
+    }),
+  );
+  return users;
+}
+
+async function refresh() {
+  try {
+    await loadTrending();
+    const { live_version: live } = await api("/v1/models");
+    if (page.user && live !== page.modelVersion) await loadRecommendations();
+    noticeModel(live);
+  } catch (error) {
+    say(error.message, true);
+  }
+}
+
+async function start() {
+  $("user-form").addEventListener("submit", (submitted) => {
+    submitted.preventDefault();
+    const user = $("user-input").value.trim();
+    if (user) showUser(user);
+  });
+  const users = await showSuggestions().catch((error) => (say(error.message, true), []));
+  const user = new URLSearchParams(location.search).get("user_id") || users[0];
+  if (user) await showUser(user);
+  else say("no users with events yet: publish some events, or type a user id", true);
+  await refresh();
+  setInterval(refresh, REFRESH_MS);
+}
+
+start();

@@ -1,0 +1,142 @@
+"""`make demo` from nothing on a private stack, then its web page in Debian's Chromium (Playwright)."""
+
+import re
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import REPO_ROOT, Stack, free_port, settings_of, stack_environment
+from tests.integration.test_serving import call
+from tests.integration.test_training import TINY
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+# Without the background-networking flags Chromium keeps calling Google's hosts, which this closed
+# network refuses; --no-sandbox because CI runs as root.
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+APPLY_TIMEOUT_MS = 60_000
+SWAP_TIMEOUT_MS = 300_000
+COMPONENTS = ("redis", "kafka", "feature-job", "service", "retrainer")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Iterator[tuple[Stack, str]]:
+    """`python -m infra.demo` (what `make demo` runs) on its own Kafka, Redis and port, synthetic history."""
+    env = stack_environment(tmp_path_factory.mktemp("demo-run")) | {
+        "KF_SERVE_PORT": str(free_port()),
+        "KF_DEMO_SOURCE": "synthetic",
+        "KF_DEMO_SYNTHETIC_EVENTS": "5000",
+        "KF_CHECKPOINT_INTERVAL_S": "2",
+        "KF_RETRAIN_EVERY_S": "3600",
+        "KF_MODEL_POLL_S": "1",
+        "KF_STARTUP_TIMEOUT_S": "300",
+        **TINY,
+    }
+    stack = Stack(settings_of(env), env)
+    try:
+        first = stack.run("-m", "infra.demo", timeout=900)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
+        yield stack, first.stderr
+    finally:
+        stack.run("infra/stack.py", "down")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def item_ids(page: Page, list_id: str) -> list[str]:
+    return page.get_by_test_id(list_id).locator("li").evaluate_all("rows => rows.map(row => row.dataset.itemId)")
+
+
+def open_page(browser: Browser, stack: Stack) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"http://127.0.0.1:{stack.settings.serve_port}/")
+    return page
+
+
+def test_1_demo_prints_the_page_and_loaded_the_synthetic_history(demo):
+    stack, output = demo
+
+    assert "history: synthetic (KF_DEMO_SOURCE=synthetic)" in output
+    assert f"http://127.0.0.1:{stack.settings.serve_port}/" in output
+    assert call(f"http://127.0.0.1:{stack.settings.serve_port}", "/readyz")[1]["model_version"] == 1
+
+
+def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendations(demo, browser):
+    stack, _ = demo
+    page = open_page(browser, stack)
+    recommendations = page.get_by_test_id("recommendations").locator("li")
+    expect(recommendations.first).to_be_visible()  # rendered on opening, before any click
+    expect(page.get_by_test_id("trending").locator("li").first).to_be_visible()
+    expect(page.get_by_test_id("model-version")).to_have_text("v1")
+
+    suggestion = page.get_by_test_id("user-suggestions").locator("button").nth(1)
+    user = suggestion.text_content()
+    suggestion.click()
+    expect(page.get_by_test_id("status")).to_contain_text(f"user {user}:")
+    expect(page).to_have_url(re.compile(rf"\?user_id={user}$"))
+    before = item_ids(page, "recommendations")
+    chosen = before[0]
+    recommendations.first.click()
+    expect(page.get_by_test_id("click-latency")).to_contain_text("ms", timeout=APPLY_TIMEOUT_MS)
+    newest = page.get_by_test_id("sequence").locator("li").first
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "demo-page.png", full_page=True)
+
+    expect(newest).to_have_attribute("data-item-id", chosen)
+    expect(newest).to_contain_text("click")
+    after = item_ids(page, "recommendations")
+    assert after != before and chosen not in after  # exclude_seen: the clicked item is now in the sequence
+    _, profile = call(f"http://127.0.0.1:{stack.settings.serve_port}", f"/v1/users/{user}/profile")
+    assert profile["sequence"][-1]["item_id"] == chosen and profile["sequence"][-1]["event_id"].startswith("web-")
+    assert profile["sequence"][-1]["title"] == newest.locator(".title").text_content()
+
+
+def test_3_the_page_notices_a_new_model(demo, browser):
+    stack, _ = demo
+    page = open_page(browser, stack)
+    expect(page.get_by_test_id("model-version")).to_have_text("v1")
+
+    trained = stack.run("-m", "training", "--force", "--no-progress", timeout=600)
+
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    expect(page.get_by_test_id("swap-notice")).to_contain_text("New model v2", timeout=SWAP_TIMEOUT_MS)
+    expect(page.get_by_test_id("model-version")).to_have_text("v2")
+
+
+def test_4_demo_again_is_harmless_and_down_stops_everything(demo):
+    stack, _ = demo
+    pids = {service: pid_of(stack, service) for service in COMPONENTS}
+
+    again = stack.run("-m", "infra.demo", timeout=300)
+    status = stack.run("infra/stack.py", "status")
+
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("already running") == len(COMPONENTS)
+    assert again.stderr.count("already holds") == 2  # catalogue and events are not published twice
+    assert {service: pid_of(stack, service) for service in COMPONENTS} == pids
+    assert status.returncode == 0 and status.stdout.count("ready") == len(COMPONENTS)
+
+    down = stack.run("infra/stack.py", "down")
+
+    assert down.returncode == 0 and down.stderr.count("stopped") == len(COMPONENTS)
+    assert not any(psutil.pid_exists(pid) for pid in pids.values())
+
+
+def pid_of(stack: Stack, service: str) -> int:
+    return int((stack.settings.run_dir / service / f"{service}.pid").read_text().split()[0])
