@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     max_k: int = Field(100, ge=1, description="Largest k a client may ask for.")
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: they answer 403.")
     model_poll_s: float = Field(5.0, gt=0, description="How often serving checks the registry for a new version.")
+    serve_model_threads: int = Field(2, ge=1, description="Threads of the service that run model and Faiss calls.")
+    serve_tf_threads: int = Field(
+        0, ge=0, description="TensorFlow threads per model call in the service (intra- and inter-op); 0: one per core."
+    )
 
     demo_source: Literal["auto", "movielens", "synthetic"] = Field(
         "auto",

@@ -34,7 +34,6 @@ from serving.recommend import rank_for_user
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
 MAX_BODY_BYTES = 4 * 1024 * 1024
-MODEL_THREADS = 2
 ID_RE = re.compile(ID_PATTERN)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 T = TypeVar("T")
@@ -312,7 +311,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[EXECUTOR] = ThreadPoolExecutor(MODEL_THREADS, thread_name_prefix="models")
+    app[EXECUTOR] = ThreadPoolExecutor(settings.serve_model_threads, thread_name_prefix="models")
     client = aioredis.Redis(
         host=settings.bind_host, port=settings.redis_port, socket_connect_timeout=1, socket_timeout=1
     )

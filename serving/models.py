@@ -17,14 +17,23 @@ from confluent_kafka import Consumer
 
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.config import Settings
-from schemas.model_inputs import USER_FEATURES
+from schemas.model_inputs import FIRST_ITEM, USER_FEATURES
 
 log = logging.getLogger("kingfisher.serving")
-WARM_UP_CANDIDATES = 200
+
+
+def configure_tensorflow(threads: int) -> None:
+    """Limit TensorFlow's thread pools (0: its default); must run before the first model loads."""
+    if threads:
+        import tensorflow as tf  # here: importing it costs seconds, and only the service needs it
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 class ModelHolder:
     def __init__(self, settings: Settings, executor: Executor):
+        configure_tensorflow(settings.serve_tf_threads)
         self.settings, self.executor = settings, executor
         self.registry = Registry(settings.models_dir)
         self.bundle: LoadedBundle | None = None
@@ -50,8 +59,8 @@ class ModelHolder:
             return True
 
     def _load(self, version: int) -> LoadedBundle:
-        bundle = LoadedBundle(self.registry.path(version), self.settings.faiss_exact_max_items)
-        _warm_up(bundle)
+        bundle = LoadedBundle(self.registry.path(version), self.settings.faiss_exact_max_items, compiled=True)
+        _warm_up(bundle, self.settings.candidates + bundle.manifest.feature_spec.trending_size)
         return bundle
 
     async def follow(self, wake: asyncio.Event) -> None:
@@ -85,15 +94,17 @@ class ModelHolder:
         }
 
 
-def _warm_up(bundle: LoadedBundle) -> None:
-    """One request's worth of work, so the first real request does not pay for graph tracing."""
+def _warm_up(bundle: LoadedBundle, most_candidates: int) -> None:
+    """Run every input shape a request can bring (one per candidate bucket), so that no real request
+    waits for graph tracing or an XLA compilation."""
     length = bundle.manifest.feature_spec.sequence_length
     sequence = np.zeros((1, length), np.int32)
     features = np.zeros((1, len(USER_FEATURES)), np.float32)
     vector = bundle.user_vectors(sequence, sequence, features)
-    bundle.index.search(vector, WARM_UP_CANDIDATES)
-    candidates = np.full((1, WARM_UP_CANDIDATES), 2, np.int32)
-    bundle.score(sequence, sequence, candidates, features, np.zeros(1, np.int32))
+    bundle.index.search(vector, most_candidates)
+    for count in range(bundle.candidate_bucket, most_candidates + bundle.candidate_bucket, bundle.candidate_bucket):
+        candidates = np.full((1, count), FIRST_ITEM, np.int32)
+        bundle.score(sequence, sequence, candidates, features, np.zeros(1, np.int32))
 
 
 def listen_for_updates(
