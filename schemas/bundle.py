@@ -162,8 +162,17 @@ class Registry:
 
 
 CANDIDATE_BUCKET = 64
-"""Compiled scoring pads the candidate count up to a multiple of this: XLA compiles one program per
-shape, so padding keeps it to a few programs instead of one per count."""
+"""Compiled calls pad the candidate count up to a multiple of this and the row count up to a power
+of two: XLA compiles one program per input shape, so padding keeps it to a few programs."""
+
+
+def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndarray:
+    """`array` with zeros appended up to `rows` (and `columns`): PADDING items, an empty sequence,
+    zero features. Rows do not interact in either model, so padding changes no real row's output."""
+    widths = [(0, rows - len(array))] + [(0, 0)] * (array.ndim - 1)
+    if columns is not None:
+        widths[1] = (0, columns - array.shape[1])
+    return np.pad(array, widths) if any(width for _, width in widths) else array
 
 
 class LoadedBundle:
@@ -171,7 +180,8 @@ class LoadedBundle:
 
     With `compiled`, the model calls are XLA-compiled (the service's choice: DIN's attention, an
     einsum, Dice and a dense layer over every candidate-behaviour pair, fuses into a few kernels and
-    runs about 1.8 times faster per request here); each new input shape then costs a compilation."""
+    runs about 1.8 times faster per request here); inputs are then padded to `input_shape`, and each
+    new padded shape costs one compilation."""
 
     def __init__(self, directory: Path, exact_max_items: int, compiled: bool = False):
         import tensorflow as tf  # here, not at module level: the stream imports schemas without TensorFlow
@@ -180,6 +190,7 @@ class LoadedBundle:
         from schemas.model_inputs import Vocabulary
 
         self.directory = directory
+        self.compiled = compiled
         self.manifest = verify(directory)
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
@@ -189,7 +200,6 @@ class LoadedBundle:
         self._user_tower = tf.saved_model.load(str(directory / USER_TOWER))
         self._ranker = tf.saved_model.load(str(directory / RANKER))
         self._embed, self._score = self._user_tower.embed, self._ranker.score
-        self.candidate_bucket = CANDIDATE_BUCKET if compiled else 1
         if compiled:
             self._embed = tf.function(self._embed, jit_compile=True)
             self._score = tf.function(self._score, jit_compile=True)
@@ -198,17 +208,27 @@ class LoadedBundle:
     def version(self) -> int:
         return self.manifest.version
 
+    def input_shape(self, rows: int, candidates: int) -> tuple[int, int]:
+        """The (rows, candidates) a call with this many runs as: padded when compiled."""
+        if not self.compiled:
+            return rows, candidates
+        return 1 << (rows - 1).bit_length(), -(-candidates // CANDIDATE_BUCKET) * CANDIDATE_BUCKET
+
     def user_vectors(self, sequence, kinds, user_features):
         """sequence and kinds [B, L] int32, user_features [B, F] float32 -> [B, d] float32."""
-        return self._embed(sequence=sequence, kinds=kinds, user_features=user_features)["embedding"].numpy()
+        rows, _ = self.input_shape(len(sequence), 1)
+        padded = {"sequence": sequence, "kinds": kinds, "user_features": user_features}
+        out = self._embed(**{name: _padded(array, rows) for name, array in padded.items()})
+        return out["embedding"].numpy()[: len(sequence)]
 
     def score(self, sequence, kinds, candidates, user_features, hour):
         """[B, L], [B, L], candidates [B, M] int32, [B, F], hour [B] -> (probabilities [B, M], attention [B, M, L])."""
-        count = candidates.shape[1]
-        padding = -count % self.candidate_bucket  # scored as the padding item, then cut off
-        padded = np.pad(candidates, ((0, 0), (0, padding))) if padding else candidates
-        out = self._score(sequence=sequence, kinds=kinds, candidates=padded, user_features=user_features, hour=hour)
-        return out["score"].numpy()[:, :count], out["attention"].numpy()[:, :count]
+        count, width = candidates.shape
+        rows, columns = self.input_shape(count, width)
+        padded = {"sequence": sequence, "kinds": kinds, "user_features": user_features, "hour": hour}
+        padded = {name: _padded(array, rows) for name, array in padded.items()}
+        out = self._score(candidates=_padded(candidates, rows, columns), **padded)
+        return out["score"].numpy()[:count, :width], out["attention"].numpy()[:count, :width]
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """The k items whose retrieval vectors are nearest to `item_id`'s; None for an unknown item."""

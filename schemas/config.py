@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     )
     eval_max_queries: int = Field(2000, ge=1, description="Test queries sampled for the retrieval->ranking metrics.")
     candidates: int = Field(200, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
+    trending_candidates: int = Field(
+        50, ge=0, description="Top trending items ranked by DIN besides the M Faiss candidates (fresh items' way in)."
+    )
     faiss_exact_max_items: int = Field(
         50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
     )
@@ -117,8 +120,11 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: they answer 403.")
     model_poll_s: float = Field(5.0, gt=0, description="How often serving checks the registry for a new version.")
     serve_model_threads: int = Field(2, ge=1, description="Threads of the service that run model and Faiss calls.")
+    serve_max_batch: int = Field(
+        4, ge=1, le=64, description="Most concurrent recommendation requests ranked in one model call."
+    )
     serve_tf_threads: int = Field(
-        0, ge=0, description="TensorFlow threads per model call in the service (intra- and inter-op); 0: one per core."
+        1, ge=0, description="TensorFlow threads per model call in the service (intra- and inter-op); 0: one per core."
     )
 
     demo_source: Literal["auto", "movielens", "synthetic"] = Field(

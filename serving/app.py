@@ -25,11 +25,12 @@ from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
 from schemas.events import ID_PATTERN, validate_event
 from schemas.validation import InvalidRecord
+from serving.batcher import MicroBatcher
 from serving.live import LiveState, LiveStore
 from serving.metrics import Metrics
 from serving.models import ModelHolder, listen_for_updates
 from serving.openapi import openapi_document
-from serving.recommend import rank_for_user
+from serving.recommend import RankRequest, rank_batch
 
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
@@ -45,6 +46,7 @@ METRICS = web.AppKey("metrics", Metrics)
 PRODUCER = web.AppKey("producer", Producer)
 TITLES = web.AppKey("titles", dict)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+BATCHER = web.AppKey("batcher", MicroBatcher)
 
 
 class BadRequest(ValueError):
@@ -152,19 +154,17 @@ async def recommendations(request: web.Request) -> web.Response:
         chosen = [item for item in popular if item not in seen][:k]
         items = [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
     else:
-        ranked = await asyncio.get_running_loop().run_in_executor(
-            request.app[EXECUTOR],
-            rank_for_user,
-            bundle,
+        asked = RankRequest(
             state.behaviours,
             state.feature_values,
-            int(time.time() * 1000),
-            trending,
-            seen,
-            k,
-            app[SETTINGS].candidates,
-            explain,
+            now_ms=int(time.time() * 1000),
+            trending=trending[: app[SETTINGS].trending_candidates],
+            exclude=seen,
+            k=k,
+            candidates=app[SETTINGS].candidates,
+            explain=explain,
         )
+        ranked = await app[BATCHER].submit(bundle, asked)
         for stage, seconds in ranked.timings_s.items():
             app[METRICS].stage.labels(stage).observe(seconds)
         app[METRICS].candidates.observe(ranked.candidates)
@@ -327,7 +327,11 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("no catalogue titles: %s", error)
         app[TITLES] = {}
     listener = listen_for_updates(settings, loop, wake, stop)
+    app[BATCHER] = MicroBatcher(
+        rank_batch, app[EXECUTOR], settings.serve_model_threads, settings.serve_max_batch, app[METRICS].observe_batch
+    )
     tasks = [
+        asyncio.create_task(app[BATCHER].run(), name="batcher"),
         asyncio.create_task(app[STORE].follow_namespace(), name="namespace"),
         asyncio.create_task(app[MODELS].follow(wake), name="models"),
     ]

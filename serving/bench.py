@@ -4,7 +4,10 @@ Sets up live state for MovieLens users in a Redis namespace of its own (through 
 functions the stream uses), starts the service as a separate process on the live model (training
 one on MovieLens first if the registry is empty), then sends requests open-loop: request i leaves
 at start + i / rate whatever the answers before it, and its latency counts from that moment, so a
-slow service cannot hide queueing. Reports p50/p95/p99 and errors per rate.
+slow service cannot hide queueing. Reports p50/p95/p99 and errors per rate, and from the
+service's own metrics where the time went: the mean candidates ranked per request, the mean batch
+of a model call, the mean wait for the models and the mean model call (user tower, Faiss and DIN
+for the whole batch).
 """
 
 import argparse
@@ -19,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -78,6 +82,35 @@ async def wait_ready(base: str, service: subprocess.Popen) -> None:
                 pass
             await asyncio.sleep(0.5)
     raise TimeoutError(f"service not ready in {READY_TIMEOUT_S}s")
+
+
+async def service_totals(base: str) -> dict[str, float]:
+    """Sums and counts of the service's batch-size and stage histograms, by sample name and stage."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
+        text = await response.text()
+    return {
+        sample.name + sample.labels.get("stage", ""): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name in ("kingfisher_model_batch_size", "kingfisher_stage_seconds", "kingfisher_candidates")
+        for sample in family.samples
+        if sample.name.endswith(("_sum", "_count"))
+    }
+
+
+def where_time_went(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean candidates, batch size, queue wait (ms) and model call (ms) between two service_totals."""
+
+    def mean(name: str, stage: str = "") -> float:
+        count = after.get(f"{name}_count{stage}", 0) - before.get(f"{name}_count{stage}", 0)
+        return (after.get(f"{name}_sum{stage}", 0) - before.get(f"{name}_sum{stage}", 0)) / count if count else 0.0
+
+    stages = "kingfisher_stage_seconds"
+    return {
+        "candidates": mean("kingfisher_candidates"),
+        "batch": mean("kingfisher_model_batch_size"),
+        "queue": mean(stages, "queue") * 1000,
+        "model": (mean(stages, "retrieval") + mean(stages, "ranking")) * 1000,
+    }
 
 
 async def drive(base: str, users: list[str], rate: float, seconds: float, k: int) -> dict:
@@ -142,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(drive(base, users, 20, 5, arguments.k))  # warm-up, not reported
         results = []
         for rate in arguments.rates.split(","):
+            before = asyncio.run(service_totals(base))
             results.append(asyncio.run(drive(base, users, float(rate), arguments.seconds, arguments.k)))
+            results[-1] |= where_time_went(before, asyncio.run(service_totals(base)))
             log.info("%s", {key: round(value, 1) for key, value in results[-1].items()})
     finally:
         service.terminate()
@@ -154,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         title=f"bench-serve: model v{version}, M={settings.candidates} candidates ranked by DIN, "
         f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
     )
-    for column in ("rate req/s", "sent", "achieved req/s", "errors", "p50 ms", "p95 ms", "p99 ms"):
+    columns = ("rate req/s", "sent", "achieved req/s", "errors", "p50 ms", "p95 ms", "p99 ms")
+    for column in (*columns, "candidates", "batch", "queue ms", "model call ms"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
@@ -165,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p50']:.1f}",
             f"{r['p95']:.1f}",
             f"{r['p99']:.1f}",
+            f"{r['candidates']:.0f}",
+            f"{r['batch']:.1f}",
+            f"{r['queue']:.1f}",
+            f"{r['model']:.1f}",
         )
     Console(width=140).print(table)
     target = next((r for r in results if r["rate"] == TARGET_RATE), None)

@@ -17,7 +17,7 @@ class Metrics:
         )
         self.stage = Histogram(
             "kingfisher_stage_seconds",
-            "Time per recommendation stage (redis, retrieval, ranking).",
+            "Time per recommendation stage (redis, queue for the models, retrieval, ranking).",
             ["stage"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
@@ -37,9 +37,21 @@ class Metrics:
             buckets=(0, 10, 50, 100, 200, 300, 500, 1000),
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "kingfisher_model_batch_size",
+            "Recommendation requests ranked together in one model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
         self.model_version = Gauge(
             "kingfisher_model_version", "Version of the live model bundle (0: none).", registry=self.registry
         )
         self.events = Counter(
             "kingfisher_events_accepted_total", "Events accepted by POST /v1/events.", registry=self.registry
         )
+
+    def observe_batch(self, waits_s: list[float]) -> None:
+        """One model call's batch: its size, and how long each of its requests queued."""
+        self.batch_size.observe(len(waits_s))
+        for waited in waits_s:
+            self.stage.labels("queue").observe(waited)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import Executor
 
@@ -60,7 +61,10 @@ class ModelHolder:
 
     def _load(self, version: int) -> LoadedBundle:
         bundle = LoadedBundle(self.registry.path(version), self.settings.faiss_exact_max_items, compiled=True)
-        _warm_up(bundle, self.settings.candidates + bundle.manifest.feature_spec.trending_size)
+        most = self.settings.candidates + self.settings.trending_candidates
+        clock = time.perf_counter()
+        _warm_up(bundle, self.settings.serve_max_batch, most)
+        log.info("model v%d warmed up in %.1f s", version, time.perf_counter() - clock)
         return bundle
 
     async def follow(self, wake: asyncio.Event) -> None:
@@ -94,17 +98,18 @@ class ModelHolder:
         }
 
 
-def _warm_up(bundle: LoadedBundle, most_candidates: int) -> None:
-    """Run every input shape a request can bring (one per candidate bucket), so that no real request
-    waits for graph tracing or an XLA compilation."""
+def _warm_up(bundle: LoadedBundle, max_batch: int, most_candidates: int) -> None:
+    """Run every input shape a model call can bring, so that no request waits for graph tracing
+    or an XLA compilation."""
     length = bundle.manifest.feature_spec.sequence_length
-    sequence = np.zeros((1, length), np.int32)
-    features = np.zeros((1, len(USER_FEATURES)), np.float32)
-    vector = bundle.user_vectors(sequence, sequence, features)
-    bundle.index.search(vector, most_candidates)
-    for count in range(bundle.candidate_bucket, most_candidates + bundle.candidate_bucket, bundle.candidate_bucket):
-        candidates = np.full((1, count), FIRST_ITEM, np.int32)
-        bundle.score(sequence, sequence, candidates, features, np.zeros(1, np.int32))
+    sizes = [(rows, count) for rows in range(1, max_batch + 1) for count in range(1, most_candidates + 1)]
+    shapes = {bundle.input_shape(rows, count) for rows, count in sizes}
+    for rows, count in sorted(shapes):
+        sequence = np.zeros((rows, length), np.int32)
+        features = np.zeros((rows, len(USER_FEATURES)), np.float32)
+        bundle.index.search(bundle.user_vectors(sequence, sequence, features), most_candidates)
+        candidates = np.full((rows, count), FIRST_ITEM, np.int32)
+        bundle.score(sequence, sequence, candidates, features, np.zeros(rows, np.int32))
 
 
 def listen_for_updates(

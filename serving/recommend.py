@@ -1,7 +1,9 @@
-"""Per-request model work: live sequence -> user vector -> Faiss top-M (+ trending) -> DIN scores -> top-k.
+"""Model work of recommendation requests: live sequence -> user vector -> Faiss top-M (+ trending)
+-> DIN scores -> top-k.
 
-Runs in the service's thread pool, never on the event loop: one call per request does all model
-and Faiss work, so a request crosses threads once.
+Runs in the service's thread pool, never on the event loop. `rank_batch` ranks several users'
+requests with one user-tower call, one Faiss search and one DIN call: the service batches
+concurrent requests, so the fixed cost of a model call is shared.
 """
 
 import time
@@ -10,9 +12,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas.bundle import LoadedBundle
-from schemas.model_inputs import Behaviour, hour_of_day, sequence_arrays, user_feature_matrix
+from schemas.model_inputs import PADDING, Behaviour, hour_of_day, sequence_arrays, user_feature_matrix
 
 REASONS = 3
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One user's request: the top `k` of the user's `candidates` Faiss neighbours merged with
+    `trending`, `exclude` left out, by DIN score; with `explain`, each with the behaviours DIN
+    attended to most."""
+
+    behaviours: list[Behaviour]
+    feature_values: dict | None
+    now_ms: int
+    trending: list[str]
+    exclude: set[str]
+    k: int
+    candidates: int
+    explain: bool = True
 
 
 @dataclass(frozen=True)
@@ -28,41 +46,51 @@ class Ranked:
     items: list[Scored]
     candidates: int
     timings_s: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage of the model call that ranked this request (with its batch)."""
 
 
-def rank_for_user(
-    bundle: LoadedBundle,
-    behaviours: list[Behaviour],
-    feature_values: dict | None,
-    now_ms: int,
-    trending: list[str],
-    exclude: set[str],
-    k: int,
-    candidates: int,
-    explain: bool = True,
-) -> Ranked:
-    """The top `k` of the user's Faiss neighbours (`candidates` of them) merged with `trending`,
-    `exclude` left out, by DIN score; with `explain`, each with the behaviours DIN attended to most."""
+def rank_batch(bundle: LoadedBundle, requests: list[RankRequest]) -> list[Ranked]:
+    """One Ranked per request, in order; a request ranks the same alone or in a batch."""
     length = bundle.manifest.feature_spec.sequence_length
-    sequence, kinds = sequence_arrays(bundle.vocabulary, [behaviours], length)
-    user = user_feature_matrix([feature_values])
+    sequence, kinds = sequence_arrays(bundle.vocabulary, [request.behaviours for request in requests], length)
+    user = user_feature_matrix([request.feature_values for request in requests])
     clock = time.perf_counter()
-    _, neighbours = bundle.index.search(bundle.user_vectors(sequence, kinds, user), candidates + len(exclude))
-    retrieved = [item for item in neighbours[0] if item is not None and item not in exclude][:candidates]
-    pool = list(dict.fromkeys(retrieved + [item for item in trending if item not in exclude]))
-    retrieval_s = time.perf_counter() - clock
-    if not pool:
-        return Ranked([], 0, {"retrieval": retrieval_s})
+    deepest = max(request.candidates + len(request.exclude) for request in requests)
+    _, neighbours = bundle.index.search(bundle.user_vectors(sequence, kinds, user), deepest)
+    pools = [_pool(request, row) for request, row in zip(requests, neighbours, strict=True)]
+    timings = {"retrieval": time.perf_counter() - clock}
+    widest = max(map(len, pools))
+    if not widest:
+        return [Ranked([], 0, timings) for _ in requests]
     clock = time.perf_counter()
-    indices = bundle.vocabulary.item_indices(pool)[None, :]
-    scores, attention = bundle.score(sequence, kinds, indices, user, hour_of_day([now_ms]))
-    order = np.argsort(-scores[0], kind="stable")[:k]
-    newest = behaviours[-length:]
-    first = length - len(newest)  # sequence position of newest[0] (left padding before it)
-    ranked = [
-        Scored(pool[n], float(scores[0, n]), _reasons(attention[0, n], newest, first) if explain else ()) for n in order
+    indices = np.full((len(pools), widest), PADDING, np.int32)  # short pools padded; their scores are cut off
+    for row, pool in enumerate(pools):
+        indices[row, : len(pool)] = bundle.vocabulary.item_indices(pool)
+    scores, attention = bundle.score(sequence, kinds, indices, user, hour_of_day(r.now_ms for r in requests))
+    timings["ranking"] = time.perf_counter() - clock
+    return [
+        _top(request, pool, scores[row, : len(pool)], attention[row], length, timings)
+        for row, (request, pool) in enumerate(zip(requests, pools, strict=True))
     ]
-    return Ranked(ranked, len(pool), {"retrieval": retrieval_s, "ranking": time.perf_counter() - clock})
+
+
+def _pool(request: RankRequest, neighbours: np.ndarray) -> list[str]:
+    retrieved = [item for item in neighbours if item is not None and item not in request.exclude]
+    trending = [item for item in request.trending if item not in request.exclude]
+    return list(dict.fromkeys(retrieved[: request.candidates] + trending))
+
+
+def _top(
+    request: RankRequest, pool: list[str], scores: np.ndarray, attention: np.ndarray, length: int, timings: dict
+) -> Ranked:
+    """scores [M] and attention [M, L] of this request's pool -> its top k."""
+    newest = request.behaviours[-length:]
+    first = length - len(newest)  # sequence position of newest[0] (left padding before it)
+    items = [
+        Scored(pool[n], float(scores[n]), _reasons(attention[n], newest, first) if request.explain else ())
+        for n in np.argsort(-scores, kind="stable")[: request.k]
+    ]
+    return Ranked(items, len(pool), timings)
 
 
 def _reasons(weights: np.ndarray, newest: list[Behaviour], first: int) -> tuple[str, ...]:

