@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     request_budget_ms: int = Field(
         100, ge=1, description="Time a request may wait for Redis before answering from trending/popularity."
     )
+    model_budget_ms: float = Field(
+        200,
+        gt=0,
+        description="Time a request may wait for the models (queue and call) before answering from "
+        "trending/popularity: under overload the service sheds model work instead of queueing without end.",
+    )
     max_k: int = Field(100, ge=1, description="Largest k a client may ask for.")
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: they answer 403.")
     model_poll_s: float = Field(5.0, gt=0, description="How often serving checks the registry for a new version.")

@@ -21,6 +21,7 @@ from aiohttp import web
 from confluent_kafka import Producer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from schemas.bundle import LoadedBundle
 from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
 from schemas.events import ID_PATTERN, validate_event
@@ -30,7 +31,7 @@ from serving.live import LiveState, LiveStore
 from serving.metrics import Metrics
 from serving.models import ModelHolder, listen_for_updates
 from serving.openapi import openapi_document
-from serving.recommend import RankRequest, rank_batch
+from serving.recommend import Ranked, RankRequest, rank_batch
 
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
@@ -38,6 +39,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 ID_RE = re.compile(ID_PATTERN)
 WEB_DIR = Path(__file__).resolve().parent / "web"
 T = TypeVar("T")
+COLD_START = "cold start"
+MODELS_BUSY = "models busy: no answer within KF_MODEL_BUDGET_MS"
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", LiveStore)
@@ -147,13 +150,9 @@ async def recommendations(request: web.Request) -> web.Response:
     state, problem = await _live_state(app, user_id)
     seen = {behaviour[0] for behaviour in state.behaviours} if exclude_seen else set()
     trending = [item for item, _ in state.trending.data.items] if state.trending else []
-    reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else "cold start")
-    if reason is not None:
-        app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
-        popular = trending + ([item for item in bundle.popular if item not in trending] if bundle else [])
-        chosen = [item for item in popular if item not in seen][:k]
-        items = [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
-    else:
+    reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else COLD_START)
+    ranked = None
+    if reason is None:
         asked = RankRequest(
             state.behaviours,
             state.feature_values,
@@ -164,22 +163,44 @@ async def recommendations(request: web.Request) -> web.Response:
             candidates=app[SETTINGS].candidates,
             explain=explain,
         )
-        ranked = await app[BATCHER].submit(bundle, asked)
-        for stage, seconds in ranked.timings_s.items():
-            app[METRICS].stage.labels(stage).observe(seconds)
-        app[METRICS].candidates.observe(ranked.candidates)
+        ranked = await _ranked(app, bundle, asked)
+        reason = None if ranked is not None else MODELS_BUSY
+    if ranked is not None:
         items = [_item(app, s.item_id, s.score, s.reasons) for s in ranked.items]
+    else:
+        app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
+        items = _popular_items(app, bundle, trending, seen, k)
     return json_response(
         {
             "user_id": user_id,
             "items": items,
             "model_version": bundle.version if bundle else None,
             "features_as_of": state.as_of,
-            "fallback": problem is not None or bundle is None,
+            "fallback": reason not in (None, COLD_START),
             "reason": reason,
             "took_ms": round((time.perf_counter() - clock) * 1000, 2),
         }
     )
+
+
+def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], seen: set[str], k: int):
+    """The answer without DIN: trending, then the bundle's popularity list, seen items left out."""
+    popular = trending + ([item for item in bundle.popular if item not in trending] if bundle else [])
+    chosen = [item for item in popular if item not in seen][:k]
+    return [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
+
+
+async def _ranked(app: web.Application, bundle: LoadedBundle, asked: RankRequest) -> Ranked | None:
+    """DIN's ranking, or None when the models cannot answer within the model budget: the request
+    leaves the queue (it is never computed) and is answered from trending/popularity instead."""
+    try:
+        ranked = await asyncio.wait_for(app[BATCHER].submit(bundle, asked), app[SETTINGS].model_budget_ms / 1000)
+    except TimeoutError:
+        return None
+    for stage, seconds in ranked.timings_s.items():
+        app[METRICS].stage.labels(stage).observe(seconds)
+    app[METRICS].candidates.observe(ranked.candidates)
+    return ranked
 
 
 async def similar_items(request: web.Request) -> web.Response:

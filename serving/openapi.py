@@ -44,8 +44,15 @@ def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
             "items": {"type": "array", "items": scored},
             "model_version": {"type": ["integer", "null"]},
             "features_as_of": {"type": ["integer", "null"], "description": "Event time (ms) of the newest event used."},
-            "fallback": {"type": "boolean", "description": "True when answered without live state or without a model."},
-            "reason": {"type": ["string", "null"]},
+            "fallback": {
+                "type": "boolean",
+                "description": "True when answered without live state or without the models (none loaded, or "
+                "busier than KF_MODEL_BUDGET_MS).",
+            },
+            "reason": {
+                "type": ["string", "null"],
+                "description": "Why not ranked by DIN: the fallback's or cold start.",
+            },
             "took_ms": {"type": "number"},
         },
     }

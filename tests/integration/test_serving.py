@@ -32,6 +32,11 @@ def call(base: str, path: str, body: object | None = None, headers: dict | None 
         return error.code, orjson.loads(error.read() or b"{}")
 
 
+def metrics_text(base: str) -> str:
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def wait_until(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -198,6 +203,24 @@ def test_4_with_redis_stopped_the_service_answers_from_fallbacks(system, tmp_pat
     assert ready_status == 503 and any(problem.startswith("redis") for problem in readiness["problems"])
 
 
+def test_4_models_slower_than_their_budget_shed_the_request_to_fallbacks(system, tmp_path):
+    configured, base, _ = system
+    _, known = call(base, "/v1/users?limit=1")
+    user = known["users"][0]
+    no_time = configured.with_env(KF_MODEL_BUDGET_MS="0.001")  # no model call can answer in a microsecond
+    service, shedding = start_service(no_time, tmp_path / "service.log")
+    try:
+        ranked_status, ranked = call(base, f"/v1/recommendations?user_id={user}&k=5")
+        status, answer = call(shedding, f"/v1/recommendations?user_id={user}&k=5")
+        metrics = metrics_text(shedding)
+    finally:
+        service.stop()
+
+    assert ranked_status == 200 and ranked["fallback"] is False and ranked["reason"] is None
+    assert status == 200 and answer["fallback"] is True and answer["reason"].startswith("models busy")
+    assert len(answer["items"]) == 5 and 'kingfisher_fallbacks_total{reason="models busy"} 1.0' in metrics
+
+
 @pytest.mark.parametrize(
     ("path", "body", "reason"),
     [
@@ -229,8 +252,7 @@ def test_operator_routes_describe_the_service(system):
 
     _, document = call(base, "/openapi.json")
     _, models = call(base, "/v1/models")
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
-        exposition = response.read().decode()
+    exposition = metrics_text(base)
     unauthorised = call(base, "/v1/admin/models/reload", {}, {"Authorization": "Bearer wrong"})
     reload = call(base, "/v1/admin/models/reload", {}, {"Authorization": "Bearer secret"})
 
