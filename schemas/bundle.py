@@ -175,6 +175,24 @@ def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndar
     return np.pad(array, widths) if any(width for _, width in widths) else array
 
 
+class _OneProgramPerShape:
+    """A tf.function called through a concrete function per input shape, kept once made: a call
+    then skips the function's argument matching, most of the cost of a small call."""
+
+    def __init__(self, function):
+        self._function, self._programs = function, {}
+
+    def __call__(self, **arrays: np.ndarray):
+        shape = tuple((name, array.shape, array.dtype.str) for name, array in arrays.items())
+        program = self._programs.get(shape)
+        if program is None:
+            import tensorflow as tf  # here: see LoadedBundle
+
+            specs = {name: tf.TensorSpec(array.shape, array.dtype) for name, array in arrays.items()}
+            program = self._programs[shape] = self._function.get_concrete_function(**specs)
+        return program(**arrays)
+
+
 class LoadedBundle:
     """A verified bundle in memory: the vocabulary, the Faiss index and the exported models' signatures.
 
@@ -201,8 +219,8 @@ class LoadedBundle:
         self._ranker = tf.saved_model.load(str(directory / RANKER))
         self._embed, self._score = self._user_tower.embed, self._ranker.score
         if compiled:
-            self._embed = tf.function(self._embed, jit_compile=True)
-            self._score = tf.function(self._score, jit_compile=True)
+            self._embed = _OneProgramPerShape(tf.function(self._embed, jit_compile=True))
+            self._score = _OneProgramPerShape(tf.function(self._score, jit_compile=True))
 
     @property
     def version(self) -> int:
