@@ -16,14 +16,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-
 from infra.stack import (
     FeatureJob,
     RecommendationService,
     Retrainer,
     StackError,
     console,
+    exit_code,
     log_tail,
     start_all,
     up,
@@ -32,7 +31,7 @@ from schemas.bundle import Registry
 from schemas.config import Settings
 from schemas.sources.movielens import SHARED_DATASET
 from streams.publish import progress_bar
-from streams.replay import plan, replayed_so_far
+from streams.replay import group_consumer, plan, replayed_so_far
 
 DOWNLOAD_TIMEOUT_S = 20
 CATCH_UP_POLL_S = 1.0
@@ -97,16 +96,6 @@ def download_movielens(settings: Settings) -> Path | None:
     return directory if (directory / "ratings.csv").exists() else None
 
 
-def records_in(settings: Settings, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "kingfisher-demo"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        marks = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions]
-        return sum(high - low for low, high in marks)
-    finally:
-        consumer.close()
-
-
 def kingfisher(*arguments: str) -> None:
     """Run the operators' CLI (`kingfisher ...`) with this process's settings; stop the demo if it fails."""
     result = subprocess.run([sys.executable, "-m", "streams.cli", *arguments], check=False)
@@ -116,7 +105,7 @@ def kingfisher(*arguments: str) -> None:
 
 def publish_history(settings: Settings, history: History) -> None:
     for what, topic in (("catalogue", settings.topic_items), ("events", settings.topic_events)):
-        held = records_in(settings, topic)
+        held = plan(settings, topic, settings.namespace, None).events  # records from first to latest offset
         if held:
             console.print(f"{topic!r} already holds {held:,} records: not published again")
         else:
@@ -127,9 +116,7 @@ def wait_for_stream(settings: Settings, job: FeatureJob) -> None:
     """Until the feature job has committed (checkpointed) every offset of the events topic that
     existed when this started, with a progress bar."""
     target = plan(settings, settings.topic_events, settings.namespace, None)
-    offsets = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": target.group_id, "enable.auto.commit": False}
-    )
+    offsets = group_consumer(settings, target.group_id)
     try:
         with progress_bar(enabled=True) as progress:
             task = progress.add_task("stream applying the history", total=target.events)
@@ -178,13 +165,8 @@ def demo(settings: Settings) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="infra/demo.py", description=__doc__).parse_args(argv)
-    try:
-        demo(Settings())
-    except StackError as error:
-        console.print(f"[bold red]error:[/] {error}")
-        return 1
-    return 0
+    argparse.ArgumentParser(prog="python -m infra.demo", description=__doc__).parse_args(argv)
+    return exit_code(lambda: demo(Settings()))
 
 
 if __name__ == "__main__":

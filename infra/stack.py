@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,17 +455,18 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("status", help="show each component's state; exit code 0 only when all started ones answer")
     arguments = parser.parse_args(argv)
     settings = Settings()
+    actions = {"up": up, "down": down, "status": status}
+    return exit_code(lambda: actions[arguments.command](settings))
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run one of the stack CLIs' commands: 1 when it fails (a StackError, shown in one red line)
+    or reports an unhealthy state (returns False), else 0."""
     try:
-        if arguments.command == "up":
-            up(settings)
-        elif arguments.command == "down":
-            down(settings)
-        else:
-            return 0 if status(settings) else 1
+        return 1 if command() is False else 0
     except StackError as error:
         console.print(f"[bold red]error:[/] {error}")
         return 1
-    return 0
 
 
 if __name__ == "__main__":

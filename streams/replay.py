@@ -39,13 +39,14 @@ class ReplayPlan:
         return sum(self.end[p] - self.start[p] for p in self.end)
 
 
-def _consumer(settings: Settings, group_id: str) -> Consumer:
+def group_consumer(settings: Settings, group_id: str) -> Consumer:
+    """A consumer in `group_id` that never commits: it reads the group's committed offsets."""
     return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id, "enable.auto.commit": False})
 
 
 def plan(settings: Settings, topic: str, namespace: str, from_ms: int | None) -> ReplayPlan:
     group_id = settings.feature_job_name(namespace)
-    consumer = _consumer(settings, group_id)
+    consumer = group_consumer(settings, group_id)
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
@@ -77,7 +78,7 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
     log_path.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
     # One consumer of the job's group reads its committed offsets for the whole run.
-    offsets = _consumer(settings, replay.group_id)
+    offsets = group_consumer(settings, replay.group_id)
     with log_path.open("ab") as log:
         job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while job.poll() is None:
