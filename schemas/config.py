@@ -66,7 +66,13 @@ class Settings(BaseSettings):
         50, ge=1, description="Flink Python bundle time; must be > 0 (0 silently means 1000 ms)."
     )
     python_state_cache_size: int = Field(
-        200_000, ge=1, description="Keyed states cached in each Python worker; a miss is a blocking JVM round trip."
+        200_000, ge=1, description="Users' and items' states each feature operator keeps in memory (the rest in Flink)."
+    )
+    stream_batch_ms: int = Field(
+        100, ge=1, description="The feature job hands Python its records in batches gathered this long."
+    )
+    stream_key_buckets: int = Field(
+        4, ge=1, description="Users and items are keyed into this many buckets; about 4x the parallelism spreads them."
     )
     flink_profile_python: bool = Field(False, description="Profile the Python operators into Flink's log.")
     watermark_out_of_orderness_ms: int = Field(5000, ge=0, description="How late an event may be for event time.")

@@ -8,6 +8,7 @@ it only grows, so a Redis write carrying it can be refused when it would move st
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from schemas.events import Event
 from schemas.features import (
@@ -75,11 +76,23 @@ class TrendingState:
     version: int = 0
 
 
-def apply_trending_update(state: TrendingState, item_id: str, item: ItemFeatures, spec: FeatureSpec) -> TrendingState:
+class TrendingUpdate(NamedTuple):
+    """What trending needs of an item's new features; plain values, cheap to send between operators."""
+
+    item_id: str
+    rank: float
+    last_ts: int
+
+    @classmethod
+    def of(cls, item_id: str, item: ItemFeatures, spec: FeatureSpec) -> "TrendingUpdate":
+        return cls(item_id, rank_key(item, spec), item.last_ts or 0)
+
+
+def apply_trending_update(state: TrendingState, update: TrendingUpdate, spec: FeatureSpec) -> TrendingState:
     """Take an item's new features into the top-K. Exact because rank keys never decrease: an item
     that drops out can only come back through an update, which passes through here."""
-    rank = rank_key(item, spec)
-    at_ts, version = max(state.at_ts, item.last_ts or 0), state.version + 1
+    item_id, rank, last_ts = update
+    at_ts, version = max(state.at_ts, last_ts), state.version + 1
     if item_id not in state.candidates and rank <= state.floor:
         return TrendingState(state.candidates, state.floor, at_ts, version)
     candidates = state.candidates | {item_id: rank}
@@ -106,6 +119,6 @@ def fold_stream(
     trending = TrendingState()
     for event in unique_events(events):
         users[event.user_id] = apply_user_event(users.get(event.user_id, UserState()), event, spec)
-        items[event.item_id] = apply_item_event(items.get(event.item_id, ItemState()), event, spec)
-        trending = apply_trending_update(trending, event.item_id, items[event.item_id].features, spec)
+        item = items[event.item_id] = apply_item_event(items.get(event.item_id, ItemState()), event, spec)
+        trending = apply_trending_update(trending, TrendingUpdate.of(event.item_id, item.features, spec), spec)
     return users, items, trending

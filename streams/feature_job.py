@@ -1,12 +1,16 @@
 """The streaming feature job: Kafka events -> live user and item features in Redis.
 
+Every record crossing from the JVM to a Python worker costs far more than the feature functions
+themselves, so the job moves batches: Flink SQL gathers the raw records of each user bucket for
+KF_STREAM_BATCH_MS and the Python operators each take one batch per call.
+
 Operators (each named; stateful ones with a stable uid, so a checkpoint maps back on restore):
 
-    kafka-events        raw bytes with partition, offset and Kafka append time
+    kafka-events        raw bytes with partition, offset and Kafka append time (Flink SQL)
+    batches             per user bucket and KF_STREAM_BATCH_MS window: the records in offset order (Flink SQL)
     parse-and-validate  schemas.parse_event; invalid records -> dead-letters -> Kafka events.dlq
-    event-time          watermarks: bounded out-of-orderness, idleness
-    user-features       keyed by user: dedupe, sequence, aggregates -> Redis; training samples
-    item-features       keyed by item: aggregates, decayed popularity, windows -> Redis
+    user-features       keyed by user bucket: dedupe, sequence, aggregates -> Redis; training samples
+    item-features       keyed by item bucket: aggregates, decayed popularity, windows -> Redis
     trending            one instance: the top-K -> Redis
     training-samples    JSON lines partitioned by event date and hour, committed on checkpoint
 
@@ -14,15 +18,17 @@ The operators only call the pure functions of `schemas.streaming` and `schemas.s
 """
 
 import argparse
+import functools
 import logging
 import os
 import sys
+import zlib
+from collections import defaultdict
 from dataclasses import dataclass
 
 import orjson
-from pyflink.common import Duration, Row, Time, Types, WatermarkStrategy
+from pyflink.common import Row, Time, Types
 from pyflink.common.serialization import SimpleStringSchema
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
     DataStream,
     KeyedProcessFunction,
@@ -33,7 +39,7 @@ from pyflink.datastream import (
 )
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 from pyflink.table import StreamTableEnvironment
 
 from schemas.config import Settings
@@ -45,6 +51,7 @@ from schemas.samples import hour_partition, training_sample
 from schemas.streaming import (
     ItemState,
     TrendingState,
+    TrendingUpdate,
     UserState,
     apply_item_event,
     apply_trending_update,
@@ -53,6 +60,7 @@ from schemas.streaming import (
     trending_list,
 )
 from schemas.validation import InvalidRecord
+from streams.entity_states import EntityStates
 from streams.flink_env import discarding_sink, execution_environment, latest_checkpoint
 from streams.redis_writer import RedisWriter
 
@@ -63,6 +71,12 @@ SAMPLES = OutputTag("training-samples", SAMPLE_ROW)
 WIRE_USER, WIRE_ITEM, WIRE_TS = 1, 2, 5
 # A dead letter carries the rejected record in base64 (4/3 of its size): the broker allows 4 MiB records.
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
+    """Building and checking a key costs more than the rest of a Redis write; active entities repeat."""
+    return redis_key(kind, entity_id, namespace)
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,8 @@ class JobParameters:
     flush_interval_ms: int
     dedupe_ttl_ms: int
     dedupe_capacity: int
+    key_buckets: int
+    states_in_memory: int
 
     @classmethod
     def of(cls, settings: Settings, namespace: str) -> "JobParameters":
@@ -90,21 +106,24 @@ class JobParameters:
             flush_interval_ms=settings.redis_flush_interval_ms,
             dedupe_ttl_ms=round(settings.dedupe_ttl_h * 3_600_000),
             dedupe_capacity=settings.dedupe_capacity,
+            key_buckets=settings.stream_key_buckets,
+            states_in_memory=settings.python_state_cache_size,
         )
 
     def key(self, kind: KeyKind, entity_id: str) -> str:
-        return redis_key(kind, entity_id, self.namespace)
+        return _redis_key(kind, entity_id, self.namespace)
 
     def writer(self, name: str) -> RedisWriter:
         return RedisWriter(self.redis_host, self.redis_port, self.flush_interval_ms, name)
 
-    def state(self, name: str) -> ValueStateDescriptor:
-        # Flink state of inactive keys expires with their Redis keys, so both stay bounded.
-        return _expiring(ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY()), self.entity_ttl_ms)
+    def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
+        # Flink state of inactive entities expires with their Redis keys, so both stay bounded.
+        descriptor = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        return EntityStates(runtime_context.get_map_state(_expiring(descriptor, ttl_ms)), self.states_in_memory)
 
-    def recent_event_ids(self) -> ValueStateDescriptor:
-        # Not a MapState: each lookup of a never-seen id would be a blocking round trip to the JVM.
-        return _expiring(ValueStateDescriptor("recent-event-ids", Types.PICKLED_BYTE_ARRAY()), self.dedupe_ttl_ms)
+    def item_bucket(self, item_id: str) -> int:
+        # crc32, not hash(): every Python worker must put an item in the same bucket.
+        return zlib.crc32(item_id.encode()) % self.key_buckets
 
 
 def _expiring(descriptor, ttl_ms: int):
@@ -135,85 +154,109 @@ def from_wire(wire: tuple) -> tuple[Event, int | None]:
 
 
 class ParseAndValidate(ProcessFunction):
-    """Raw Kafka record -> (Event, append time); an invalid record -> a dead letter, never an exception."""
+    """A batch of raw Kafka records -> (bucket, wire events in offset order); invalid records -> dead letters."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.dead_letters = runtime_context.get_metrics_group().counter("dead_letters")
 
-    def process_element(self, record: Row, ctx: ProcessFunction.Context):
-        raw, partition, offset, appended = bytes(record[0]), record[1], record[2], record[3]
-        append_ms = appended.to_epoch_milli() if appended is not None else None
-        try:
-            event = parse_event(raw)
-        except InvalidRecord as invalid:
-            self.dead_letters.inc()
-            yield DEAD_LETTERS, dead_letter(raw, invalid.problems, partition, offset, append_ms).decode()
-            return
-        yield to_wire(event, append_ms)
-
-
-class EventTime(TimestampAssigner):
-    def extract_timestamp(self, value, record_timestamp: int) -> int:
-        return value[WIRE_TS]
+    def process_element(self, batch: Row, ctx: ProcessFunction.Context):
+        bucket, records = batch[0], sorted(batch[1], key=lambda record: (record[1], record[2]))
+        events = []
+        for record in records:
+            raw, partition, offset, appended = bytes(record[0]), record[1], record[2], record[3]
+            append_ms = appended.to_epoch_milli() if appended is not None else None
+            try:
+                events.append(to_wire(parse_event(raw), append_ms))
+            except InvalidRecord as invalid:
+                self.dead_letters.inc()
+                yield DEAD_LETTERS, dead_letter(raw, invalid.problems, partition, offset, append_ms).decode()
+        if events:
+            yield bucket, events
 
 
 class UserFeaturesFunction(KeyedProcessFunction):
+    """Keyed by user bucket; one call per batch, each user's events in their Kafka order."""
+
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(self.parameters.state("user"))
-        self.recent_ids = runtime_context.get_state(self.parameters.recent_event_ids())
-        self.writer = self.parameters.writer("users")
+        p = self.parameters
+        self.users = p.entity_states(runtime_context, "users", p.entity_ttl_ms)
+        # A duplicate carries the same user_id, so it meets the ids remembered for that user here.
+        self.recent_ids = p.entity_states(runtime_context, "recent-event-ids", p.dedupe_ttl_ms)
+        self.writer = p.writer("users")
         metrics = runtime_context.get_metrics_group()
         self.duplicates = metrics.counter("duplicates")
         for name in ("event_p50_ms", "event_p99_ms", "append_p50_ms", "append_p99_ms"):
             # Freshness of the last 10 s window: Redis write time - event time, and - Kafka append time.
             metrics.gauge(f"freshness_{name}", lambda name=name: round(self.writer.latest.get(name, 0)))
 
-    def process_element(self, wire: tuple, ctx: KeyedProcessFunction.Context):
-        event, append_ms = from_wire(wire)
-        # A duplicate carries the same user_id, so it reaches this same key and its remembered ids.
-        recent, is_new = remember_event_id(
-            self.recent_ids.value() or (), event.event_id, self.parameters.dedupe_capacity
-        )
+    def process_element(self, batch: tuple, ctx: KeyedProcessFunction.Context):
+        self.users.enter(batch[0])
+        self.recent_ids.enter(batch[0])
+        samples: dict[tuple[str, str], list[str]] = defaultdict(list)
+        by_item_bucket: dict[int, list[tuple]] = defaultdict(list)
+        for wire in batch[1]:
+            event, append_ms = from_wire(wire)
+            sample = self._apply(event, append_ms)
+            if sample is False:
+                continue
+            if sample is not None:
+                samples[hour_partition(event.ts)].append(orjson.dumps(sample).decode())
+            by_item_bucket[self.parameters.item_bucket(event.item_id)].append(wire)
+        self.users.commit()
+        self.recent_ids.commit()
+        for (dt, hr), lines in samples.items():
+            yield SAMPLES, Row("\n".join(lines), dt, hr)
+        yield from by_item_bucket.items()
+
+    def _apply(self, event: Event, append_ms: int | None):
+        """Apply one event to its user; returns its training sample, None without one, False for a duplicate."""
+        p = self.parameters
+        recent, is_new = remember_event_id(self.recent_ids.get(event.user_id, ()), event.event_id, p.dedupe_capacity)
         if not is_new:
             self.duplicates.inc()
-            return
-        self.recent_ids.update(recent)
-        before = self.state.value() or UserState()
-        after = apply_user_event(before, event, self.parameters.spec)
-        self.state.update(after)
-        p, as_of = self.parameters, after.features.last_ts
+            return False
+        self.recent_ids.put(event.user_id, recent)
+        before = self.users.get(event.user_id, UserState())
+        after = apply_user_event(before, event, p.spec)
+        self.users.put(event.user_id, after)
         for kind, value in ((KeyKind.USER_SEQUENCE, after.sequence), (KeyKind.USER_FEATURES, after.features)):
-            encode = _encoder(value, as_of)
+            encode = _encoder(value, after.features.last_ts)
             self.writer.put(p.key(kind, event.user_id), after.version, encode, p.entity_ttl_ms, event.ts, append_ms)
-        sample = training_sample(before, event)
-        if sample is not None:
-            yield SAMPLES, Row(orjson.dumps(sample).decode(), *hour_partition(event.ts))
-        yield wire
+        return training_sample(before, event)
 
     def close(self) -> None:
         self.writer.close()
 
 
 class ItemFeaturesFunction(KeyedProcessFunction):
+    """Keyed by item bucket; passes each event's new item features on to trending, one list per batch."""
+
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(self.parameters.state("item"))
+        self.items = self.parameters.entity_states(runtime_context, "items", self.parameters.entity_ttl_ms)
         self.writer = self.parameters.writer("items")
 
-    def process_element(self, wire: tuple, ctx: KeyedProcessFunction.Context):
-        event, append_ms = from_wire(wire)
-        state = apply_item_event(self.state.value() or ItemState(), event, self.parameters.spec)
-        self.state.update(state)
-        p = self.parameters
-        encode = _encoder(state.features, state.features.last_ts)
-        self.writer.put(p.key(KeyKind.ITEM_FEATURES, event.item_id), state.version, encode, p.entity_ttl_ms,
-                        event.ts, append_ms)  # fmt: skip
-        yield event.item_id, state.features, event.ts, append_ms
+    def process_element(self, batch: tuple, ctx: KeyedProcessFunction.Context):
+        p, updates = self.parameters, []
+        self.items.enter(batch[0])
+        for wire in batch[1]:
+            event, append_ms = from_wire(wire)
+            state = apply_item_event(self.items.get(event.item_id, ItemState()), event, p.spec)
+            self.items.put(event.item_id, state)
+            encode = _encoder(state.features, state.features.last_ts)
+            self.writer.put(p.key(KeyKind.ITEM_FEATURES, event.item_id), state.version, encode, p.entity_ttl_ms,
+                            event.ts, append_ms)  # fmt: skip
+            updates.append((TrendingUpdate.of(event.item_id, state.features, p.spec), event.ts, append_ms))
+        self.items.commit()
+        yield updates
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class TrendingFunction(KeyedProcessFunction):
@@ -224,16 +267,13 @@ class TrendingFunction(KeyedProcessFunction):
         self.state = runtime_context.get_state(ValueStateDescriptor("trending", Types.PICKLED_BYTE_ARRAY()))
         self.writer = self.parameters.writer("trending")
 
-    def process_element(self, update, ctx: KeyedProcessFunction.Context):
-        item_id, features, event_ts, append_ms = update
-        p = self.parameters
-        state = apply_trending_update(self.state.value() or TrendingState(), item_id, features, p.spec)
+    def process_element(self, updates: list, ctx: KeyedProcessFunction.Context):
+        p, state = self.parameters, self.state.value() or TrendingState()
+        for update, event_ts, append_ms in updates:
+            state = apply_trending_update(state, TrendingUpdate(*update), p.spec)
+            self.writer.put(p.key(KeyKind.TRENDING, TRENDING_ENTITY), state.version, _trending_encoder(state, p.spec),
+                            0, event_ts, append_ms)  # fmt: skip
         self.state.update(state)
-
-        def encode() -> bytes:
-            return encode_value(trending_list(state, p.spec), state.at_ts)
-
-        self.writer.put(p.key(KeyKind.TRENDING, TRENDING_ENTITY), state.version, encode, 0, event_ts, append_ms)
         return iter(())
 
     def close(self) -> None:
@@ -244,31 +284,28 @@ def _encoder(value, as_of: int):
     return lambda: encode_value(value, as_of)
 
 
-def build(raw: DataStream, settings: Settings, namespace: str) -> tuple[DataStream, DataStream]:
-    """Wire the feature graph onto a stream of raw records (value bytes, partition, offset, append time).
+def _trending_encoder(state: TrendingState, spec: FeatureSpec):
+    return lambda: encode_value(trending_list(state, spec), state.at_ts)
+
+
+def build(batches: DataStream, settings: Settings, namespace: str) -> tuple[DataStream, DataStream]:
+    """Wire the feature graph onto batches of raw records: (bucket, [(value bytes, partition, offset, append time)]).
 
     Returns the dead letters and the training-sample rows, for the caller to sink."""
     parameters = JobParameters.of(settings, namespace)
-    watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(settings.watermark_out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(round(settings.source_idleness_s * 1000)))
-        .with_timestamp_assigner(EventTime())
-    )
-    parsed = raw.process(ParseAndValidate(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-and-validate")
+    parsed = batches.process(ParseAndValidate(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse-and-validate")
     users = (
-        parsed.assign_timestamps_and_watermarks(watermarks)
-        .name("event-time")
-        .key_by(lambda wire: wire[WIRE_USER], key_type=Types.STRING())
+        parsed.key_by(lambda batch: batch[0], key_type=Types.INT())
         .process(UserFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("user-features")
         .uid("user-features")
     )
     (
-        users.key_by(lambda wire: wire[WIRE_ITEM], key_type=Types.STRING())
+        users.key_by(lambda batch: batch[0], key_type=Types.INT())
         .process(ItemFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("item-features")
         .uid("item-features")
-        .key_by(lambda _update: TRENDING_ENTITY, key_type=Types.STRING())
+        .key_by(lambda _updates: TRENDING_ENTITY, key_type=Types.STRING())
         .process(TrendingFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("trending")
         .uid("trending")
@@ -297,10 +334,11 @@ def dead_letter_sink(settings: Settings) -> KafkaSink:
     )
 
 
-def kafka_events_table(
+def kafka_event_batches(
     t_env: StreamTableEnvironment, settings: Settings, topic: str, group_id: str, bounded: bool, from_ms: int | None
 ) -> DataStream:
-    """The events topic as raw records; bounded: up to the offsets that were latest at start."""
+    """The events topic as batches of raw records, one per user bucket and KF_STREAM_BATCH_MS window:
+    (bucket, [(value bytes, partition, offset, append time)]). Bounded: up to the offsets latest at start."""
     startup = (
         f"'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{from_ms}'"
         if from_ms is not None
@@ -312,17 +350,45 @@ def kafka_events_table(
           `value` BYTES,
           `partition` INT METADATA VIRTUAL,
           `offset` BIGINT METADATA VIRTUAL,
-          `append_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
+          `append_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+          {_time_columns(settings, bounded)}
         ) WITH (
           'connector' = 'kafka',
           'topic' = '{topic}',
           'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
           'properties.group.id' = '{group_id}',
           'properties.commit.offsets.on.checkpoint' = 'true',
+          'scan.watermark.idle-timeout' = '{round(settings.source_idleness_s * 1000)} ms',
           {startup}{bounded_option},
           'format' = 'raw'
         )""")
-    return t_env.to_data_stream(t_env.from_path("kafka_events"))
+    # Malformed records land in the bucket of the empty user_id, to be parsed and dead-lettered there.
+    user_id = "COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '')"
+    buckets = settings.stream_key_buckets
+    batches = t_env.sql_query(f"""
+        SELECT bucket, ARRAY_AGG(ROW(`value`, `partition`, `offset`, `append_ts`)) AS records
+        FROM TABLE(TUMBLE(
+          (SELECT *, MOD(MOD(HASH_CODE({user_id}), {buckets}) + {buckets}, {buckets}) AS bucket FROM kafka_events),
+          DESCRIPTOR(batch_time), {_interval(settings.stream_batch_ms)}))
+        GROUP BY window_start, window_end, bucket""")
+    return t_env.to_data_stream(batches)
+
+
+def _interval(ms: int) -> str:
+    return f"INTERVAL '{ms / 1000:.3f}' SECOND"  # Flink SQL has no MILLISECOND interval literal
+
+
+def _time_columns(settings: Settings, bounded: bool) -> str:
+    """Batches close on processing time, so a lone event waits at most one batch. Flink drops
+    processing-time timers at the end of a bounded input, so a bounded job closes its batches on
+    ingestion time instead, whose watermark reaches the end when the input does."""
+    if bounded:
+        return """`batch_time` AS CAST(CURRENT_TIMESTAMP AS TIMESTAMP_LTZ(3)),
+          WATERMARK FOR `batch_time` AS `batch_time` - INTERVAL '1' SECOND"""
+    event_ms = "TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts') AS BIGINT)"
+    return f"""`batch_time` AS PROCTIME(),
+          `event_time` AS COALESCE(TO_TIMESTAMP_LTZ({event_ms}, 3), `append_ts`),
+          WATERMARK FOR `event_time` AS `event_time` - {_interval(settings.watermark_out_of_orderness_ms)}"""
 
 
 def add_sample_log(t_env: StreamTableEnvironment, samples: DataStream, directory: str) -> None:
@@ -352,8 +418,8 @@ def assemble(
 ) -> None:
     """The whole job on `env`: Kafka source, the feature graph, the DLQ and the sample log."""
     t_env = StreamTableEnvironment.create(env)
-    raw = kafka_events_table(t_env, settings, topic, settings.feature_job_name(namespace), bounded, from_ms)
-    dead_letters, samples = build(raw, settings, namespace)
+    batches = kafka_event_batches(t_env, settings, topic, settings.feature_job_name(namespace), bounded, from_ms)
+    dead_letters, samples = build(batches, settings, namespace)
     dead_letters.sink_to(dead_letter_sink(settings)).name("events.dlq")
     if samples_dir is not None:
         add_sample_log(t_env, samples, samples_dir)

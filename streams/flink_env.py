@@ -43,8 +43,6 @@ def execution_environment(
     # Small bundles bound the time a record waits in the Python worker (a value <= 0 silently means 1000 ms).
     config.set_string("python.fn-execution.bundle.size", str(settings.python_bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(settings.python_bundle_time_ms))
-    # PyFlink's default (1000) is smaller than the keys one worker serves: every miss blocks on the JVM.
-    config.set_string("python.state.cache-size", str(settings.python_state_cache_size))
     if settings.flink_profile_python:
         config.set_string("python.profile.enabled", "true")
     if checkpoints is not None:

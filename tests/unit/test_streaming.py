@@ -12,6 +12,7 @@ from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, popularity_at
 from schemas.samples import hour_partition, training_sample
 from schemas.streaming import (
     TrendingState,
+    TrendingUpdate,
     UserState,
     apply_trending_update,
     apply_user_event,
@@ -85,7 +86,7 @@ def test_trending_counts_every_update_as_a_version():
     state = TrendingState()
     _, items, _ = fold_stream([event("a", T0), event("b", T0 + 1, item="i2")], FeatureSpec())
     for n, item in enumerate(items.values()):
-        state = apply_trending_update(state, f"i{n}", item.features, FeatureSpec())
+        state = apply_trending_update(state, TrendingUpdate.of(f"i{n}", item.features, FeatureSpec()), FeatureSpec())
 
     assert state.version == 2
 
