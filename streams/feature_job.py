@@ -68,7 +68,6 @@ log = logging.getLogger("kingfisher.features")
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLE_ROW = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
 SAMPLES = OutputTag("training-samples", SAMPLE_ROW)
-WIRE_USER, WIRE_ITEM, WIRE_TS = 1, 2, 5
 # A dead letter carries the rejected record in base64 (4/3 of its size): the broker allows 4 MiB records.
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 
@@ -199,9 +198,9 @@ class UserFeaturesFunction(KeyedProcessFunction):
         by_item_bucket: dict[int, list[tuple]] = defaultdict(list)
         for wire in batch[1]:
             event, append_ms = from_wire(wire)
-            sample = self._apply(event, append_ms)
-            if sample is False:
+            if not self._is_new(event):
                 continue
+            sample = self._apply(event, append_ms)
             if sample is not None:
                 samples[hour_partition(event.ts)].append(orjson.dumps(sample).decode())
             by_item_bucket[self.parameters.item_bucket(event.item_id)].append(wire)
@@ -211,14 +210,19 @@ class UserFeaturesFunction(KeyedProcessFunction):
             yield SAMPLES, Row("\n".join(lines), dt, hr)
         yield from by_item_bucket.items()
 
-    def _apply(self, event: Event, append_ms: int | None):
-        """Apply one event to its user; returns its training sample, None without one, False for a duplicate."""
-        p = self.parameters
-        recent, is_new = remember_event_id(self.recent_ids.get(event.user_id, ()), event.event_id, p.dedupe_capacity)
-        if not is_new:
+    def _is_new(self, event: Event) -> bool:
+        """Remember the event's id; False for a redelivery of an event already applied."""
+        remembered = self.recent_ids.get(event.user_id, ())
+        recent, is_new = remember_event_id(remembered, event.event_id, self.parameters.dedupe_capacity)
+        if is_new:
+            self.recent_ids.put(event.user_id, recent)
+        else:
             self.duplicates.inc()
-            return False
-        self.recent_ids.put(event.user_id, recent)
+        return is_new
+
+    def _apply(self, event: Event, append_ms: int | None) -> dict | None:
+        """Apply one new event to its user and queue the Redis writes; returns its training sample, if any."""
+        p = self.parameters
         before = self.users.get(event.user_id, UserState())
         after = apply_user_event(before, event, p.spec)
         self.users.put(event.user_id, after)
@@ -270,7 +274,7 @@ class TrendingFunction(KeyedProcessFunction):
     def process_element(self, updates: list, ctx: KeyedProcessFunction.Context):
         p, state = self.parameters, self.state.value() or TrendingState()
         for update, event_ts, append_ms in updates:
-            state = apply_trending_update(state, TrendingUpdate(*update), p.spec)
+            state = apply_trending_update(state, update, p.spec)
             self.writer.put(p.key(KeyKind.TRENDING, TRENDING_ENTITY), state.version, _trending_encoder(state, p.spec),
                             0, event_ts, append_ms)  # fmt: skip
         self.state.update(state)
