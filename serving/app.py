@@ -6,6 +6,7 @@ is loaded yet: it answers from trending/popularity with `fallback` set.
 """
 
 import asyncio
+import gc
 import logging
 import re
 import threading
@@ -28,7 +29,7 @@ from schemas.events import ID_PATTERN, validate_event
 from schemas.validation import InvalidRecord
 from serving.batcher import MicroBatcher
 from serving.live import LiveState, LiveStore
-from serving.metrics import Metrics
+from serving.metrics import GcPauseProbe, Metrics
 from serving.models import ModelHolder, listen_for_updates
 from serving.openapi import openapi_document
 from serving.recommend import Ranked, RankRequest, rank_batch
@@ -353,6 +354,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     app[BATCHER] = MicroBatcher(
         rank_batch, app[EXECUTOR], settings.serve_model_threads, settings.serve_max_batch, app[METRICS].observe_batch
     )
+    gc.callbacks.append(probe := GcPauseProbe(app[METRICS]))
     tasks = [
         asyncio.create_task(app[BATCHER].run(), name="batcher"),
         asyncio.create_task(app[STORE].follow_namespace(), name="namespace"),
@@ -361,6 +363,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     yield
     for task in tasks:
         task.cancel()
+    gc.callbacks.remove(probe)
     stop.set()
     await loop.run_in_executor(None, listener.join, 5)
     await loop.run_in_executor(None, app[PRODUCER].flush, 10)

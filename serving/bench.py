@@ -8,7 +8,8 @@ leaves at start + i / rate whatever the answers before it, and its latency count
 moment, so a slow service cannot hide queueing. Reports p50/p95/p99, errors and fallbacks
 (answers without DIN, e.g. shed under overload) per rate, and from the service's own metrics
 where the time went: the mean candidates ranked per request, the mean batch of a model call, the
-mean wait for the models and the mean model call (user tower, Faiss and DIN for the whole batch).
+mean wait for the models, the mean model call (user tower, Faiss and DIN for the whole batch) and
+the time garbage collection stopped the service.
 """
 
 import argparse
@@ -97,11 +98,20 @@ async def service_totals(base: str) -> dict[str, float]:
         if family.name in ("kingfisher_model_batch_size", "kingfisher_stage_seconds", "kingfisher_candidates")
         for sample in family.samples
         if sample.name.endswith(("_sum", "_count"))
+    } | {
+        "gc_pause_seconds": sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "kingfisher_gc_pause_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_sum")
+        )
     }
 
 
 def where_time_went(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean candidates, batch size, queue wait (ms) and model call (ms) between two service_totals."""
+    """Mean candidates, batch size, queue wait (ms) and model call (ms), and the time garbage
+    collection stopped the service (ms), between two service_totals."""
 
     def mean(name: str, stage: str = "") -> float:
         count = after.get(f"{name}_count{stage}", 0) - before.get(f"{name}_count{stage}", 0)
@@ -113,6 +123,7 @@ def where_time_went(before: dict[str, float], after: dict[str, float]) -> dict[s
         "batch": mean("kingfisher_model_batch_size"),
         "queue": mean(stages, "queue") * 1000,
         "model": (mean(stages, "retrieval") + mean(stages, "ranking")) * 1000,
+        "gc": (after["gc_pause_seconds"] - before["gc_pause_seconds"]) * 1000,
     }
 
 
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
     )
     columns = ("rate req/s", "sent", "achieved req/s", "errors", "fallbacks", "p50 ms", "p95 ms", "p99 ms")
-    for column in (*columns, "candidates", "batch", "queue ms", "model call ms"):
+    for column in (*columns, "candidates", "batch", "queue ms", "model call ms", "gc pauses ms"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
@@ -212,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['batch']:.1f}",
             f"{r['queue']:.1f}",
             f"{r['model']:.1f}",
+            f"{r['gc']:.0f}",
         )
-    Console(width=140).print(table)
+    Console(width=160).print(table)
     target = next((r for r in results if r["rate"] == TARGET_RATE), None)
     met = target is not None and target["p99"] <= TARGET_P99_MS and target["errors"] == target["fallbacks"] == 0
     return 0 if target is None or met else 1

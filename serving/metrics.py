@@ -1,5 +1,7 @@
 """Prometheus metrics of the service (exposed at /metrics)."""
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -46,6 +48,13 @@ class Metrics:
         self.model_version = Gauge(
             "kingfisher_model_version", "Version of the live model bundle (0: none).", registry=self.registry
         )
+        self.gc_pauses = Histogram(
+            "kingfisher_gc_pause_seconds",
+            "Collections of Python's cyclic garbage collector by generation: every thread waits them out.",
+            ["generation"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.events = Counter(
             "kingfisher_events_accepted_total", "Events accepted by POST /v1/events.", registry=self.registry
         )
@@ -55,3 +64,17 @@ class Metrics:
         self.batch_size.observe(len(waits_s))
         for waited in waits_s:
             self.stage.labels("queue").observe(waited)
+
+
+class GcPauseProbe:
+    """A `gc.callbacks` hook that times each collection into `Metrics.gc_pauses`. Collections never
+    overlap (each holds the GIL), so one start time serves every thread."""
+
+    def __init__(self, metrics: Metrics):
+        self._pauses, self._started = metrics.gc_pauses, 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._pauses.labels(str(info["generation"])).observe(time.perf_counter() - self._started)

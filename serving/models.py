@@ -7,6 +7,7 @@ as a backstop, by polling the registry's CURRENT pointer.
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -57,6 +58,8 @@ class ModelHolder:
                 return False
             previous, self.bundle, self.last_error = self.bundle, loaded, None
             log.info("model version %d live (was %s)", loaded.version, previous.version if previous else "none")
+            del previous  # in-flight requests may still hold it; the next swap's collection frees it then
+            freeze_heap()
             return True
 
     def _load(self, version: int) -> LoadedBundle:
@@ -96,6 +99,23 @@ class ModelHolder:
             "parent_version": manifest.parent_version,
             "metrics": manifest.metrics,
         }
+
+
+def freeze_heap() -> None:
+    """Put every object alive now (TensorFlow's, the live models') beyond the cyclic garbage
+    collector's reach. Otherwise each full collection walks them all: under load here one came
+    about once a minute and stopped every request for 200-340 ms, the whole p99 at 200 requests/s.
+    Unfreezing first lets this collection free the bundles swapped out before (TensorFlow objects
+    hold reference cycles); it is one such pause per model swap instead of one a minute."""
+    clock = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "%d objects frozen out of garbage collection in %.0f ms",
+        gc.get_freeze_count(),
+        (time.perf_counter() - clock) * 1000,
+    )
 
 
 def _warm_up(bundle: LoadedBundle, max_batch: int, most_candidates: int) -> None:

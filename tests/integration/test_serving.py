@@ -260,4 +260,5 @@ def test_operator_routes_describe_the_service(system):
     assert models["live_version"] == models["versions"][0]["version"] and "gauc" in models["versions"][0]["metrics"]
     assert 'kingfisher_request_seconds_bucket{le="0.05",route="/v1/recommendations"}' in exposition
     assert 'kingfisher_stage_seconds_count{stage="ranking"}' in exposition
+    assert 'kingfisher_gc_pause_seconds_count{generation="2"}' in exposition  # the full collection at model load
     assert unauthorised[0] == 401 and reload[0] == 200 and reload[1]["live_version"] == models["live_version"]
