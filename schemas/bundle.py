@@ -162,8 +162,17 @@ class Registry:
 
 
 CANDIDATE_BUCKET = 64
-"""Compiled calls pad the candidate count up to a multiple of this and the row count up to a power
-of two: XLA compiles one program per input shape, so padding keeps it to a few programs."""
+EXACT_ROWS = 4
+
+
+def compiled_shape(rows: int, candidates: int) -> tuple[int, int]:
+    """The (rows, candidates) a compiled call with this many runs as. XLA compiles one program per
+    input shape, so padding keeps them few: candidates up to a multiple of CANDIDATE_BUCKET, rows
+    beyond EXACT_ROWS up to a power of two. Up to EXACT_ROWS (the service's default largest batch)
+    rows run as they are: DIN's work grows with the rows, and padding a batch of 3 to 4 cost a third
+    more of it exactly when the service is busiest."""
+    padded_rows = rows if rows <= EXACT_ROWS else 1 << (rows - 1).bit_length()
+    return padded_rows, -(-candidates // CANDIDATE_BUCKET) * CANDIDATE_BUCKET
 
 
 def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndarray:
@@ -233,9 +242,7 @@ class LoadedBundle:
 
     def input_shape(self, rows: int, candidates: int) -> tuple[int, int]:
         """The (rows, candidates) a call with this many runs as: padded when compiled."""
-        if not self.compiled:
-            return rows, candidates
-        return 1 << (rows - 1).bit_length(), -(-candidates // CANDIDATE_BUCKET) * CANDIDATE_BUCKET
+        return compiled_shape(rows, candidates) if self.compiled else (rows, candidates)
 
     def user_vectors(self, sequence, kinds, user_features):
         """sequence and kinds [B, L] int32, user_features [B, F] float32 -> [B, d] float32."""

@@ -41,9 +41,9 @@ from schemas.bundle import LoadedBundle
 plain, compiled = (LoadedBundle(Path(sys.argv[1]), 50_000, compiled=flag) for flag in (False, True))
 length, items = plain.manifest.feature_spec.sequence_length, 2 + len(plain.vocabulary.item_ids)
 rng = np.random.default_rng(0)
-sequence, kinds = rng.integers(2, items, (3, length)).astype(np.int32), np.full((3, length), 2, np.int32)
-features, hour = rng.random((3, 3)).astype(np.float32), np.array([9, 13, 22], np.int32)
-candidates = rng.integers(2, items, (3, 70)).astype(np.int32)  # compiled: padded to 4 x 128, then cut
+sequence, kinds = rng.integers(2, items, (5, length)).astype(np.int32), np.full((5, length), 2, np.int32)
+features, hour = rng.random((5, 3)).astype(np.float32), np.array([9, 13, 22, 0, 23], np.int32)
+candidates = rng.integers(2, items, (5, 70)).astype(np.int32)  # compiled: padded to 8 x 128, then cut
 outputs = [
     (*bundle.score(sequence, kinds, candidates, features, hour), bundle.user_vectors(sequence, kinds, features))
     for bundle in (plain, compiled)
@@ -114,7 +114,7 @@ def test_compiled_calls_pad_rows_and_candidates_and_equal_the_plain_signatures(p
 
     assert compared.returncode == 0, compared.stderr[-3000:]
     *shapes, difference = compared.stdout.split("\n")[-2].rsplit(" ", 1)
-    assert shapes == ["(3, 70) (3, 70, 50)"] and float(difference) < 1e-5
+    assert shapes == ["(5, 70) (5, 70, 50)"] and float(difference) < 1e-5
 
 
 def test_a_bundle_with_one_corrupted_file_is_refused_with_a_clear_error(published, tmp_path):
