@@ -193,18 +193,19 @@ class _OneProgramPerShape:
     GIL the event loop needs. The integration tests compare these calls with the plain signatures."""
 
     def __init__(self, function):
-        self._function, self._programs = function, {}
-
-    def __call__(self, **arrays: np.ndarray) -> dict:
         import tensorflow as tf  # here: see LoadedBundle
 
+        self._function, self._programs, self._tf = function, {}, tf
+
+    def __call__(self, **arrays: np.ndarray) -> dict:
         shape = tuple((name, array.shape, array.dtype.str) for name, array in arrays.items())
-        program = self._programs.get(shape)
-        if program is None:
-            specs = {name: tf.TensorSpec(array.shape, array.dtype) for name, array in arrays.items()}
-            program = self._programs[shape] = self._function.get_concrete_function(**specs)
-        inputs = [tf.constant(arrays[name]) for name in program.function_type.parameters]
-        return program._call_flat(inputs, program.captured_inputs)
+        made = self._programs.get(shape)
+        if made is None:
+            specs = {name: self._tf.TensorSpec(array.shape, array.dtype) for name, array in arrays.items()}
+            program = self._function.get_concrete_function(**specs)
+            made = self._programs[shape] = program, tuple(program.function_type.parameters)
+        program, names = made
+        return program._call_flat([self._tf.constant(arrays[name]) for name in names], program.captured_inputs)
 
 
 class LoadedBundle:

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
@@ -40,6 +41,12 @@ log = logging.getLogger("kingfisher.bench")
 NAMESPACE = "bench"
 READY_TIMEOUT_S = 180
 TARGET_P99_MS, TARGET_RATE = 50, 200
+SUMMED_HISTOGRAMS = (
+    "kingfisher_model_batch_size",
+    "kingfisher_stage_seconds",
+    "kingfisher_candidates",
+    "kingfisher_gc_pause_seconds",
+)
 
 
 def prepare_state(settings: Settings, users: int) -> list[str]:
@@ -89,24 +96,17 @@ async def wait_ready(base: str, service: subprocess.Popen) -> None:
 
 
 async def service_totals(base: str) -> dict[str, float]:
-    """Sums and counts of the service's batch-size and stage histograms, by sample name and stage."""
+    """Sums and counts of the service's batch-size, stage and GC-pause histograms, by sample name and
+    stage (GC pauses summed over generations)."""
     async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
         text = await response.text()
-    return {
-        sample.name + sample.labels.get("stage", ""): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name in ("kingfisher_model_batch_size", "kingfisher_stage_seconds", "kingfisher_candidates")
-        for sample in family.samples
-        if sample.name.endswith(("_sum", "_count"))
-    } | {
-        "gc_pause_seconds": sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "kingfisher_gc_pause_seconds"
-            for sample in family.samples
-            if sample.name.endswith("_sum")
-        )
-    }
+    totals: dict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        if family.name in SUMMED_HISTOGRAMS:
+            for sample in family.samples:
+                if sample.name.endswith(("_sum", "_count")):
+                    totals[sample.name + sample.labels.get("stage", "")] += sample.value
+    return totals
 
 
 def where_time_went(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -123,7 +123,7 @@ def where_time_went(before: dict[str, float], after: dict[str, float]) -> dict[s
         "batch": mean("kingfisher_model_batch_size"),
         "queue": mean(stages, "queue") * 1000,
         "model": (mean(stages, "retrieval") + mean(stages, "ranking")) * 1000,
-        "gc": (after["gc_pause_seconds"] - before["gc_pause_seconds"]) * 1000,
+        "gc": (after["kingfisher_gc_pause_seconds_sum"] - before["kingfisher_gc_pause_seconds_sum"]) * 1000,
     }
 
 

@@ -104,7 +104,7 @@ class ModelHolder:
 def freeze_heap() -> None:
     """Put every object alive now (TensorFlow's, the live models') beyond the cyclic garbage
     collector's reach. Otherwise each full collection walks them all: under load here one came
-    about once a minute and stopped every request for 200-340 ms, the whole p99 at 200 requests/s.
+    about once a minute and stopped every request for 52-340 ms.
     Unfreezing first lets this collection free the bundles swapped out before (TensorFlow objects
     hold reference cycles); it is one such pause per model swap instead of one a minute."""
     clock = time.perf_counter()
