@@ -7,12 +7,19 @@ const TRENDING = 10;
 const APPLY_POLL_MS = 50;
 const APPLY_GIVE_UP_MS = 30000;
 const REFRESH_MS = 5000;
+const READ_RETRIES = 5;
+const READ_RETRY_MS = 200;
 
 const page = { user: null, modelVersion: null, shownEvents: new Set() };
 const $ = (id) => document.getElementById(id);
 
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  let response = await fetch(path, options);
+  // 503: Redis did not answer within the service's budget (a busy moment); a read is worth asking again.
+  for (let retry = 1; response.status === 503 && !options.method && retry <= READ_RETRIES; retry++) {
+    await new Promise((resolve) => setTimeout(resolve, READ_RETRY_MS * retry));
+    response = await fetch(path, options);
+  }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const reasons = body.reasons ? `: ${body.reasons.join("; ")}` : body.error ? `: ${body.error}` : "";
@@ -176,10 +183,10 @@ async function start() {
     const user = $("user-input").value.trim();
     if (user) showUser(user);
   });
-  const users = await showSuggestions().catch((error) => (say(error.message, true), []));
-  const user = new URLSearchParams(location.search).get("user_id") || users[0];
+  const users = await showSuggestions().catch((error) => (say(error.message, true), null));
+  const user = new URLSearchParams(location.search).get("user_id") || users?.[0];
   if (user) await showUser(user);
-  else say("no users with events yet: publish some events, or type a user id", true);
+  else if (users) say("no users with events yet: publish some events, or type a user id", true);
   await refresh();
   setInterval(refresh, REFRESH_MS);
 }

@@ -25,6 +25,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 APPLY_TIMEOUT_MS = 60_000
+# The page retries reads the service answered 503 (Redis slower than its budget) for about 3 s.
+FIRST_RENDER_TIMEOUT_MS = 20_000
 SWAP_TIMEOUT_MS = 300_000
 COMPONENTS = ("redis", "kafka", "feature-job", "service", "retrainer")
 
@@ -65,6 +67,9 @@ def item_ids(page: Page, list_id: str) -> list[str]:
 
 def open_page(browser: Browser, stack: Stack) -> Page:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    # Printed, so pytest shows them when a test fails: what the page was told, and what it said.
+    page.on("response", lambda response: response.status >= 400 and print(f"{response.status} {response.url}"))
+    page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
     page.goto(f"http://127.0.0.1:{stack.settings.serve_port}/")
     return page
 
@@ -81,7 +86,7 @@ def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendati
     stack, _ = demo
     page = open_page(browser, stack)
     recommendations = page.get_by_test_id("recommendations").locator("li")
-    expect(recommendations.first).to_be_visible()  # rendered on opening, before any click
+    expect(recommendations.first).to_be_visible(timeout=FIRST_RENDER_TIMEOUT_MS)  # on opening, before any click
     expect(page.get_by_test_id("trending").locator("li").first).to_be_visible()
     expect(page.get_by_test_id("model-version")).to_have_text("v1")
 
