@@ -61,9 +61,13 @@ class Settings(BaseSettings):
 
     namespace: str = Field("live", description="Redis namespace the feature job writes to.")
     checkpoint_interval_s: float = Field(10.0, gt=0, description="Flink checkpoint interval.")
-    python_bundle_size: int = Field(1000, ge=1, description="Flink Python bundle size (records).")
+    python_execution_mode: Literal["thread", "process"] = Field(
+        "thread",
+        description="Where the job's Python operators run: thread (inside Flink's JVM) or process (Python workers).",
+    )
+    python_bundle_size: int = Field(1000, ge=1, description="Flink Python bundle size (records; process mode).")
     python_bundle_time_ms: int = Field(
-        50, ge=1, description="Flink Python bundle time; must be > 0 (0 silently means 1000 ms)."
+        50, ge=1, description="Flink Python bundle time (process mode); must be > 0 (0 silently means 1000 ms)."
     )
     python_state_cache_size: int = Field(
         200_000, ge=1, description="Users' and items' states each feature operator keeps in memory (the rest in Flink)."
@@ -82,7 +86,6 @@ class Settings(BaseSettings):
     dedupe_ttl_h: float = Field(24.0, gt=0, description="A user's remembered event ids expire after this long idle.")
     dedupe_capacity: int = Field(500, ge=1, description="Event ids remembered per user to drop redeliveries.")
     entity_ttl_h: float = Field(720.0, gt=0, description="Inactive users' and items' keys expire after this long.")
-    redis_flush_interval_ms: int = Field(50, ge=1, description="How often the job flushes its coalesced Redis writes.")
     flink_parallelism: int = Field(1, ge=1, description="Parallelism of the feature job's operators.")
 
     label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")

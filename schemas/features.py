@@ -13,6 +13,7 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +52,17 @@ class FeatureSpec(BaseModel):
     trending_size: int = Field(100, ge=1, description="Items in the trending list.")
 
 
+class PicklesAsFields:
+    """For the frozen, slotted dataclasses of the stream's state, which it checkpoints once per batch
+    and change: pickled as the class and its field values. The dataclass's own pickling calls a
+    Python __getstate__ and __setstate__ per object (11 µs each way for an item's state here)."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return type(self), tuple([getattr(self, name) for name in self.__dataclass_fields__])
+
+
 @dataclass(frozen=True, slots=True)
 class SequenceEntry:
     event_id: str
@@ -71,13 +83,30 @@ class UserSequence:
 
     entries: tuple[SequenceEntry, ...] = ()
 
+    def __reduce__(self):
+        # The stream checkpoints each changed user's state once per batch. Pickled as dataclasses (a
+        # Python __getstate__ per entry) 50 entries took 90 µs each way here; as plain rows, 23 µs out.
+        rows = tuple(
+            [(entry.event_id, entry.item_id, entry.type.value, entry.ts, entry.value) for entry in self.entries]
+        )
+        return _sequence_of_rows, (rows,)
+
     @property
     def item_ids(self) -> list[str]:
         return [entry.item_id for entry in self.entries]
 
 
+_EVENT_TYPES = MappingProxyType({event_type.value: event_type for event_type in EventType})
+
+
+def _sequence_of_rows(rows: tuple[tuple, ...]) -> UserSequence:
+    return UserSequence(
+        tuple([SequenceEntry(e, item, _EVENT_TYPES[kind], ts, value) for e, item, kind, ts, value in rows])
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class InteractionStats:
+class InteractionStats(PicklesAsFields):
     """What user and item features both count."""
 
     event_counts: dict[str, int] = field(default_factory=dict)
@@ -158,7 +187,21 @@ def _bucket(ts: int) -> int:
     return ts - ts % WINDOW_BUCKET_MS
 
 
-def _recent(recent: tuple[tuple[int, int], ...], event: Event, last_ts: int) -> tuple[tuple[int, int], ...]:
+class ItemEvent(NamedTuple):
+    """What item features read of an event, as plain values: the stream passes these, not events,
+    from its user stage to its item stage (rebuilding an `Event` cost more than the features)."""
+
+    item_id: str
+    type: EventType
+    ts: int
+    value: float | None
+
+    @classmethod
+    def of(cls, event: Event) -> "ItemEvent":
+        return cls(event.item_id, event.type, event.ts, event.value)
+
+
+def _recent(recent: tuple[tuple[int, int], ...], event: Event | ItemEvent, last_ts: int) -> tuple[tuple[int, int], ...]:
     bucket = _bucket(event.ts)
     if not event.type.is_interaction:
         return recent
@@ -170,7 +213,7 @@ def _recent(recent: tuple[tuple[int, int], ...], event: Event, last_ts: int) -> 
     return tuple(sorted((start, count) for start, count in counts.items() if start >= oldest))
 
 
-def update_item_features(features: ItemFeatures, event: Event, spec: FeatureSpec) -> ItemFeatures:
+def update_item_features(features: ItemFeatures, event: Event | ItemEvent, spec: FeatureSpec) -> ItemFeatures:
     weight = spec.interaction_weights[event.type]
     previous_ts = event.ts if features.popularity_ts is None else features.popularity_ts
     # Decay everything to the newer of the two times, so a late event adds what it would have on time.

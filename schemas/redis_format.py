@@ -8,7 +8,7 @@ that would move the key backwards (a restart, a replay) is refused by `UPSERT_IF
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -71,14 +71,33 @@ VERSION_FIELD, VALUE_FIELD = "version", "value"
 TRENDING_ENTITY = "global"
 """Entity id of the one trending list of a namespace."""
 
-# KEYS[1] = key; ARGV = version, value, ttl in ms (0: none). Writes unless the stored version is newer.
+# KEYS = the keys; ARGV = version, value, ttl in ms (0: none) of each key in turn. Writes each key
+# unless its stored version is newer; returns how many it wrote. One call takes many keys, so a
+# writer pays one round trip and one script run for a whole batch.
 UPSERT_IF_NOT_OLDER = """
-local stored = redis.call('HGET', KEYS[1], 'version')
-if stored and tonumber(stored) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'value', ARGV[2])
-if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return 1
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version, ttl = ARGV[3 * i - 2], tonumber(ARGV[3 * i])
+  local stored = redis.call('HGET', key, 'version')
+  if not stored or tonumber(stored) <= tonumber(version) then
+    redis.call('HSET', key, 'version', version, 'value', ARGV[3 * i - 1])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    written = written + 1
+  end
+end
+return written
 """
+
+
+UPSERT_KEYS_PER_CALL = 500
+
+
+def upsert_calls(writes: Sequence[tuple[str, int, bytes, int]]) -> Iterator[tuple[list[str], list[int | bytes]]]:
+    """The (KEYS, ARGV) of the `UPSERT_IF_NOT_OLDER` calls that make (key, version, value, ttl_ms)
+    writes, at most UPSERT_KEYS_PER_CALL keys per call (a script blocks Redis while it runs)."""
+    for start in range(0, len(writes), UPSERT_KEYS_PER_CALL):
+        chunk = writes[start : start + UPSERT_KEYS_PER_CALL]
+        yield [key for key, *_ in chunk], [field for _, *fields in chunk for field in fields]
 
 
 def active_namespace_key() -> str:

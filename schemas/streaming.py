@@ -5,7 +5,10 @@ in all; its operators only call these functions. `version` counts the events app
 it only grows, so a Redis write carrying it can be refused when it would move state backwards.
 """
 
+import hashlib
 import math
+from array import array
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -13,7 +16,9 @@ from typing import NamedTuple
 from schemas.events import Event
 from schemas.features import (
     FeatureSpec,
+    ItemEvent,
     ItemFeatures,
+    PicklesAsFields,
     UserFeatures,
     UserSequence,
     unique_events,
@@ -25,7 +30,7 @@ from schemas.redis_format import Trending
 
 
 @dataclass(frozen=True, slots=True)
-class UserState:
+class UserState(PicklesAsFields):
     sequence: UserSequence = field(default_factory=UserSequence)
     features: UserFeatures = field(default_factory=UserFeatures)
     version: int = 0
@@ -40,21 +45,40 @@ def apply_user_event(state: UserState, event: Event, spec: FeatureSpec) -> UserS
     )
 
 
-def remember_event_id(recent: tuple[str, ...], event_id: str, capacity: int) -> tuple[tuple[str, ...], bool]:
-    """Keep a user's newest `capacity` event ids; returns them and whether `event_id` is new.
-    Redeliveries arrive close behind the original in the user's partition, well within capacity."""
-    if event_id in recent:
-        return recent, False
-    return (*recent[-(capacity - 1) :], event_id) if capacity > 1 else (event_id,), True
+class RecentEventIds:
+    """A user's newest `capacity` event ids, to drop redeliveries, which arrive close behind the
+    original in the user's partition. Kept as 64-bit digests (a false match is a 1 in 2^64 / capacity
+    chance): the stream checkpoints them with each changed user, as one string of 8 bytes per id."""
+
+    __slots__ = ("_members", "_order", "capacity")
+
+    def __init__(self, capacity: int, digests: bytes = b""):
+        self.capacity = capacity
+        self._order = deque(array("Q", digests), maxlen=capacity)
+        self._members = set(self._order)
+
+    def remember(self, event_id: str) -> bool:
+        """Remember `event_id`; False if it is already remembered (a redelivery)."""
+        digest = int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+        if digest in self._members:
+            return False
+        if len(self._order) == self.capacity:
+            self._members.discard(self._order[0])
+        self._order.append(digest)
+        self._members.add(digest)
+        return True
+
+    def __reduce__(self):
+        return RecentEventIds, (self.capacity, array("Q", self._order).tobytes())
 
 
 @dataclass(frozen=True, slots=True)
-class ItemState:
+class ItemState(PicklesAsFields):
     features: ItemFeatures = field(default_factory=ItemFeatures)
     version: int = 0
 
 
-def apply_item_event(state: ItemState, event: Event, spec: FeatureSpec) -> ItemState:
+def apply_item_event(state: ItemState, event: Event | ItemEvent, spec: FeatureSpec) -> ItemState:
     return ItemState(update_item_features(state.features, event, spec), state.version + 1)
 
 
@@ -67,7 +91,7 @@ def rank_key(features: ItemFeatures, spec: FeatureSpec) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class TrendingState:
+class TrendingState(PicklesAsFields):
     candidates: dict[str, float] = field(default_factory=dict)
     """item_id -> rank key of the current top `spec.trending_size`."""
     floor: float = -math.inf

@@ -33,7 +33,14 @@ from rich.table import Table
 
 from schemas.bundle import Registry
 from schemas.config import Settings
-from schemas.redis_format import TRENDING_ENTITY, UPSERT_IF_NOT_OLDER, KeyKind, encode_value, redis_key
+from schemas.redis_format import (
+    TRENDING_ENTITY,
+    UPSERT_IF_NOT_OLDER,
+    KeyKind,
+    encode_value,
+    redis_key,
+    upsert_calls,
+)
 from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
 from schemas.streaming import fold_stream, trending_list
 
@@ -62,10 +69,9 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
         state = states[user_id]
         for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
             writes.append((redis_key(kind, user_id, NAMESPACE), state.version, value, state.features.last_ts))
-    with client.pipeline(transaction=False) as pipe:
-        for key, version, value, as_of in writes:
-            upsert(keys=[key], args=[version, encode_value(value, as_of), 0], client=pipe)
-        pipe.execute()
+    encoded = [(key, version, encode_value(value, as_of), 0) for key, version, value, as_of in writes]
+    for keys, arguments in upsert_calls(encoded):
+        upsert(keys=keys, args=arguments)
     return chosen
 
 

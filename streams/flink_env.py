@@ -1,5 +1,7 @@
 """What every Kingfisher Flink job stands on: its execution environment, Kafka source and sinks."""
 
+import os
+import site
 import sys
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSo
 from pyflink.java_gateway import get_gateway
 
 from schemas.config import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def connector_jar_urls(settings: Settings) -> list[str]:
@@ -40,6 +44,11 @@ def execution_environment(
     # Python operators must run in the interpreter that has Kingfisher's packages, not the first `python` on PATH.
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
+    config.set_string("python.execution-mode", settings.python_execution_mode)
+    if settings.python_execution_mode == "thread":
+        # The interpreter embedded in the JVM starts from the base Python, without this virtualenv's
+        # packages or the project's modules: give it both.
+        config.set_string("python.pythonpath", os.pathsep.join([*site.getsitepackages(), str(PROJECT_ROOT)]))
     # Small bundles bound the time a record waits in the Python worker (a value <= 0 silently means 1000 ms).
     config.set_string("python.fn-execution.bundle.size", str(settings.python_bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(settings.python_bundle_time_ms))

@@ -1,34 +1,29 @@
 """Writing feature state to Redis from inside Flink operators: coalesced, pipelined, never backwards.
 
-Operators `put` a key's newest state with its version; a background thread flushes every
-`flush_interval_ms`: per key only the newest state is encoded and written, all in one pipelined
-round trip, each through the `UPSERT_IF_NOT_OLDER` compare-and-set. Redis is not part of Flink's
-checkpoint: after a restart the job recomputes and rewrites, and the version check keeps that
-idempotent. The thread also measures freshness: write time - event time, and - Kafka append time.
+Operators `put` a key's newest state with its version while they work through a batch, note each
+event they applied, and `flush` before the batch ends: per key only the newest state is encoded
+and written, all in one round trip, through the `UPSERT_IF_NOT_OLDER` compare-and-set. Flushing
+inside the batch means a checkpoint (taken between batches) never covers an event whose Redis
+write is still pending, so a restart can only rewrite, never lose; the version check makes the
+rewrite harmless.
+While Redis is unreachable a flush retries, holding the job back rather than dropping writes.
+The writer also measures freshness: write time - event time, and - Kafka append time.
 """
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
 
-from schemas.redis_format import UPSERT_IF_NOT_OLDER
+from schemas.redis_format import UPSERT_IF_NOT_OLDER, encode_value, upsert_calls
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
-
-
-@dataclass
-class PendingWrite:
-    version: int
-    encode: Callable[[], bytes]
-    ttl_ms: int
-    event_times: list[int] = field(default_factory=list)
-    append_times: list[int] = field(default_factory=list)
+RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -50,83 +45,82 @@ class Freshness:
 
 
 class RedisWriter:
-    def __init__(self, host: str, port: int, flush_interval_ms: int, name: str):
+    def __init__(self, host: str, port: int, name: str, sleep: Callable[[float], None] = time.sleep):
         self.client = redis.Redis(host=host, port=port)
-        self.upsert = self.client.register_script(UPSERT_IF_NOT_OLDER)
-        self.flush_interval_s = flush_interval_ms / 1000
+        self.upsert_sha: str | None = None
         self.name = name
-        self.pending: dict[str, PendingWrite] = {}
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
+        self.sleep = sleep
+        self.pending: dict[str, tuple[int, Any, int, int]] = {}
+        """key -> (version, value, as_of, ttl_ms) of its newest queued state."""
+        self.event_times: list[int] = []
+        self.append_times: list[int] = []
         self.freshness = Freshness()
         self.last_report = time.monotonic()
         self.latest: dict[str, float] = {}
-        self.thread = threading.Thread(target=self._run, name=f"redis-writer-{name}", daemon=True)
-        self.thread.start()
 
-    def put(
-        self, key: str, version: int, encode: Callable[[], bytes], ttl_ms: int, event_ts: int, append_ms: int | None
-    ) -> None:
-        """Queue the newest state of `key`; `encode` runs at flush time, once per key and flush."""
-        with self.lock:
-            write = self.pending.get(key)
-            if write is None or version >= write.version:
-                previous = write or PendingWrite(version, encode, ttl_ms)
-                write = PendingWrite(version, encode, ttl_ms, previous.event_times, previous.append_times)
-                self.pending[key] = write
-            write.event_times.append(event_ts)
-            if append_ms is not None:
-                write.append_times.append(append_ms)
+    def put(self, key: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
+        """Queue the newest state of `key`, a value `encode_value` takes; it is encoded when flushed."""
+        queued = self.pending.get(key)
+        if queued is None or version >= queued[0]:
+            self.pending[key] = (version, value, as_of, ttl_ms)
+
+    def applied(self, event_ts: int, append_ms: int | None) -> None:
+        """Note an event the queued writes carry: its freshness is measured when they are written."""
+        self.event_times.append(event_ts)
+        if append_ms is not None:
+            self.append_times.append(append_ms)
 
     def flush(self) -> None:
-        with self.lock:
-            batch, self.pending = self.pending, {}
-        if not batch:
+        """Write every queued key; retries while Redis is unreachable and returns only once written."""
+        if not self.pending:
             return
-        pipeline = self.client.pipeline(transaction=False)
-        for key, write in batch.items():
-            self.upsert(keys=[key], args=[write.version, write.encode(), write.ttl_ms], client=pipeline)
-        try:
-            results = pipeline.execute()
-        except redis.RedisError:
-            self._requeue(batch)
-            raise
+        batch, self.pending = self.pending, {}
+        encoded = [
+            (key, version, encode_value(value, as_of), ttl) for key, (version, value, as_of, ttl) in batch.items()
+        ]
+        written = self._execute(encoded)
         now_ms = int(time.time() * 1000)
-        self.freshness.writes += len(results)
-        self.freshness.refused += results.count(0)
-        for write in batch.values():
-            self.freshness.since_event.extend(now_ms - ts for ts in write.event_times)
-            self.freshness.since_append.extend(now_ms - ts for ts in write.append_times)
+        self.freshness.writes += written
+        self.freshness.refused += len(batch) - written
+        self.freshness.since_event.extend(now_ms - ts for ts in self.event_times)
+        self.freshness.since_append.extend(now_ms - ts for ts in self.append_times)
+        self.event_times, self.append_times = [], []
+        self._report()
 
-    def _requeue(self, batch: dict[str, PendingWrite]) -> None:
-        with self.lock:
-            for key, write in batch.items():
-                if key not in self.pending:
-                    self.pending[key] = write
+    def _execute(self, encoded: list[tuple[str, int, bytes, int]]) -> int:
+        attempt = 0
+        while True:
+            try:
+                return self._upsert_all(encoded)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                log.warning("redis writer %s: %d writes failed (%s); retrying", self.name, len(encoded), error)
+                self.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+                attempt += 1
+            except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
+                self.upsert_sha = None
+
+    def _upsert_all(self, encoded: list[tuple[str, int, bytes, int]]) -> int:
+        """Write (key, version, value, ttl_ms) in one round trip; returns how many keys were written."""
+        # EVALSHA of a script loaded once: redis-py's Script object asks SCRIPT EXISTS before every pipeline.
+        if self.upsert_sha is None:
+            self.upsert_sha = self.client.script_load(UPSERT_IF_NOT_OLDER)
+        pipeline = self.client.pipeline(transaction=False)
+        for keys, arguments in upsert_calls(encoded):
+            pipeline.evalsha(self.upsert_sha, len(keys), *keys, *arguments)
+        return sum(pipeline.execute())
 
     def _report(self) -> None:
         if time.monotonic() - self.last_report < REPORT_EVERY_S:
             return
         self.latest = self.freshness.percentiles()
-        if self.freshness.writes:
-            lags = ", ".join(f"{name} {value:,.0f}" for name, value in self.latest.items())
-            log.info(
-                "redis writer %s: %d keys written, %d refused as older; freshness (ms): %s",
-                self.name, self.freshness.writes, self.freshness.refused, lags,
-            )  # fmt: skip
+        lags = ", ".join(f"{name} {value:,.0f}" for name, value in self.latest.items())
+        log.info(
+            "redis writer %s: %d keys written, %d refused as older; freshness (ms): %s",
+            self.name, self.freshness.writes, self.freshness.refused, lags,
+        )  # fmt: skip
         self.freshness = Freshness()
         self.last_report = time.monotonic()
 
-    def _run(self) -> None:
-        while not self.stopped.wait(self.flush_interval_s):
-            try:
-                self.flush()
-                self._report()
-            except redis.RedisError as error:
-                log.warning("redis writer %s: flush failed (%s); retrying", self.name, error)
-
     def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
         self.flush()
         self.client.close()

@@ -1,4 +1,5 @@
 import math
+import pickle
 import random
 
 import orjson
@@ -11,6 +12,7 @@ from schemas.events import Event
 from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, popularity_at
 from schemas.samples import hour_partition, training_sample
 from schemas.streaming import (
+    RecentEventIds,
     TrendingState,
     TrendingUpdate,
     UserState,
@@ -18,7 +20,6 @@ from schemas.streaming import (
     apply_user_event,
     fold_stream,
     rank_key,
-    remember_event_id,
     trending_list,
 )
 from schemas.validation import Problem
@@ -31,14 +32,22 @@ def event(event_id, ts, item="i1", kind="click", user="u1", value=None, context=
 
 
 def test_remembered_ids_drop_redeliveries_and_forget_the_oldest():
-    recent = ()
-    for event_id in ["a", "b", "c"]:
-        recent, is_new = remember_event_id(recent, event_id, capacity=2)
-        assert is_new
+    recent = RecentEventIds(capacity=2)
 
-    assert recent == ("b", "c")
-    assert remember_event_id(recent, "c", capacity=2) == (("b", "c"), False)
-    assert remember_event_id(recent, "a", capacity=2)[1]  # forgotten: beyond capacity
+    assert [recent.remember(event_id) for event_id in ["a", "b", "c"]] == [True, True, True]
+    assert not recent.remember("c") and not recent.remember("b")
+    assert recent.remember("a")  # forgotten: beyond capacity
+
+
+def test_remembered_ids_survive_a_checkpoint():
+    recent = RecentEventIds(capacity=3)
+    for event_id in ["a", "b", "c", "d"]:
+        recent.remember(event_id)
+
+    restored = pickle.loads(pickle.dumps(recent))
+
+    assert [restored.remember(event_id) for event_id in ["b", "c", "d", "a"]] == [False, False, False, True]
+    assert restored.remember("b")  # "a" pushed the oldest out, as before the checkpoint
 
 
 def test_user_versions_count_applied_events():

@@ -1,0 +1,243 @@
+"""The feature job's Python operators. Each takes one batch per call and only calls the pure
+functions of `schemas.streaming`, `schemas.events` and `schemas.samples`.
+
+They live in a module of their own, not in the job's entry point, so that they pickle by reference
+to `streams.operators`: under `python -m streams.feature_job` the entry point is `__main__`, which
+the interpreter embedded in Flink's JVM (thread mode) cannot import.
+"""
+
+import functools
+import gc
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+from pyflink.common import Row, Time, Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+
+from schemas.config import Settings
+from schemas.dead_letters import dead_letter
+from schemas.events import Event, parse_event
+from schemas.features import FeatureSpec, ItemEvent
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
+from schemas.samples import hour_partition, training_sample
+from schemas.streaming import (
+    ItemState,
+    RecentEventIds,
+    TrendingState,
+    TrendingUpdate,
+    UserState,
+    apply_item_event,
+    apply_trending_update,
+    apply_user_event,
+    trending_list,
+)
+from schemas.validation import InvalidRecord
+from streams.entity_states import EntityStates
+from streams.redis_writer import RedisWriter
+
+# The operators keep every active user's and item's state in memory and replace much of it each
+# batch, so Python's default collector (a young collection every 700 allocations, and full ones as
+# the replaced state piles up) cost 10-20 % of the job's throughput here; these cost a few MB more.
+GC_THRESHOLDS = (50_000, 20, 100)
+DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
+SAMPLE_ROW = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
+SAMPLES = OutputTag("training-samples", SAMPLE_ROW)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
+    """Building and checking a key costs more than the rest of a Redis write; active entities repeat."""
+    return redis_key(kind, entity_id, namespace)
+
+
+@dataclass(frozen=True)
+class JobParameters:
+    """What the operators need, in a form that pickles to the Python workers."""
+
+    redis_host: str
+    redis_port: int
+    namespace: str
+    spec: FeatureSpec
+    entity_ttl_ms: int
+    dedupe_ttl_ms: int
+    dedupe_capacity: int
+    key_buckets: int
+    states_in_memory: int
+    log_samples: bool
+
+    @classmethod
+    def of(cls, settings: Settings, namespace: str, log_samples: bool) -> "JobParameters":
+        return cls(
+            redis_host=settings.bind_host,
+            redis_port=settings.redis_port,
+            namespace=namespace,
+            spec=settings.feature_spec(),
+            entity_ttl_ms=round(settings.entity_ttl_h * 3_600_000),
+            dedupe_ttl_ms=round(settings.dedupe_ttl_h * 3_600_000),
+            dedupe_capacity=settings.dedupe_capacity,
+            key_buckets=settings.stream_key_buckets,
+            states_in_memory=settings.python_state_cache_size,
+            log_samples=log_samples,
+        )
+
+    def key(self, kind: KeyKind, entity_id: str) -> str:
+        return _redis_key(kind, entity_id, self.namespace)
+
+    def writer(self, name: str) -> RedisWriter:
+        return RedisWriter(self.redis_host, self.redis_port, name)
+
+    def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
+        # Flink state of inactive entities expires with their Redis keys, so both stay bounded.
+        descriptor = MapStateDescriptor(name, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+        return EntityStates(runtime_context.get_map_state(_expiring(descriptor, ttl_ms)), self.states_in_memory)
+
+    def item_bucket(self, item_id: str) -> int:
+        # crc32, not hash(): every Python worker must put an item in the same bucket.
+        return zlib.crc32(item_id.encode()) % self.key_buckets
+
+
+def _expiring(descriptor, ttl_ms: int):
+    # PyFlink turns its Python-side state cache off for the default visibility (NeverReturnExpired),
+    # making every state access a blocking round trip to the JVM in process mode. Seeing an
+    # expired entry until it is cleaned up is harmless for features and dedupe, and keeps the cache.
+    ttl = (
+        StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
+        .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
+        .build()
+    )
+    descriptor.enable_time_to_live(ttl)
+    return descriptor
+
+
+def in_kafka_order(batch: Row) -> list[tuple[bytes, int, int, int | None]]:
+    """A batch of raw records, (bucket, payloads, partitions, offsets, append times) as parallel
+    arrays, as (payload, partition, offset, append time) in offset order within each partition."""
+    _, payloads, partitions, offsets, append_times = batch
+    records = zip(map(bytes, payloads), partitions, offsets, append_times, strict=True)
+    return sorted(records, key=lambda record: (record[1], record[2]))
+
+
+class UserFeaturesFunction(KeyedProcessFunction):
+    """Keyed by user bucket; one call per batch of raw Kafka records: each is parsed and validated
+    (invalid ones become dead letters), redeliveries are dropped, and each event is applied to its
+    user in Kafka order. Passes the events on to the item buckets, one list per bucket and batch."""
+
+    def __init__(self, parameters: JobParameters):
+        self.parameters = parameters
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        gc.set_threshold(*GC_THRESHOLDS)
+        p = self.parameters
+        self.users = p.entity_states(runtime_context, "users", p.entity_ttl_ms)
+        # A duplicate carries the same user_id, so it meets the ids remembered for that user here.
+        self.recent_ids = p.entity_states(runtime_context, "recent-event-ids", p.dedupe_ttl_ms)
+        self.writer = p.writer("users")
+        metrics = runtime_context.get_metrics_group()
+        self.dead_letters = metrics.counter("dead_letters")
+        self.duplicates = metrics.counter("duplicates")
+        for name in ("event_p50_ms", "event_p99_ms", "append_p50_ms", "append_p99_ms"):
+            # Freshness of the last 10 s window: Redis write time - event time, and - Kafka append time.
+            metrics.gauge(f"freshness_{name}", lambda name=name: round(self.writer.latest.get(name, 0)))
+
+    def process_element(self, batch: Row, ctx: KeyedProcessFunction.Context):
+        self.users.enter(batch[0])
+        self.recent_ids.enter(batch[0])
+        samples: dict[tuple[str, str], list[str]] = defaultdict(list)
+        by_item_bucket: dict[int, list[tuple]] = defaultdict(list)
+        for raw, partition, offset, append_ms in in_kafka_order(batch):
+            try:
+                event = parse_event(raw)
+            except InvalidRecord as invalid:
+                self.dead_letters.inc()
+                yield DEAD_LETTERS, dead_letter(raw, invalid.problems, partition, offset, append_ms).decode()
+                continue
+            if not self._is_new(event):
+                continue
+            sample = self._apply(event, append_ms)
+            if sample is not None:
+                samples[hour_partition(event.ts)].append(orjson.dumps(sample).decode())
+            by_item_bucket[self.parameters.item_bucket(event.item_id)].append((ItemEvent.of(event), append_ms))
+        self.users.commit()
+        self.recent_ids.commit()
+        self.writer.flush()
+        for (dt, hr), lines in samples.items():
+            yield SAMPLES, Row("\n".join(lines), dt, hr)
+        yield from by_item_bucket.items()
+
+    def _is_new(self, event: Event) -> bool:
+        """Remember the event's id; False for a redelivery of an event already applied."""
+        recent = self.recent_ids.get(event.user_id, None) or RecentEventIds(self.parameters.dedupe_capacity)
+        if not recent.remember(event.event_id):
+            self.duplicates.inc()
+            return False
+        self.recent_ids.put(event.user_id, recent)
+        return True
+
+    def _apply(self, event: Event, append_ms: int | None) -> dict | None:
+        """Apply one new event to its user and queue the Redis writes; returns its training sample
+        when the job logs samples and the event is labelled."""
+        p = self.parameters
+        before = self.users.get(event.user_id, UserState())
+        after = apply_user_event(before, event, p.spec)
+        self.users.put(event.user_id, after)
+        for kind, value in ((KeyKind.USER_SEQUENCE, after.sequence), (KeyKind.USER_FEATURES, after.features)):
+            self.writer.put(p.key(kind, event.user_id), after.version, value, after.features.last_ts, p.entity_ttl_ms)
+        self.writer.applied(event.ts, append_ms)
+        return training_sample(before, event) if p.log_samples else None
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ItemFeaturesFunction(KeyedProcessFunction):
+    """Keyed by item bucket; passes each event's new item features on to trending, one list per batch."""
+
+    def __init__(self, parameters: JobParameters):
+        self.parameters = parameters
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.items = self.parameters.entity_states(runtime_context, "items", self.parameters.entity_ttl_ms)
+        self.writer = self.parameters.writer("items")
+
+    def process_element(self, batch: tuple, ctx: KeyedProcessFunction.Context):
+        p, updates = self.parameters, []
+        self.items.enter(batch[0])
+        for event, append_ms in batch[1]:
+            state = apply_item_event(self.items.get(event.item_id, ItemState()), event, p.spec)
+            self.items.put(event.item_id, state)
+            key = p.key(KeyKind.ITEM_FEATURES, event.item_id)
+            self.writer.put(key, state.version, state.features, state.features.last_ts, p.entity_ttl_ms)
+            self.writer.applied(event.ts, append_ms)
+            updates.append((TrendingUpdate.of(event.item_id, state.features, p.spec), event.ts, append_ms))
+        self.items.commit()
+        self.writer.flush()
+        yield updates
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class TrendingFunction(KeyedProcessFunction):
+    def __init__(self, parameters: JobParameters):
+        self.parameters = parameters
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(ValueStateDescriptor("trending", Types.PICKLED_BYTE_ARRAY()))
+        self.writer = self.parameters.writer("trending")
+
+    def process_element(self, updates: list, ctx: KeyedProcessFunction.Context):
+        p, state = self.parameters, self.state.value() or TrendingState()
+        for update, event_ts, append_ms in updates:
+            state = apply_trending_update(state, update, p.spec)
+            self.writer.applied(event_ts, append_ms)
+        self.state.update(state)
+        self.writer.put(p.key(KeyKind.TRENDING, TRENDING_ENTITY), state.version, trending_list(state, p.spec),
+                        state.at_ts, 0)  # fmt: skip
+        self.writer.flush()
+        return iter(())
+
+    def close(self) -> None:
+        self.writer.close()

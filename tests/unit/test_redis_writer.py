@@ -1,0 +1,49 @@
+"""The stream's Redis writer without Redis: what it writes, and that it never drops writes."""
+
+import redis
+
+from schemas.redis_format import encode_value
+from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter
+
+
+def writer_with(upsert_all) -> tuple[RedisWriter, list[float]]:
+    slept: list[float] = []
+    writer = RedisWriter("127.0.0.1", 1, "test", sleep=slept.append)
+    writer._upsert_all = upsert_all
+    return writer, slept
+
+
+def test_a_flush_writes_each_key_once_with_its_newest_state():
+    calls = []
+    writer, _ = writer_with(lambda encoded: calls.append(encoded) or len(encoded))
+    writer.put("k1", 1, {"n": 1}, 100, 0)
+    writer.put("k1", 3, {"n": 3}, 300, 0)
+    writer.put("k1", 2, {"n": 2}, 200, 0)  # older than what is queued: ignored
+    writer.put("k2", 1, {"n": 9}, 900, 5_000)
+
+    writer.flush()
+    writer.flush()  # nothing queued: no call
+
+    assert calls == [[("k1", 3, encode_value({"n": 3}, 300), 0), ("k2", 1, encode_value({"n": 9}, 900), 5_000)]]
+
+
+def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
+    failures = len(RETRY_BACKOFF_S) + 2
+    attempts = []
+
+    def upsert_all(encoded):
+        attempts.append(encoded)
+        if len(attempts) <= failures:
+            raise redis.ConnectionError("connection refused")
+        return len(encoded)
+
+    writer, slept = writer_with(upsert_all)
+    writer.put("k", 1, {"n": 1}, 100, 0)
+    writer.applied(event_ts=100, append_ms=150)
+
+    writer.flush()
+
+    assert len(attempts) == failures + 1 and all(batch == attempts[0] for batch in attempts)
+    assert slept == [*RETRY_BACKOFF_S, RETRY_BACKOFF_S[-1], RETRY_BACKOFF_S[-1]]
+    assert writer.freshness.writes == 1 and len(writer.freshness.since_event) == 1
+    assert writer.pending == {}
