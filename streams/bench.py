@@ -3,8 +3,9 @@
 1. Throughput: N synthetic events are published first, then the bounded job processes them; the
    rate is timed from its first Redis write to its last, so JVM and worker start-up are excluded.
 2. Freshness: the job runs live while events stamped with the current time are published at each
-   fixed rate; the job's Redis writer measures write time - event time (and - Kafka append time)
-   for every event and logs percentiles every 10 s, which this reads back from Flink's log.
+   fixed rate (after a warm-up at that rate, which is not counted); the job's Redis writer measures
+   write time - event time (and - Kafka append time) for every event and logs percentiles every
+   10 s, which this reads back from Flink's log.
 """
 
 import argparse
@@ -29,6 +30,7 @@ from schemas.config import Settings
 from schemas.redis_format import TRENDING_ENTITY, VERSION_FIELD, KeyKind, redis_key
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from streams.publish import Pacer, make_producer, publish
+from streams.redis_writer import REPORT_EVERY_S
 
 console = Console(stderr=True)
 FRESHNESS_LINE = re.compile(
@@ -110,7 +112,9 @@ def freshness_lines(log: str, since: str) -> list[re.Match]:
     return [m for m in map(FRESHNESS_LINE.match, log.splitlines()) if m and m["time"] >= since]
 
 
-def freshness(settings: Settings, client: redis.Redis, rate: int, seconds: float) -> FreshnessResult:
+def freshness(settings: Settings, client: redis.Redis, rate: int, seconds: float, warmup_s: float) -> FreshnessResult:
+    """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are
+    not counted (the JVM compiles the job's hot paths during its first seconds)."""
     topic, namespace = fresh_topic(settings, "bench-fresh"), f"bench-fresh-{rate}-{uuid.uuid4().hex[:6]}"
     job = start_job(topic, namespace, bounded=False, log_name=f"bench-freshness-{rate}.log", settings=settings)
     producer = make_producer(settings)
@@ -122,10 +126,13 @@ def freshness(settings: Settings, client: redis.Redis, rate: int, seconds: float
             if time.monotonic() > deadline or job.poll() is not None:
                 raise RuntimeError(f"the live job did not start; see {settings.logs_dir}/bench-freshness-{rate}.log")
             time.sleep(0.2)
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        with Progress(disable=True) as quiet:
+            publish(live_events(int(rate * warmup_s), seed=11), producer, topic, Pacer(rate=rate), quiet)
+        # The writer's first report after the warm-up still covers some of it: counted from the next one.
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
         with Progress(disable=True) as quiet:
             summary = publish(live_events(int(rate * seconds)), producer, topic, Pacer(rate=rate), quiet)
-        target = summary.sent + 1
+        target = summary.sent + int(rate * warmup_s) + 1
         catch_up_until = time.monotonic() + 30
         while processed(client, namespace) < target and time.monotonic() < catch_up_until:
             time.sleep(0.2)
@@ -156,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streams.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000, help="events for the throughput run (default 100000)")
     parser.add_argument("--rates", default="500,1000,5000", help="input rates for freshness, events/s")
-    parser.add_argument("--seconds", type=float, default=30, help="how long each rate is held (default 30)")
+    parser.add_argument("--seconds", type=float, default=30, help="how long each rate is measured (default 30)")
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=20, help="how long each rate is held before it is measured (default 20)"
+    )
     arguments = parser.parse_args(argv)
     settings = Settings()
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for target in map(int, arguments.rates.split(",")):
         console.print(f"freshness at {target:,} events/s for {arguments.seconds:.0f} s ...")
-        results.append(freshness(settings, client, target, arguments.seconds))
+        results.append(freshness(settings, client, target, arguments.seconds, arguments.warmup_seconds))
 
     console.print(
         f"sustained throughput: {rate:,.0f} events/s ({arguments.events:,} events, {seconds:.1f} s of processing)"

@@ -189,6 +189,19 @@ def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key(b
     assert client.get("kf:v1:control:active_ns:current") == b"rebuilt"
 
 
+def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_run):
+    stack, topic, _, events, _ = bounded_run
+    process_mode = stack.with_env(KF_PYTHON_EXECUTION_MODE="process",
+                                  KF_TOPIC_DLQ=new_topic_named(stack, "dlq-process", partitions=1))  # fmt: skip
+    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+
+    job = process_mode.run("-m", "streams.feature_job", "--topic", topic, "--namespace", "process-mode", "--bounded",
+                           "--fresh", "--no-samples", timeout=JOB_TIMEOUT_S)  # fmt: skip
+
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert_state_equals_reference(client, "process-mode", events, stack.settings.feature_spec())
+
+
 def test_2_a_job_killed_mid_stream_resumes_from_its_checkpoint_to_the_uninterrupted_state(stack: Stack, tmp_path):
     topic = new_topic_named(stack, "events-crash")
     job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=new_topic_named(stack, "dlq-crash", 1))
