@@ -1,15 +1,16 @@
 """Per-user and per-item state inside a batch operator: a Flink MapState with the entries in memory in front.
 
 The batch operators are keyed by a bucket of entities, so each entity's state is one entry of its
-bucket's MapState. Reading an entry PyFlink has not cached is a blocking round trip to the JVM
-(~10 ms measured here), so a bucket's entries are read in bulk on its first batch and then kept
-in memory; an entity not among them has no state, without asking. Writes go to Flink once per
+bucket's MapState. Reading an entry costs a call into the JVM and unpickling the value (in process
+mode, an entry PyFlink has not cached is a blocking round trip, ~10 ms measured here), so a
+bucket's entries are read in bulk on its first batch and then kept in memory; an entity not among
+them has no state, without asking. Writes go to Flink once per
 entity and batch. Only this operator instance reads and writes its buckets' entries, so memory and
 Flink agree; a restart (restore, failover, rescaling) opens a new instance with an empty memory,
 which refills from the restored Flink state.
 
 Past `capacity` entries the least recently used leave memory, and from then on an entity missing
-from memory is read from Flink, one round trip each.
+from memory is read from Flink, one call each.
 """
 
 from collections.abc import Hashable, Iterable

@@ -49,7 +49,7 @@ def execution_environment(
         # The interpreter embedded in the JVM starts from the base Python, without this virtualenv's
         # packages or the project's modules: give it both.
         config.set_string("python.pythonpath", os.pathsep.join([*site.getsitepackages(), str(PROJECT_ROOT)]))
-    # Small bundles bound the time a record waits in the Python worker (a value <= 0 silently means 1000 ms).
+    # Process mode: small bundles bound the time a record waits in the Python worker (<= 0 silently means 1000 ms).
     config.set_string("python.fn-execution.bundle.size", str(settings.python_bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(settings.python_bundle_time_ms))
     if settings.flink_profile_python:
