@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     stream_key_buckets: int = Field(
         4, ge=1, description="Users and items are keyed into this many buckets; about 4x the parallelism spreads them."
     )
-    flink_profile_python: bool = Field(False, description="Profile the Python operators into Flink's log.")
+    flink_profile_python: bool = Field(
+        False, description="Profile the Python operators into Flink's log (process mode)."
+    )
     watermark_out_of_orderness_ms: int = Field(5000, ge=0, description="How late an event may be for event time.")
     source_idleness_s: float = Field(
         30.0, gt=0, description="A partition without events this long stops holding watermarks back."

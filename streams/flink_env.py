@@ -5,6 +5,7 @@ import site
 import sys
 from pathlib import Path
 
+from find_libpython import find_libpython
 from pyflink.common import Configuration
 from pyflink.common.serialization import SimpleStringSchema
 from pyflink.datastream import StreamExecutionEnvironment
@@ -46,6 +47,11 @@ def execution_environment(
     config.set_string("python.client.executable", sys.executable)
     config.set_string("python.execution-mode", settings.python_execution_mode)
     if settings.python_execution_mode == "thread":
+        if find_libpython() is None:
+            raise RuntimeError(
+                f"KF_PYTHON_EXECUTION_MODE=thread embeds Python in Flink's JVM, which needs a shared libpython that "
+                f"{sys.executable} lacks: use a Python built with --enable-shared, or KF_PYTHON_EXECUTION_MODE=process"
+            )
         # The interpreter embedded in the JVM starts from the base Python, without this virtualenv's
         # packages or the project's modules: give it both.
         config.set_string("python.pythonpath", os.pathsep.join([*site.getsitepackages(), str(PROJECT_ROOT)]))
