@@ -6,6 +6,11 @@ Results do not depend on arrival order: sequences are kept in event-time order, 
 sums and maxima, and decayed popularity is anchored so a late event adds what it would have
 added on time. Deduplication by event_id across the whole history is the caller's job (keyed
 state in the stream, `unique_events` offline); `update_sequence` also ignores an event_id it holds.
+
+The state classes here and in `schemas.streaming` are slotted dataclasses that nothing mutates:
+every function builds new ones. They are not declared frozen because a frozen dataclass sets each
+field through object.__setattr__, and the stream builds several per event: that was one of the
+largest costs of its Python operators.
 """
 
 import bisect
@@ -53,7 +58,7 @@ class FeatureSpec(BaseModel):
 
 
 class PicklesAsFields:
-    """For the frozen, slotted dataclasses of the stream's state, which it checkpoints once per batch
+    """For the slotted dataclasses of the stream's state, which it checkpoints once per batch
     and change: pickled as the class and its field values. The dataclass's own pickling calls a
     Python __getstate__ and __setstate__ per object (11 µs each way for an item's state here)."""
 
@@ -63,7 +68,7 @@ class PicklesAsFields:
         return type(self), tuple([getattr(self, name) for name in self.__dataclass_fields__])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SequenceEntry:
     event_id: str
     item_id: str
@@ -77,7 +82,7 @@ class SequenceEntry:
         return self.ts, self.event_id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserSequence:
     """A user's newest interactions (not impressions), oldest first."""
 
@@ -87,7 +92,7 @@ class UserSequence:
         # The stream checkpoints each changed user's state once per batch. Pickled as dataclasses (a
         # Python __getstate__ per entry) 50 entries took 90 µs each way here; as plain rows, 23 µs out.
         rows = tuple(
-            [(entry.event_id, entry.item_id, entry.type.value, entry.ts, entry.value) for entry in self.entries]
+            [(entry.event_id, entry.item_id, entry.type._value_, entry.ts, entry.value) for entry in self.entries]
         )
         return _sequence_of_rows, (rows,)
 
@@ -105,7 +110,7 @@ def _sequence_of_rows(rows: tuple[tuple, ...]) -> UserSequence:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InteractionStats(PicklesAsFields):
     """What user and item features both count."""
 
@@ -119,12 +124,12 @@ class InteractionStats(PicklesAsFields):
         return self.rating_sum / self.rating_count if self.rating_count else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserFeatures(InteractionStats):
     first_ts: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemFeatures(InteractionStats):
     popularity: float = 0.0
     """Exponentially decayed, weighted interaction count as of `popularity_ts`."""
@@ -148,16 +153,21 @@ class ItemFeatures(InteractionStats):
 
 def update_sequence(sequence: UserSequence, event: Event, spec: FeatureSpec) -> UserSequence:
     """Insert an interaction at its event-time place and keep the newest `spec.sequence_length`."""
-    if not event.type.is_interaction or any(entry.event_id == event.event_id for entry in sequence.entries):
+    entries = sequence.entries
+    if not event.type.is_interaction or event.event_id in [entry.event_id for entry in entries]:
         return sequence
     entry = SequenceEntry(event.event_id, event.item_id, event.type, event.ts, event.value)
-    entries = list(sequence.entries)
-    bisect.insort(entries, entry, key=lambda e: e.order)
-    return UserSequence(tuple(entries[-spec.sequence_length :]))
+    if not entries or entries[-1].order <= entry.order:  # the common case: the user's newest event
+        return UserSequence((*entries, entry)[-spec.sequence_length :])
+    inserted = list(entries)
+    bisect.insort(inserted, entry, key=lambda e: e.order)
+    return UserSequence(tuple(inserted[-spec.sequence_length :]))
 
 
 def _count(counts: dict[str, int], event_type: EventType) -> dict[str, int]:
-    return counts | {event_type.value: counts.get(event_type.value, 0) + 1}
+    counted, name = dict(counts), event_type._value_
+    counted[name] = counts.get(name, 0) + 1
+    return counted
 
 
 def _min(current: int | None, ts: int) -> int:
@@ -188,17 +198,22 @@ def _bucket(ts: int) -> int:
 
 
 class ItemEvent(NamedTuple):
-    """What item features read of an event, as plain values: the stream passes these, not events,
-    from its user stage to its item stage (rebuilding an `Event` cost more than the features)."""
+    """What item features read of an event. The stream sends it from its user stage to its item
+    stage as a row of plain values (`row_of`, `of_row`): rebuilding an `Event` cost more than the
+    features, and pickling a NamedTuple that holds an enum three times more than a plain row."""
 
     item_id: str
     type: EventType
     ts: int
     value: float | None
 
+    @staticmethod
+    def row_of(event: Event) -> tuple[str, str, int, float | None]:
+        return event.item_id, event.type._value_, event.ts, event.value
+
     @classmethod
-    def of(cls, event: Event) -> "ItemEvent":
-        return cls(event.item_id, event.type, event.ts, event.value)
+    def of_row(cls, item_id: str, kind: str, ts: int, value: float | None) -> "ItemEvent":
+        return cls(item_id, _EVENT_TYPES[kind], ts, value)
 
 
 def _recent(recent: tuple[tuple[int, int], ...], event: Event | ItemEvent, last_ts: int) -> tuple[tuple[int, int], ...]:

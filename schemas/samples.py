@@ -33,12 +33,12 @@ def training_sample(before: UserState, event: Event) -> dict[str, Any] | None:
         "event_id": event.event_id,
         "user_id": event.user_id,
         "item_id": event.item_id,
-        "type": event.type.value,
+        "type": event.type._value_,
         "value": event.value,
         "ts": event.ts,
         "request_id": context.get("request_id"),
         "position": context.get("position"),
-        "sequence": [[entry.item_id, entry.type.value, entry.ts, entry.value] for entry in history],
+        "sequence": [[entry.item_id, entry.type._value_, entry.ts, entry.value] for entry in history],
         "user_features": before.features,
     }
 

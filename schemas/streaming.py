@@ -29,7 +29,7 @@ from schemas.features import (
 from schemas.redis_format import Trending
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserState(PicklesAsFields):
     sequence: UserSequence = field(default_factory=UserSequence)
     features: UserFeatures = field(default_factory=UserFeatures)
@@ -72,7 +72,7 @@ class RecentEventIds:
         return RecentEventIds, (self.capacity, array("Q", self._order).tobytes())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ItemState(PicklesAsFields):
     features: ItemFeatures = field(default_factory=ItemFeatures)
     version: int = 0
@@ -90,7 +90,7 @@ def rank_key(features: ItemFeatures, spec: FeatureSpec) -> float:
     return math.log2(features.popularity) + features.popularity_ts / spec.popularity_half_life_ms
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TrendingState(PicklesAsFields):
     candidates: dict[str, float] = field(default_factory=dict)
     """item_id -> rank key of the current top `spec.trending_size`."""
@@ -113,17 +113,26 @@ class TrendingUpdate(NamedTuple):
 
 
 def apply_trending_update(state: TrendingState, update: TrendingUpdate, spec: FeatureSpec) -> TrendingState:
-    """Take an item's new features into the top-K. Exact because rank keys never decrease: an item
-    that drops out can only come back through an update, which passes through here."""
-    item_id, rank, last_ts = update
-    at_ts, version = max(state.at_ts, last_ts), state.version + 1
-    if item_id not in state.candidates and rank <= state.floor:
-        return TrendingState(state.candidates, state.floor, at_ts, version)
-    candidates = state.candidates | {item_id: rank}
-    floor = state.floor
-    if len(candidates) > spec.trending_size:
-        del candidates[min(candidates, key=lambda i: (candidates[i], i))]
-        floor = min(candidates.values())
+    """Take an item's new features into the top-K."""
+    return apply_trending_updates(state, (update,), spec)
+
+
+def apply_trending_updates(
+    state: TrendingState, updates: Iterable[tuple[str, float, int]], spec: FeatureSpec
+) -> TrendingState:
+    """Take items' new features into the top-K, in order: `apply_trending_update` over `updates`
+    (TrendingUpdates or their plain tuples), with one copy of the candidates for all of them.
+    Exact because rank keys never decrease: an item that drops out can only come back through an
+    update, which passes through here."""
+    candidates, floor, at_ts, version = dict(state.candidates), state.floor, state.at_ts, state.version
+    for item_id, rank, last_ts in updates:
+        at_ts, version = max(at_ts, last_ts), version + 1
+        if item_id not in candidates and rank <= floor:
+            continue
+        candidates[item_id] = rank
+        if len(candidates) > spec.trending_size:
+            del candidates[min(candidates, key=lambda i: (candidates[i], i))]
+            floor = min(candidates.values())
     return TrendingState(candidates, floor, at_ts, version)
 
 

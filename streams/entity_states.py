@@ -61,13 +61,16 @@ class EntityStates:
         self.entries[entity_id] = value
         self.changed.add(entity_id)
 
-    def commit(self) -> None:
-        """End the batch: write its changes to Flink (one entry per changed entity), then bound the memory."""
-        for entity_id in self.changed:
-            self.state.put(entity_id, self.entries[entity_id])
+    def commit(self) -> list[tuple[str, Any]]:
+        """End the batch: write its changes to Flink (one entry per changed entity), then bound the
+        memory. Returns the changed entities with their new states, for the caller's Redis writes."""
+        changed = [(entity_id, self.entries[entity_id]) for entity_id in self.changed]
+        for entity_id, value in changed:
+            self.state.put(entity_id, value)
         self.changed.clear()
         excess = len(self.entries) - self.capacity
         if excess > 0:
             for entity_id in list(islice(self.entries, excess)):
                 del self.entries[entity_id]
             self.evicted, self.complete_buckets = True, set()
+        return changed

@@ -12,7 +12,7 @@ The writer also measures freshness: write time - event time, and - Kafka append 
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +64,11 @@ class RedisWriter:
         if queued is None or version >= queued[0]:
             self.pending[key] = (version, value, as_of, ttl_ms)
 
-    def applied(self, event_ts: int, append_ms: int | None) -> None:
-        """Note an event the queued writes carry: its freshness is measured when they are written."""
-        self.event_times.append(event_ts)
-        if append_ms is not None:
-            self.append_times.append(append_ms)
+    def applied(self, event_times: Iterable[int], append_times: Iterable[int | None]) -> None:
+        """Note events the queued writes carry (event times and Kafka append times, in epoch ms):
+        their freshness is measured when they are written. Once per batch, not per event."""
+        self.event_times.extend(event_times)
+        self.append_times.extend(ms for ms in append_times if ms is not None)
 
     def flush(self) -> None:
         """Write every queued key; retries while Redis is unreachable and returns only once written."""

@@ -40,9 +40,10 @@ def test_changes_reach_flink_at_commit_once_per_entity():
     states.put("u1", 1)
     states.put("u1", 2)
     assert flink.entries == {}
-    states.commit()
+    changed = states.commit()
 
-    assert flink.entries == {"u1": 2}
+    assert flink.entries == {"u1": 2} and changed == [("u1", 2)]
+    assert states.commit() == []
     assert states.get("u1", 0) == 2
 
 

@@ -39,7 +39,7 @@ def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
 
     writer, slept = writer_with(upsert_all)
     writer.put("k", 1, {"n": 1}, 100, 0)
-    writer.applied(event_ts=100, append_ms=150)
+    writer.applied([100], [150])
 
     writer.flush()
 
