@@ -17,6 +17,7 @@ from schemas.streaming import (
     TrendingUpdate,
     UserState,
     apply_trending_update,
+    apply_trending_updates,
     apply_user_event,
     fold_stream,
     rank_key,
@@ -98,6 +99,27 @@ def test_trending_counts_every_update_as_a_version():
         state = apply_trending_update(state, TrendingUpdate.of(f"i{n}", item.features, FeatureSpec()), FeatureSpec())
 
     assert state.version == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 40), st.integers(0, 10**6)), max_size=60),
+    st.integers(0, 60),
+)
+def test_trending_takes_a_batch_as_it_takes_its_updates_one_by_one(raw_updates, cut):
+    # Rank keys never decrease per item, as in the stream: each item's rank is the running maximum.
+    spec, best = FeatureSpec(trending_size=3), {}
+    updates = []
+    for item_id, rank, last_ts in raw_updates:
+        best[item_id] = max(best.get(item_id, 0), rank)
+        updates.append(TrendingUpdate(item_id, float(best[item_id]), last_ts))
+    one_by_one = TrendingState()
+    for update in updates:
+        one_by_one = apply_trending_update(one_by_one, update, spec)
+
+    batched = apply_trending_updates(apply_trending_updates(TrendingState(), updates[:cut], spec), updates[cut:], spec)
+
+    assert batched == one_by_one and batched.version == len(updates)
 
 
 def test_item_window_counts_cover_the_last_hour_and_day():
