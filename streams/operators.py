@@ -200,8 +200,9 @@ class UserFeaturesFunction(KeyedProcessFunction):
 
 
 class ItemFeaturesFunction(KeyedProcessFunction):
-    """Keyed by item bucket; passes each event's new item features on to trending, one list per batch.
-    Events arrive, and updates leave, as rows of plain values: they pickle several times faster."""
+    """Keyed by item bucket; passes each event's new item features on to trending as one message per
+    batch: (updates, event times, Kafka append times). Events arrive, and updates leave, as rows of
+    plain values: they pickle several times faster than NamedTuples."""
 
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
