@@ -27,6 +27,7 @@ from infra.stack import (
     start_all,
     up,
 )
+from schemas import sample_log
 from schemas.bundle import Registry
 from schemas.config import Settings
 from schemas.sources.movielens import SHARED_DATASET
@@ -128,6 +129,17 @@ def wait_for_stream(settings: Settings, job: FeatureJob) -> None:
             progress.update(task, completed=target.events)
     finally:
         offsets.close()
+    wait_for_sample_log(settings)
+
+
+def wait_for_sample_log(settings: Settings) -> None:
+    """Until the files of the checkpoint that covered the history are committed: Flink commits the
+    offsets and the sample log on the same checkpoint's completion, but one after the other.
+    Bounded, as a stream that keeps receiving events always has a file in progress."""
+    directory = sample_log.log_directory(settings.samples_dir, settings.namespace)
+    deadline = time.monotonic() + 3 * settings.checkpoint_interval_s
+    while sample_log.in_progress_files(directory) and time.monotonic() < deadline:
+        time.sleep(CATCH_UP_POLL_S)
 
 
 def train_first_models(settings: Settings) -> int:

@@ -89,7 +89,16 @@ class Settings(BaseSettings):
     dedupe_capacity: int = Field(500, ge=1, description="Event ids remembered per user to drop redeliveries.")
     entity_ttl_h: float = Field(720.0, gt=0, description="Inactive users' and items' keys expire after this long.")
     flink_parallelism: int = Field(1, ge=1, description="Parallelism of the feature job's operators.")
+    sample_retention_days: int = Field(
+        30, ge=1, description="UTC days of the training-sample log kept; the feature job deletes older days hourly."
+    )
 
+    training_window_days: int = Field(
+        30, ge=1, description="Training reads the sample log of the newest N UTC days (today included)."
+    )
+    training_max_rows: int = Field(
+        2_000_000, ge=1, description="Most sample rows of the window a training run uses: the newest by event time."
+    )
     label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")
     train_seed: int = Field(
         0, description="Seed of sampling, initialisation and shuffling: same data and seed, same models."

@@ -83,6 +83,17 @@ class Event(ContractRecord):
     )
     schema_version: Literal[1] = SCHEMA_VERSION
 
+    @property
+    def request_id(self) -> str | None:
+        """`context.request_id` as text: what links an impression to the click that followed it."""
+        return _text((self.context or {}).get("request_id"))
+
+    @property
+    def position(self) -> int | None:
+        """`context.position`, where the item was shown in its list, when it is an integer."""
+        position = (self.context or {}).get("position")
+        return position if type(position) is int else None
+
     @model_validator(mode="after")
     def _check_cross_field_rules(self) -> "Event":
         if self.type is EventType.RATING and (self.value is None or not MIN_RATING <= self.value <= MAX_RATING):
@@ -90,6 +101,10 @@ class Event(ContractRecord):
         if self.context is not None:
             check_json_size("context", self.context, MAX_CONTEXT_BYTES)
         return self
+
+
+def _text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else str(value) if type(value) is int else None
 
 
 def validate_event(payload: Mapping[str, Any]) -> Event:

@@ -9,13 +9,13 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import orjson
 
 from schemas.catalogue import CatalogueItem
 from schemas.events import MAX_RATING, MIN_RATING, EventType
+from schemas.features import UserFeatures
 
 PADDING, UNKNOWN_ITEM = 0, 1
 """Reserved item indices: padding of short sequences, and items the model has not seen."""
@@ -117,17 +117,17 @@ def sequence_arrays(
     return items, kinds
 
 
-def user_feature_vector(features: Mapping[str, Any] | None) -> list[float]:
-    """USER_FEATURES of one user, from the user-features value as stored in Redis or in a sample row."""
-    if not features:
+def user_feature_vector(features: UserFeatures | None) -> list[float]:
+    """USER_FEATURES of one user, from the user features stored in Redis or held by a sample row."""
+    if features is None:
         return [0.0, 0.0, 0.0]
-    interactions = sum(features.get("event_counts", {}).values())
-    rating_count = features.get("rating_count", 0)
-    mean = features.get("rating_sum", 0.0) / rating_count if rating_count else NEUTRAL_RATING
+    interactions = sum(features.event_counts.values())
+    rating_count = features.rating_count
+    mean = features.rating_sum / rating_count if rating_count else NEUTRAL_RATING
     return [math.log1p(interactions), mean - NEUTRAL_RATING, float(rating_count > 0)]
 
 
-def user_feature_matrix(features: Sequence[Mapping[str, Any] | None]) -> np.ndarray:
+def user_feature_matrix(features: Sequence[UserFeatures | None]) -> np.ndarray:
     """[B, len(USER_FEATURES)] float32."""
     return np.array([user_feature_vector(row) for row in features], dtype=np.float32).reshape(-1, len(USER_FEATURES))
 

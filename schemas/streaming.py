@@ -19,6 +19,7 @@ from schemas.features import (
     ItemEvent,
     ItemFeatures,
     PicklesAsFields,
+    UserEvent,
     UserFeatures,
     UserSequence,
     unique_events,
@@ -36,7 +37,7 @@ class UserState(PicklesAsFields):
     version: int = 0
 
 
-def apply_user_event(state: UserState, event: Event, spec: FeatureSpec) -> UserState:
+def apply_user_event(state: UserState, event: Event | UserEvent, spec: FeatureSpec) -> UserState:
     """Apply one new (not duplicate) event to a user; duplicates are dropped before, by event_id."""
     return UserState(
         sequence=update_sequence(state.sequence, event, spec),

@@ -157,7 +157,7 @@ async def recommendations(request: web.Request) -> web.Response:
     if reason is None:
         asked = RankRequest(
             state.behaviours,
-            state.feature_values,
+            state.user_features,
             now_ms=int(time.time() * 1000),
             trending=trending[: app[SETTINGS].trending_candidates],
             exclude=seen,

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.features import UserSequence
+from schemas.features import UserFeatures, UserSequence
 from schemas.model_inputs import Behaviour
 from schemas.redis_format import (
     TRENDING_ENTITY,
@@ -44,9 +44,9 @@ class LiveState:
         entries = self.sequence.data.entries if self.sequence else ()
         return [(entry.item_id, entry.type.value, entry.value) for entry in entries]
 
-    @cached_property
-    def feature_values(self) -> dict[str, Any] | None:
-        return asdict(self.features.data) if self.features else None
+    @property
+    def user_features(self) -> UserFeatures | None:
+        return self.features.data if self.features else None
 
     @property
     def as_of(self) -> int | None:
@@ -58,7 +58,7 @@ class LiveState:
         sequence: UserSequence | None = self.sequence.data if self.sequence else None
         return {
             "sequence": [asdict(entry) for entry in sequence.entries] if sequence else [],
-            "features": self.feature_values,
+            "features": asdict(self.features.data) if self.features else None,
             "features_as_of": self.as_of,
         }
 

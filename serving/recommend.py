@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas.bundle import LoadedBundle
+from schemas.features import UserFeatures
 from schemas.model_inputs import PADDING, Behaviour, hour_of_day, sequence_arrays, user_feature_matrix
 
 REASONS = 3
@@ -24,7 +25,7 @@ class RankRequest:
     attended to most."""
 
     behaviours: list[Behaviour]
-    feature_values: dict | None
+    user_features: UserFeatures | None
     now_ms: int
     trending: list[str]
     exclude: set[str]
@@ -53,7 +54,7 @@ def rank_batch(bundle: LoadedBundle, requests: list[RankRequest]) -> list[Ranked
     """One Ranked per request, in order; a request ranks the same alone or in a batch."""
     length = bundle.manifest.feature_spec.sequence_length
     sequence, kinds = sequence_arrays(bundle.vocabulary, [request.behaviours for request in requests], length)
-    user = user_feature_matrix([request.feature_values for request in requests])
+    user = user_feature_matrix([request.user_features for request in requests])
     clock = time.perf_counter()
     deepest = max(request.candidates + len(request.exclude) for request in requests)
     _, neighbours = bundle.index.search(bundle.user_vectors(sequence, kinds, user), deepest)

@@ -1,11 +1,18 @@
-"""Benchmark of the streaming feature job on the running local stack (`make bench-stream`).
+"""Benchmark of the streaming feature job as `make demo` runs it (`make bench-stream`).
 
-1. Throughput: N synthetic events are published first, then the bounded job processes them; the
-   rate is timed from its first Redis write to its last, so JVM and worker start-up are excluded.
-2. Freshness: the job runs live while events stamped with the current time are published at each
-   fixed rate (after a warm-up at that rate, which is not counted); the job's Redis writer measures
-   write time - event time (and - Kafka append time) for every event and logs percentiles every
-   10 s, which this reads back from Flink's log.
+On the running local stack, for the job as `make demo` runs it (live, sample log on) and, in the
+same run, beside it the job with --no-samples (and with --compare-with, a previous checkout's job):
+
+1. State: N users' events (--users, --events-per-user) and a burst of synthetic events over the
+   same users (--events) are published to a fresh topic; the live job applies the users' events,
+   so it holds their state when it reaches the burst.
+2. Throughput of the burst: events/s from the first of its events applied in Redis to the last;
+   the job's CPU (its Python and JVM) per 1,000 events; and, with the log on, the seconds from the
+   last event in Redis until the sample log has committed every event.
+3. Freshness: events stamped with the current time at each fixed rate (--rates) over the same
+   users, after a warm-up at that rate that is not counted; the job's Redis writer measures write
+   time - event time (and - Kafka append time) for every event and logs percentiles every 10 s.
+4. Replay: `kingfisher replay` of the first topic into a fresh namespace, as an operator runs it.
 """
 
 import argparse
@@ -16,27 +23,46 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import orjson
+import psutil
 import redis
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from infra.stack import kafka_admin
+from schemas import sample_log
 from schemas.config import Settings
+from schemas.events import Event, EventType
 from schemas.redis_format import TRENDING_ENTITY, VERSION_FIELD, KeyKind, redis_key
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.sources.synthetic import SyntheticWorld, WorldSpec, item_id, user_id
 from streams.publish import Pacer, make_producer, publish
 from streams.redis_writer import REPORT_EVERY_S
 
 console = Console(stderr=True)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FRESHNESS_LINE = re.compile(
     r"^(?P<time>\S+ \S+),\d+ .*redis writer users: .*event_p50_ms (?P<p50>[\d,.]+), event_p99_ms (?P<p99>[\d,.]+), "
     r"append_p50_ms (?P<ap50>[\d,.]+), append_p99_ms (?P<ap99>[\d,.]+)"
 )
+REPLAY_LINE = re.compile(r"replayed (?P<events>[\d,]+) events in (?P<seconds>[\d.]+) s")
+BENCH_ITEMS = 10_000
+POLL_S = 0.2
+CATCH_UP_S = 600.0
+
+
+@dataclass(frozen=True)
+class Configuration:
+    label: str
+    log_samples: bool
+    code: Path = PROJECT_ROOT
+    """The checkout whose job runs: this one, or a previous one to compare with."""
 
 
 @dataclass
@@ -52,28 +78,65 @@ class FreshnessResult:
     append_p99_ms: float | None
 
 
+@dataclass
+class Result:
+    label: str
+    state_events: int
+    state_seconds: float
+    burst_events: int
+    burst_seconds: float
+    cpu_ms_per_1000_events: float
+    log_committed_after_s: float | None
+    log_bytes_per_event: float | None
+    freshness: list[FreshnessResult] = field(default_factory=list)
+
+    @property
+    def burst_rate(self) -> float:
+        return self.burst_events / self.burst_seconds
+
+
+def population(users: int, per_user: int, seed: int) -> Iterator[Event]:
+    """`per_user` ratings and clicks of each of `users` users, round by round, items by popularity."""
+    world = SyntheticWorld(WorldSpec(users=users, items=BENCH_ITEMS, seed=seed))
+    rng, ts = np.random.default_rng(seed), world.spec.start_ts
+    for round_number in range(per_user):
+        items = np.searchsorted(world.popularity_cdf, rng.random(users)).clip(0, BENCH_ITEMS - 1)
+        ratings = rng.integers(1, 11, users) / 2
+        for user, (item, rating) in enumerate(zip(items, ratings, strict=True)):
+            ts += 1
+            rated = (user + round_number) % 2 == 0
+            yield Event(
+                event_id=f"pop:{round_number}:{user}",
+                user_id=user_id(user),
+                item_id=item_id(int(item)),
+                type=EventType.RATING if rated else EventType.CLICK,
+                value=rating if rated else None,
+                ts=ts,
+            )
+
+
+def serialized(events: Iterator[Event]) -> list[tuple[bytes, bytes]]:
+    return [(event.kafka_key, event.to_json()) for event in events]
+
+
+def produce_all(settings: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = make_producer(settings)
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) > 0:
+        raise RuntimeError(f"could not publish every event to {topic}")
+
+
 def fresh_topic(settings: Settings, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    admin = kafka_admin(settings)
-    admin.create_topics([NewTopic(name, settings.events_partitions, 1)])[name].result()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})  # referenced until the future resolves
+    admin.create_topics([NewTopic(name, settings.events_partitions, 1)])[name].result(timeout=60)
     return name
-
-
-def start_job(topic: str, namespace: str, bounded: bool, log_name: str, settings: Settings) -> subprocess.Popen:
-    command = [sys.executable, "-m", "streams.feature_job", "--topic", topic, "--namespace", namespace, "--fresh",
-               "--no-samples", *(["--bounded"] if bounded else [])]  # fmt: skip
-    log = (settings.logs_dir / log_name).open("wb")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_job(job: subprocess.Popen) -> None:
-    if job.poll() is None:
-        os.killpg(job.pid, signal.SIGTERM)
-        try:
-            job.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
 
 
 def processed(client: redis.Redis, namespace: str) -> int:
@@ -82,69 +145,130 @@ def processed(client: redis.Redis, namespace: str) -> int:
     return int(version) if version is not None else 0
 
 
-def throughput(settings: Settings, client: redis.Redis, events: int) -> tuple[float, float]:
-    topic, namespace = fresh_topic(settings, "bench-tput"), f"bench-tput-{uuid.uuid4().hex[:6]}"
-    with Progress(disable=True) as quiet:
-        publish(SyntheticWorld(WorldSpec(seed=3)).events(events), make_producer(settings), topic, Pacer(), quiet)
-    job = start_job(topic, namespace, bounded=True, log_name="bench-throughput.log", settings=settings)
-    first: tuple[float, int] | None = None
-    last = (time.monotonic(), 0)
-    while job.poll() is None:
-        count, now = processed(client, namespace), time.monotonic()
-        if count and first is None:
-            first = (now, count)
-        if count != last[1]:
-            last = (now, count)
-        time.sleep(0.2)
-    last = (last[0], processed(client, namespace)) if first else last
-    if first is None or last[1] <= first[1]:
-        raise RuntimeError(f"the throughput job wrote nothing; see {settings.logs_dir / 'bench-throughput.log'}")
-    return (last[1] - first[1]) / (last[0] - first[0]), last[0] - first[0]
+class Job:
+    """The live feature job of one configuration, with its own Flink log directory."""
+
+    def __init__(self, settings: Settings, configuration: Configuration, topic: str, namespace: str):
+        self.log_dir = settings.logs_dir / "bench" / namespace
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable,
+            "-m",
+            "streams.feature_job",
+            "--topic",
+            topic,
+            "--namespace",
+            namespace,
+            "--fresh",
+            *([] if configuration.log_samples else ["--no-samples"]),
+        ]
+        env = os.environ | {"FLINK_LOG_DIR": str(self.log_dir.resolve()), "PYTHONPATH": str(configuration.code)}
+        with (self.log_dir / "job.log").open("wb") as output:
+            self.process = subprocess.Popen(
+                command,
+                cwd=configuration.code,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the job's processes (its Python driver and the JVM it starts, with Python inside)."""
+        try:
+            family = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0.0
+        for member in family:
+            try:
+                times = member.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def freshness_lines(self, since: str) -> list[re.Match]:
+        text = "\n".join(path.read_text(errors="replace") for path in self.log_dir.glob("flink-*python*.log"))
+        return [m for m in map(FRESHNESS_LINE.match, text.splitlines()) if m and m["time"] >= since]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
-def live_events(limit: int, seed: int = 9):
-    """Synthetic events stamped with the time they are sent."""
-    for event in SyntheticWorld(WorldSpec(seed=seed)).events(limit):
+def wait_until(condition, job: Job, what: str) -> float:
+    """Until `condition()`; returns the monotonic time it held."""
+    deadline = time.monotonic() + CATCH_UP_S
+    while not condition():
+        if job.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the job stopped or fell behind before {what}; see {job.log_dir}")
+        time.sleep(POLL_S)
+    return time.monotonic()
+
+
+def wait_until_processed(client: redis.Redis, namespace: str, count: int, job: Job) -> float:
+    return wait_until(lambda: processed(client, namespace) >= count, job, f"{count:,} events in Redis")
+
+
+def committed_event_lines(directory: Path, counted: dict[Path, int]) -> int:
+    """Event lines in the log's committed files; `counted` remembers files already read (they never change)."""
+    for path in sample_log.committed_files(directory, sample_log.today()):
+        if path not in counted:
+            counted[path] = sum(line.startswith(b'["e"') for line in path.read_bytes().splitlines())
+    return sum(counted.values())
+
+
+def wait_until_logged(directory: Path, count: int, job: Job) -> float:
+    counted: dict[Path, int] = {}
+    return wait_until(lambda: committed_event_lines(directory, counted) >= count, job, f"{count:,} events logged")
+
+
+def live_events(users: int, limit: int, seed: int) -> Iterator[Event]:
+    """Synthetic events of the same users, stamped with the time they are sent."""
+    for event in SyntheticWorld(WorldSpec(users=users, items=BENCH_ITEMS, seed=seed)).events(limit):
         yield event.model_copy(update={"ts": int(time.time() * 1000)})
 
 
-def freshness_lines(log: str, since: str) -> list[re.Match]:
-    return [m for m in map(FRESHNESS_LINE.match, log.splitlines()) if m and m["time"] >= since]
+def freshness(
+    job: Job,
+    producer: Producer,
+    topic: str,
+    users: int,
+    rate: int,
+    seconds: float,
+    warmup_s: float,
+    client: redis.Redis,
+    namespace: str,
+) -> FreshnessResult:
+    """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are not counted."""
+    before = processed(client, namespace)
+    with Progress(disable=True) as quiet:
+        warm = publish(live_events(users, int(rate * warmup_s), seed=rate), producer, topic, Pacer(rate=rate), quiet)
+    # The writer's first report after the warm-up still covers some of it: counted from the next one.
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
+    with Progress(disable=True) as quiet:
+        summary = publish(
+            live_events(users, int(rate * seconds), seed=rate + 1), producer, topic, Pacer(rate=rate), quiet
+        )
+    target = before + warm.sent + summary.sent
+    catch_up_until = time.monotonic() + 30
+    while processed(client, namespace) < target and time.monotonic() < catch_up_until:
+        time.sleep(POLL_S)
+    time.sleep(REPORT_EVERY_S + 2)  # the writer logs its percentiles every 10 s
+    backlog = target - processed(client, namespace)
+    lines = job.freshness_lines(since)
 
+    def values(name: str) -> list[float]:
+        return sorted(float(match[name].replace(",", "")) for match in lines)
 
-def freshness(settings: Settings, client: redis.Redis, rate: int, seconds: float, warmup_s: float) -> FreshnessResult:
-    """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are
-    not counted (the JVM compiles the job's hot paths during its first seconds)."""
-    topic, namespace = fresh_topic(settings, "bench-fresh"), f"bench-fresh-{rate}-{uuid.uuid4().hex[:6]}"
-    job = start_job(topic, namespace, bounded=False, log_name=f"bench-freshness-{rate}.log", settings=settings)
-    producer = make_producer(settings)
-    try:
-        with Progress(disable=True) as quiet:  # one warm-up event (another world: no id in common)
-            publish(live_events(1, seed=10), producer, topic, Pacer(), quiet)
-        deadline = time.monotonic() + 180
-        while processed(client, namespace) < 1:
-            if time.monotonic() > deadline or job.poll() is not None:
-                raise RuntimeError(f"the live job did not start; see {settings.logs_dir}/bench-freshness-{rate}.log")
-            time.sleep(0.2)
-        with Progress(disable=True) as quiet:
-            publish(live_events(int(rate * warmup_s), seed=11), producer, topic, Pacer(rate=rate), quiet)
-        # The writer's first report after the warm-up still covers some of it: counted from the next one.
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
-        with Progress(disable=True) as quiet:
-            summary = publish(live_events(int(rate * seconds)), producer, topic, Pacer(rate=rate), quiet)
-        target = summary.sent + int(rate * warmup_s) + 1
-        catch_up_until = time.monotonic() + 30
-        while processed(client, namespace) < target and time.monotonic() < catch_up_until:
-            time.sleep(0.2)
-        time.sleep(12)  # the writer logs its percentiles every 10 s
-        backlog = target - processed(client, namespace)
-    finally:
-        stop_job(job)
-    log_path = next(settings.logs_dir.glob("flink-*python*.log"))
-    lines = freshness_lines(log_path.read_text(errors="replace"), since)
-
-    def number(match: re.Match, name: str) -> float:
-        return float(match[name].replace(",", ""))
+    def median(name: str) -> float | None:
+        return values(name)[len(lines) // 2] if lines else None
 
     return FreshnessResult(
         rate=rate,
@@ -152,50 +276,220 @@ def freshness(settings: Settings, client: redis.Redis, rate: int, seconds: float
         achieved_rate=summary.per_second,
         caught_up=backlog <= 0,
         backlog=max(backlog, 0),
-        p50_ms=sorted(number(m, "p50") for m in lines)[len(lines) // 2] if lines else None,
-        p99_ms=max((number(m, "p99") for m in lines), default=None),
-        append_p50_ms=sorted(number(m, "ap50") for m in lines)[len(lines) // 2] if lines else None,
-        append_p99_ms=max((number(m, "ap99") for m in lines), default=None),
+        p50_ms=median("p50"),
+        p99_ms=max(values("p99"), default=None),
+        append_p50_ms=median("ap50"),
+        append_p99_ms=max(values("ap99"), default=None),
     )
 
 
+def measure(
+    settings: Settings,
+    configuration: Configuration,
+    records: list[tuple[bytes, bytes]],
+    state_count: int,
+    arguments: argparse.Namespace,
+    client: redis.Redis,
+) -> tuple[Result, str]:
+    """One configuration on its own topic and namespace; returns its result and its topic."""
+    topic, namespace = fresh_topic(settings, "bench"), f"bench-{uuid.uuid4().hex[:8]}"
+    console.print(f"[bold]{configuration.label}[/]: publishing {len(records):,} events to {topic} ...")
+    produce_all(settings, topic, records)
+    job = Job(settings, configuration, topic, namespace)
+    try:
+        console.print(f"  applying {state_count:,} events of {arguments.users:,} users ...")
+        started = time.monotonic()
+        state_done = wait_until_processed(client, namespace, state_count, job)
+        cpu_before = job.cpu_seconds()
+        console.print(f"  the burst of {len(records) - state_count:,} events ...")
+        burst_done = wait_until_processed(client, namespace, len(records), job)
+        cpu = job.cpu_seconds() - cpu_before
+        log_dir = sample_log.log_directory(settings.samples_dir, namespace)
+        logged_at = wait_until_logged(log_dir, len(records), job) if configuration.log_samples else None
+        log_bytes = sum(path.stat().st_size for path in log_dir.rglob("*")) if configuration.log_samples else None
+        result = Result(
+            label=configuration.label,
+            state_events=state_count,
+            state_seconds=state_done - started,
+            burst_events=len(records) - state_count,
+            burst_seconds=burst_done - state_done,
+            cpu_ms_per_1000_events=cpu * 1e6 / (len(records) - state_count),
+            log_committed_after_s=None if logged_at is None else logged_at - burst_done,
+            log_bytes_per_event=None if log_bytes is None else log_bytes / len(records),
+        )
+        producer = make_producer(settings)
+        for rate in map(int, arguments.rates.split(",")):
+            console.print(f"  freshness at {rate:,} events/s for {arguments.seconds:.0f} s ...")
+            result.freshness.append(
+                freshness(
+                    job,
+                    producer,
+                    topic,
+                    arguments.users,
+                    rate,
+                    arguments.seconds,
+                    arguments.warmup_seconds,
+                    client,
+                    namespace,
+                )
+            )
+    finally:
+        job.stop()
+    return result, topic
+
+
+def replay(settings: Settings, topic: str, client: redis.Redis) -> dict[str, float]:
+    """`kingfisher replay` of `topic` into a fresh namespace: the operator's wall time, and events/s
+    from its first Redis write to its last."""
+    namespace = f"bench-replay-{uuid.uuid4().hex[:6]}"
+    command = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "replay",
+        "--namespace",
+        namespace,
+        "--topic",
+        topic,
+        "--no-switch",
+        "--no-progress",
+    ]
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = last = None
+    while process.poll() is None:
+        count, now = processed(client, namespace), time.monotonic()
+        if count and first is None:
+            first = (now, count)
+        if first and (last is None or count != last[1]):
+            last = (now, count)
+        time.sleep(POLL_S)
+    output = process.stdout.read()
+    match = REPLAY_LINE.search(" ".join(output.split()))
+    if process.returncode != 0 or match is None or first is None or last is None:
+        raise RuntimeError(f"the replay failed:\n{output[-3000:]}")
+    events = int(match["events"].replace(",", ""))
+    return {
+        "events": events,
+        "wall_seconds": time.monotonic() - started,
+        "cli_events_per_s": events / float(match["seconds"]),
+        "processing_events_per_s": (last[1] - first[1]) / (last[0] - first[0]),
+    }
+
+
+def report(results: list[Result], replayed: dict[str, float] | None) -> None:
+    table = Table(
+        "configuration",
+        "burst events/s",
+        "job CPU ms / 1,000 events",
+        "state events/s",
+        "log committed after",
+        "log bytes / event",
+        title="throughput (job holding the users' state)",
+    )
+    for r in results:
+        table.add_row(
+            r.label,
+            f"{r.burst_rate:,.0f}",
+            f"{r.cpu_ms_per_1000_events:,.0f}",
+            f"{r.state_events / r.state_seconds:,.0f}",
+            "-" if r.log_committed_after_s is None else f"{r.log_committed_after_s:.1f} s",
+            "-" if r.log_bytes_per_event is None else f"{r.log_bytes_per_event:.0f}",
+        )
+    Console().print(table)
+    if len(results) > 1:
+        base = results[0]
+        for other in results[1:]:
+            Console().print(
+                f"{base.label} / {other.label}: burst throughput x{base.burst_rate / other.burst_rate:.2f}, "
+                f"CPU per event x{base.cpu_ms_per_1000_events / other.cpu_ms_per_1000_events:.2f}"
+            )
+    fresh = Table(
+        "configuration",
+        "input events/s",
+        "kept up",
+        "event→Redis p50 ms",
+        "p99 ms",
+        "Kafka append→Redis p50 ms",
+        "p99 ms",
+        title="freshness",
+    )
+    for r in results:
+        for f in r.freshness:
+            fresh.add_row(
+                r.label,
+                f"{f.rate:,} ({f.achieved_rate:,.0f})",
+                "yes" if f.caught_up else f"no ({f.backlog:,})",
+                *(
+                    f"{v:,.0f}" if v is not None else "-"
+                    for v in (f.p50_ms, f.p99_ms, f.append_p50_ms, f.append_p99_ms)
+                ),
+            )
+    Console().print(fresh)
+    if replayed:
+        Console().print(
+            f"replay: {replayed['events']:,} events in {replayed['wall_seconds']:.1f} s wall "
+            f"({replayed['cli_events_per_s']:,.0f}/s as `kingfisher replay` reports it, start-up included; "
+            f"{replayed['processing_events_per_s']:,.0f}/s from its first Redis write to its last)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m streams.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=100_000, help="events for the throughput run (default 100000)")
-    parser.add_argument("--rates", default="500,1000,5000", help="input rates for freshness, events/s")
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=100_000, help="users whose state the job holds (default 100000)")
+    parser.add_argument("--events-per-user", type=int, default=5, help="events of each of them first (default 5)")
+    parser.add_argument("--events", type=int, default=300_000, help="events of the measured burst (default 300000)")
+    parser.add_argument("--rates", default="1000,5000", help="input rates for freshness, events/s (default 1000,5000)")
     parser.add_argument("--seconds", type=float, default=30, help="how long each rate is measured (default 30)")
     parser.add_argument(
         "--warmup-seconds", type=float, default=20, help="how long each rate is held before it is measured (default 20)"
     )
+    parser.add_argument(
+        "--no-samples-beside", dest="beside", action="store_false", help="skip the --no-samples configuration"
+    )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run a previous checkout's job (e.g. a `git worktree`), in the same run",
+    )
+    parser.add_argument("--no-replay", dest="replay", action="store_false", help="skip the replay measurement")
     arguments = parser.parse_args(argv)
     settings = Settings()
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FLINK_LOG_DIR", str(settings.logs_dir.resolve()))
     client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
-
-    console.print(f"throughput: {arguments.events:,} events through the bounded job ...")
-    rate, seconds = throughput(settings, client, arguments.events)
-    results = []
-    for target in map(int, arguments.rates.split(",")):
-        console.print(f"freshness at {target:,} events/s for {arguments.seconds:.0f} s ...")
-        results.append(freshness(settings, client, target, arguments.seconds, arguments.warmup_seconds))
-
-    console.print(
-        f"sustained throughput: {rate:,.0f} events/s ({arguments.events:,} events, {seconds:.1f} s of processing)"
+    configurations = [Configuration("as make demo runs it (sample log on)", True)]
+    if arguments.beside:
+        configurations.append(Configuration("--no-samples", False))
+    if arguments.compare_with:
+        name = arguments.compare_with.name
+        configurations += [
+            Configuration(f"{name}: sample log on", True, arguments.compare_with.resolve()),
+            Configuration(f"{name}: --no-samples", False, arguments.compare_with.resolve()),
+        ]
+    console.print(f"generating {arguments.users * arguments.events_per_user + arguments.events:,} events ...")
+    state = serialized(population(arguments.users, arguments.events_per_user, seed=5))
+    burst = serialized(
+        SyntheticWorld(WorldSpec(users=arguments.users, items=BENCH_ITEMS, seed=3)).events(arguments.events)
     )
-    table = Table("input events/s", "sent", "kept up", "backlog", "event→Redis p50 ms", "p99 ms",
-                  "Kafka append→Redis p50 ms", "p99 ms")  # fmt: skip
-    for r in results:
-        table.add_row(f"{r.rate:,} ({r.achieved_rate:,.0f})", f"{r.sent:,}", "yes" if r.caught_up else "no",
-                      f"{r.backlog:,}", *(f"{v:,.0f}" if v is not None else "-"
-                                          for v in (r.p50_ms, r.p99_ms, r.append_p50_ms, r.append_p99_ms)))  # fmt: skip
-    Console().print(table)
-    report = settings.run_dir / "bench" / f"stream-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_bytes(
-        orjson.dumps({"throughput_events_per_s": rate, "freshness": results}, option=orjson.OPT_INDENT_2)
+    results, topics = [], []
+    for configuration in configurations:
+        result, topic = measure(settings, configuration, state + burst, len(state), arguments, client)
+        results.append(result)
+        topics.append(topic)
+    replayed = replay(settings, topics[0], client) if arguments.replay else None
+    report(results, replayed)
+    path = settings.run_dir / "bench" / f"stream-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        orjson.dumps(
+            {"results": [asdict(r) for r in results], "replay": replayed, "arguments": vars(arguments)},
+            option=orjson.OPT_INDENT_2,
+            default=str,
+        )
     )
-    console.print(f"written to {report}")
+    console.print(f"written to {path}")
     return 0
 
 

@@ -12,21 +12,24 @@ Operators (each named; stateful ones with a stable uid, so a checkpoint maps bac
                         sequence, aggregates -> Redis; training samples
     item-features       keyed by item bucket: aggregates, decayed popularity, windows -> Redis
     trending            one instance: the top-K -> Redis
-    training-samples    JSON lines partitioned by event date and hour, committed on checkpoint
+    training-samples    the sample log (schemas/SAMPLE_LOG.md): files per UTC day, committed on every checkpoint
 """
 
 import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pyflink.common import Types
-from pyflink.common.serialization import SimpleStringSchema
+from pyflink.common.serialization import Encoder, SimpleStringSchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.file_system import BucketAssigner, FileSink, OutputFileConfig, RollingPolicy
 from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 from pyflink.table import StreamTableEnvironment
 
+from schemas import sample_log
 from schemas.config import Settings
 from schemas.redis_format import TRENDING_ENTITY
 from streams.flink_env import discarding_sink, execution_environment, latest_checkpoint
@@ -38,10 +41,12 @@ from streams.operators import (
     TrendingFunction,
     UserFeaturesFunction,
 )
+from streams.sample_log import SampleLogKeeper
 
 log = logging.getLogger("kingfisher.features")
 # A dead letter carries the rejected record in base64 (4/3 of its size): the broker allows 4 MiB records.
 MAX_RECORD_BYTES = 4 * 1024 * 1024
+DLQ_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
 
 
 def build(batches: DataStream, settings: Settings, namespace: str, log_samples: bool) -> tuple[DataStream, DataStream]:
@@ -71,8 +76,9 @@ def build(batches: DataStream, settings: Settings, namespace: str, log_samples: 
     return users.get_side_output(DEAD_LETTERS), users.get_side_output(SAMPLES)
 
 
-def dead_letter_sink(settings: Settings) -> KafkaSink:
-    # At-least-once: after a restart a dead letter may repeat; its source partition/offset identifies it.
+def dead_letter_sink(settings: Settings, namespace: str) -> KafkaSink:
+    """Exactly once: each checkpoint commits the Kafka transaction holding the dead letters it covers,
+    so a restart from it cannot repeat one; readers see them once committed (read_committed)."""
     serializer = (
         KafkaRecordSerializationSchema.builder()
         .set_topic(settings.topic_dlq)
@@ -83,8 +89,12 @@ def dead_letter_sink(settings: Settings) -> KafkaSink:
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap)
         .set_record_serializer(serializer)
-        .set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+        .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
+        .set_transactional_id_prefix(f"{settings.feature_job_name(namespace)}-dlq")
         .set_property("max.request.size", str(MAX_RECORD_BYTES))
+        # The broker's largest: a transaction a checkpoint covered must outlive the job being down
+        # until its restart commits it.
+        .set_property("transaction.timeout.ms", str(DLQ_TRANSACTION_TIMEOUT_MS))
         .build()
     )
 
@@ -159,19 +169,18 @@ def _time_columns(settings: Settings, bounded: bool) -> str:
           WATERMARK FOR `event_time` AS `event_time` - {_interval(settings.watermark_out_of_orderness_ms)}"""
 
 
-def add_sample_log(t_env: StreamTableEnvironment, samples: DataStream, directory: str) -> None:
-    """Training samples as JSON lines in <directory>/dt=YYYY-MM-DD/hr=HH/, files finished on checkpoint."""
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE training_samples (line STRING, dt STRING, hr STRING)
-        PARTITIONED BY (dt, hr) WITH (
-          'connector' = 'filesystem',
-          'path' = '{directory}',
-          'format' = 'raw',
-          'sink.partition-commit.policy.kind' = 'success-file'
-        )""")
-    statements = t_env.create_statement_set()
-    statements.add_insert("training_samples", t_env.from_data_stream(samples))
-    statements.attach_as_datastream()
+def sample_log_sink(directory: Path) -> FileSink:
+    """Each batch's lines, in a directory per UTC day. Every checkpoint closes the open files, and
+    its completion commits them (renames them visible): exactly once, and a line is visible within
+    one checkpoint interval in every day's directory, however little arrives after it."""
+    names = OutputFileConfig.builder().with_part_prefix(sample_log.PART_PREFIX)
+    return (
+        FileSink.for_row_format(str(directory.resolve()), Encoder.simple_string_encoder())
+        .with_bucket_assigner(BucketAssigner.date_time_bucket_assigner(sample_log.DAY_BUCKET_FORMAT, "UTC"))
+        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+        .with_output_file_config(names.with_part_suffix(sample_log.PART_SUFFIX).build())
+        .build()
+    )
 
 
 def assemble(
@@ -182,15 +191,15 @@ def assemble(
     topic: str,
     bounded: bool,
     from_ms: int | None,
-    samples_dir: str | None,
+    samples_dir: Path | None,
 ) -> None:
     """The whole job on `env`: Kafka source, the feature graph, the DLQ and the sample log."""
     t_env = StreamTableEnvironment.create(env)
     batches = kafka_event_batches(t_env, settings, topic, settings.feature_job_name(namespace), bounded, from_ms)
     dead_letters, samples = build(batches, settings, namespace, log_samples=samples_dir is not None)
-    dead_letters.sink_to(dead_letter_sink(settings)).name("events.dlq")
+    dead_letters.sink_to(dead_letter_sink(settings, namespace)).name("events.dlq").uid("events.dlq")
     if samples_dir is not None:
-        add_sample_log(t_env, samples, samples_dir)
+        samples.sink_to(sample_log_sink(samples_dir)).name("training-samples").uid("training-samples")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,12 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = settings.checkpoints_dir / arguments.namespace
     restore = None if arguments.fresh else latest_checkpoint(checkpoints)
     env = execution_environment(settings, settings.flink_parallelism, checkpoints, restore)
-    samples = None if arguments.no_samples else settings.samples_dir.resolve().as_uri()
+    samples = None if arguments.no_samples else sample_log.log_directory(settings.samples_dir, arguments.namespace)
     assemble(env, settings, arguments.namespace, topic=arguments.topic, bounded=arguments.bounded,
              from_ms=arguments.from_timestamp, samples_dir=samples)  # fmt: skip
     log.info("feature job: topic %s -> namespace %s; %s", arguments.topic, arguments.namespace,
              f"restoring from {restore}" if restore else "starting without a checkpoint")  # fmt: skip
+    keeper = SampleLogKeeper(samples, checkpoints, settings.sample_retention_days) if samples else None
+    if keeper is not None:
+        keeper.start()
     env.execute(settings.feature_job_name(arguments.namespace))
+    if keeper is not None:  # a finished job has committed all it wrote: anything in progress is left over
+        keeper.stop()
+        keeper.delete_orphans()
     return 0
 
 

@@ -12,7 +12,6 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
-import orjson
 from pyflink.common import Row, Time, Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
@@ -22,7 +21,6 @@ from schemas.dead_letters import dead_letter
 from schemas.events import Event, parse_event
 from schemas.features import FeatureSpec, ItemEvent
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
-from schemas.samples import hour_partition, training_sample
 from schemas.streaming import (
     ItemState,
     RecentEventIds,
@@ -37,14 +35,14 @@ from schemas.streaming import (
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
 from streams.redis_writer import RedisWriter
+from streams.sample_log import SampleLogLines
 
 # The operators keep every active user's and item's state in memory and replace much of it each
 # batch, so Python's default collector (a young collection every 700 allocations, and full ones as
 # the replaced state piles up) cost 10-20 % of the job's throughput here; these cost a few MB more.
 GC_THRESHOLDS = (50_000, 20, 100)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
-SAMPLE_ROW = Types.ROW_NAMED(["line", "dt", "hr"], [Types.STRING(), Types.STRING(), Types.STRING()])
-SAMPLES = OutputTag("training-samples", SAMPLE_ROW)
+SAMPLES = OutputTag("training-samples", Types.STRING())
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -123,7 +121,8 @@ def in_kafka_order(batch: Row) -> list[tuple[bytes, int, int, int | None]]:
 class UserFeaturesFunction(KeyedProcessFunction):
     """Keyed by user bucket; one call per batch of raw Kafka records: each is parsed and validated
     (invalid ones become dead letters), redeliveries are dropped, and each event is applied to its
-    user in Kafka order. Passes the events on to the item buckets, one list per bucket and batch."""
+    user in Kafka order and logged for training. Passes the events on to the item buckets, one
+    list per bucket and batch, and the batch's sample-log lines as one text."""
 
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
@@ -135,6 +134,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         # A duplicate carries the same user_id, so it meets the ids remembered for that user here.
         self.recent_ids = p.entity_states(runtime_context, "recent-event-ids", p.dedupe_ttl_ms)
         self.writer = p.writer("users")
+        self.sample_log = SampleLogLines(p.spec.sequence_length) if p.log_samples else None
         metrics = runtime_context.get_metrics_group()
         self.dead_letters = metrics.counter("dead_letters")
         self.duplicates = metrics.counter("duplicates")
@@ -145,7 +145,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
     def process_element(self, batch: Row, ctx: KeyedProcessFunction.Context):
         self.users.enter(batch[0])
         self.recent_ids.enter(batch[0])
-        samples: dict[tuple[str, str], list[str]] = defaultdict(list)
+        if self.sample_log is not None:
+            self.sample_log.start_batch()
         by_item_bucket: dict[int, list[tuple]] = defaultdict(list)
         event_times, append_times = [], []
         for raw, partition, offset, append_ms in in_kafka_order(batch):
@@ -157,9 +158,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
                 continue
             if not self._is_new(event):
                 continue
-            sample = self._apply(event)
-            if sample is not None:
-                samples[hour_partition(event.ts)].append(orjson.dumps(sample).decode())
+            self._apply(event, partition, offset)
             by_item_bucket[self.parameters.item_bucket(event.item_id)].append((ItemEvent.row_of(event), append_ms))
             event_times.append(event.ts)
             append_times.append(append_ms)
@@ -167,8 +166,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
         self.recent_ids.commit()
         self.writer.applied(event_times, append_times)
         self.writer.flush()
-        for (dt, hr), lines in samples.items():
-            yield SAMPLES, Row("\n".join(lines), dt, hr)
+        if self.sample_log is not None and (lines := self.sample_log.take()) is not None:
+            yield SAMPLES, lines
         yield from by_item_bucket.items()
 
     def _is_new(self, event: Event) -> bool:
@@ -180,13 +179,13 @@ class UserFeaturesFunction(KeyedProcessFunction):
         self.recent_ids.put(event.user_id, recent)
         return True
 
-    def _apply(self, event: Event) -> dict | None:
-        """Apply one new event to its user; returns its training sample when the job logs samples
-        and the event is labelled."""
-        p = self.parameters
+    def _apply(self, event: Event, partition: int, offset: int) -> None:
+        """Apply one new event to its user, and log it for training when the job logs samples."""
         before = self.users.get(event.user_id, UserState())
-        self.users.put(event.user_id, apply_user_event(before, event, p.spec))
-        return training_sample(before, event) if p.log_samples else None
+        after = apply_user_event(before, event, self.parameters.spec)
+        self.users.put(event.user_id, after)
+        if self.sample_log is not None:
+            self.sample_log.add(before, event, partition, offset, after.version)
 
     def _write(self, changed: list[tuple[str, UserState]]) -> None:
         """Queue the Redis writes of the users a batch changed: once per user, not per event."""

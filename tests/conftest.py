@@ -112,6 +112,24 @@ def consume_all(stack: Stack, topic: str, expected: int) -> list[Message]:
     return received
 
 
+def consume_to_end(stack: Stack, topic: str) -> list[Message]:
+    """Every committed record of `topic`, from the beginning to the end offsets at call time (a
+    transactional topic's end includes its commit markers, which a read_committed consumer skips)."""
+    admin_topics = kafka_admin(stack.settings).list_topics(topic, timeout=10).topics[topic].partitions
+    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}"})
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in admin_topics}
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in ends])
+    received: list[Message] = []
+    deadline = time.monotonic() + RECEIVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        received.extend(m for m in consumer.consume(num_messages=10_000, timeout=0.5) if not m.error())
+        positions = consumer.position([TopicPartition(topic, partition) for partition in ends])
+        if all(tp.offset >= ends[tp.partition] for tp in positions):
+            break
+    consumer.close()
+    return received
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in item.nodeid:

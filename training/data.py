@@ -1,62 +1,69 @@
 """Training data: sample rows (from the stream's log, or from a dataset through the same feature
 functions), labels, the time split, and the model-input arrays.
 
-A row is what schemas.samples.training_sample writes: the event, and the user's sequence and
-features just before it (point in time). Everything here is ordered by event time.
+A row is a `schemas.samples.SampleRow`: the event, and the user's sequence and features just before
+it (point in time). Everything here is ordered by event time.
 """
 
+import gc
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import orjson
 
+from schemas import sample_log
 from schemas.catalogue import CatalogueItem
 from schemas.events import Event, EventType
 from schemas.features import FeatureSpec
 from schemas.model_inputs import Behaviour, Vocabulary, hour_of_day, sequence_arrays, user_feature_matrix
-from schemas.samples import sample_log
+from schemas.samples import SampleRow, sample_rows
 
 log = logging.getLogger("kingfisher.training")
-Row = dict[str, Any]
-POSITIVE_TYPES = frozenset({EventType.CLICK.value, EventType.PURCHASE.value})
+Row = SampleRow
+POSITIVE_TYPES = frozenset({EventType.CLICK, EventType.PURCHASE})
 NEGATIVE_SAMPLING_EXPONENT = 0.75
 """Sampled negatives follow popularity ** 0.75 (word2vec's choice): popular enough to be hard, not only the head."""
 
 
-def read_sample_log(directory: Path) -> list[Row]:
-    """Every committed row under the log's dt=/hr= partitions (in-progress files are hidden: skipped)."""
-    files = sorted(path for path in directory.rglob("part-*") if not path.name.startswith("."))
-    rows = [orjson.loads(line) for path in files for line in path.read_bytes().splitlines() if line]
-    log.info("read %d sample rows from %d files under %s", len(rows), len(files), directory)
-    return in_time_order(rows)
+def read_sample_log(directory: Path, window_days: int, max_rows: int) -> list[Row]:
+    """The rows of the sample log's newest `window_days` days, at most the newest `max_rows`."""
+    gc.disable()  # a fold allocates millions of objects that all stay alive: collections only slow it
+    try:
+        rows, report, files = sample_log.read_window(directory, window_days)
+    finally:
+        gc.enable()
+    log.info("read %d sample rows from %d files of the newest %d days under %s (%s)",
+             len(rows), files, window_days, directory, report)  # fmt: skip
+    if report.gaps or report.mismatched_snapshots:
+        log.warning("the sample log is not whole: %d lines missing, %d snapshots differ from the fold",
+                    report.gaps, report.mismatched_snapshots)  # fmt: skip
+    return in_time_order(rows)[-max_rows:]
 
 
 def bootstrap_rows(events: Iterable[Event], spec: FeatureSpec) -> list[Row]:
-    """The rows the stream would log for `events`: the bootstrap path from a dataset."""
-    return in_time_order(sample_log(events, spec))
+    """The rows the stream's log holds for `events`: the bootstrap path from a dataset."""
+    return in_time_order(sample_rows(events, spec))
 
 
 def in_time_order(rows: Iterable[Row]) -> list[Row]:
     """By event time, then event_id: the one order of rows whichever path they came by."""
-    return sorted(rows, key=lambda row: (row["ts"], row["event_id"]))
+    return sorted(rows, key=lambda row: row.order)
 
 
 def labels(rows: list[Row], threshold: float) -> np.ndarray:
     """[N] float32: a rating >= threshold, a click or a purchase is 1; an impression is 1 only if a
     click with the same request_id and item_id was logged; anything else is 0."""
-    clicked = {(row["request_id"], row["item_id"]) for row in rows if row["type"] == EventType.CLICK.value}
+    clicked = {(row.event.request_id, row.event.item_id) for row in rows if row.event.type is EventType.CLICK}
     values = np.zeros(len(rows), dtype=np.float32)
     for n, row in enumerate(rows):
-        kind = row["type"]
-        if kind == EventType.RATING.value:
-            values[n] = row["value"] >= threshold
-        elif kind == EventType.IMPRESSION.value:
-            values[n] = (row["request_id"], row["item_id"]) in clicked
+        kind = row.event.type
+        if kind is EventType.RATING:
+            values[n] = row.event.value >= threshold
+        elif kind is EventType.IMPRESSION:
+            values[n] = (row.event.request_id, row.event.item_id) in clicked
         else:
             values[n] = kind in POSITIVE_TYPES
     return values
@@ -71,14 +78,14 @@ class TimeSplit:
 
     @classmethod
     def of(cls, rows: list[Row], holdout_fraction: float) -> "TimeSplit":
-        ts = np.array([row["ts"] for row in rows], dtype=np.int64)
+        ts = np.array([row.event.ts for row in rows], dtype=np.int64)
         validate_from, test_from = np.quantile(ts, [1 - holdout_fraction, 1 - holdout_fraction / 2])
         return cls(int(validate_from), int(test_from))
 
     def parts(self, rows: list[Row]) -> tuple[list[Row], list[Row], list[Row]]:
-        train = [row for row in rows if row["ts"] < self.validate_from]
-        validate = [row for row in rows if self.validate_from <= row["ts"] < self.test_from]
-        test = [row for row in rows if row["ts"] >= self.test_from]
+        train = [row for row in rows if row.event.ts < self.validate_from]
+        validate = [row for row in rows if self.validate_from <= row.event.ts < self.test_from]
+        test = [row for row in rows if row.event.ts >= self.test_from]
         return train, validate, test
 
 
@@ -116,12 +123,12 @@ class Examples:
 
 
 def sequence_item_ids(row: Row) -> list[str]:
-    return [entry[0] for entry in row["sequence"]]
+    return [entry.item_id for entry in row.sequence]
 
 
 def behaviours(row: Row) -> list[Behaviour]:
-    """A sample row's sequence entries [item_id, type, ts, value] as model behaviours."""
-    return [(item_id, kind, value) for item_id, kind, _ts, value in row["sequence"]]
+    """A sample row's sequence entries as model behaviours."""
+    return [(entry.item_id, entry.type, entry.value) for entry in row.sequence]
 
 
 def encode(rows: list[Row], row_labels: np.ndarray, vocabulary: Vocabulary, length: int) -> Examples:
@@ -129,11 +136,11 @@ def encode(rows: list[Row], row_labels: np.ndarray, vocabulary: Vocabulary, leng
     return Examples(
         sequence=sequence,
         kinds=kinds,
-        user_features=user_feature_matrix([row["user_features"] for row in rows]),
-        hour=hour_of_day(row["ts"] for row in rows),
-        item=vocabulary.item_indices(row["item_id"] for row in rows),
+        user_features=user_feature_matrix([row.features for row in rows]),
+        hour=hour_of_day(row.event.ts for row in rows),
+        item=vocabulary.item_indices(row.event.item_id for row in rows),
         label=row_labels.astype(np.float32),
-        user_ids=[row["user_id"] for row in rows],
+        user_ids=[row.event.user_id for row in rows],
     )
 
 
@@ -143,17 +150,17 @@ def ranking_rows(
     """Rows a ranker learns from: impressions (labelled by clicks) and ratings carry both labels;
     a click or purchase that no logged impression explains is a positive, paired with one negative
     item sampled by popularity ** 0.75 at the same moment."""
-    shown = {(row["request_id"], row["item_id"]) for row in rows if row["type"] == EventType.IMPRESSION.value}
+    shown = {(row.event.request_id, row.event.item_id) for row in rows if row.event.type is EventType.IMPRESSION}
     chosen, chosen_labels, unexplained = [], [], []
     for row, label in zip(rows, row_labels, strict=True):
-        if row["type"] in (EventType.IMPRESSION.value, EventType.RATING.value):
+        if row.event.type in (EventType.IMPRESSION, EventType.RATING):
             chosen.append(row)
             chosen_labels.append(label)
-        elif (row["request_id"], row["item_id"]) not in shown:
+        elif (row.event.request_id, row.event.item_id) not in shown:
             unexplained.append(row)
     negatives = sample_items(catalogue_ids, popularity, len(unexplained), rng)
     for row, negative in zip(unexplained, negatives, strict=True):
-        chosen += [row, row | {"item_id": negative}]
+        chosen += [row, row._replace(event=row.event._replace(item_id=negative))]
         chosen_labels += [1.0, 0.0]
     return chosen, np.array(chosen_labels, dtype=np.float32)
 
@@ -164,7 +171,7 @@ def sample_items(catalogue_ids: list[str], popularity: Counter, count: int, rng:
 
 
 def positive_popularity(rows: list[Row], row_labels: np.ndarray) -> Counter:
-    return Counter(row["item_id"] for row, label in zip(rows, row_labels, strict=True) if label > 0)
+    return Counter(row.event.item_id for row, label in zip(rows, row_labels, strict=True) if label > 0)
 
 
 @dataclass(frozen=True)
@@ -183,9 +190,9 @@ def evaluation_queries(
     positives_by_user: dict[str, list[Row]] = defaultdict(list)
     for row, label in zip(test_rows, test_labels, strict=True):
         if label > 0:
-            positives_by_user[row["user_id"]].append(row)
+            positives_by_user[row.event.user_id].append(row)
     queries = [
-        Query(row, frozenset(later["item_id"] for later in rows[n : n + future]))
+        Query(row, frozenset(later.event.item_id for later in rows[n : n + future]))
         for rows in positives_by_user.values()
         for n, row in enumerate(rows)
     ]

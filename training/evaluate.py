@@ -88,8 +88,8 @@ class QueryInputs:
         rows = [query.row for query in queries]
         self.seen = [set(sequence_item_ids(row)) for row in rows]
         self.sequence, self.kinds = sequence_arrays(vocabulary, [behaviours(row) for row in rows], length)
-        self.user_features = user_feature_matrix([row["user_features"] for row in rows])
-        self.hour = hour_of_day(row["ts"] for row in rows)
+        self.user_features = user_feature_matrix([row.features for row in rows])
+        self.hour = hour_of_day(row.event.ts for row in rows)
 
 
 def retrieve(model: RetrievesCandidates, inputs: QueryInputs, count: int) -> list[list[str]]:
@@ -140,7 +140,7 @@ def cooccurrence_lists(
     for row, label in zip(train_rows, train_labels, strict=True):
         if label > 0:
             for earlier in sequence_item_ids(row)[-COOCCURRENCE_WINDOW:]:
-                follows[earlier][row["item_id"]] += 1
+                follows[earlier][row.event.item_id] += 1
     fallback = popularity_lists(popularity, inputs, count)
     lists = []
     for query, seen, filler in zip(queries, inputs.seen, fallback, strict=True):

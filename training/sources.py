@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas import sample_log
 from schemas.catalogue import CatalogueItem
 from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
@@ -32,9 +33,9 @@ class TrainingData:
 def load(settings: Settings, source: Source, synthetic_events: int = 20_000) -> TrainingData:
     spec, now = settings.feature_spec(), int(time.time() * 1000)
     if source is Source.SAMPLES:
-        return TrainingData(
-            f"sample log {settings.samples_dir}", read_sample_log(settings.samples_dir), read_catalogue_topic(settings)
-        )
+        directory = sample_log.log_directory(settings.samples_dir, settings.namespace)
+        rows = read_sample_log(directory, settings.training_window_days, settings.training_max_rows)
+        return TrainingData(f"sample log {directory}", rows, read_catalogue_topic(settings))
     if source is Source.MOVIELENS:
         directory = locate_dataset(settings.movielens_path)
         report = LoadReport()

@@ -2,7 +2,6 @@
 
 import itertools
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -13,18 +12,20 @@ from dataclasses import replace
 import orjson
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from infra.stack import kafka_admin
+from schemas import sample_log
 from schemas.dead_letters import original_payload
 from schemas.events import Event
 from schemas.features import FeatureSpec
 from schemas.redis_format import KeyKind, decode_value, redis_key
 from schemas.samples import LABELLED_TYPES
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.streaming import fold_stream, trending_list
-from tests.conftest import REPO_ROOT, Stack, consume_all
+from streams.replay import group_consumer, plan
+from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
+from tests.event_streams import messy_stream
 from training.data import bootstrap_rows, read_sample_log
 
 JOB_TIMEOUT_S = 600
@@ -54,19 +55,6 @@ def publish(stack: Stack, topic: str, records: list[tuple[bytes, bytes]]) -> Non
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
     assert producer.flush(60) == 0
-
-
-def messy_stream(seed: int, count: int) -> list[Event]:
-    """Events out of event-time order (shuffled in blocks of 5), with redeliveries close behind."""
-    rng = random.Random(seed)
-    events = list(SyntheticWorld(WorldSpec(users=30, items=60, seed=seed)).events(count))
-    blocks = [events[i : i + 5] for i in range(0, len(events), 5)]
-    for block in blocks:
-        rng.shuffle(block)
-    stream = [event for block in blocks for event in block]
-    for position in sorted(rng.sample(range(len(stream)), k=count // 15), reverse=True):
-        stream.insert(min(len(stream), position + rng.randrange(1, 40)), stream[position])
-    return stream
 
 
 def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int, object]]:
@@ -148,23 +136,28 @@ def test_4_every_bad_record_is_a_dead_letter_with_its_reason_and_the_job_went_on
         ]
 
 
-def test_training_samples_are_logged_once_per_labelled_event_by_event_hour(bounded_run):
+def logged_rows(stack: Stack, namespace: str) -> list:
+    directory = sample_log.log_directory(stack.settings.samples_dir, namespace)
+    return read_sample_log(directory, stack.settings.training_window_days, stack.settings.training_max_rows)
+
+
+def test_the_sample_log_holds_one_committed_row_per_labelled_event_and_nothing_in_progress(bounded_run):
     stack, _, _, events, _ = bounded_run
-    files = [path for path in stack.settings.samples_dir.rglob("part-*") if not path.name.startswith(".")]
+    directory = sample_log.log_directory(stack.settings.samples_dir, "bounded")
 
-    rows = [orjson.loads(line) for path in files for line in path.read_bytes().splitlines()]
+    rows = logged_rows(stack, "bounded")
+
     unique = {e.event_id: e for e in events}
-
-    assert sorted(row["event_id"] for row in rows) == sorted(
+    assert sorted(row.event.event_id for row in rows) == sorted(
         e.event_id for e in unique.values() if e.type in LABELLED_TYPES
     )
-    assert all(path.parent.name.startswith("hr=") and path.parent.parent.name.startswith("dt=") for path in files)
+    assert sample_log.committed_files(directory, sample_log.today()) and not sample_log.in_progress_files(directory)
 
 
 def test_the_sample_log_is_what_training_bootstraps_from_the_same_events(bounded_run):
     stack, _, _, events, _ = bounded_run
 
-    logged = read_sample_log(stack.settings.samples_dir)
+    logged = logged_rows(stack, "bounded")
 
     assert logged == bootstrap_rows(events, stack.settings.feature_spec())
 
@@ -202,42 +195,98 @@ def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_r
     assert_state_equals_reference(client, "process-mode", events, stack.settings.feature_spec())
 
 
-def test_2_a_job_killed_mid_stream_resumes_from_its_checkpoint_to_the_uninterrupted_state(stack: Stack, tmp_path):
-    topic = new_topic_named(stack, "events-crash")
-    job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=new_topic_named(stack, "dlq-crash", 1))
+def committed_offsets(stack: Stack, topic: str, namespace: str) -> dict[int, int]:
+    """partition -> the offset the job's consumer group committed (on a completed checkpoint), -1 if none."""
+    replay = plan(stack.settings, topic, namespace, None)
+    consumer = group_consumer(stack.settings, replay.group_id)
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in replay.end], timeout=10)
+        return {tp.partition: tp.offset for tp in committed}
+    finally:
+        consumer.close()
+
+
+def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_and_dead_letter_once(
+    stack: Stack, tmp_path
+):
+    topic, dlq = new_topic_named(stack, "events-crash"), new_topic_named(stack, "dlq-crash", 1)
+    job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=dlq, KF_RUN_DIR=str(tmp_path / "run"))
+    # The first run's checkpoints are far apart, so the kill falls seconds after one and long before the next.
+    first_run = job_stack.with_env(KF_CHECKPOINT_INTERVAL_S="15")
     client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
     events = messy_stream(seed=33, count=1200)
     trending_key = redis_key(KeyKind.TRENDING, "global", "crash")
     first, second = events[:600], events[600:]
-    checkpoints = stack.settings.checkpoints_dir / "crash"
+    bad = [(b"bad", record) for record in BAD_RECORDS[:5]]
+    applied = lambda part: len({e.event_id for e in part})  # noqa: E731
 
-    publish(stack, topic, [(e.kafka_key, e.to_json()) for e in first])
-    job = start_job(job_stack, topic, "crash", tmp_path / "first.log")
+    publish(stack, topic, [bad[0], *[(e.kafka_key, e.to_json()) for e in first]])
+    job = start_job(first_run, topic, "crash", tmp_path / "first.log")
     try:
-        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in first}), "the first half")
-        applied_at = time.time()
-        wait_for(lambda: any(m.stat().st_mtime > applied_at for m in checkpoints.glob("*/chk-*/_metadata")),
-                 "a checkpoint after the first half")  # fmt: skip
-        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in second[:300]])
-        time.sleep(0.5)
+        wait_for(lambda: version_of(client, trending_key) >= applied(first), "the first part in Redis")
+        ends = plan(stack.settings, topic, "crash", None).end
+        wait_for(lambda: committed_offsets(stack, topic, "crash") == ends, "a checkpoint covering the first part")
+        # Gone from Kafka: only the checkpoint still holds the first part, so a restart from the
+        # beginning of the topic could not rebuild it.
+        admin = kafka_admin(stack.settings)  # kept referenced until its futures resolve
+        for future in admin.delete_records([TopicPartition(topic, p, o) for p, o in ends.items()]).values():
+            future.result(timeout=60)
+        publish(stack, topic, [*bad[1:3], *[(e.kafka_key, e.to_json()) for e in second[:300]], *bad[3:4]])
+        wait_for(lambda: version_of(client, trending_key) > applied(first), "part of the second part in Redis")
     finally:
-        os.killpg(job.pid, signal.SIGKILL)  # kill -9 of the job and its JVM and Python workers
+        os.killpg(job.pid, signal.SIGKILL)  # kill -9 of the job, its JVM and its Python
         job.wait()
-    publish(stack, topic, [(e.kafka_key, e.to_json()) for e in second[300:]])
+    # What the killed job did after its last checkpoint (Redis writes, dead letters, log lines) is redone.
+    assert committed_offsets(stack, topic, "crash") == ends
+    publish(stack, topic, [*[(e.kafka_key, e.to_json()) for e in second[300:]], bad[4]])
 
     restarted = start_job(job_stack, topic, "crash", tmp_path / "second.log")
+    directory = sample_log.log_directory(job_stack.settings.samples_dir, "crash")
     try:
         # Each operator writes Redis before it passes a batch on: trending counting every event means all are written.
-        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in events}), "every event")
+        wait_for(lambda: version_of(client, trending_key) >= applied(events), "every event in Redis")
         assert_state_equals_reference(client, "crash", events, stack.settings.feature_spec())
-        assert "restoring from" in (tmp_path / "second.log").read_text()
+        wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
+        assert logged_rows(job_stack, "crash") == bootstrap_rows(events, stack.settings.feature_spec())
+        letters = [orjson.loads(m.value()) for m in consume_to_end(stack, dlq)]
+        assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(r for _, r in bad)
     finally:
         os.killpg(restarted.pid, signal.SIGKILL)
         restarted.wait()
 
 
+def test_a_row_is_committed_within_two_checkpoint_intervals_of_its_event_reaching_redis(stack: Stack, tmp_path):
+    interval_s = 2.0
+    topic = new_topic_named(stack, "events-visible")
+    job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S=str(interval_s), KF_RUN_DIR=str(tmp_path / "run"),
+                               KF_TOPIC_DLQ=new_topic_named(stack, "dlq-visible", 1))  # fmt: skip
+    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    trending_key = redis_key(KeyKind.TRENDING, "global", "visible")
+    warm_up, burst = messy_stream(seed=41, count=300), messy_stream(seed=42, count=900)
+    directory = sample_log.log_directory(job_stack.settings.samples_dir, "visible")
+    job = start_job(job_stack, topic, "visible", tmp_path / "job.log")
+    try:
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in warm_up])
+        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in warm_up}), "the warm-up")
+        # One burst, then nothing: a day directory whose files receive nothing after it.
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in burst])
+        expected = {e.event_id for e in [*warm_up, *burst] if e.type in LABELLED_TYPES}
+        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in [*warm_up, *burst]}),
+                 "the burst in Redis", poll_s=0.05)  # fmt: skip
+        in_redis = time.monotonic()
+        wait_for(lambda: {row.event.event_id for row in logged_rows(job_stack, "visible")} >= expected,
+                 "every row committed", timeout_s=4 * interval_s + 60, poll_s=0.1)  # fmt: skip
+        committed_after = time.monotonic() - in_redis
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+    assert committed_after <= 2 * interval_s, f"committed {committed_after:.1f} s after the events reached Redis"
+    assert not sample_log.in_progress_files(directory)
+
+
 def start_job(stack: Stack, topic: str, namespace: str, log_path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "streams.feature_job", "--topic", topic, "--namespace", namespace, "--no-samples"]
+    command = [sys.executable, "-m", "streams.feature_job", "--topic", topic, "--namespace", namespace]
     with log_path.open("wb") as log:
         return subprocess.Popen(command, env=stack.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
@@ -248,9 +297,9 @@ def version_of(client: redis.Redis, key: str) -> int:
     return int(version) if version is not None else 0
 
 
-def wait_for(condition, what: str, timeout_s: float = 240) -> None:
+def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.5)
+        time.sleep(poll_s)

@@ -9,12 +9,12 @@ import time
 import orjson
 import pytest
 
+from schemas import sample_log
 from schemas.bundle import RANKER, REPORT, Registry
-from schemas.samples import hour_partition
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, consume_all
 from tests.integration.test_feature_job import new_topic_named, publish
-from training.data import bootstrap_rows
+from tests.operator_harness import write_sample_log
 from training.pipeline import TrainingRun
 from training.sources import Source, load
 
@@ -142,15 +142,6 @@ def test_the_gate_refuses_a_worse_model_unless_forced(published):
     assert forced and why_forced.startswith("published with --force although gauc 0.0000")
 
 
-def write_sample_log(directory, rows) -> None:
-    for row in rows:
-        date, hour = hour_partition(row["ts"])
-        partition = directory / f"dt={date}" / f"hr={hour}"
-        partition.mkdir(parents=True, exist_ok=True)
-        with (partition / "part-test-0").open("ab") as log:
-            log.write(orjson.dumps(row) + b"\n")
-
-
 def test_the_scheduler_survives_a_failed_run_and_publishes_warm_started_versions(stack: Stack, tmp_path):
     world = SyntheticWorld(WorldSpec(seed=11))
     items_topic = new_topic_named(stack, "items", partitions=1)
@@ -170,8 +161,8 @@ def test_the_scheduler_survives_a_failed_run_and_publishes_warm_started_versions
             deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
             while "training run failed" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.5)
-            rows = bootstrap_rows(world.events(4000), stack.settings.feature_spec())
-            write_sample_log(configured.settings.samples_dir, rows)
+            directory = sample_log.log_directory(configured.settings.samples_dir, configured.settings.namespace)
+            write_sample_log(directory, list(world.events(4000)), configured.settings)
             while len(registry.versions()) < 2 and time.monotonic() < deadline and scheduler.poll() is None:
                 time.sleep(1)
         finally:

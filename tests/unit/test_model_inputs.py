@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from schemas.catalogue import validate_catalogue_item
+from schemas.features import UserFeatures
 from schemas.model_inputs import (
     EVENT_TYPES,
     FIRST_ITEM,
@@ -59,7 +60,7 @@ def test_sequences_keep_the_newest_entries_left_padded_with_their_behaviour_kind
 
 
 def test_user_features_from_the_stored_user_features():
-    stored = {"event_counts": {"rating": 3, "click": 1}, "rating_count": 3, "rating_sum": 10.5}
+    stored = UserFeatures(event_counts={"rating": 3, "click": 1}, rating_count=3, rating_sum=10.5)
 
     assert user_feature_vector(stored) == [math.log1p(4), 10.5 / 3 - 3.0, 1.0]
     assert user_feature_vector(None) == [0.0, 0.0, 0.0]

@@ -3,9 +3,10 @@
 import numpy as np
 
 from schemas.catalogue import validate_catalogue_item
-from schemas.features import FeatureSpec
+from schemas.events import EventType
+from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures
 from schemas.model_inputs import Vocabulary
-from schemas.samples import sample_log
+from schemas.samples import SampleRow, sample_rows
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from training.data import (
     TimeSplit,
@@ -19,9 +20,9 @@ from training.data import (
 
 
 def row(event_id, user, item, kind, ts, value=None, request=None, sequence=()):
-    return {"event_id": event_id, "user_id": user, "item_id": item, "type": kind, "value": value, "ts": ts,
-            "request_id": request, "position": None, "sequence": [list(entry) for entry in sequence],
-            "user_features": {}}  # fmt: skip
+    entries = tuple(SequenceEntry(f"s{n}", i, EventType(k), t, v) for n, (i, k, t, v) in enumerate(sequence))
+    event = UserEvent(event_id, user, item, EventType(kind), value, ts, request, None)
+    return SampleRow(event, entries, UserFeatures())
 
 
 ROWS = [
@@ -44,9 +45,9 @@ def test_ranking_rows_keep_impressions_and_ratings_and_pair_unexplained_positive
         ROWS, labels(ROWS, 3.5), ["a", "b", "c", "d", "e"], positive_popularity(ROWS, labels(ROWS, 3.5)), rng
     )
 
-    kinds = [(r["type"], r["item_id"]) for r in chosen]
+    kinds = [(r.event.type, r.event.item_id) for r in chosen]
     assert kinds[:4] == [("impression", "a"), ("impression", "b"), ("rating", "c"), ("rating", "d")]
-    assert kinds[4] == ("purchase", "e") and chosen[5]["type"] == "purchase" and chosen[5]["event_id"] == "e6"
+    assert kinds[4] == ("purchase", "e") and chosen[5].event.type == "purchase" and chosen[5].event.event_id == "e6"
     assert chosen_labels.tolist() == [1, 0, 1, 0, 1, 0]  # the click e3 is explained by its impression
 
 
@@ -56,8 +57,8 @@ def test_time_split_has_no_training_row_at_or_after_the_holdout():
     split = TimeSplit.of(rows, holdout_fraction=0.2)
     train, validate, test = split.parts(rows)
 
-    assert max(r["ts"] for r in train) < split.validate_from <= min(r["ts"] for r in validate)
-    assert max(r["ts"] for r in validate) < split.test_from <= min(r["ts"] for r in test)
+    assert max(r.event.ts for r in train) < split.validate_from <= min(r.event.ts for r in validate)
+    assert max(r.event.ts for r in validate) < split.test_from <= min(r.event.ts for r in test)
     assert len(train) + len(validate) + len(test) == 100 and 8 <= len(validate) <= 12 and 8 <= len(test) <= 12
 
 
@@ -71,16 +72,16 @@ def test_evaluation_queries_hold_the_next_positives_of_the_user():
     assert [sorted(q.relevant) for q in queries] == [["i0", "i1"], ["i1", "i2"], ["i2", "i3"], ["i3", "i4"], ["i4"]]
 
 
-def test_bootstrap_rows_are_the_sample_log_of_the_events_in_time_order():
+def test_bootstrap_rows_are_the_sample_rows_of_the_events_in_time_order():
     events = list(SyntheticWorld(WorldSpec(users=5, items=20, seed=3)).events(300))
 
     rows = bootstrap_rows(reversed(events), FeatureSpec())
 
-    assert sorted(r["event_id"] for r in rows) == sorted(
-        r["event_id"] for r in sample_log(reversed(events), FeatureSpec())
+    assert sorted(r.event.event_id for r in rows) == sorted(
+        r.event.event_id for r in sample_rows(reversed(events), FeatureSpec())
     )
-    assert [r["ts"] for r in rows] == sorted(r["ts"] for r in rows)
-    assert all(set(entry[0] for entry in r["sequence"]) <= {e.item_id for e in events} for r in rows)
+    assert [r.event.ts for r in rows] == sorted(r.event.ts for r in rows)
+    assert all({entry.item_id for entry in r.sequence} <= {e.item_id for e in events} for r in rows)
 
 
 def test_encode_gives_aligned_arrays():

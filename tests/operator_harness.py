@@ -1,0 +1,130 @@
+"""The feature job's Python operators driven without Flink: a fake keyed state that pickles what it
+holds (as Flink's does, so a restore copies nothing by reference), a writer that keeps Redis
+writes in memory, and checkpoints that are copies of the state."""
+
+import copy
+import pickle
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from pyflink.common import Row
+
+from schemas import sample_log
+from schemas.config import Settings
+from schemas.events import Event
+from streams.operators import SAMPLES, JobParameters, UserFeaturesFunction
+
+
+class FakeMapState:
+    def __init__(self, stored: dict[str, bytes]):
+        self.stored = stored
+
+    def get(self, key: str) -> Any:
+        value = self.stored.get(key)
+        return None if value is None else pickle.loads(value)
+
+    def put(self, key: str, value: Any) -> None:
+        self.stored[key] = pickle.dumps(value)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(key, pickle.loads(value)) for key, value in self.stored.items()]
+
+
+class MemoryWriter:
+    """Keeps the newest (version, value) per key, as UPSERT_IF_NOT_OLDER leaves Redis."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, tuple[int, Any]] = {}
+        self.pending: dict[str, tuple[int, Any]] = {}
+        self.latest: dict[str, float] = {}
+
+    def put(self, key: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
+        self.pending[key] = (version, value)
+
+    def applied(self, event_times, append_times) -> None:
+        pass
+
+    def flush(self) -> None:
+        for key, (version, value) in self.pending.items():
+            if key not in self.stored or self.stored[key][0] <= version:
+                self.stored[key] = (version, value)
+        self.pending = {}
+
+    def close(self) -> None:
+        self.flush()
+
+
+@dataclass
+class KeyedState:
+    """Every state descriptor's entries of one operator instance: what a checkpoint holds."""
+
+    maps: dict[str, dict[str, bytes]] = field(default_factory=dict)
+
+    def context(self) -> SimpleNamespace:
+        counters = SimpleNamespace(inc=lambda *_: None)
+        return SimpleNamespace(
+            get_map_state=lambda descriptor: FakeMapState(self.maps.setdefault(descriptor.name, {})),
+            get_metrics_group=lambda: SimpleNamespace(counter=lambda _name: counters, gauge=lambda *_: None),
+        )
+
+    def checkpoint(self) -> "KeyedState":
+        return copy.deepcopy(self)
+
+
+def user_stage(state: KeyedState, settings: Settings | None = None, log_samples: bool = True) -> UserFeaturesFunction:
+    """An opened user-features operator over `state`, writing to memory."""
+    parameters = JobParameters.of(settings or Settings(), "test", log_samples)
+    function = UserFeaturesFunction(parameters)
+    writer = MemoryWriter()
+    function.parameters = _WithWriter(parameters, writer)
+    function.open(state.context())
+    return function
+
+
+class _WithWriter:
+    """The job's parameters, but every writer is `writer`."""
+
+    def __init__(self, parameters: JobParameters, writer: MemoryWriter):
+        self._parameters, self._writer = parameters, writer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parameters, name)
+
+    def writer(self, _name: str) -> MemoryWriter:
+        return self._writer
+
+
+def batch_of(records: Iterable[tuple[bytes, int, int]], bucket: int = 0) -> Row:
+    """A batch as Flink SQL hands it over: (bucket, payloads, partitions, offsets, append times)."""
+    payloads, partitions, offsets = zip(*records, strict=True) if records else ((), (), ())
+    return Row(bucket, list(payloads), list(partitions), list(offsets), [0] * len(payloads))
+
+
+def kafka_records(events: Iterable[Event], partitions: int = 3) -> list[tuple[bytes, int, int]]:
+    """(payload, partition, offset) of each event as a topic keyed by user would hold them, in order."""
+    next_offset: dict[int, int] = {}
+    records = []
+    for event in events:
+        partition = zlib.crc32(event.user_id.encode()) % partitions
+        offset = next_offset.get(partition, 0)
+        next_offset[partition] = offset + 1
+        records.append((event.to_json(), partition, offset))
+    return records
+
+
+def sample_lines(outputs: Iterator) -> list[bytes]:
+    """The sample-log lines among an operator call's outputs."""
+    return [line.encode() for tag, text in outputs if tag is SAMPLES for line in text.split("\n")]
+
+
+def write_sample_log(directory: Path, events: list[Event], settings: Settings | None = None) -> None:
+    """The sample log the user stage writes for `events`, as today's committed file under `directory`."""
+    operator = user_stage(KeyedState(), settings)
+    lines = sample_lines(operator.process_element(batch_of(kafka_records(events)), None))
+    day = directory / f"{sample_log.DAY_PREFIX}{sample_log.today().isoformat()}"
+    day.mkdir(parents=True, exist_ok=True)
+    (day / f"{sample_log.PART_PREFIX}-test-0-0{sample_log.PART_SUFFIX}").write_bytes(b"\n".join(lines) + b"\n")

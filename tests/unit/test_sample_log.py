@@ -1,0 +1,202 @@
+"""The training-sample log: what the user stage logs folds back into the rows of the events, exactly,
+across batches, days and crashes; gaps show; windows and retention work by day."""
+
+import itertools
+import os
+import shutil
+import threading
+import time
+from datetime import date, timedelta
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import sample_log
+from schemas.features import FeatureSpec
+from schemas.sample_log import fold_sample_log
+from schemas.samples import sample_rows
+from streams.sample_log import SampleLogKeeper
+from tests.event_streams import messy_stream
+from tests.operator_harness import KeyedState, batch_of, kafka_records, sample_lines, user_stage
+
+DAY_S = 86_400
+FIRST_DAY = date(2026, 1, 1)
+DAY0_S = (FIRST_DAY - date(1970, 1, 1)).days * DAY_S
+
+
+def in_order(rows) -> list:
+    """Rows as a multiset: a redelivery that straddles a fresh start is applied, and logged, twice."""
+    return sorted(rows, key=lambda row: (row.order, repr(row)))
+
+
+def messy_events(seed: int, count: int = 240) -> list:
+    return messy_stream(seed, count, users=6, items=30, block=4)
+
+
+def run_user_stage(records, cuts: list[int], days: list[int], crash: tuple[int, int] | None):
+    """Feed `records` in batches split at `cuts`, batch n on day `days[n]`; with `crash` =
+    (checkpoint after batch c, killed after batch k), the lines since the checkpoint are lost and a
+    new operator restored from it takes the batches again. Returns the committed lines and the day
+    each record was applied on."""
+    bounds = [0, *sorted(set(cuts)), len(records)]
+    batches = [records[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    state, saved = KeyedState(), (KeyedState(), 0)
+    operator, committed, pending, applied_on = user_stage(state), [], [], {}
+    n = 0
+    while n < len(batches):
+        day = days[min(n, len(days) - 1)]
+        operator.sample_log.clock = lambda day=day: DAY0_S + day * DAY_S + 3600
+        pending += sample_lines(operator.process_element(batch_of(batches[n]), None))
+        applied_on.update({record[2] + 1000 * record[1]: day for record in batches[n]})
+        if crash is not None and n == crash[0]:
+            committed, pending, saved = committed + pending, [], (state.checkpoint(), n + 1)
+        if crash is not None and n == crash[1]:
+            crash, pending = None, []
+            state, n = saved[0].checkpoint(), saved[1]
+            operator = user_stage(state)
+            continue
+        n += 1
+    return committed + pending, applied_on
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    cuts=st.lists(st.integers(1, 300), max_size=12),
+    day_steps=st.lists(st.integers(0, 1), min_size=1, max_size=14),
+    crash=st.none() | st.tuples(st.integers(0, 6), st.integers(0, 6)).map(sorted).map(tuple),
+)
+def test_the_committed_log_folds_back_to_the_rows_of_the_events_across_batches_days_and_crashes(
+    seed, cuts, day_steps, crash
+):
+    events = messy_events(seed)
+    days = [sum(day_steps[: n + 1]) for n in range(len(day_steps))]
+
+    lines, _ = run_user_stage(kafka_records(events), cuts, days, crash)
+    rows, report = fold_sample_log(lines)
+
+    assert in_order(rows) == in_order(sample_rows(events, FeatureSpec()))
+    assert (report.gaps, report.mismatched_snapshots, report.before_window) == (0, 0, 0)
+
+
+def test_after_a_fresh_start_the_log_follows_the_state_the_stream_rebuilt_not_the_one_before():
+    events = messy_events(11)
+    records = kafka_records(events)
+    half = len(records) // 2
+    first, _ = run_user_stage(records[:half], [40], [0], None)
+    second, _ = run_user_stage(records[half:], [40], [0], None)  # `--fresh`: no state, same day
+
+    rows, report = fold_sample_log(first + second)
+
+    expected = [*sample_rows(events[:half], FeatureSpec()), *sample_rows(events[half:], FeatureSpec())]
+    assert in_order(rows) == in_order(expected) and report.gaps == 0
+
+
+def test_a_lost_event_line_shows_as_a_gap():
+    lines, _ = run_user_stage(kafka_records(messy_events(3)), [50, 120], [0], None)
+    event_lines = [n for n, line in enumerate(lines) if line.startswith(b'["e"')]
+    del lines[event_lines[len(event_lines) // 2]]
+
+    _, report = fold_sample_log(lines)
+
+    assert report.gaps > 0
+
+
+def test_a_window_holds_the_rows_of_events_applied_on_its_days_each_with_the_full_state_before_it():
+    events = messy_events(5)
+    records = kafka_records(events)
+    lines, applied_on = run_user_stage(records, [80, 160], [0, 1, 2], None)
+    offsets: dict[str, int] = {}  # of each event's first delivery: a redelivery is dropped, not applied
+    for event, (_, partition, offset) in zip(events, records, strict=True):
+        offsets.setdefault(event.event_id, offset + 1000 * partition)
+
+    rows, report = fold_sample_log(lines, since=FIRST_DAY + timedelta(days=1))
+
+    expected = [row for row in sample_rows(events, FeatureSpec()) if applied_on[offsets[row.event.event_id]] >= 1]
+    assert in_order(rows) == in_order(expected) and 0 < len(expected) < len(list(sample_rows(events, FeatureSpec())))
+    assert report.before_window > 0 and report.gaps == 0
+
+
+def write_day(directory, day: date, name: str, lines: list[bytes]) -> None:
+    folder = directory / f"dt={day.isoformat()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_reading_a_window_finds_a_snapshot_the_sink_put_in_the_day_before_and_skips_files_in_progress(tmp_path):
+    events = messy_events(8, count=60)
+    lines, _ = run_user_stage(kafka_records(events), [], [0], None)
+    today = sample_log.today()
+    first_snapshot = next(n for n, line in enumerate(lines) if line.startswith(b'["s"'))
+    snapshot = orjson.loads(lines[first_snapshot])
+    snapshot[5] = today.isoformat()  # the operator's clock said today; the sink's, yesterday
+    skewed = [*lines[:first_snapshot], orjson.dumps(snapshot)]
+    rest = [line.replace(b'"2026-01-01"', f'"{today.isoformat()}"'.encode()) for line in lines[first_snapshot + 1 :]]
+    write_day(tmp_path, today - timedelta(days=1), "events-a-0-0.jsonl", skewed)
+    write_day(tmp_path, today, "events-a-0-1.jsonl", rest)
+    write_day(tmp_path, today, ".events-a-0-2.jsonl.inprogress.x", [b"not even json"])
+
+    rows, report, files = sample_log.read_window(tmp_path, days=1)
+
+    assert files == 2 and report.gaps == 0
+    assert in_order(rows) == in_order(sample_rows(events, FeatureSpec()))
+
+
+def test_prune_deletes_only_the_days_beyond_the_retention(tmp_path):
+    today = sample_log.today()
+    for age in range(5):
+        write_day(tmp_path, today - timedelta(days=age), "events-a-0-0.jsonl", [b"[]"])
+
+    dropped = sample_log.prune(tmp_path, keep_days=3)
+
+    assert dropped == [today - timedelta(days=4), today - timedelta(days=3)]
+    assert [day for day, _ in sample_log.day_directories(tmp_path)] == [today - timedelta(days=n) for n in (2, 1, 0)]
+
+
+def complete_checkpoint(checkpoints, number: int) -> None:
+    """As Flink does with one checkpoint retained: the new one's metadata appears, the previous one goes."""
+    for previous in checkpoints.glob("job/chk-*"):
+        shutil.rmtree(previous)
+    (checkpoints / "job" / f"chk-{number}").mkdir(parents=True)
+    (checkpoints / "job" / f"chk-{number}" / "_metadata").touch()
+
+
+def test_the_keeper_deletes_files_a_dead_run_left_in_progress_after_two_new_checkpoints(tmp_path):
+    log_dir, checkpoints = tmp_path / "log", tmp_path / "checkpoints"
+    day = log_dir / f"dt={sample_log.today().isoformat()}"
+    write_day(log_dir, sample_log.today(), ".events-old-0-3.jsonl.inprogress.x", [b"lost"])
+    os.utime(day / ".events-old-0-3.jsonl.inprogress.x", (time.time() - 60, time.time() - 60))
+    keeper = SampleLogKeeper(log_dir, checkpoints, retention_days=30)
+    write_day(log_dir, sample_log.today(), ".events-new-0-0.jsonl.inprogress.y", [b"being written"])
+    thread = threading.Thread(target=keeper.run, daemon=True)
+    thread.start()
+    try:
+        complete_checkpoint(checkpoints, 7)
+        time.sleep(2.5)
+        after_one = sample_log.in_progress_files(log_dir)
+        complete_checkpoint(checkpoints, 8)
+        deadline = time.monotonic() + 10
+        while len(sample_log.in_progress_files(log_dir)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        keeper.stop()
+
+    assert len(after_one) == 2  # one checkpoint may not have committed what the restore brought back
+    assert sample_log.in_progress_files(log_dir) == [day / ".events-new-0-0.jsonl.inprogress.y"]
+
+
+@pytest.mark.parametrize("before_version", [0, 3])
+def test_a_user_without_state_is_snapshotted_even_when_seen_today(before_version):
+    from schemas.streaming import UserState
+    from streams.sample_log import SampleLogLines
+    from tests.unit.test_streaming import event
+
+    lines = SampleLogLines(50, clock=lambda: DAY0_S)
+    lines.start_batch()
+    lines.add(UserState(version=2), event("a", DAY0_S * 1000), 0, 1, 3)
+    lines.add(UserState(version=before_version), event("b", DAY0_S * 1000), 0, 2, before_version + 1)
+
+    kinds = [line[2] for line in lines.take().split("\n")]
+    assert kinds == (["s", "e", "s", "e"] if before_version == 0 else ["s", "e", "e"])
