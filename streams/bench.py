@@ -18,6 +18,7 @@ same run, beside it the job with --no-samples (and with --compare-with, a previo
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from schemas.config import Settings
 from schemas.events import Event, EventType
 from schemas.redis_format import TRENDING_ENTITY, VERSION_FIELD, KeyKind, redis_key
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec, item_id, user_id
+from streams.namespaces import drop_namespace
 from streams.publish import Pacer, make_producer, publish
 from streams.redis_writer import REPORT_EVERY_S
 
@@ -162,7 +164,13 @@ class Job:
             "--fresh",
             *([] if configuration.log_samples else ["--no-samples"]),
         ]
-        env = os.environ | {"FLINK_LOG_DIR": str(self.log_dir.resolve()), "PYTHONPATH": str(configuration.code)}
+        # Absolute: a previous checkout's job runs in its own directory, on this stack and these jars.
+        env = os.environ | {
+            "FLINK_LOG_DIR": str(self.log_dir.resolve()),
+            "PYTHONPATH": str(configuration.code),
+            "KF_RUN_DIR": str(settings.run_dir.resolve()),
+            "KF_JARS_DIR": str(settings.jars_dir.resolve()),
+        }
         with (self.log_dir / "job.log").open("wb") as output:
             self.process = subprocess.Popen(
                 command,
@@ -252,10 +260,10 @@ def freshness(
         warm = publish(live_events(users, int(rate * warmup_s), seed=rate), producer, topic, Pacer(rate=rate), quiet)
     # The writer's first report after the warm-up still covers some of it: counted from the next one.
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
+    # The writer reports when a batch arrives: the input goes on for one more report, which covers the end.
+    measured = int(rate * (seconds + REPORT_EVERY_S + 2))
     with Progress(disable=True) as quiet:
-        summary = publish(
-            live_events(users, int(rate * seconds), seed=rate + 1), producer, topic, Pacer(rate=rate), quiet
-        )
+        summary = publish(live_events(users, measured, seed=rate + 1), producer, topic, Pacer(rate=rate), quiet)
     target = before + warm.sent + summary.sent
     catch_up_until = time.monotonic() + 30
     while processed(client, namespace) < target and time.monotonic() < catch_up_until:
@@ -298,15 +306,17 @@ def measure(
     job = Job(settings, configuration, topic, namespace)
     try:
         console.print(f"  applying {state_count:,} events of {arguments.users:,} users ...")
-        started = time.monotonic()
+        started = wait_until_processed(client, namespace, 1, job)  # JVM and job start-up not counted
         state_done = wait_until_processed(client, namespace, state_count, job)
         cpu_before = job.cpu_seconds()
         console.print(f"  the burst of {len(records) - state_count:,} events ...")
         burst_done = wait_until_processed(client, namespace, len(records), job)
         cpu = job.cpu_seconds() - cpu_before
         log_dir = sample_log.log_directory(settings.samples_dir, namespace)
-        logged_at = wait_until_logged(log_dir, len(records), job) if configuration.log_samples else None
-        log_bytes = sum(path.stat().st_size for path in log_dir.rglob("*")) if configuration.log_samples else None
+        # A previous checkout's log may be in another format, which this one cannot count.
+        logged = configuration.log_samples and configuration.code == PROJECT_ROOT
+        logged_at = wait_until_logged(log_dir, len(records), job) if logged else None
+        log_bytes = sum(path.stat().st_size for path in log_dir.rglob("*")) if logged else None
         result = Result(
             label=configuration.label,
             state_events=state_count,
@@ -335,7 +345,21 @@ def measure(
             )
     finally:
         job.stop()
+        forget(settings, client, namespace)
     return result, topic
+
+
+def forget(settings: Settings, client: redis.Redis, namespace: str) -> None:
+    """Delete what a measurement left: its keys, checkpoints and sample log. Left behind,
+    they fill Redis up to its memory limit, where eviction slows every later run."""
+    drop_namespace(client, namespace)
+    shutil.rmtree(settings.checkpoints_dir / namespace, ignore_errors=True)
+    shutil.rmtree(settings.samples_dir / namespace, ignore_errors=True)
+
+
+def forget_topic(settings: Settings, topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})  # referenced until the future resolves
+    admin.delete_topics([topic])[topic].result(timeout=60)
 
 
 def replay(settings: Settings, topic: str, client: redis.Redis) -> dict[str, float]:
@@ -365,6 +389,7 @@ def replay(settings: Settings, topic: str, client: redis.Redis) -> dict[str, flo
             last = (now, count)
         time.sleep(POLL_S)
     output = process.stdout.read()
+    forget(settings, client, namespace)
     match = REPLAY_LINE.search(" ".join(output.split()))
     if process.returncode != 0 or match is None or first is None or last is None:
         raise RuntimeError(f"the replay failed:\n{output[-3000:]}")
@@ -377,7 +402,7 @@ def replay(settings: Settings, topic: str, client: redis.Redis) -> dict[str, flo
     }
 
 
-def report(results: list[Result], replayed: dict[str, float] | None) -> None:
+def report(results: list[Result], per_round: int, replayed: dict[str, float] | None) -> None:
     table = Table(
         "configuration",
         "burst events/s",
@@ -397,9 +422,9 @@ def report(results: list[Result], replayed: dict[str, float] | None) -> None:
             "-" if r.log_bytes_per_event is None else f"{r.log_bytes_per_event:.0f}",
         )
     Console().print(table)
-    if len(results) > 1:
-        base = results[0]
-        for other in results[1:]:
+    for start in range(0, len(results), per_round):  # each round's first configuration against the others
+        base, *others = results[start : start + per_round]
+        for other in others:
             Console().print(
                 f"{base.label} / {other.label}: burst throughput x{base.burst_rate / other.burst_rate:.2f}, "
                 f"CPU per event x{base.cpu_ms_per_1000_events / other.cpu_ms_per_1000_events:.2f}"
@@ -456,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also run a previous checkout's job (e.g. a `git worktree`), in the same run",
     )
     parser.add_argument("--no-replay", dest="replay", action="store_false", help="skip the replay measurement")
+    parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
     arguments = parser.parse_args(argv)
     settings = Settings()
     client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
@@ -474,12 +500,16 @@ def main(argv: list[str] | None = None) -> int:
         SyntheticWorld(WorldSpec(users=arguments.users, items=BENCH_ITEMS, seed=3)).events(arguments.events)
     )
     results, topics = [], []
-    for configuration in configurations:
-        result, topic = measure(settings, configuration, state + burst, len(state), arguments, client)
-        results.append(result)
-        topics.append(topic)
+    for repetition in range(arguments.repeat):  # interleaved: the machine's speed drifts within minutes
+        for configuration in configurations:
+            result, topic = measure(settings, configuration, state + burst, len(state), arguments, client)
+            result.label += f" #{repetition + 1}" if arguments.repeat > 1 else ""
+            results.append(result)
+            topics.append(topic)
     replayed = replay(settings, topics[0], client) if arguments.replay else None
-    report(results, replayed)
+    for topic in topics:
+        forget_topic(settings, topic)
+    report(results, len(configurations), replayed)
     path = settings.run_dir / "bench" / f"stream-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(

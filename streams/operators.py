@@ -101,9 +101,15 @@ def _expiring(descriptor, ttl_ms: int):
     # PyFlink turns its Python-side state cache off for the default visibility (NeverReturnExpired),
     # making every state access a blocking round trip to the JVM in process mode. Seeing an
     # expired entry until it is cleaned up is harmless for features and dedupe, and keeps the cache.
+    # Flink's default incremental cleanup checks a few keys' values on every state access; here a
+    # key is a bucket whose value is a map of thousands of entities, which it copied each time (with
+    # 100,000 users that was 93 % of the user stage's time). Expired entities leave with each
+    # full snapshot instead: no checkpoint, and so no restored job, carries them.
     ttl = (
         StateTtlConfig.new_builder(Time.milliseconds(ttl_ms))
         .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
+        .cleanup_full_snapshot()
+        .disable_cleanup_in_background()
         .build()
     )
     descriptor.enable_time_to_live(ttl)
