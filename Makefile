@@ -76,7 +76,7 @@ serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 
 
 bench: bench-stream bench-train bench-serve ## every benchmark (numbers in README.md)
 
-bench-stream: up ## streaming job: sustained events/s and freshness p50/p99 at fixed input rates
+bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
 	$(PY) -m streams.bench $(BENCH_ARGS)
 
 bench-train: setup ## full training on MovieLens: wall time (target <= 10 min), memory, holdout metrics
