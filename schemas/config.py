@@ -58,6 +58,9 @@ class Settings(BaseSettings):
 
     sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept in each user's live sequence.")
     popularity_half_life_h: float = Field(24.0, gt=0, description="Half-life of an item's decayed popularity.")
+    seen_capacity: int = Field(
+        2000, ge=1, description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions."
+    )
 
     namespace: str = Field("live", description="Redis namespace the feature job writes to.")
     checkpoint_interval_s: float = Field(10.0, gt=0, description="Flink checkpoint interval.")
@@ -198,6 +201,7 @@ class Settings(BaseSettings):
         return FeatureSpec(
             sequence_length=self.sequence_length,
             popularity_half_life_ms=round(self.popularity_half_life_h * HOUR_MS),
+            seen_capacity=self.seen_capacity,
         )
 
     @classmethod

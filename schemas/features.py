@@ -55,6 +55,9 @@ class FeatureSpec(BaseModel):
         description="How much one event of each type adds to an item's popularity.",
     )
     trending_size: int = Field(100, ge=1, description="Items in the trending list.")
+    seen_capacity: int = Field(
+        2000, ge=1, description="Items kept per user in the seen set (those of the newest interactions)."
+    )
 
 
 class PicklesAsFields:
@@ -283,6 +286,23 @@ def trending(
     scored = ((popularity_at(features, at_ts, spec), item_id) for item_id, features in items)
     top = heapq.nsmallest(k, scored, key=lambda pair: (-pair[0], pair[1]))
     return [(item_id, score) for score, item_id in top]
+
+
+def seen_entry(event: Event | UserEvent) -> tuple[str, int] | None:
+    """What an event adds to its user's seen set: (item_id, event time) of an interaction, else None."""
+    return (event.item_id, event.ts) if event.type.is_interaction else None
+
+
+def update_seen(seen: dict[str, int], entry: tuple[str, int], spec: FeatureSpec) -> dict[str, int]:
+    """A user's seen set, item_id -> newest interaction time, with `entry` added: at most
+    `spec.seen_capacity` items, those with the newest (time, item_id). The result is the same in
+    any order of entries, which lets the stream leave the set to Redis (REDIS_FORMAT.md, `user_seen`)."""
+    item_id, ts = entry
+    updated = dict(seen)
+    updated[item_id] = max(ts, seen.get(item_id, ts))
+    if len(updated) > spec.seen_capacity:
+        del updated[min(updated, key=lambda item: (updated[item], item))]  # str order is UTF-8 byte order, as Redis's
+    return updated
 
 
 def unique_events(events: Iterable[Event]) -> Iterable[Event]:

@@ -1,14 +1,16 @@
-"""Redis format version 1: the one key builder and the value codecs. Specified in REDIS_FORMAT.md.
+"""Redis format version 2: the one key builder, the value codecs and the seen sets' commands.
+Specified in REDIS_FORMAT.md.
 
 Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:<entity_id>``. A replay rebuilds state in a
 fresh namespace beside the live one; the control namespace holds which one is active.
-Data keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 1, "as_of": <newest
+Feature keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 2, "as_of": <newest
 event time, ms>, "data": {...}}`` and `version` counts the events applied to the key, so a write
 that would move the key backwards (a restart, a replay) is refused by `UPSERT_IF_NOT_OLDER`.
+A user's seen set is a sorted set (item -> newest interaction time) whose writes are idempotent.
 """
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -18,7 +20,7 @@ import orjson
 from schemas.events import EventType
 from schemas.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEY_PREFIX = "kf"
 CONTROL_NAMESPACE = "control"
 NAMESPACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
@@ -30,6 +32,7 @@ class KeyKind(StrEnum):
     USER_FEATURES = "user_feat"
     ITEM_FEATURES = "item_feat"
     TRENDING = "trending"
+    USER_SEEN = "user_seen"
     ACTIVE_NAMESPACE = "active_ns"
     TOOLCHAIN_CHECK = "toolchain_check"
 
@@ -98,6 +101,22 @@ def upsert_calls(writes: Sequence[tuple[str, int, bytes, int]]) -> Iterator[tupl
     for start in range(0, len(writes), UPSERT_KEYS_PER_CALL):
         chunk = writes[start : start + UPSERT_KEYS_PER_CALL]
         yield [key for key, *_ in chunk], [field for _, *fields in chunk for field in fields]
+
+
+def add_seen(pipeline: Any, key: str, entries: Mapping[str, int], capacity: int, ttl_ms: int) -> None:
+    """Queue on a redis-py pipeline the commands that add `entries` (item_id -> interaction time) to
+    the seen set `key` and keep its `capacity` newest: `schemas.features.update_seen` in Redis.
+    ZADD GT keeps each item's newest time and ZREMRANGEBYRANK drops the oldest (ties: the smaller
+    item_id first, as `update_seen`), so writing the same entries again, or late, changes nothing."""
+    pipeline.zadd(key, dict(entries), gt=True)
+    pipeline.zremrangebyrank(key, 0, -(capacity + 1))
+    if ttl_ms > 0:
+        pipeline.pexpire(key, ttl_ms)
+
+
+def read_seen(pipeline: Any, key: str) -> None:
+    """Queue the read of a seen set: its items, oldest first (bytes)."""
+    pipeline.zrange(key, 0, -1)
 
 
 def active_namespace_key() -> str:

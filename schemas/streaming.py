@@ -22,8 +22,10 @@ from schemas.features import (
     UserEvent,
     UserFeatures,
     UserSequence,
+    seen_entry,
     unique_events,
     update_item_features,
+    update_seen,
     update_sequence,
     update_user_features,
 )
@@ -156,3 +158,13 @@ def fold_stream(
         item = items[event.item_id] = apply_item_event(items.get(event.item_id, ItemState()), event, spec)
         trending = apply_trending_update(trending, TrendingUpdate.of(event.item_id, item.features, spec), spec)
     return users, items, trending
+
+
+def seen_sets(events: Iterable[Event], spec: FeatureSpec) -> dict[str, dict[str, int]]:
+    """Each user's seen set (item_id -> newest interaction time) after `events`: what the stream
+    leaves in Redis's `user_seen` keys, the reference for tests and replays."""
+    seen: dict[str, dict[str, int]] = {}
+    for event in unique_events(events):
+        if (entry := seen_entry(event)) is not None:
+            seen[event.user_id] = update_seen(seen.get(event.user_id, {}), entry, spec)
+    return seen

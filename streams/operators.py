@@ -19,7 +19,7 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 from schemas.config import Settings
 from schemas.dead_letters import dead_letter
 from schemas.events import Event, parse_event
-from schemas.features import FeatureSpec, ItemEvent
+from schemas.features import FeatureSpec, ItemEvent, seen_entry
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.streaming import (
     ItemState,
@@ -127,8 +127,8 @@ def in_kafka_order(batch: Row) -> list[tuple[bytes, int, int, int | None]]:
 class UserFeaturesFunction(KeyedProcessFunction):
     """Keyed by user bucket; one call per batch of raw Kafka records: each is parsed and validated
     (invalid ones become dead letters), redeliveries are dropped, and each event is applied to its
-    user in Kafka order and logged for training. Passes the events on to the item buckets, one
-    list per bucket and batch, and the batch's sample-log lines as one text."""
+    user in Kafka order, added to the user's seen set and logged for training. Passes the events on
+    to the item buckets, one list per bucket and batch, and the batch's sample-log lines as one text."""
 
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
@@ -186,10 +186,14 @@ class UserFeaturesFunction(KeyedProcessFunction):
         return True
 
     def _apply(self, event: Event, partition: int, offset: int) -> None:
-        """Apply one new event to its user, and log it for training when the job logs samples."""
+        """Apply one new event to its user and the user's seen set, and log it for training when the
+        job logs samples. The seen set's additions are queued per event and merged by the writer."""
+        p = self.parameters
         before = self.users.get(event.user_id, UserState())
-        after = apply_user_event(before, event, self.parameters.spec)
+        after = apply_user_event(before, event, p.spec)
         self.users.put(event.user_id, after)
+        if (entry := seen_entry(event)) is not None:
+            self.writer.add_seen(p.key(KeyKind.USER_SEEN, event.user_id), *entry, p.spec.seen_capacity, p.entity_ttl_ms)
         if self.sample_log is not None:
             self.sample_log.add(before, event, partition, offset, after.version)
 

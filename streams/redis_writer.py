@@ -1,8 +1,9 @@
 """Writing feature state to Redis from inside Flink operators: coalesced, pipelined, never backwards.
 
-Operators `put` a key's newest state with its version while they work through a batch, note each
-event they applied, and `flush` before the batch ends: per key only the newest state is encoded
-and written, all in one round trip, through the `UPSERT_IF_NOT_OLDER` compare-and-set. Flushing
+Operators `put` a key's newest state with its version and `add_seen` a user's new seen items while
+they work through a batch, note each event they applied, and `flush` before the batch ends: per key
+only the newest state is encoded and written, all in one round trip, through the
+`UPSERT_IF_NOT_OLDER` compare-and-set (and the seen sets' idempotent commands). Flushing
 inside the batch means a checkpoint (taken between batches) never covers an event whose Redis
 write is still pending, so a restart can only rewrite, never lose; the version check makes the
 rewrite harmless.
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from schemas.redis_format import UPSERT_IF_NOT_OLDER, encode_value, upsert_calls
+from schemas.redis_format import UPSERT_IF_NOT_OLDER, add_seen, encode_value, upsert_calls
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
@@ -44,6 +45,15 @@ class Freshness:
         return result
 
 
+@dataclass
+class SeenWrite:
+    """What a flush adds to one seen set."""
+
+    entries: dict[str, int]
+    capacity: int
+    ttl_ms: int
+
+
 class RedisWriter:
     def __init__(self, host: str, port: int, name: str, sleep: Callable[[float], None] = time.sleep):
         self.client = redis.Redis(host=host, port=port)
@@ -52,6 +62,7 @@ class RedisWriter:
         self.sleep = sleep
         self.pending: dict[str, tuple[int, Any, int, int]] = {}
         """key -> (version, value, as_of, ttl_ms) of its newest queued state."""
+        self.pending_seen: dict[str, SeenWrite] = {}
         self.event_times: list[int] = []
         self.append_times: list[int] = []
         self.freshness = Freshness()
@@ -64,6 +75,13 @@ class RedisWriter:
         if queued is None or version >= queued[0]:
             self.pending[key] = (version, value, as_of, ttl_ms)
 
+    def add_seen(self, key: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
+        """Queue an item interacted with at `ts` for the seen set `key` (of at most `capacity` items)."""
+        queued = self.pending_seen.get(key)
+        if queued is None:
+            queued = self.pending_seen[key] = SeenWrite({}, capacity, ttl_ms)
+        queued.entries[item_id] = max(ts, queued.entries.get(item_id, ts))
+
     def applied(self, event_times: Iterable[int], append_times: Iterable[int | None]) -> None:
         """Note events the queued writes carry (event times and Kafka append times, in epoch ms):
         their freshness is measured when they are written. Once per batch, not per event."""
@@ -72,13 +90,13 @@ class RedisWriter:
 
     def flush(self) -> None:
         """Write every queued key; retries while Redis is unreachable and returns only once written."""
-        if not self.pending:
+        if not self.pending and not self.pending_seen:
             return
-        batch, self.pending = self.pending, {}
+        batch, seen, self.pending, self.pending_seen = self.pending, self.pending_seen, {}, {}
         encoded = [
             (key, version, encode_value(value, as_of), ttl) for key, (version, value, as_of, ttl) in batch.items()
         ]
-        written = self._execute(encoded)
+        written = self._execute(encoded, seen)
         now_ms = int(time.time() * 1000)
         self.freshness.writes += written
         self.freshness.refused += len(batch) - written
@@ -87,11 +105,11 @@ class RedisWriter:
         self.event_times, self.append_times = [], []
         self._report()
 
-    def _execute(self, encoded: list[tuple[str, int, bytes, int]]) -> int:
+    def _execute(self, encoded: list[tuple[str, int, bytes, int]], seen: dict[str, SeenWrite]) -> int:
         attempt = 0
         while True:
             try:
-                return self._upsert_all(encoded)
+                return self._write_all(encoded, seen)
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 log.warning("redis writer %s: %d writes failed (%s); retrying", self.name, len(encoded), error)
                 self.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
@@ -99,15 +117,20 @@ class RedisWriter:
             except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
                 self.upsert_sha = None
 
-    def _upsert_all(self, encoded: list[tuple[str, int, bytes, int]]) -> int:
-        """Write (key, version, value, ttl_ms) in one round trip; returns how many keys were written."""
+    def _write_all(self, encoded: list[tuple[str, int, bytes, int]], seen: dict[str, SeenWrite]) -> int:
+        """Write (key, version, value, ttl_ms) and the seen sets' additions in one round trip;
+        returns how many versioned keys were written."""
         # EVALSHA of a script loaded once: redis-py's Script object asks SCRIPT EXISTS before every pipeline.
         if self.upsert_sha is None:
             self.upsert_sha = self.client.script_load(UPSERT_IF_NOT_OLDER)
         pipeline = self.client.pipeline(transaction=False)
+        calls = 0
         for keys, arguments in upsert_calls(encoded):
             pipeline.evalsha(self.upsert_sha, len(keys), *keys, *arguments)
-        return sum(pipeline.execute())
+            calls += 1
+        for key, write in seen.items():
+            add_seen(pipeline, key, write.entries, write.capacity, write.ttl_ms)
+        return sum(pipeline.execute()[:calls])
 
     def _report(self) -> None:
         if time.monotonic() - self.last_report < REPORT_EVERY_S:

@@ -16,6 +16,7 @@ from pyflink.common import Row
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event
+from schemas.features import FeatureSpec, update_seen
 from streams.operators import SAMPLES, JobParameters, UserFeaturesFunction
 
 
@@ -41,9 +42,14 @@ class MemoryWriter:
         self.stored: dict[str, tuple[int, Any]] = {}
         self.pending: dict[str, tuple[int, Any]] = {}
         self.latest: dict[str, float] = {}
+        self.seen: dict[str, dict[str, int]] = {}
+        """The seen sets, as ZADD GT and the trim leave them."""
 
     def put(self, key: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
         self.pending[key] = (version, value)
+
+    def add_seen(self, key: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
+        self.seen[key] = update_seen(self.seen.get(key, {}), (item_id, ts), FeatureSpec(seen_capacity=capacity))
 
     def applied(self, event_times, append_times) -> None:
         pass

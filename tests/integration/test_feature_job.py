@@ -20,9 +20,9 @@ from schemas import sample_log
 from schemas.dead_letters import original_payload
 from schemas.events import Event
 from schemas.features import FeatureSpec
-from schemas.redis_format import KeyKind, decode_value, redis_key
+from schemas.redis_format import KeyKind, active_namespace_key, decode_value, key_pattern, redis_key
 from schemas.samples import LABELLED_TYPES
-from schemas.streaming import fold_stream, trending_list
+from schemas.streaming import fold_stream, seen_sets, trending_list
 from streams.replay import group_consumer, plan
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.event_streams import messy_stream
@@ -57,20 +57,27 @@ def publish(stack: Stack, topic: str, records: list[tuple[bytes, bytes]]) -> Non
     assert producer.flush(60) == 0
 
 
-def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int, object]]:
-    """key -> (version, decoded value) of every data key in the namespace."""
+def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int | None, object]]:
+    """'kind:entity' -> (version, decoded value) of every data key in the namespace; a seen set has
+    no version and its value is {item_id: time}."""
     state = {}
-    for key in client.scan_iter(match=f"kf:v1:{namespace}:*", count=1000):
+    for key in client.scan_iter(match=key_pattern(namespace), count=1000):
         kind = KeyKind(key.decode().split(":")[3])
-        version, value = client.hmget(key, "version", "value")
-        state[key.decode().split(":", 3)[3]] = (int(version), decode_value(kind, value))
+        if kind is KeyKind.USER_SEEN:
+            stored = (None, {item.decode(): int(ts) for item, ts in client.zrange(key, 0, -1, withscores=True)})
+        else:
+            version, value = client.hmget(key, "version", "value")
+            stored = (int(version), decode_value(kind, value))
+        state[key.decode().split(":", 3)[3]] = stored
     return state
 
 
 def assert_state_equals_reference(client: redis.Redis, namespace: str, events: list[Event], spec: FeatureSpec):
     users, items, trending = fold_stream(events, spec)
+    seen = seen_sets(events, spec)
     stored = stored_state(client, namespace)
-    assert len(stored) == 2 * len(users) + len(items) + 1
+    assert len(stored) == 2 * len(users) + len(items) + 1 + len(seen)
+    assert {user_id: stored[f"{KeyKind.USER_SEEN}:{user_id}"][1] for user_id in seen} == seen
     for user_id, expected in users.items():
         version, sequence = stored[f"{KeyKind.USER_SEQUENCE}:{user_id}"]
         _, features = stored[f"{KeyKind.USER_FEATURES}:{user_id}"]
@@ -177,9 +184,9 @@ def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key(b
     assert live.keys() == rebuilt.keys()
     for key, (version, value) in live.items():
         assert rebuilt[key][0] == version, key
-        if key.startswith(KeyKind.USER_SEQUENCE):
+        if key.startswith((KeyKind.USER_SEQUENCE, KeyKind.USER_SEEN)):
             assert rebuilt[key][1] == value, key
-    assert client.get("kf:v1:control:active_ns:current") == b"rebuilt"
+    assert client.get(active_namespace_key()) == b"rebuilt"
 
 
 def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_run):

@@ -1,7 +1,16 @@
-import redis
+import uuid
 
-from schemas.redis_format import UPSERT_IF_NOT_OLDER, UPSERT_KEYS_PER_CALL, upsert_calls
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.features import FeatureSpec, update_seen
+from schemas.redis_format import UPSERT_IF_NOT_OLDER, UPSERT_KEYS_PER_CALL, add_seen, upsert_calls
 from tests.conftest import Stack
+
+seen_entries = st.lists(
+    st.tuples(st.sampled_from(["i1", "i2", "i10", "ï3", "a", "b:c"]), st.integers(0, 6)), max_size=30
+)
 
 
 def test_values_round_trip(redis_client: redis.Redis):
@@ -48,3 +57,26 @@ def test_upsert_calls_split_many_writes_and_keep_each_key_with_its_arguments(red
         "version": str(UPSERT_KEYS_PER_CALL + 3),
         "value": f"value {UPSERT_KEYS_PER_CALL + 3}",
     }
+
+
+# Each example writes a key of its own, so sharing the one client across examples is harmless.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seen_entries, st.integers(min_value=1, max_value=4), st.randoms(use_true_random=False))
+def test_seen_set_writes_in_any_batches_and_order_equal_update_seen(redis_client: redis.Redis, entries, capacity, rng):
+    key = f"kf:test:seen:{uuid.uuid4().hex}"  # not random: Hypothesis seeds it per example
+    spec, expected = FeatureSpec(seen_capacity=capacity), {}
+    for entry in entries:
+        expected = update_seen(expected, entry, spec)
+    replayed = entries + entries[: len(entries) // 2]  # a restart writes some entries again
+    rng.shuffle(replayed)
+
+    for start in range(0, len(replayed), 4):
+        pipeline = redis_client.pipeline(transaction=False)
+        batch: dict[str, int] = {}
+        for item, ts in replayed[start : start + 4]:
+            batch[item] = max(ts, batch.get(item, ts))
+        add_seen(pipeline, key, batch, capacity, 60_000)
+        pipeline.execute()
+
+    assert dict(redis_client.zrange(key, 0, -1, withscores=True, score_cast_func=int)) == expected
+    assert not entries or 0 < redis_client.pttl(key) <= 60_000

@@ -14,7 +14,7 @@ from schemas.features import (
     update_sequence,
     update_user_features,
 )
-from schemas.streaming import fold_stream
+from schemas.streaming import fold_stream, seen_sets
 from tests.strategies import event_payloads
 
 T0 = 1_700_000_000_000
@@ -149,3 +149,22 @@ def test_default_spec_keeps_50_interactions_and_weights_every_type():
 
     assert spec.sequence_length == 50
     assert set(spec.interaction_weights) == set(EventType)
+
+
+def test_the_seen_set_keeps_each_items_newest_time_and_drops_the_oldest_beyond_capacity():
+    spec = FeatureSpec(seen_capacity=2)
+    events = [event("a", T0, item="i1"), event("b", T0 + 5, item="i2"), event("c", T0 + 1, item="i1"),
+              event("d", T0 + 3, item="i3"), event("e", T0 + 9, kind="impression", item="i4")]  # fmt: skip
+
+    assert seen_sets(events, spec) == {"u1": {"i2": T0 + 5, "i3": T0 + 3}}
+    tied = [event("a", T0, item="i9"), event("b", T0, item="i10"), event("c", T0, item="i11")]
+    assert seen_sets(tied, spec) == {"u1": {"i11": T0, "i9": T0}}  # equal times: the smaller id ("i10") leaves first
+
+
+@given(one_users_events, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=5))
+def test_the_seen_set_does_not_depend_on_arrival_order_or_duplicates(events, random, capacity):
+    shuffled = events + random.sample(events, k=len(events) // 2)
+    random.shuffle(shuffled)
+    spec = FeatureSpec(seen_capacity=capacity)
+
+    assert seen_sets(shuffled, spec) == seen_sets(events, spec)

@@ -18,9 +18,9 @@ from schemas.streaming import fold_stream
 
 
 def test_key_layout_is_prefix_version_namespace_kind_entity():
-    assert redis_key(KeyKind.USER_SEQUENCE, "42", "live") == "kf:v1:live:user_seq:42"
-    assert redis_key(KeyKind.ITEM_FEATURES, "tenant:7", "replay-1") == "kf:v1:replay-1:item_feat:tenant:7"
-    assert active_namespace_key() == "kf:v1:control:active_ns:current"
+    assert redis_key(KeyKind.USER_SEQUENCE, "42", "live") == "kf:v2:live:user_seq:42"
+    assert redis_key(KeyKind.ITEM_FEATURES, "tenant:7", "replay-1") == "kf:v2:replay-1:item_feat:tenant:7"
+    assert active_namespace_key() == "kf:v2:control:active_ns:current"
 
 
 @pytest.mark.parametrize("namespace", ["", "Live", "a:b", "x" * 49, "-leading-dash"])
@@ -39,8 +39,8 @@ def test_control_keys_and_data_keys_stay_in_their_namespaces():
 def test_scan_patterns_cover_a_namespace_or_one_kind_and_entities_come_back_from_keys():
     key = redis_key(KeyKind.USER_SEQUENCE, "tenant:7", "live")
 
-    assert key_pattern("live") == "kf:v1:live:*"
-    assert key_pattern("live", KeyKind.USER_SEQUENCE) == "kf:v1:live:user_seq:*"
+    assert key_pattern("live") == "kf:v2:live:*"
+    assert key_pattern("live", KeyKind.USER_SEQUENCE) == "kf:v2:live:user_seq:*"
     assert entity_of(key, KeyKind.USER_SEQUENCE, "live") == "tenant:7"
     with pytest.raises(ValueError, match="not a user_feat key"):
         entity_of(key, KeyKind.USER_FEATURES, "live")
@@ -75,11 +75,11 @@ def test_every_value_kind_round_trips_with_its_as_of_time():
 def test_the_stored_json_is_the_documented_envelope():
     raw = encode_value(Trending(items=(("i7", 12.5),), at_ts=5), as_of=5)
 
-    assert orjson.loads(raw) == {"format_version": 1, "as_of": 5, "data": {"items": [["i7", 12.5]], "at_ts": 5}}
+    assert orjson.loads(raw) == {"format_version": 2, "as_of": 5, "data": {"items": [["i7", 12.5]], "at_ts": 5}}
 
 
 @pytest.mark.parametrize(
-    "raw", [b'{"format_version": 2, "as_of": 1, "data": {}}', b"not json", b'{"format_version": 1}', b"[]"]
+    "raw", [b'{"format_version": 1, "as_of": 1, "data": {}}', b"not json", b'{"format_version": 2}', b"[]"]
 )
 def test_values_in_another_format_are_refused(raw):
     with pytest.raises(FormatError):

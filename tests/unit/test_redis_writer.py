@@ -3,19 +3,19 @@
 import redis
 
 from schemas.redis_format import encode_value
-from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter
+from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter, SeenWrite
 
 
-def writer_with(upsert_all) -> tuple[RedisWriter, list[float]]:
+def writer_with(write_all) -> tuple[RedisWriter, list[float]]:
     slept: list[float] = []
     writer = RedisWriter("127.0.0.1", 1, "test", sleep=slept.append)
-    writer._upsert_all = upsert_all
+    writer._write_all = write_all
     return writer, slept
 
 
 def test_a_flush_writes_each_key_once_with_its_newest_state():
     calls = []
-    writer, _ = writer_with(lambda encoded: calls.append(encoded) or len(encoded))
+    writer, _ = writer_with(lambda encoded, seen: calls.append(encoded) or len(encoded))
     writer.put("k1", 1, {"n": 1}, 100, 0)
     writer.put("k1", 3, {"n": 3}, 300, 0)
     writer.put("k1", 2, {"n": 2}, 200, 0)  # older than what is queued: ignored
@@ -31,7 +31,7 @@ def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
     failures = len(RETRY_BACKOFF_S) + 2
     attempts = []
 
-    def upsert_all(encoded):
+    def upsert_all(encoded, seen):
         attempts.append(encoded)
         if len(attempts) <= failures:
             raise redis.ConnectionError("connection refused")
@@ -47,3 +47,16 @@ def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
     assert slept == [*RETRY_BACKOFF_S, RETRY_BACKOFF_S[-1], RETRY_BACKOFF_S[-1]]
     assert writer.freshness.writes == 1 and len(writer.freshness.since_event) == 1
     assert writer.pending == {}
+
+
+def test_seen_items_queued_in_a_batch_are_written_once_per_set_with_each_items_newest_time():
+    calls = []
+    writer, _ = writer_with(lambda encoded, seen: calls.append(seen) or 0)
+    writer.add_seen("s1", "i1", 100, 2000, 9)
+    writer.add_seen("s1", "i2", 300, 2000, 9)
+    writer.add_seen("s1", "i1", 50, 2000, 9)  # an older interaction with i1: its newest stays
+    writer.add_seen("s2", "i1", 70, 2000, 9)
+
+    writer.flush()
+
+    assert calls == [{"s1": SeenWrite({"i1": 100, "i2": 300}, 2000, 9), "s2": SeenWrite({"i1": 70}, 2000, 9)}]
