@@ -1,11 +1,12 @@
 """Model bundles and the registry that holds them: the contract between training and serving.
 
-A bundle is a directory `v000042/` holding the exported models, item embeddings, the Faiss index,
-the vocabulary, the evaluation report and `manifest.json`, which records the SHA-256 of every
-other file. A reader verifies every checksum (and that no file was added) before it loads
-anything; nothing in a bundle is a pickle. The registry directory holds the versions and a
-`CURRENT` file naming the live one, replaced atomically. Publishing announces a `ModelUpdate` on
-the `model-updates` topic; serving follows that and polls `CURRENT` as a backstop.
+A bundle is a directory `v000042/` holding the exported models (the sequential user tower and the
+DIN ranker), the item vectors and their Faiss index, the vocabulary, the item tables the ranker's
+features read (interaction counts, co-visitation), the evaluation report and `manifest.json`,
+which records the SHA-256 of every other file. A reader verifies every checksum (and that no file
+was added) before it loads anything; nothing in a bundle is a pickle. The registry directory holds
+the versions and a `CURRENT` file naming the live one, replaced atomically. Publishing announces a
+`ModelUpdate` on the `model-updates` topic; serving follows that and polls `CURRENT` as a backstop.
 """
 
 import hashlib
@@ -19,10 +20,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.features import FeatureSpec
-from schemas.model_inputs import FIRST_ITEM
+from schemas.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+"""2: a sequential user tower over items, kinds and ages, a ranker with candidate features and
+co-visitation pairs (format 1: a mean-pooled user tower and a like-trained ranker)."""
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 USER_TOWER, RANKER = "user_tower", "ranker"
@@ -35,6 +38,8 @@ ITEM_EMBEDDINGS, ITEM_INDEX, INDEX_IDS, VOCABULARY = (
 )
 POPULAR = "popular.json"
 """Most popular items of the training data, most popular first: the cold-start and no-Redis answer."""
+POPULARITY = "popularity.npy"
+"""[vocabulary size] float32: each item index's interactions in the training data (a ranker feature)."""
 REPORT = "report"
 """Directory of the evaluation report (JSON, Markdown, PNG)."""
 
@@ -46,7 +51,7 @@ class BundleError(Exception):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle_format: Literal[1] = BUNDLE_FORMAT
+    bundle_format: Literal[2] = BUNDLE_FORMAT
     version: int = Field(ge=1)
     parent_version: int | None = None
     created_at: int = Field(description="Epoch milliseconds.")
@@ -95,10 +100,14 @@ def seal(directory: Path, manifest: Manifest) -> Manifest:
 def verify(directory: Path) -> Manifest:
     """The bundle's manifest, once every file matches it; otherwise BundleError naming what is wrong."""
     try:
-        manifest = Manifest.model_validate_json((directory / MANIFEST).read_bytes())
+        raw = (directory / MANIFEST).read_bytes()
+        found = orjson.loads(raw).get("bundle_format")
+        if isinstance(found, int) and found != BUNDLE_FORMAT:
+            raise BundleError(f"{directory}: bundle format {found}; this version reads {BUNDLE_FORMAT}: retrain")
+        manifest = Manifest.model_validate_json(raw)
     except FileNotFoundError as missing:
         raise BundleError(f"{directory}: no {MANIFEST}") from missing
-    except ValueError as invalid:
+    except (ValueError, AttributeError) as invalid:
         raise BundleError(f"{directory / MANIFEST}: not a bundle manifest: {invalid}") from invalid
     present = set(_files(directory)) - {MANIFEST}
     if missing := sorted(set(manifest.files) - present):
@@ -209,7 +218,8 @@ class _OneProgramPerShape:
 
 
 class LoadedBundle:
-    """A verified bundle in memory: the vocabulary, the Faiss index and the exported models' signatures.
+    """A verified bundle in memory: the vocabulary, the Faiss index, the ranker's tables and the
+    exported models' signatures; the `schemas.pipeline.Recommender` the service runs.
 
     With `compiled`, the model calls are XLA-compiled (the service's choice: DIN's attention, an
     einsum, Dice and a dense layer over every candidate-behaviour pair, fuses into a few kernels and
@@ -220,16 +230,22 @@ class LoadedBundle:
         import tensorflow as tf  # here, not at module level: the stream imports schemas without TensorFlow
 
         from schemas.ann import ItemIndex
-        from schemas.model_inputs import Vocabulary
+        from schemas.covisitation import CoVisitation
+        from schemas.model_inputs import ScoreScale, Vocabulary
 
         self.directory = directory
         self.compiled = compiled
         self.manifest = verify(directory)
+        self.sequence_length = self.manifest.feature_spec.sequence_length
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
         self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
+        self.popularity = np.load(directory / POPULARITY, allow_pickle=False)
+        self.covisitation = CoVisitation.load(directory, self.vocabulary.size)
         self.embeddings = np.load(directory / ITEM_EMBEDDINGS, allow_pickle=False)
         """[items, d]: row i is item vocabulary.item_ids[i]."""
+        self.score_scale = ScoreScale.of(self.embeddings)
+        self._unit_vectors = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
         self._user_tower = tf.saved_model.load(str(directory / USER_TOWER))
         self._ranker = tf.saved_model.load(str(directory / RANKER))
         self._embed, self._score = self._user_tower.embed, self._ranker.score
@@ -245,30 +261,31 @@ class LoadedBundle:
         """The (rows, candidates) a call with this many runs as: padded when compiled."""
         return compiled_shape(rows, candidates) if self.compiled else (rows, candidates)
 
-    def user_vectors(self, sequence, kinds, user_features):
-        """sequence and kinds [B, L] int32, user_features [B, F] float32 -> [B, d] float32."""
-        rows, _ = self.input_shape(len(sequence), 1)
-        padded = {"sequence": sequence, "kinds": kinds, "user_features": user_features}
-        out = self._embed(**{name: _padded(array, rows) for name, array in padded.items()})
-        return out["embedding"].numpy()[: len(sequence)]
+    def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
+        """-> [B, d] float32."""
+        rows, _ = self.input_shape(len(sequences.items), 1)
+        out = self._embed(**{name: _padded(array, rows) for name, array in sequences._asdict().items()})
+        return out["embedding"].numpy()[: len(sequences.items)]
 
-    def score(self, sequence, kinds, candidates, user_features, hour):
-        """[B, L], [B, L], candidates [B, M] int32, [B, F], hour [B] -> (probabilities [B, M], attention [B, M, L])."""
+    def score(self, sequences: SequenceArrays, candidates, features, pairs):
+        """candidates [B, M] int32, features [B, M, F], pairs [B, M, L] float32 ->
+        (scores [B, M], attention [B, M, L] over the sequence)."""
         count, width = candidates.shape
         rows, columns = self.input_shape(count, width)
-        padded = {"sequence": sequence, "kinds": kinds, "user_features": user_features, "hour": hour}
-        padded = {name: _padded(array, rows) for name, array in padded.items()}
-        out = self._score(candidates=_padded(candidates, rows, columns), **padded)
+        padded = {name: _padded(array, rows) for name, array in sequences._asdict().items()}
+        wide = {"candidates": candidates, "features": features, "pairs": pairs}
+        out = self._score(**padded, **{name: _padded(array, rows, columns) for name, array in wide.items()})
         return out["score"].numpy()[:count, :width], out["attention"].numpy()[:count, :width]
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
-        """The k items whose retrieval vectors are nearest to `item_id`'s; None for an unknown item."""
+        """The k items whose retrieval vectors point most nearly the way `item_id`'s does (cosine),
+        best first; None for an unknown item. Cosine rather than the inner product retrieval uses:
+        the vectors' lengths carry popularity, which would put the most popular items next to every item."""
         row = int(self.vocabulary.item_indices([item_id])[0]) - FIRST_ITEM
         if row < 0:
             return None
-        scores, ids = self.index.search(self.embeddings[row : row + 1], k + 1)
-        return [
-            (other, float(score))
-            for other, score in zip(ids[0], scores[0], strict=True)
-            if other is not None and other != item_id
-        ][:k]
+        similarity = self._unit_vectors @ self._unit_vectors[row]
+        similarity[row] = -np.inf
+        best = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]
+        best = best[np.argsort(-similarity[best], kind="stable")]
+        return [(self.vocabulary.item_ids[n], float(similarity[n])) for n in best if np.isfinite(similarity[n])]

@@ -9,13 +9,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import orjson
 
 from schemas.catalogue import CatalogueItem
 from schemas.events import MAX_RATING, MIN_RATING, EventType
-from schemas.features import UserFeatures
+from schemas.features import SequenceEntry, UserFeatures
 
 PADDING, UNKNOWN_ITEM = 0, 1
 """Reserved item indices: padding of short sequences, and items the model has not seen."""
@@ -92,29 +93,40 @@ def item_tables(vocabulary: Vocabulary, catalogue: Mapping[str, CatalogueItem]) 
     return genres, years
 
 
+_TYPE_KINDS = {event_type: 1 + n for n, event_type in enumerate(EVENT_TYPES)}
+
+
 def behaviour_kind(event_type: str, value: float | None) -> int:
     if event_type == EventType.RATING and value is not None:
         return 1 + len(EVENT_TYPES) + round((min(max(value, MIN_RATING), MAX_RATING) - MIN_RATING) * 2)
-    return 1 + EVENT_TYPES.index(EventType(event_type))
+    return _TYPE_KINDS[EventType(event_type)]
 
 
-Behaviour = tuple[str, str, float | None]
-"""(item_id, event type, value) of one sequence entry."""
+class SequenceArrays(NamedTuple):
+    """Sequences as model inputs, newest entry last, left-padded: item indices [B, L] int32
+    (PADDING pads), behaviour kinds [B, L] int32 (0 pads), and ages [B, L] float32, the seconds
+    from each behaviour to the moment of the request (0 where padded)."""
+
+    items: np.ndarray
+    kinds: np.ndarray
+    ages: np.ndarray
 
 
 def sequence_arrays(
-    vocabulary: Vocabulary, sequences: Sequence[Sequence[Behaviour]], length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each sequence's newest `length` entries (given oldest first), left-padded:
-    item indices [B, length] int32 (PADDING pads) and behaviour kinds [B, length] int32 (0 pads)."""
+    vocabulary: Vocabulary, sequences: Sequence[Sequence[SequenceEntry]], now_ms: Sequence[int], length: int
+) -> SequenceArrays:
+    """Each sequence's newest `length` entries (given oldest first) as of `now_ms` (one time per sequence)."""
     items = np.zeros((len(sequences), length), dtype=np.int32)
     kinds = np.zeros((len(sequences), length), dtype=np.int32)
-    for row, entries in enumerate(sequences):
+    ages = np.zeros((len(sequences), length), dtype=np.float32)
+    for row, (entries, now) in enumerate(zip(sequences, now_ms, strict=True)):
         newest = entries[-length:]
         if newest:
-            items[row, length - len(newest) :] = vocabulary.item_indices(entry[0] for entry in newest)
-            kinds[row, length - len(newest) :] = [behaviour_kind(entry[1], entry[2]) for entry in newest]
-    return items, kinds
+            first = length - len(newest)
+            items[row, first:] = vocabulary.item_indices(entry.item_id for entry in newest)
+            kinds[row, first:] = [behaviour_kind(entry.type, entry.value) for entry in newest]
+            ages[row, first:] = [max(now - entry.ts, 0) / 1000 for entry in newest]
+    return SequenceArrays(items, kinds, ages)
 
 
 def user_feature_vector(features: UserFeatures | None) -> list[float]:
@@ -135,3 +147,69 @@ def user_feature_matrix(features: Sequence[UserFeatures | None]) -> np.ndarray:
 def hour_of_day(ts_ms: Iterable[int]) -> np.ndarray:
     """[B] int32 hour (UTC) of each time: the context feature."""
     return (np.fromiter(ts_ms, dtype=np.int64) // 3_600_000 % 24).astype(np.int32)
+
+
+COVISITATION_SPANS = (1, 5, 20)
+"""The ranker sums a candidate's co-visitation counts over the user's newest 1, 5 and 20 behaviours."""
+RANKER_FEATURES = (
+    "retrieval_score",
+    *(f"covisitation_newest_{span}" for span in COVISITATION_SPANS),
+    "log_popularity",
+    "trending_score",
+    "in_trending",
+    *USER_FEATURES,
+)
+"""Per candidate, besides its embedding and the attention over the sequence: its retrieval score
+standardised over the catalogue for this user; log1p of its co-visitation counts after the newest
+behaviours; log1p of its interactions in the training data; log2 of its trending popularity (0 and
+in_trending 0 when it is not trending); the user features."""
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """Where a user's retrieval scores lie over the whole catalogue, from the item vectors' mean and
+    covariance: for user vector u, scores have mean u·mean and variance uᵀ·covariance·u. The ranker
+    reads scores in that scale, comparable from user to user, without scoring every item."""
+
+    mean: np.ndarray
+    """[d] float64."""
+    covariance: np.ndarray
+    """[d, d] float64."""
+
+    @classmethod
+    def of(cls, item_vectors: np.ndarray) -> "ScoreScale":
+        """item_vectors [N, d]: the vectors of the catalogue's items."""
+        vectors = np.asarray(item_vectors, dtype=np.float64)
+        return cls(vectors.mean(axis=0), np.cov(vectors, rowvar=False, bias=True))
+
+    def standardised(self, scores: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """scores [B, M] of users [B, d] -> [B, M] float32 standard scores."""
+        users = np.asarray(users, dtype=np.float64)
+        variance = np.einsum("bd,de,be->b", users, self.covariance, users)
+        return ((scores - (users @ self.mean)[:, None]) / np.sqrt(np.maximum(variance, 1e-12))[:, None]).astype(
+            np.float32
+        )
+
+
+def ranker_features(
+    retrieval: np.ndarray, pair_counts: np.ndarray, popularity: np.ndarray, trending: np.ndarray, user_features
+) -> np.ndarray:
+    """RANKER_FEATURES of every candidate: retrieval [B, M] standard scores, pair_counts [B, M, L]
+    (newest behaviour last), popularity [B, M] interaction counts, trending [B, M] popularity (0 when
+    not trending), user_features [B, F] -> [B, M, len(RANKER_FEATURES)] float32."""
+    rows, candidates = retrieval.shape
+    per_user = np.asarray(user_features, dtype=np.float32)
+    columns = [
+        retrieval,
+        *(np.log1p(pair_counts[:, :, -span:].sum(axis=2)) for span in COVISITATION_SPANS),
+        np.log1p(popularity),
+        np.where(trending > 0, np.log2(np.maximum(trending, 1e-30)), 0.0),
+        (trending > 0).astype(np.float32),
+    ]
+    features = np.stack(columns, axis=2).astype(np.float32)
+    return np.concatenate([features, np.broadcast_to(per_user[:, None, :], (rows, candidates, per_user.shape[1]))], 2)
+
+
+def pair_inputs(pair_counts: np.ndarray) -> np.ndarray:
+    """What the ranker's attention reads of each (candidate, behaviour) pair: log1p of its co-visitation count."""
+    return np.log1p(pair_counts).astype(np.float32)

@@ -26,13 +26,13 @@ from schemas.bundle import LoadedBundle
 from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
 from schemas.events import ID_PATTERN, validate_event
+from schemas.pipeline import Ranked, RankRequest, rank_batch
 from schemas.validation import InvalidRecord
 from serving.batcher import MicroBatcher
 from serving.live import LiveState, LiveStore
 from serving.metrics import GcPauseProbe, Metrics
 from serving.models import ModelHolder, listen_for_updates
 from serving.openapi import openapi_document
-from serving.recommend import Ranked, RankRequest, rank_batch
 
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
@@ -127,10 +127,10 @@ async def _from_store(app: web.Application, read: Awaitable[T]) -> T:
         app[METRICS].stage.labels("redis").observe(time.perf_counter() - clock)
 
 
-async def _live_state(app: web.Application, user_id: str) -> tuple[LiveState, str | None]:
-    """The user's live state within the time budget, or an empty one and why not."""
+async def _live_state(app: web.Application, user_id: str, seen: bool) -> tuple[LiveState, str | None]:
+    """The user's live state (with `seen`, the seen set too) within the time budget, or an empty one and why not."""
     try:
-        return await _from_store(app, app[STORE].read(user_id)), None
+        return await _from_store(app, app[STORE].read(user_id, seen)), None
     except StoreUnavailable as unavailable:
         return LiveState(), str(unavailable)
 
@@ -149,13 +149,14 @@ async def recommendations(request: web.Request) -> web.Response:
     k = _int(request, "k", 20, 1, app[SETTINGS].max_k)
     exclude_seen, explain = _flag(request, "exclude_seen"), _flag(request, "explain")
     bundle = app[MODELS].bundle  # this request's models, whatever swaps meanwhile
-    state, problem = await _live_state(app, user_id)
-    seen = {behaviour[0] for behaviour in state.behaviours} if exclude_seen else set()
-    trending = [item for item, _ in state.trending.data.items] if state.trending else []
+    state, problem = await _live_state(app, user_id, exclude_seen)
+    seen = state.seen if exclude_seen else set()
+    trending = list(state.trending.data.items) if state.trending else []
     reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else COLD_START)
     ranked = None
     if reason is None:
         asked = RankRequest(
+            user_id,
             state.behaviours,
             state.user_features,
             now_ms=int(time.time() * 1000),
@@ -163,7 +164,7 @@ async def recommendations(request: web.Request) -> web.Response:
             exclude=seen,
             k=k,
             candidates=app[SETTINGS].candidates,
-            explain=explain,
+            explain=k if explain else 0,
         )
         ranked = await _ranked(app, bundle, asked)
         reason = None if ranked is not None else MODELS_BUSY
@@ -171,7 +172,7 @@ async def recommendations(request: web.Request) -> web.Response:
         items = [_item(app, s.item_id, s.score, s.reasons) for s in ranked.items]
     else:
         app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
-        items = _popular_items(app, bundle, trending, seen, k)
+        items = _popular_items(app, bundle, [item for item, _ in trending], seen, k)
     return json_response(
         {
             "user_id": user_id,

@@ -37,12 +37,13 @@ from schemas.redis_format import (
     TRENDING_ENTITY,
     UPSERT_IF_NOT_OLDER,
     KeyKind,
+    add_seen,
     encode_value,
     redis_key,
     upsert_calls,
 )
 from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
-from schemas.streaming import fold_stream, trending_list
+from schemas.streaming import fold_stream, seen_sets, trending_list
 
 log = logging.getLogger("kingfisher.bench")
 NAMESPACE = "bench"
@@ -57,9 +58,11 @@ SUMMED_HISTOGRAMS = (
 
 
 def prepare_state(settings: Settings, users: int) -> list[str]:
-    """Write the live state of `users` MovieLens users (and trending) into the bench namespace."""
+    """Write the live state of `users` MovieLens users (and trending, and their seen sets) into the bench namespace."""
     spec = settings.feature_spec()
-    states, _, trending = fold_stream(rating_events(locate_dataset(settings.movielens_path), LoadReport()), spec)
+    events = list(rating_events(locate_dataset(settings.movielens_path), LoadReport()))
+    states, _, trending = fold_stream(events, spec)
+    seen = seen_sets(events, spec)
     client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
     upsert = client.register_script(UPSERT_IF_NOT_OLDER)  # written as the stream writes them
     chosen = sorted(states)[:users]
@@ -72,6 +75,10 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
     encoded = [(key, version, encode_value(value, as_of), 0) for key, version, value, as_of in writes]
     for keys, arguments in upsert_calls(encoded):
         upsert(keys=keys, args=arguments)
+    pipeline = client.pipeline(transaction=False)
+    for user_id in chosen:
+        add_seen(pipeline, redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE), seen[user_id], spec.seen_capacity, 0)
+    pipeline.execute()
     return chosen
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.features import UserFeatures, UserSequence
-from schemas.model_inputs import Behaviour
+from schemas.features import SequenceEntry, UserFeatures, UserSequence
 from schemas.redis_format import (
     TRENDING_ENTITY,
     VALUE_FIELD,
@@ -19,6 +18,7 @@ from schemas.redis_format import (
     decode_value,
     entity_of,
     key_pattern,
+    read_seen,
     redis_key,
 )
 
@@ -29,20 +29,26 @@ USER_SCAN_BATCH = 500
 
 @dataclass(frozen=True)
 class LiveState:
-    """A user's live sequence and features and the trending list, as stored (None where absent)."""
+    """A user's live sequence and features and the trending list, as stored (None where absent),
+    and the user's seen set when it was read."""
 
     sequence: StoredValue | None = None
     features: StoredValue | None = None
     trending: StoredValue | None = None
+    seen_set: frozenset[str] = frozenset()
+
+    @property
+    def seen(self) -> set[str]:
+        """Every item the user interacted with that the state holds: the seen set and the sequence."""
+        return set(self.seen_set).union(behaviour.item_id for behaviour in self.behaviours)
 
     @property
     def known_user(self) -> bool:
         return self.sequence is not None or self.features is not None
 
     @cached_property
-    def behaviours(self) -> list[Behaviour]:
-        entries = self.sequence.data.entries if self.sequence else ()
-        return [(entry.item_id, entry.type.value, entry.value) for entry in entries]
+    def behaviours(self) -> tuple[SequenceEntry, ...]:
+        return self.sequence.data.entries if self.sequence else ()
 
     @property
     def user_features(self) -> UserFeatures | None:
@@ -80,17 +86,22 @@ class LiveStore:
                 log.debug("namespace refresh failed: %s", error)
             await asyncio.sleep(NAMESPACE_REFRESH_S)
 
-    async def read(self, user_id: str) -> LiveState:
+    async def read(self, user_id: str, seen: bool = False) -> LiveState:
+        """The user's state in one round trip; with `seen`, also the user's whole seen set."""
         kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
         entities = (user_id, user_id, TRENDING_ENTITY)
         async with self.client.pipeline(transaction=False) as pipe:
             for kind, entity in zip(kinds, entities, strict=True):
                 pipe.hget(redis_key(kind, entity, self.namespace), VALUE_FIELD)
+            if seen:
+                read_seen(pipe, redis_key(KeyKind.USER_SEEN, user_id, self.namespace))
             raw = await pipe.execute()
         values = [
-            decode_value(kind, value) if value is not None else None for kind, value in zip(kinds, raw, strict=True)
+            decode_value(kind, value) if value is not None else None
+            for kind, value in zip(kinds, raw[: len(kinds)], strict=True)
         ]
-        return LiveState(*values)
+        seen_set = frozenset(item.decode() for item in raw[len(kinds)]) if seen else frozenset()
+        return LiveState(*values, seen_set=seen_set)
 
     async def trending(self) -> StoredValue | None:
         raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, self.namespace), VALUE_FIELD)

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer
 
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.config import Settings
-from schemas.model_inputs import FIRST_ITEM, USER_FEATURES
+from schemas.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
 
 log = logging.getLogger("kingfisher.serving")
 
@@ -121,15 +121,16 @@ def freeze_heap() -> None:
 def _warm_up(bundle: LoadedBundle, max_batch: int, most_candidates: int) -> None:
     """Run every input shape a model call can bring, so that no request waits for graph tracing
     or an XLA compilation."""
-    length = bundle.manifest.feature_spec.sequence_length
+    length = bundle.sequence_length
     sizes = [(rows, count) for rows in range(1, max_batch + 1) for count in range(1, most_candidates + 1)]
     shapes = {bundle.input_shape(rows, count) for rows, count in sizes}
     for rows, count in sorted(shapes):
-        sequence = np.zeros((rows, length), np.int32)
-        features = np.zeros((rows, len(USER_FEATURES)), np.float32)
-        bundle.index.search(bundle.user_vectors(sequence, sequence, features), most_candidates)
+        items = np.zeros((rows, length), np.int32)
+        sequences = SequenceArrays(items, items, np.zeros((rows, length), np.float32))
+        bundle.index.search(bundle.user_vectors(sequences), most_candidates)
         candidates = np.full((rows, count), FIRST_ITEM, np.int32)
-        bundle.score(sequence, sequence, candidates, features, np.zeros(rows, np.int32))
+        features = np.zeros((rows, count, len(RANKER_FEATURES)), np.float32)
+        bundle.score(sequences, candidates, features, np.zeros((rows, count, length), np.float32))
 
 
 def listen_for_updates(

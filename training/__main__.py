@@ -22,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
         "--synthetic-events", type=int, default=20_000, metavar="N", help="events of --source synthetic"
     )
     parser.add_argument("--force", action="store_true", help="publish even if worse than the live version")
-    parser.add_argument("--cold", action="store_true", help="do not warm-start from the live version")
     parser.add_argument("--no-announce", action="store_true", help="do not announce on the model-updates topic")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     arguments = parser.parse_args(argv)
@@ -34,7 +33,6 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             data,
             force=arguments.force,
-            warm=not arguments.cold,
             announce=not arguments.no_announce,
             progress=not arguments.no_progress,
         )

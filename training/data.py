@@ -1,5 +1,5 @@
 """Training data: sample rows (from the stream's log, or from a dataset through the same feature
-functions), labels, the time split, and the model-input arrays.
+functions), the two splits models are measured on, their queries, and the sequences retrieval learns from.
 
 A row is a `schemas.samples.SampleRow`: the event, and the user's sequence and features just before
 it (point in time). Everything here is ordered by event time.
@@ -7,25 +7,33 @@ it (point in time). Everything here is ordered by event time.
 
 import gc
 import logging
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from schemas import sample_log
 from schemas.catalogue import CatalogueItem
-from schemas.events import Event, EventType
-from schemas.features import FeatureSpec
-from schemas.model_inputs import Behaviour, Vocabulary, hour_of_day, sequence_arrays, user_feature_matrix
+from schemas.events import Event
+from schemas.features import FeatureSpec, ItemEvent
+from schemas.model_inputs import Vocabulary, behaviour_kind
+from schemas.pipeline import RankRequest
 from schemas.samples import SampleRow, sample_rows
+from schemas.streaming import (
+    ItemState,
+    TrendingState,
+    TrendingUpdate,
+    apply_item_event,
+    apply_trending_update,
+    trending_list,
+)
 
 log = logging.getLogger("kingfisher.training")
 Row = SampleRow
-POSITIVE_TYPES = frozenset({EventType.CLICK, EventType.PURCHASE})
-NEGATIVE_SAMPLING_EXPONENT = 0.75
-"""Sampled negatives follow popularity ** 0.75 (word2vec's choice): popular enough to be hard, not only the head."""
 
 
 def read_sample_log(directory: Path, window_days: int, max_rows: int) -> list[Row]:
@@ -35,11 +43,20 @@ def read_sample_log(directory: Path, window_days: int, max_rows: int) -> list[Ro
         rows, report, files = sample_log.read_window(directory, window_days)
     finally:
         gc.enable()
-    log.info("read %d sample rows from %d files of the newest %d days under %s (%s)",
-             len(rows), files, window_days, directory, report)  # fmt: skip
+    log.info(
+        "read %d sample rows from %d files of the newest %d days under %s (%s)",
+        len(rows),
+        files,
+        window_days,
+        directory,
+        report,
+    )
     if report.gaps or report.mismatched_snapshots:
-        log.warning("the sample log is not whole: %d lines missing, %d snapshots differ from the fold",
-                    report.gaps, report.mismatched_snapshots)  # fmt: skip
+        log.warning(
+            "the sample log is not whole: %d lines missing, %d snapshots differ from the fold",
+            report.gaps,
+            report.mismatched_snapshots,
+        )
     return in_time_order(rows)[-max_rows:]
 
 
@@ -53,153 +70,200 @@ def in_time_order(rows: Iterable[Row]) -> list[Row]:
     return sorted(rows, key=lambda row: row.order)
 
 
-def labels(rows: list[Row], threshold: float) -> np.ndarray:
-    """[N] float32: a rating >= threshold, a click or a purchase is 1; an impression is 1 only if a
-    click with the same request_id and item_id was logged; anything else is 0."""
-    clicked = {(row.event.request_id, row.event.item_id) for row in rows if row.event.type is EventType.CLICK}
-    values = np.zeros(len(rows), dtype=np.float32)
-    for n, row in enumerate(rows):
-        kind = row.event.type
-        if kind is EventType.RATING:
-            values[n] = row.event.value >= threshold
-        elif kind is EventType.IMPRESSION:
-            values[n] = (row.event.request_id, row.event.item_id) in clicked
-        else:
-            values[n] = kind in POSITIVE_TYPES
-    return values
-
-
-@dataclass(frozen=True)
-class TimeSplit:
-    """Train before `validate_from`; validate until `test_from`; test after."""
-
-    validate_from: int
-    test_from: int
-
-    @classmethod
-    def of(cls, rows: list[Row], holdout_fraction: float) -> "TimeSplit":
-        ts = np.array([row.event.ts for row in rows], dtype=np.int64)
-        validate_from, test_from = np.quantile(ts, [1 - holdout_fraction, 1 - holdout_fraction / 2])
-        return cls(int(validate_from), int(test_from))
-
-    def parts(self, rows: list[Row]) -> tuple[list[Row], list[Row], list[Row]]:
-        train = [row for row in rows if row.event.ts < self.validate_from]
-        validate = [row for row in rows if self.validate_from <= row.event.ts < self.test_from]
-        test = [row for row in rows if row.event.ts >= self.test_from]
-        return train, validate, test
-
-
-@dataclass
-class Examples:
-    """Model-input arrays: sequence and kinds [N, L] int32, user_features [N, F] float32, hour [N] int32,
-    item [N] int32, label [N] float32, and the user of each row (for GAUC)."""
-
-    sequence: np.ndarray
-    kinds: np.ndarray
-    user_features: np.ndarray
-    hour: np.ndarray
-    item: np.ndarray
-    label: np.ndarray
-    user_ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.item)
-
-    def inputs(self, rows: slice | np.ndarray = slice(None)) -> dict[str, np.ndarray]:
-        return {
-            "sequence": self.sequence[rows],
-            "kinds": self.kinds[rows],
-            "user_features": self.user_features[rows],
-            "hour": self.hour[rows],
-            "item": self.item[rows],
-        }
-
-    def batches(self, size: int, rng: np.random.Generator) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """Shuffled batches of whole size (a short last batch would skew the in-batch softmax)."""
-        order = rng.permutation(len(self))
-        for start in range(0, len(order) - size + 1, size):
-            chosen = order[start : start + size]
-            yield self.inputs(chosen), self.label[chosen]
-
-
-def sequence_item_ids(row: Row) -> list[str]:
-    return [entry.item_id for entry in row.sequence]
-
-
-def behaviours(row: Row) -> list[Behaviour]:
-    """A sample row's sequence entries as model behaviours."""
-    return [(entry.item_id, entry.type, entry.value) for entry in row.sequence]
-
-
-def encode(rows: list[Row], row_labels: np.ndarray, vocabulary: Vocabulary, length: int) -> Examples:
-    sequence, kinds = sequence_arrays(vocabulary, [behaviours(row) for row in rows], length)
-    return Examples(
-        sequence=sequence,
-        kinds=kinds,
-        user_features=user_feature_matrix([row.features for row in rows]),
-        hour=hour_of_day(row.event.ts for row in rows),
-        item=vocabulary.item_indices(row.event.item_id for row in rows),
-        label=row_labels.astype(np.float32),
-        user_ids=[row.event.user_id for row in rows],
-    )
-
-
-def ranking_rows(
-    rows: list[Row], row_labels: np.ndarray, catalogue_ids: list[str], popularity: Counter, rng: np.random.Generator
-) -> tuple[list[Row], np.ndarray]:
-    """Rows a ranker learns from: impressions (labelled by clicks) and ratings carry both labels;
-    a click or purchase that no logged impression explains is a positive, paired with one negative
-    item sampled by popularity ** 0.75 at the same moment."""
-    shown = {(row.event.request_id, row.event.item_id) for row in rows if row.event.type is EventType.IMPRESSION}
-    chosen, chosen_labels, unexplained = [], [], []
-    for row, label in zip(rows, row_labels, strict=True):
-        if row.event.type in (EventType.IMPRESSION, EventType.RATING):
-            chosen.append(row)
-            chosen_labels.append(label)
-        elif (row.event.request_id, row.event.item_id) not in shown:
-            unexplained.append(row)
-    negatives = sample_items(catalogue_ids, popularity, len(unexplained), rng)
-    for row, negative in zip(unexplained, negatives, strict=True):
-        chosen += [row, row._replace(event=row.event._replace(item_id=negative))]
-        chosen_labels += [1.0, 0.0]
-    return chosen, np.array(chosen_labels, dtype=np.float32)
-
-
-def sample_items(catalogue_ids: list[str], popularity: Counter, count: int, rng: np.random.Generator) -> list[str]:
-    weights = np.array([popularity.get(item_id, 0) + 1.0 for item_id in catalogue_ids]) ** NEGATIVE_SAMPLING_EXPONENT
-    return [catalogue_ids[n] for n in rng.choice(len(catalogue_ids), size=count, p=weights / weights.sum())]
-
-
-def positive_popularity(rows: list[Row], row_labels: np.ndarray) -> Counter:
-    return Counter(row.event.item_id for row, label in zip(rows, row_labels, strict=True) if label > 0)
-
-
-@dataclass(frozen=True)
-class Query:
-    """One moment of the pipeline evaluation: a user's point-in-time state and the positives that follow."""
-
-    row: Row
-    relevant: frozenset[str]
-
-
-def evaluation_queries(
-    test_rows: list[Row], test_labels: np.ndarray, future: int, limit: int, rng: np.random.Generator
-) -> list[Query]:
-    """At each positive test event: the user's state just before it, and that item with the user's
-    next `future` - 1 positives (what a list shown then could have caught). At most `limit`, sampled."""
-    positives_by_user: dict[str, list[Row]] = defaultdict(list)
-    for row, label in zip(test_rows, test_labels, strict=True):
-        if label > 0:
-            positives_by_user[row.event.user_id].append(row)
-    queries = [
-        Query(row, frozenset(later.event.item_id for later in rows[n : n + future]))
-        for rows in positives_by_user.values()
-        for n, row in enumerate(rows)
-    ]
-    if len(queries) > limit:
-        queries = [queries[n] for n in sorted(rng.choice(len(queries), size=limit, replace=False))]
-    return queries
-
-
 def catalogue_by_id(items: Iterable[CatalogueItem]) -> dict[str, CatalogueItem]:
     return {item.item_id: item for item in items}
+
+
+def is_interaction(row: Row) -> bool:
+    return row.event.type.is_interaction
+
+
+class Query:
+    """One moment of a user: the row of the event that comes next, the items the user had
+    interacted with before it (`seen`: what the service's exclude_seen leaves out), and the items a
+    list shown then could catch (`relevant`: the next interactions' items, none of them seen)."""
+
+    __slots__ = ("_cut", "_items", "_seen", "relevant", "row")
+
+    def __init__(self, row: Row, items: list[str], cut: int, relevant: frozenset[str]):
+        self.row, self.relevant = row, relevant
+        self._items, self._cut = items, cut
+        """The items of the user's interaction rows (one list shared by the user's queries); the
+        first `cut` came before this one."""
+        self._seen: frozenset[str] | None = None
+
+    @property
+    def seen(self) -> frozenset[str]:
+        if self._seen is None:  # built when asked: most queries of a long history never are
+            self._seen = frozenset(self._items[: self._cut]).union(entry.item_id for entry in self.row.sequence)
+        return self._seen
+
+    @property
+    def user_id(self) -> str:
+        return self.row.event.user_id
+
+
+class Histories:
+    """Each user's rows in time order, with the items seen before each interaction row."""
+
+    def __init__(self, rows: Sequence[Row]):
+        self.rows: dict[str, list[Row]] = defaultdict(list)
+        for row in rows:
+            self.rows[row.event.user_id].append(row)
+
+    def interactions(self, user_id: str) -> list[Row]:
+        return [row for row in self.rows[user_id] if is_interaction(row)]
+
+    def queries(self, user_id: str, future: int) -> list[Query]:
+        """A query at each of the user's interaction rows: seen before it, and the next `future`
+        unseen items (this one first) as relevant."""
+        rows, seen, queries = self.interactions(user_id), set(), []
+        items = [row.event.item_id for row in rows]
+        for n, row in enumerate(rows):
+            before = {entry.item_id for entry in row.sequence}
+            upcoming: list[str] = []
+            for item in items[n:]:
+                if len(upcoming) == future:
+                    break
+                if item not in seen and item not in before and item not in upcoming:
+                    upcoming.append(item)
+            queries.append(Query(row, items, n, frozenset(upcoming)))
+            seen.add(row.event.item_id)
+        return queries
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a model of one split learns from and is measured on: `train` rows (time order), and
+    queries whose relevant items all come after every training row of their user."""
+
+    name: str
+    train: list[Row]
+    validation: list[Query]
+    test: list[Query]
+
+
+def time_split(rows: list[Row], holdout_fraction: float, future: int, limit: int, seed: int) -> Split:
+    """Train before the newest `holdout_fraction` of rows by time; validate on the first half of the
+    rest, test on the second. A query's relevant items come from its own half only."""
+    times = np.array([row.event.ts for row in rows], dtype=np.int64)
+    validate_from, test_from = (int(t) for t in np.quantile(times, [1 - holdout_fraction, 1 - holdout_fraction / 2]))
+    parts = {"validation": (validate_from, test_from), "test": (test_from, np.iinfo(np.int64).max)}
+    histories, queries = Histories(rows), {name: [] for name in parts}
+    for user_id in histories.rows:
+        for name, (start, end) in parts.items():
+            inside = Histories([row for row in histories.rows[user_id] if row.event.ts < end])
+            for query in inside.queries(user_id, future):
+                if query.row.event.ts >= start and query.relevant:
+                    queries[name].append(query)
+    rng = np.random.default_rng(seed)
+    train = [row for row in rows if row.event.ts < validate_from]
+    return Split("time", train, _sample(queries["validation"], limit, rng), _sample(queries["test"], limit, rng))
+
+
+def last_n_split(rows: list[Row], n: int) -> Split:
+    """Per user with at least 2n + 1 interactions: the newest n are the test query's relevant items,
+    the n before them the validation query's; training takes the user's rows before those 2n."""
+    histories, train, validation, test = Histories(rows), [], [], []
+    for user_id, user_rows in histories.rows.items():
+        interactions = histories.interactions(user_id)
+        if len(interactions) < 2 * n + 1:
+            train += user_rows
+            continue
+        queries = histories.queries(user_id, n)
+        validation.append(queries[-2 * n])
+        test.append(queries[-n])
+        cut = interactions[-2 * n].order
+        train += [row for row in user_rows if row.order < cut]
+    return Split(f"last-{n}", in_time_order(train), validation, test)
+
+
+def _sample(queries: list[Query], limit: int, rng: np.random.Generator) -> list[Query]:
+    if len(queries) <= limit:
+        return queries
+    return [queries[n] for n in sorted(rng.choice(len(queries), size=limit, replace=False))]
+
+
+def fold_of(user_id: str, folds: int) -> int:
+    """The fold a user belongs to (crc32, so every run and process agrees)."""
+    return zlib.crc32(user_id.encode()) % folds
+
+
+class Windows(NamedTuple):
+    """Sequences for next-item training: items, kinds [N, L] int32, ages [N, L] float32 (seconds to
+    the moment of the window's last target) and targets [N, L] int32, the item index that followed
+    each position (0: none, or the same item again)."""
+
+    items: np.ndarray
+    kinds: np.ndarray
+    ages: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def windows(rows: Sequence[Row], vocabulary: Vocabulary, length: int) -> Windows:
+    """Every user's interaction rows cut into windows: the row's sequence (what came before it) as
+    input and, at each position, the next item as target, the row's own item after the newest. A
+    window every `length` interaction rows per user (and one at the newest), so each next item is
+    learnt about once or twice per epoch."""
+    histories = Histories(rows)
+    chosen = []
+    for user_id in histories.rows:
+        interactions = histories.interactions(user_id)
+        chosen += [
+            row for n, row in enumerate(interactions) if (len(interactions) - 1 - n) % length == 0 and row.sequence
+        ]
+    items = np.zeros((len(chosen), length), np.int32)
+    kinds, targets = np.zeros_like(items), np.zeros_like(items)
+    ages = np.zeros((len(chosen), length), np.float32)
+    for n, row in enumerate(chosen):
+        entries = row.sequence[-length:]
+        first = length - len(entries)
+        items[n, first:] = vocabulary.item_indices(entry.item_id for entry in entries)
+        kinds[n, first:] = [behaviour_kind(entry.type, entry.value) for entry in entries]
+        ages[n, first:] = [max(row.event.ts - entry.ts, 0) / 1000 for entry in entries]
+        following = np.append(items[n, first + 1 :], vocabulary.item_indices([row.event.item_id]))
+        targets[n, first:] = np.where(following != items[n, first:], following, 0)
+    return Windows(items, kinds, ages, targets)
+
+
+Trending = tuple[tuple[str, float], ...]
+
+
+def trending_before(rows: Sequence[Row], moments: Iterable[Row], spec: FeatureSpec, size: int) -> dict[tuple, Trending]:
+    """The stream's trending list (its first `size` items, with their popularity) just before each
+    of `moments`, keyed by row order: the rows' events (in time order) folded with the stream's own
+    functions. The log holds labelled events only, so plays and likes do not count here."""
+    wanted = iter(sorted({row.order for row in moments}))
+    upcoming, lists = next(wanted, None), {}
+    items: dict[str, ItemState] = {}
+    state, current, changed = TrendingState(), (), False
+
+    def listed() -> Trending:
+        nonlocal current, changed
+        if changed:
+            current, changed = trending_list(state, spec).items[:size], False
+        return current
+
+    for row in rows:
+        while upcoming is not None and upcoming <= row.order:
+            lists[upcoming], upcoming = listed(), next(wanted, None)
+        event = ItemEvent(row.event.item_id, row.event.type, row.event.ts, row.event.value)
+        item = items[event.item_id] = apply_item_event(items.get(event.item_id, ItemState()), event, spec)
+        state, changed = apply_trending_update(state, TrendingUpdate.of(event.item_id, item.features, spec), spec), True
+    while upcoming is not None:
+        lists[upcoming], upcoming = listed(), next(wanted, None)
+    return lists
+
+
+def request_of(
+    query: Query, trending: Sequence[tuple[str, float]], k: int, candidates: int, explain: int = 0
+) -> RankRequest:
+    """The request the service would get at the query's moment, with exclude_seen, and reasons for
+    the top `explain`."""
+    row = query.row
+    return RankRequest(
+        row.event.user_id, row.sequence, row.features, row.event.ts, trending, set(query.seen), k, candidates, explain
+    )

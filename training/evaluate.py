@@ -1,199 +1,187 @@
-"""Holdout evaluation of rankers (AUC, GAUC) and of whole retrieval -> ranking pipelines
-(Recall, NDCG, HitRate at K over the full catalogue), for the new models, the live ones and baselines."""
+"""Holdout evaluation over the full catalogue: the served pipeline exactly as the service runs it
+(`schemas.pipeline.rank_batch`: the same pool, trending merged in, the seen set left out), retrieval
+alone, and the baselines popularity, item co-occurrence and EASE, all on the same queries; with
+Recall, NDCG and HitRate at K, the rankers' AUC within their pools, how much the newest behaviour
+matters, how often two recommendations carry the same reasons, and on the synthetic world the true
+click probability of what is recommended."""
 
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from itertools import islice
-from typing import Protocol
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from schemas.ann import ItemIndex
-from schemas.model_inputs import FIRST_ITEM, Vocabulary, hour_of_day, sequence_arrays, user_feature_matrix
-from training.data import Examples, Query, Row, behaviours, sequence_item_ids
-from training.metrics import auc, gauc, ranking_metrics
-from training.models import Ranker, TwoTower
+from schemas.covisitation import CoVisitation
+from schemas.model_inputs import FIRST_ITEM, Vocabulary
+from schemas.pipeline import Ranked, Recommender, rank_batch, retrieve
+from schemas.sources.synthetic import SyntheticWorld
+from training.counts import COVISITATION_WINDOW, item_sequences
+from training.data import Query, Row, Trending, request_of
+from training.metrics import gauc, ranking_metrics
 
 CUTOFFS = (10, 50)
-QUERY_BATCH = 256
-RANK_BATCH = 32
-COOCCURRENCE_WINDOW = 10
+REQUEST_BATCH = 64
+COOCCURRENCE_RECENT = 5
+"""The item co-occurrence baseline sums what followed the user's newest 5 items."""
+EASE_ITEMS = 5000
+"""EASE's closed form inverts an items x items matrix: it takes the most interacted items only."""
+EASE_REGULARISATION = (50.0, 200.0)
+"""EASE's lambda: the better of these on the validation queries."""
+EVERYTHING = 10**9
+EXPLAINED = 10
 
 
-class ScoresCandidates(Protocol):
-    vocabulary: Vocabulary
+@dataclass(frozen=True)
+class Moments:
+    """The queries of one part of a split with what the service would know then: the trending list."""
 
-    def score(self, sequence, kinds, candidates, user_features, hour) -> tuple[np.ndarray, np.ndarray]:
-        """[B, L], [B, L], [B, M], [B, F], [B] -> (scores [B, M], attention [B, M, L])."""
-        ...
+    queries: list[Query]
+    trending: dict[tuple, Trending]
 
-
-class RetrievesCandidates(ScoresCandidates, Protocol):
-    index: ItemIndex
-
-    def user_vectors(self, sequence, kinds, user_features) -> np.ndarray: ...
-
-
-class KerasRanker:
-    """An in-memory ranker behind the same `score` as an exported one."""
-
-    def __init__(self, model: Ranker, vocabulary: Vocabulary):
-        self.model, self.vocabulary = model, vocabulary
-
-    def score(self, sequence, kinds, candidates, user_features, hour):
-        logits, attention = self.model.score_candidates(
-            sequence, kinds, candidates, user_features, hour, training=False
-        )
-        return 1 / (1 + np.exp(-np.asarray(logits))), attention
+    def requests(self, k: int, candidates: int, drop_newest: bool = False, explain: int = 0):
+        requests = [request_of(query, self.trending[query.row.order], k, candidates, explain) for query in self.queries]
+        if drop_newest:
+            requests = [replace(request, behaviours=request.behaviours[:-1]) for request in requests]
+        return requests
 
 
-class KerasRetrieval:
-    """An in-memory two-tower model behind the same `user_vectors` and `index` as an exported one."""
-
-    def __init__(self, model: TwoTower, vocabulary: Vocabulary, exact_max_items: int):
-        self.model, self.vocabulary = model, vocabulary
-        indices = np.arange(FIRST_ITEM, vocabulary.size, dtype=np.int32)
-        self.embeddings = np.asarray(model.item_vectors(indices), dtype=np.float32)
-        """[items, d]: row i is item vocabulary.item_ids[i]."""
-        self.index = ItemIndex(exact_max_items).index(self.embeddings, list(vocabulary.item_ids))
-
-    def user_vectors(self, sequence, kinds, user_features) -> np.ndarray:
-        return np.asarray(self.model.user_vectors(sequence, kinds, user_features))
+def served(recommender: Recommender, moments: Moments, candidates: int, drop_newest: bool = False) -> list[Ranked]:
+    """The service's answer at each query (exclude_seen, the top 10 explained): every pool item, best first."""
+    requests = moments.requests(EVERYTHING, candidates, drop_newest, EXPLAINED)
+    return [
+        ranked
+        for start in range(0, len(requests), REQUEST_BATCH)
+        for ranked in rank_batch(recommender, requests[start : start + REQUEST_BATCH])
+    ]
 
 
-def ranker_metrics(ranker: ScoresCandidates, examples: Examples) -> dict[str, float]:
-    scores = np.concatenate(
-        [
-            ranker.score(
-                examples.sequence[part],
-                examples.kinds[part],
-                examples.item[part, None],
-                examples.user_features[part],
-                examples.hour[part],
-            )[0][:, 0]
-            for part in _batches(len(examples), 4096)
-        ]
-    )
-    return {"auc": auc(examples.label, scores), "gauc": gauc(examples.user_ids, examples.label, scores)}
+def retrieved(recommender: Recommender, moments: Moments, count: int) -> list[list[str]]:
+    """Retrieval alone: the `count` nearest items of each query's user vector, seen items left out."""
+    requests = moments.requests(count, count)
+    return [
+        items
+        for start in range(0, len(requests), REQUEST_BATCH)
+        for items in retrieve(recommender, requests[start : start + REQUEST_BATCH])[2]
+    ]
 
 
-def _batches(total: int, size: int) -> list[slice]:
-    return [slice(start, start + size) for start in range(0, total, size)]
+def item_lists(ranked: Sequence[Ranked]) -> list[list[str]]:
+    return [[item.item_id for item in answer.items] for answer in ranked]
 
 
-class QueryInputs:
-    """The queries' point-in-time states as model inputs of one vocabulary."""
-
-    def __init__(self, queries: Sequence[Query], vocabulary: Vocabulary, length: int):
-        rows = [query.row for query in queries]
-        self.seen = [set(sequence_item_ids(row)) for row in rows]
-        self.sequence, self.kinds = sequence_arrays(vocabulary, [behaviours(row) for row in rows], length)
-        self.user_features = user_feature_matrix([row.features for row in rows])
-        self.hour = hour_of_day(row.event.ts for row in rows)
-
-
-def retrieve(model: RetrievesCandidates, inputs: QueryInputs, count: int) -> list[list[str]]:
-    """The `count` nearest items of each query's user vector, items already in the sequence left out."""
-    candidates = []
-    for part in _batches(len(inputs.seen), QUERY_BATCH):
-        vectors = model.user_vectors(inputs.sequence[part], inputs.kinds[part], inputs.user_features[part])
-        _, ids = model.index.search(vectors, count + inputs.sequence.shape[1])
-        for row, seen in zip(ids, inputs.seen[part], strict=True):
-            candidates.append([item for item in row if item is not None and item not in seen][:count])
-    return candidates
-
-
-def rank(ranker: ScoresCandidates, inputs: QueryInputs, candidates: list[list[str]]) -> list[list[str]]:
-    """Each query's candidates reordered by the ranker's score."""
-    ranked = []
-    width = max(len(row) for row in candidates)
-    for part in _batches(len(candidates), RANK_BATCH):
-        rows = candidates[part]
-        padded = [row + [row[-1]] * (width - len(row)) for row in rows]
-        indices = np.stack([ranker.vocabulary.item_indices(row) for row in padded])
-        scores, _ = ranker.score(
-            inputs.sequence[part], inputs.kinds[part], indices, inputs.user_features[part], inputs.hour[part]
-        )
-        for row, row_scores in zip(rows, scores, strict=True):
-            order = np.argsort(-row_scores[: len(row)], kind="stable")
-            ranked.append([row[n] for n in order])
-    return ranked
-
-
-def popularity_lists(popularity: Counter, inputs: QueryInputs, count: int) -> list[list[str]]:
-    """Most popular training positives first, items already in the sequence left out."""
-    head = [item for item, _ in popularity.most_common(count + inputs.sequence.shape[1])]
-    return [[item for item in head if item not in seen][:count] for seen in inputs.seen]
-
-
-def cooccurrence_lists(
-    train_rows: list[Row],
-    train_labels: np.ndarray,
-    popularity: Counter,
-    queries: Sequence[Query],
-    inputs: QueryInputs,
-    count: int,
-) -> list[list[str]]:
-    """SparrowRecSys-style item-to-item baseline: items that followed the user's recent items in other
-    users' positive histories (within COOCCURRENCE_WINDOW), summed, popularity filling the rest."""
-    follows: dict[str, Counter] = defaultdict(Counter)
-    for row, label in zip(train_rows, train_labels, strict=True):
-        if label > 0:
-            for earlier in sequence_item_ids(row)[-COOCCURRENCE_WINDOW:]:
-                follows[earlier][row.event.item_id] += 1
-    fallback = popularity_lists(popularity, inputs, count)
-    lists = []
-    for query, seen, filler in zip(queries, inputs.seen, fallback, strict=True):
-        scores: Counter = Counter()
-        for earlier in sequence_item_ids(query.row)[-COOCCURRENCE_WINDOW:]:
-            scores.update(follows.get(earlier, {}))
-        chosen = [item for item, _ in scores.most_common() if item not in seen][:count]
-        lists.append(chosen + list(islice((item for item in filler if item not in chosen), count - len(chosen))))
-    return lists
-
-
-def pipeline_metrics(lists: list[list[str]], queries: Sequence[Query]) -> dict[str, float]:
-    relevant = [query.relevant - set(sequence_item_ids(query.row)) for query in queries]
+def pipeline_metrics(lists: Sequence[Sequence[str]], queries: Sequence[Query]) -> dict[str, float]:
+    relevant = [query.relevant for query in queries]
     metrics: dict[str, float] = {}
     for k in CUTOFFS:
         metrics |= ranking_metrics(lists, relevant, k)
     return metrics
 
 
-def evaluate_bundle(
-    model: RetrievesCandidates,
-    queries: Sequence[Query],
-    length: int,
-    candidates: int,
-    extra_rankers: dict[str, ScoresCandidates] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Pipeline metrics of retrieval alone and of retrieval followed by the bundle's ranker (and others)."""
-    inputs = QueryInputs(queries, model.vocabulary, length)
-    retrieved = retrieve(model, inputs, candidates)
-    results = {
-        "two-tower": pipeline_metrics(retrieved, queries),
-        "two-tower + DIN": pipeline_metrics(rank(model, inputs, retrieved), queries),
-    }
-    for name, ranker in (extra_rankers or {}).items():
-        results[f"two-tower + {name}"] = pipeline_metrics(rank(ranker, inputs, retrieved), queries)
-    return results
+def pool_auc(ranked: Sequence[Ranked], queries: Sequence[Query]) -> float:
+    """The ranker's own measure: within each query's pool, the chance that a relevant item is
+    ranked above an irrelevant one, averaged over queries weighted by their pool size (GAUC)."""
+    groups, labels, scores = [], [], []
+    for n, (answer, query) in enumerate(zip(ranked, queries, strict=True)):
+        groups += [n] * len(answer.items)
+        labels += [item.item_id in query.relevant for item in answer.items]
+        scores += [-place for place in range(len(answer.items))]
+    return gauc(groups, np.array(labels, np.float32), np.array(scores, np.float64))
 
 
-def baseline_pipelines(
-    train_rows: list[Row],
-    train_labels: np.ndarray,
-    popularity: Counter,
-    queries: Sequence[Query],
-    vocabulary: Vocabulary,
-    length: int,
-) -> dict[str, dict[str, float]]:
-    inputs = QueryInputs(queries, vocabulary, length)
-    count = max(CUTOFFS)
-    builders: dict[str, Callable[[], list[list[str]]]] = {
-        "popularity": lambda: popularity_lists(popularity, inputs, count),
-        "item co-occurrence": lambda: cooccurrence_lists(train_rows, train_labels, popularity, queries, inputs, count),
-    }
-    return {name: pipeline_metrics(build(), queries) for name, build in builders.items()}
+def identical_reasons_share(ranked: Sequence[Ranked], k: int = 10) -> float:
+    """Share of top-k recommendations whose reasons are exactly those of another one in the same answer."""
+    shared = total = 0
+    for answer in ranked:
+        reasons = [item.reasons for item in answer.items[:k]]
+        shared += sum(reasons.count(reason) > 1 for reason in reasons)
+        total += len(reasons)
+    return shared / total if total else math.nan
+
+
+def popularity_lists(popularity: np.ndarray, vocabulary: Vocabulary, queries: Sequence[Query], count: int):
+    """Most interacted items of the training data first, seen items left out."""
+    head = _ordered(popularity[FIRST_ITEM:], vocabulary, count + max((len(q.seen) for q in queries), default=0))
+    return [[item for item in head if item not in query.seen][:count] for query in queries]
+
+
+def cooccurrence_lists(
+    train: Sequence[Row], vocabulary: Vocabulary, popularity: np.ndarray, queries: Sequence[Query], count: int
+) -> list[list[str]]:
+    """Item co-occurrence: the items that followed the user's newest COOCCURRENCE_RECENT items within
+    COOCCURRENCE_WINDOW interactions in the training histories, summed; popularity breaks ties and fills the rest."""
+    table = CoVisitation.of(item_sequences(train, vocabulary).values(), vocabulary.size, COVISITATION_WINDOW, None)
+    tie_break = popularity / (popularity.max() + 1.0)
+    lists = []
+    for query in queries:
+        newest = vocabulary.item_indices([entry.item_id for entry in query.row.sequence[-COOCCURRENCE_RECENT:]])
+        lists.append(_best(table.following(newest) + tie_break, vocabulary, query.seen, count))
+    return lists
+
+
+class Ease:
+    """EASE (Steck, 2019): an item-item weight matrix in closed form, B = I - P / diag(P) with
+    P = (XᵀX + λI)⁻¹ over users' interaction vectors X, zero diagonal; a user scores items by x·B."""
+
+    def __init__(self, train: Sequence[Row], vocabulary: Vocabulary, popularity: np.ndarray, regularisation: float):
+        self.vocabulary, self.regularisation = vocabulary, regularisation
+        self.items = np.argsort(-popularity, kind="stable")[: min(EASE_ITEMS, int((popularity > 0).sum()))]
+        column = np.full(vocabulary.size, -1, np.int64)
+        column[self.items] = np.arange(len(self.items))
+        self.column = column
+        sequences = list(item_sequences(train, vocabulary).values())
+        users = np.zeros((len(sequences), len(self.items)), np.float32)
+        for row, items in enumerate(sequences):
+            users[row, column[items][column[items] >= 0]] = 1.0
+        gram = users.T @ users
+        gram[np.diag_indices_from(gram)] += regularisation
+        inverse = np.linalg.inv(gram)
+        self.weights = -inverse / np.diag(inverse)[None, :]
+        self.weights[np.diag_indices_from(self.weights)] = 0.0
+
+    def lists(self, queries: Sequence[Query], count: int) -> list[list[str]]:
+        lists = []
+        for query in queries:
+            seen = self.column[self.vocabulary.item_indices(query.seen)]
+            history = np.zeros(len(self.items), np.float32)
+            history[seen[seen >= 0]] = 1.0
+            scores = np.full(self.vocabulary.size - FIRST_ITEM, -np.inf, np.float32)
+            scores[self.items - FIRST_ITEM] = history @ self.weights
+            lists.append(_best(np.concatenate([[-np.inf] * FIRST_ITEM, scores]), self.vocabulary, query.seen, count))
+        return lists
+
+
+def _ordered(scores: np.ndarray, vocabulary: Vocabulary, count: int) -> list[str]:
+    """The `count` best item ids of scores over vocabulary rows (row i: item_ids[i])."""
+    count = min(count, len(scores))
+    best = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
+    return [vocabulary.item_ids[n] for n in best[np.argsort(-scores[best], kind="stable")]]
+
+
+def _best(scores: np.ndarray, vocabulary: Vocabulary, seen: frozenset[str], count: int) -> list[str]:
+    """The `count` best unseen items of scores over item indices."""
+    scores = scores.astype(np.float32).copy()
+    scores[vocabulary.item_indices(seen)] = -np.inf
+    return [item for item in _ordered(scores[FIRST_ITEM:], vocabulary, count + len(seen)) if item not in seen][:count]
+
+
+def click_probability_share(
+    world: SyntheticWorld, queries: Sequence[Query], lists: Sequence[Sequence[str]], k: int = 10
+) -> float:
+    """On the synthetic world: the true probability that the user clicks each of the top k as shown
+    (position by position, with the user's interests at the query's moment), summed, as a share of
+    that sum for the best possible top k of unseen items; averaged over queries."""
+    shares = []
+    for query, items in zip(queries, lists, strict=True):
+        user, at = world.user_index(query.user_id), query.row.event.ts
+        unseen = np.array([n for n in range(world.spec.items) if world.item_id_of(n) not in query.seen])
+        chosen = np.array([world.item_index(item) for item in items[:k]])
+        positions = np.arange(k)
+        best = unseen[np.argsort(-world.affinity(user, unseen, at), kind="stable")[:k]]
+        ideal = world.click_probability(user, best, positions[: len(best)], at).sum()
+        got = world.click_probability(user, chosen, positions[: len(chosen)], at).sum() if len(chosen) else 0.0
+        shares.append(got / ideal)
+    return float(np.mean(shares)) if shares else math.nan
 
 
 def ann_recall(index: ItemIndex, embeddings: np.ndarray, ids: list[str], queries: np.ndarray, k: int) -> float:

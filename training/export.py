@@ -1,8 +1,8 @@
 """Exported serving signatures (TensorFlow SavedModels, no Python code needed to load them).
 
-user_tower.embed(sequence [B, L] int32, user_features [B, F] float32) -> {"embedding": [B, d]}
-ranker.score(sequence [B, L] int32, candidates [B, M] int32, user_features [B, F] float32, hour [B] int32)
-    -> {"score": [B, M] probability, "attention": [B, M, L] DIN weights over the sequence}
+user_tower.embed(items [B, L] int32, kinds [B, L] int32, ages [B, L] float32) -> {"embedding": [B, d]}
+ranker.score(items, kinds, ages, candidates [B, M] int32, features [B, M, F] float32, pairs [B, M, L] float32)
+    -> {"score": [B, M] the served score, "attention": [B, M, L] DIN weights over the sequence}
 """
 
 from pathlib import Path
@@ -10,35 +10,35 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from schemas.model_inputs import USER_FEATURES
-from training.models import Ranker, TwoTower
+from schemas.model_inputs import RANKER_FEATURES
+from training.models import Ranker, SequentialRetrieval
 
 
-def _spec(shape, dtype, name):
-    return tf.TensorSpec(shape, dtype, name=name)
+def _sequence_specs(length: int) -> list[tf.TensorSpec]:
+    return [
+        tf.TensorSpec([None, length], tf.int32, name="items"),
+        tf.TensorSpec([None, length], tf.int32, name="kinds"),
+        tf.TensorSpec([None, length], tf.float32, name="ages"),
+    ]
 
 
-def export_user_tower(model: TwoTower, path: Path, length: int) -> None:
+def export_user_tower(model: SequentialRetrieval, path: Path, length: int) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         "embed",
-        lambda sequence, kinds, user_features: {"embedding": model.user_vectors(sequence, kinds, user_features)},
-        input_signature=[
-            _spec([None, length], tf.int32, "sequence"),
-            _spec([None, length], tf.int32, "kinds"),
-            _spec([None, len(USER_FEATURES)], tf.float32, "user_features"),
-        ],
+        lambda items, kinds, ages: {"embedding": model.user_vectors(items, kinds, ages)},
+        input_signature=_sequence_specs(length),
     )
     archive.write_out(str(path), verbose=False)
 
 
 def export_ranker(model: Ranker, path: Path, length: int) -> None:
-    def score(sequence, kinds, candidates, user_features, hour):
-        logits, attention = model.score_candidates(sequence, kinds, candidates, user_features, hour, training=False)
+    def score(items, kinds, ages, candidates, features, pairs):
+        scores, attention = model.served_scores(items, kinds, ages, candidates, features, pairs)
         if attention is None:
             attention = tf.zeros(tf.concat([tf.shape(candidates), [length]], 0))
-        return {"score": tf.sigmoid(logits), "attention": attention}
+        return {"score": scores, "attention": attention}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -46,11 +46,10 @@ def export_ranker(model: Ranker, path: Path, length: int) -> None:
         "score",
         score,
         input_signature=[
-            _spec([None, length], tf.int32, "sequence"),
-            _spec([None, length], tf.int32, "kinds"),
-            _spec([None, None], tf.int32, "candidates"),
-            _spec([None, len(USER_FEATURES)], tf.float32, "user_features"),
-            _spec([None], tf.int32, "hour"),
+            *_sequence_specs(length),
+            tf.TensorSpec([None, None], tf.int32, name="candidates"),
+            tf.TensorSpec([None, None, len(RANKER_FEATURES)], tf.float32, name="features"),
+            tf.TensorSpec([None, None, length], tf.float32, name="pairs"),
         ],
     )
     archive.write_out(str(path), verbose=False)

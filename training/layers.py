@@ -1,4 +1,4 @@
-"""Small Keras layers the retrieval model and the DIN ranker are built from.
+"""Small Keras layers the sequential retrieval model and the DIN ranker are built from.
 
 Shapes: B batch, M candidates per row, L sequence length, D item-embedding width, H hidden units.
 Item index 0 is padding (schemas.model_inputs.PADDING).
@@ -49,18 +49,22 @@ class ItemEmbedding(keras.layers.Layer):
         self.output_dim = id_dim + GENRE_DIM + YEAR_DIM
 
     def build(self, input_shape):
+        # Initialised with the tables rather than assigned after: Keras may build a layer inside a
+        # graph it then discards (a model's first call), where an assignment would be lost.
         self.genre_lookup = self.add_weight(
             shape=(self.vocabulary_size, MAX_GENRES),
             dtype="int32",
-            initializer="zeros",
+            initializer=keras.initializers.Constant(self.genre_table),
             trainable=False,
             name="genre_lookup",
         )
         self.year_lookup = self.add_weight(
-            shape=(self.vocabulary_size,), dtype="int32", initializer="zeros", trainable=False, name="year_lookup"
+            shape=(self.vocabulary_size,),
+            dtype="int32",
+            initializer=keras.initializers.Constant(self.year_table),
+            trainable=False,
+            name="year_lookup",
         )
-        self.genre_lookup.assign(self.genre_table)
-        self.year_lookup.assign(self.year_table)
         for embedding in (self.ids, self.genres, self.years):
             embedding.build(input_shape)
 
@@ -122,6 +126,10 @@ class AttentionUnit(keras.layers.Layer):
         self.out.build((None, None, None, self.hidden))
 
     def call(self, query, keys, mask, training=None):
+        return self.weights_of(self.hidden_terms(query, keys), mask, training)
+
+    def hidden_terms(self, query, keys):
+        """[B, M, D], [B, L, D] -> the first layer's pre-activations [B, M, L, H]."""
         key_terms = ops.matmul(keys, self.w_key)  # [B, L, H], once per sequence
         query_terms = ops.matmul(query, self.w_query)  # [B, M, H]
         batch, candidates, length = ops.shape(query)[0], ops.shape(query)[1], ops.shape(keys)[1]
@@ -129,8 +137,11 @@ class AttentionUnit(keras.layers.Layer):
         per_key = ops.einsum("bld,dh->bdlh", keys, self.w_product)  # [B, D, L, H], once per sequence
         products = ops.matmul(query, ops.reshape(per_key, (batch, width, length * self.hidden)))
         products = ops.reshape(products, (batch, candidates, length, self.hidden))  # [B, M, L, H]
-        hidden = products + ops.expand_dims(query_terms, 2) + ops.expand_dims(key_terms, 1) + self.bias
-        weights = ops.squeeze(self.out(self.activation(hidden, training=training)), -1)  # [B, M, L]
+        return products + ops.expand_dims(query_terms, 2) + ops.expand_dims(key_terms, 1) + self.bias
+
+    def weights_of(self, hidden, mask, training=None):
+        """[B, M, L, H] pre-activations, mask [B, L] -> weights [B, M, L], 0 where masked."""
+        weights = ops.squeeze(self.out(self.activation(hidden, training=training)), -1)
         return weights * ops.cast(ops.expand_dims(mask, 1), weights.dtype)
 
 
@@ -140,3 +151,95 @@ class AttentionPooling(keras.layers.Layer):
 
     def call(self, weights, keys):
         return ops.einsum("bml,bld->bmd", weights, keys)
+
+
+AGE_BUCKETS = 32
+"""Ages and time gaps in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ... up to about 68 years."""
+
+
+def age_buckets(seconds):
+    """[...] float seconds (negative counts as 0) -> [...] int32 bucket: round(log2(1 + seconds)), clipped."""
+    buckets = ops.round(ops.log(1.0 + ops.maximum(seconds, 0.0)) / np.log(2.0))
+    return ops.cast(ops.clip(buckets, 0, AGE_BUCKETS - 1), "int32")
+
+
+class CausalSelfAttention(keras.layers.Layer):
+    """One pre-norm Transformer block of the sequential user tower (SASRec, Kang & McAuley 2018):
+    causal multi-head self-attention with a learnt bias per head for the time gap between each
+    position's moment and each earlier behaviour (as in TiSASRec), then a position-wise feed-forward
+    layer, each added back to its input. x [B, L, D], allowed [B, L, L] bool (query may attend
+    key), gaps [B, L, L] int32 gap buckets -> [B, L, D]."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not a multiple of heads {heads}")
+        self.dim, self.heads = dim, heads
+        self.norm_attention = keras.layers.LayerNormalization(epsilon=1e-6, name="norm_attention")
+        self.norm_feed_forward = keras.layers.LayerNormalization(epsilon=1e-6, name="norm_feed_forward")
+        self.query_key_value = keras.layers.Dense(3 * dim, name="query_key_value")
+        self.project = keras.layers.Dense(dim, name="project")
+        self.feed_forward = keras.layers.Dense(dim, activation="relu", name="feed_forward")
+        self.feed_forward_out = keras.layers.Dense(dim, name="feed_forward_out")
+        self.gap_bias = keras.layers.Embedding(AGE_BUCKETS, heads, embeddings_initializer="zeros", name="gap_bias")
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def build(self, x_shape, allowed_shape=None, gaps_shape=None):
+        for layer, width in ((self.norm_attention, self.dim), (self.norm_feed_forward, self.dim),
+                             (self.query_key_value, self.dim), (self.project, self.dim),
+                             (self.feed_forward, self.dim), (self.feed_forward_out, self.dim)):  # fmt: skip
+            layer.build((None, None, width))
+        self.gap_bias.build((None, None, None))
+
+    def call(self, x, allowed, gaps, training=None):
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        width = self.dim // self.heads
+
+        def heads(t):  # [B, L, D] -> [B, heads, L, D / heads]
+            return ops.transpose(ops.reshape(t, (batch, length, self.heads, width)), (0, 2, 1, 3))
+
+        query, key, value = (heads(t) for t in ops.split(self.query_key_value(self.norm_attention(x)), 3, axis=-1))
+        logits = ops.einsum("bhqd,bhkd->bhqk", query, key) / np.sqrt(width)
+        logits = logits + ops.transpose(self.gap_bias(gaps), (0, 3, 1, 2))
+        weights = ops.softmax(ops.where(allowed[:, None], logits, -1e9), axis=-1)
+        attended = ops.einsum("bhqk,bhkd->bhqd", self.dropout(weights, training=training), value)
+        attended = ops.reshape(ops.transpose(attended, (0, 2, 1, 3)), (batch, length, self.dim))
+        x = x + self.dropout(self.project(attended), training=training)
+        hidden = self.dropout(self.feed_forward(self.norm_feed_forward(x)), training=training)
+        return x + self.dropout(self.feed_forward_out(hidden), training=training)
+
+
+class PairAttentionUnit(AttentionUnit):
+    """DIN's activation unit that also reads a number per (candidate, behaviour) pair, here how often
+    the candidate followed that behaviour in other users' sequences: its first layer gains the term
+    pair·w_pair. query [B, M, D], keys [B, L, D], mask [B, L], pairs [B, M, L] -> weights [B, M, L]."""
+
+    def build(self, query_shape, keys_shape=None, mask_shape=None, pairs_shape=None):
+        super().build(query_shape)
+        self.w_pair = self.add_weight(shape=(self.hidden,), initializer="glorot_uniform", name="w_pair")
+
+    def call(self, query, keys, mask, pairs, training=None):
+        return self.weights_of(self.hidden_terms(query, keys) + ops.expand_dims(pairs, -1) * self.w_pair, mask,
+                               training)  # fmt: skip
+
+
+class Standardise(keras.layers.Layer):
+    """(x - mean) / std per feature, with mean and std fixed from the training data by `fit`
+    (kept as weights, so they travel with the model): x [..., F] -> [..., F]."""
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.mean = self.add_weight(shape=(width,), initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=(width,), initializer="ones", trainable=False, name="std")
+
+    def fit(self, features: np.ndarray) -> None:
+        """features [N, F] (any leading shape): set mean and std from them (std 1 where constant)."""
+        flat = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
+        if not self.built:
+            self.build(flat.shape)
+        std = flat.std(axis=0)
+        self.mean.assign(flat.mean(axis=0).astype(np.float32))
+        self.std.assign(np.where(std > 1e-6, std, 1.0).astype(np.float32))
+
+    def call(self, x):
+        return (x - self.mean) / self.std

@@ -49,21 +49,23 @@ def gauc(users: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[frozenset[str]], k: int) -> dict[str, float]:
-    """Mean Recall@k, NDCG@k (binary relevance) and HitRate@k over queries with something relevant."""
-    recalls, ndcgs, hits = [], [], []
+    """Mean Recall@k, NDCG@k (binary relevance) and HitRate@k over queries with something relevant,
+    each with its standard error over those queries (`_se`: sample std / sqrt(n))."""
+    per_query: dict[str, list[float]] = {f"recall@{k}": [], f"ndcg@{k}": [], f"hitrate@{k}": []}
     for items, truth in zip(ranked, relevant, strict=True):
         if not truth:
             continue
         gains = [1.0 if item in truth else 0.0 for item in items[:k]]
         found = sum(gains)
         ideal = sum(1.0 / math.log2(position + 2) for position in range(min(len(truth), k)))
-        recalls.append(found / len(truth))
-        ndcgs.append(sum(gain / math.log2(position + 2) for position, gain in enumerate(gains)) / ideal)
-        hits.append(float(found > 0))
-    if not recalls:
-        return {f"recall@{k}": math.nan, f"ndcg@{k}": math.nan, f"hitrate@{k}": math.nan}
-    return {
-        f"recall@{k}": float(np.mean(recalls)),
-        f"ndcg@{k}": float(np.mean(ndcgs)),
-        f"hitrate@{k}": float(np.mean(hits)),
-    }
+        per_query[f"recall@{k}"].append(found / len(truth))
+        per_query[f"ndcg@{k}"].append(
+            sum(gain / math.log2(position + 2) for position, gain in enumerate(gains)) / ideal
+        )
+        per_query[f"hitrate@{k}"].append(float(found > 0))
+    metrics: dict[str, float] = {}
+    for name, values in per_query.items():
+        count = len(values)
+        metrics[name] = float(np.mean(values)) if count else math.nan
+        metrics[f"{name}_se"] = float(np.std(values, ddof=1) / math.sqrt(count)) if count > 1 else math.nan
+    return metrics

@@ -1,156 +1,200 @@
-"""The models: a two-tower retrieval model and two rankers (DIN, and the Embedding+MLP baseline).
+"""The models: sequential retrieval (a SASRec user tower over the live sequence, item vectors from
+id and content) and two rankers trained on the candidates that retrieval produces: DIN, and the
+Embedding+MLP baseline.
 
-Inputs are the arrays of schemas.model_inputs: sequence [B, L] item indices (0 pads) with their
-behaviour kinds [B, L], user features [B, F], hour [B], candidate item indices [B, M].
+Inputs are the arrays of `schemas.model_inputs`: items [B, L] item indices (0 pads) with their
+behaviour kinds [B, L] and ages [B, L] (seconds before the request), candidates [B, M], candidate
+features [B, M, F] (RANKER_FEATURES) and co-visitation pairs [B, M, L].
 """
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from schemas.model_inputs import BEHAVIOUR_KINDS, FIRST_ITEM
 from training.layers import (
-    HOUR_DIM,
+    AGE_BUCKETS,
+    GENRE_DIM,
+    YEAR_DIM,
     AttentionPooling,
-    AttentionUnit,
-    BehaviourEmbedding,
+    CausalSelfAttention,
     ItemEmbedding,
     MaskedMeanPooling,
+    PairAttentionUnit,
+    Standardise,
+    age_buckets,
 )
 
 
 class ItemTables:
-    """What every model needs to embed items: the catalogue's constant tables and the id width."""
+    """What every model needs to embed items: the catalogue's constant tables."""
 
-    def __init__(self, genre_table: np.ndarray, year_table: np.ndarray, genre_count: int, id_dim: int):
-        self.genre_table, self.year_table, self.genre_count, self.id_dim = genre_table, year_table, genre_count, id_dim
+    def __init__(self, genre_table: np.ndarray, year_table: np.ndarray, genre_count: int):
+        self.genre_table, self.year_table, self.genre_count = genre_table, year_table, genre_count
 
-    def embedding(self) -> ItemEmbedding:
-        return ItemEmbedding(self.genre_table, self.year_table, self.genre_count, self.id_dim, name="item_embedding")
+    def embedding(self, width: int) -> ItemEmbedding:
+        """Items as `width` numbers: an id embedding and the item's content (genres, year)."""
+        return ItemEmbedding(
+            self.genre_table, self.year_table, self.genre_count, width - GENRE_DIM - YEAR_DIM, name="item_embedding"
+        )
 
 
-def _mlp(units: tuple[int, ...], activation, name: str) -> keras.Sequential:
+def moments(ages):
+    """[B, L] ages -> [B, L] the age of each position's moment: the next behaviour's age, and 0 (the
+    request) after the newest. Position i predicts what comes at its moment."""
+    return ops.concatenate([ages[:, 1:], ops.zeros_like(ages[:, :1])], axis=1)
+
+
+class SequentialRetrieval(keras.Model):
+    """Retrieval: user vector · item vector. The user tower reads the live sequence in order: each
+    behaviour is its item's vector plus an embedding of what the user did with it (clicked, rated
+    4.5, ...) and of its position; causal self-attention blocks with time-gap biases turn position i
+    into the user's state just after behaviour i, as of the moment of the next one, and the last
+    position is the user vector. The item tower is the item embedding of id, genres and year, shared
+    with the sequence's input, so an item without interactions still has a vector from its content."""
+
+    def __init__(
+        self, tables: ItemTables, dim: int, length: int, blocks: int = 2, heads: int = 2, dropout: float = 0.2, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.dim, self.length = dim, length
+        self.items = tables.embedding(dim)
+        self.kinds = keras.layers.Embedding(BEHAVIOUR_KINDS, dim, name="kinds")
+        self.positions = keras.layers.Embedding(length, dim, name="positions")
+        self.blocks = [CausalSelfAttention(dim, heads, dropout, name=f"block_{n}") for n in range(blocks)]
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def encode(self, items, kinds, ages, training=None):
+        """[B, L] each -> [B, L, dim]: the user's state after each behaviour."""
+        present = items > 0
+        x = self.items(items) * np.sqrt(self.dim) + self.kinds(kinds) + self.positions(ops.arange(self.length))[None]
+        x = self.dropout(x, training=training) * ops.cast(present[..., None], x.dtype)
+        gaps = age_buckets(ages[:, None, :] - moments(ages)[:, :, None])  # [B, query L, key L]
+        allowed = ops.tril(ops.ones((self.length, self.length), "bool"))[None] & present[:, None, :]
+        for block in self.blocks:
+            x = block(x, allowed, gaps, training=training) * ops.cast(present[..., None], x.dtype)
+        return self.norm(x)
+
+    def user_vectors(self, items, kinds, ages):
+        """[B, L] each -> [B, dim]."""
+        return self.encode(items, kinds, ages, training=False)[:, -1]
+
+    def item_vectors(self, indices):
+        """[N] item indices -> [N, dim]."""
+        return self.items(indices)
+
+    def next_item_loss(self, items, kinds, ages, targets, training=True):
+        """Softmax over the whole catalogue at every position whose target (the next item, 0: none) is set."""
+        states = self.encode(items, kinds, ages, training=training)
+        catalogue = self.item_vectors(ops.arange(self.items.vocabulary_size))
+        flat = ops.reshape(states, (-1, self.dim))
+        logits = ops.matmul(flat, ops.transpose(catalogue))  # [B * L, items]
+        reserved = ops.arange(self.items.vocabulary_size) < FIRST_ITEM
+        logits = ops.where(reserved[None, :], -1e9, logits)
+        chosen = ops.reshape(targets, (-1,))
+        losses = keras.losses.sparse_categorical_crossentropy(chosen, logits, from_logits=True)
+        labelled = ops.cast(chosen > 0, losses.dtype)
+        return ops.sum(losses * labelled) / ops.maximum(ops.sum(labelled), 1.0)
+
+    def call(self, inputs, training=None):
+        return self.encode(inputs["items"], inputs["kinds"], inputs["ages"], training=training)
+
+
+def _mlp(units: tuple[int, ...], name: str) -> keras.Sequential:
     layers = []
     for n, width in enumerate(units):
-        layers += [keras.layers.Dense(width, name=f"dense_{n}"), activation(f"activation_{n}")]
+        layers += [keras.layers.Dense(width, name=f"dense_{n}"), keras.layers.PReLU(shared_axes=[1], name=f"prelu_{n}")]
     return keras.Sequential(layers, name=name)
 
 
-def _tower(dim: int, name: str) -> keras.Sequential:
-    return keras.Sequential(
-        [keras.layers.Dense(64, activation="relu", name="hidden"), keras.layers.Dense(dim, name="out")], name=name
-    )
-
-
-class TwoTower(keras.Model):
-    """Retrieval: user vector · item vector, both L2-normalised to `dim`. The user tower reads the
-    behaviour sequence (masked mean of item embeddings) and the user features, so it runs on the live
-    sequence at request time; the item tower reads item id, genres and year. Both share the item embedding."""
-
-    def __init__(self, tables: ItemTables, dim: int, temperature: float = 0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.items = tables.embedding()
-        self.behaviours = BehaviourEmbedding(self.items, name="behaviours")
-        self.pool = MaskedMeanPooling()
-        self.user_mlp, self.item_mlp = _tower(dim, "user_mlp"), _tower(dim, "item_mlp")
-        self.temperature = temperature
-
-    def user_vectors(self, sequence, kinds, user_features):
-        """[B, L], [B, L], [B, F] -> [B, dim]."""
-        pooled = self.pool(self.behaviours(sequence, kinds), sequence > 0)
-        return ops.normalize(self.user_mlp(ops.concatenate([pooled, user_features], axis=-1)), axis=-1)
-
-    def item_vectors(self, items):
-        """[N] -> [N, dim]."""
-        return ops.normalize(self.item_mlp(self.items(items)), axis=-1)
-
-    def call(self, inputs):
-        """-> (user vectors [B, dim], vectors of the rows' items [B, dim])."""
-        users = self.user_vectors(inputs["sequence"], inputs["kinds"], inputs["user_features"])
-        return users, self.item_vectors(inputs["item"])
-
-    def in_batch_loss(self, sequence, kinds, user_features, items, log_q, logq_weight: float):
-        """Softmax over the batch's items as negatives, each logit corrected by its item's log sampling
-        probability (logQ), so popular items are not pushed down just for being frequent negatives.
-        Another row holding the same item is not a negative."""
-        users, candidates = self.user_vectors(sequence, kinds, user_features), self.item_vectors(items)
-        logits = ops.matmul(users, ops.transpose(candidates)) / self.temperature - logq_weight * log_q[None, :]
-        same_item = ops.equal(items[:, None], items[None, :])
-        logits = ops.where(same_item & ~ops.eye(ops.shape(items)[0], dtype="bool"), -1e9, logits)
-        labels = ops.arange(ops.shape(items)[0])
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-
-
 class Ranker(keras.Model):
-    """Click/like probability of candidates for a user: an MLP over the user's interest, the
-    candidate, the user features and the hour. Subclasses say how the interest is pooled."""
+    """Scores the candidates of a request, trained on the candidates retrieval gives: `next` logits
+    (which candidate the user takes next, a softmax over them) and `like` logits (whether the user
+    likes it, rating >= the label threshold, where the events carry a rating). The served score is
+    next + like_weight · log sigmoid(like), the log of P(next) · P(like)^like_weight up to a constant
+    per request. An MLP reads the user's interest for the candidate, the candidate, their product and
+    the candidate's features; subclasses say how the interest is pooled from the sequence."""
 
-    def __init__(self, tables: ItemTables, hidden: tuple[int, ...] = (200, 80), **kwargs):
+    def __init__(
+        self, tables: ItemTables, width: int, like_weight: float, hidden: tuple[int, ...] = (128, 64), **kwargs
+    ):
         super().__init__(**kwargs)
-        self.items = tables.embedding()
-        self.behaviours = BehaviourEmbedding(self.items, name="behaviours")
-        self.hours = keras.layers.Embedding(24, HOUR_DIM, name="hours")
-        self.mlp = _mlp(hidden, self.activation, "mlp")
-        self.logit = keras.layers.Dense(1, name="logit")
+        self.like_weight = like_weight
+        self.items = tables.embedding(width)
+        self.kinds = keras.layers.Embedding(BEHAVIOUR_KINDS, width, name="kinds")
+        self.ages = keras.layers.Embedding(AGE_BUCKETS, width, name="ages")
+        self.standardise = Standardise(name="standardise")
+        """Fitted to the training rows' candidate features before training."""
+        self.mlp = _mlp(hidden, "mlp")
+        self.next_logit = keras.layers.Dense(1, name="next_logit")
+        self.like_logit = keras.layers.Dense(1, name="like_logit")
 
-    def activation(self, name: str) -> keras.layers.Layer:
-        return keras.layers.PReLU(name=name)
-
-    def interest(self, query, keys, mask, training=None):
+    def interest(self, query, keys, mask, pairs, training=None):
         """-> (interest [B, M, D], attention weights [B, M, L] or None)."""
         raise NotImplementedError
 
-    def score_candidates(self, sequence, kinds, candidates, user_features, hour, training=None):
-        """[B, L], [B, L], [B, M], [B, F], [B] -> (logits [B, M], attention [B, M, L] or None)."""
-        keys, query = self.behaviours(sequence, kinds), self.items(candidates)
-        interest, attention = self.interest(query, keys, sequence > 0, training=training)
-        context = ops.concatenate([user_features, self.hours(hour)], axis=-1)
-        context = ops.broadcast_to(ops.expand_dims(context, 1), (*ops.shape(query)[:2], ops.shape(context)[-1]))
-        features = ops.concatenate([interest, query, interest * query, context], axis=-1)
-        logits = ops.squeeze(self.logit(self.mlp(features, training=training)), -1)
-        return logits, attention
+    def score_candidates(self, items, kinds, ages, candidates, features, pairs, training=None):
+        """-> (next logits [B, M], like logits [B, M], attention [B, M, L] or None)."""
+        keys = self.items(items) + self.kinds(kinds) + self.ages(age_buckets(ages))
+        query = self.items(candidates)
+        interest, attention = self.interest(query, keys, items > 0, pairs, training=training)
+        inputs = ops.concatenate([interest, query, interest * query, self.standardise(features)], axis=-1)
+        hidden = self.mlp(inputs, training=training)
+        return ops.squeeze(self.next_logit(hidden), -1), ops.squeeze(self.like_logit(hidden), -1), attention
+
+    def served_scores(self, items, kinds, ages, candidates, features, pairs):
+        """-> (scores [B, M], attention [B, M, L] or None): what the service ranks by."""
+        next_logits, like_logits, attention = self.score_candidates(items, kinds, ages, candidates, features, pairs)
+        return next_logits + self.like_weight * ops.log_sigmoid(like_logits), attention
 
     def call(self, inputs, training=None):
-        """One candidate per row: inputs sequence, kinds, item [B], user_features, hour -> logits [B]."""
-        logits, _ = self.score_candidates(
-            inputs["sequence"],
+        return self.score_candidates(
+            inputs["items"],
             inputs["kinds"],
-            inputs["item"][:, None],
-            inputs["user_features"],
-            inputs["hour"],
+            inputs["ages"],
+            inputs["candidates"],
+            inputs["features"],
+            inputs["pairs"],
             training=training,
         )
-        return logits[:, 0]
 
 
 class DeepInterestNetwork(Ranker):
     """DIN (Zhou et al., 2018): the interest is the behaviour sequence weighted by each behaviour's
-    relevance to the candidate (AttentionUnit, with Dice), so it differs per candidate. The MLP above is
-    the baseline's (PReLU): on ml-latest-small its validation GAUC was no better with Dice there, and the
-    comparison with the baseline then isolates the attention."""
+    relevance to the candidate, so it differs per candidate, and so do the reasons. The activation
+    unit reads the candidate, the behaviour (item, what the user did, how long ago) and how often the
+    candidate followed that behaviour in other users' sequences; the weights stay unnormalised, as in
+    the paper, so the sum keeps the intensity of the interest."""
 
-    def __init__(self, tables: ItemTables, **kwargs):
-        super().__init__(tables, **kwargs)
-        self.attention = AttentionUnit(name="attention")
+    def __init__(self, tables: ItemTables, width: int, like_weight: float, **kwargs):
+        super().__init__(tables, width, like_weight, **kwargs)
+        self.attention = PairAttentionUnit(name="attention")
         self.pooling = AttentionPooling()
 
-    def interest(self, query, keys, mask, training=None):
-        weights = self.attention(query, keys, mask, training=training)
+    def interest(self, query, keys, mask, pairs, training=None):
+        weights = self.attention(query, keys, mask, pairs, training=training)
         return self.pooling(weights, keys), weights
 
 
 class EmbeddingMLP(Ranker):
-    """Baseline: the same MLP over the plain mean of the behaviour embeddings (one interest for all candidates)."""
+    """Baseline: the same model and objective with the plain mean of the behaviours, one interest for
+    all candidates."""
 
-    def __init__(self, tables: ItemTables, **kwargs):
-        super().__init__(tables, **kwargs)
+    def __init__(self, tables: ItemTables, width: int, like_weight: float, **kwargs):
+        super().__init__(tables, width, like_weight, **kwargs)
         self.pool = MaskedMeanPooling()
 
-    def interest(self, query, keys, mask, training=None):
+    def interest(self, query, keys, mask, pairs, training=None):
         pooled = ops.expand_dims(self.pool(keys, mask), 1)
         return ops.broadcast_to(pooled, ops.shape(query)), None
 
 
-def ranking_loss(model: Ranker, inputs: dict, labels: tf.Tensor) -> tf.Tensor:
-    logits = model(inputs, training=True)
-    return ops.mean(keras.losses.binary_crossentropy(labels, logits, from_logits=True))
+def ranking_loss(model: Ranker, inputs: dict, liked, rated):
+    """Each row's candidates hold the real next item first: softmax cross-entropy of the next logits
+    over them, plus the like logit's binary cross-entropy on that item where it was rated.
+    liked, rated: [B] float32 (1: liked; 1: has a like label)."""
+    next_logits, like_logits, _ = model(inputs, training=True)
+    chosen = keras.losses.sparse_categorical_crossentropy(ops.zeros_like(liked, "int32"), next_logits, from_logits=True)
+    like = keras.losses.binary_crossentropy(liked[:, None], like_logits[:, :1], from_logits=True)
+    return ops.mean(chosen) + ops.sum(like * rated) / ops.maximum(ops.sum(rated), 1.0)

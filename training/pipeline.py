@@ -1,13 +1,22 @@
-"""One training run: data -> models -> staged bundle -> evaluation -> gate -> publish -> announce."""
+"""One training run: data -> measured models per split -> the published models -> staged bundle ->
+gate -> publish -> announce.
+
+The splits are for measuring and choosing: on each (the time split; each user's newest N), the
+retrieval model, two retrieval models on half the users each (whose candidates the rankers learn
+from, see `training.ranker_data`), DIN, the Embedding+MLP baseline and the previous design train
+from scratch, stop early on the validation queries, and are evaluated with the baselines on the
+test queries. The published models then learn from the newest events too: they continue the time
+split's models over every row, the retrieval model for FINAL_RETRIEVAL_EPOCHS, DIN for one epoch
+over rows whose candidates come from models that did not learn those rows.
+"""
 
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +31,12 @@ from schemas.bundle import (
     ITEM_EMBEDDINGS,
     ITEM_INDEX,
     POPULAR,
+    POPULARITY,
     RANKER,
     REPORT,
     USER_TOWER,
     VOCABULARY,
+    BundleError,
     LoadedBundle,
     Manifest,
     ModelUpdate,
@@ -33,34 +44,61 @@ from schemas.bundle import (
     seal,
 )
 from schemas.config import Settings
-from schemas.model_inputs import MAX_GENRES, Vocabulary, item_tables
-from training.data import TimeSplit, encode, evaluation_queries, labels, positive_popularity, ranking_rows
+from schemas.model_inputs import FIRST_ITEM, Vocabulary, item_tables
+from schemas.pipeline import retrieve
+from schemas.sources.synthetic import SyntheticWorld
+from training.counts import TrainingCounts
+from training.data import Histories, Query, Split, fold_of, is_interaction, last_n_split, time_split, trending_before
+from training.data import windows as next_item_windows
 from training.evaluate import (
     CUTOFFS,
-    KerasRanker,
-    KerasRetrieval,
-    QueryInputs,
+    EASE_REGULARISATION,
+    Ease,
+    Moments,
     ann_recall,
-    baseline_pipelines,
-    evaluate_bundle,
+    click_probability_share,
+    cooccurrence_lists,
+    identical_reasons_share,
+    item_lists,
     pipeline_metrics,
-    ranker_metrics,
-    retrieve,
+    pool_auc,
+    popularity_lists,
+    retrieved,
+    served,
 )
 from training.export import export_ranker, export_user_tower
-from training.fit import History, Schedule, build, fit_ranker, fit_retrieval, progress_bar, warm_start
-from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, TwoTower
+from training.fit import History, Schedule, fit, progress_bar
+from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, Ranker, SequentialRetrieval, ranking_loss
+from training.previous import PreviousDesign
+from training.ranker_data import RankerRows, ranker_rows
+from training.recommender import InMemoryRecommender
 from training.report import write_report
 from training.sources import TrainingData
 
 log = logging.getLogger("kingfisher.training")
 RETRIEVAL_WEIGHTS, RANKER_WEIGHTS = "retrieval.weights.h5", "ranker.weights.h5"
-"""Keras weights (HDF5, not pickle) kept in the bundle so the next run can warm-start."""
-FUTURE_POSITIVES = 10
+"""Keras weights (HDF5, not pickle) kept in the bundle beside the SavedModels."""
+FUTURE_ITEMS = 5
+"""A query's relevant items: the next 5 items the user takes (as the leave-last-5 split's)."""
+FOLDS = 2
+RANKER_WIDTH = 44
+RANKER_EPOCHS, RANKER_LEARNING_RATE = 3, 1e-3
+RETRIEVAL_LEARNING_RATE = 2e-3
+RANKER_BATCH = 128
+FINAL_RETRIEVAL_EPOCHS, FINAL_LEARNING_RATE = 2, 5e-4
+RANKER_QUERIES = 25_000
+"""The ranker learns from the newest 25,000 interactions of a split (about half of them keep their
+real item among the candidates)."""
+STANDARDISE_SAMPLE = 4096
+EPOCH_QUERIES = 1000
+"""Early stopping judges each epoch on at most this many validation queries (the report and the gate, on all)."""
 POPULAR_ITEMS = 1000
 ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
 MIN_TRAIN_ROWS = 100
-GATED_METRICS = {"gauc": ("rankers", "DIN", "gauc"), "recall@50": ("pipelines", "two-tower + DIN", "recall@50")}
+GATE_MIN_QUERIES = 100
+SERVED = "served: sequential retrieval + DIN"
+PREVIOUS = "previous design: mean two-tower + like-DIN"
+GATED = {"ndcg@10": "the served pipeline's NDCG@10", "pool_auc": "DIN's AUC within its pools"}
 
 
 class TrainingError(Exception):
@@ -79,273 +117,448 @@ def _utc(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-class Models:
-    """The three models of a run, built on one vocabulary's item tables."""
+@dataclass
+class SplitModels:
+    """What one split trained, and its part of the report."""
 
-    def __init__(self, settings: Settings, vocabulary: Vocabulary, tables: tuple[np.ndarray, np.ndarray]):
-        item_tables_ = ItemTables(*tables, len(vocabulary.genres), settings.embedding_dim)
-        self.vocabulary = vocabulary
-        self.retrieval = TwoTower(item_tables_, settings.embedding_dim, name="two_tower")
-        self.din = DeepInterestNetwork(item_tables_, name="din")
-        self.mlp = EmbeddingMLP(item_tables_, name="embedding_mlp")
-
-    @classmethod
-    def shaped_like(cls, settings: Settings, vocabulary: Vocabulary) -> "Models":
-        """Empty models with the shapes of a bundle trained on `vocabulary`, to load its weights into."""
-        tables = np.zeros((vocabulary.size, MAX_GENRES), np.int32), np.zeros(vocabulary.size, np.int32)
-        return cls(settings, vocabulary, tables)
-
-    def build(self, examples) -> "Models":
-        for model in (self.retrieval, self.din, self.mlp):
-            build(model, examples)
-        return self
+    split: Split
+    counts: TrainingCounts
+    retrieval: SequentialRetrieval
+    folds: list[InMemoryRecommender]
+    din: DeepInterestNetwork
+    recommender: InMemoryRecommender
+    """The retrieval model with DIN: the served pipeline of this split."""
+    ranker_rows: RankerRows
+    report: dict[str, Any]
 
 
-def _warm_start(models: Models, bundle: LoadedBundle | None, settings: Settings, examples) -> int | None:
-    if bundle is None:
-        return None
-    current, directory = bundle.version, bundle.directory
-    try:
-        previous = Models.shaped_like(settings, bundle.vocabulary).build(examples)
-        previous.retrieval.load_weights(directory / RETRIEVAL_WEIGHTS)
-        previous.din.load_weights(directory / RANKER_WEIGHTS)
-    except Exception as error:  # a bundle of another architecture cannot seed this one; train from scratch
-        log.warning("cannot warm-start from %s (%s); training from scratch", directory, error)
-        return None
-    copied = warm_start(models.retrieval, previous.retrieval, models.vocabulary, bundle.vocabulary)
-    copied += warm_start(models.din, previous.din, models.vocabulary, bundle.vocabulary)
-    log.info("warm start from version %d: %d variables copied", current, copied)
-    return current
+class TrainingRun:
+    """One run: `prepare`, then `measure` each split, then `fit_final`, `stage`, `gate`."""
+
+    def __init__(self, settings: Settings, data: TrainingData, progress: bool = True):
+        self.settings, self.data, self.length = settings, data, settings.sequence_length
+        self.spec = settings.feature_spec()
+        self.registry = Registry(settings.models_dir)
+        self.timings: dict[str, float] = {}
+        self.histories: dict[str, History] = {}
+        self.bar = progress_bar(progress)
+        rows = data.rows
+        if len(rows) < MIN_TRAIN_ROWS:
+            raise TrainingError(f"too little data: {len(rows)} sample rows from {data.source}")
+        self.vocabulary = Vocabulary.of(data.catalogue.values())
+        genres, years = item_tables(self.vocabulary, data.catalogue)
+        self.tables = ItemTables(genres, years, len(self.vocabulary.genres))
+        self.splits = [
+            time_split(rows, settings.holdout_fraction, FUTURE_ITEMS, settings.eval_max_queries, settings.train_seed)
+        ]
+        if settings.eval_last_n:
+            self.splits.append(last_n_split(rows, settings.eval_last_n))
+        for split in self.splits:
+            if len(split.train) < MIN_TRAIN_ROWS or not split.test or not split.validation:
+                raise TrainingError(
+                    f"too little data for the {split.name} split: {len(split.train)} training rows, "
+                    f"{len(split.validation)} validation and {len(split.test)} test queries"
+                )
+        with self.timed("trending at every moment"):
+            moments = [row for row in rows if is_interaction(row)]
+            self.trending = trending_before(rows, moments, self.spec, settings.trending_candidates)
+
+    def schedule(self, epochs: int, learning_rate: float, patience: int = 2, batch: int | None = None) -> Schedule:
+        return Schedule(
+            batch or self.settings.train_batch_size, epochs, learning_rate, patience, self.settings.train_seed
+        )
+
+    def moments(self, queries: list[Query]) -> Moments:
+        return Moments(queries, self.trending)
+
+    # -- retrieval -----------------------------------------------------------------------------------------
+
+    def new_retrieval(self) -> SequentialRetrieval:
+        model = SequentialRetrieval(self.tables, self.settings.embedding_dim, self.length, name="retrieval")
+        empty = np.zeros((1, self.length), np.int32)
+        model({"items": empty, "kinds": empty, "ages": np.zeros((1, self.length), np.float32)})
+        return model
+
+    def fit_retrieval(
+        self, rows, counts: TrainingCounts, name: str, validation: list[Query] | None = None, epochs: int | None = None
+    ) -> SequentialRetrieval:
+        """Train a retrieval model on `rows`: with `validation`, up to KF_TRAIN_EPOCHS keeping the best
+        epoch; without, for exactly `epochs`."""
+        model = self.new_retrieval()
+        arrays = next_item_windows(rows, self.vocabulary, self.length)._asdict()
+        recommender = self.recommender(model, None, counts)
+
+        def validate() -> float:
+            if validation is None:
+                return 0.0
+            recommender.refresh()
+            chosen = epoch_queries(validation)
+            return pipeline_metrics(retrieved(recommender, self.moments(chosen), max(CUTOFFS)), chosen)["ndcg@10"]
+
+        def loss(batch):
+            return model.next_item_loss(batch["items"], batch["kinds"], batch["ages"], batch["targets"])
+
+        schedule = self.schedule(epochs or self.settings.train_epochs, RETRIEVAL_LEARNING_RATE)
+        with self.timed(f"train {name}"):
+            self.histories[name] = fit(model, loss, arrays, schedule, validate, name, self.bar)
+        return model
+
+    def recommender(self, retrieval, ranker, counts) -> InMemoryRecommender:
+        return InMemoryRecommender(retrieval, ranker, self.vocabulary, counts, self.settings.faiss_exact_max_items)
+
+    # -- rankers -------------------------------------------------------------------------------------------
+
+    def new_ranker(self, kind: type[Ranker], rows: RankerRows, counts: TrainingCounts, name: str) -> Ranker:
+        """A ranker whose features are standardised as a sample of the rows' batches finds them."""
+        model = kind(self.tables, RANKER_WIDTH, self.settings.like_weight, name=name)
+        sample = next(rows.batches(counts, min(len(rows), STANDARDISE_SAMPLE), self.settings.train_seed)(0))
+        model.standardise.fit(sample["features"])
+        model({key: sample[key][:2] for key in ("items", "kinds", "ages", "candidates", "features", "pairs")})
+        return model
+
+    def fit_ranker(
+        self, model: Ranker, rows: RankerRows, counts: TrainingCounts, epochs: int, name: str, validate=lambda: 0.0
+    ) -> Ranker:
+        def loss(batch):
+            return ranking_loss(model, batch, batch["liked"], batch["rated"])
+
+        batches = rows.batches(counts, RANKER_BATCH, self.settings.train_seed), rows.steps(RANKER_BATCH)
+        schedule = self.schedule(epochs, RANKER_LEARNING_RATE, patience=1, batch=RANKER_BATCH)
+        with self.timed(f"train {name}"):
+            self.histories[name] = fit(model, loss, batches, schedule, validate, name, self.bar)
+        return model
+
+    def validated_by(self, recommender: InMemoryRecommender, validation: Moments):
+        """The served pipeline's NDCG@10 on `validation` with the recommender's ranker as it is then."""
+
+        chosen = self.moments(epoch_queries(validation.queries))
+
+        def validate() -> float:
+            ranked = served(recommender, chosen, self.settings.candidates)
+            return pipeline_metrics(item_lists(ranked), chosen.queries)["ndcg@10"]
+
+        return validate
+
+    def ranker_queries(self, rows) -> list[Query]:
+        """Each interaction with an item the user had not seen, the newest RANKER_QUERIES."""
+        histories = Histories(rows)
+        queries = [
+            query
+            for user_id in histories.rows
+            for query in histories.queries(user_id, FUTURE_ITEMS)
+            if query.row.event.item_id in query.relevant
+        ]
+        return sorted(queries, key=lambda query: query.row.order)[-RANKER_QUERIES:]
+
+    # -- one split -----------------------------------------------------------------------------------------
+
+    def measure(self, split: Split) -> SplitModels:
+        """Train this split's models from scratch and evaluate them and the baselines on its test queries."""
+        settings, vocabulary = self.settings, self.vocabulary
+        with self.timed(f"{split.name}: counts"):
+            counts = TrainingCounts.of(split.train, vocabulary)
+        retrieval = self.fit_retrieval(split.train, counts, f"{split.name}: retrieval", split.validation)
+        # Each fold's model trains as the split's did, for its number of epochs: the ranker learns
+        # from candidates as good as those it will rank.
+        epochs = self.histories[f"{split.name}: retrieval"].best_epoch
+        folds = []
+        for fold in range(FOLDS):
+            rows = [row for row in split.train if fold_of(row.event.user_id, FOLDS) == fold]
+            model = self.fit_retrieval(rows, counts, f"{split.name}: retrieval of fold {fold}", epochs=epochs)
+            folds.append(self.recommender(model, None, counts))
+        with self.timed(f"{split.name}: ranker rows"):
+            rows = ranker_rows(
+                self.ranker_queries(split.train),
+                other_fold(folds),
+                self.trending,
+                settings.candidates,
+                settings.label_threshold,
+            )
+        if not len(rows):
+            raise TrainingError(f"{split.name} split: retrieval found no training row's real item among its candidates")
+        plain = self.recommender(retrieval, None, counts)
+        validation, test = self.moments(split.validation), self.moments(split.test)
+        rankers = {}
+        for kind, name in ((DeepInterestNetwork, "DIN"), (EmbeddingMLP, "Embedding+MLP")):
+            model = self.new_ranker(kind, rows, counts, name.lower().replace("+", "_"))
+            rankers[name] = self.fit_ranker(
+                model,
+                rows,
+                counts,
+                RANKER_EPOCHS,
+                f"{split.name}: {name}",
+                self.validated_by(plain.with_ranker(model), validation),
+            )
+        din, mlp = rankers["DIN"], rankers["Embedding+MLP"]
+        with self.timed(f"train {split.name}: previous design"):
+            previous = PreviousDesign.train(
+                split.train,
+                [query.row for query in split.validation],
+                vocabulary,
+                self.tables,
+                self.length,
+                settings.label_threshold,
+                settings.train_seed,
+                settings.faiss_exact_max_items,
+                self.bar,
+            )
+        with self.timed(f"{split.name}: evaluate"):
+            report = self.evaluate(split, counts, plain, din, mlp, previous, validation, test, len(rows))
+        return SplitModels(split, counts, retrieval, folds, din, plain.with_ranker(din), rows, report)
+
+    def evaluate(self, split, counts, plain, din, mlp, previous, validation: Moments, test: Moments, rows: int):
+        settings, vocabulary, count = self.settings, self.vocabulary, max(CUTOFFS)
+        with_din, with_mlp = plain.with_ranker(din), plain.with_ranker(mlp)
+        ease = max(
+            (
+                Ease(split.train, vocabulary, counts.popularity, regularisation)
+                for regularisation in EASE_REGULARISATION
+            ),
+            key=lambda model: pipeline_metrics(model.lists(split.validation, count), split.validation)["ndcg@10"],
+        )
+        report: dict[str, Any] = {
+            "train_rows": len(split.train),
+            "ranker_rows": rows,
+            "ease_lambda": ease.regularisation,
+        }
+        for part, moments in (("validation", validation), ("test", test)):
+            queries = moments.queries
+            answers = {
+                "DIN": served(with_din, moments, settings.candidates),
+                "Embedding+MLP": served(with_mlp, moments, settings.candidates),
+            }
+            lists = {
+                SERVED: item_lists(answers["DIN"]),
+                "sequential retrieval + Embedding+MLP": item_lists(answers["Embedding+MLP"]),
+                "sequential retrieval alone": retrieved(plain, moments, count),
+                "popularity": popularity_lists(counts.popularity, vocabulary, queries, count),
+                "item co-occurrence": cooccurrence_lists(split.train, vocabulary, counts.popularity, queries, count),
+                "EASE": ease.lists(queries, count),
+            }
+            pipelines = {name: pipeline_metrics(items, queries) for name, items in lists.items()}
+            if part == "test":  # what only the report reads, on the test queries only
+                pipelines[PREVIOUS] = previous.metrics(moments, settings.candidates, count)
+                dropped = served(with_din, moments, settings.candidates, drop_newest=True)
+                pipelines[f"{SERVED}, newest behaviour dropped"] = pipeline_metrics(item_lists(dropped), queries)
+            report[part] = {
+                "queries": len(queries),
+                "pipelines": pipelines,
+                "rankers": {name: {"pool_auc": pool_auc(ranked, queries)} for name, ranked in answers.items()},
+                "identical_reasons_top10": identical_reasons_share(answers["DIN"]),
+            }
+            if isinstance(self.data.world, SyntheticWorld):
+                report[part]["true_click_share_top10"] = {
+                    name: click_probability_share(self.data.world, queries, items) for name, items in lists.items()
+                }
+        return report
+
+    # -- the published models ------------------------------------------------------------------------------
+
+    def fit_final(self, measured: SplitModels) -> InMemoryRecommender:
+        """The time split's models, continued over every row: retrieval for FINAL_RETRIEVAL_EPOCHS at a
+        low learning rate, DIN for one epoch over the split's ranker rows and those of the newer rows
+        (whose candidates come from the split's retrieval model, which never learnt them). The counts
+        of a row's moment are the same in the split's counts and in those of all rows."""
+        rows, split = self.data.rows, measured.split
+        with self.timed("final: counts"):
+            counts = TrainingCounts.of(rows, self.vocabulary)
+        retrieval = self.new_retrieval()
+        retrieval.set_weights(measured.retrieval.get_weights())
+        arrays = next_item_windows(rows, self.vocabulary, self.length)._asdict()
+        with self.timed("train final: retrieval"):
+            self.histories["final: retrieval"] = fit(
+                retrieval,
+                lambda b: retrieval.next_item_loss(b["items"], b["kinds"], b["ages"], b["targets"]),
+                arrays,
+                self.schedule(FINAL_RETRIEVAL_EPOCHS, FINAL_LEARNING_RATE),
+                lambda: 0.0,
+                "final: retrieval",
+                self.bar,
+            )
+        newest, split_retrieval = split.train[-1].order, measured.recommender.with_ranker(None)
+        with self.timed("final: ranker rows"):
+            newer = [query for query in self.ranker_queries(rows) if query.row.order > newest]
+            added = ranker_rows(
+                newer, lambda _: split_retrieval, self.trending, self.settings.candidates, self.settings.label_threshold
+            )
+            ranker = RankerRows.concatenate([part for part in (measured.ranker_rows, added) if len(part)])
+        din = self.new_ranker(DeepInterestNetwork, ranker, counts, "din")
+        din.set_weights(measured.din.get_weights())  # the split's standardisation too: its weights were fitted to it
+        self.fit_ranker(din, ranker, counts, 1, "final: DIN")
+        return self.recommender(retrieval, din, counts)
+
+    def stage(self, staging: Path, version: int, final: InMemoryRecommender) -> LoadedBundle:
+        """Export everything into `staging`, seal it and load it back as serving will."""
+        export_user_tower(final.retrieval, staging / USER_TOWER, self.length)
+        export_ranker(final.ranker, staging / RANKER, self.length)
+        np.save(staging / ITEM_EMBEDDINGS, final.embeddings, allow_pickle=False)
+        final.index.save(staging / ITEM_INDEX, staging / INDEX_IDS)
+        (staging / VOCABULARY).write_bytes(self.vocabulary.to_json())
+        popularity = final.popularity
+        order = np.argsort(-popularity[FIRST_ITEM:], kind="stable")[:POPULAR_ITEMS]
+        popular = [self.vocabulary.item_ids[n] for n in order if popularity[n + FIRST_ITEM] > 0]
+        (staging / POPULAR).write_bytes(orjson.dumps(popular))
+        np.save(staging / POPULARITY, popularity, allow_pickle=False)
+        final.covisitation.save(staging)
+        final.retrieval.save_weights(staging / RETRIEVAL_WEIGHTS)
+        final.ranker.save_weights(staging / RANKER_WEIGHTS)
+        self.manifest = Manifest(
+            version=version,
+            parent_version=None,
+            created_at=int(time.time() * 1000),
+            feature_spec=self.spec,
+            trained_until=self.data.rows[-1].event.ts,
+        )
+        seal(staging, self.manifest)
+        return LoadedBundle(staging, self.settings.faiss_exact_max_items)
+
+    # -- the gate ------------------------------------------------------------------------------------------
+
+    def gate(self, measured: SplitModels, force: bool) -> tuple[bool, str, dict[str, float]]:
+        """Compare the new models with the live version on the time split's validation queries that
+        neither had learnt from: the new split's models learnt from nothing at or after the split,
+        the live version from everything before its `trained_until`. Too few such queries (the live
+        version learnt from most of the holdout), and popularity is the one the new models may not trail."""
+        validation = measured.split.validation
+        new_model = self._gate_metrics(measured.recommender, validation)
+        live, current = self._live(), self.registry.current()
+        if live is None:
+            return True, f"published: no live version to compare with{self._loaded_problem(current)}", new_model
+        fresh = [query for query in validation if query.row.event.ts >= live.manifest.trained_until]
+        margin = self.settings.gate_margin
+        if len(fresh) >= GATE_MIN_QUERIES:
+            new, old = self._gate_metrics(measured.recommender, fresh), self._gate_metrics(live, fresh)
+            worse = [
+                f"{GATED[name]} {new[name]:.4f} < live v{current}'s {old[name]:.4f} - margin {margin}"
+                for name in GATED
+                if new[name] < old[name] - margin
+            ]
+            comparison = ", ".join(f"{name} {new[name]:.4f} vs {old[name]:.4f}" for name in GATED)
+            basis = f"on {len(fresh)} validation queries after live v{current}'s data"
+        else:
+            popular = popularity_lists(measured.counts.popularity, self.vocabulary, validation, max(CUTOFFS))
+            floor = pipeline_metrics(popular, validation)["ndcg@10"]
+            below = new_model["ndcg@10"] < floor - margin
+            worse = (
+                [f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"] if below else []
+            )
+            comparison = f"NDCG@10 {new_model['ndcg@10']:.4f} vs popularity's {floor:.4f}"
+            basis = (
+                f"only {len(fresh)} validation queries after live v{current}'s data, fewer than "
+                f"{GATE_MIN_QUERIES}: compared with popularity on all {len(validation)}"
+            )
+        if not worse:
+            return True, f"published: {comparison} ({basis})", new_model
+        if force:
+            return True, f"published with --force although {'; '.join(worse)} ({basis})", new_model
+        return False, f"refused: {'; '.join(worse)} ({basis}; --force publishes anyway)", new_model
+
+    def _gate_metrics(self, recommender, queries: list[Query]) -> dict[str, float]:
+        ranked = served(recommender, self.moments(queries), self.settings.candidates)
+        return {
+            "ndcg@10": pipeline_metrics(item_lists(ranked), queries)["ndcg@10"],
+            "pool_auc": pool_auc(ranked, queries),
+        }
+
+    def _live(self) -> LoadedBundle | None:
+        current = self.registry.current()
+        if current is None:
+            return None
+        try:
+            return LoadedBundle(self.registry.path(current), self.settings.faiss_exact_max_items)
+        except BundleError as error:
+            self.live_problem = str(error)
+            return None
+
+    def _loaded_problem(self, current: int | None) -> str:
+        problem = getattr(self, "live_problem", None)
+        return f" (live v{current} cannot be loaded: {problem})" if problem else ""
+
+    # -- the report ----------------------------------------------------------------------------------------
+
+    def summary(self, measured: list[SplitModels], final: InMemoryRecommender, bundle: LoadedBundle) -> dict:
+        sample = measured[0].split.test[:ANN_CHECK_QUERIES]
+        sequences, vectors, _ = retrieve(final, Moments(sample, self.trending).requests(1, 1))
+        exported = bundle.user_vectors(sequences)
+        return {
+            "version": bundle.version,
+            "data": self._data_summary(),
+            "splits": {models.split.name: models.report for models in measured},
+            "index": {
+                "kind": final.index.kind,
+                "items": len(final.index),
+                "k": ANN_CHECK_K,
+                "recall": ann_recall(
+                    final.index, final.embeddings, list(self.vocabulary.item_ids), vectors, ANN_CHECK_K
+                ),
+                "exported_user_tower_max_difference": float(np.abs(exported - vectors).max()),
+            },
+            "model_sizes": {
+                "sequential retrieval": {
+                    "parameters": final.retrieval.count_params(),
+                    "bytes": _directory_bytes(bundle.directory / USER_TOWER),
+                },
+                "DIN": {
+                    "parameters": final.ranker.count_params(),
+                    "bytes": _directory_bytes(bundle.directory / RANKER),
+                },
+            },
+            "training": {name: asdict(history) for name, history in self.histories.items()},
+        }
+
+    def _data_summary(self) -> dict[str, Any]:
+        time = self.splits[0]
+        return {
+            "source": self.data.source,
+            "rows": len(self.data.rows),
+            "items": len(self.data.catalogue),
+            "time_split_from_utc": _utc(time.validation[0].row.event.ts) if time.validation else None,
+            "label_threshold": self.settings.label_threshold,
+            "like_weight": self.settings.like_weight,
+            "relevant": f"the next {FUTURE_ITEMS} items each query's user takes, none seen before",
+        }
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        clock = time.perf_counter()
+        yield
+        self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - clock
 
 
-def _log_q(examples, vocabulary: Vocabulary) -> np.ndarray:
-    counts = np.bincount(examples.item, minlength=vocabulary.size).astype(np.float64) + 1.0
-    return np.log(counts / counts.sum()).astype(np.float32)
+def epoch_queries(queries: list[Query]) -> list[Query]:
+    """The validation queries an epoch is judged on: at most EPOCH_QUERIES of them, evenly spread."""
+    return queries[:: -(-len(queries) // EPOCH_QUERIES)] if len(queries) > EPOCH_QUERIES else queries
+
+
+def other_fold(folds: list[InMemoryRecommender]):
+    """Query -> the retrieval model of the fold its user is not in."""
+    return lambda query: folds[(fold_of(query.user_id, FOLDS) + 1) % FOLDS]
 
 
 def _directory_bytes(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
-class TrainingRun:
-    """The state of one run, step by step: prepare, train, stage, evaluate, then publish or refuse."""
-
-    def __init__(self, settings: Settings, data: TrainingData):
-        self.settings, self.data, self.length = settings, data, settings.sequence_length
-        self.registry = Registry(settings.models_dir)
-        self.timings: dict[str, float] = {}
-        self.histories: dict[str, History] = {}
-
-    def prepare(self) -> None:
-        settings, rows = self.settings, self.data.rows
-        if len(rows) < MIN_TRAIN_ROWS:
-            raise TrainingError(f"too little data: {len(rows)} sample rows from {self.data.source}")
-        row_labels = labels(rows, settings.label_threshold)
-        self.split = TimeSplit.of(rows, settings.holdout_fraction)
-        train, validate, test = self.split.parts(rows)
-        if len(train) < MIN_TRAIN_ROWS or not test:
-            raise TrainingError(f"too little data: {len(train)} training rows and {len(test)} test rows")
-        cuts = np.cumsum([len(train), len(validate)])
-        self.parts = {
-            "train": (train, row_labels[: cuts[0]]),
-            "validate": (validate, row_labels[cuts[0] : cuts[1]]),
-            "test": (test, row_labels[cuts[1] :]),
-        }
-        self.vocabulary = Vocabulary.of(self.data.catalogue.values())
-        rng = np.random.default_rng(settings.train_seed)
-        self.popularity = positive_popularity(*self.parts["train"])
-        positives = [row for row, label in zip(*self.parts["train"], strict=True) if label > 0]
-        self.retrieval_examples = encode(positives, np.ones(len(positives)), self.vocabulary, self.length)
-        catalogue_ids = list(self.vocabulary.item_ids)
-        self.ranking = {
-            name: ranking_rows(*part, catalogue_ids, self.popularity, rng) for name, part in self.parts.items()
-        }
-        self.examples = {name: encode(*part, self.vocabulary, self.length) for name, part in self.ranking.items()}
-        self.queries = evaluation_queries(*self.parts["test"], FUTURE_POSITIVES, settings.eval_max_queries, rng)
-        self.validation_queries = evaluation_queries(
-            *self.parts["validate"], FUTURE_POSITIVES, settings.eval_max_queries, rng
-        )
-
-    def train(self, warm: bool, progress: bool) -> None:
-        settings, train, validate = self.settings, self.examples["train"], self.examples["validate"]
-        self.models = Models(settings, self.vocabulary, item_tables(self.vocabulary, self.data.catalogue)).build(train)
-        self.parent = _warm_start(self.models, self.live, settings, train) if warm else None
-        schedule = Schedule(settings.train_batch_size, settings.train_epochs, settings.train_seed)
-        log_q = _log_q(self.retrieval_examples, self.vocabulary)
-        models, vocabulary = self.models, self.vocabulary
-
-        def retrieval_recall() -> float:
-            retrieval = KerasRetrieval(models.retrieval, vocabulary, settings.faiss_exact_max_items)
-            inputs = QueryInputs(self.validation_queries, vocabulary, self.length)
-            return pipeline_metrics(retrieve(retrieval, inputs, max(CUTOFFS)), self.validation_queries)["recall@50"]
-
-        def gauc_of(model) -> Callable[[], float]:
-            return lambda: ranker_metrics(KerasRanker(model, vocabulary), validate)["gauc"]
-
-        steps = {
-            "two-tower": lambda bar: fit_retrieval(
-                models.retrieval,
-                self.retrieval_examples,
-                log_q,
-                settings.logq_correction,
-                schedule,
-                retrieval_recall,
-                bar,
-            ),
-            "DIN": lambda bar: fit_ranker(models.din, train, schedule, gauc_of(models.din), "ranker (DIN)", bar),
-            "Embedding+MLP": lambda bar: fit_ranker(
-                models.mlp, train, schedule, gauc_of(models.mlp), "baseline (Embedding+MLP)", bar
-            ),
-        }
-        with progress_bar(progress) as bar:
-            for name, fit_model in steps.items():
-                with self.timed(f"train {name}"):
-                    self.histories[name] = fit_model(bar)
-
-    @cached_property
-    def live(self) -> LoadedBundle | None:
-        """The version live when the run started (verified), or None."""
-        current = self.registry.current()
-        return (
-            None if current is None else LoadedBundle(self.registry.path(current), self.settings.faiss_exact_max_items)
-        )
-
-    def stage(self, staging: Path, version: int) -> LoadedBundle:
-        """Export everything into `staging`, seal it and load it back as serving will."""
-        models, vocabulary = self.models, self.vocabulary
-        retrieval = KerasRetrieval(models.retrieval, vocabulary, self.settings.faiss_exact_max_items)
-        self.embeddings, self.index = retrieval.embeddings, retrieval.index
-        export_user_tower(models.retrieval, staging / USER_TOWER, self.length)
-        export_ranker(models.din, staging / RANKER, self.length)
-        np.save(staging / ITEM_EMBEDDINGS, self.embeddings, allow_pickle=False)
-        self.index.save(staging / ITEM_INDEX, staging / INDEX_IDS)
-        (staging / VOCABULARY).write_bytes(vocabulary.to_json())
-        (staging / POPULAR).write_bytes(orjson.dumps([item for item, _ in self.popularity.most_common(POPULAR_ITEMS)]))
-        models.retrieval.save_weights(staging / RETRIEVAL_WEIGHTS)
-        models.din.save_weights(staging / RANKER_WEIGHTS)
-        self.manifest = Manifest(
-            version=version,
-            parent_version=self.parent,
-            created_at=int(time.time() * 1000),
-            feature_spec=self.settings.feature_spec(),
-            trained_until=self.split.validate_from,
-        )
-        seal(staging, self.manifest)
-        return LoadedBundle(staging, self.settings.faiss_exact_max_items)
-
-    def evaluate(self, bundle: LoadedBundle) -> dict[str, Any]:
-        settings, models, test = self.settings, self.models, self.examples["test"]
-        mlp = KerasRanker(models.mlp, self.vocabulary)
-        pipelines = baseline_pipelines(
-            *self.parts["train"], self.popularity, self.queries, self.vocabulary, self.length
-        )
-        pipelines |= evaluate_bundle(bundle, self.queries, self.length, settings.candidates, {"Embedding+MLP": mlp})
-        rankers = {
-            "DIN": ranker_metrics(bundle, test),
-            "Embedding+MLP": ranker_metrics(mlp, test),
-            "DIN (validation)": ranker_metrics(bundle, self.examples["validate"]),
-        }
-        sample = slice(0, ANN_CHECK_QUERIES)
-        user_vectors = bundle.user_vectors(test.sequence[sample], test.kinds[sample], test.user_features[sample])
-        ids = list(self.vocabulary.item_ids)
-        return {
-            "version": bundle.version,
-            "parent_version": self.parent,
-            "data": self._data_summary(),
-            "rankers": rankers,
-            "pipelines": pipelines,
-            "index": {
-                "kind": self.index.kind,
-                "items": len(self.index),
-                "k": ANN_CHECK_K,
-                "recall": ann_recall(self.index, self.embeddings, ids, user_vectors, ANN_CHECK_K),
-            },
-            "model_sizes": {
-                "two-tower": {
-                    "parameters": models.retrieval.count_params(),
-                    "bytes": _directory_bytes(bundle.directory / USER_TOWER),
-                },
-                "DIN": {"parameters": models.din.count_params(), "bytes": _directory_bytes(bundle.directory / RANKER)},
-                "Embedding+MLP": {"parameters": models.mlp.count_params(), "bytes": "not exported"},
-            },
-            "training": {name: asdict(history) for name, history in self.histories.items()},
-        }
-
-    def _data_summary(self) -> dict[str, Any]:
-        return {
-            "source": self.data.source,
-            "rows": len(self.data.rows),
-            "items": len(self.data.catalogue),
-            "train_rows": len(self.parts["train"][0]),
-            "validate_rows": len(self.parts["validate"][0]),
-            "test_rows": len(self.parts["test"][0]),
-            "queries": len(self.queries),
-            "validate_from_utc": _utc(self.split.validate_from),
-            "test_from_utc": _utc(self.split.test_from),
-            "label_threshold": self.settings.label_threshold,
-        }
-
-    def gate(self, new: dict[str, float], force: bool) -> tuple[bool, str]:
-        """Compare the new models with the live version on the same holdout."""
-        live_bundle = self.live
-        if live_bundle is None:
-            return True, "published: no live version to compare with"
-        current = live_bundle.version
-        length = live_bundle.manifest.feature_spec.sequence_length
-        live_test = encode(*self.ranking["test"], live_bundle.vocabulary, length)
-        pipelines = evaluate_bundle(live_bundle, self.queries, length, self.settings.candidates)
-        live = {
-            "gauc": ranker_metrics(live_bundle, live_test)["gauc"],
-            "recall@50": pipelines["two-tower + DIN"]["recall@50"],
-        }
-        margin = self.settings.gate_margin
-        worse = [
-            f"{name} {new[name]:.4f} < live v{current}'s {live[name]:.4f} - margin {margin}"
-            for name in GATED_METRICS
-            if new[name] < live[name] - margin
-        ]
-        comparison = ", ".join(f"{name} {new[name]:.4f} vs {live[name]:.4f}" for name in GATED_METRICS)
-        if not worse:
-            return True, f"published: not worse than live version {current} ({comparison})"
-        if force:
-            return True, f"published with --force although {'; '.join(worse)}"
-        return False, f"refused: {'; '.join(worse)} (--force publishes anyway)"
-
-    @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        clock = time.perf_counter()
-        yield
-        self.timings[stage] = time.perf_counter() - clock
-
-
 def train_once(
-    settings: Settings,
-    data: TrainingData,
-    *,
-    force: bool = False,
-    warm: bool = True,
-    announce: bool = True,
-    progress: bool = True,
+    settings: Settings, data: TrainingData, *, force: bool = False, announce: bool = True, progress: bool = True
 ) -> Outcome:
-    """Train, evaluate and (if the gate allows, or `force`) publish the next version."""
+    """Measure, train, evaluate and (if the gate allows, or `force`) publish the next version."""
     keras.utils.set_random_seed(settings.train_seed)
     tf.config.experimental.enable_op_determinism()
-    run = TrainingRun(settings, data)
-    with run.timed("data"):
-        run.prepare()
-    run.train(warm, progress)
+    clock = time.perf_counter()
+    run = TrainingRun(settings, data, progress)
+    with run.bar:
+        measured = [run.measure(split) for split in run.splits]
+        final = run.fit_final(measured[0])
     version = run.registry.next_version()
     staging = run.registry.staging(version)
     try:
         with run.timed("export"):
-            bundle = run.stage(staging, version)
-        with run.timed("evaluate"):
-            report = run.evaluate(bundle)
-        metrics = {name: float(_lookup(report, path)) for name, path in GATED_METRICS.items()}
+            bundle = run.stage(staging, version, final)
         with run.timed("gate"):
-            allowed, verdict = run.gate(metrics, force)
-        report |= {
-            "timings_s": run.timings | {"total": sum(run.timings.values())},
+            allowed, verdict, metrics = run.gate(measured[0], force)
+        report = run.summary(measured, final, bundle) | {
+            "timings_s": run.timings | {"total": time.perf_counter() - clock},
             "gate": {"published": allowed, "verdict": verdict},
         }
         log.info("version %d: %s", version, verdict)
@@ -369,12 +582,6 @@ def train_once(
     if pruned := run.registry.prune(settings.keep_versions):
         log.info("deleted old versions %s", pruned)
     return Outcome(version, True, verdict, report)
-
-
-def _lookup(report: dict, path: tuple[str, ...]) -> Any:
-    for key in path:
-        report = report[key]
-    return report
 
 
 def _announce(settings: Settings, update: ModelUpdate) -> None:

@@ -1,5 +1,6 @@
 """The evaluation report of one training run: report.json, report.md and PNG plots."""
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import orjson
 from training.evaluate import CUTOFFS
 
 PIPELINE_PLOT, LOSS_PLOT = "pipelines.png", "training.png"
+HEADLINE = ("hitrate@10", "ndcg@10")
 
 
 def write_report(directory: Path, report: dict[str, Any]) -> None:
@@ -20,44 +22,90 @@ def write_report(directory: Path, report: dict[str, Any]) -> None:
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
     (directory / "report.md").write_text(markdown(report))
-    _plot_pipelines(report["pipelines"], directory / PIPELINE_PLOT)
+    _plot_pipelines(report["splits"], directory / PIPELINE_PLOT)
     _plot_training(report["training"], directory / LOSS_PLOT)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
 
+
+def _with_error(metrics: dict[str, float], key: str) -> str:
+    """'value ± standard error' where the error is known."""
+    error = metrics.get(f"{key}_se", math.nan)
+    return _cell(metrics[key]) + ("" if math.isnan(error) else f" ± {error:.4f}")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows])
+
+
+def split_section(name: str, split: dict[str, Any]) -> list[str]:
+    metric_names = [f"{metric}@{k}" for k in CUTOFFS for metric in ("hitrate", "recall", "ndcg")]
+    test, validation = split["test"], split["validation"]
+    parts = [
+        f"## The {name} split",
+        f"{split['train_rows']} training rows, {split['ranker_rows']} ranker rows; "
+        f"{validation['queries']} validation and {test['queries']} test queries; EASE's lambda {split['ease_lambda']}.",
+        table(
+            ["pipeline (test)", *metric_names, "NDCG@10 on validation"],
+            [
+                [
+                    pipeline,
+                    *(_with_error(metrics, key) for key in metric_names),
+                    validation["pipelines"].get(pipeline, {}).get("ndcg@10", math.nan),
+                ]
+                for pipeline, metrics in test["pipelines"].items()
+            ],
+        ),
+        table(
+            ["ranker", "AUC within its pools (test)", "(validation)"],
+            [
+                [ranker, m["pool_auc"], validation["rankers"][ranker]["pool_auc"]]
+                for ranker, m in test["rankers"].items()
+            ],
+        ),
+        "Share of the served top 10 whose reasons are those of another item of the same answer: "
+        f"{_cell(test['identical_reasons_top10'])} (test), "
+        f"{_cell(validation['identical_reasons_top10'])} (validation).",
+    ]
+    if shares := test.get("true_click_share_top10"):
+        parts.append(
+            table(
+                ["pipeline", "true click probability of the top 10, share of the best possible (test)"],
+                [[pipeline, share] for pipeline, share in shares.items()],
+            )
+        )
+    return parts
 
 
 def markdown(report: dict[str, Any]) -> str:
-    metric_names = [f"{name}@{k}" for k in CUTOFFS for name in ("recall", "ndcg", "hitrate")]
     data = report["data"]
     parts = [
         f"# Model version {report['version']}",
-        f"Source: {data['source']}; {data['rows']} sample rows, {data['items']} catalogue items. "
-        f"Train {data['train_rows']} rows before {data['validate_from_utc']}, validate {data['validate_rows']}, "
-        f"test {data['test_rows']} from {data['test_from_utc']}; {data['queries']} test queries.",
-        "## Rankers on the test rows",
-        _table(["ranker", "AUC", "GAUC"], [[name, m["auc"], m["gauc"]] for name, m in report["rankers"].items()]),
-        "## Retrieval -> ranking over the full catalogue",
-        _table(
-            ["pipeline", *metric_names],
-            [[name, *(m[key] for key in metric_names)] for name, m in report["pipelines"].items()],
-        ),
+        f"Source: {data['source']}; {data['rows']} sample rows, {data['items']} catalogue items. Every metric is "
+        f"over the full catalogue; a query's relevant items are {data['relevant']}; the served score's like "
+        f"weight is {data['like_weight']}.",
+    ]
+    for name, split in report["splits"].items():
+        parts += split_section(name, split)
+    index = report["index"]
+    parts += [
         f"![pipelines]({PIPELINE_PLOT})",
         "## Index, time, size",
-        f"Faiss index: {report['index']['kind']}, {report['index']['items']} items, "
-        f"recall@{report['index']['k']} against exact search {report['index']['recall']:.4f}.",
-        _table(["stage", "seconds"], [[name, f"{value:.1f}"] for name, value in report["timings_s"].items()]),
-        _table(
+        f"Faiss index: {index['kind']}, {index['items']} items, recall@{index['k']} against exact search "
+        f"{index['recall']:.4f}; exported user tower against the model in memory: largest difference "
+        f"{index['exported_user_tower_max_difference']:.2e}.",
+        table(["stage", "seconds"], [[name, f"{value:.1f}"] for name, value in report["timings_s"].items()]),
+        table(
             ["model", "parameters", "exported bytes"],
             [[name, size["parameters"], size["bytes"]] for name, size in report["model_sizes"].items()],
         ),
-        _table(
-            ["model", "epochs run", "kept epoch", "validation"],
+        table(
+            ["model", "epochs run", "kept epoch", "best validation"],
             [[name, len(h["losses"]), h["best_epoch"], max(h["validation"])] for name, h in report["training"].items()],
         ),
         f"![training]({LOSS_PLOT})",
@@ -67,32 +115,32 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _plot_pipelines(pipelines: dict[str, dict[str, float]], path: Path) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    names = list(pipelines)
-    for axis, metric in zip(axes, ("recall", "ndcg"), strict=True):
-        width = 0.8 / len(CUTOFFS)
-        for n, k in enumerate(CUTOFFS):
-            values = [pipelines[name][f"{metric}@{k}"] for name in names]
-            axis.bar([i + n * width for i in range(len(names))], values, width, label=f"@{k}")
-        axis.set_xticks([i + width / 2 for i in range(len(names))], names, rotation=20, ha="right", fontsize=8)
-        axis.set_title(metric.upper() if metric == "ndcg" else metric.capitalize())
-        axis.legend()
+def _plot_pipelines(splits: dict[str, dict], path: Path) -> None:
+    figure, axes = plt.subplots(len(splits), len(HEADLINE), figsize=(13, 4.5 * len(splits)), squeeze=False)
+    for row, (name, split) in enumerate(splits.items()):
+        pipelines = split["test"]["pipelines"]
+        names = list(pipelines)
+        for axis, metric in zip(axes[row], HEADLINE, strict=True):
+            axis.barh(range(len(names)), [pipelines[pipeline][metric] for pipeline in names])
+            axis.set_yticks(range(len(names)), names, fontsize=8)
+            axis.invert_yaxis()
+            axis.set_title(f"{name} split, test: {metric}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
 def _plot_training(training: dict[str, dict], path: Path) -> None:
-    figure, (losses, validation) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (losses, validation) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, history in training.items():
         epochs = range(1, len(history["losses"]) + 1)
         losses.plot(epochs, history["losses"], marker="o", label=name)
-        validation.plot(epochs, history["validation"], marker="o", label=name)
-        validation.axvline(history["best_epoch"], linestyle=":", color=validation.lines[-1].get_color())
+        if any(history["validation"]):
+            validation.plot(epochs, history["validation"], marker="o", label=name)
     losses.set(xlabel="epoch", ylabel="mean training loss")
-    validation.set(xlabel="epoch", ylabel="validation (GAUC; Recall@50 for two-tower)", title="kept epoch dotted")
-    losses.legend()
+    validation.set(xlabel="epoch", ylabel="validation NDCG@10")
+    losses.legend(fontsize=6)
+    validation.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

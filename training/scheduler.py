@@ -1,4 +1,4 @@
-"""`python -m training.scheduler`: retrain periodically, warm-starting from the live version.
+"""`python -m training.scheduler`: retrain periodically; each run measures, gates and publishes.
 
 A failed run is logged and the next period tries again; the registry keeps the newest
 KF_KEEP_VERSIONS versions. SIGTERM or Ctrl-C stops it; a run in progress finishes first.

@@ -28,6 +28,8 @@ class TrainingData:
     source: str
     rows: list[Row]
     catalogue: dict[str, CatalogueItem]
+    world: SyntheticWorld | None = None
+    """The synthetic world the rows came from, whose click probabilities are known (else None)."""
 
 
 def load(settings: Settings, source: Source, synthetic_events: int = 20_000) -> TrainingData:
@@ -43,4 +45,6 @@ def load(settings: Settings, source: Source, synthetic_events: int = 20_000) -> 
         return TrainingData(f"MovieLens {directory}", rows, catalogue_by_id(catalogue_items(directory, report, now)))
     world = SyntheticWorld(WorldSpec(seed=settings.train_seed + 7))
     rows = bootstrap_rows(world.events(synthetic_events), spec)
-    return TrainingData(f"synthetic world ({synthetic_events} events)", rows, catalogue_by_id(world.catalogue(now)))
+    return TrainingData(
+        f"synthetic world ({synthetic_events} events)", rows, catalogue_by_id(world.catalogue(now)), world
+    )

@@ -71,17 +71,45 @@ class SyntheticWorld:
         self.user_interests = np.array(
             [rng.choice(spec.genres, size=spec.interests_per_user, replace=False) for _ in range(spec.users)]
         )
+        self._initial_interests = self.user_interests.copy()
+        self._drifts: list[tuple[int, int, int, int]] = []
+        """(time, user, slot, genre) of every drift so far, in time order."""
         activity = np.arange(1, spec.users + 1, dtype=np.float64) ** -1.0
         self.activity_cdf = np.cumsum(rng.permutation(activity / activity.sum()))
 
-    def affinity(self, user: int, items: np.ndarray) -> np.ndarray:
-        """How many of the user's interests each item's genres share, plus the item's quality. Shape: (len(items),)."""
-        return self.item_genres[items][:, self.user_interests[user]].sum(axis=1) + self.item_quality[items]
+    def interests_at(self, user: int, ts: int | None = None) -> np.ndarray:
+        """The user's interest genres just before event time `ts` (None: now, after the events generated so far)."""
+        if ts is None:
+            return self.user_interests[user]
+        interests = self._initial_interests[user].copy()
+        for when, who, slot, genre in self._drifts:
+            if when >= ts:
+                break
+            if who == user:
+                interests[slot] = genre
+        return interests
 
-    def click_probability(self, user: int, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def affinity(self, user: int, items: np.ndarray, ts: int | None = None) -> np.ndarray:
+        """How many of the user's interests (at `ts`) each item's genres share, plus the item's quality.
+        Shape: (len(items),)."""
+        return self.item_genres[items][:, self.interests_at(user, ts)].sum(axis=1) + self.item_quality[items]
+
+    def click_probability(self, user: int, items: np.ndarray, positions: np.ndarray, ts: int | None = None):
         """The ground truth: P(click | shown at position), a logistic model of affinity and position bias."""
-        logits = 2.0 * self.affinity(user, items) - 0.15 * positions - 2.5
+        logits = 2.0 * self.affinity(user, items, ts) - 0.15 * positions - 2.5
         return 1.0 / (1.0 + np.exp(-logits))
+
+    @staticmethod
+    def user_index(user: str) -> int:
+        return int(user.removeprefix("u"))
+
+    @staticmethod
+    def item_index(item: str) -> int:
+        return int(item.removeprefix("i"))
+
+    @staticmethod
+    def item_id_of(index: int) -> str:
+        return item_id(index)
 
     def catalogue(self, updated_at: int) -> Iterator[CatalogueItem]:
         for item in range(self.spec.items):
@@ -107,11 +135,14 @@ class SyntheticWorld:
                 slate.append(candidate)
         return np.array(slate)
 
-    def _drift(self, user: int) -> None:
+    def _drift(self, user: int, ts: int) -> None:
         if self.rng.random() < self.spec.drift_probability:
             others = np.setdiff1d(np.arange(self.spec.genres), self.user_interests[user])
             if len(others):
-                self.user_interests[user, self.rng.integers(self.spec.interests_per_user)] = self.rng.choice(others)
+                genre = int(self.rng.choice(others))  # drawn before the slot, as ever: the same seed, the same events
+                slot = int(self.rng.integers(self.spec.interests_per_user))
+                self.user_interests[user, slot] = genre
+                self._drifts.append((ts, user, slot, genre))
 
     def _session(self, session: int, user: int, start: int) -> Iterator[dict]:
         rng, ts = self.rng, start
@@ -146,7 +177,7 @@ class SyntheticWorld:
                 produced += 1
                 last_ts = payload["ts"]
                 yield validate_event(payload)
-            self._drift(user)
+            self._drift(user, last_ts)
             session += 1
             ts = last_ts + 1 + int(self.rng.exponential(self.spec.mean_session_gap_ms))
 

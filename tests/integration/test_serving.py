@@ -140,16 +140,26 @@ def test_1_recommendations_follow_new_events_through_kafka_and_the_stream(system
     assert before["items"][0]["title"].startswith("Synthetic item")
 
 
-def test_2_exclude_seen_never_returns_an_item_of_the_sequence(system):
+SEEN = [f"i{n}" for n in range(0, 160, 2)]
+"""The items user `seer` clicks: 80, more than the 50 interactions of a live sequence."""
+
+
+def test_2_exclude_seen_leaves_out_every_item_the_user_ever_interacted_with(system):
     _, base, _ = system
-    seen = [f"i{n}" for n in range(0, 40, 2)]
-    call(base, "/v1/events", [click("seer", item, 1_735_700_000_000 + n, n) for n, item in enumerate(seen)])
-    applied(base, "seer", len(seen))
+    call(base, "/v1/events", [click("seer", item, 1_735_700_000_000 + n, n) for n, item in enumerate(SEEN)])
+    wait_until(lambda: clicks_applied(base, "seer") == len(SEEN), APPLY_TIMEOUT_S, "every click of seer in Redis")
 
     _, answer = call(base, "/v1/recommendations?user_id=seer&k=100&exclude_seen=true")
+    _, profile = call(base, "/v1/users/seer/profile")
 
-    assert len(answer["items"]) == 100
-    assert not {item["item_id"] for item in answer["items"]} & set(seen)
+    assert answer["fallback"] is False and len(answer["items"]) == 100
+    assert len(set(SEEN) - {entry["item_id"] for entry in profile["sequence"]}) == 30  # no longer in the sequence
+    assert not {item["item_id"] for item in answer["items"]} & set(SEEN)
+
+
+def clicks_applied(base: str, user: str) -> int:
+    status, profile = call(base, f"/v1/users/{user}/profile")
+    return (profile["features"] or {}).get("event_counts", {}).get("click", 0) if status == 200 else 0
 
 
 def test_3_a_hot_swap_under_concurrent_load_fails_no_request(system):
@@ -212,13 +222,16 @@ def test_4_models_slower_than_their_budget_shed_the_request_to_fallbacks(system,
     try:
         ranked_status, ranked = call(base, f"/v1/recommendations?user_id={user}&k=5")
         status, answer = call(shedding, f"/v1/recommendations?user_id={user}&k=5")
+        _, unseen = call(shedding, "/v1/recommendations?user_id=seer&k=100&exclude_seen=true")
         metrics = metrics_text(shedding)
     finally:
         service.stop()
 
     assert ranked_status == 200 and ranked["fallback"] is False and ranked["reason"] is None
     assert status == 200 and answer["fallback"] is True and answer["reason"].startswith("models busy")
-    assert len(answer["items"]) == 5 and 'kingfisher_fallbacks_total{reason="models busy"} 1.0' in metrics
+    assert len(answer["items"]) == 5 and 'kingfisher_fallbacks_total{reason="models busy"} 2.0' in metrics
+    assert unseen["fallback"] is True and len(unseen["items"]) == 100
+    assert not {item["item_id"] for item in unseen["items"]} & set(SEEN)  # the fallback leaves out the seen set too
 
 
 @pytest.mark.parametrize(
@@ -257,7 +270,7 @@ def test_operator_routes_describe_the_service(system):
     reload = call(base, "/v1/admin/models/reload", {}, {"Authorization": "Bearer secret"})
 
     assert {"/v1/recommendations", "/v1/events", "/metrics"} <= document["paths"].keys()
-    assert models["live_version"] == models["versions"][0]["version"] and "gauc" in models["versions"][0]["metrics"]
+    assert models["live_version"] == models["versions"][0]["version"] and "ndcg@10" in models["versions"][0]["metrics"]
     assert 'kingfisher_request_seconds_bucket{le="0.05",route="/v1/recommendations"}' in exposition
     assert 'kingfisher_stage_seconds_count{stage="ranking"}' in exposition
     assert 'kingfisher_gc_pause_seconds_count{generation="2"}' in exposition  # the full collection at model load

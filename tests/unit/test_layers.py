@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.layers import AttentionPooling, AttentionUnit, Dice, ItemEmbedding, MaskedMeanPooling
-from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, TwoTower
+from training.layers import (
+    AGE_BUCKETS,
+    AttentionPooling,
+    AttentionUnit,
+    Dice,
+    ItemEmbedding,
+    MaskedMeanPooling,
+    PairAttentionUnit,
+    Standardise,
+    age_buckets,
+)
+from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, SequentialRetrieval, ranking_loss
 
 
 def sigmoid(x: float) -> float:
@@ -115,55 +125,79 @@ def test_item_embedding_concatenates_id_mean_genre_and_year():
     assert out[1, 0] == 3.0 and out[1, 1] == 20.0 and out[1, -1] == 5.0
 
 
-class FixedTowers(TwoTower):
-    """Towers replaced by given vectors, to check the loss by hand."""
+def test_age_buckets_are_rounded_log2_seconds_clipped_to_the_table():
+    ages = tf.constant([-5.0, 0.0, 1.0, 2.0, 3.0, 1000.0, 1e30])
 
-    def __init__(self, users, items):
-        super().__init__(ItemTables(np.zeros((2, 8), np.int32), np.zeros(2, np.int32), 1, 2), dim=2, temperature=1.0)
-        self.fixed_users, self.fixed_items = tf.constant(users), tf.constant(items)
-
-    def user_vectors(self, sequence, kinds, user_features):
-        return self.fixed_users
-
-    def item_vectors(self, items):
-        return self.fixed_items
+    assert age_buckets(ages).numpy().tolist() == [0, 0, 1, 2, 2, 10, AGE_BUCKETS - 1]  # log2(1+1000) = 9.97
 
 
-@pytest.mark.parametrize(
-    ("items", "log_q", "expected"),
-    [
-        ([5, 6], [0.0, 0.0], math.log(1 + math.exp(-1))),  # each row: softmax over logits [1, 0]
-        (
-            [5, 6],
-            [0.0, math.log(0.25)],
-            (math.log(1 + math.exp(math.log(4) - 1)) + math.log(1 + math.exp(-1 - math.log(4)))) / 2,
-        ),
-        ([5, 5], [0.0, 0.0], 0.0),  # the other row holds the same item: no negative left
-    ],
-)
-def test_in_batch_softmax_with_logq_correction_by_hand(items, log_q, expected):
-    towers = FixedTowers(users=[[1.0, 0.0], [0.0, 1.0]], items=[[1.0, 0.0], [0.0, 1.0]])
+def test_pair_attention_adds_the_pair_term_to_the_first_layer():
+    unit = PairAttentionUnit(hidden=1)
+    unit.build((None, None, 1))
+    for weight, value in ((unit.w_query, 1.0), (unit.w_key, 1.0), (unit.w_product, 1.0), (unit.w_pair, 2.0)):
+        weight.assign(np.full(weight.shape, value, np.float32))
+    unit.bias.assign([-1.0])
+    unit.activation.alpha.assign([0.0])
+    unit.out.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
 
-    loss = towers.in_batch_loss(None, None, None, tf.constant(items), tf.constant(log_q), logq_weight=1.0)
+    weights = unit(tf.constant([[[2.0]]]), tf.constant([[[3.0]]]), tf.constant([[True]]), tf.constant([[[0.5]]]),
+                   training=False).numpy()  # fmt: skip
 
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    hidden = 2 + 3 + 2 * 3 - 1 + 2 * 0.5  # the AttentionUnit's 10, plus pair·w_pair
+    assert weights[0, 0, 0] == pytest.approx(sigmoid(hidden) * hidden, rel=1e-5)
+
+
+def test_standardise_takes_mean_and_spread_of_the_training_features_and_leaves_constant_ones_centred():
+    layer = Standardise()
+    layer.fit(np.array([[[1.0, 5.0]], [[3.0, 5.0]]], np.float32))
+
+    assert layer(tf.constant([[2.0, 5.0], [5.0, 6.0]])).numpy().tolist() == [[0.0, 0.0], [3.0, 1.0]]
 
 
 def small_tables() -> ItemTables:
     rng = np.random.default_rng(0)
-    return ItemTables(rng.integers(0, 3, (12, 8)).astype(np.int32), rng.integers(0, 32, 12).astype(np.int32), 2, 4)
+    return ItemTables(rng.integers(0, 3, (12, 8)).astype(np.int32), rng.integers(0, 32, 12).astype(np.int32), 2)
+
+
+def test_the_user_state_at_a_position_depends_on_earlier_behaviours_only():
+    model = SequentialRetrieval(small_tables(), dim=16, length=4, dropout=0.0)
+    items, kinds = np.array([[0, 4, 5, 6]], np.int32), np.array([[0, 1, 2, 1]], np.int32)
+    ages = np.array([[0.0, 300.0, 20.0, 5.0]], np.float32)
+
+    before = model.encode(items, kinds, ages).numpy()
+    changed = model.encode(np.array([[0, 4, 5, 9]], np.int32), kinds, ages).numpy()
+
+    np.testing.assert_allclose(before[0, 1:3], changed[0, 1:3], rtol=1e-5, atol=1e-6)  # positions before the change
+    assert np.abs(before[0, 3] - changed[0, 3]).max() > 1e-3
+
+
+def test_next_item_loss_is_the_full_softmax_over_the_catalogue_at_labelled_positions():
+    model = SequentialRetrieval(small_tables(), dim=16, length=3, dropout=0.0)
+    items, kinds, ages = np.array([[0, 4, 5]], np.int32), np.array([[0, 1, 1]], np.int32), np.zeros((1, 3), np.float32)
+    targets = np.array([[0, 5, 7]], np.int32)
+
+    loss = float(model.next_item_loss(items, kinds, ages, targets, training=False))
+
+    states = model.encode(items, kinds, ages).numpy()[0]
+    logits = states @ model.item_vectors(np.arange(12)).numpy().T
+    logits[:, :2] = -np.inf  # padding and unknown are never an answer
+    expected = np.mean([np.log(np.exp(logits[p]).sum()) - logits[p, t] for p, t in ((1, 5), (2, 7))])
+    assert loss == pytest.approx(expected, rel=1e-4)
 
 
 @pytest.mark.parametrize("ranker_class", [DeepInterestNetwork, EmbeddingMLP])
 def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
-    ranker = ranker_class(small_tables())
-    sequence = tf.constant([[0, 0, 4, 5], [2, 3, 6, 7]])
+    ranker = ranker_class(small_tables(), width=16, like_weight=0.5)
+    items = tf.constant([[0, 0, 4, 5], [2, 3, 6, 7]])
     kinds = tf.constant([[0, 0, 1, 2], [3, 1, 1, 4]])
+    ages = tf.constant([[0.0, 0.0, 60.0, 2.0], [9e5, 3e4, 100.0, 1.0]])
     candidates = tf.constant([[8, 9, 10], [11, 2, 4]])
-    user, hour = tf.constant([[0.5, 0.1, 1.0], [1.0, -0.5, 0.0]]), tf.constant([3, 20])
+    features = tf.constant(np.random.default_rng(1).normal(size=(2, 3, 10)), tf.float32)
+    pairs = tf.constant(np.random.default_rng(2).random((2, 3, 4)), tf.float32)
 
-    together, attention = ranker.score_candidates(sequence, kinds, candidates, user, hour)
-    alone = [ranker.score_candidates(sequence, kinds, candidates[:, m : m + 1], user, hour)[0][:, 0] for m in range(3)]
+    together, attention = ranker.served_scores(items, kinds, ages, candidates, features, pairs)
+    alone = [ranker.served_scores(items, kinds, ages, candidates[:, m : m + 1], features[:, m : m + 1],
+                                  pairs[:, m : m + 1])[0][:, 0] for m in range(3)]  # fmt: skip
 
     np.testing.assert_allclose(together.numpy(), tf.stack(alone, axis=1).numpy(), rtol=1e-5, atol=1e-6)
     if ranker_class is DeepInterestNetwork:
@@ -171,3 +205,36 @@ def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
         assert np.all(attention.numpy()[0, :, :2] == 0.0)  # padding gets no attention
     else:
         assert attention is None
+
+
+def test_the_served_score_is_the_next_logit_plus_like_weight_times_log_sigmoid_of_the_like_logit():
+    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5)
+    inputs = {
+        "items": tf.constant([[0, 4]]),
+        "kinds": tf.constant([[0, 1]]),
+        "ages": tf.constant([[0.0, 9.0]]),
+        "candidates": tf.constant([[5, 6]]),
+        "features": tf.zeros((1, 2, 10)),
+        "pairs": tf.zeros((1, 2, 2)),
+    }
+
+    next_logits, like_logits, _ = ranker(inputs)
+    served, _ = ranker.served_scores(*inputs.values())
+
+    expected = next_logits.numpy() + 0.5 * np.log(1 / (1 + np.exp(-like_logits.numpy())))
+    np.testing.assert_allclose(served.numpy(), expected, rtol=1e-5)
+
+
+def test_the_ranking_loss_is_the_softmax_over_a_rows_candidates_plus_the_like_loss_of_rated_rows():
+    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5)
+    inputs = {"items": tf.constant([[0, 4], [3, 4]]), "kinds": tf.constant([[0, 1], [1, 1]]),
+              "ages": tf.zeros((2, 2)), "candidates": tf.constant([[5, 6, 7], [8, 9, 10]]),
+              "features": tf.zeros((2, 3, 10)), "pairs": tf.zeros((2, 3, 2))}  # fmt: skip
+    liked, rated = tf.constant([1.0, 0.0]), tf.constant([1.0, 0.0])
+
+    loss = float(ranking_loss(ranker, inputs, liked, rated))
+
+    next_logits, like_logits = (np.asarray(out) for out in ranker(inputs, training=True)[:2])
+    chosen = np.mean([np.log(np.exp(row).sum()) - row[0] for row in next_logits])
+    like = np.log(1 + np.exp(-like_logits[0, 0]))  # row 0 is rated and liked; row 1 carries no like label
+    assert loss == pytest.approx(chosen + like, rel=1e-4)

@@ -26,7 +26,17 @@ def test_ranking_metrics_by_hand():
     metrics = ranking_metrics([["a", "b", "c"], ["x", "y", "z"]], [frozenset({"b", "d"}), frozenset({"q"})], k=2)
 
     ndcg_first = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
-    assert metrics == pytest.approx({"recall@2": 0.25, "ndcg@2": ndcg_first / 2, "hitrate@2": 0.5})
+    # two queries with values v and 0: sample std v/sqrt(2), standard error v/2
+    assert metrics == pytest.approx(
+        {
+            "recall@2": 0.25,
+            "ndcg@2": ndcg_first / 2,
+            "hitrate@2": 0.5,
+            "recall@2_se": 0.25,
+            "ndcg@2_se": ndcg_first / 2,
+            "hitrate@2_se": 0.5,
+        }
+    )
 
 
 def test_ranking_metrics_skip_queries_with_nothing_relevant():

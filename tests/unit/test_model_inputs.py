@@ -3,18 +3,22 @@
 import math
 
 import numpy as np
+import pytest
 
 from schemas.catalogue import validate_catalogue_item
-from schemas.features import UserFeatures
+from schemas.events import EventType
+from schemas.features import SequenceEntry, UserFeatures
 from schemas.model_inputs import (
     EVENT_TYPES,
     FIRST_ITEM,
     PADDING,
     UNKNOWN_ITEM,
+    ScoreScale,
     Vocabulary,
     behaviour_kind,
     hour_of_day,
     item_tables,
+    ranker_features,
     sequence_arrays,
     user_feature_vector,
     year_bucket,
@@ -47,12 +51,18 @@ def test_item_tables_hold_genre_indices_and_year_buckets_per_item_index():
     assert years[FIRST_ITEM] == 0 and not genres[PADDING].any()
 
 
-def test_sequences_keep_the_newest_entries_left_padded_with_their_behaviour_kinds():
-    sequences = [[("m1", "click", None)], [("m1", "rating", 1.0), ("m2", "rating", 4.5), ("m3", "play", None)]]
+def entry(item: str, kind: str, ts: int, value: float | None = None) -> SequenceEntry:
+    return SequenceEntry(f"{item}-{ts}", item, EventType(kind), ts, value)
 
-    items, kinds = sequence_arrays(VOCABULARY, sequences, length=2)
+
+def test_sequences_keep_the_newest_entries_left_padded_with_their_behaviour_kinds_and_ages():
+    sequences = [[entry("m1", "click", 1_000)], [entry("m1", "rating", 0, 1.0), entry("m2", "rating", 2_000, 4.5),
+                                                 entry("m3", "play", 9_500)]]  # fmt: skip
+
+    items, kinds, ages = sequence_arrays(VOCABULARY, sequences, [61_000, 10_000], length=2)
 
     assert items.tolist() == [[PADDING, FIRST_ITEM], [FIRST_ITEM + 1, FIRST_ITEM + 2]]
+    assert ages.tolist() == [[0.0, 60.0], [8.0, 0.5]]  # seconds before each sequence's moment
     assert kinds[0].tolist() == [0, 1 + EVENT_TYPES.index("click")]
     assert kinds[1].tolist() == [behaviour_kind("rating", 4.5), 1 + EVENT_TYPES.index("play")]
     assert behaviour_kind("rating", 0.5) == 1 + len(EVENT_TYPES)
@@ -69,3 +79,25 @@ def test_user_features_from_the_stored_user_features():
 def test_hour_of_day_is_utc():
     assert hour_of_day([0, 3_600_000 * 25 + 5]).tolist() == [0, 1]
     assert hour_of_day([]).dtype == np.int32
+
+
+def test_score_scale_standardises_a_users_scores_over_the_whole_catalogue():
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, -1.0]])
+    user = np.array([[2.0, 1.0]])
+
+    standardised = ScoreScale.of(vectors).standardised(np.array([[5.0, 1.0]]), user)
+
+    catalogue = vectors @ user[0]  # 2, 1, 3, 5
+    assert standardised[0] == pytest.approx((np.array([5.0, 1.0]) - catalogue.mean()) / catalogue.std(), rel=1e-5)
+
+
+def test_ranker_features_sum_co_visitation_over_the_newest_behaviours_and_mark_trending_items():
+    pairs = np.zeros((1, 2, 25), np.float32)
+    pairs[0, 0, -1], pairs[0, 0, -3], pairs[0, 0, 0] = 2.0, 1.0, 7.0  # the newest, the third newest, the oldest
+
+    features = ranker_features(np.array([[0.5, -1.0]]), pairs, np.array([[9.0, 0.0]]), np.array([[8.0, 0.0]]),
+                               np.array([[1.0, 0.2, 1.0]]))[0]  # fmt: skip
+
+    assert features[0].tolist() == pytest.approx([0.5, np.log(3), np.log(4), np.log(4), np.log(10), 3.0, 1.0,
+                                                  1.0, 0.2, 1.0])  # fmt: skip
+    assert features[1, 1:7].tolist() == [0.0] * 6  # no co-visitation, no interactions, not trending

@@ -1,21 +1,20 @@
-"""Sample rows, labels, the time split and the bootstrap path."""
+"""Sample rows, the splits and their queries, next-item windows, trending at a moment, and the
+training counts with each user's own interactions left out."""
 
 import numpy as np
 
 from schemas.catalogue import validate_catalogue_item
 from schemas.events import EventType
 from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures
-from schemas.model_inputs import Vocabulary
+from schemas.model_inputs import FIRST_ITEM, Vocabulary
 from schemas.samples import SampleRow, sample_rows
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
-from training.data import (
-    TimeSplit,
-    bootstrap_rows,
-    encode,
-    evaluation_queries,
-    labels,
-    positive_popularity,
-    ranking_rows,
+from training.counts import TrainingCounts
+from training.data import Histories, bootstrap_rows, last_n_split, time_split, trending_before, windows
+from training.previous import labels, like_rows
+
+VOCABULARY = Vocabulary.of(
+    validate_catalogue_item({"item_id": i, "title": i, "updated_at": 1_700_000_000_000}) for i in "abcdefghij"
 )
 
 
@@ -25,51 +24,109 @@ def row(event_id, user, item, kind, ts, value=None, request=None, sequence=()):
     return SampleRow(event, entries, UserFeatures())
 
 
-ROWS = [
-    row("e1", "u1", "a", "impression", 1, request="r1"),
-    row("e2", "u1", "b", "impression", 2, request="r1"),
-    row("e3", "u1", "a", "click", 3, request="r1"),
-    row("e4", "u2", "c", "rating", 4, value=4.0),
-    row("e5", "u2", "d", "rating", 5, value=3.0),
-    row("e6", "u2", "e", "purchase", 6, request="r9"),
-]
+def history(user: str, items: str, start: int = 0, step: int = 1) -> list[SampleRow]:
+    """A user clicking `items` in turn, each row with the point-in-time sequence before it."""
+    rows, sequence = [], []
+    for n, item in enumerate(items):
+        ts = start + n * step
+        rows.append(row(f"{user}{n}", user, item, "click", ts, sequence=list(sequence)))
+        sequence.append((item, "click", ts, None))
+    return rows
 
 
-def test_labels_clicked_impressions_good_ratings_and_purchases_are_positive():
-    assert labels(ROWS, threshold=3.5).tolist() == [1, 0, 1, 1, 0, 1]
+def test_a_query_excludes_what_was_seen_and_expects_the_next_unseen_items():
+    rows = history("u", "abacd")  # a again at the third click
+
+    queries = Histories(rows).queries("u", future=2)
+
+    assert [sorted(q.relevant) for q in queries] == [["a", "b"], ["b", "c"], ["c", "d"], ["c", "d"], ["d"]]
+    assert [sorted(q.seen) for q in queries] == [[], ["a"], ["a", "b"], ["a", "b"], ["a", "b", "c"]]
 
 
-def test_ranking_rows_keep_impressions_and_ratings_and_pair_unexplained_positives_with_a_negative():
-    rng = np.random.default_rng(0)
-    chosen, chosen_labels = ranking_rows(
-        ROWS, labels(ROWS, 3.5), ["a", "b", "c", "d", "e"], positive_popularity(ROWS, labels(ROWS, 3.5)), rng
-    )
+def test_the_time_split_trains_before_its_holdout_and_keeps_each_halfs_answers_inside_it():
+    rows = sorted(history("u", "abcdefghij") + history("v", "jihgfedcba", start=1), key=lambda r: r.order)
 
-    kinds = [(r.event.type, r.event.item_id) for r in chosen]
-    assert kinds[:4] == [("impression", "a"), ("impression", "b"), ("rating", "c"), ("rating", "d")]
-    assert kinds[4] == ("purchase", "e") and chosen[5].event.type == "purchase" and chosen[5].event.event_id == "e6"
-    assert chosen_labels.tolist() == [1, 0, 1, 0, 1, 0]  # the click e3 is explained by its impression
+    split = time_split(rows, holdout_fraction=0.4, future=3, limit=100, seed=0)
 
-
-def test_time_split_has_no_training_row_at_or_after_the_holdout():
-    rows = [row(f"e{n}", "u", "a", "click", n) for n in range(100)]
-
-    split = TimeSplit.of(rows, holdout_fraction=0.2)
-    train, validate, test = split.parts(rows)
-
-    assert max(r.event.ts for r in train) < split.validate_from <= min(r.event.ts for r in validate)
-    assert max(r.event.ts for r in validate) < split.test_from <= min(r.event.ts for r in test)
-    assert len(train) + len(validate) + len(test) == 100 and 8 <= len(validate) <= 12 and 8 <= len(test) <= 12
+    validate_from, test_from = min(q.row.event.ts for q in split.validation), min(q.row.event.ts for q in split.test)
+    assert max(r.event.ts for r in split.train) < validate_from < test_from
+    assert all(q.row.event.ts < test_from for q in split.validation)
+    times = {(r.event.user_id, r.event.item_id): r.event.ts for r in rows}
+    assert all(times[q.user_id, item] < test_from for q in split.validation for item in q.relevant)
 
 
-def test_evaluation_queries_hold_the_next_positives_of_the_user():
-    rows = [row(f"e{n}", "u", f"i{n}", "click", n) for n in range(5)] + [
-        row("x", "v", "j", "impression", 9, request="q")
+def test_the_last_n_split_holds_out_each_users_newest_n_and_the_n_before_for_validation():
+    rows = history("u", "abcdefghij") + history("short", "abc")
+
+    split = last_n_split(rows, 3)
+
+    [validation], [test] = split.validation, split.test
+    assert (validation.relevant, test.relevant) == (frozenset("efg"), frozenset("hij"))
+    assert {r.event.item_id for r in split.train if r.event.user_id == "u"} == set("abcd")
+    assert test.seen == frozenset("abcdefg")  # the validation items were there before the test's moment
+    assert sum(r.event.user_id == "short" for r in split.train) == 3  # too short to hold out: all trains
+
+
+def test_windows_predict_the_next_item_at_every_position_and_the_rows_own_item_last():
+    rows = history("u", "abcd", step=1000)
+
+    built = windows(rows, VOCABULARY, length=3)
+
+    index = dict(zip("abcd", VOCABULARY.item_indices("abcd"), strict=True))
+    assert len(built) == 1  # a window at the newest row and each `length` rows before, if it has a sequence
+    assert built.items[0].tolist() == [index["a"], index["b"], index["c"]]
+    assert built.targets[0].tolist() == [index["b"], index["c"], index["d"]]
+    assert built.ages[0].tolist() == [3.0, 2.0, 1.0]  # seconds before the row's event
+
+
+def test_a_repeat_of_the_same_item_is_no_target():
+    rows = history("u", "aab")
+
+    built = windows(rows, VOCABULARY, length=2)
+
+    assert built.targets[0, 0] == 0 and built.targets[0, 1] == VOCABULARY.item_indices(["b"])[0]
+
+
+def test_trending_at_a_moment_counts_only_earlier_events():
+    rows = [row("x", "u", "a", "click", 1), row("y", "v", "b", "click", 2), row("z", "w", "b", "click", 3)]
+
+    trending = trending_before(rows, rows, FeatureSpec(), size=5)
+
+    assert trending[rows[0].order] == ()
+    assert [item for item, _ in trending[rows[1].order]] == ["a"]
+    assert [item for item, _ in trending[rows[2].order]] == ["b", "a"]  # one event each: the newer is more popular
+
+
+def test_training_counts_at_a_moment_count_only_what_came_before_it():
+    rows = history("u", "ab", start=0) + history("v", "ab", start=10) + history("w", "ac", start=20)
+    counts = TrainingCounts.of(rows, VOCABULARY)
+    a, b, c = VOCABULARY.item_indices("abc")
+    behaviours, candidates = np.array([[0, a]] * 3), np.array([[b, c]] * 3)
+    moments = np.array([1, 11, 100])  # at u's b (its own a -> b not yet done), at v's b, after all
+
+    assert counts.covisitation.pair_counts(behaviours[:1], candidates[:1])[0, :, 1].tolist() == [2, 1]
+    assert counts.pair_counts(moments, behaviours, candidates)[:, :, 1].tolist() == [[0, 0], [1, 0], [2, 1]]
+    assert counts.pair_counts(moments, behaviours, candidates)[:, :, 0].tolist() == [[0, 0]] * 3  # padding
+    assert counts.popularity[[a, b, c]].tolist() == [3, 2, 1] and counts.popularity[:FIRST_ITEM].tolist() == [0, 0]
+    assert counts.interactions(moments, candidates).tolist() == [[0, 0], [1, 0], [2, 1]]
+
+
+def test_the_previous_designs_labels_and_like_rows():
+    rows = [
+        row("e1", "u1", "a", "impression", 1, request="r1"),
+        row("e2", "u1", "b", "impression", 2, request="r1"),
+        row("e3", "u1", "a", "click", 3, request="r1"),
+        row("e4", "u2", "c", "rating", 4, value=4.0),
+        row("e5", "u2", "d", "rating", 5, value=3.0),
+        row("e6", "u2", "e", "purchase", 6, request="r9"),
     ]
 
-    queries = evaluation_queries(rows, labels(rows, 3.5), future=2, limit=10, rng=np.random.default_rng(0))
-
-    assert [sorted(q.relevant) for q in queries] == [["i0", "i1"], ["i1", "i2"], ["i2", "i3"], ["i3", "i4"], ["i4"]]
+    assert labels(rows, threshold=3.5).tolist() == [1, 0, 1, 1, 0, 1]
+    chosen, chosen_labels = like_rows(rows, labels(rows, 3.5), list("abcde"), np.random.default_rng(0))
+    assert [(r.event.type, r.event.item_id) for r in chosen[:5]] == [
+        ("impression", "a"), ("impression", "b"), ("rating", "c"), ("rating", "d"), ("purchase", "e"),
+    ]  # fmt: skip
+    assert chosen_labels.tolist() == [1, 0, 1, 0, 1, 0]  # the click e3 is explained by its impression
 
 
 def test_bootstrap_rows_are_the_sample_rows_of_the_events_in_time_order():
@@ -81,15 +138,3 @@ def test_bootstrap_rows_are_the_sample_rows_of_the_events_in_time_order():
         r.event.event_id for r in sample_rows(reversed(events), FeatureSpec())
     )
     assert [r.event.ts for r in rows] == sorted(r.event.ts for r in rows)
-    assert all({entry.item_id for entry in r.sequence} <= {e.item_id for e in events} for r in rows)
-
-
-def test_encode_gives_aligned_arrays():
-    catalogue = [validate_catalogue_item({"item_id": i, "title": i, "updated_at": 1_700_000_000_000}) for i in "abcde"]
-    vocabulary = Vocabulary.of(catalogue)
-    rows = [row("e1", "u", "b", "rating", 3_600_000, value=5.0, sequence=[("a", "rating", 1, 4.0)])]
-
-    examples = encode(rows, np.array([1.0]), vocabulary, length=3)
-
-    assert examples.sequence.tolist() == [[0, 0, 2]] and examples.item.tolist() == [3]
-    assert examples.kinds[0, 2] > 0 and examples.hour.tolist() == [1] and examples.user_ids == ["u"]

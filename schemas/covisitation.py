@@ -1,0 +1,106 @@
+"""Item co-visitation: how often one item came soon after another in users' interactions.
+
+`counts[a, b]` is the number of times, over every user's interactions in time order, that item b
+came within `window` interactions after item a. Training counts it over its rows, the bundle holds
+it (`save`, `load`), and the ranker reads it through `pair_counts`, offline and online alike: for
+each candidate, the counts that follow each behaviour of the user's sequence.
+
+Stored sparse: the nonzero (a, b) pairs as sorted keys `a * size + b` with their counts, at most
+`neighbours` per item a (its largest), so a lookup is one binary search per pair.
+"""
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from schemas.model_inputs import PADDING
+
+KEYS_FILE, COUNTS_FILE = "covisitation_keys.npy", "covisitation_counts.npy"
+
+
+def following_pairs(items: Sequence[int], window: int) -> Iterable[tuple[int, int]]:
+    """(a, b) for every b within `window` items after a in `items`, a different item."""
+    for position, first in enumerate(items):
+        for second in items[position + 1 : position + 1 + window]:
+            if second != first:
+                yield int(first), int(second)
+
+
+class CoVisitation:
+    """Sparse co-visitation counts over item indices 0..size-1."""
+
+    def __init__(self, size: int, keys: np.ndarray, counts: np.ndarray):
+        self.size = size
+        self.keys = keys
+        """[nnz] int64, sorted: a * size + b."""
+        self.counts = counts
+        """[nnz] float32: counts[a, b] for each key."""
+
+    @classmethod
+    def of(cls, sequences: Iterable[Sequence[int]], size: int, window: int, neighbours: int | None) -> "CoVisitation":
+        """Count each sequence (item indices, oldest first): b within `window` after a adds 1 to (a, b);
+        keep each item's `neighbours` largest counts (all with None). An item never follows itself."""
+        pairs: Counter = Counter()
+        for items in sequences:
+            pairs.update(first * size + second for first, second in following_pairs(items, window))
+        return cls.of_counts(size, pairs).strongest(neighbours)
+
+    @classmethod
+    def of_counts(cls, size: int, counts: Counter) -> "CoVisitation":
+        """From key -> count (keys `first * size + second`)."""
+        keys = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        order = np.argsort(keys, kind="stable")
+        return cls(size, keys[order], np.fromiter(counts.values(), dtype=np.float32, count=len(counts))[order])
+
+    def strongest(self, neighbours: int | None) -> "CoVisitation":
+        """The same counts with each item's `neighbours` largest only (ties: the smaller item index)."""
+        order = np.lexsort((self.keys, -self.counts, self.keys // self.size))
+        keys, counts = self.keys[order], self.counts[order]
+        if neighbours is not None:
+            rows = keys // self.size
+            starts = np.searchsorted(rows, rows, side="left")
+            kept = np.arange(len(keys)) - starts < neighbours
+            keys, counts = keys[kept], counts[kept]
+        by_key = np.argsort(keys, kind="stable")
+        return CoVisitation(self.size, keys[by_key], counts[by_key])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """counts[first, second], elementwise for arrays of item indices of one shape; 0 where absent."""
+        wanted = first.astype(np.int64) * self.size + second
+        if not len(self.keys):
+            return np.zeros(wanted.shape, np.float32)
+        found = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
+        return np.where(self.keys[found] == wanted, self.counts[found], np.float32(0))
+
+    def pair_counts(self, behaviours: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """behaviours [B, L] and candidates [B, M] item indices -> [B, M, L] float32: how often each
+        candidate followed each behaviour (0 where the behaviour is padding)."""
+        counts = self.lookup(behaviours[:, None, :], candidates[:, :, None])
+        return np.where(behaviours[:, None, :] != PADDING, counts, np.float32(0))
+
+    def following(self, items: Iterable[int]) -> np.ndarray:
+        """[size] float32: for every item b, the sum over `items` a of counts[a, b]."""
+        scores = np.zeros(self.size, np.float32)
+        for item in items:
+            start, end = np.searchsorted(self._rows, [item, item + 1])
+            np.add.at(scores, self.keys[start:end] - item * self.size, self.counts[start:end])
+        return scores
+
+    @cached_property
+    def _rows(self) -> np.ndarray:
+        return self.keys // self.size
+
+    def save(self, directory: Path) -> None:
+        np.save(directory / KEYS_FILE, self.keys, allow_pickle=False)
+        np.save(directory / COUNTS_FILE, self.counts, allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: Path, size: int) -> "CoVisitation":
+        keys = np.load(directory / KEYS_FILE, allow_pickle=False)
+        return cls(size, keys, np.load(directory / COUNTS_FILE, allow_pickle=False))

@@ -1,0 +1,254 @@
+"""The served pipeline, written once: the service runs it on every request and training evaluates
+exactly it. Live sequence -> user vector -> Faiss top-M (seen items left out) + trending -> ranker
+features -> DIN scores -> top-k, with the behaviours DIN attended to most as reasons.
+
+`rank_batch` ranks several requests with one user-tower call, one Faiss search and one ranker
+call: the service batches concurrent requests, and training evaluates thousands at a time.
+A `Recommender` is what it runs on: a loaded bundle in the service, models in memory in training.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from schemas.ann import ItemIndex
+from schemas.covisitation import CoVisitation
+from schemas.features import SequenceEntry, UserFeatures
+from schemas.model_inputs import (
+    FIRST_ITEM,
+    PADDING,
+    ScoreScale,
+    SequenceArrays,
+    Vocabulary,
+    pair_inputs,
+    ranker_features,
+    sequence_arrays,
+    user_feature_matrix,
+)
+
+REASONS = 3
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """One user's request: the top `k` of the user's `candidates` Faiss neighbours merged with
+    `trending` (item, popularity), `exclude` left out, by ranker score; the first `explain` of
+    them with the behaviours the ranker attended to most."""
+
+    user_id: str
+    behaviours: Sequence[SequenceEntry]
+    """The live sequence, oldest first."""
+    user_features: UserFeatures | None
+    now_ms: int
+    trending: Sequence[tuple[str, float]]
+    exclude: set[str]
+    k: int
+    candidates: int
+    explain: int = 0
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: str
+    score: float
+    reasons: tuple[str, ...] = ()
+    """Sequence items with the highest attention for this item, highest first."""
+
+
+@dataclass
+class Ranked:
+    items: list[Scored]
+    candidates: int
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage of the model call that ranked this request (with its batch)."""
+
+
+class Recommender(Protocol):
+    """The models and tables the pipeline runs on (`schemas.bundle.LoadedBundle` in the service)."""
+
+    vocabulary: Vocabulary
+    sequence_length: int
+    index: ItemIndex
+    embeddings: np.ndarray
+    """[items, d]: row i is the retrieval vector of vocabulary.item_ids[i]."""
+    score_scale: ScoreScale
+    covisitation: CoVisitation
+    popularity: np.ndarray
+    """[vocabulary.size] float32 interactions per item index in the training data."""
+
+    def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
+        """-> [B, d]."""
+        ...
+
+    def score(self, sequences: SequenceArrays, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
+        """candidates [B, M], features [B, M, F], pairs [B, M, L] -> (scores [B, M], attention [B, M, L])."""
+        ...
+
+
+@dataclass
+class Candidates:
+    """What the ranker reads for a batch of requests: each request's pool of item ids, and the
+    inputs of one ranker call (short pools padded with PADDING)."""
+
+    sequences: SequenceArrays
+    pools: list[list[str]]
+    indices: np.ndarray
+    """[B, M] int32 item indices of the pools."""
+    features: np.ndarray
+    """[B, M, len(RANKER_FEATURES)] float32."""
+    pairs: np.ndarray
+    """[B, M, L] float32."""
+
+
+def retrieve(recommender: Recommender, requests: Sequence[RankRequest]) -> tuple[SequenceArrays, np.ndarray, list]:
+    """-> (the requests' sequences, user vectors [B, d], each request's retrieved items: its
+    `candidates` nearest items, excluded items left out, nearest first)."""
+    sequences = sequence_arrays(
+        recommender.vocabulary,
+        [request.behaviours for request in requests],
+        [request.now_ms for request in requests],
+        recommender.sequence_length,
+    )
+    vectors = recommender.user_vectors(sequences)
+    deepest = min(max(request.candidates for request in requests), len(recommender.index))
+    _, neighbours = recommender.index.search(vectors, deepest, [request.exclude for request in requests])
+    retrieved = [
+        [item for item in row if item is not None][: request.candidates]
+        for request, row in zip(requests, neighbours, strict=True)
+    ]
+    return sequences, vectors, retrieved
+
+
+def pool_of(request: RankRequest, retrieved: list[str]) -> list[str]:
+    """The retrieved items, then the trending ones not excluded, each once."""
+    trending = [item for item, _ in request.trending if item not in request.exclude]
+    return list(dict.fromkeys(retrieved + trending))
+
+
+class ItemCounts(Protocol):
+    """The counts of the training data that the ranker's features read."""
+
+    def pair_counts(self, users: Sequence[str], behaviours, candidates) -> np.ndarray:
+        """users [B], behaviours [B, L], candidates [B, M] item indices -> [B, M, L] co-visitation counts."""
+        ...
+
+    def interactions(self, users: Sequence[str], candidates) -> np.ndarray:
+        """users [B], candidates [B, M] item indices -> [B, M] interaction counts."""
+        ...
+
+
+@dataclass(frozen=True)
+class BundleCounts:
+    """The counts as a bundle holds them: the same for every user (the service's)."""
+
+    covisitation: CoVisitation
+    popularity: np.ndarray
+
+    def pair_counts(self, users, behaviours, candidates) -> np.ndarray:
+        return self.covisitation.pair_counts(behaviours, candidates)
+
+    def interactions(self, users, candidates) -> np.ndarray:
+        return self.popularity[candidates]
+
+
+def scored_pools(
+    recommender: Recommender, requests: Sequence[RankRequest], vectors: np.ndarray, pools: list[list[str]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pools as item indices [B, M] int32 (short ones padded with PADDING), with each item's
+    retrieval score for its user, standardised ([B, M] float32), and its trending popularity
+    ([B, M] float32, 0 when not trending)."""
+    width = max(1, max(map(len, pools)))
+    indices = np.full((len(pools), width), PADDING, np.int32)
+    trending = np.zeros((len(pools), width), np.float32)
+    for row, (request, pool) in enumerate(zip(requests, pools, strict=True)):
+        indices[row, : len(pool)] = recommender.vocabulary.item_indices(pool)
+        popular = dict(request.trending)
+        trending[row, : len(pool)] = [popular.get(item, 0.0) for item in pool]
+    embedded = recommender.embeddings[np.maximum(indices - FIRST_ITEM, 0)]
+    embedded[indices < FIRST_ITEM] = 0.0  # padding, and trending items newer than the models: no retrieval score
+    scores = np.einsum("bd,bmd->bm", vectors, embedded)
+    return indices, recommender.score_scale.standardised(scores, vectors), trending
+
+
+def ranker_inputs(
+    moments: np.ndarray,
+    user_features: np.ndarray,
+    behaviours: np.ndarray,
+    indices: np.ndarray,
+    retrieval: np.ndarray,
+    trending: np.ndarray,
+    counts: ItemCounts,
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> (features [B, M, len(RANKER_FEATURES)], pairs [B, M, L]) of candidates `indices` [B, M]
+    at `moments` [B] (epoch ms) for users with `user_features` [B, F] and sequences `behaviours` [B, L]."""
+    pairs = counts.pair_counts(moments, behaviours, indices)
+    features = ranker_features(retrieval, pairs, counts.interactions(moments, indices), trending, user_features)
+    return features, pair_inputs(pairs)
+
+
+def candidates_of(
+    recommender: Recommender,
+    requests: Sequence[RankRequest],
+    sequences: SequenceArrays,
+    vectors: np.ndarray,
+    pools: list[list[str]],
+) -> Candidates:
+    """The ranker's inputs for `pools`, with the counts the recommender holds."""
+    indices, retrieval, trending = scored_pools(recommender, requests, vectors, pools)
+    features, pairs = ranker_inputs(
+        np.array([request.now_ms for request in requests], np.int64),
+        user_feature_matrix([request.user_features for request in requests]),
+        sequences.items,
+        indices,
+        retrieval,
+        trending,
+        BundleCounts(recommender.covisitation, recommender.popularity),
+    )
+    return Candidates(sequences, pools, indices, features, pairs)
+
+
+def rank_batch(recommender: Recommender, requests: list[RankRequest]) -> list[Ranked]:
+    """One Ranked per request, in order; a request ranks the same alone or in a batch."""
+    clock = time.perf_counter()
+    sequences, vectors, retrieved = retrieve(recommender, requests)
+    pools = [pool_of(request, items) for request, items in zip(requests, retrieved, strict=True)]
+    timings = {"retrieval": time.perf_counter() - clock}
+    if not max(map(len, pools)):
+        return [Ranked([], 0, timings) for _ in requests]
+    clock = time.perf_counter()
+    batch = candidates_of(recommender, requests, sequences, vectors, pools)
+    scores, attention = recommender.score(sequences, batch.indices, batch.features, batch.pairs)
+    timings["ranking"] = time.perf_counter() - clock
+    length = recommender.sequence_length
+    return [
+        _top(request, pool, scores[row, : len(pool)], attention[row, : len(pool)], length, timings)
+        for row, (request, pool) in enumerate(zip(requests, pools, strict=True))
+    ]
+
+
+def _top(
+    request: RankRequest, pool: list[str], scores: np.ndarray, attention: np.ndarray, length: int, timings: dict
+) -> Ranked:
+    """scores [M] and attention [M, L] of this request's pool -> its top k.
+
+    An item's reasons are the behaviours its attention lifts most above what the same behaviour gets
+    from the pool on average: DIN weighs a recent behaviour highly for every candidate, and the
+    reasons should say why this item, not why anything."""
+    newest = request.behaviours[-length:]
+    first = length - len(newest)  # sequence position of newest[0] (left padding before it)
+    lift = attention - attention.mean(axis=0) if request.explain else attention
+    items = [
+        Scored(pool[n], float(scores[n]), _reasons(lift[n], newest, first) if place < request.explain else ())
+        for place, n in enumerate(np.argsort(-scores, kind="stable")[: request.k])
+    ]
+    return Ranked(items, len(pool), timings)
+
+
+def _reasons(lift: np.ndarray, newest: Sequence[SequenceEntry], first: int) -> tuple[str, ...]:
+    """The real behaviours (not padding) by lift, the newer first on ties, at most REASONS. DIN's
+    weights are unnormalised and mostly negative, so the sign of a weight says nothing on its own."""
+    positions = sorted(range(first, len(lift)), key=lambda p: (-lift[p], -p))[:REASONS]
+    return tuple(dict.fromkeys(newest[p - first].item_id for p in positions))

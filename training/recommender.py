@@ -1,0 +1,74 @@
+"""Models in memory behind the served pipeline's `Recommender` interface: what `LoadedBundle` is in
+the service, so training evaluates (and builds the ranker's training rows with) exactly the
+pipeline the service runs."""
+
+import numpy as np
+import tensorflow as tf
+
+from schemas.ann import ItemIndex
+from schemas.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
+from training.counts import TrainingCounts
+from training.models import Ranker, SequentialRetrieval
+
+CALL_ROWS = 256
+"""Rows per model call: bounds the memory of a call over [rows, candidates, length] pairs."""
+
+
+class InMemoryRecommender:
+    def __init__(
+        self,
+        retrieval: SequentialRetrieval,
+        ranker: Ranker | None,
+        vocabulary: Vocabulary,
+        counts: TrainingCounts,
+        exact_max_items: int,
+    ):
+        self.retrieval, self.vocabulary = retrieval, vocabulary
+        self._user_vectors = tf.function(retrieval.user_vectors, reduce_retracing=True)
+        self._use(ranker)
+        self.sequence_length, self.exact_max_items = retrieval.length, exact_max_items
+        self.covisitation, self.popularity = counts.covisitation, counts.popularity
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Take the retrieval model's item vectors as they are now (it may have trained since)."""
+        indices = np.arange(FIRST_ITEM, self.vocabulary.size)
+        self.embeddings = np.asarray(self.retrieval.item_vectors(indices), np.float32)
+        """[items, d]: row i is item vocabulary.item_ids[i]."""
+        self.index = ItemIndex(self.exact_max_items).index(self.embeddings, list(self.vocabulary.item_ids))
+        self.score_scale = ScoreScale.of(self.embeddings)
+
+    def _use(self, ranker: Ranker | None) -> None:
+        self.ranker = ranker
+        self._served_scores = None if ranker is None else tf.function(ranker.served_scores, reduce_retracing=True)
+
+    def with_ranker(self, ranker: Ranker | None) -> "InMemoryRecommender":
+        """The same retrieval and tables with another ranker (None: retrieval only)."""
+        other = object.__new__(InMemoryRecommender)
+        other.__dict__ = dict(self.__dict__)
+        other._use(ranker)
+        return other
+
+    def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
+        parts = [
+            self._user_vectors(*(array[start : start + CALL_ROWS] for array in sequences))
+            for start in range(0, len(sequences.items), CALL_ROWS)
+        ]
+        return np.concatenate([np.asarray(part) for part in parts])
+
+    def score(self, sequences: SequenceArrays, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
+        if self.ranker is None:
+            raise ValueError("a retrieval-only recommender cannot rank")
+        scores, attention = [], []
+        for start in range(0, len(candidates), CALL_ROWS):
+            part = slice(start, start + CALL_ROWS)
+            served, weights = self._served_scores(
+                *(array[part] for array in sequences), candidates[part], features[part], pairs[part]
+            )
+            scores.append(np.asarray(served))
+            attention.append(
+                np.zeros((*candidates[part].shape, sequences.items.shape[1]), np.float32)
+                if weights is None
+                else np.asarray(weights)
+            )
+        return np.concatenate(scores), np.concatenate(attention)
