@@ -146,7 +146,11 @@ class Settings(BaseSettings):
         "within its pools), or popularity's NDCG@10 when no live one is comparable, and still publish.",
     )
     keep_versions: int = Field(5, ge=1, description="Model versions kept in the registry; older ones are deleted.")
-    retrain_every_s: float = Field(900.0, gt=0, description="Period of the retraining scheduler.")
+    retrain_every_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Period of the retraining scheduler (a MovieLens retraining keeps both cores busy for minutes).",
+    )
 
     serve_port: Port = Field(8080, description="Port of the recommendation service (on KF_BIND_HOST).")
     request_budget_ms: int = Field(
