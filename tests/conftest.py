@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import hypothesis
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -20,6 +21,10 @@ from infra.stack import kafka_admin
 from schemas.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.skip_guard", "pytester"]
+# Shared 2-core machines stall for hundreds of milliseconds at times: a slow example is not a bug.
+hypothesis.settings.register_profile("kingfisher", deadline=None)
+hypothesis.settings.load_profile("kingfisher")
 
 
 def free_port() -> int:
@@ -134,26 +139,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in item.nodeid:
             item.add_marker(pytest.mark.integration)
-
-
-class SkipGuard:
-    """`make test` must exercise everything: a skipped test fails the run instead of hiding a gap."""
-
-    def __init__(self) -> None:
-        self.skipped: list[str] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.skipped:
-            self.skipped.append(report.nodeid)
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.skipped and exitstatus == 0:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.skipped:
-            terminalreporter.write_line(f"FAILED: {len(self.skipped)} test(s) skipped; every test must run", red=True)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(SkipGuard(), "kingfisher-skip-guard")
