@@ -158,7 +158,7 @@ def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(published)
     assert forced and why_forced.startswith("published with --force although NDCG@10")
 
 
-def test_the_scheduler_survives_a_failed_run_and_publishes_warm_started_versions(stack: Stack, tmp_path):
+def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(stack: Stack, tmp_path):
     world = SyntheticWorld(WorldSpec(seed=11))
     items_topic = new_topic_named(stack, "items", partitions=1)
     publish(stack, items_topic, [(item.kafka_key, item.to_json()) for item in world.catalogue(1_735_689_600_000)])
