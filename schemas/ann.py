@@ -49,28 +49,47 @@ class ItemIndex:
         self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries: [B, d] float32 -> (scores [B, k] float32, ids [B, k] object), best first; row b
-        leaves out the items of exclude[b] (inside Faiss, so a user who has seen thousands of items
-        costs no deeper search). Fewer than k items: the missing places have score -inf and id None."""
+        leaves out the items of exclude[b]. Fewer than k items: the missing places have score -inf
+        and id None."""
         if self._index is None:
             raise RuntimeError("search before index")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, rows = self._index.search(queries, k)
-        for row, excluded in enumerate(exclude or ()):
-            if positions := [self._rows[item] for item in excluded if item in self._rows]:
-                # Faiss's selectors and parameters hold plain pointers to each other: all three stay
-                # referenced here until the search has returned.
-                chosen = faiss.IDSelectorBatch(np.array(positions, dtype=np.int64))
-                others = faiss.IDSelectorNot(chosen)
-                parameters = self._parameters(others)
-                found_scores, found_rows = self._index.search(queries[row : row + 1], k, params=parameters)
-                scores[row], rows[row] = found_scores[0], found_rows[0]
+        excluded = [self._positions(items) for items in exclude or [()] * len(queries)]
+        if self.kind == "exact":
+            scores, rows = self._deeper_search(queries, k, excluded)
+        else:
+            scores, rows = self._selected_search(queries, k, excluded)
         ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], None)
         return np.where(rows >= 0, scores, -np.inf).astype(np.float32), ids
 
-    def _parameters(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
-        if isinstance(self._index, faiss.IndexHNSWFlat):
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=HNSW_SEARCH_DEPTH)
-        return faiss.SearchParameters(sel=selector)
+    def _positions(self, items: Collection[str]) -> np.ndarray:
+        return np.array([self._rows[item] for item in items if item in self._rows], dtype=np.int64)
+
+    def _deeper_search(self, queries, k: int, excluded: list[np.ndarray]):
+        """Exact search costs the same at any depth: one batched search deep enough for every row,
+        then each row's excluded items dropped."""
+        depth = k + max(map(len, excluded), default=0)
+        found_scores, found_rows = self._index.search(queries, depth)
+        scores, rows = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        for row, positions in enumerate(excluded):
+            kept = (found_rows[row] >= 0) & ~np.isin(found_rows[row], positions)
+            chosen = found_rows[row][kept][:k]
+            scores[row, : len(chosen)], rows[row, : len(chosen)] = found_scores[row][kept][:k], chosen
+        return scores, rows
+
+    def _selected_search(self, queries, k: int, excluded: list[np.ndarray]):
+        """HNSW would lose recall searching deeper: rows with exclusions search again with a selector."""
+        scores, rows = self._index.search(queries, k)
+        for row, positions in enumerate(excluded):
+            if len(positions):
+                # Faiss's selectors and parameters hold plain pointers to each other: all three stay
+                # referenced here until the search has returned.
+                chosen = faiss.IDSelectorBatch(positions)
+                others = faiss.IDSelectorNot(chosen)
+                parameters = faiss.SearchParametersHNSW(sel=others, efSearch=HNSW_SEARCH_DEPTH)
+                found_scores, found_rows = self._index.search(queries[row : row + 1], k, params=parameters)
+                scores[row], rows[row] = found_scores[0], found_rows[0]
+        return scores, rows
 
     @cached_property
     def _rows(self) -> dict[str, int]:

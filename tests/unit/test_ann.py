@@ -52,3 +52,19 @@ def test_fewer_items_than_k_leaves_empty_places():
 def test_embeddings_and_ids_must_match():
     with pytest.raises(ValueError, match="3 embeddings for 2 ids"):
         ItemIndex(10).index(np.zeros((3, 2), np.float32), ["a", "b"])
+
+
+@pytest.mark.parametrize("items", [300, 3000], ids=["exact", "hnsw"])
+def test_excluded_items_are_left_out_and_the_next_best_take_their_places(items):
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(items, 8)).astype(np.float32)
+    ids = [f"i{n}" for n in range(items)]
+    index = ItemIndex(exact_max_items=1000).index(embeddings, ids)
+    queries = rng.normal(size=(2, 8)).astype(np.float32)
+    best = np.argsort(-(queries @ embeddings.T), axis=1)
+    excluded = [{ids[n] for n in best[0, :5]} | {"not-in-the-catalogue"}, set()]
+
+    _, found = index.search(queries, 10, excluded)
+
+    assert found[0].tolist() == [ids[n] for n in best[0, 5:15]]  # brute force without the excluded five
+    assert found[1].tolist() == [ids[n] for n in best[1, :10]]
