@@ -308,7 +308,10 @@ async def metrics(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     bundle = request.app[MODELS].bundle
     retained = await asyncio.get_running_loop().run_in_executor(request.app[EXECUTOR], request.app[MODELS].retained)
-    return json_response({"live_version": bundle.version if bundle else None, "versions": retained})
+    return json_response(
+        {"live_version": bundle.version if bundle else None, "load_error": request.app[MODELS].last_error,
+         "versions": retained}
+    )  # fmt: skip
 
 
 async def reload_models(request: web.Request) -> web.Response:

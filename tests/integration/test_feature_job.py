@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import redis
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
+from rich.progress import Progress
 
 from infra.stack import kafka_admin
 from schemas import sample_log
@@ -22,7 +24,10 @@ from schemas.events import Event
 from schemas.features import FeatureSpec
 from schemas.redis_format import KeyKind, active_namespace_key, decode_value, key_pattern, redis_key
 from schemas.samples import LABELLED_TYPES
+from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.streaming import fold_stream, seen_sets, trending_list
+from streams.publish import Pacer, make_producer
+from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.event_streams import messy_stream
@@ -169,24 +174,56 @@ def test_the_sample_log_is_what_training_bootstraps_from_the_same_events(bounded
     assert logged == bootstrap_rows(events, stack.settings.feature_spec())
 
 
-def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key(bounded_run):
+def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_and_value_by_value(bounded_run):
     stack, topic, _, _, _ = bounded_run
     client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
-    replay_stack = stack.with_env(KF_TOPIC_DLQ=new_topic_named(stack, "dlq-replay", partitions=1))
+    replay_dlq = new_topic_named(stack, "dlq-replay", partitions=1)
+    replay_stack = stack.with_env(KF_TOPIC_DLQ=replay_dlq)
 
     dry = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--dry-run", "--no-progress")
     result = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--no-progress",
                                      timeout=JOB_TIMEOUT_S)  # fmt: skip
-    live, rebuilt = stored_state(client, "bounded"), stored_state(client, "rebuilt")
+    live, rebuilt = stored_json(client, "bounded"), stored_json(client, "rebuilt")
+    letters = [orjson.loads(message.value()) for message in consume_to_end(stack, replay_dlq)]
 
     assert dry.returncode == 0 and "dry run: nothing replayed" in " ".join(dry.stderr.split())
     assert result.returncode == 0, result.stdout + result.stderr
     assert live.keys() == rebuilt.keys()
-    for key, (version, value) in live.items():
-        assert rebuilt[key][0] == version, key
-        if key.startswith((KeyKind.USER_SEQUENCE, KeyKind.USER_SEEN)):
-            assert rebuilt[key][1] == value, key
+    for key, stored in live.items():
+        assert_same_json(rebuilt[key], stored, key)
     assert client.get(active_namespace_key()) == b"rebuilt"
+    # The replay's dead letters: each bad record once, with its reason and source, as the live job wrote them.
+    live_letters = [orjson.loads(message.value()) for message in consume_to_end(stack, bounded_run[2])]
+    assert sorted(map(orjson.dumps, letters)) == sorted(map(orjson.dumps, live_letters))
+    assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(BAD_RECORDS)
+
+
+def stored_json(client: redis.Redis, namespace: str) -> dict[str, object]:
+    """'kind:entity' -> the stored hash (version and value as JSON) or seen set of every data key."""
+    state = {}
+    for key in client.scan_iter(match=key_pattern(namespace), count=1000):
+        if client.type(key) == b"zset":
+            state[key.decode().split(":", 3)[3]] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            version, value = client.hmget(key, "version", "value")
+            state[key.decode().split(":", 3)[3]] = {"version": int(version), "value": orjson.loads(value)}
+    return state
+
+
+def assert_same_json(actual: object, expected: object, where: str) -> None:
+    """Equal, floats to 1e-9 (an item's decayed sums may add the same terms in another order)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for name, value in expected.items():
+            assert_same_json(actual[name], value, f"{where}.{name}")
+    elif isinstance(expected, list | tuple):
+        assert isinstance(actual, list | tuple) and len(actual) == len(expected), where
+        for n, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_same_json(a, e, f"{where}[{n}]")
+    elif isinstance(expected, float):
+        assert actual == pytest.approx(expected, rel=1e-9), where
+    else:
+        assert actual == expected, where
 
 
 def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_run):
@@ -310,3 +347,48 @@ def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(poll_s)
+
+
+FRESHNESS_REPORT = re.compile(
+    r"^(?P<time>\S+ \S+),\d+ .*redis writer users: .*freshness \(ms\): .*event_p99_ms (?P<event>[\d,]+), .*"
+    r"append_p99_ms (?P<append>[\d,]+)"
+)
+
+
+def test_6_reported_freshness_stays_within_5_s_at_500_events_per_second(stack: Stack, tmp_path):
+    topic = new_topic_named(stack, "events-fresh")
+    job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1))
+    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    trending_key = redis_key(KeyKind.TRENDING, "global", "fresh")
+    producer = make_producer(stack.settings)
+    job = start_job(job_stack, topic, "fresh", tmp_path / "job.log")
+    try:
+        warm_up = publish_now(producer, topic, count=500, rate=500)
+        wait_for(lambda: version_of(client, trending_key) >= warm_up, "the warm-up in Redis")
+        warmed_up = time.strftime("%Y-%m-%d %H:%M:%S")
+        sent = publish_now(producer, topic, count=500 * 30, rate=500)  # three of the writer's 10 s windows
+        wait_for(lambda: version_of(client, trending_key) >= warm_up + sent, "every event in Redis")
+        # The writer's first report after the warm-up covers the warm-up too (and the job's start).
+        reports = freshness_reports(job_stack, warmed_up)[1:]
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+    assert len(reports) >= 2, reports  # the gauges freshness_event_p99_ms, ... publish these same numbers
+    assert all(0 < event_p99 < 5000 and 0 <= append_p99 < 5000 for event_p99, append_p99 in reports), reports
+
+
+def publish_now(producer, topic: str, count: int, rate: int) -> int:
+    """`count` synthetic events stamped with the time they are sent, at `rate` per second."""
+    world = SyntheticWorld(WorldSpec(users=2000, seed=count))
+    events = (e.model_copy(update={"ts": int(time.time() * 1000), "event_id": uuid.uuid4().hex})
+              for e in world.events(count))  # fmt: skip
+    with Progress(disable=True) as quiet:
+        return publish_events(events, producer, topic, Pacer(rate=rate), quiet).sent
+
+
+def freshness_reports(stack: Stack, since: str) -> list[tuple[int, int]]:
+    """(event p99, append p99) in ms of every freshness report the users' Redis writer logged after `since`."""
+    text = "\n".join(path.read_text(errors="replace") for path in stack.settings.logs_dir.glob("flink-*.log"))
+    matches = [m for m in map(FRESHNESS_REPORT.match, text.splitlines()) if m and m["time"] >= since]
+    return [(int(m["event"].replace(",", "")), int(m["append"].replace(",", ""))) for m in matches]

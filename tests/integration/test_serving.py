@@ -1,6 +1,6 @@
 """The recommendation service against real Redis, Kafka, the streaming job and a trained bundle."""
 
-import concurrent.futures
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -10,9 +10,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
+from schemas.bundle import CURRENT, MANIFEST, RANKER, Manifest, Registry, seal, version_name
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.integration.test_feature_job import new_topic_named, publish
@@ -162,33 +164,101 @@ def clicks_applied(base: str, user: str) -> int:
     return (profile["features"] or {}).get("event_counts", {}).get("click", 0) if status == 200 else 0
 
 
-def test_3_a_hot_swap_under_concurrent_load_fails_no_request(system):
-    configured, base, _ = system
-    paths = [f"/v1/recommendations?user_id={user}&k=20" for user in ("fresh", "seer", "u1", "nobody")]
-    results: list[tuple[int, int | None]] = []
+class OpenLoopLoad:
+    """GET `paths` round-robin at a fixed rate from a thread of its own, each request sent at its time
+    whether or not earlier ones have been answered; records (status, answer) of each."""
 
-    stop = threading.Event()
+    def __init__(self, base: str, paths: list[str], rate: float):
+        self.base, self.paths, self.rate = base, paths, rate
+        self.answers: list[tuple[int, dict]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=asyncio.run, args=(self._run(),), name="open-loop load")
 
-    def hammer() -> None:
-        while not stop.is_set():
-            for path in paths:
-                status, answer = call(base, path)
-                results.append((status, answer.get("model_version")))
+    def __enter__(self) -> "OpenLoopLoad":
+        self.thread.start()
+        return self
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        load = [pool.submit(hammer) for _ in range(4)]
+    def __exit__(self, *_) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=120)
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(self.base, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            started, sent, pending = time.monotonic(), 0, set()
+            while not self.stopping.is_set():
+                pending.add(asyncio.create_task(self._get(session, self.paths[sent % len(self.paths)])))
+                sent += 1
+                await asyncio.sleep(max(0.0, started + sent / self.rate - time.monotonic()))
+            await asyncio.gather(*pending)
+
+    async def _get(self, session: aiohttp.ClientSession, path: str) -> None:
         try:
-            retrained = train_tiny(configured)
-            wait_until(lambda: any(version == 2 for _, version in results[-50:]), 120, "version 2 to serve")
-        finally:
-            stop.set()
-        for future in load:
-            future.result()
+            async with session.get(path) as response:
+                self.answers.append((response.status, await response.json()))
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.answers.append((0, {"error": repr(error)}))
 
-    assert retrained.returncode == 0, retrained.stderr[-3000:]
-    statuses = {status for status, _ in results}
-    assert statuses == {200}, statuses
-    assert {version for _, version in results} >= {1, 2}
+    def versions_since(self, count: int) -> set:
+        return {answer.get("model_version") for _, answer in self.answers[count:]}
+
+
+def republished(registry: Registry, source: int, version: int, corrupt: bool = False) -> None:
+    """Version `source`'s files as version `version`, made current; `corrupt` flips one byte of the
+    ranker after sealing, as a bad copy or disk would (Registry.publish would refuse such a bundle)."""
+    staging = registry.staging(version)
+    shutil.copytree(registry.path(source), staging, dirs_exist_ok=True)
+    manifest = Manifest.model_validate_json((staging / MANIFEST).read_bytes())
+    seal(staging, manifest.model_copy(update={"version": version, "parent_version": source}))
+    if not corrupt:
+        registry.publish(staging, version)
+        return
+    model = staging / RANKER / "saved_model.pb"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+    staging.rename(registry.path(version))
+    (registry.root / CURRENT).write_text(version_name(version) + "\n")
+
+
+LIVE_USERS = [f"live-{n}" for n in range(12)]
+LOAD_RATE = 20.0
+
+
+def test_3_a_hot_swap_under_open_loop_load_answers_every_request_from_the_models(system):
+    configured, base, _ = system
+    registry = Registry(configured.settings.models_dir)
+    for n, user in enumerate(LIVE_USERS):
+        call(base, "/v1/events", [click(user, f"i{7 * n + step}", 1_735_700_000_000 + step, step) for step in range(5)])
+    for user in LIVE_USERS:
+        applied(base, user, 5)
+    live = registry.current()
+
+    with OpenLoopLoad(base, [f"/v1/recommendations?user_id={user}&k=20" for user in LIVE_USERS], LOAD_RATE) as load:
+        time.sleep(3)
+        republished(registry, live, live + 1, corrupt=True)
+        refused = wait_until(lambda: refusal(base, live + 1), 60, f"version {live + 1} refused")
+        during_refusal = len(load.answers)
+        time.sleep(3)
+        still_live = call(base, "/v1/models")[1]["live_version"]
+        republished(registry, live, live + 2)
+        swapped_at = len(load.answers)
+        wait_until(lambda: load.versions_since(swapped_at) >= {live + 2}, 60, f"version {live + 2} to serve")
+        time.sleep(3)
+
+    answers = load.answers
+    assert len(answers) >= LOAD_RATE * 9  # at least 9 s of load, every request answered
+    assert {status for status, _ in answers} == {200}, [a for a in answers if a[0] != 200][:3]
+    assert [answer for _, answer in answers if answer["fallback"]] == []
+    assert {answer["model_version"] for _, answer in answers} == {live, live + 2}
+    assert load.versions_since(during_refusal) >= {live} and still_live == live
+    assert "checksum mismatch" in refused["load_error"] and "checksum mismatch" in refused["refused"]["error"]
+
+
+def refusal(base: str, version: int) -> dict | None:
+    """/v1/models once the service has refused `version`: its load error and that version's entry."""
+    _, models = call(base, "/v1/models")
+    entry = next((v for v in models["versions"] if v["version"] == version), None)
+    if models.get("load_error") and entry is not None and "error" in entry:
+        return {"load_error": models["load_error"], "refused": entry}
+    return None
 
 
 def test_4_with_redis_stopped_the_service_answers_from_fallbacks(system, tmp_path):
