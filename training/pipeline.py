@@ -96,6 +96,7 @@ POPULAR_ITEMS = 1000
 ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
 MIN_TRAIN_ROWS = 100
 GATE_MIN_QUERIES = 100
+GATE_ROUNDING = 1e-9
 SERVED = "served: sequential retrieval + DIN"
 PREVIOUS = "previous design: mean two-tower + like-DIN"
 GATED = {"ndcg@10": "the served pipeline's NDCG@10", "pool_auc": "DIN's AUC within its pools"}
@@ -130,6 +131,12 @@ class SplitModels:
     """The retrieval model with DIN: the served pipeline of this split."""
     ranker_rows: RankerRows
     report: dict[str, Any]
+
+
+def shortfalls(new: dict[str, float], bar: dict[str, float], margin: float) -> list[str]:
+    """The metrics of `bar` on which `new` trails it by more than `margin`; trailing by exactly the
+    margin passes (the tolerance absorbs rounding: 0.10 - 0.01 is 0.09000000000000001 in floats)."""
+    return [name for name in bar if bar[name] - new[name] > margin + GATE_ROUNDING]
 
 
 class TrainingRun:
@@ -430,18 +437,17 @@ class TrainingRun:
             new, old = self._gate_metrics(measured.recommender, fresh), self._gate_metrics(live, fresh)
             worse = [
                 f"{GATED[name]} {new[name]:.4f} < live v{current}'s {old[name]:.4f} - margin {margin}"
-                for name in GATED
-                if new[name] < old[name] - margin
+                for name in shortfalls(new, old, margin)
             ]
             comparison = ", ".join(f"{name} {new[name]:.4f} vs {old[name]:.4f}" for name in GATED)
             basis = f"on {len(fresh)} validation queries after live v{current}'s data"
         else:
             popular = popularity_lists(measured.counts.popularity, self.vocabulary, validation, max(CUTOFFS))
             floor = pipeline_metrics(popular, validation)["ndcg@10"]
-            below = new_model["ndcg@10"] < floor - margin
-            worse = (
-                [f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"] if below else []
-            )
+            worse = [
+                f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"
+                for _ in shortfalls(new_model, {"ndcg@10": floor}, margin)
+            ]
             comparison = f"NDCG@10 {new_model['ndcg@10']:.4f} vs popularity's {floor:.4f}"
             basis = (
                 f"only {len(fresh)} validation queries after live v{current}'s data, fewer than "

@@ -13,8 +13,9 @@ import pytest
 from schemas import sample_log
 from schemas.ann import ItemIndex
 from schemas.bundle import RANKER, REPORT, Registry
+from schemas.config import Settings
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
-from tests.conftest import REPO_ROOT, Stack, consume_all
+from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.integration.test_feature_job import new_topic_named, publish
 from tests.operator_harness import write_sample_log
 from training.pipeline import PREVIOUS, SERVED, TrainingRun
@@ -190,3 +191,40 @@ def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(sta
     assert registry.versions()[:2] == [1, 2] and registry.current() == registry.versions()[-1], text[-3000:]
     assert "too little data" in text and "version 2: published" in text
     assert scheduler.returncode == 0
+
+
+def test_5_a_model_trained_on_shuffled_items_is_refused_at_the_default_margin_and_never_announced(
+    stack: Stack, tmp_path
+):
+    world = SyntheticWorld(WorldSpec(seed=13))
+    items_topic, updates = new_topic_named(stack, "items", 1), new_topic_named(stack, "updates", 1)
+    publish(stack, items_topic, [(item.kafka_key, item.to_json()) for item in world.catalogue(1_735_689_600_000)])
+    # 200 validation queries: the comparison with the live version needs 100 that are new to it.
+    configured = trainer(stack, tmp_path, KF_TOPIC_ITEMS=items_topic, KF_TOPIC_MODEL_UPDATES=updates).with_env(
+        KF_EVAL_MAX_QUERIES="400"
+    )
+    assert configured.settings.gate_margin == Settings().gate_margin  # the default margin
+    registry = Registry(tmp_path / "models")
+    directory = sample_log.log_directory(configured.settings.samples_dir, configured.settings.namespace)
+    events = sorted(world.events(6000), key=lambda event: event.ts)
+    # v1 learns from the older 80 %, so the next run's validation (80-90 % by time) is new to it.
+    older, newer = events[:4800], events[4800:]
+    write_sample_log(directory, older, configured.settings)
+    first = configured.run("-m", "training", "--no-progress", timeout=600)
+    # The same users, times and item frequencies, but which user did what at the older moments is noise.
+    shuffled_items = np.random.default_rng(0).permutation([event.item_id for event in older])
+    noise = [event.model_copy(update={"item_id": item}) for event, item in zip(older, shuffled_items, strict=True)]
+    write_sample_log(directory, noise + newer, configured.settings)
+
+    second = configured.run("-m", "training", "--no-progress", timeout=600)
+
+    assert first.returncode == 0 and registry.versions() == [1], first.stderr[-3000:]
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert second.stdout.startswith("refused: DIN's AUC within its pools") or second.stdout.startswith(
+        "refused: the served pipeline's NDCG@10"
+    ), second.stdout
+    assert "validation queries after live v1's data" in second.stdout, second.stdout
+    assert registry.versions() == [1] and registry.current() == 1
+    assert not list(registry.root.glob(".staging-*"))
+    announced = [orjson.loads(m.value())["version"] for m in consume_to_end(stack, updates)]
+    assert announced == [1]
