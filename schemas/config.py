@@ -47,6 +47,9 @@ class Settings(BaseSettings):
 
     redis_port: Port = Field(6379, description="Redis server port.")
     redis_maxmemory: str = Field("2gb", description="Redis memory limit.")
+    redis_write_timeout_s: float = Field(
+        5.0, gt=0, description="A feature-job write Redis leaves unanswered this long is retried (a hung server)."
+    )
     redis_maxmemory_policy: str = Field(
         "volatile-lru",
         description="Eviction when full: only keys with a TTL (per-user/per-item features), least recently used first.",

@@ -57,6 +57,7 @@ class JobParameters:
 
     redis_host: str
     redis_port: int
+    redis_timeout_s: float
     namespace: str
     spec: FeatureSpec
     entity_ttl_ms: int
@@ -71,6 +72,7 @@ class JobParameters:
         return cls(
             redis_host=settings.bind_host,
             redis_port=settings.redis_port,
+            redis_timeout_s=settings.redis_write_timeout_s,
             namespace=namespace,
             spec=settings.feature_spec(),
             entity_ttl_ms=round(settings.entity_ttl_h * 3_600_000),
@@ -85,7 +87,7 @@ class JobParameters:
         return _redis_key(kind, entity_id, self.namespace)
 
     def writer(self, name: str) -> RedisWriter:
-        return RedisWriter(self.redis_host, self.redis_port, name)
+        return RedisWriter(self.redis_host, self.redis_port, name, self.redis_timeout_s)
 
     def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
         # Flink state of inactive entities expires with their Redis keys, so both stay bounded.

@@ -55,8 +55,9 @@ class SeenWrite:
 
 
 class RedisWriter:
-    def __init__(self, host: str, port: int, name: str, sleep: Callable[[float], None] = time.sleep):
-        self.client = redis.Redis(host=host, port=port)
+    def __init__(self, host: str, port: int, name: str, timeout_s: float, sleep: Callable[[float], None] = time.sleep):
+        # Every write is idempotent (a version no older, ZADD GT), so one that timed out is simply sent again.
+        self.client = redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.upsert_sha: str | None = None
         self.name = name
         self.sleep = sleep

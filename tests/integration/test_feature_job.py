@@ -3,6 +3,7 @@
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from schemas.streaming import fold_stream, seen_sets, trending_list
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
-from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
+from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end, free_port
 from tests.event_streams import messy_stream
 from training.data import bootstrap_rows, read_sample_log
 
@@ -392,3 +393,79 @@ def freshness_reports(stack: Stack, since: str) -> list[tuple[int, int]]:
     text = "\n".join(path.read_text(errors="replace") for path in stack.settings.logs_dir.glob("flink-*.log"))
     matches = [m for m in map(FRESHNESS_REPORT.match, text.splitlines()) if m and m["time"] >= since]
     return [(int(m["event"].replace(",", "")), int(m["append"].replace(",", ""))) for m in matches]
+
+
+class PrivateRedis:
+    """A redis-server of this test alone, with an append-only file, that it may stop, hang and restart."""
+
+    def __init__(self, directory):
+        self.port, self.directory = free_port(), directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = self.client()
+        wait_for(lambda: _pings(client), "redis to start", timeout_s=30, poll_s=0.1)
+        return process
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def restart(self) -> None:
+        self.process = self._start()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+def test_2_redis_hung_then_stopped_under_the_live_job_loses_and_doubles_nothing(stack: Stack, tmp_path):
+    server = PrivateRedis(tmp_path / "redis")
+    topic, dlq = new_topic_named(stack, "events-redis-down"), new_topic_named(stack, "dlq-redis-down", 1)
+    job_stack = stack.with_env(KF_REDIS_PORT=str(server.port), KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=dlq,
+                               KF_CHECKPOINT_INTERVAL_S="2")  # fmt: skip
+    events, bad = messy_stream(seed=51, count=1200), [(b"bad", record) for record in BAD_RECORDS[:3]]
+    parts = [events[:400], events[400:800], events[800:]]
+    trending_key = redis_key(KeyKind.TRENDING, "global", "down")
+    publish(stack, topic, [bad[0], *[(e.kafka_key, e.to_json()) for e in parts[0]]])
+    job = start_job(job_stack, topic, "down", tmp_path / "job.log")
+    try:
+        wait_for(lambda: version_of(server.client(), trending_key) >= len({e.event_id for e in parts[0]}), "part 1")
+        server.process.send_signal(signal.SIGSTOP)  # hung: connections open, nothing answers
+        publish(stack, topic, [bad[1], *[(e.kafka_key, e.to_json()) for e in parts[1]]])
+        time.sleep(8)
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()  # down: connections refused
+        publish(stack, topic, [bad[2], *[(e.kafka_key, e.to_json()) for e in parts[2]]])
+        time.sleep(8)
+        server.restart()
+        wait_for(lambda: version_of(server.client(), trending_key) >= len({e.event_id for e in events}), "all events")
+        directory = sample_log.log_directory(job_stack.settings.samples_dir, "down")
+        expected_rows = bootstrap_rows(events, stack.settings.feature_spec())
+        wait_for(lambda: len(logged_rows(job_stack, "down")) >= len(expected_rows), "every row committed")
+        wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
+        assert_state_equals_reference(server.client(), "down", events, stack.settings.feature_spec())
+        assert logged_rows(job_stack, "down") == expected_rows
+        letters = [orjson.loads(m.value()) for m in consume_to_end(stack, dlq)]
+        assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(r for _, r in bad)
+        flink_log = "\n".join(
+            path.read_text(errors="replace") for path in job_stack.settings.logs_dir.glob("flink-*.log")
+        )
+        assert "failed (Timeout" in flink_log and "failed (Error 111" in flink_log  # it met the hang and the outage
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()

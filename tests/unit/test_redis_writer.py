@@ -8,7 +8,7 @@ from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter, SeenWrite
 
 def writer_with(write_all) -> tuple[RedisWriter, list[float]]:
     slept: list[float] = []
-    writer = RedisWriter("127.0.0.1", 1, "test", sleep=slept.append)
+    writer = RedisWriter("127.0.0.1", 1, "test", 1.0, sleep=slept.append)
     writer._write_all = write_all
     return writer, slept
 
