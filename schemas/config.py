@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     request_budget_ms: int = Field(
         100, ge=1, description="Time a request may wait for Redis before answering from trending/popularity."
     )
+    events_ack_timeout_s: float = Field(
+        10.0, gt=0, description="POST /v1/events answers 503 for a batch Kafka has not acknowledged within this."
+    )
     model_budget_ms: float = Field(
         200,
         gt=0,

@@ -19,13 +19,13 @@ from typing import TypeVar
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.bundle import LoadedBundle
 from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
-from schemas.events import ID_PATTERN, validate_event
+from schemas.events import ID_PATTERN, Event, validate_event
 from schemas.pipeline import Ranked, RankRequest, rank_batch
 from schemas.validation import InvalidRecord
 from serving.batcher import MicroBatcher
@@ -60,7 +60,8 @@ class BadRequest(ValueError):
 
 
 class StoreUnavailable(RuntimeError):
-    """Redis did not answer within the request budget; the message says how it failed."""
+    """Redis (within the request budget) or Kafka (within KF_EVENTS_ACK_TIMEOUT_S) did not answer; the
+    message says how it failed."""
 
 
 def json_response(payload, status: int = 200) -> web.Response:
@@ -273,12 +274,37 @@ async def post_events(request: web.Request) -> web.Response:
             reasons += [f"[{index}] {problem}" for problem in invalid.problems]
     if reasons:
         raise BadRequest(*reasons)  # nothing of an invalid batch is produced: the client resends it whole
-    settings, producer = request.app[SETTINGS], request.app[PRODUCER]
-    for event in events:
-        producer.produce(settings.topic_events, key=event.kafka_key, value=event.to_json())
-    producer.poll(0)
+    settings = request.app[SETTINGS]
+    failed = await _produce_acknowledged(request.app[PRODUCER], settings, events)
+    if failed:
+        # Resending the whole batch is safe: the stream drops an event_id it has already applied.
+        raise StoreUnavailable(
+            f"events: {len(failed)} of {len(events)} not acknowledged by Kafka within KF_EVENTS_ACK_TIMEOUT_S "
+            f"({failed[0]}); resend the batch"
+        )
     request.app[METRICS].events.inc(len(events))
     return json_response({"accepted": len(events), "topic": settings.topic_events}, status=202)
+
+
+async def _produce_acknowledged(producer: Producer, settings: Settings, events: list[Event]) -> list[str]:
+    """Produce `events` and wait for the broker's acknowledgements; returns why each one that was
+    not acknowledged (within KF_EVENTS_ACK_TIMEOUT_S) failed, as 'event_id: error'."""
+    loop = asyncio.get_running_loop()
+    outcomes = [loop.create_future() for _ in events]
+
+    def settle(outcome: asyncio.Future, error) -> None:
+        if not outcome.done():
+            outcome.set_result(None if error is None else str(error))
+
+    for event, outcome in zip(events, outcomes, strict=True):
+        try:
+            acknowledge = lambda error, _, o=outcome: loop.call_soon_threadsafe(settle, o, error)  # noqa: E731
+            producer.produce(settings.topic_events, key=event.kafka_key, value=event.to_json(), on_delivery=acknowledge)
+        except (BufferError, KafkaException) as error:
+            settle(outcome, error)
+    await asyncio.wait(outcomes, timeout=settings.events_ack_timeout_s)
+    errors = [o.result() if o.done() else "no acknowledgement in time" for o in outcomes]
+    return [f"{event.event_id}: {error}" for event, error in zip(events, errors, strict=True) if error is not None]
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -355,6 +381,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         log.warning("no catalogue titles: %s", error)
         app[TITLES] = {}
     listener = listen_for_updates(settings, loop, wake, stop)
+    deliveries = threading.Thread(target=_serve_deliveries, args=(app[PRODUCER], stop), name="kafka deliveries")
+    deliveries.start()
     app[BATCHER] = MicroBatcher(
         rank_batch, app[EXECUTOR], settings.serve_model_threads, settings.serve_max_batch, app[METRICS].observe_batch
     )
@@ -370,9 +398,16 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     gc.callbacks.remove(probe)
     stop.set()
     await loop.run_in_executor(None, listener.join, 5)
+    await loop.run_in_executor(None, deliveries.join, 5)
     await loop.run_in_executor(None, app[PRODUCER].flush, 10)
     await client.aclose()
     app[EXECUTOR].shutdown(wait=True)
+
+
+def _serve_deliveries(producer: Producer, stop: threading.Event) -> None:
+    """Run the producer's delivery callbacks (they settle POST /v1/events' acknowledgements)."""
+    while not stop.is_set():
+        producer.poll(0.1)
 
 
 def _titles(settings: Settings) -> dict[str, str]:

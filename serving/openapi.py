@@ -131,7 +131,11 @@ def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {"202": _json("Accepted: `accepted` counts the events."), "400": BAD_REQUEST},
+                    "responses": {
+                        "202": _json("Acknowledged by Kafka: `accepted` counts the events."),
+                        "400": BAD_REQUEST,
+                        "503": _json("Not all acknowledged by Kafka in time: resend the batch (event ids dedupe)."),
+                    },
                 }
             },
             "/v1/models": {
