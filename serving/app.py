@@ -28,11 +28,13 @@ from schemas.config import Settings
 from schemas.events import ID_PATTERN, Event, validate_event
 from schemas.pipeline import Ranked, RankRequest, rank_batch
 from schemas.validation import InvalidRecord
+from serving import parameters
 from serving.batcher import MicroBatcher
 from serving.live import LiveState, LiveStore
 from serving.metrics import GcPauseProbe, Metrics
 from serving.models import ModelHolder, listen_for_updates
 from serving.openapi import openapi_document
+from serving.parameters import BadRequest
 
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
@@ -51,12 +53,6 @@ PRODUCER = web.AppKey("producer", Producer)
 TITLES = web.AppKey("titles", dict)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 BATCHER = web.AppKey("batcher", MicroBatcher)
-
-
-class BadRequest(ValueError):
-    def __init__(self, *reasons: str):
-        super().__init__("; ".join(reasons))
-        self.reasons = list(reasons)
 
 
 class StoreUnavailable(RuntimeError):
@@ -81,6 +77,9 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
         response = json_response({"error": str(unavailable)}, status=503)
     except web.HTTPException as http:
         response = http
+    except Exception:  # a bug: logged with its traceback, answered as JSON like every other error
+        log.exception("%s %s failed", request.method, request.path_qs)
+        response = json_response({"error": "internal server error"}, status=500)
     metrics = request.app[METRICS]
     metrics.latency.labels(route).observe(time.perf_counter() - clock)
     if response.status >= 400:
@@ -88,15 +87,6 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
     if isinstance(response, web.HTTPException):
         raise response
     return response
-
-
-def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"{name}: must be an integer from {low} to {high}, got {raw!r}")
-    return int(raw)
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -147,7 +137,7 @@ def _item(app: web.Application, item_id: str, score: float, reasons: tuple[str, 
 async def recommendations(request: web.Request) -> web.Response:
     app, clock = request.app, time.perf_counter()
     user_id = _identifier("user_id", request.query.get("user_id"))
-    k = _int(request, "k", 20, 1, app[SETTINGS].max_k)
+    k = parameters.RECOMMENDED.parse(request.query, app[SETTINGS])
     exclude_seen, explain = _flag(request, "exclude_seen"), _flag(request, "explain")
     bundle = app[MODELS].bundle  # this request's models, whatever swaps meanwhile
     state, problem = await _live_state(app, user_id, exclude_seen)
@@ -210,7 +200,7 @@ async def _ranked(app: web.Application, bundle: LoadedBundle, asked: RankRequest
 
 async def similar_items(request: web.Request) -> web.Response:
     item_id = _identifier("item_id", request.match_info["item_id"])
-    k = _int(request, "k", 20, 1, request.app[SETTINGS].max_k)
+    k = parameters.SIMILAR.parse(request.query, request.app[SETTINGS])
     bundle = request.app[MODELS].bundle
     if bundle is None:
         return json_response({"error": "no model loaded"}, status=503)
@@ -233,7 +223,7 @@ async def profile(request: web.Request) -> web.Response:
 
 
 async def trending(request: web.Request) -> web.Response:
-    k = _int(request, "k", 10, 1, request.app[SETTINGS].max_k)
+    k = parameters.TRENDING.parse(request.query, request.app[SETTINGS])
     stored = await _from_store(request.app, request.app[STORE].trending())
     ranked = stored.data.items[:k] if stored else ()
     return json_response(
@@ -245,7 +235,7 @@ async def trending(request: web.Request) -> web.Response:
 
 
 async def users(request: web.Request) -> web.Response:
-    limit = _int(request, "limit", 12, 1, 100)
+    limit = parameters.USERS.parse(request.query, request.app[SETTINGS])
     return json_response({"users": await _from_store(request.app, request.app[STORE].some_users(limit))})
 
 

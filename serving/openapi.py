@@ -4,6 +4,7 @@ from typing import Any
 
 from schemas.config import Settings
 from schemas.events import Event
+from serving import parameters
 
 
 def _query(name: str, schema: dict, description: str, required: bool = False) -> dict:
@@ -23,7 +24,6 @@ BAD_REQUEST = _json("Invalid input: `reasons` lists each problem.", {"$ref": "#/
 
 
 def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
-    k = _query("k", {"type": "integer", "minimum": 1, "maximum": settings.max_k, "default": 20}, "How many items.")
     scored = {
         "type": "object",
         "properties": {
@@ -65,7 +65,7 @@ def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
                     "summary": "Recommendations from the user's live sequence: Faiss recall, DIN ranking.",
                     "parameters": [
                         _query("user_id", {"type": "string"}, "The user.", required=True),
-                        k,
+                        parameters.RECOMMENDED.openapi(settings),
                         _query(
                             "exclude_seen",
                             {"type": "boolean", "default": False},
@@ -79,7 +79,7 @@ def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
             "/v1/items/{item_id}/similar": {
                 "get": {
                     "summary": "Items nearest in the retrieval space.",
-                    "parameters": [_path("item_id", "The item."), k],
+                    "parameters": [_path("item_id", "The item."), parameters.SIMILAR.openapi(settings)],
                     "responses": {
                         "200": _json("Similar items."),
                         "400": BAD_REQUEST,
@@ -91,16 +91,14 @@ def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
             "/v1/users": {
                 "get": {
                     "summary": "Some users with a live sequence (a picker for the demo page and operators).",
-                    "parameters": [
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 12}, "How many.")
-                    ],
+                    "parameters": [parameters.USERS.openapi(settings)],
                     "responses": {"200": _json("User ids."), "400": BAD_REQUEST, "503": UNAVAILABLE},
                 }
             },
             "/v1/trending": {
                 "get": {
                     "summary": "The stream's trending items, most popular first.",
-                    "parameters": [k],
+                    "parameters": [parameters.TRENDING.openapi(settings)],
                     "responses": {"200": _json("Trending items with scores."), "400": BAD_REQUEST, "503": UNAVAILABLE},
                 }
             },
