@@ -55,7 +55,7 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 BATCHER = web.AppKey("batcher", MicroBatcher)
 
 
-class StoreUnavailable(RuntimeError):
+class Unavailable(RuntimeError):
     """Redis (within the request budget) or Kafka (within KF_EVENTS_ACK_TIMEOUT_S) did not answer; the
     message says how it failed."""
 
@@ -66,14 +66,14 @@ def json_response(payload, status: int = 200) -> web.Response:
 
 @web.middleware
 async def edge(request: web.Request, handler) -> web.StreamResponse:
-    """Time every route; turn BadRequest into 400 with its reasons and StoreUnavailable into 503."""
+    """Time every route; turn BadRequest into 400 with its reasons and Unavailable into 503."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     clock = time.perf_counter()
     try:
         response = await handler(request)
     except BadRequest as bad:
         response = json_response({"error": "bad request", "reasons": bad.reasons}, status=400)
-    except StoreUnavailable as unavailable:
+    except Unavailable as unavailable:
         response = json_response({"error": str(unavailable)}, status=503)
     except web.HTTPException as http:
         response = http
@@ -111,9 +111,9 @@ async def _from_store(app: web.Application, read: Awaitable[T]) -> T:
         async with asyncio.timeout(app[SETTINGS].request_budget_ms / 1000):  # unlike wait_for, no task per call
             return await read
     except TimeoutError:
-        raise StoreUnavailable("redis slower than the request budget") from None
+        raise Unavailable("redis slower than the request budget") from None
     except (aioredis.RedisError, OSError) as error:
-        raise StoreUnavailable(f"redis unavailable: {type(error).__name__}") from None
+        raise Unavailable(f"redis unavailable: {type(error).__name__}") from None
     finally:
         app[METRICS].stage.labels("redis").observe(time.perf_counter() - clock)
 
@@ -122,7 +122,7 @@ async def _live_state(app: web.Application, user_id: str, seen: bool) -> tuple[L
     """The user's live state (with `seen`, the seen set too) within the time budget, or an empty one and why not."""
     try:
         return await _from_store(app, app[STORE].read(user_id, seen)), None
-    except StoreUnavailable as unavailable:
+    except Unavailable as unavailable:
         return LiveState(), str(unavailable)
 
 
@@ -268,7 +268,7 @@ async def post_events(request: web.Request) -> web.Response:
     failed = await _produce_acknowledged(request.app[PRODUCER], settings, events)
     if failed:
         # Resending the whole batch is safe: the stream drops an event_id it has already applied.
-        raise StoreUnavailable(
+        raise Unavailable(
             f"events: {len(failed)} of {len(events)} not acknowledged by Kafka within KF_EVENTS_ACK_TIMEOUT_S "
             f"({failed[0]}); resend the batch"
         )

@@ -444,10 +444,10 @@ class TrainingRun:
         else:
             popular = popularity_lists(measured.counts.popularity, self.vocabulary, validation, max(CUTOFFS))
             floor = pipeline_metrics(popular, validation)["ndcg@10"]
-            worse = [
-                f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"
-                for _ in shortfalls(new_model, {"ndcg@10": floor}, margin)
-            ]
+            below = shortfalls(new_model, {"ndcg@10": floor}, margin)
+            worse = (
+                [f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"] if below else []
+            )
             comparison = f"NDCG@10 {new_model['ndcg@10']:.4f} vs popularity's {floor:.4f}"
             basis = (
                 f"only {len(fresh)} validation queries after live v{current}'s data, fewer than "

@@ -2,7 +2,6 @@
 
 import itertools
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from schemas.redis_format import KeyKind, active_namespace_key, decode_value, ke
 from schemas.samples import LABELLED_TYPES
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.streaming import fold_stream, seen_sets, trending_list
+from streams.bench import FRESHNESS_LINE
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
@@ -350,12 +350,6 @@ def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) 
         time.sleep(poll_s)
 
 
-FRESHNESS_REPORT = re.compile(
-    r"^(?P<time>\S+ \S+),\d+ .*redis writer users: .*freshness \(ms\): .*event_p99_ms (?P<event>[\d,]+), .*"
-    r"append_p99_ms (?P<append>[\d,]+)"
-)
-
-
 def test_6_reported_freshness_stays_within_5_s_at_500_events_per_second(stack: Stack, tmp_path):
     topic = new_topic_named(stack, "events-fresh")
     job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1))
@@ -391,8 +385,8 @@ def publish_now(producer, topic: str, count: int, rate: int) -> int:
 def freshness_reports(stack: Stack, since: str) -> list[tuple[int, int]]:
     """(event p99, append p99) in ms of every freshness report the users' Redis writer logged after `since`."""
     text = "\n".join(path.read_text(errors="replace") for path in stack.settings.logs_dir.glob("flink-*.log"))
-    matches = [m for m in map(FRESHNESS_REPORT.match, text.splitlines()) if m and m["time"] >= since]
-    return [(int(m["event"].replace(",", "")), int(m["append"].replace(",", ""))) for m in matches]
+    matches = [m for m in map(FRESHNESS_LINE.match, text.splitlines()) if m and m["time"] >= since]
+    return [(round(float(m["p99"].replace(",", ""))), round(float(m["ap99"].replace(",", "")))) for m in matches]
 
 
 class PrivateRedis:

@@ -22,7 +22,7 @@ from schemas.bundle import CURRENT, MANIFEST, RANKER, Manifest, Registry, seal, 
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from tests.conftest import REPO_ROOT, Stack, free_port
-from tests.integration.test_feature_job import new_topic_named, publish
+from tests.integration.test_feature_job import PrivateRedis, new_topic_named, publish
 from tests.integration.test_training import TINY, train_tiny
 
 START_TIMEOUT_S = 180
@@ -268,15 +268,10 @@ def refusal(base: str, version: int) -> dict | None:
 
 def test_4_with_redis_stopped_the_service_answers_from_fallbacks(system, tmp_path):
     configured, _, _ = system
-    port = free_port()
-    redis = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    service, base = start_service(configured.with_env(KF_REDIS_PORT=str(port)), tmp_path / "service.log")
+    redis = PrivateRedis(tmp_path / "redis")
+    service, base = start_service(configured.with_env(KF_REDIS_PORT=str(redis.port)), tmp_path / "service.log")
     try:
-        redis.terminate()
-        redis.wait(timeout=30)
+        redis.stop()
 
         status, answer = call(base, "/v1/recommendations?user_id=fresh&k=5")
         ready_status, readiness = call(base, "/readyz")
