@@ -126,8 +126,7 @@ class Kafka(Service):
             self._format_storage()
 
     def _format_storage(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        format_command = [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id]
+        format_command = [*self._java(), "kafka.tools.StorageTool", "format", "-t", kafka_cluster_id()]
         result = subprocess.run(
             [*format_command, "-c", str(self.config_file)], capture_output=True, text=True, check=False
         )
@@ -249,6 +248,17 @@ def services(settings: Settings) -> list[Service]:
 def applications(settings: Settings) -> list[Application]:
     """The programs `make demo` starts after the infrastructure, in start order."""
     return [FeatureJob(settings), RecommendationService(settings), Retrainer(settings)]
+
+
+def kafka_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64, as `kafka-storage random-uuid` prints.
+
+    Like Kafka's own `Uuid.randomUuid`, ids starting with "-" are drawn again: the storage tool's
+    argument parser would read such an id as an option (1 start in 64 failed that way).
+    """
+    while (cluster_id := base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")).startswith("-"):
+        pass
+    return cluster_id
 
 
 def kafka_admin(settings: Settings) -> AdminClient:

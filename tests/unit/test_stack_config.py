@@ -63,3 +63,11 @@ def test_topics_have_the_configured_names_and_items_is_compacted(settings):
     assert topics["events"].num_partitions == 6
     assert topics["items"].config == {"cleanup.policy": "compact"}
     assert topics["model-updates"].num_partitions == 1
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash():
+    # 0xf8 = 0b111110.. -> the first base64url digit is 62, "-"; 0x00.. -> "A".
+    draws = iter([b"\xf8" + bytes(15), b"\xf8" + bytes(15), bytes(16)])
+
+    assert stack.kafka_cluster_id(lambda: next(draws)) == "AAAAAAAAAAAAAAAAAAAAAA"
+    assert next(draws, None) is None
