@@ -60,6 +60,29 @@ CATCH_UP_S = 600.0
 
 
 @dataclass(frozen=True)
+class FreshnessReport:
+    """One of the users' Redis writer's periodic reports: milliseconds from event time (`event_`) and
+    from the Kafka append (`append_`) to the write into Redis, over the events since the last report."""
+
+    logged_at: str
+    event_p50_ms: float
+    event_p99_ms: float
+    append_p50_ms: float
+    append_p99_ms: float
+
+
+def freshness_reports(log_dir: Path, since: str) -> list[FreshnessReport]:
+    """The reports in the job's Flink Python logs under `log_dir` logged at or after `since`
+    ("YYYY-MM-DD HH:MM:SS", the logs' local time)."""
+    text = "\n".join(path.read_text(errors="replace") for path in log_dir.glob("flink-*python*.log"))
+    matches = [m for m in map(FRESHNESS_LINE.match, text.splitlines()) if m and m["time"] >= since]
+    return [
+        FreshnessReport(m["time"], *(float(m[name].replace(",", "")) for name in ("p50", "p99", "ap50", "ap99")))
+        for m in matches
+    ]
+
+
+@dataclass(frozen=True)
 class Configuration:
     label: str
     log_samples: bool
@@ -196,10 +219,6 @@ class Job:
                 continue
         return total
 
-    def freshness_lines(self, since: str) -> list[re.Match]:
-        text = "\n".join(path.read_text(errors="replace") for path in self.log_dir.glob("flink-*python*.log"))
-        return [m for m in map(FRESHNESS_LINE.match, text.splitlines()) if m and m["time"] >= since]
-
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -270,13 +289,13 @@ def freshness(
         time.sleep(POLL_S)
     time.sleep(REPORT_EVERY_S + 2)  # the writer logs its percentiles every 10 s
     backlog = target - processed(client, namespace)
-    lines = job.freshness_lines(since)
+    reports = freshness_reports(job.log_dir, since)
 
     def values(name: str) -> list[float]:
-        return sorted(float(match[name].replace(",", "")) for match in lines)
+        return sorted(getattr(report, name) for report in reports)
 
     def median(name: str) -> float | None:
-        return values(name)[len(lines) // 2] if lines else None
+        return values(name)[len(reports) // 2] if reports else None
 
     return FreshnessResult(
         rate=rate,
@@ -284,10 +303,10 @@ def freshness(
         achieved_rate=summary.per_second,
         caught_up=backlog <= 0,
         backlog=max(backlog, 0),
-        p50_ms=median("p50"),
-        p99_ms=max(values("p99"), default=None),
-        append_p50_ms=median("ap50"),
-        append_p99_ms=max(values("ap99"), default=None),
+        p50_ms=median("event_p50_ms"),
+        p99_ms=max(values("event_p99_ms"), default=None),
+        append_p50_ms=median("append_p50_ms"),
+        append_p99_ms=max(values("append_p99_ms"), default=None),
     )
 
 

@@ -3,6 +3,7 @@
 import re
 from collections.abc import Iterator
 
+import orjson
 import psutil
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -124,7 +125,27 @@ def test_3_the_page_notices_a_new_model(demo, browser):
     expect(page.get_by_test_id("model-version")).to_have_text("v2")
 
 
-def test_4_demo_again_is_harmless_and_down_stops_everything(demo):
+def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event(demo):
+    """`make soak`'s program for 2 minutes: 50 events/s from 50 new users and 10 requests/s, a
+    retraining (v3) after 12 s that the service swaps in under the load."""
+    stack, _ = demo
+    soak = ["--minutes", "2", "--retrain-at", "0.1", "--warm-up-minutes", "0.1", "--sample-every", "5"]
+    load = ["--event-rate", "50", "--request-rate", "10", "--users", "50"]
+
+    soaked = stack.run("-m", "infra.soak", *soak, *load, timeout=900)
+
+    [summary_file] = (stack.settings.run_dir / "soak").glob("*/summary.json")
+    summary = orjson.loads(summary_file.read_bytes())
+    assert summary["errors"] == 0 and summary["fallbacks"] == 0, summary
+    assert summary["events"] == {"acknowledged": 50 * 120, "unsure": 0, "lost": 0, "extra": 0}
+    assert summary["retraining"]["version"] == 3 and summary["versions_served"].keys() == {"2", "3"}
+    # Two minutes are too short for the memory target; every other target is met.
+    assert all("resident memory" in miss for miss in summary["misses"]), summary["misses"]
+    assert soaked.returncode == (1 if summary["misses"] else 0), soaked.stderr[-3000:]
+    assert (summary_file.parent / "soak.png").stat().st_size > 0
+
+
+def test_5_demo_again_is_harmless_and_down_stops_everything(demo):
     stack, _ = demo
     pids = {service: pid_of(stack, service) for service in COMPONENTS}
 

@@ -26,7 +26,7 @@ from schemas.redis_format import KeyKind, active_namespace_key, decode_value, ke
 from schemas.samples import LABELLED_TYPES
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.streaming import fold_stream, seen_sets, trending_list
-from streams.bench import FRESHNESS_LINE
+from streams.bench import freshness_reports
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
@@ -364,7 +364,7 @@ def test_6_reported_freshness_stays_within_5_s_at_500_events_per_second(stack: S
         sent = publish_now(producer, topic, count=500 * 30, rate=500)  # three of the writer's 10 s windows
         wait_for(lambda: version_of(client, trending_key) >= warm_up + sent, "every event in Redis")
         # The writer's first report after the warm-up covers the warm-up too (and the job's start).
-        reports = freshness_reports(job_stack, warmed_up)[1:]
+        reports = freshness_p99s(job_stack, warmed_up)[1:]
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
@@ -382,11 +382,10 @@ def publish_now(producer, topic: str, count: int, rate: int) -> int:
         return publish_events(events, producer, topic, Pacer(rate=rate), quiet).sent
 
 
-def freshness_reports(stack: Stack, since: str) -> list[tuple[int, int]]:
+def freshness_p99s(stack: Stack, since: str) -> list[tuple[int, int]]:
     """(event p99, append p99) in ms of every freshness report the users' Redis writer logged after `since`."""
-    text = "\n".join(path.read_text(errors="replace") for path in stack.settings.logs_dir.glob("flink-*.log"))
-    matches = [m for m in map(FRESHNESS_LINE.match, text.splitlines()) if m and m["time"] >= since]
-    return [(round(float(m["p99"].replace(",", ""))), round(float(m["ap99"].replace(",", "")))) for m in matches]
+    reports = freshness_reports(stack.settings.logs_dir, since)
+    return [(round(report.event_p99_ms), round(report.append_p99_ms)) for report in reports]
 
 
 class PrivateRedis:
