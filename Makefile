@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down status clean distclean test lint lock bench bench-stream bench-train bench-serve train serve
+.PHONY: help setup system-deps browser demo up down status clean distclean test lint lock bench bench-stream bench-train bench-serve bench-swap soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -74,7 +74,7 @@ train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source m
 serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 (KF_SERVE_PORT)
 	$(PY) -m serving
 
-bench: bench-stream bench-train bench-serve ## every benchmark (numbers in README.md)
+bench: bench-stream bench-train bench-serve bench-swap ## every benchmark (numbers in README.md)
 
 bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
 	$(PY) -m streams.bench $(BENCH_ARGS)
@@ -84,6 +84,12 @@ bench-train: setup ## one retraining on MovieLens as scheduled (target <= 10 min
 
 bench-serve: up ## service latency p50/p95/p99 and errors at 50, 100, 200, 500 req/s (60 s each)
 	$(PY) -m serving.bench $(BENCH_ARGS)
+
+bench-swap: setup ## the service's resident memory across 6 hot swaps, XLA-compiled model calls beside uncompiled (needs a trained model)
+	$(PY) -m serving.swap_memory $(BENCH_ARGS)
+
+soak: demo ## 30 min of events and requests on the demo stack with a retraining and hot swap midway (SOAK_ARGS="--minutes 5")
+	$(PY) -m infra.soak $(SOAK_ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     serve_tf_threads: int = Field(
         1, ge=0, description="TensorFlow threads per model call in the service (intra- and inter-op); 0: one per core."
     )
+    serve_xla: bool = Field(
+        True,
+        description="XLA-compile the service's model calls: faster, but TensorFlow keeps every loaded version's "
+        "programs, so each hot swap adds memory (README, Serving); false: flat memory, slower model calls.",
+    )
 
     demo_source: Literal["auto", "movielens", "synthetic"] = Field(
         "auto",

@@ -30,6 +30,7 @@ from schemas.pipeline import Ranked, RankRequest, rank_batch
 from schemas.validation import InvalidRecord
 from serving import parameters
 from serving.batcher import MicroBatcher
+from serving.heap import InFlight, freeze_imports
 from serving.live import LiveState, LiveStore
 from serving.metrics import GcPauseProbe, Metrics
 from serving.models import ModelHolder, listen_for_updates
@@ -53,6 +54,7 @@ PRODUCER = web.AppKey("producer", Producer)
 TITLES = web.AppKey("titles", dict)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 BATCHER = web.AppKey("batcher", MicroBatcher)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 class Unavailable(RuntimeError):
@@ -70,7 +72,8 @@ async def edge(request: web.Request, handler) -> web.StreamResponse:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     clock = time.perf_counter()
     try:
-        response = await handler(request)
+        with request.app[IN_FLIGHT].request():
+            response = await handler(request)
     except BadRequest as bad:
         response = json_response({"error": "bad request", "reasons": bad.reasons}, status=400)
     except Unavailable as unavailable:
@@ -363,7 +366,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     app[PRODUCER] = Producer(
         {"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
     )
-    app[MODELS] = ModelHolder(settings, app[EXECUTOR])
+    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT])
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
     try:
         app[TITLES] = await loop.run_in_executor(app[EXECUTOR], _titles, settings)
@@ -376,6 +379,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     app[BATCHER] = MicroBatcher(
         rank_batch, app[EXECUTOR], settings.serve_model_threads, settings.serve_max_batch, app[METRICS].observe_batch
     )
+    freeze_imports()
     gc.callbacks.append(probe := GcPauseProbe(app[METRICS]))
     tasks = [
         asyncio.create_task(app[BATCHER].run(), name="batcher"),
@@ -408,6 +412,7 @@ def init_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[IN_FLIGHT] = InFlight()
     app.cleanup_ctx.append(resources)
     app.router.add_get("/v1/recommendations", recommendations)
     app.router.add_get("/v1/items/{item_id}/similar", similar_items)

@@ -62,31 +62,34 @@ class MicroBatcher(Generic[K, Q, R]):
                 waiting.answer.cancel()
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = self._take()
             if not batch:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            now = time.perf_counter()
-            self._on_batch([now - waiting.since for waiting in batch])
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._work, batch[0].key, [waiting.request for waiting in batch]
-                )
-            except asyncio.CancelledError:
-                for waiting in batch:
-                    waiting.answer.cancel()
-                raise
-            except Exception as error:  # the batch's requests fail with it; the batcher goes on
-                for waiting in batch:
-                    if not waiting.answer.done():
-                        waiting.answer.set_exception(error)
-                continue
-            for waiting, result in zip(batch, results, strict=True):
-                if not waiting.answer.done():  # the client may have gone meanwhile
-                    waiting.answer.set_result(result)
+            await self._answer(batch)
+
+    async def _answer(self, batch: list[_Waiting[K, Q, R]]) -> None:
+        # A function of its own so that nothing of a batch (its key: a model bundle) outlives it.
+        now = time.perf_counter()
+        self._on_batch([now - waiting.since for waiting in batch])
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._work, batch[0].key, [waiting.request for waiting in batch]
+            )
+        except asyncio.CancelledError:
+            for waiting in batch:
+                waiting.answer.cancel()
+            raise
+        except Exception as error:  # the batch's requests fail with it; the batcher goes on
+            for waiting in batch:
+                if not waiting.answer.done():
+                    waiting.answer.set_exception(error)
+            return
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.answer.done():  # the client may have gone meanwhile
+                waiting.answer.set_result(result)
 
     def _take(self) -> list[_Waiting[K, Q, R]]:
         """The oldest live request and the next ones with its key, up to max_batch; others stay queued."""

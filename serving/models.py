@@ -7,12 +7,12 @@ as a backstop, by polling the registry's CURRENT pointer.
 
 import asyncio
 import contextlib
-import gc
 import logging
 import threading
 import time
 import uuid
 from concurrent.futures import Executor
+from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer
@@ -20,8 +20,12 @@ from confluent_kafka import Consumer
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.config import Settings
 from schemas.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
+from serving.heap import InFlight, collect_when_quiet
 
 log = logging.getLogger("kingfisher.serving")
+# Under traffic that never pauses, a swapped-out bundle is collected after this anyway: its memory
+# matters more than one pause.
+QUIET_PATIENCE_S = 30.0
 
 
 def configure_tensorflow(threads: int) -> None:
@@ -34,14 +38,15 @@ def configure_tensorflow(threads: int) -> None:
 
 
 class ModelHolder:
-    def __init__(self, settings: Settings, executor: Executor):
+    def __init__(self, settings: Settings, executor: Executor, in_flight: InFlight):
         configure_tensorflow(settings.serve_tf_threads)
-        self.settings, self.executor = settings, executor
+        self.settings, self.executor, self.in_flight = settings, executor, in_flight
         self.registry = Registry(settings.models_dir)
         self.bundle: LoadedBundle | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._summaries: dict[int, dict] = {}
+        self._collections: set[asyncio.Task] = set()
 
     async def refresh(self) -> bool:
         """Load the registry's current version if it is not the live one; True if a new one went live."""
@@ -58,17 +63,18 @@ class ModelHolder:
                 return False
             previous, self.bundle, self.last_error = self.bundle, loaded, None
             log.info("model version %d live (was %s)", loaded.version, previous.version if previous else "none")
-            del previous  # in-flight requests may still hold it; the next swap's collection frees it then
-            freeze_heap()
+            if previous is not None:
+                del previous  # requests in flight may still hold it: it is collected once they are done
+                self._collect_when_quiet()
             return True
 
+    def _collect_when_quiet(self) -> None:
+        collection = asyncio.create_task(collect_when_quiet(self.in_flight, QUIET_PATIENCE_S), name="collection")
+        self._collections.add(collection)  # a task nobody references may vanish before it runs
+        collection.add_done_callback(self._collections.discard)
+
     def _load(self, version: int) -> LoadedBundle:
-        bundle = LoadedBundle(self.registry.path(version), self.settings.faiss_exact_max_items, compiled=True)
-        most = self.settings.candidates + self.settings.trending_candidates
-        clock = time.perf_counter()
-        _warm_up(bundle, self.settings.serve_max_batch, most)
-        log.info("model v%d warmed up in %.1f s", version, time.perf_counter() - clock)
-        return bundle
+        return load_warm(self.settings, self.registry.path(version))
 
     async def follow(self, wake: asyncio.Event) -> None:
         """Refresh on each announcement (`wake`) and every KF_MODEL_POLL_S."""
@@ -101,21 +107,13 @@ class ModelHolder:
         }
 
 
-def freeze_heap() -> None:
-    """Put every object alive now (TensorFlow's, the live models') beyond the cyclic garbage
-    collector's reach. Otherwise each full collection walks them all: under load here one came
-    about once a minute and stopped every request for 52-340 ms.
-    Unfreezing first lets this collection free the bundles swapped out before (TensorFlow objects
-    hold reference cycles); it is one such pause per model swap instead of one a minute."""
+def load_warm(settings: Settings, directory: Path) -> LoadedBundle:
+    """A bundle as the service serves it: loaded, verified and run once in every input shape."""
+    bundle = LoadedBundle(directory, settings.faiss_exact_max_items, compiled=settings.serve_xla)
     clock = time.perf_counter()
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    log.info(
-        "%d objects frozen out of garbage collection in %.0f ms",
-        gc.get_freeze_count(),
-        (time.perf_counter() - clock) * 1000,
-    )
+    _warm_up(bundle, settings.serve_max_batch, settings.candidates + settings.trending_candidates)
+    log.info("model v%d warmed up in %.1f s", bundle.version, time.perf_counter() - clock)
+    return bundle
 
 
 def _warm_up(bundle: LoadedBundle, max_batch: int, most_candidates: int) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -90,3 +91,24 @@ def test_every_request_is_answered_once_whatever_the_batch_limit(max_batch):
 
     assert results == [2 * n for n in range(20)]
     assert sum(map(len, waits)) == 20 and max(map(len, waits)) == min(max_batch, 19)
+
+
+class Bundle:
+    """A batch key that can be watched for being freed."""
+
+
+def test_once_answered_a_batch_leaves_no_reference_to_its_key():
+    async def scenario() -> None:
+        bundle = Bundle()
+        alive = weakref.ref(bundle)
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(lambda key, requests: requests, executor, workers=2, max_batch=4)
+            runner = asyncio.create_task(batcher.run())
+            assert await batcher.submit(bundle, 7) == 7
+            del bundle
+            await asyncio.sleep(0.01)  # the batcher is idle again, waiting for the next request
+            assert alive() is None  # freed by reference counting: no collection needed
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    asyncio.run(scenario())
