@@ -9,11 +9,11 @@ from the first swap on: loading the first version also initialises TensorFlow it
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 
 import orjson
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -22,12 +22,9 @@ from schemas.config import Settings
 from serving.heap import InFlight, collect_when_quiet, freeze_imports
 from serving.models import configure_tensorflow, load_warm
 
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
 
 def resident_mb() -> float:
-    with open(f"/proc/{os.getpid()}/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_BYTES / 2**20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def measure_swaps(settings: Settings, swaps: int) -> list[float]:
