@@ -12,6 +12,7 @@ the versions and a `CURRENT` file naming the live one, replaced atomically. Publ
 import hashlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +20,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.features import FeatureSpec
-from schemas.model_inputs import FIRST_ITEM, SequenceArrays
+from schemas.logic.features import FeatureSpec
+from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
 
 BUNDLE_FORMAT = 2
@@ -170,20 +171,6 @@ class Registry:
         return doomed
 
 
-CANDIDATE_BUCKET = 64
-EXACT_ROWS = 4
-
-
-def compiled_shape(rows: int, candidates: int) -> tuple[int, int]:
-    """The (rows, candidates) a compiled call with this many runs as. XLA compiles one program per
-    input shape, so padding keeps them few: candidates up to a multiple of CANDIDATE_BUCKET, rows
-    beyond EXACT_ROWS up to a power of two. Up to EXACT_ROWS (the service's default largest batch)
-    rows run as they are: DIN's work grows with the rows, and padding a batch of 3 to 4 cost a third
-    more of it exactly when the service is busiest."""
-    padded_rows = rows if rows <= EXACT_ROWS else 1 << (rows - 1).bit_length()
-    return padded_rows, -(-candidates // CANDIDATE_BUCKET) * CANDIDATE_BUCKET
-
-
 def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndarray:
     """`array` with zeros appended up to `rows` (and `columns`): PADDING items, an empty sequence,
     zero features. Rows do not interact in either model, so padding changes no real row's output."""
@@ -193,48 +180,20 @@ def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndar
     return np.pad(array, widths) if any(width for _, width in widths) else array
 
 
-class _OneProgramPerShape:
-    """A tf.function called through a concrete function per input shape, kept once made.
-
-    The call goes straight to the program's flat inputs (`_call_flat`, private in TensorFlow 2.20,
-    which requirements.lock pins): matching keyword arguments against the signature costs about
-    0.3 ms a call here, a tenth of a DIN call and half of a user-tower call, all of it holding the
-    GIL the event loop needs. The integration tests compare these calls with the plain signatures."""
-
-    def __init__(self, function):
-        import tensorflow as tf  # here: see LoadedBundle
-
-        self._function, self._programs, self._tf = function, {}, tf
-
-    def __call__(self, **arrays: np.ndarray) -> dict:
-        shape = tuple((name, array.shape, array.dtype.str) for name, array in arrays.items())
-        made = self._programs.get(shape)
-        if made is None:
-            specs = {name: self._tf.TensorSpec(array.shape, array.dtype) for name, array in arrays.items()}
-            program = self._function.get_concrete_function(**specs)
-            made = self._programs[shape] = program, tuple(program.function_type.parameters)
-        program, names = made
-        return program._call_flat([self._tf.constant(arrays[name]) for name in names], program.captured_inputs)
-
-
 class LoadedBundle:
     """A verified bundle in memory: the vocabulary, the Faiss index, the ranker's tables and the
-    exported models' signatures; the `schemas.pipeline.Recommender` the service runs.
+    exported models' signatures; the `schemas.logic.pipeline.Recommender` that training evaluates and
+    the service runs. The models are called as exported; the service's `serving.compiled.CompiledBundle`
+    overrides `model_call` and `input_shape` to run them XLA-compiled on padded inputs."""
 
-    With `compiled`, the model calls are XLA-compiled (the service's choice: DIN's attention, an
-    einsum, Dice and a dense layer over every candidate-behaviour pair, fuses into a few kernels and
-    runs about 1.8 times faster per request here); inputs are then padded to `input_shape`, and each
-    new padded shape costs one compilation."""
-
-    def __init__(self, directory: Path, exact_max_items: int, compiled: bool = False):
+    def __init__(self, directory: Path, exact_max_items: int):
         import tensorflow as tf  # here, not at module level: the stream imports schemas without TensorFlow
 
-        from schemas.ann import ItemIndex
-        from schemas.covisitation import CoVisitation
-        from schemas.model_inputs import ScoreScale, Vocabulary
+        from schemas.logic.ann import ItemIndex
+        from schemas.logic.covisitation import CoVisitation
+        from schemas.logic.model_inputs import ScoreScale, Vocabulary
 
         self.directory = directory
-        self.compiled = compiled
         self.manifest = verify(directory)
         self.sequence_length = self.manifest.feature_spec.sequence_length
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
@@ -248,18 +207,19 @@ class LoadedBundle:
         self._unit_vectors = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
         self._user_tower = tf.saved_model.load(str(directory / USER_TOWER))
         self._ranker = tf.saved_model.load(str(directory / RANKER))
-        self._embed, self._score = self._user_tower.embed, self._ranker.score
-        if compiled:
-            self._embed = _OneProgramPerShape(tf.function(self._embed, jit_compile=True))
-            self._score = _OneProgramPerShape(tf.function(self._score, jit_compile=True))
+        self._embed, self._score = self.model_call(self._user_tower.embed), self.model_call(self._ranker.score)
 
     @property
     def version(self) -> int:
         return self.manifest.version
 
+    def model_call(self, signature: Callable[..., dict]) -> Callable[..., dict]:
+        """How an exported signature (keyword arrays -> dict of tensors) is called: as it is."""
+        return signature
+
     def input_shape(self, rows: int, candidates: int) -> tuple[int, int]:
-        """The (rows, candidates) a call with this many runs as: padded when compiled."""
-        return compiled_shape(rows, candidates) if self.compiled else (rows, candidates)
+        """The (rows, candidates) a call with this many runs as: unpadded."""
+        return rows, candidates
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""

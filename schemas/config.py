@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from schemas.features import HOUR_MS, FeatureSpec
+from schemas.logic.features import HOUR_MS, FeatureSpec
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

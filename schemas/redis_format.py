@@ -1,5 +1,5 @@
-"""Redis format version 2: the one key builder, the value codecs and the seen sets' commands.
-Specified in REDIS_FORMAT.md.
+"""Redis format version 2: the one key builder and the value codecs. Specified in REDIS_FORMAT.md;
+`schemas.feature_store` is the one module that writes and reads them.
 
 Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:<entity_id>``. A replay rebuilds state in a
 fresh namespace beside the live one; the control namespace holds which one is active.
@@ -10,7 +10,7 @@ A user's seen set is a sorted set (item -> newest interaction time) whose writes
 """
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from schemas.events import EventType
-from schemas.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
+from schemas.logic.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 
 FORMAT_VERSION = 2
 KEY_PREFIX = "kf"
@@ -73,50 +73,6 @@ def entity_of(key: str, kind: KeyKind, namespace: str) -> str:
 VERSION_FIELD, VALUE_FIELD = "version", "value"
 TRENDING_ENTITY = "global"
 """Entity id of the one trending list of a namespace."""
-
-# KEYS = the keys; ARGV = version, value, ttl in ms (0: none) of each key in turn. Writes each key
-# unless its stored version is newer; returns how many it wrote. One call takes many keys, so a
-# writer pays one round trip and one script run for a whole batch.
-UPSERT_IF_NOT_OLDER = """
-local written = 0
-for i, key in ipairs(KEYS) do
-  local version, ttl = ARGV[3 * i - 2], tonumber(ARGV[3 * i])
-  local stored = redis.call('HGET', key, 'version')
-  if not stored or tonumber(stored) <= tonumber(version) then
-    redis.call('HSET', key, 'version', version, 'value', ARGV[3 * i - 1])
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
-    written = written + 1
-  end
-end
-return written
-"""
-
-
-UPSERT_KEYS_PER_CALL = 500
-
-
-def upsert_calls(writes: Sequence[tuple[str, int, bytes, int]]) -> Iterator[tuple[list[str], list[int | bytes]]]:
-    """The (KEYS, ARGV) of the `UPSERT_IF_NOT_OLDER` calls that make (key, version, value, ttl_ms)
-    writes, at most UPSERT_KEYS_PER_CALL keys per call (a script blocks Redis while it runs)."""
-    for start in range(0, len(writes), UPSERT_KEYS_PER_CALL):
-        chunk = writes[start : start + UPSERT_KEYS_PER_CALL]
-        yield [key for key, *_ in chunk], [field for _, *fields in chunk for field in fields]
-
-
-def add_seen(pipeline: Any, key: str, entries: Mapping[str, int], capacity: int, ttl_ms: int) -> None:
-    """Queue on a redis-py pipeline the commands that add `entries` (item_id -> interaction time) to
-    the seen set `key` and keep its `capacity` newest: `schemas.features.update_seen` in Redis.
-    ZADD GT keeps each item's newest time and ZREMRANGEBYRANK drops the oldest (ties: the smaller
-    item_id first, as `update_seen`), so writing the same entries again, or late, changes nothing."""
-    pipeline.zadd(key, dict(entries), gt=True)
-    pipeline.zremrangebyrank(key, 0, -(capacity + 1))
-    if ttl_ms > 0:
-        pipeline.pexpire(key, ttl_ms)
-
-
-def read_seen(pipeline: Any, key: str) -> None:
-    """Queue the read of a seen set: its items, oldest first (bytes)."""
-    pipeline.zrange(key, 0, -1)
 
 
 def active_namespace_key() -> str:

@@ -19,9 +19,9 @@ from types import MappingProxyType
 import orjson
 
 from schemas.events import Event, EventType
-from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures, UserSequence
-from schemas.samples import SampleRow, training_sample
-from schemas.streaming import UserState, apply_user_event
+from schemas.logic.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures, UserSequence
+from schemas.logic.samples import SampleRow, training_sample
+from schemas.logic.streaming import UserState, apply_user_event
 
 FORMAT_VERSION = 2
 EVENT, SNAPSHOT = "e", "s"

@@ -25,7 +25,6 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import orjson
-import redis
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -33,17 +32,10 @@ from rich.table import Table
 
 from schemas.bundle import Registry
 from schemas.config import Settings
-from schemas.redis_format import (
-    TRENDING_ENTITY,
-    UPSERT_IF_NOT_OLDER,
-    KeyKind,
-    add_seen,
-    encode_value,
-    redis_key,
-    upsert_calls,
-)
+from schemas.feature_store import FeatureStore, SeenAddition, VersionedWrite
+from schemas.logic.streaming import fold_stream, seen_sets, trending_list
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, encode_value, redis_key
 from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
-from schemas.streaming import fold_stream, seen_sets, trending_list
 
 log = logging.getLogger("kingfisher.bench")
 NAMESPACE = "bench"
@@ -63,22 +55,22 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
     events = list(rating_events(locate_dataset(settings.movielens_path), LoadReport()))
     states, _, trending = fold_stream(events, spec)
     seen = seen_sets(events, spec)
-    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
-    upsert = client.register_script(UPSERT_IF_NOT_OLDER)  # written as the stream writes them
     chosen = sorted(states)[:users]
     listed = trending_list(trending, spec)
-    writes = [(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, NAMESPACE), trending.version, listed, listed.at_ts)]
+    writes = [VersionedWrite(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, NAMESPACE), trending.version,
+                             encode_value(listed, listed.at_ts))]  # fmt: skip
     for user_id in chosen:
         state = states[user_id]
         for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
-            writes.append((redis_key(kind, user_id, NAMESPACE), state.version, value, state.features.last_ts))
-    encoded = [(key, version, encode_value(value, as_of), 0) for key, version, value, as_of in writes]
-    for keys, arguments in upsert_calls(encoded):
-        upsert(keys=keys, args=arguments)
-    pipeline = client.pipeline(transaction=False)
-    for user_id in chosen:
-        add_seen(pipeline, redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE), seen[user_id], spec.seen_capacity, 0)
-    pipeline.execute()
+            key = redis_key(kind, user_id, NAMESPACE)
+            writes.append(VersionedWrite(key, state.version, encode_value(value, state.features.last_ts)))
+    additions = {
+        redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE): SeenAddition(dict(seen[user_id]), spec.seen_capacity)
+        for user_id in chosen
+    }
+    store = FeatureStore.connect(settings.bind_host, settings.redis_port)  # written as the stream writes them
+    store.write(writes, additions)
+    store.close()
     return chosen
 
 

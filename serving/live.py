@@ -8,23 +8,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.features import SequenceEntry, UserFeatures, UserSequence
-from schemas.redis_format import (
-    TRENDING_ENTITY,
-    VALUE_FIELD,
-    KeyKind,
-    StoredValue,
-    active_namespace_key,
-    decode_value,
-    entity_of,
-    key_pattern,
-    read_seen,
-    redis_key,
-)
+from schemas.feature_store import AsyncFeatureStore
+from schemas.logic.features import SequenceEntry, UserFeatures, UserSequence
+from schemas.redis_format import StoredValue
 
 log = logging.getLogger("kingfisher.serving")
 NAMESPACE_REFRESH_S = 1.0
-USER_SCAN_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -70,50 +59,30 @@ class LiveState:
 
 
 class LiveStore:
-    """Reads through redis.asyncio; follows the active namespace (switched by replays) once a second."""
+    """The feature store's reads in the namespace serving follows: the active one (switched by
+    replays), looked up once a second."""
 
-    def __init__(self, client: aioredis.Redis, default_namespace: str):
-        self.client = client
+    def __init__(self, store: AsyncFeatureStore, default_namespace: str):
+        self.store = store
         self.namespace = default_namespace
         self._default = default_namespace
 
     async def follow_namespace(self) -> None:
         while True:
             try:
-                active = await self.client.get(active_namespace_key())
-                self.namespace = active.decode() if active else self._default
+                self.namespace = await self.store.active_namespace(self._default)
             except (aioredis.RedisError, OSError) as error:
                 log.debug("namespace refresh failed: %s", error)
             await asyncio.sleep(NAMESPACE_REFRESH_S)
 
     async def read(self, user_id: str, seen: bool = False) -> LiveState:
         """The user's state in one round trip; with `seen`, also the user's whole seen set."""
-        kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
-        entities = (user_id, user_id, TRENDING_ENTITY)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for kind, entity in zip(kinds, entities, strict=True):
-                pipe.hget(redis_key(kind, entity, self.namespace), VALUE_FIELD)
-            if seen:
-                read_seen(pipe, redis_key(KeyKind.USER_SEEN, user_id, self.namespace))
-            raw = await pipe.execute()
-        values = [
-            decode_value(kind, value) if value is not None else None
-            for kind, value in zip(kinds, raw[: len(kinds)], strict=True)
-        ]
-        seen_set = frozenset(item.decode() for item in raw[len(kinds)]) if seen else frozenset()
-        return LiveState(*values, seen_set=seen_set)
+        read = await self.store.read_user(user_id, self.namespace, seen)
+        return LiveState(read.sequence, read.features, read.trending, seen_set=read.seen)
 
     async def trending(self) -> StoredValue | None:
-        raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, self.namespace), VALUE_FIELD)
-        return decode_value(KeyKind.TRENDING, raw) if raw is not None else None
+        return await self.store.trending(self.namespace)
 
     async def some_users(self, limit: int) -> list[str]:
         """Up to `limit` users that have a live sequence, shortest ids first (for a picker, not a census)."""
-        namespace, users = self.namespace, []
-        async for key in self.client.scan_iter(
-            match=key_pattern(namespace, KeyKind.USER_SEQUENCE), count=USER_SCAN_BATCH
-        ):
-            users.append(entity_of(key.decode(), KeyKind.USER_SEQUENCE, namespace))
-            if len(users) >= limit:
-                break
-        return sorted(users, key=lambda user: (len(user), user))
+        return await self.store.users(self.namespace, limit)

@@ -19,7 +19,8 @@ from confluent_kafka import Consumer
 
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.config import Settings
-from schemas.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
+from schemas.logic.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
+from serving.compiled import CompiledBundle
 from serving.heap import InFlight, collect_when_quiet
 
 log = logging.getLogger("kingfisher.serving")
@@ -109,7 +110,8 @@ class ModelHolder:
 
 def load_warm(settings: Settings, directory: Path) -> LoadedBundle:
     """A bundle as the service serves it: loaded, verified and run once in every input shape."""
-    bundle = LoadedBundle(directory, settings.faiss_exact_max_items, compiled=settings.serve_xla)
+    kind = CompiledBundle if settings.serve_xla else LoadedBundle
+    bundle = kind(directory, settings.faiss_exact_max_items)
     clock = time.perf_counter()
     _warm_up(bundle, settings.serve_max_batch, settings.candidates + settings.trending_candidates)
     log.info("model v%d warmed up in %.1f s", bundle.version, time.perf_counter() - clock)

@@ -1,179 +1,104 @@
-"""The OpenAPI 3.1 document served at /openapi.json."""
+"""The OpenAPI 3.1 document served at /openapi.json, generated from the route table: each route's
+parameters from its parameter models, its answers from the answer models, the request body from
+the event contract."""
 
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
 
 from schemas.config import Settings
 from schemas.events import Event
-from serving import parameters
+from serving.parameters import Parameters
 
 
-def _query(name: str, schema: dict, description: str, required: bool = False) -> dict:
-    return {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
+class BadRequestAnswer(BaseModel):
+    error: str
+    reasons: list[str]
 
 
-def _path(name: str, description: str) -> dict:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+class Reason(BaseModel):
+    item_id: str
+    title: str | None
 
 
-def _json(description: str, schema: dict | None = None) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+    title: str | None
+    reasons: list[Reason] = []
+    """With explain=true: the sequence items DIN attended to most."""
 
 
-UNAVAILABLE = _json("Redis did not answer within the request budget.")
-BAD_REQUEST = _json("Invalid input: `reasons` lists each problem.", {"$ref": "#/components/schemas/BadRequest"})
+class Recommendations(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    model_version: int | None
+    features_as_of: int | None = None
+    """Event time (ms) of the newest event used."""
+    fallback: bool
+    """True when answered without live state or without the models (none loaded, or busier than KF_MODEL_BUDGET_MS)."""
+    reason: str | None
+    """Why not ranked by DIN: the fallback's or cold start."""
+    took_ms: float
 
 
-def openapi_document(settings: Settings, max_batch: int) -> dict[str, Any]:
-    scored = {
-        "type": "object",
-        "properties": {
-            "item_id": {"type": "string"},
-            "score": {"type": "number"},
-            "title": {"type": ["string", "null"]},
-            "reasons": {
-                "type": "array",
-                "items": {"type": "object"},
-                "description": "With explain=true: the sequence items DIN attended to most.",
-            },
-        },
+class ItemList(BaseModel):
+    items: list[ScoredItem]
+
+
+@dataclass(frozen=True)
+class Answer:
+    description: str
+    model: type[BaseModel] | None = None
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    summary: str
+    answers: dict[int, Answer]
+    parameters: Sequence[type[Parameters]] = ()
+    body: Callable[[Settings], dict] | None = None
+    """The request body's JSON schema, for the settings."""
+
+
+def _answer(answer: Answer, schemas: dict[str, Any]) -> dict:
+    if answer.model is None:
+        schema = {"type": "object" if answer.media_type == "application/json" else "string"}
+        return {"description": answer.description, "content": {answer.media_type: {"schema": schema}}}
+    schema = answer.model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[answer.model.__name__] = schema
+    reference = {"$ref": f"#/components/schemas/{answer.model.__name__}"}
+    return {"description": answer.description, "content": {"application/json": {"schema": reference}}}
+
+
+def _operation(route: Route, settings: Settings, schemas: dict[str, Any]) -> dict:
+    operation: dict[str, Any] = {
+        "summary": route.summary,
+        "responses": {str(status): _answer(answer, schemas) for status, answer in sorted(route.answers.items())},
     }
-    recommendations = {
-        "type": "object",
-        "properties": {
-            "user_id": {"type": "string"},
-            "items": {"type": "array", "items": scored},
-            "model_version": {"type": ["integer", "null"]},
-            "features_as_of": {"type": ["integer", "null"], "description": "Event time (ms) of the newest event used."},
-            "fallback": {
-                "type": "boolean",
-                "description": "True when answered without live state or without the models (none loaded, or "
-                "busier than KF_MODEL_BUDGET_MS).",
-            },
-            "reason": {
-                "type": ["string", "null"],
-                "description": "Why not ranked by DIN: the fallback's or cold start.",
-            },
-            "took_ms": {"type": "number"},
-        },
-    }
+    if parameters := [parameter for model in route.parameters for parameter in model.openapi(settings)]:
+        operation["parameters"] = parameters
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body(settings)}}}
+    return operation
+
+
+def openapi_document(settings: Settings, routes: Sequence[Route]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Event": Event.model_json_schema()}
+    paths: dict[str, dict] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, settings, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Kingfisher recommendation service", "version": "1"},
-        "paths": {
-            "/v1/recommendations": {
-                "get": {
-                    "summary": "Recommendations from the user's live sequence: Faiss recall, DIN ranking.",
-                    "parameters": [
-                        _query("user_id", {"type": "string"}, "The user.", required=True),
-                        parameters.RECOMMENDED.openapi(settings),
-                        _query(
-                            "exclude_seen",
-                            {"type": "boolean", "default": False},
-                            "Leave out items in the live sequence.",
-                        ),
-                        _query("explain", {"type": "boolean", "default": False}, "Add attention-based reasons."),
-                    ],
-                    "responses": {"200": _json("Recommendations.", recommendations), "400": BAD_REQUEST},
-                }
-            },
-            "/v1/items/{item_id}/similar": {
-                "get": {
-                    "summary": "Items nearest in the retrieval space.",
-                    "parameters": [_path("item_id", "The item."), parameters.SIMILAR.openapi(settings)],
-                    "responses": {
-                        "200": _json("Similar items."),
-                        "400": BAD_REQUEST,
-                        "404": _json("Unknown item."),
-                        "503": _json("No model loaded."),
-                    },
-                }
-            },
-            "/v1/users": {
-                "get": {
-                    "summary": "Some users with a live sequence (a picker for the demo page and operators).",
-                    "parameters": [parameters.USERS.openapi(settings)],
-                    "responses": {"200": _json("User ids."), "400": BAD_REQUEST, "503": UNAVAILABLE},
-                }
-            },
-            "/v1/trending": {
-                "get": {
-                    "summary": "The stream's trending items, most popular first.",
-                    "parameters": [parameters.TRENDING.openapi(settings)],
-                    "responses": {"200": _json("Trending items with scores."), "400": BAD_REQUEST, "503": UNAVAILABLE},
-                }
-            },
-            "/v1/users/{user_id}/profile": {
-                "get": {
-                    "summary": "The live sequence and features as stored in Redis.",
-                    "parameters": [_path("user_id", "The user.")],
-                    "responses": {"200": _json("Profile."), "400": BAD_REQUEST, "503": UNAVAILABLE},
-                }
-            },
-            "/v1/events": {
-                "post": {
-                    "summary": f"Publish one event or a list of at most {max_batch} to Kafka; all or nothing.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "oneOf": [
-                                        {"$ref": "#/components/schemas/Event"},
-                                        {
-                                            "type": "array",
-                                            "items": {"$ref": "#/components/schemas/Event"},
-                                            "maxItems": max_batch,
-                                        },
-                                    ]
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "202": _json("Acknowledged by Kafka: `accepted` counts the events."),
-                        "400": BAD_REQUEST,
-                        "503": _json("Not all acknowledged by Kafka in time: resend the batch (event ids dedupe)."),
-                    },
-                }
-            },
-            "/v1/models": {
-                "get": {
-                    "summary": "The live model version and the retained ones with their metrics.",
-                    "responses": {"200": _json("Model versions.")},
-                }
-            },
-            "/v1/admin/models/reload": {
-                "post": {
-                    "summary": "Load the registry's current version now (Authorization: Bearer KF_ADMIN_TOKEN).",
-                    "responses": {
-                        "200": _json("Reload result."),
-                        "401": _json("Wrong or missing token."),
-                        "403": _json("Admin routes are off."),
-                    },
-                }
-            },
-            "/healthz": {"get": {"summary": "Liveness.", "responses": {"200": _json("Alive.")}}},
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness: a model is loaded and Redis answers.",
-                    "responses": {"200": _json("Ready."), "503": _json("Not ready, with problems.")},
-                }
-            },
-            "/metrics": {
-                "get": {"summary": "Prometheus metrics.", "responses": {"200": {"description": "Text format."}}}
-            },
-            "/openapi.json": {"get": {"summary": "This document.", "responses": {"200": _json("OpenAPI 3.1.")}}},
-        },
-        "components": {
-            "schemas": {
-                "Event": Event.model_json_schema(),
-                "BadRequest": {
-                    "type": "object",
-                    "properties": {
-                        "error": {"type": "string"},
-                        "reasons": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-            }
-        },
+        "paths": paths,
+        "components": {"schemas": schemas},
     }

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import psutil
-import redis
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
@@ -41,9 +40,9 @@ from rich.table import Table
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event, EventType
-from schemas.redis_format import TRENDING_ENTITY, VERSION_FIELD, KeyKind, redis_key
+from schemas.feature_store import FeatureStore
+from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec, item_id, user_id
-from streams.namespaces import drop_namespace
 from streams.publish import Pacer, make_producer, publish
 from streams.redis_writer import REPORT_EVERY_S
 
@@ -164,10 +163,10 @@ def fresh_topic(settings: Settings, prefix: str) -> str:
     return name
 
 
-def processed(client: redis.Redis, namespace: str) -> int:
+def processed(store: FeatureStore, namespace: str) -> int:
     """Distinct events the job has applied: the trending key's version counts them."""
-    version = client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace), VERSION_FIELD)
-    return int(version) if version is not None else 0
+    stored = store.read(KeyKind.TRENDING, TRENDING_ENTITY, namespace)
+    return stored[0] if stored is not None else 0
 
 
 class Job:
@@ -239,8 +238,8 @@ def wait_until(condition, job: Job, what: str) -> float:
     return time.monotonic()
 
 
-def wait_until_processed(client: redis.Redis, namespace: str, count: int, job: Job) -> float:
-    return wait_until(lambda: processed(client, namespace) >= count, job, f"{count:,} events in Redis")
+def wait_until_processed(store: FeatureStore, namespace: str, count: int, job: Job) -> float:
+    return wait_until(lambda: processed(store, namespace) >= count, job, f"{count:,} events in Redis")
 
 
 def committed_event_lines(directory: Path, counted: dict[Path, int]) -> int:
@@ -270,11 +269,11 @@ def freshness(
     rate: int,
     seconds: float,
     warmup_s: float,
-    client: redis.Redis,
+    store: FeatureStore,
     namespace: str,
 ) -> FreshnessResult:
     """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are not counted."""
-    before = processed(client, namespace)
+    before = processed(store, namespace)
     with Progress(disable=True) as quiet:
         warm = publish(live_events(users, int(rate * warmup_s), seed=rate), producer, topic, Pacer(rate=rate), quiet)
     # The writer's first report after the warm-up still covers some of it: counted from the next one.
@@ -285,10 +284,10 @@ def freshness(
         summary = publish(live_events(users, measured, seed=rate + 1), producer, topic, Pacer(rate=rate), quiet)
     target = before + warm.sent + summary.sent
     catch_up_until = time.monotonic() + 30
-    while processed(client, namespace) < target and time.monotonic() < catch_up_until:
+    while processed(store, namespace) < target and time.monotonic() < catch_up_until:
         time.sleep(POLL_S)
     time.sleep(REPORT_EVERY_S + 2)  # the writer logs its percentiles every 10 s
-    backlog = target - processed(client, namespace)
+    backlog = target - processed(store, namespace)
     reports = freshness_reports(job.log_dir, since)
 
     def values(name: str) -> list[float]:
@@ -316,7 +315,7 @@ def measure(
     records: list[tuple[bytes, bytes]],
     state_count: int,
     arguments: argparse.Namespace,
-    client: redis.Redis,
+    store: FeatureStore,
 ) -> tuple[Result, str]:
     """One configuration on its own topic and namespace; returns its result and its topic."""
     topic, namespace = fresh_topic(settings, "bench"), f"bench-{uuid.uuid4().hex[:8]}"
@@ -325,11 +324,11 @@ def measure(
     job = Job(settings, configuration, topic, namespace)
     try:
         console.print(f"  applying {state_count:,} events of {arguments.users:,} users ...")
-        started = wait_until_processed(client, namespace, 1, job)  # JVM and job start-up not counted
-        state_done = wait_until_processed(client, namespace, state_count, job)
+        started = wait_until_processed(store, namespace, 1, job)  # JVM and job start-up not counted
+        state_done = wait_until_processed(store, namespace, state_count, job)
         cpu_before = job.cpu_seconds()
         console.print(f"  the burst of {len(records) - state_count:,} events ...")
-        burst_done = wait_until_processed(client, namespace, len(records), job)
+        burst_done = wait_until_processed(store, namespace, len(records), job)
         cpu = job.cpu_seconds() - cpu_before
         log_dir = sample_log.log_directory(settings.samples_dir, namespace)
         # A previous checkout's log may be in another format, which this one cannot count.
@@ -358,20 +357,20 @@ def measure(
                     rate,
                     arguments.seconds,
                     arguments.warmup_seconds,
-                    client,
+                    store,
                     namespace,
                 )
             )
     finally:
         job.stop()
-        forget(settings, client, namespace)
+        forget(settings, store, namespace)
     return result, topic
 
 
-def forget(settings: Settings, client: redis.Redis, namespace: str) -> None:
+def forget(settings: Settings, store: FeatureStore, namespace: str) -> None:
     """Delete what a measurement left: its keys, checkpoints and sample log. Left behind,
     they fill Redis up to its memory limit, where eviction slows every later run."""
-    drop_namespace(client, namespace)
+    store.drop_namespace(namespace)
     shutil.rmtree(settings.checkpoints_dir / namespace, ignore_errors=True)
     shutil.rmtree(settings.samples_dir / namespace, ignore_errors=True)
 
@@ -381,7 +380,7 @@ def forget_topic(settings: Settings, topic: str) -> None:
     admin.delete_topics([topic])[topic].result(timeout=60)
 
 
-def replay(settings: Settings, topic: str, client: redis.Redis) -> dict[str, float]:
+def replay(settings: Settings, topic: str, store: FeatureStore) -> dict[str, float]:
     """`kingfisher replay` of `topic` into a fresh namespace: the operator's wall time, and events/s
     from its first Redis write to its last."""
     namespace = f"bench-replay-{uuid.uuid4().hex[:6]}"
@@ -401,14 +400,14 @@ def replay(settings: Settings, topic: str, client: redis.Redis) -> dict[str, flo
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = last = None
     while process.poll() is None:
-        count, now = processed(client, namespace), time.monotonic()
+        count, now = processed(store, namespace), time.monotonic()
         if count and first is None:
             first = (now, count)
         if first and (last is None or count != last[1]):
             last = (now, count)
         time.sleep(POLL_S)
     output = process.stdout.read()
-    forget(settings, client, namespace)
+    forget(settings, store, namespace)
     match = REPLAY_LINE.search(" ".join(output.split()))
     if process.returncode != 0 or match is None or first is None or last is None:
         raise RuntimeError(f"the replay failed:\n{output[-3000:]}")
@@ -503,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
     arguments = parser.parse_args(argv)
     settings = Settings()
-    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
+    store = FeatureStore.connect(settings.bind_host, settings.redis_port)
     configurations = [Configuration("as make demo runs it (sample log on)", True)]
     if arguments.beside:
         configurations.append(Configuration("--no-samples", False))
@@ -521,11 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     results, topics = [], []
     for repetition in range(arguments.repeat):  # interleaved: the machine's speed drifts within minutes
         for configuration in configurations:
-            result, topic = measure(settings, configuration, state + burst, len(state), arguments, client)
+            result, topic = measure(settings, configuration, state + burst, len(state), arguments, store)
             result.label += f" #{repetition + 1}" if arguments.repeat > 1 else ""
             results.append(result)
             topics.append(topic)
-    replayed = replay(settings, topics[0], client) if arguments.replay else None
+    replayed = replay(settings, topics[0], store) if arguments.replay else None
     for topic in topics:
         forget_topic(settings, topic)
     report(results, len(configurations), replayed)

@@ -13,14 +13,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import redis
 from rich.console import Console
 from rich.logging import RichHandler
 
 from schemas.config import Settings
+from schemas.feature_store import FeatureStore
 from schemas.sources import movielens, synthetic
 from schemas.validation import ContractRecord
-from streams import namespaces
 from streams.publish import Pacer, make_producer, progress_bar, publish
 from streams.replay import replay_command
 
@@ -122,19 +121,17 @@ def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_namespace(arguments: argparse.Namespace, settings: Settings) -> int:
-    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
-    current = namespaces.active_namespace(client, settings.namespace)
+    store = FeatureStore.connect(settings.bind_host, settings.redis_port)
+    current = store.active_namespace(settings.namespace)
     if arguments.action == "show":
-        console.print(f"serving reads {current!r} ({namespaces.count_keys(client, current):,} keys)")
+        console.print(f"serving reads {current!r} ({store.count_keys(current):,} keys)")
     elif arguments.action == "switch":
-        console.print(
-            f"serving now reads {arguments.name!r} (was {namespaces.switch_namespace(client, arguments.name)!r})"
-        )
+        console.print(f"serving now reads {arguments.name!r} (was {store.switch_namespace(arguments.name)!r})")
     elif arguments.name == current:
         console.print(f"[red]{arguments.name!r} is the namespace serving reads; switch away from it first")
         return 2
     else:
-        console.print(f"dropped {namespaces.drop_namespace(client, arguments.name):,} keys of {arguments.name!r}")
+        console.print(f"dropped {store.drop_namespace(arguments.name):,} keys of {arguments.name!r}")
     return 0
 
 

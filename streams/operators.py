@@ -1,5 +1,5 @@
 """The feature job's Python operators. Each takes one batch per call and only calls the pure
-functions of `schemas.streaming`, `schemas.events` and `schemas.samples`.
+functions of `schemas.logic.streaming`, `schemas.events` and `schemas.logic.samples`.
 
 They live in a module of their own, not in the job's entry point, so that they pickle by reference
 to `streams.operators`: under `python -m streams.feature_job` the entry point is `__main__`, which
@@ -19,9 +19,9 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 from schemas.config import Settings
 from schemas.dead_letters import dead_letter
 from schemas.events import Event, parse_event
-from schemas.features import FeatureSpec, ItemEvent, seen_entry
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
-from schemas.streaming import (
+from schemas.feature_store import FeatureStore
+from schemas.logic.features import FeatureSpec, ItemEvent, seen_entry
+from schemas.logic.streaming import (
     ItemState,
     RecentEventIds,
     TrendingState,
@@ -32,6 +32,7 @@ from schemas.streaming import (
     apply_user_event,
     trending_list,
 )
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
 from streams.redis_writer import RedisWriter
@@ -87,7 +88,7 @@ class JobParameters:
         return _redis_key(kind, entity_id, self.namespace)
 
     def writer(self, name: str) -> RedisWriter:
-        return RedisWriter(self.redis_host, self.redis_port, name, self.redis_timeout_s)
+        return RedisWriter(FeatureStore.connect(self.redis_host, self.redis_port, self.redis_timeout_s), name)
 
     def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
         # Flink state of inactive entities expires with their Redis keys, so both stay bounded.

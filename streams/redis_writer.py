@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from schemas.redis_format import UPSERT_IF_NOT_OLDER, add_seen, encode_value, upsert_calls
+from schemas.feature_store import FeatureStore, SeenAddition, VersionedWrite
+from schemas.redis_format import encode_value
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
@@ -45,25 +46,15 @@ class Freshness:
         return result
 
 
-@dataclass
-class SeenWrite:
-    """What a flush adds to one seen set."""
-
-    entries: dict[str, int]
-    capacity: int
-    ttl_ms: int
-
-
 class RedisWriter:
-    def __init__(self, host: str, port: int, name: str, timeout_s: float, sleep: Callable[[float], None] = time.sleep):
-        # Every write is idempotent (a version no older, ZADD GT), so one that timed out is simply sent again.
-        self.client = redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self.upsert_sha: str | None = None
+    def __init__(self, store: FeatureStore, name: str, sleep: Callable[[float], None] = time.sleep):
+        # The store's writes are idempotent (a version no older, ZADD GT), so one that timed out is simply sent again.
+        self.store = store
         self.name = name
         self.sleep = sleep
         self.pending: dict[str, tuple[int, Any, int, int]] = {}
         """key -> (version, value, as_of, ttl_ms) of its newest queued state."""
-        self.pending_seen: dict[str, SeenWrite] = {}
+        self.pending_seen: dict[str, SeenAddition] = {}
         self.event_times: list[int] = []
         self.append_times: list[int] = []
         self.freshness = Freshness()
@@ -80,8 +71,8 @@ class RedisWriter:
         """Queue an item interacted with at `ts` for the seen set `key` (of at most `capacity` items)."""
         queued = self.pending_seen.get(key)
         if queued is None:
-            queued = self.pending_seen[key] = SeenWrite({}, capacity, ttl_ms)
-        queued.entries[item_id] = max(ts, queued.entries.get(item_id, ts))
+            queued = self.pending_seen[key] = SeenAddition({}, capacity, ttl_ms)
+        queued.add(item_id, ts)
 
     def applied(self, event_times: Iterable[int], append_times: Iterable[int | None]) -> None:
         """Note events the queued writes carry (event times and Kafka append times, in epoch ms):
@@ -95,7 +86,8 @@ class RedisWriter:
             return
         batch, seen, self.pending, self.pending_seen = self.pending, self.pending_seen, {}, {}
         encoded = [
-            (key, version, encode_value(value, as_of), ttl) for key, (version, value, as_of, ttl) in batch.items()
+            VersionedWrite(key, version, encode_value(value, as_of), ttl)
+            for key, (version, value, as_of, ttl) in batch.items()
         ]
         written = self._execute(encoded, seen)
         now_ms = int(time.time() * 1000)
@@ -106,32 +98,15 @@ class RedisWriter:
         self.event_times, self.append_times = [], []
         self._report()
 
-    def _execute(self, encoded: list[tuple[str, int, bytes, int]], seen: dict[str, SeenWrite]) -> int:
+    def _execute(self, encoded: list[VersionedWrite], seen: dict[str, SeenAddition]) -> int:
         attempt = 0
         while True:
             try:
-                return self._write_all(encoded, seen)
+                return self.store.write(encoded, seen)
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 log.warning("redis writer %s: %d writes failed (%s); retrying", self.name, len(encoded), error)
                 self.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
                 attempt += 1
-            except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
-                self.upsert_sha = None
-
-    def _write_all(self, encoded: list[tuple[str, int, bytes, int]], seen: dict[str, SeenWrite]) -> int:
-        """Write (key, version, value, ttl_ms) and the seen sets' additions in one round trip;
-        returns how many versioned keys were written."""
-        # EVALSHA of a script loaded once: redis-py's Script object asks SCRIPT EXISTS before every pipeline.
-        if self.upsert_sha is None:
-            self.upsert_sha = self.client.script_load(UPSERT_IF_NOT_OLDER)
-        pipeline = self.client.pipeline(transaction=False)
-        calls = 0
-        for keys, arguments in upsert_calls(encoded):
-            pipeline.evalsha(self.upsert_sha, len(keys), *keys, *arguments)
-            calls += 1
-        for key, write in seen.items():
-            add_seen(pipeline, key, write.entries, write.capacity, write.ttl_ms)
-        return sum(pipeline.execute()[:calls])
 
     def _report(self) -> None:
         if time.monotonic() - self.last_report < REPORT_EVERY_S:
@@ -147,4 +122,4 @@ class RedisWriter:
 
     def close(self) -> None:
         self.flush()
-        self.client.close()
+        self.store.close()

@@ -11,13 +11,12 @@ import sys
 import time
 from dataclasses import dataclass
 
-import redis
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import Progress
 
 from schemas.config import Settings
-from streams.namespaces import active_namespace, count_keys, switch_namespace
+from schemas.feature_store import FeatureStore
 from streams.publish import progress_bar
 
 REPLAY_CHECKPOINT_INTERVAL_S = "2"
@@ -92,12 +91,12 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
 
 def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int | None, *, dry_run: bool,
                    switch: bool, show_progress: bool, console: Console) -> int:  # fmt: skip
-    client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
-    current = active_namespace(client, settings.namespace)
+    store = FeatureStore.connect(settings.bind_host, settings.redis_port)
+    current = store.active_namespace(settings.namespace)
     if namespace == current:
         console.print(f"[red]namespace {namespace!r} is the active one; replay into a fresh namespace")
         return 2
-    existing = count_keys(client, namespace)
+    existing = store.count_keys(namespace)
     if existing:
         console.print(f"[red]namespace {namespace!r} already holds {existing:,} keys; drop it or pick another")
         return 2
@@ -116,9 +115,9 @@ def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int 
         console.print(f"[red]the replay job failed (exit {code}); see {settings.logs_dir / f'replay-{namespace}.log'}")
         return 1
     console.print(f"replayed {replay.events:,} events in {seconds:.1f} s ({replay.events / seconds:,.0f}/s); "
-                  f"{count_keys(client, namespace):,} keys in {namespace!r}")  # fmt: skip
+                  f"{store.count_keys(namespace):,} keys in {namespace!r}")  # fmt: skip
     if switch:
-        previous = switch_namespace(client, namespace)
+        previous = store.switch_namespace(namespace)
         console.print(f"serving now reads {namespace!r} (was {previous or current!r}); the old namespace stays "
                       f"until `kingfisher namespace drop {previous or current}`")  # fmt: skip
     return 0

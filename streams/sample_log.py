@@ -20,8 +20,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from schemas.events import Event
+from schemas.logic.streaming import UserState
 from schemas.sample_log import event_line, in_progress_files, prune, snapshot_line
-from schemas.streaming import UserState
 
 log = logging.getLogger("kingfisher.features")
 DAY_S = 86_400

@@ -16,7 +16,7 @@ from pyflink.common import Row
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event
-from schemas.features import FeatureSpec, update_seen
+from schemas.logic.features import FeatureSpec, update_seen
 from streams.operators import SAMPLES, JobParameters, UserFeaturesFunction
 
 
@@ -33,6 +33,17 @@ class FakeMapState:
 
     def items(self) -> list[tuple[str, Any]]:
         return [(key, pickle.loads(value)) for key, value in self.stored.items()]
+
+
+class FakeValueState:
+    def __init__(self, stored: dict[str, bytes]):
+        self.stored = stored
+
+    def value(self) -> Any:
+        return pickle.loads(self.stored["value"]) if "value" in self.stored else None
+
+    def update(self, value: Any) -> None:
+        self.stored["value"] = pickle.dumps(value)
 
 
 class MemoryWriter:
@@ -74,6 +85,7 @@ class KeyedState:
         counters = SimpleNamespace(inc=lambda *_: None)
         return SimpleNamespace(
             get_map_state=lambda descriptor: FakeMapState(self.maps.setdefault(descriptor.name, {})),
+            get_state=lambda descriptor: FakeValueState(self.maps.setdefault(descriptor.name, {})),
             get_metrics_group=lambda: SimpleNamespace(counter=lambda _name: counters, gauge=lambda *_: None),
         )
 
@@ -81,14 +93,19 @@ class KeyedState:
         return copy.deepcopy(self)
 
 
-def user_stage(state: KeyedState, settings: Settings | None = None, log_samples: bool = True) -> UserFeaturesFunction:
-    """An opened user-features operator over `state`, writing to memory."""
+def opened(kind: type, state: KeyedState, writer: MemoryWriter, settings: Settings | None = None,
+           log_samples: bool = True):  # fmt: skip
+    """An opened operator of `kind` over `state`, writing to `writer`."""
     parameters = JobParameters.of(settings or Settings(), "test", log_samples)
-    function = UserFeaturesFunction(parameters)
-    writer = MemoryWriter()
+    function = kind(parameters)
     function.parameters = _WithWriter(parameters, writer)
     function.open(state.context())
     return function
+
+
+def user_stage(state: KeyedState, settings: Settings | None = None, log_samples: bool = True) -> UserFeaturesFunction:
+    """An opened user-features operator over `state`, writing to memory."""
+    return opened(UserFeaturesFunction, state, MemoryWriter(), settings, log_samples)
 
 
 class _WithWriter:

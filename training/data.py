@@ -1,7 +1,7 @@
 """Training data: sample rows (from the stream's log, or from a dataset through the same feature
 functions), the two splits models are measured on, their queries, and the sequences retrieval learns from.
 
-A row is a `schemas.samples.SampleRow`: the event, and the user's sequence and features just before
+A row is a `schemas.logic.samples.SampleRow`: the event, and the user's sequence and features just before
 it (point in time). Everything here is ordered by event time.
 """
 
@@ -19,11 +19,11 @@ import numpy as np
 from schemas import sample_log
 from schemas.catalogue import CatalogueItem
 from schemas.events import Event
-from schemas.features import FeatureSpec, ItemEvent
-from schemas.model_inputs import Vocabulary, behaviour_kind
-from schemas.pipeline import RankRequest
-from schemas.samples import SampleRow, sample_rows
-from schemas.streaming import (
+from schemas.logic.features import FeatureSpec, ItemEvent
+from schemas.logic.model_inputs import Vocabulary, behaviour_kind
+from schemas.logic.pipeline import RankRequest
+from schemas.logic.samples import SampleRow, sample_rows
+from schemas.logic.streaming import (
     ItemState,
     TrendingState,
     TrendingUpdate,

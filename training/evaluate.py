@@ -1,5 +1,5 @@
 """Holdout evaluation over the full catalogue: the served pipeline exactly as the service runs it
-(`schemas.pipeline.rank_batch`: the same pool, trending merged in, the seen set left out), retrieval
+(`schemas.logic.pipeline.rank_batch`: the same pool, trending merged in, the seen set left out), retrieval
 alone, and the baselines popularity, item co-occurrence and EASE, all on the same queries; with
 Recall, NDCG and HitRate at K, the rankers' AUC within their pools, how much the newest behaviour
 matters, how often two recommendations carry the same reasons, and on the synthetic world the true
@@ -11,10 +11,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from schemas.ann import ItemIndex
-from schemas.covisitation import CoVisitation
-from schemas.model_inputs import FIRST_ITEM, Vocabulary
-from schemas.pipeline import Ranked, Recommender, rank_batch, retrieve
+from schemas.logic.ann import ItemIndex
+from schemas.logic.covisitation import CoVisitation
+from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
+from schemas.logic.pipeline import Ranked, Recommender, rank_batch, retrieve
 from schemas.sources.synthetic import SyntheticWorld
 from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of

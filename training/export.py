@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from schemas.model_inputs import RANKER_FEATURES
+from schemas.logic.model_inputs import RANKER_FEATURES
 from training.models import Ranker, SequentialRetrieval
 
 

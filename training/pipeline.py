@@ -44,8 +44,8 @@ from schemas.bundle import (
     seal,
 )
 from schemas.config import Settings
-from schemas.model_inputs import FIRST_ITEM, Vocabulary, item_tables
-from schemas.pipeline import retrieve
+from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary, item_tables
+from schemas.logic.pipeline import retrieve
 from schemas.sources.synthetic import SyntheticWorld
 from training.counts import TrainingCounts
 from training.data import Histories, Query, Split, fold_of, is_interaction, last_n_split, time_split, trending_before

@@ -13,9 +13,16 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from schemas.ann import ItemIndex
 from schemas.events import EventType
-from schemas.model_inputs import FIRST_ITEM, PADDING, Vocabulary, hour_of_day, sequence_arrays, user_feature_matrix
+from schemas.logic.ann import ItemIndex
+from schemas.logic.model_inputs import (
+    FIRST_ITEM,
+    PADDING,
+    Vocabulary,
+    hour_of_day,
+    sequence_arrays,
+    user_feature_matrix,
+)
 from training.data import Row
 from training.evaluate import Moments, pipeline_metrics
 from training.fit import Schedule, fit

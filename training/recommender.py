@@ -5,8 +5,8 @@ pipeline the service runs."""
 import numpy as np
 import tensorflow as tf
 
-from schemas.ann import ItemIndex
-from schemas.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
+from schemas.logic.ann import ItemIndex
+from schemas.logic.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
 from training.counts import TrainingCounts
 from training.models import Ranker, SequentialRetrieval
 

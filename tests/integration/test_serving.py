@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import hypothesis
+import jsonschema
 import orjson
 import pytest
 import schemathesis
@@ -19,9 +20,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from schemas.bundle import CURRENT, MANIFEST, RANKER, Manifest, Registry, seal, version_name
+from schemas.config import Settings
+from schemas.events import validate_event
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from tests.conftest import REPO_ROOT, Stack, free_port
+from tests.in_process import MemoryFeatureStore, RecordingProducer, in_memory_resources, with_client
 from tests.integration.test_feature_job import PrivateRedis, new_topic_named, publish
 from tests.integration.test_training import TINY, train_tiny
 
@@ -384,3 +388,150 @@ def served_routes(settings) -> set[tuple[str, str]]:
     routes = init_app(settings).router.routes()
     served = {(route.method, route.resource.canonical) for route in routes if route.method != "HEAD"}
     return {(method, path) for method, path in served if path != "/" and not path.startswith("/static")}
+
+
+# In-process tests: the app of `init_app` in this process with aiohttp's test client, a feature
+# store in memory and the tiny bundle `system` trained; every route is called.
+
+IN_PROCESS_EVENTS = [click("u1", f"i{n}", 1_735_700_000_000 + n * 60_000, n) for n in (1, 2, 3, 4, 5)]
+IN_PROCESS_EVENTS.append(click("u2", "i6", 1_735_700_600_000, 6))
+
+
+def in_process(system) -> tuple[Settings, MemoryFeatureStore, RecordingProducer, object]:
+    settings = system[0].settings
+    store, producer = (
+        MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS], settings.feature_spec()),
+        RecordingProducer(),
+    )
+    return settings, store, producer, in_memory_resources(store, producer, {"i1": "Item one"})
+
+
+def conforms(answer: dict, document: dict, name: str) -> None:
+    jsonschema.validate(answer, {"$ref": f"#/components/schemas/{name}", "components": document["components"]})
+
+
+async def json_of(response) -> tuple[int, dict]:
+    return response.status, await response.json()
+
+
+def test_in_process_recommendations_are_ranked_by_the_models_and_answer_as_documented(system):
+    settings, store, _, resources = in_process(system)
+
+    async def calls(client):
+        ask = lambda **query: client.get("/v1/recommendations", params=query)  # noqa: E731
+        known = await json_of(await ask(user_id="u1", k="5", exclude_seen="true", explain="true"))
+        cold = await json_of(await ask(user_id="nobody", k="3"))
+        bad = await json_of(await ask(user_id="u1", k="0", explain="maybe"))
+        document = await (await client.get("/openapi.json")).json()
+        store.down = True
+        down = await json_of(await ask(user_id="u1", k="3"))
+        return known, cold, bad, down, document
+
+    (_, known), (_, cold), bad, (_, down), document = with_client(settings, resources, calls)
+
+    assert (known["fallback"], known["reason"], known["model_version"]) == (
+        False,
+        None,
+        Registry(settings.models_dir).current(),
+    )
+    assert len(known["items"]) == 5 and not {item["item_id"] for item in known["items"]} & {
+        "i1",
+        "i2",
+        "i3",
+        "i4",
+        "i5",
+    }
+    assert {reason["item_id"] for item in known["items"] for reason in item["reasons"]} <= {
+        "i1",
+        "i2",
+        "i3",
+        "i4",
+        "i5",
+    }
+    assert any(item["reasons"] for item in known["items"])
+    trending = [item_id for item_id, _ in store.trending_list.data.items]
+    assert (cold["reason"], cold["fallback"], [item["item_id"] for item in cold["items"]]) == (
+        "cold start",
+        False,
+        trending[:3],
+    )
+    reasons = ["k: must be an integer from 1 to 100, got '0'", "explain: must be true or false, got 'maybe'"]
+    assert bad == (400, {"error": "bad request", "reasons": reasons})
+    assert down["fallback"] and down["reason"].startswith("redis unavailable")
+    for answer in (known, cold, down):
+        conforms(answer, document, "Recommendations")
+    conforms(bad[1], document, "BadRequestAnswer")
+
+
+def test_in_process_similar_trending_users_and_profile_answer_from_the_bundle_and_the_store(system):
+    settings, store, _, resources = in_process(system)
+
+    async def calls(client):
+        paths = ["/v1/items/i1/similar?k=3", "/v1/items/i999999/similar", "/v1/items/no%20such/similar",
+                 "/v1/trending?k=2", "/v1/users?limit=5", "/v1/users/u1/profile", "/openapi.json"]  # fmt: skip
+        answers = [await json_of(await client.get(path)) for path in paths]
+        page = await client.get("/")
+        return answers, page.status, page.content_type
+
+    answers, page_status, page_type = with_client(settings, resources, calls)
+    similar, unknown, invalid, trending, users, profile, (_, document) = answers
+
+    assert (
+        similar[0] == 200 and len(similar[1]["items"]) == 3 and "i1" not in {i["item_id"] for i in similar[1]["items"]}
+    )
+    assert unknown == (404, {"error": "unknown item i999999"}) and invalid[0] == 400
+    stored = [[item_id, score] for item_id, score in store.trending_list.data.items[:2]]
+    assert trending[0] == 200 and [[item["item_id"], item["score"]] for item in trending[1]["items"]] == stored
+    assert users == (200, {"users": ["u1", "u2"]})
+    assert [entry["item_id"] for entry in profile[1]["sequence"]] == ["i1", "i2", "i3", "i4", "i5"]
+    assert profile[1]["sequence"][0]["title"] == "Item one" and profile[1]["namespace"] == settings.namespace
+    assert (page_status, page_type) == (200, "text/html")
+    for answer in (similar[1], trending[1]):
+        conforms(answer, document, "ItemList")
+
+
+def test_in_process_events_are_acknowledged_all_or_none(system):
+    settings, _, producer, resources = in_process(system)
+    batch = [click("u9", "i1", 1_735_700_000_000, 90), click("u9", "i2", 1_735_700_060_000, 91)]
+
+    async def calls(client):
+        accepted = await json_of(await client.post("/v1/events", json=batch))
+        refused = await json_of(await client.post("/v1/events", json=[batch[0], {"user_id": "u9"}]))
+        producer.error = "broker down"
+        unacknowledged = await json_of(await client.post("/v1/events", json=batch[0]))
+        return accepted, refused, unacknowledged
+
+    accepted, refused, unacknowledged = with_client(settings, resources, calls)
+
+    assert accepted == (202, {"accepted": 2, "topic": settings.topic_events})
+    assert [orjson.loads(value)["event_id"] for _, _, value in producer.produced] == ["u9-90", "u9-91"]
+    assert refused[0] == 400 and all(reason.startswith("[1]") for reason in refused[1]["reasons"])
+    assert unacknowledged[0] == 503 and "broker down" in unacknowledged[1]["error"]
+
+
+def test_in_process_operator_routes_and_the_document_list_every_route(system):
+    settings, store, _, resources = in_process(system)
+
+    async def calls(client):
+        health, ready = await json_of(await client.get("/healthz")), await json_of(await client.get("/readyz"))
+        models = await json_of(await client.get("/v1/models"))
+        wrong = await client.post("/v1/admin/models/reload", headers={"Authorization": "Bearer wrong"})
+        reload = await json_of(await client.post("/v1/admin/models/reload", headers={"Authorization": "Bearer secret"}))
+        metrics = await (await client.get("/metrics")).text()
+        document = await (await client.get("/openapi.json")).json()
+        store.down = True
+        unready = await json_of(await client.get("/readyz"))
+        return health, ready, models, wrong.status, reload, metrics, document, unready
+
+    health, ready, models, wrong, reload, metrics, document, unready = with_client(settings, resources, calls)
+
+    assert health == (200, {"status": "ok"}) and ready[0] == 200 and ready[1]["ready"]
+    assert models[1]["live_version"] == Registry(settings.models_dir).current() == reload[1]["live_version"]
+    assert (wrong, reload[0], reload[1]["swapped"]) == (401, 200, False)
+    assert 'kingfisher_request_seconds_count{route="/healthz"}' in metrics
+    assert unready == (
+        503,
+        {"ready": False, "model_version": models[1]["live_version"], "problems": ["redis: ConnectionError"]},
+    )
+    documented = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
+    assert documented == served_routes(settings)

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from schemas import sample_log
-from schemas.ann import ItemIndex
 from schemas.bundle import RANKER, REPORT, Registry
 from schemas.config import Settings
+from schemas.logic.ann import ItemIndex
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.integration.test_feature_job import new_topic_named, publish
@@ -28,8 +28,8 @@ import sys, numpy as np
 from pathlib import Path
 from schemas.bundle import LoadedBundle
 from schemas.events import EventType
-from schemas.features import SequenceEntry
-from schemas.pipeline import RankRequest, rank_batch
+from schemas.logic.features import SequenceEntry
+from schemas.logic.pipeline import RankRequest, rank_batch
 bundle = LoadedBundle(Path(sys.argv[1]), 50_000)
 sequence = [SequenceEntry("e1", "i2", EventType.CLICK, 1_735_700_000_000),
             SequenceEntry("e2", "i3", EventType.CLICK, 1_735_700_060_000)]
@@ -43,8 +43,9 @@ COMPILED_EQUALS_PLAIN = """
 import sys, numpy as np
 from pathlib import Path
 from schemas.bundle import LoadedBundle
-from schemas.model_inputs import RANKER_FEATURES, SequenceArrays
-plain, compiled = (LoadedBundle(Path(sys.argv[1]), 50_000, compiled=flag) for flag in (False, True))
+from schemas.logic.model_inputs import RANKER_FEATURES, SequenceArrays
+from serving.compiled import CompiledBundle
+plain, compiled = (kind(Path(sys.argv[1]), 50_000) for kind in (LoadedBundle, CompiledBundle))
 length, items = plain.sequence_length, 2 + len(plain.vocabulary.item_ids)
 rng = np.random.default_rng(0)
 sequences = SequenceArrays(rng.integers(2, items, (5, length)).astype(np.int32), np.full((5, length), 2, np.int32),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from schemas.bundle import CURRENT, MANIFEST, BundleError, Manifest, Registry, compiled_shape, seal, verify
-from schemas.features import FeatureSpec
+from schemas.bundle import CURRENT, MANIFEST, BundleError, Manifest, Registry, seal, verify
+from schemas.logic.features import FeatureSpec
 
 
 def manifest(version: int) -> Manifest:
@@ -69,11 +69,3 @@ def test_registry_refuses_a_staged_bundle_with_another_version(tmp_path):
     with pytest.raises(BundleError, match="manifest says version 1, expected 2"):
         registry.publish(staged(registry, 1), 2)
     assert registry.current() is None
-
-
-@pytest.mark.parametrize(
-    ("rows", "candidates", "shape"),
-    [(1, 1, (1, 64)), (3, 243, (3, 256)), (4, 64, (4, 64)), (5, 65, (8, 128)), (9, 200, (16, 256))],
-)
-def test_compiled_calls_keep_up_to_four_rows_and_pad_candidates_to_multiples_of_64(rows, candidates, shape):
-    assert compiled_shape(rows, candidates) == shape

@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.events import Event, EventType
-from schemas.features import (
+from schemas.logic.features import (
     FeatureSpec,
     ItemFeatures,
     UserFeatures,
@@ -14,7 +14,7 @@ from schemas.features import (
     update_sequence,
     update_user_features,
 )
-from schemas.streaming import fold_stream, seen_sets
+from schemas.logic.streaming import fold_stream, seen_sets
 from tests.strategies import event_payloads
 
 T0 = 1_700_000_000_000

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from schemas.ann import ItemIndex
 from schemas.catalogue import validate_catalogue_item
-from schemas.covisitation import CoVisitation
 from schemas.events import EventType
-from schemas.features import SequenceEntry
-from schemas.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
-from schemas.pipeline import RankRequest, rank_batch
+from schemas.logic.ann import ItemIndex
+from schemas.logic.covisitation import CoVisitation
+from schemas.logic.features import SequenceEntry
+from schemas.logic.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
+from schemas.logic.pipeline import RankRequest, rank_batch
 
 ITEMS = ["a", "b", "c", "d", "e"]
 

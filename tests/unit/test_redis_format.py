@@ -2,7 +2,8 @@ import orjson
 import pytest
 
 from schemas.events import Event
-from schemas.features import FeatureSpec
+from schemas.logic.features import FeatureSpec
+from schemas.logic.streaming import fold_stream
 from schemas.redis_format import (
     FormatError,
     KeyKind,
@@ -14,7 +15,6 @@ from schemas.redis_format import (
     key_pattern,
     redis_key,
 )
-from schemas.streaming import fold_stream
 
 
 def test_key_layout_is_prefix_version_namespace_kind_entity():

@@ -2,15 +2,24 @@
 
 import redis
 
+from schemas.feature_store import SeenAddition, VersionedWrite
 from schemas.redis_format import encode_value
-from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter, SeenWrite
+from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter
 
 
-def writer_with(write_all) -> tuple[RedisWriter, list[float]]:
+class FakeStore:
+    """A feature store whose `write` is the test's function."""
+
+    def __init__(self, write):
+        self.write = write
+
+    def close(self) -> None:
+        pass
+
+
+def writer_with(write) -> tuple[RedisWriter, list[float]]:
     slept: list[float] = []
-    writer = RedisWriter("127.0.0.1", 1, "test", 1.0, sleep=slept.append)
-    writer._write_all = write_all
-    return writer, slept
+    return RedisWriter(FakeStore(write), "test", sleep=slept.append), slept
 
 
 def test_a_flush_writes_each_key_once_with_its_newest_state():
@@ -24,7 +33,12 @@ def test_a_flush_writes_each_key_once_with_its_newest_state():
     writer.flush()
     writer.flush()  # nothing queued: no call
 
-    assert calls == [[("k1", 3, encode_value({"n": 3}, 300), 0), ("k2", 1, encode_value({"n": 9}, 900), 5_000)]]
+    assert calls == [
+        [
+            VersionedWrite("k1", 3, encode_value({"n": 3}, 300), 0),
+            VersionedWrite("k2", 1, encode_value({"n": 9}, 900), 5_000),
+        ]
+    ]
 
 
 def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
@@ -59,4 +73,4 @@ def test_seen_items_queued_in_a_batch_are_written_once_per_set_with_each_items_n
 
     writer.flush()
 
-    assert calls == [{"s1": SeenWrite({"i1": 100, "i2": 300}, 2000, 9), "s2": SeenWrite({"i1": 70}, 2000, 9)}]
+    assert calls == [{"s1": SeenAddition({"i1": 100, "i2": 300}, 2000, 9), "s2": SeenAddition({"i1": 70}, 2000, 9)}]

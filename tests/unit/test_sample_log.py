@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import sample_log
-from schemas.features import FeatureSpec
+from schemas.logic.features import FeatureSpec
+from schemas.logic.samples import sample_rows
 from schemas.sample_log import fold_sample_log
-from schemas.samples import sample_rows
 from streams.sample_log import SampleLogKeeper
 from tests.event_streams import messy_stream
 from tests.operator_harness import KeyedState, batch_of, kafka_records, sample_lines, user_stage
@@ -189,7 +189,7 @@ def test_the_keeper_deletes_files_a_dead_run_left_in_progress_after_two_new_chec
 
 @pytest.mark.parametrize("before_version", [0, 3])
 def test_a_user_without_state_is_snapshotted_even_when_seen_today(before_version):
-    from schemas.streaming import UserState
+    from schemas.logic.streaming import UserState
     from streams.sample_log import SampleLogLines
     from tests.unit.test_streaming import event
 

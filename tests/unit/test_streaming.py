@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from schemas.dead_letters import dead_letter, original_payload
 from schemas.events import Event
-from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, popularity_at
-from schemas.samples import training_sample
-from schemas.streaming import (
+from schemas.logic.features import HOUR_MS, FeatureSpec, ItemFeatures, popularity_at
+from schemas.logic.samples import training_sample
+from schemas.logic.streaming import (
     RecentEventIds,
     TrendingState,
     TrendingUpdate,

@@ -5,9 +5,9 @@ import numpy as np
 
 from schemas.catalogue import validate_catalogue_item
 from schemas.events import EventType
-from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures
-from schemas.model_inputs import FIRST_ITEM, Vocabulary
-from schemas.samples import SampleRow, sample_rows
+from schemas.logic.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures
+from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
+from schemas.logic.samples import SampleRow, sample_rows
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from training.counts import TrainingCounts
 from training.data import Histories, bootstrap_rows, last_n_split, time_split, trending_before, windows

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.model_inputs import PADDING
+from schemas.logic.model_inputs import PADDING
 
 KEYS_FILE, COUNTS_FILE = "covisitation_keys.npy", "covisitation_counts.npy"
 

@@ -14,10 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
-from schemas.ann import ItemIndex
-from schemas.covisitation import CoVisitation
-from schemas.features import SequenceEntry, UserFeatures
-from schemas.model_inputs import (
+from schemas.logic.ann import ItemIndex
+from schemas.logic.covisitation import CoVisitation
+from schemas.logic.features import SequenceEntry, UserFeatures
+from schemas.logic.model_inputs import (
     FIRST_ITEM,
     PADDING,
     ScoreScale,

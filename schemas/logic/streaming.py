@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from schemas.events import Event
-from schemas.features import (
+from schemas.logic.features import (
     FeatureSpec,
     ItemEvent,
     ItemFeatures,

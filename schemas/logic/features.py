@@ -7,7 +7,7 @@ sums and maxima, and decayed popularity is anchored so a late event adds what it
 added on time. Deduplication by event_id across the whole history is the caller's job (keyed
 state in the stream, `unique_events` offline); `update_sequence` also ignores an event_id it holds.
 
-The state classes here and in `schemas.streaming` are slotted dataclasses that nothing mutates:
+The state classes here and in `schemas.logic.streaming` are slotted dataclasses that nothing mutates:
 every function builds new ones. They are not declared frozen because a frozen dataclass sets each
 field through object.__setattr__, and the stream builds several per event: that was one of the
 largest costs of its Python operators.

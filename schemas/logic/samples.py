@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from schemas.events import Event, EventType
-from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures, unique_events
-from schemas.streaming import UserState, apply_user_event
+from schemas.logic.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures, unique_events
+from schemas.logic.streaming import UserState, apply_user_event
 
 LABELLED_TYPES = frozenset({EventType.IMPRESSION, EventType.CLICK, EventType.RATING, EventType.PURCHASE})
 

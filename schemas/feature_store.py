@@ -1,0 +1,223 @@
+"""The online feature store: every read and write of Kingfisher's state in Redis, in Redis format v2.
+
+`schemas.redis_format` says what is stored (keys, value codecs); this module is the one place that
+sends it to Redis and reads it back: versioned writes that never move a key backwards, the seen
+sets, the namespaces, and the reads serving makes per request. `FeatureStore` (redis-py) serves the
+stream's writers, replay, the CLIs and the benchmarks; `AsyncFeatureStore` (redis.asyncio) serves
+the service. One contract test suite (tests/integration/test_feature_store.py) runs against each
+Redis deployment the store supports.
+"""
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from schemas.redis_format import (
+    TRENDING_ENTITY,
+    VALUE_FIELD,
+    VERSION_FIELD,
+    KeyKind,
+    StoredValue,
+    active_namespace_key,
+    decode_value,
+    entity_of,
+    key_pattern,
+    redis_key,
+)
+
+SCAN_BATCH = 1000
+UPSERT_KEYS_PER_CALL = 500
+"""Keys per call of the compare-and-set script: a script blocks Redis while it runs."""
+
+# KEYS = the keys; ARGV = version, value, ttl in ms (0: none) of each key in turn. Writes each key
+# unless its stored version is newer; returns how many it wrote. One call takes many keys, so a
+# writer pays one round trip and one script run for a whole batch.
+UPSERT_IF_NOT_OLDER = """
+local written = 0
+for i, key in ipairs(KEYS) do
+  local version, ttl = ARGV[3 * i - 2], tonumber(ARGV[3 * i])
+  local stored = redis.call('HGET', key, 'version')
+  if not stored or tonumber(stored) <= tonumber(version) then
+    redis.call('HSET', key, 'version', version, 'value', ARGV[3 * i - 1])
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedWrite:
+    """The new state of one feature key: written unless the stored version is newer."""
+
+    key: str
+    version: int
+    value: bytes
+    """An `encode_value` envelope."""
+    ttl_ms: int = 0
+    """0: the key never expires."""
+
+
+@dataclass(slots=True)
+class SeenAddition:
+    """Items to add to one user's seen set (item_id -> interaction time, epoch ms)."""
+
+    entries: dict[str, int] = field(default_factory=dict)
+    capacity: int = 2000
+    ttl_ms: int = 0
+
+    def add(self, item_id: str, ts: int) -> None:
+        self.entries[item_id] = max(ts, self.entries.get(item_id, ts))
+
+
+def upsert_calls(writes: Sequence[VersionedWrite]) -> Iterator[tuple[list[str], list[int | bytes]]]:
+    """The (KEYS, ARGV) of the `UPSERT_IF_NOT_OLDER` calls that make `writes`, at most
+    UPSERT_KEYS_PER_CALL keys per call."""
+    for start in range(0, len(writes), UPSERT_KEYS_PER_CALL):
+        chunk = writes[start : start + UPSERT_KEYS_PER_CALL]
+        yield [w.key for w in chunk], [part for w in chunk for part in (w.version, w.value, w.ttl_ms)]
+
+
+def _queue_seen(pipeline: Any, key: str, addition: SeenAddition) -> None:
+    """`schemas.logic.features.update_seen` in Redis. ZADD GT keeps each item's newest time and
+    ZREMRANGEBYRANK drops the oldest (ties: the smaller item_id first, as `update_seen`), so writing
+    the same entries again, or late, changes nothing."""
+    pipeline.zadd(key, dict(addition.entries), gt=True)
+    pipeline.zremrangebyrank(key, 0, -(addition.capacity + 1))
+    if addition.ttl_ms > 0:
+        pipeline.pexpire(key, addition.ttl_ms)
+
+
+def _text(raw: bytes | str | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class FeatureStore:
+    """Blocking access for the stream, replay, the CLIs and the benchmarks."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._upsert_sha: str | None = None
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout_s: float | None = None) -> "FeatureStore":
+        return cls(redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s))
+
+    def write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition] | None = None) -> int:
+        """Make `writes` and the seen sets' additions (seen-set key -> addition) in one round trip;
+        returns how many versioned keys were written (the rest were older than what is stored).
+        Every write is idempotent, so a caller may simply send again what failed."""
+        try:
+            return self._write(writes, seen or {})
+        except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
+            self._upsert_sha = None
+            return self._write(writes, seen or {})
+
+    def _write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition]) -> int:
+        # EVALSHA of a script loaded once: redis-py's Script object asks SCRIPT EXISTS before every pipeline.
+        if self._upsert_sha is None:
+            self._upsert_sha = self.client.script_load(UPSERT_IF_NOT_OLDER)
+        pipeline = self.client.pipeline(transaction=False)
+        calls = 0
+        for keys, arguments in upsert_calls(writes):
+            pipeline.evalsha(self._upsert_sha, len(keys), *keys, *arguments)
+            calls += 1
+        for key, addition in seen.items():
+            _queue_seen(pipeline, key, addition)
+        return sum(pipeline.execute()[:calls])
+
+    def read(self, kind: KeyKind, entity_id: str, namespace: str) -> tuple[int, StoredValue] | None:
+        """A feature key's (version, decoded value), None when absent."""
+        version, value = self.client.hmget(redis_key(kind, entity_id, namespace), VERSION_FIELD, VALUE_FIELD)
+        return None if value is None else (int(version), decode_value(kind, value))
+
+    def read_seen(self, user_id: str, namespace: str) -> dict[str, int]:
+        """A user's seen set: item_id -> newest interaction time, oldest first."""
+        raw = self.client.zrange(redis_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1, withscores=True)
+        return {_text(item): int(ts) for item, ts in raw}
+
+    def entities(self, namespace: str, kind: KeyKind) -> Iterator[str]:
+        """The entity ids that have a key of `kind` in `namespace`, in no particular order."""
+        for key in self.client.scan_iter(match=key_pattern(namespace, kind), count=SCAN_BATCH):
+            yield entity_of(_text(key), kind, namespace)
+
+    def active_namespace(self, default: str) -> str:
+        """The namespace serving reads: the control key, or `default` (KF_NAMESPACE) while none was set."""
+        return _text(self.client.get(active_namespace_key())) or default
+
+    def switch_namespace(self, namespace: str) -> str | None:
+        """Point serving at `namespace` in one atomic SET; returns the namespace it pointed at before."""
+        key_pattern(namespace)  # refuses an invalid name before the switch
+        return _text(self.client.set(active_namespace_key(), namespace, get=True))
+
+    def count_keys(self, namespace: str) -> int:
+        return sum(1 for _ in self.client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH))
+
+    def drop_namespace(self, namespace: str) -> int:
+        """Delete every key of `namespace`; returns how many."""
+        dropped, batch = 0, []
+        for key in self.client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                dropped, batch = dropped + self.client.unlink(*batch), []
+        return dropped + (self.client.unlink(*batch) if batch else 0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class UserRead:
+    """What serving reads for one request: the user's stored sequence and features, the trending
+    list (None where absent) and, when asked for, the user's seen set."""
+
+    sequence: StoredValue | None
+    features: StoredValue | None
+    trending: StoredValue | None
+    seen: frozenset[str] = frozenset()
+
+
+class AsyncFeatureStore:
+    """The service's reads, each one pipelined round trip."""
+
+    def __init__(self, client: aioredis.Redis):
+        self.client = client
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def active_namespace(self, default: str) -> str:
+        return _text(await self.client.get(active_namespace_key())) or default
+
+    async def read_user(self, user_id: str, namespace: str, seen: bool = False) -> UserRead:
+        kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
+        entities = (user_id, user_id, TRENDING_ENTITY)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for kind, entity in zip(kinds, entities, strict=True):
+                pipe.hget(redis_key(kind, entity, namespace), VALUE_FIELD)
+            if seen:
+                pipe.zrange(redis_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1)
+            raw = await pipe.execute()
+        values = [
+            decode_value(kind, value) if value is not None else None
+            for kind, value in zip(kinds, raw[: len(kinds)], strict=True)
+        ]
+        seen_set = frozenset(_text(item) for item in raw[len(kinds)]) if seen else frozenset()
+        return UserRead(*values, seen=seen_set)
+
+    async def trending(self, namespace: str) -> StoredValue | None:
+        raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace), VALUE_FIELD)
+        return decode_value(KeyKind.TRENDING, raw) if raw is not None else None
+
+    async def users(self, namespace: str, limit: int) -> list[str]:
+        """Up to `limit` users that have a live sequence, shortest ids first (for a picker, not a census)."""
+        users = []
+        async for key in self.client.scan_iter(match=key_pattern(namespace, KeyKind.USER_SEQUENCE), count=500):
+            users.append(entity_of(_text(key), KeyKind.USER_SEQUENCE, namespace))
+            if len(users) >= limit:
+                break
+        return sorted(users, key=lambda user: (len(user), user))

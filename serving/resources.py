@@ -1,0 +1,89 @@
+"""What the service holds while it runs, under typed application keys, and the `cleanup_ctx` that
+opens and closes it: the thread pool for model calls, the feature store, the Kafka producer, the
+model holder, the micro-batcher, catalogue titles and the background tasks that follow the active
+namespace and model updates."""
+
+import asyncio
+import gc
+import logging
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from confluent_kafka import Producer
+
+from schemas.catalogue_topic import read_catalogue_topic
+from schemas.config import Settings
+from schemas.feature_store import AsyncFeatureStore
+from schemas.logic.pipeline import rank_batch
+from serving.batcher import MicroBatcher
+from serving.heap import InFlight, freeze_imports
+from serving.live import LiveStore
+from serving.metrics import GcPauseProbe, Metrics
+from serving.models import ModelHolder, listen_for_updates
+
+log = logging.getLogger("kingfisher.serving")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", LiveStore)
+MODELS = web.AppKey("models", ModelHolder)
+METRICS = web.AppKey("metrics", Metrics)
+PRODUCER = web.AppKey("producer", Producer)
+TITLES = web.AppKey("titles", dict)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+BATCHER = web.AppKey("batcher", MicroBatcher)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
+async def resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[EXECUTOR] = ThreadPoolExecutor(settings.serve_model_threads, thread_name_prefix="models")
+    client = aioredis.Redis(
+        host=settings.bind_host, port=settings.redis_port, socket_connect_timeout=1, socket_timeout=1
+    )
+    app[STORE] = LiveStore(AsyncFeatureStore(client), settings.namespace)
+    app[PRODUCER] = Producer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT])
+    loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+    try:
+        app[TITLES] = await loop.run_in_executor(app[EXECUTOR], _titles, settings)
+    except Exception as error:  # a missing catalogue costs titles only
+        log.warning("no catalogue titles: %s", error)
+        app[TITLES] = {}
+    listener = listen_for_updates(settings, loop, wake, stop)
+    deliveries = threading.Thread(target=_serve_deliveries, args=(app[PRODUCER], stop), name="kafka deliveries")
+    deliveries.start()
+    app[BATCHER] = MicroBatcher(
+        rank_batch, app[EXECUTOR], settings.serve_model_threads, settings.serve_max_batch, app[METRICS].observe_batch
+    )
+    freeze_imports()
+    gc.callbacks.append(probe := GcPauseProbe(app[METRICS]))
+    tasks = [
+        asyncio.create_task(app[BATCHER].run(), name="batcher"),
+        asyncio.create_task(app[STORE].follow_namespace(), name="namespace"),
+        asyncio.create_task(app[MODELS].follow(wake), name="models"),
+    ]
+    yield
+    for task in tasks:
+        task.cancel()
+    gc.callbacks.remove(probe)
+    stop.set()
+    await loop.run_in_executor(None, listener.join, 5)
+    await loop.run_in_executor(None, deliveries.join, 5)
+    await loop.run_in_executor(None, app[PRODUCER].flush, 10)
+    await client.aclose()
+    app[EXECUTOR].shutdown(wait=True)
+
+
+def _serve_deliveries(producer: Producer, stop: threading.Event) -> None:
+    """Run the producer's delivery callbacks (they settle POST /v1/events' acknowledgements)."""
+    while not stop.is_set():
+        producer.poll(0.1)
+
+
+def _titles(settings: Settings) -> dict[str, str]:
+    return {item_id: item.title for item_id, item in read_catalogue_topic(settings).items()}

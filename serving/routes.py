@@ -1,0 +1,66 @@
+"""The service's routes: each with its handler, parameter models and answers, from which
+`serving.openapi` generates the document at /openapi.json."""
+
+from aiohttp import web
+
+from schemas.config import Settings
+from serving import handlers
+from serving.handlers import MAX_BATCH, WEB_DIR, json_response
+from serving.openapi import Answer, BadRequestAnswer, ItemList, Recommendations, Route, openapi_document
+from serving.parameters import ItemPath, RecommendationsQuery, SimilarQuery, TrendingQuery, UserPath, UsersQuery
+from serving.resources import SETTINGS
+
+BAD_REQUEST = Answer("Invalid input: `reasons` lists each problem.", BadRequestAnswer)
+UNAVAILABLE = Answer("Redis did not answer within the request budget.")
+
+
+def _events_body(_settings: Settings) -> dict:
+    event = {"$ref": "#/components/schemas/Event"}
+    return {"oneOf": [event, {"type": "array", "items": event, "minItems": 1, "maxItems": MAX_BATCH}]}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document(request.app[SETTINGS], ROUTES))
+
+
+ROUTES = (
+    Route("GET", "/v1/recommendations", handlers.recommendations,
+          "Recommendations from the user's live sequence: Faiss recall, DIN ranking.",
+          {200: Answer("Recommendations.", Recommendations), 400: BAD_REQUEST}, [RecommendationsQuery]),
+    Route("GET", "/v1/items/{item_id}/similar", handlers.similar_items, "Items nearest in the retrieval space.",
+          {200: Answer("Similar items.", ItemList), 400: BAD_REQUEST, 404: Answer("Unknown item."),
+           503: Answer("No model loaded.")}, [ItemPath, SimilarQuery]),
+    Route("GET", "/v1/users", handlers.users,
+          "Some users with a live sequence (a picker for the demo page and operators).",
+          {200: Answer("User ids."), 400: BAD_REQUEST, 503: UNAVAILABLE}, [UsersQuery]),
+    Route("GET", "/v1/users/{user_id}/profile", handlers.profile,
+          "The live sequence and features as stored in Redis.",
+          {200: Answer("Profile."), 400: BAD_REQUEST, 503: UNAVAILABLE}, [UserPath]),
+    Route("GET", "/v1/trending", handlers.trending, "The stream's trending items, most popular first.",
+          {200: Answer("Trending items with scores.", ItemList), 400: BAD_REQUEST, 503: UNAVAILABLE},
+          [TrendingQuery]),
+    Route("POST", "/v1/events", handlers.post_events,
+          f"Publish one event or a list of at most {MAX_BATCH} to Kafka; all or nothing.",
+          {202: Answer("Acknowledged by Kafka: `accepted` counts the events."), 400: BAD_REQUEST,
+           503: Answer("Not all acknowledged by Kafka in time: resend the batch (event ids dedupe).")},
+          body=_events_body),
+    Route("GET", "/v1/models", handlers.models, "The live model version and the retained ones with their metrics.",
+          {200: Answer("Model versions.")}),
+    Route("POST", "/v1/admin/models/reload", handlers.reload_models,
+          "Load the registry's current version now (Authorization: Bearer KF_ADMIN_TOKEN).",
+          {200: Answer("Reload result."), 401: Answer("Wrong or missing token."),
+           403: Answer("Admin routes are off.")}),
+    Route("GET", "/healthz", handlers.healthz, "Liveness.", {200: Answer("Alive.")}),
+    Route("GET", "/readyz", handlers.readyz, "Readiness: a model is loaded and Redis answers.",
+          {200: Answer("Ready."), 503: Answer("Not ready, with problems.")}),
+    Route("GET", "/metrics", handlers.metrics, "Prometheus metrics.",
+          {200: Answer("Prometheus text format.", media_type="text/plain")}),
+    Route("GET", "/openapi.json", openapi, "This document.", {200: Answer("OpenAPI 3.1.")}),
+)  # fmt: skip
+
+
+def add_routes(app: web.Application) -> None:
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.router.add_get("/", handlers.page)
+    app.router.add_static("/static", WEB_DIR)

@@ -1,0 +1,170 @@
+"""The feature store's contract, run against each Redis deployment it supports (single Redis today).
+
+Every way Kingfisher reaches Redis goes through `schemas.feature_store`, so these tests are the
+guarantees the job, replay, serving and the benchmarks rely on."""
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.events import EventType
+from schemas.feature_store import UPSERT_KEYS_PER_CALL, AsyncFeatureStore, FeatureStore, SeenAddition, VersionedWrite
+from schemas.logic.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence, update_seen
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, encode_value, redis_key
+from tests.conftest import Stack
+
+DEPLOYMENTS = ["single"]
+"""Redis deployments the suite runs against; Redis Cluster joins with the scale-out work."""
+
+seen_entries = st.lists(
+    st.tuples(st.sampled_from(["i1", "i2", "i10", "ï3", "a", "b:c"]), st.integers(0, 6)), max_size=30
+)
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def store(request, stack: Stack) -> Iterator[FeatureStore]:
+    store = FeatureStore.connect(stack.settings.bind_host, stack.settings.redis_port, timeout_s=5)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def namespace(store: FeatureStore) -> Iterator[str]:
+    name = f"contract-{uuid.uuid4().hex[:12]}"
+    yield name
+    store.drop_namespace(name)
+
+
+def write_of(kind: KeyKind, entity: str, namespace: str, version: int, data, ttl_ms: int = 0) -> VersionedWrite:
+    return VersionedWrite(
+        redis_key(kind, entity, namespace), version, encode_value(data, as_of=1_000 + version), ttl_ms
+    )
+
+
+def features(clicks: int) -> UserFeatures:
+    return UserFeatures(event_counts={"click": clicks}, last_ts=1_000)
+
+
+def test_a_write_lands_unless_the_stored_version_is_newer(store: FeatureStore, namespace: str):
+    first = [write_of(KeyKind.USER_FEATURES, "a", namespace, 2, features(2)),
+             write_of(KeyKind.USER_FEATURES, "b", namespace, 5, features(5))]  # fmt: skip
+    second = [write_of(KeyKind.USER_FEATURES, "a", namespace, 1, features(1)),
+              write_of(KeyKind.USER_FEATURES, "b", namespace, 5, features(50)),
+              write_of(KeyKind.USER_FEATURES, "c", namespace, 1, features(1))]  # fmt: skip
+
+    written = [store.write(first), store.write(second)]
+
+    assert written == [2, 2]  # a's version 1 is older than the stored 2; b's equal version is rewritten
+    assert store.read(KeyKind.USER_FEATURES, "a", namespace)[0] == 2
+    assert store.read(KeyKind.USER_FEATURES, "a", namespace)[1].data == features(2)
+    assert store.read(KeyKind.USER_FEATURES, "b", namespace)[1].data == features(50)
+    assert store.read(KeyKind.USER_FEATURES, "c", namespace)[1].as_of == 1_001
+    assert store.read(KeyKind.USER_FEATURES, "d", namespace) is None
+
+
+def test_a_write_with_a_ttl_expires_and_one_without_does_not(store: FeatureStore, namespace: str):
+    store.write([write_of(KeyKind.ITEM_FEATURES, "x", namespace, 1, ItemFeatures(), ttl_ms=60_000),
+                 write_of(KeyKind.ITEM_FEATURES, "y", namespace, 1, ItemFeatures())])  # fmt: skip
+
+    assert 0 < store.client.pttl(redis_key(KeyKind.ITEM_FEATURES, "x", namespace)) <= 60_000
+    assert store.client.pttl(redis_key(KeyKind.ITEM_FEATURES, "y", namespace)) == -1
+
+
+def test_more_writes_than_one_script_call_takes_all_land_with_their_own_values(store: FeatureStore, namespace: str):
+    count = 2 * UPSERT_KEYS_PER_CALL + 7
+    writes = [write_of(KeyKind.USER_FEATURES, f"u{n}", namespace, n + 1, features(n)) for n in range(count)]
+
+    assert store.write(writes) == count
+    version, stored = store.read(KeyKind.USER_FEATURES, f"u{UPSERT_KEYS_PER_CALL + 3}", namespace)
+    assert (version, stored.data) == (UPSERT_KEYS_PER_CALL + 4, features(UPSERT_KEYS_PER_CALL + 3))
+    assert sorted(store.entities(namespace, KeyKind.USER_FEATURES)) == sorted(f"u{n}" for n in range(count))
+
+
+def test_writes_go_on_after_redis_forgets_the_script(store: FeatureStore, namespace: str):
+    store.write([write_of(KeyKind.USER_FEATURES, "a", namespace, 1, features(1))])
+    store.client.script_flush()  # as a restarted Redis without its script cache
+
+    assert store.write([write_of(KeyKind.USER_FEATURES, "a", namespace, 2, features(2))]) == 1
+    assert store.read(KeyKind.USER_FEATURES, "a", namespace)[0] == 2
+
+
+# Each example writes a user of its own, so sharing the one store across examples is harmless.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seen_entries, st.integers(min_value=1, max_value=4), st.randoms(use_true_random=False))
+def test_seen_additions_in_any_batches_and_order_equal_update_seen(
+    store: FeatureStore, namespace: str, entries, capacity, rng
+):
+    user = uuid.uuid4().hex  # not random: Hypothesis seeds it per example
+    key, spec, expected = redis_key(KeyKind.USER_SEEN, user, namespace), FeatureSpec(seen_capacity=capacity), {}
+    for entry in entries:
+        expected = update_seen(expected, entry, spec)
+    replayed = entries + entries[: len(entries) // 2]  # a restart writes some entries again
+    rng.shuffle(replayed)
+
+    for start in range(0, len(replayed), 4):
+        addition = SeenAddition(capacity=capacity, ttl_ms=60_000)
+        for item, ts in replayed[start : start + 4]:
+            addition.add(item, ts)
+        store.write([], {key: addition})
+
+    assert store.read_seen(user, namespace) == expected
+    assert not entries or 0 < store.client.pttl(key) <= 60_000
+
+
+def test_switching_namespaces_is_what_serving_follows_and_dropping_one_leaves_the_others(
+    store: FeatureStore, namespace: str
+):
+    other = f"{namespace}-b"
+    store.write([write_of(KeyKind.USER_FEATURES, "a", namespace, 1, features(1))])
+    store.write([write_of(KeyKind.USER_FEATURES, n, other, 1, features(1)) for n in ("a", "b")])
+    before = store.active_namespace("fallback")
+
+    try:
+        switched_from = store.switch_namespace(other)
+        assert store.active_namespace("fallback") == other
+        assert (store.count_keys(namespace), store.count_keys(other)) == (1, 2)
+        assert store.drop_namespace(other) == 2
+        assert (store.count_keys(namespace), store.count_keys(other)) == (1, 0)
+    finally:
+        store.client.delete(redis_key(KeyKind.ACTIVE_NAMESPACE, "current", "control"))
+        if before != "fallback":
+            store.switch_namespace(before)
+    assert switched_from == (None if before == "fallback" else before)
+    with pytest.raises(ValueError, match="namespace"):
+        store.switch_namespace("Not:Valid")
+
+
+def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, store: FeatureStore, namespace: str):
+    sequence = UserSequence(
+        (SequenceEntry("e1", "i1", EventType.CLICK, 1_000), SequenceEntry("e2", "i2", EventType.PLAY, 2_000))
+    )
+    trending = Trending(items=(("i2", 3.0), ("i1", 1.5)), at_ts=2_000)
+    store.write(
+        [
+            write_of(KeyKind.USER_SEQUENCE, "u1", namespace, 2, sequence),
+            write_of(KeyKind.USER_FEATURES, "u1", namespace, 2, features(2)),
+            write_of(KeyKind.TRENDING, TRENDING_ENTITY, namespace, 7, trending),
+        ],
+        {redis_key(KeyKind.USER_SEEN, "u1", namespace): SeenAddition({"i1": 1_000, "i9": 500})},
+    )
+
+    async def read():
+        client = aioredis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+        reader = AsyncFeatureStore(client)
+        try:
+            return (await reader.read_user("u1", namespace, seen=True), await reader.read_user("u2", namespace),
+                    await reader.users(namespace, 10))  # fmt: skip
+        finally:
+            await client.aclose()
+
+    known, unknown, users = asyncio.run(read())
+
+    assert (known.sequence.data, known.features.data, known.trending.data) == (sequence, features(2), trending)
+    assert known.seen == {"i1", "i9"} and known.sequence.as_of == 1_002
+    assert (unknown.sequence, unknown.features, unknown.trending.data, unknown.seen) == (None, None, trending, set())
+    assert users == ["u1"]

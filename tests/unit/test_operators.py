@@ -1,0 +1,113 @@
+"""The feature job's three operators wired as the job wires them, without Flink: fake keyed state
+that pickles (as Flink's does), a writer in memory. Their Redis writes must equal what
+`fold_stream` computes, through batches, duplicates, bad records and a restore from a checkpoint."""
+
+import orjson
+
+from schemas.config import Settings
+from schemas.events import Event, EventType
+from schemas.logic.streaming import fold_stream, seen_sets, trending_list
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
+from streams.operators import DEAD_LETTERS, SAMPLES, ItemFeaturesFunction, TrendingFunction, UserFeaturesFunction
+from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
+
+SETTINGS = Settings()
+SPEC = SETTINGS.feature_spec()
+START = 1_735_700_000_000
+
+
+def event(n: int, user: str, item: str, kind: EventType = EventType.CLICK, **fields) -> Event:
+    return Event(event_id=f"e{n}", user_id=user, item_id=item, type=kind, ts=START + n * 1_000, **fields)
+
+
+EVENTS = [
+    event(1, "u1", "i1"),
+    event(2, "u2", "i1", EventType.IMPRESSION),
+    event(3, "u1", "i2", EventType.RATING, value=4.5),
+    event(4, "u3", "i3", EventType.PLAY),
+    event(5, "u2", "i2"),
+    event(6, "u1", "i3"),
+    event(7, "u3", "i1"),
+]
+
+
+class Job:
+    """The three stages over one keyed state each, writing to one memory writer (one Redis)."""
+
+    def __init__(self, states: tuple[KeyedState, KeyedState, KeyedState] | None = None):
+        self.states = states or (KeyedState(), KeyedState(), KeyedState())
+        self.writer = MemoryWriter()
+        kinds = (UserFeaturesFunction, ItemFeaturesFunction, TrendingFunction)
+        self.users, self.items, self.trending = (
+            opened(kind, state, self.writer, SETTINGS) for kind, state in zip(kinds, self.states, strict=True)
+        )
+        self.dead_letters: list[dict] = []
+
+    def run(self, records: list[tuple[bytes, int, int]]) -> None:
+        """One batch of raw records through the three stages, as the job's keyed streams pass them on."""
+        for output in list(self.users.process_element(batch_of(records), None)):
+            if output[0] is DEAD_LETTERS:
+                self.dead_letters.append(orjson.loads(output[1]))
+            elif output[0] is not SAMPLES:
+                for updates in list(self.items.process_element(output, None)):
+                    list(self.trending.process_element(updates, None))
+
+    def checkpoint(self) -> tuple[KeyedState, KeyedState, KeyedState]:
+        return tuple(state.checkpoint() for state in self.states)
+
+
+def reference(events: list[Event]) -> dict[str, object]:
+    """Every key the stream writes for `events`, with the value `fold_stream` gives it."""
+    users, items, trending = fold_stream(events, SPEC)
+    expected: dict[str, object] = {redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "test"): trending_list(trending, SPEC)}
+    for user_id, state in users.items():
+        expected[redis_key(KeyKind.USER_SEQUENCE, user_id, "test")] = state.sequence
+        expected[redis_key(KeyKind.USER_FEATURES, user_id, "test")] = state.features
+    for item_id, state in items.items():
+        expected[redis_key(KeyKind.ITEM_FEATURES, item_id, "test")] = state.features
+    return expected
+
+
+def stored(writer: MemoryWriter) -> dict[str, object]:
+    return {key: value for key, (_, value) in writer.stored.items()}
+
+
+def test_the_three_operators_over_several_batches_write_what_fold_stream_computes():
+    job = Job()
+    records = kafka_records(EVENTS)
+
+    for start in range(0, len(records), 3):
+        job.run(records[start : start + 3])
+
+    assert stored(job.writer) == reference(EVENTS)
+    expected_seen = {redis_key(KeyKind.USER_SEEN, user, "test"): seen for user, seen in seen_sets(EVENTS, SPEC).items()}
+    assert job.writer.seen == expected_seen
+    assert job.writer.stored[redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "test")][0] == len(EVENTS)
+
+
+def test_a_redelivered_event_counts_once_and_a_bad_record_becomes_a_dead_letter_with_its_reason():
+    job = Job()
+    records = kafka_records(EVENTS)
+    bad = (b'{"event_id": "x", "user_id": "u1"}', 0, 99)
+
+    job.run(records[:4])
+    job.run([*records[2:], bad])  # two records delivered again, and one that is not an event
+
+    assert stored(job.writer) == reference(EVENTS)
+    assert len(job.dead_letters) == 1 and job.dead_letters[0]["source"]["offset"] == 99
+    assert "item_id" in job.dead_letters[0]["reason"]
+
+
+def test_a_job_restored_from_a_checkpoint_reapplies_what_came_after_it_and_counts_nothing_twice():
+    first = Job()
+    records = kafka_records(EVENTS)
+    first.run(records[:3])
+    saved = first.checkpoint()
+    first.run(records[3:5])  # applied and written, then the job dies before the next checkpoint
+
+    restored = Job(saved)
+    restored.writer.stored = dict(first.writer.stored)  # Redis outlives the job
+    restored.run(records[3:])
+
+    assert stored(restored.writer) == reference(EVENTS)
+    assert restored.writer.stored[redis_key(KeyKind.USER_FEATURES, "u1", "test")][0] == 3  # u1's three events
