@@ -107,7 +107,7 @@ def test_seen_additions_in_any_batches_and_order_equal_update_seen(
     rng.shuffle(replayed)
 
     for start in range(0, len(replayed), 4):
-        addition = SeenAddition(capacity=capacity, ttl_ms=60_000)
+        addition = SeenAddition({}, capacity, ttl_ms=60_000)
         for item, ts in replayed[start : start + 4]:
             addition.add(item, ts)
         store.write([], {key: addition})
@@ -150,7 +150,7 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, sto
             write_of(KeyKind.USER_FEATURES, "u1", namespace, 2, features(2)),
             write_of(KeyKind.TRENDING, TRENDING_ENTITY, namespace, 7, trending),
         ],
-        {redis_key(KeyKind.USER_SEEN, "u1", namespace): SeenAddition({"i1": 1_000, "i9": 500})},
+        {redis_key(KeyKind.USER_SEEN, "u1", namespace): SeenAddition({"i1": 1_000, "i9": 500}, capacity=10)},
     )
 
     async def read():
