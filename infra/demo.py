@@ -55,39 +55,39 @@ class History:
         if self.path is not None:
             arguments += ["--path", str(self.path)]
         if self.source == "synthetic" and what == "events":
-            arguments += ["--limit", str(settings.demo_synthetic_events)]
+            arguments += ["--limit", str(settings.demo.demo_synthetic_events)]
         return arguments
 
 
 def choose_history(settings: Settings) -> History:
     """KF_MOVIELENS_PATH, then ../shared/datasets/ml-latest-small, then a download, then synthetic."""
-    if settings.demo_source == "synthetic":
+    if settings.demo.demo_source == "synthetic":
         return History("synthetic", None, "KF_DEMO_SOURCE=synthetic")
-    if settings.movielens_path is not None:
-        if not settings.movielens_path.is_dir():
-            raise StackError(f"KF_MOVIELENS_PATH={settings.movielens_path} is not a directory")
-        return History("movielens", settings.movielens_path, "KF_MOVIELENS_PATH")
+    if settings.stack.movielens_path is not None:
+        if not settings.stack.movielens_path.is_dir():
+            raise StackError(f"KF_MOVIELENS_PATH={settings.stack.movielens_path} is not a directory")
+        return History("movielens", settings.stack.movielens_path, "KF_MOVIELENS_PATH")
     if SHARED_DATASET.is_dir():
         return History("movielens", SHARED_DATASET, f"found {SHARED_DATASET}")
     downloaded = download_movielens(settings)
     if downloaded is not None:
-        return History("movielens", downloaded, f"downloaded from {settings.movielens_url}")
-    if settings.demo_source == "movielens":
+        return History("movielens", downloaded, f"downloaded from {settings.demo.movielens_url}")
+    if settings.demo.demo_source == "movielens":
         raise StackError("KF_DEMO_SOURCE=movielens, but no MovieLens directory is on disk and the download failed")
     return History("synthetic", None, "no MovieLens on disk and no download: the synthetic generator")
 
 
 def download_movielens(settings: Settings) -> Path | None:
     """ml-latest-small unpacked under KF_RUN_DIR/datasets, or None when it cannot be fetched."""
-    target = (settings.run_dir / "datasets").resolve()
-    directory = target / Path(settings.movielens_url).stem
+    target = (settings.stack.run_dir / "datasets").resolve()
+    directory = target / Path(settings.demo.movielens_url).stem
     if (directory / "ratings.csv").exists():
         return directory
-    archive = target / Path(settings.movielens_url).name
+    archive = target / Path(settings.demo.movielens_url).name
     target.mkdir(parents=True, exist_ok=True)
-    console.print(f"downloading {settings.movielens_url} …")
+    console.print(f"downloading {settings.demo.movielens_url} …")
     try:
-        with urllib.request.urlopen(settings.movielens_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+        with urllib.request.urlopen(settings.demo.movielens_url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             archive.write_bytes(response.read())
         with zipfile.ZipFile(archive) as unpacked:
             unpacked.extractall(target)
@@ -105,8 +105,8 @@ def kingfisher(*arguments: str) -> None:
 
 
 def publish_history(settings: Settings, history: History) -> None:
-    for what, topic in (("catalogue", settings.topic_items), ("events", settings.topic_events)):
-        held = plan(settings, topic, settings.namespace, None).events  # records from first to latest offset
+    for what, topic in (("catalogue", settings.stack.topic_items), ("events", settings.stack.topic_events)):
+        held = plan(settings, topic, settings.stack.namespace, None).events  # records from first to latest offset
         if held:
             console.print(f"{topic!r} already holds {held:,} records: not published again")
         else:
@@ -116,7 +116,7 @@ def publish_history(settings: Settings, history: History) -> None:
 def wait_for_stream(settings: Settings, job: FeatureJob) -> None:
     """Until the feature job has committed (checkpointed) every offset of the events topic that
     existed when this started, with a progress bar."""
-    target = plan(settings, settings.topic_events, settings.namespace, None)
+    target = plan(settings, settings.stack.topic_events, settings.stack.namespace, None)
     offsets = group_consumer(settings, target.group_id)
     try:
         with progress_bar(enabled=True) as progress:
@@ -136,14 +136,14 @@ def wait_for_sample_log(settings: Settings) -> None:
     """Until the files of the checkpoint that covered the history are committed: Flink commits the
     offsets and the sample log on the same checkpoint's completion, but one after the other.
     Bounded, as a stream that keeps receiving events always has a file in progress."""
-    directory = sample_log.log_directory(settings.samples_dir, settings.namespace)
-    deadline = time.monotonic() + 3 * settings.checkpoint_interval_s
+    directory = sample_log.log_directory(settings.stack.samples_dir, settings.stack.namespace)
+    deadline = time.monotonic() + 3 * settings.stream.checkpoint_interval_s
     while sample_log.in_progress_files(directory) and time.monotonic() < deadline:
         time.sleep(CATCH_UP_POLL_S)
 
 
 def train_first_models(settings: Settings) -> int:
-    registry = Registry(settings.models_dir)
+    registry = Registry(settings.stack.models_dir)
     if registry.current() is None:
         console.print("training the first models from the stream's sample log …")
         result = subprocess.run([sys.executable, "-m", "training"], check=False)
@@ -170,7 +170,7 @@ def demo(settings: Settings) -> str:
     console.print(
         f"\n[bold green]Kingfisher is running[/] (model v{version}, ready in {time.monotonic() - started:.0f} s)\n"
         f"  open   [bold]{service.url}[/]  (or {service.url}?user_id=<id>)\n"
-        f"  status make status     logs {settings.logs_dir.resolve()}\n"
+        f"  status make status     logs {settings.stack.logs_dir.resolve()}\n"
         f"  stop   make down"
     )
     return service.url

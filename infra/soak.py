@@ -183,7 +183,7 @@ class Soak:
 
     def __init__(self, settings: Settings, load: Load, out_dir: Path):
         self.settings, self.load, self.out_dir = settings, load, out_dir
-        self.base = f"http://{settings.bind_host}:{settings.serve_port}"
+        self.base = f"http://{settings.stack.bind_host}:{settings.serving.serve_port}"
         self.stamp = datetime.now().strftime("%Y%m%d%H%M%S")
         self.soak_users = [f"soak-{self.stamp}-{n:04d}" for n in range(load.users)]
         self.processes: dict[str, Service] = {
@@ -323,7 +323,7 @@ class Soak:
     def measure(self) -> tuple[dict[str, float], float, int]:
         """Resident memory (MB) per process, Redis used memory (MB), the feature job's Kafka lag."""
         rss = {name: mb for name, service in self.processes.items() if (mb := resident_mb(service)) is not None}
-        client = redis.Redis(host=self.settings.bind_host, port=self.settings.redis_port)
+        client = redis.Redis(host=self.settings.stack.bind_host, port=self.settings.stack.redis_port)
         try:
             used_mb = client.info("memory")["used_memory"] / 2**20
         finally:
@@ -331,7 +331,7 @@ class Soak:
         return rss, used_mb, self.kafka_lag()
 
     def kafka_lag(self) -> int:
-        target = plan(self.settings, self.settings.topic_events, self.settings.namespace, None)
+        target = plan(self.settings, self.settings.stack.topic_events, self.settings.stack.namespace, None)
         consumer = group_consumer(self.settings, target.group_id)
         try:
             return target.events - replayed_so_far(consumer, target)
@@ -340,7 +340,7 @@ class Soak:
 
     async def retrain_midway(self) -> None:
         await asyncio.sleep(self.load.retrain_at * self.load.seconds)
-        before = Registry(self.settings.models_dir).current()
+        before = Registry(self.settings.stack.models_dir).current()
         self.retraining.started_s = self.elapsed()
         with (self.out_dir / "training.log").open("wb") as log:
             training = await asyncio.create_subprocess_exec(
@@ -348,7 +348,7 @@ class Soak:
             )
             self.retraining.exit_code = await training.wait()
         self.retraining.finished_s = self.elapsed()
-        after = Registry(self.settings.models_dir).current()
+        after = Registry(self.settings.stack.models_dir).current()
         self.retraining.version = after if after != before else None
 
     async def counted_events(self) -> dict[str, int]:
@@ -366,7 +366,7 @@ def summarise(soak: Soak, events: Tally, started_at: str) -> dict:
     growth = {name: rss_growth(soak.samples, name, warm_up_s, window_s) for name in soak.processes}
     redis_mb = [s.redis_used_mb for s in soak.samples if s.at_s >= warm_up_s]
     # The first report also covers writes from before the soak (e.g. the demo's history).
-    p99s = [report.event_p99_ms for report in freshness_reports(soak.settings.logs_dir, started_at)[1:]]
+    p99s = [report.event_p99_ms for report in freshness_reports(soak.settings.stack.logs_dir, started_at)[1:]]
     errors = sum(soak.failures.values())
     return {
         "load": asdict(soak.load), "requests": len(soak.all_latencies_ms), "errors": errors,
@@ -437,7 +437,7 @@ def soak(settings: Settings, load: Load) -> dict:
         if required.running_process() is None:
             raise StackError(f"{required.name} is not running: start the stack with `make demo` first")
     started_at = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    out_dir = (settings.run_dir / "soak" / started_at.replace(" ", "T")).resolve()
+    out_dir = (settings.stack.run_dir / "soak" / started_at.replace(" ", "T")).resolve()
     out_dir.mkdir(parents=True)
     run = Soak(settings, load, out_dir)
     console.print(f"soaking {run.base} for {load.minutes:g} min; samples, summary and plot in {out_dir}")

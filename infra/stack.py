@@ -63,8 +63,8 @@ class Service(ABC):
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.home = (settings.run_dir / self.name).resolve()
-        self.log_file = (settings.logs_dir / f"{self.name}.log").resolve()
+        self.home = (settings.stack.run_dir / self.name).resolve()
+        self.log_file = (settings.stack.logs_dir / f"{self.name}.log").resolve()
         self.pid_file = self.home / f"{self.name}.pid"
 
     @property
@@ -84,7 +84,7 @@ class Service(ABC):
 
     @property
     def address(self) -> str:
-        return f"{self.settings.bind_host}:{self.ports[0].port}" if self.ports else "-"
+        return f"{self.settings.stack.bind_host}:{self.ports[0].port}" if self.ports else "-"
 
     def running_process(self) -> psutil.Process | None:
         try:
@@ -97,7 +97,7 @@ class Service(ABC):
             return None
 
     def render(self, template: Path, target: Path, **extra: str) -> Path:
-        values = {key: str(value) for key, value in self.settings.model_dump().items()} | extra
+        values = {key: str(value) for key, value in self.settings.flat().items()} | extra
         target.write_text(string.Template(template.read_text()).substitute(values))
         return target
 
@@ -108,8 +108,8 @@ class Kafka(Service):
     @property
     def ports(self) -> list[ListenPort]:
         return [
-            ListenPort(self.settings.kafka_port, "kafka_port"),
-            ListenPort(self.settings.kafka_controller_port, "kafka_controller_port"),
+            ListenPort(self.settings.stack.kafka_port, "kafka_port"),
+            ListenPort(self.settings.stack.kafka_controller_port, "kafka_controller_port"),
         ]
 
     @property
@@ -134,13 +134,13 @@ class Kafka(Service):
             raise StackError(f"formatting Kafka storage in {self.data_dir} failed:\n{result.stdout}{result.stderr}")
 
     def _java(self) -> list[str]:
-        jars = self.settings.jars_dir.resolve() / "kafka"
+        jars = self.settings.stack.jars_dir.resolve() / "kafka"
         if not any(jars.glob("kafka_2.13-*.jar")):
             raise StackError(f"Kafka jars not found in {jars}; run `make setup` to resolve them from Maven Central")
         return [
             find_executable("java", "install a JDK 17 or run `make setup`"),
-            f"-Xms{self.settings.kafka_heap}",
-            f"-Xmx{self.settings.kafka_heap}",
+            f"-Xms{self.settings.stack.kafka_heap}",
+            f"-Xmx{self.settings.stack.kafka_heap}",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
@@ -165,7 +165,7 @@ class Redis(Service):
 
     @property
     def ports(self) -> list[ListenPort]:
-        return [ListenPort(self.settings.redis_port, "redis_port")]
+        return [ListenPort(self.settings.stack.redis_port, "redis_port")]
 
     def prepare(self) -> None:
         self.render(INFRA_DIR / "redis" / "redis.conf.template", self.home / "redis.conf", data_dir=str(self.home))
@@ -174,7 +174,7 @@ class Redis(Service):
         return [find_executable("redis-server", "run `make setup`"), str(self.home / "redis.conf")]
 
     def is_ready(self) -> bool:
-        client = redis.Redis(host=self.settings.bind_host, port=self.settings.redis_port, socket_timeout=2)
+        client = redis.Redis(host=self.settings.stack.bind_host, port=self.settings.stack.redis_port, socket_timeout=2)
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -217,7 +217,7 @@ class RecommendationService(Application):
 
     @property
     def ports(self) -> list[ListenPort]:
-        return [ListenPort(self.settings.serve_port, "serve_port")]
+        return [ListenPort(self.settings.serving.serve_port, "serve_port")]
 
     @property
     def url(self) -> str:
@@ -237,7 +237,7 @@ class Retrainer(Application):
 
     def arguments(self) -> list[str]:
         # The demo has just trained the first version: the next run is one period away.
-        return ["--delay", f"{self.settings.retrain_every_s}s", "--no-progress"]
+        return ["--delay", f"{self.settings.training.retrain_every_s}s", "--no-progress"]
 
 
 def services(settings: Settings) -> list[Service]:
@@ -265,7 +265,7 @@ def kafka_admin(settings: Settings) -> AdminClient:
     # librdkafka logs every refused connection; while polling for readiness that is noise.
     quiet = logging.getLogger("kingfisher.stack.kafka-admin")
     quiet.setLevel(logging.CRITICAL)
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "logger": quiet})
+    return AdminClient({"bootstrap.servers": settings.stack.kafka_bootstrap, "logger": quiet})
 
 
 def find_executable(name: str, remedy: str) -> str:
@@ -325,7 +325,7 @@ def wait_ready(service: Service, process: subprocess.Popen | None, timeout_s: fl
 
 def start(service: Service) -> str:
     if service.running_process() is not None:
-        wait_ready(service, None, service.settings.startup_timeout_s)
+        wait_ready(service, None, service.settings.stack.startup_timeout_s)
         return "already running"
     service.home.mkdir(parents=True, exist_ok=True)
     service.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ def start(service: Service) -> str:
         )
     service.pid_file.write_text(f"{process.pid} {psutil.Process(process.pid).create_time():.2f}")
     try:
-        wait_ready(service, process, service.settings.startup_timeout_s)
+        wait_ready(service, process, service.settings.stack.startup_timeout_s)
     except StackError:
         stop(service)
         raise
@@ -363,10 +363,12 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
     """Every topic of the system. `items` is compacted (latest record per item_id); the low-volume
     topics have one partition, which also keeps model announcements in total order."""
     return [
-        NewTopic(settings.topic_events, num_partitions=settings.events_partitions, replication_factor=1),
-        NewTopic(settings.topic_items, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}),
-        NewTopic(settings.topic_dlq, num_partitions=1, replication_factor=1),
-        NewTopic(settings.topic_model_updates, num_partitions=1, replication_factor=1),
+        NewTopic(settings.stack.topic_events, num_partitions=settings.stack.events_partitions, replication_factor=1),
+        NewTopic(
+            settings.stack.topic_items, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}
+        ),
+        NewTopic(settings.stack.topic_dlq, num_partitions=1, replication_factor=1),
+        NewTopic(settings.stack.topic_model_updates, num_partitions=1, replication_factor=1),
     ]
 
 
@@ -393,8 +395,8 @@ def ensure_topics(settings: Settings) -> list[str]:
 def wait_for_leaders(settings: Settings, topics: list[str]) -> None:
     """Until every partition of `topics` answers an offsets request: for a moment after creation
     the metadata names a leader that still answers "not leader for partition"."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "kingfisher-stack"})
-    deadline = time.monotonic() + settings.startup_timeout_s
+    consumer = Consumer({"bootstrap.servers": settings.stack.kafka_bootstrap, "group.id": "kingfisher-stack"})
+    deadline = time.monotonic() + settings.stack.startup_timeout_s
     try:
         for name in topics:
             for partition in consumer.list_topics(name, timeout=10).topics[name].partitions:
@@ -421,7 +423,7 @@ def start_all(settings: Settings, stack: list[Service]) -> None:
     for service in stack:
         if service.running_process() is None:
             for listen in service.ports:
-                ensure_port_free(settings.bind_host, listen)
+                ensure_port_free(settings.stack.bind_host, listen)
     for service in stack:
         where = f" on {service.address}" if service.ports else ""
         console.print(f"{service.name:<11} {start(service)}{where} (log: {service.log_file})")

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.hyperparameters import Hyperparameters
 from schemas.logic.features import FeatureSpec
 from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
@@ -57,6 +58,9 @@ class Manifest(BaseModel):
     parent_version: int | None = None
     created_at: int = Field(description="Epoch milliseconds.")
     feature_spec: FeatureSpec
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="How the models were trained (absent from bundles made before it was recorded)."
+    )
     trained_until: int = Field(description="Event time (ms) of the newest training event.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Headline holdout metrics.")
     files: dict[str, str] = Field(default_factory=dict, description="Relative path -> SHA-256 hex digest.")

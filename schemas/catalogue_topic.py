@@ -17,15 +17,17 @@ def read_catalogue_topic(settings: Settings) -> dict[str, CatalogueItem]:
     """The compacted items topic from its start to its end at call time; the newest record per item wins."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": settings.stack.kafka_bootstrap,
             "group.id": "kingfisher-training",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
         }
     )
     try:
-        partitions = consumer.list_topics(settings.topic_items, timeout=10).topics[settings.topic_items].partitions
-        assignments = [TopicPartition(settings.topic_items, p, 0) for p in partitions]
+        partitions = (
+            consumer.list_topics(settings.stack.topic_items, timeout=10).topics[settings.stack.topic_items].partitions
+        )
+        assignments = [TopicPartition(settings.stack.topic_items, p, 0) for p in partitions]
         ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in assignments}
         consumer.assign(assignments)
         items: dict[str, CatalogueItem] = {}
@@ -44,9 +46,9 @@ def read_catalogue_topic(settings: Settings) -> dict[str, CatalogueItem]:
                 pending.discard(message.partition())
         if pending:
             raise TimeoutError(
-                f"catalogue topic {settings.topic_items} not read to its end in {CATALOGUE_READ_TIMEOUT_S}s"
+                f"catalogue topic {settings.stack.topic_items} not read to its end in {CATALOGUE_READ_TIMEOUT_S}s"
             )
-        log.info("read %d catalogue items from topic %s", len(items), settings.topic_items)
+        log.info("read %d catalogue items from topic %s", len(items), settings.stack.topic_items)
         return items
     finally:
         consumer.close()

@@ -1,16 +1,26 @@
-"""Kingfisher's one typed configuration: every setting with its default, in one place.
+"""Kingfisher's one typed configuration: every setting with its default, in one place, in sections.
 
-Values come from, highest precedence first: arguments to ``Settings(...)``, environment
-variables ``KF_<FIELD>`` (e.g. ``KF_KAFKA_PORT=19092``), the TOML file named by
-``KF_CONFIG_FILE`` (default ``kingfisher.toml`` in the working directory, if present),
-then the defaults below. The README's configuration table lists the same fields.
+The sections are the processes' concerns: `stack` (services, topics, files), `pipeline` (what the
+stream keeps and a recommendation considers, shared by all three processes), `stream` (the
+feature job), `training` (with the models' hyper-parameters in `training.model`), `serving` and
+`demo`. Code reads `settings.<section>.<name>`; every name is unique across sections, so a
+setting also has one flat name.
+
+Values come from, highest precedence first: arguments to ``Settings(...)`` (flat or by section),
+environment variables by section ``KF_<SECTION>__<NAME>`` (``KF_STACK__KAFKA_PORT=19092``,
+``KF_TRAINING__MODEL__RANKER_WIDTH=32``), flat environment variables ``KF_<NAME>``
+(``KF_KAFKA_PORT=19092``), the TOML file named by ``KF_CONFIG_FILE`` (default ``kingfisher.toml``
+in the working directory, if present; tables ``[stack]``, ``[training.model]``… or flat keys),
+then the defaults below. The README's configuration table lists the same settings.
 """
 
+import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,6 +28,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.hyperparameters import Hyperparameters
 from schemas.logic.features import HOUR_MS, FeatureSpec
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -26,46 +37,90 @@ CONFIG_FILE_VARIABLE = "KF_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "kingfisher.toml"
 
 
-class Settings(BaseSettings):
-    """All settings of the local stack and the jobs; see the README for what each one does."""
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_config = SettingsConfigDict(env_prefix="KF_", extra="forbid", frozen=True)
+
+class StackSettings(Section):
+    """Where the local stack's services listen, its topics, Redis and files."""
 
     run_dir: Path = Field(Path(".run"), description="Data, logs and pid files of the local stack.")
     jars_dir: Path = Field(Path(".deps/jars"), description="Jars resolved from Maven Central by `make setup`.")
     bind_host: str = Field("127.0.0.1", description="Address every local service listens on.")
-
     kafka_port: Port = Field(9092, description="Kafka client listener.")
     kafka_controller_port: Port = Field(9093, description="Kafka KRaft controller listener.")
     kafka_heap: str = Field("1g", description="JVM heap of the Kafka broker (-Xms and -Xmx).")
-
     topic_events: str = Field("events", description="User events, keyed by user_id.")
     topic_items: str = Field("items", description="Catalogue records, compacted by item_id.")
     topic_dlq: str = Field("events.dlq", description="Events that failed validation, with the reason.")
     topic_model_updates: str = Field("model-updates", description="Announcements of published model bundles.")
     events_partitions: int = Field(4, ge=1, description="Partitions of the events topic (the others have 1).")
-
     redis_port: Port = Field(6379, description="Redis server port.")
     redis_maxmemory: str = Field("2gb", description="Redis memory limit.")
-    redis_write_timeout_s: float = Field(
-        5.0, gt=0, description="A feature-job write Redis leaves unanswered this long is retried (a hung server)."
-    )
     redis_maxmemory_policy: str = Field(
         "volatile-lru",
         description="Eviction when full: only keys with a TTL (per-user/per-item features), least recently used first.",
     )
-
+    namespace: str = Field("live", description="Redis namespace the feature job writes to.")
     movielens_path: Path | None = Field(
         None, description="MovieLens directory (CSV or .dat layout); unset: ../shared/datasets/ml-latest-small."
     )
+    startup_timeout_s: float = Field(
+        90.0, gt=0, description="How long `make up` and `make demo` wait for each service or program to answer."
+    )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.run_dir / "samples"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.run_dir / "models"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "flink" / "checkpoints"
+
+
+class PipelineSettings(Section):
+    """What the stream keeps per user and item and what a recommendation considers (all processes)."""
 
     sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept in each user's live sequence.")
     popularity_half_life_h: float = Field(24.0, gt=0, description="Half-life of an item's decayed popularity.")
     seen_capacity: int = Field(
         2000, ge=1, description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions."
     )
+    label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")
+    candidates: int = Field(200, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
+    trending_candidates: int = Field(
+        50, ge=0, description="Top trending items ranked by DIN besides the M Faiss candidates (fresh items' way in)."
+    )
+    faiss_exact_max_items: int = Field(
+        50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
+    )
 
-    namespace: str = Field("live", description="Redis namespace the feature job writes to.")
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec(
+            sequence_length=self.sequence_length,
+            popularity_half_life_ms=round(self.popularity_half_life_h * HOUR_MS),
+            seen_capacity=self.seen_capacity,
+        )
+
+
+class StreamSettings(Section):
+    """The feature job: Flink, its Python operators, exactly-once and expiry."""
+
+    redis_write_timeout_s: float = Field(
+        5.0, gt=0, description="A feature-job write Redis leaves unanswered this long is retried (a hung server)."
+    )
     checkpoint_interval_s: float = Field(10.0, gt=0, description="Flink checkpoint interval.")
     python_execution_mode: Literal["thread", "process"] = Field(
         "thread",
@@ -99,24 +154,19 @@ class Settings(BaseSettings):
         30, ge=1, description="UTC days of the training-sample log kept; the feature job deletes older days hourly."
     )
 
+
+class TrainingSettings(Section):
+    """Retraining: its data, evaluation, gate, registry and schedule; the models' hyper-parameters in `model`."""
+
     training_window_days: int = Field(
         30, ge=1, description="Training reads the sample log of the newest N UTC days (today included)."
     )
     training_max_rows: int = Field(
         2_000_000, ge=1, description="Most sample rows of the window a training run uses: the newest by event time."
     )
-    label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")
     train_seed: int = Field(
         0, description="Seed of sampling, initialisation and shuffling: same data and seed, same models."
     )
-    train_epochs: int = Field(
-        10,
-        ge=1,
-        description="Most epochs of the retrieval model per split (the rankers stop within 3); each model "
-        "keeps its best epoch on the validation queries.",
-    )
-    train_batch_size: int = Field(64, ge=2, description="Sequences per training batch of the retrieval model.")
-    embedding_dim: int = Field(64, ge=16, description="Width of the retrieval model: item and user vectors.")
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="Newest share of events held out: first half validates, second half tests."
     )
@@ -128,19 +178,6 @@ class Settings(BaseSettings):
         ge=0,
         description="Also measure each retraining on a leave-last-N-per-user split (its models trained for "
         "measuring only, which about doubles a run); 0: the time split only. make bench-train measures N=5.",
-    )
-    like_weight: float = Field(
-        0.5,
-        ge=0,
-        description="The served score is log P(next) + this x log P(like): how much the like/rating "
-        "objective moves the order.",
-    )
-    candidates: int = Field(200, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
-    trending_candidates: int = Field(
-        50, ge=0, description="Top trending items ranked by DIN besides the M Faiss candidates (fresh items' way in)."
-    )
-    faiss_exact_max_items: int = Field(
-        50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
     )
     gate_margin: float = Field(
         0.01,
@@ -154,6 +191,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Period of the retraining scheduler (a MovieLens retraining keeps both cores busy for minutes).",
     )
+
+    model: Hyperparameters = Field(Hyperparameters(), description="The models' hyper-parameters.")
+
+
+class ServingSettings(Section):
+    """The recommendation service: its port, budgets, limits and model calls."""
 
     serve_port: Port = Field(8080, description="Port of the recommendation service (on KF_BIND_HOST).")
     request_budget_ms: int = Field(
@@ -184,6 +227,10 @@ class Settings(BaseSettings):
         "programs, so each hot swap adds memory (README, Serving); false: flat memory, slower model calls.",
     )
 
+
+class DemoSettings(Section):
+    """What `make demo` loads."""
+
     demo_source: Literal["auto", "movielens", "synthetic"] = Field(
         "auto",
         description="History `make demo` loads. auto: KF_MOVIELENS_PATH, else ../shared/datasets/ml-latest-small, "
@@ -195,9 +242,18 @@ class Settings(BaseSettings):
     )
     demo_synthetic_events: int = Field(50_000, ge=1, description="Events `make demo` publishes from the generator.")
 
-    startup_timeout_s: float = Field(
-        90.0, gt=0, description="How long `make up` and `make demo` wait for each service or program to answer."
-    )
+
+class Settings(BaseSettings):
+    """All settings of the local stack and the jobs; see the README for what each one does."""
+
+    model_config = SettingsConfigDict(env_prefix="KF_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    stack: StackSettings = StackSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    stream: StreamSettings = StreamSettings()
+    training: TrainingSettings = TrainingSettings()
+    serving: ServingSettings = ServingSettings()
+    demo: DemoSettings = DemoSettings()
 
     @staticmethod
     def feature_job_name(namespace: str) -> str:
@@ -205,32 +261,13 @@ class Settings(BaseSettings):
         `make demo` read its committed offsets to see how far the stream has applied the topic."""
         return f"kingfisher-features-{namespace}"
 
-    @property
-    def kafka_bootstrap(self) -> str:
-        return f"{self.bind_host}:{self.kafka_port}"
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its flat name (the config templates' placeholders)."""
+        return {name: getattr(functools.reduce(getattr, path, self), name) for name, path in SETTING_PATHS.items()}
 
-    @property
-    def logs_dir(self) -> Path:
-        return self.run_dir / "logs"
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.run_dir / "samples"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.run_dir / "models"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.run_dir / "flink" / "checkpoints"
-
-    def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec(
-            sequence_length=self.sequence_length,
-            popularity_half_life_ms=round(self.popularity_half_life_h * HOUR_MS),
-            seen_capacity=self.seen_capacity,
-        )
+    def updated(self, **changes: Any) -> "Settings":
+        """A copy with some settings changed, by flat name, validated like the originals."""
+        return type(self)(**self.model_dump(), **changes)
 
     @classmethod
     def settings_customise_sources(
@@ -242,4 +279,78 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config_file = os.environ.get(CONFIG_FILE_VARIABLE, DEFAULT_CONFIG_FILE)
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return (
+            _Sectioned(settings_cls, init_settings),
+            env_settings,
+            _FlatEnvironment(settings_cls),
+            _Sectioned(settings_cls, TomlConfigSettingsSource(settings_cls, toml_file=config_file)),
+        )
+
+
+def setting_paths(model: type[BaseModel], path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Each setting of `model` -> the sections it sits in; a name in two sections is an error (its
+    flat name would be ambiguous)."""
+    paths: dict[str, tuple[str, ...]] = {}
+    for name, field in model.model_fields.items():
+        inner = field.annotation
+        found = (
+            setting_paths(inner, (*path, name))
+            if isinstance(inner, type) and issubclass(inner, BaseModel)
+            else {name: path}
+        )
+        if twice := paths.keys() & found.keys():
+            raise TypeError(f"settings {sorted(twice)} are in two sections: their flat names would be ambiguous")
+        paths |= found
+    return paths
+
+
+SETTING_PATHS: Mapping[str, tuple[str, ...]] = setting_paths(Settings)
+"""Each setting's flat name -> the sections it sits in, e.g. ``ranker_width -> (training, model)``."""
+
+
+def sectioned(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with every flat name moved into its section; a flat value wins over its section's.
+    Unknown names stay where they are, for validation to reject by name."""
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in SETTING_PATHS:
+            _merge(nested, name, value.model_dump() if isinstance(value, BaseModel) else value)
+    for name, value in values.items():
+        if name in SETTING_PATHS:
+            section = functools.reduce(lambda table, key: table.setdefault(key, {}), SETTING_PATHS[name], nested)
+            section[name] = value
+    return nested
+
+
+def _merge(into: dict[str, Any], name: str, value: Any) -> None:
+    if isinstance(value, Mapping) and isinstance(into.get(name), dict):
+        for key, inner in value.items():
+            _merge(into[name], key, inner)
+    else:
+        into[name] = dict(value) if isinstance(value, Mapping) else value
+
+
+class _Sectioned(PydanticBaseSettingsSource):
+    """A source whose values may use flat names (arguments, TOML files written before sections)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return sectioned(self.source())
+
+
+class _FlatEnvironment(PydanticBaseSettingsSource):
+    """`KF_<NAME>` for every setting, the names used before sections."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return sectioned(
+            {name: os.environ[f"KF_{name.upper()}"] for name in SETTING_PATHS if f"KF_{name.upper()}" in os.environ}
+        )

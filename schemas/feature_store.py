@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio as aioredis
 
+from schemas.logic.features import SequenceEntry, UserFeatures
 from schemas.redis_format import (
     TRENDING_ENTITY,
     VALUE_FIELD,
@@ -174,12 +175,35 @@ class FeatureStore:
 @dataclass(frozen=True, slots=True)
 class UserRead:
     """What serving reads for one request: the user's stored sequence and features, the trending
-    list (None where absent) and, when asked for, the user's seen set."""
+    list (None where absent; all None: nothing could be read) and, when asked for, the seen set."""
 
-    sequence: StoredValue | None
-    features: StoredValue | None
-    trending: StoredValue | None
-    seen: frozenset[str] = frozenset()
+    sequence: StoredValue | None = None
+    features: StoredValue | None = None
+    trending: StoredValue | None = None
+    seen_set: frozenset[str] = frozenset()
+
+    @property
+    def seen(self) -> set[str]:
+        """Every item the user interacted with that the state holds: the seen set and the sequence."""
+        return set(self.seen_set).union(behaviour.item_id for behaviour in self.behaviours)
+
+    @property
+    def known_user(self) -> bool:
+        return self.sequence is not None or self.features is not None
+
+    @property
+    def behaviours(self) -> tuple[SequenceEntry, ...]:
+        return self.sequence.data.entries if self.sequence else ()
+
+    @property
+    def user_features(self) -> UserFeatures | None:
+        return self.features.data if self.features else None
+
+    @property
+    def as_of(self) -> int | None:
+        """Event time of the newest event the user's state includes."""
+        times = [value.as_of for value in (self.sequence, self.features) if value is not None]
+        return max(times) if times else None
 
 
 class AsyncFeatureStore:
@@ -208,7 +232,7 @@ class AsyncFeatureStore:
             for kind, value in zip(kinds, raw[: len(kinds)], strict=True)
         ]
         seen_set = frozenset(_text(item) for item in raw[len(kinds)]) if seen else frozenset()
-        return UserRead(*values, seen=seen_set)
+        return UserRead(*values, seen_set=seen_set)
 
     async def trending(self, namespace: str) -> StoredValue | None:
         raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace), VALUE_FIELD)

@@ -14,12 +14,12 @@ from serving.app import init_app
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
-    parser.add_argument("--port", type=int, default=settings.serve_port, help="listen port (KF_SERVE_PORT)")
+    parser.add_argument("--port", type=int, default=settings.serving.serve_port, help="listen port (KF_SERVE_PORT)")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # uvloop: the event loop's own work (HTTP, Redis replies) shares two cores with the models
     loop = uvloop.new_event_loop()
-    web.run_app(init_app(settings), host=settings.bind_host, port=arguments.port, access_log=None, loop=loop)
+    web.run_app(init_app(settings), host=settings.stack.bind_host, port=arguments.port, access_log=None, loop=loop)
     return 0
 
 

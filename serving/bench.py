@@ -51,8 +51,8 @@ SUMMED_HISTOGRAMS = (
 
 def prepare_state(settings: Settings, users: int) -> list[str]:
     """Write the live state of `users` MovieLens users (and trending, and their seen sets) into the bench namespace."""
-    spec = settings.feature_spec()
-    events = list(rating_events(locate_dataset(settings.movielens_path), LoadReport()))
+    spec = settings.pipeline.feature_spec()
+    events = list(rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()))
     states, _, trending = fold_stream(events, spec)
     seen = seen_sets(events, spec)
     chosen = sorted(states)[:users]
@@ -68,16 +68,18 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
         redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE): SeenAddition(dict(seen[user_id]), spec.seen_capacity)
         for user_id in chosen
     }
-    store = FeatureStore.connect(settings.bind_host, settings.redis_port)  # written as the stream writes them
+    store = FeatureStore.connect(
+        settings.stack.bind_host, settings.stack.redis_port
+    )  # written as the stream writes them
     store.write(writes, additions)
     store.close()
     return chosen
 
 
 def ensure_model(settings: Settings) -> int:
-    registry = Registry(settings.models_dir)
+    registry = Registry(settings.stack.models_dir)
     if registry.current() is None:
-        log.info("no model in %s: training one on MovieLens first", settings.models_dir)
+        log.info("no model in %s: training one on MovieLens first", settings.stack.models_dir)
         subprocess.run(
             [sys.executable, "-m", "training", "--source", "movielens", "--no-announce", "--no-progress"], check=True
         )
@@ -184,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     version = ensure_model(settings)
     users = prepare_state(settings, arguments.users)
-    port = settings.serve_port + 1
-    log_path = Path(settings.logs_dir) / "bench-serve.log"
+    port = settings.serving.serve_port + 1
+    log_path = Path(settings.stack.logs_dir) / "bench-serve.log"
     env = os.environ | {"KF_NAMESPACE": NAMESPACE}
     with log_path.open("w") as output:
         service = subprocess.Popen(
             [sys.executable, "-m", "serving", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT
         )
-    base = f"http://{settings.bind_host}:{port}"
+    base = f"http://{settings.stack.bind_host}:{port}"
     try:
         uvloop.run(wait_ready(base, service))
         uvloop.run(drive(base, users, 20, 5, arguments.k))  # warm-up, not reported
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             service.kill()
     table = Table(
-        title=f"bench-serve: model v{version}, M={settings.candidates} candidates ranked by DIN, "
+        title=f"bench-serve: model v{version}, M={settings.pipeline.candidates} candidates ranked by DIN, "
         f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
     )
     columns = ("rate req/s", "sent", "achieved req/s", "errors", "fallbacks", "p50 ms", "p95 ms", "p99 ms")

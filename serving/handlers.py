@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.bundle import LoadedBundle
 from schemas.config import Settings
 from schemas.events import Event, validate_event
+from schemas.feature_store import UserRead
 from schemas.logic.pipeline import Ranked, RankRequest
 from schemas.validation import InvalidRecord
-from serving.live import LiveState
 from serving.parameters import (
     BadRequest,
     ItemPath,
@@ -56,7 +57,7 @@ async def _from_store(app: web.Application, read: Awaitable[T]) -> T:
     """A Redis read within the request budget, timed as the `redis` stage."""
     clock = time.perf_counter()
     try:
-        async with asyncio.timeout(app[SETTINGS].request_budget_ms / 1000):  # unlike wait_for, no task per call
+        async with asyncio.timeout(app[SETTINGS].serving.request_budget_ms / 1000):  # unlike wait_for, no task per call
             return await read
     except TimeoutError:
         raise Unavailable("redis slower than the request budget") from None
@@ -66,12 +67,12 @@ async def _from_store(app: web.Application, read: Awaitable[T]) -> T:
         app[METRICS].stage.labels("redis").observe(time.perf_counter() - clock)
 
 
-async def _live_state(app: web.Application, user_id: str, seen: bool) -> tuple[LiveState, str | None]:
+async def _live_state(app: web.Application, user_id: str, seen: bool) -> tuple[UserRead, str | None]:
     """The user's live state (with `seen`, the seen set too) within the time budget, or an empty one and why not."""
     try:
         return await _from_store(app, app[STORE].read(user_id, seen)), None
     except Unavailable as unavailable:
-        return LiveState(), str(unavailable)
+        return UserRead(), str(unavailable)
 
 
 def _item(app: web.Application, item_id: str, score: float, reasons: tuple[str, ...] = ()) -> dict:
@@ -98,10 +99,10 @@ async def recommendations(request: web.Request) -> web.Response:
             state.behaviours,
             state.user_features,
             now_ms=int(time.time() * 1000),
-            trending=trending[: app[SETTINGS].trending_candidates],
+            trending=trending[: app[SETTINGS].pipeline.trending_candidates],
             exclude=seen,
             k=k,
-            candidates=app[SETTINGS].candidates,
+            candidates=app[SETTINGS].pipeline.candidates,
             explain=k if explain else 0,
         )
         ranked = await _ranked(app, bundle, asked)
@@ -135,7 +136,7 @@ async def _ranked(app: web.Application, bundle: LoadedBundle, asked: RankRequest
     """DIN's ranking, or None when the models cannot answer within the model budget: the request
     leaves the queue (it is never computed) and is answered from trending/popularity instead."""
     try:
-        async with asyncio.timeout(app[SETTINGS].model_budget_ms / 1000):
+        async with asyncio.timeout(app[SETTINGS].serving.model_budget_ms / 1000):
             ranked = await app[BATCHER].submit(bundle, asked)
     except TimeoutError:
         return None
@@ -163,10 +164,16 @@ async def similar_items(request: web.Request) -> web.Response:
 async def profile(request: web.Request) -> web.Response:
     user_id = UserPath.parse(request.match_info, request.app[SETTINGS]).user_id
     state = await _from_store(request.app, request.app[STORE].read(user_id))
-    stored = state.profile()
     titles = request.app[TITLES]
-    stored["sequence"] = [entry | {"title": titles.get(entry["item_id"])} for entry in stored["sequence"]]
-    return json_response({"user_id": user_id, "namespace": request.app[STORE].namespace} | stored)
+    return json_response(
+        {
+            "user_id": user_id,
+            "namespace": request.app[STORE].namespace,
+            "sequence": [asdict(entry) | {"title": titles.get(entry.item_id)} for entry in state.behaviours],
+            "features": asdict(state.user_features) if state.user_features else None,
+            "features_as_of": state.as_of,
+        }
+    )
 
 
 async def trending(request: web.Request) -> web.Response:
@@ -220,7 +227,7 @@ async def post_events(request: web.Request) -> web.Response:
             f"({failed[0]}); resend the batch"
         )
     request.app[METRICS].events.inc(len(events))
-    return json_response({"accepted": len(events), "topic": settings.topic_events}, status=202)
+    return json_response({"accepted": len(events), "topic": settings.stack.topic_events}, status=202)
 
 
 async def _produce_acknowledged(producer: Producer, settings: Settings, events: list[Event]) -> list[str]:
@@ -236,10 +243,12 @@ async def _produce_acknowledged(producer: Producer, settings: Settings, events: 
     for event, outcome in zip(events, outcomes, strict=True):
         try:
             acknowledge = lambda error, _, o=outcome: loop.call_soon_threadsafe(settle, o, error)  # noqa: E731
-            producer.produce(settings.topic_events, key=event.kafka_key, value=event.to_json(), on_delivery=acknowledge)
+            producer.produce(
+                settings.stack.topic_events, key=event.kafka_key, value=event.to_json(), on_delivery=acknowledge
+            )
         except (BufferError, KafkaException) as error:
             settle(outcome, error)
-    await asyncio.wait(outcomes, timeout=settings.events_ack_timeout_s)
+    await asyncio.wait(outcomes, timeout=settings.serving.events_ack_timeout_s)
     errors = [o.result() if o.done() else "no acknowledgement in time" for o in outcomes]
     return [f"{event.event_id}: {error}" for event, error in zip(events, errors, strict=True) if error is not None]
 
@@ -278,7 +287,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def reload_models(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].admin_token
+    token = request.app[SETTINGS].serving.admin_token
     if token is None:
         raise web.HTTPForbidden(
             text='{"error": "admin routes are off: set KF_ADMIN_TOKEN"}', content_type="application/json"

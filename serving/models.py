@@ -40,9 +40,9 @@ def configure_tensorflow(threads: int) -> None:
 
 class ModelHolder:
     def __init__(self, settings: Settings, executor: Executor, in_flight: InFlight):
-        configure_tensorflow(settings.serve_tf_threads)
+        configure_tensorflow(settings.serving.serve_tf_threads)
         self.settings, self.executor, self.in_flight = settings, executor, in_flight
-        self.registry = Registry(settings.models_dir)
+        self.registry = Registry(settings.stack.models_dir)
         self.bundle: LoadedBundle | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
@@ -82,7 +82,7 @@ class ModelHolder:
         while True:
             await self.refresh()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.settings.model_poll_s)
+                await asyncio.wait_for(wake.wait(), self.settings.serving.model_poll_s)
             wake.clear()
 
     def retained(self) -> list[dict]:
@@ -110,10 +110,12 @@ class ModelHolder:
 
 def load_warm(settings: Settings, directory: Path) -> LoadedBundle:
     """A bundle as the service serves it: loaded, verified and run once in every input shape."""
-    kind = CompiledBundle if settings.serve_xla else LoadedBundle
-    bundle = kind(directory, settings.faiss_exact_max_items)
+    kind = CompiledBundle if settings.serving.serve_xla else LoadedBundle
+    bundle = kind(directory, settings.pipeline.faiss_exact_max_items)
     clock = time.perf_counter()
-    _warm_up(bundle, settings.serve_max_batch, settings.candidates + settings.trending_candidates)
+    _warm_up(
+        bundle, settings.serving.serve_max_batch, settings.pipeline.candidates + settings.pipeline.trending_candidates
+    )
     log.info("model v%d warmed up in %.1f s", bundle.version, time.perf_counter() - clock)
     return bundle
 
@@ -141,13 +143,13 @@ def listen_for_updates(
     def run() -> None:
         consumer = Consumer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap,
+                "bootstrap.servers": settings.stack.kafka_bootstrap,
                 "group.id": f"serving-{uuid.uuid4().hex}",
                 "auto.offset.reset": "latest",
                 "enable.auto.commit": False,
             }
         )
-        consumer.subscribe([settings.topic_model_updates])
+        consumer.subscribe([settings.stack.topic_model_updates])
         try:
             while not stop.is_set():
                 message = consumer.poll(0.5)

@@ -23,12 +23,12 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class AtMost:
-    """The largest value of an integer parameter: a number, or the name of the setting that holds it."""
+    """The largest value of an integer parameter: a number, or the name of the serving setting that holds it."""
 
     most: int | str
 
     def of(self, settings: Settings) -> int:
-        return self.most if isinstance(self.most, int) else getattr(settings, self.most)
+        return self.most if isinstance(self.most, int) else getattr(settings.serving, self.most)
 
 
 def _strict_flag(raw: Any) -> Any:

@@ -39,13 +39,13 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[EXECUTOR] = ThreadPoolExecutor(settings.serve_model_threads, thread_name_prefix="models")
+    app[EXECUTOR] = ThreadPoolExecutor(settings.serving.serve_model_threads, thread_name_prefix="models")
     client = aioredis.Redis(
-        host=settings.bind_host, port=settings.redis_port, socket_connect_timeout=1, socket_timeout=1
+        host=settings.stack.bind_host, port=settings.stack.redis_port, socket_connect_timeout=1, socket_timeout=1
     )
-    app[STORE] = LiveStore(AsyncFeatureStore(client), settings.namespace)
+    app[STORE] = LiveStore(AsyncFeatureStore(client), settings.stack.namespace)
     app[PRODUCER] = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+        {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
     )
     app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT])
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
@@ -58,7 +58,11 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     deliveries = threading.Thread(target=_serve_deliveries, args=(app[PRODUCER], stop), name="kafka deliveries")
     deliveries.start()
     app[BATCHER] = MicroBatcher(
-        rank_batch, app[EXECUTOR], settings.serve_model_threads, settings.serve_max_batch, app[METRICS].observe_batch
+        rank_batch,
+        app[EXECUTOR],
+        settings.serving.serve_model_threads,
+        settings.serving.serve_max_batch,
+        app[METRICS].observe_batch,
     )
     freeze_imports()
     gc.callbacks.append(probe := GcPauseProbe(app[METRICS]))

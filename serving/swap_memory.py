@@ -29,12 +29,12 @@ def resident_mb() -> float:
 
 def measure_swaps(settings: Settings, swaps: int) -> list[float]:
     """Resident MB after the first load, then after each of `swaps` swaps."""
-    configure_tensorflow(settings.serve_tf_threads)
+    configure_tensorflow(settings.serving.serve_tf_threads)
     freeze_imports()
-    registry = Registry(settings.models_dir)
+    registry = Registry(settings.stack.models_dir)
     version = registry.current()
     if version is None:
-        raise SystemExit(f"no model in {settings.models_dir}: run `make train` first")
+        raise SystemExit(f"no model in {settings.stack.models_dir}: run `make train` first")
     live = load_warm(settings, registry.path(version))
     resident = [resident_mb()]
     for _ in range(swaps):

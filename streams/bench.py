@@ -158,8 +158,8 @@ def produce_all(settings: Settings, topic: str, records: list[tuple[bytes, bytes
 
 def fresh_topic(settings: Settings, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})  # referenced until the future resolves
-    admin.create_topics([NewTopic(name, settings.events_partitions, 1)])[name].result(timeout=60)
+    admin = AdminClient({"bootstrap.servers": settings.stack.kafka_bootstrap})  # referenced until the future resolves
+    admin.create_topics([NewTopic(name, settings.stack.events_partitions, 1)])[name].result(timeout=60)
     return name
 
 
@@ -173,7 +173,7 @@ class Job:
     """The live feature job of one configuration, with its own Flink log directory."""
 
     def __init__(self, settings: Settings, configuration: Configuration, topic: str, namespace: str):
-        self.log_dir = settings.logs_dir / "bench" / namespace
+        self.log_dir = settings.stack.logs_dir / "bench" / namespace
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable,
@@ -190,8 +190,8 @@ class Job:
         env = os.environ | {
             "FLINK_LOG_DIR": str(self.log_dir.resolve()),
             "PYTHONPATH": str(configuration.code),
-            "KF_RUN_DIR": str(settings.run_dir.resolve()),
-            "KF_JARS_DIR": str(settings.jars_dir.resolve()),
+            "KF_RUN_DIR": str(settings.stack.run_dir.resolve()),
+            "KF_JARS_DIR": str(settings.stack.jars_dir.resolve()),
         }
         with (self.log_dir / "job.log").open("wb") as output:
             self.process = subprocess.Popen(
@@ -330,7 +330,7 @@ def measure(
         console.print(f"  the burst of {len(records) - state_count:,} events ...")
         burst_done = wait_until_processed(store, namespace, len(records), job)
         cpu = job.cpu_seconds() - cpu_before
-        log_dir = sample_log.log_directory(settings.samples_dir, namespace)
+        log_dir = sample_log.log_directory(settings.stack.samples_dir, namespace)
         # A previous checkout's log may be in another format, which this one cannot count.
         logged = configuration.log_samples and configuration.code == PROJECT_ROOT
         logged_at = wait_until_logged(log_dir, len(records), job) if logged else None
@@ -371,12 +371,12 @@ def forget(settings: Settings, store: FeatureStore, namespace: str) -> None:
     """Delete what a measurement left: its keys, checkpoints and sample log. Left behind,
     they fill Redis up to its memory limit, where eviction slows every later run."""
     store.drop_namespace(namespace)
-    shutil.rmtree(settings.checkpoints_dir / namespace, ignore_errors=True)
-    shutil.rmtree(settings.samples_dir / namespace, ignore_errors=True)
+    shutil.rmtree(settings.stack.checkpoints_dir / namespace, ignore_errors=True)
+    shutil.rmtree(settings.stack.samples_dir / namespace, ignore_errors=True)
 
 
 def forget_topic(settings: Settings, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})  # referenced until the future resolves
+    admin = AdminClient({"bootstrap.servers": settings.stack.kafka_bootstrap})  # referenced until the future resolves
     admin.delete_topics([topic])[topic].result(timeout=60)
 
 
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
     arguments = parser.parse_args(argv)
     settings = Settings()
-    store = FeatureStore.connect(settings.bind_host, settings.redis_port)
+    store = FeatureStore.connect(settings.stack.bind_host, settings.stack.redis_port)
     configurations = [Configuration("as make demo runs it (sample log on)", True)]
     if arguments.beside:
         configurations.append(Configuration("--no-samples", False))
@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     for topic in topics:
         forget_topic(settings, topic)
     report(results, len(configurations), replayed)
-    path = settings.run_dir / "bench" / f"stream-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = settings.stack.run_dir / "bench" / f"stream-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
         orjson.dumps(

@@ -89,7 +89,7 @@ def records_of(
 ) -> Iterable[ContractRecord]:
     now_ms = int(time.time() * 1000)
     if arguments.source == "movielens":
-        directory = movielens.locate_dataset(arguments.path or settings.movielens_path)
+        directory = movielens.locate_dataset(arguments.path or settings.stack.movielens_path)
         if arguments.what == "catalogue":
             return movielens.catalogue_items(directory, report, updated_at=now_ms)
         return itertools.islice(movielens.rating_events(directory, report), arguments.limit)
@@ -102,7 +102,9 @@ def records_of(
 
 
 def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
-    topic = arguments.topic or (settings.topic_items if arguments.what == "catalogue" else settings.topic_events)
+    topic = arguments.topic or (
+        settings.stack.topic_items if arguments.what == "catalogue" else settings.stack.topic_events
+    )
     report = movielens.LoadReport()
     records = records_of(arguments, settings, report)
     pacer = Pacer(rate=getattr(arguments, "rate", None), speedup=getattr(arguments, "speedup", None))
@@ -121,8 +123,8 @@ def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_namespace(arguments: argparse.Namespace, settings: Settings) -> int:
-    store = FeatureStore.connect(settings.bind_host, settings.redis_port)
-    current = store.active_namespace(settings.namespace)
+    store = FeatureStore.connect(settings.stack.bind_host, settings.stack.redis_port)
+    current = store.active_namespace(settings.stack.namespace)
     if arguments.action == "show":
         console.print(f"serving reads {current!r} ({store.count_keys(current):,} keys)")
     elif arguments.action == "switch":
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_publish(arguments, settings)
         if arguments.command == "namespace":
             return run_namespace(arguments, settings)
-        return replay_command(settings, arguments.topic or settings.topic_events, arguments.namespace,
+        return replay_command(settings, arguments.topic or settings.stack.topic_events, arguments.namespace,
                               arguments.from_timestamp, dry_run=arguments.dry_run, switch=not arguments.no_switch,
                               show_progress=not arguments.no_progress, console=console)  # fmt: skip
     except (FileNotFoundError, ValueError) as error:

@@ -81,13 +81,13 @@ def dead_letter_sink(settings: Settings, namespace: str) -> KafkaSink:
     so a restart from it cannot repeat one; readers see them once committed (read_committed)."""
     serializer = (
         KafkaRecordSerializationSchema.builder()
-        .set_topic(settings.topic_dlq)
+        .set_topic(settings.stack.topic_dlq)
         .set_value_serialization_schema(SimpleStringSchema())
         .build()
     )
     return (
         KafkaSink.builder()
-        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_bootstrap_servers(settings.stack.kafka_bootstrap)
         .set_record_serializer(serializer)
         .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
         .set_transactional_id_prefix(f"{settings.feature_job_name(namespace)}-dlq")
@@ -121,16 +121,16 @@ def kafka_event_batches(
         ) WITH (
           'connector' = 'kafka',
           'topic' = '{topic}',
-          'properties.bootstrap.servers' = '{settings.kafka_bootstrap}',
+          'properties.bootstrap.servers' = '{settings.stack.kafka_bootstrap}',
           'properties.group.id' = '{group_id}',
           'properties.commit.offsets.on.checkpoint' = 'true',
-          'scan.watermark.idle-timeout' = '{round(settings.source_idleness_s * 1000)} ms',
+          'scan.watermark.idle-timeout' = '{round(settings.stream.source_idleness_s * 1000)} ms',
           {startup}{bounded_option},
           'format' = 'raw'
         )""")
     # Malformed records land in the bucket of the empty user_id, to be parsed and dead-lettered there.
     user_id = "COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.user_id'), '')"
-    buckets = settings.stream_key_buckets
+    buckets = settings.stream.stream_key_buckets
     # Parallel arrays of plain values: an array of rows reaches Python in thread mode as one reused row.
     batches = t_env.sql_query(f"""
         SELECT bucket, ARRAY_AGG(`value`) AS payloads, ARRAY_AGG(`partition`) AS partitions,
@@ -139,7 +139,7 @@ def kafka_event_batches(
           (SELECT *, MOD(MOD(HASH_CODE({user_id}), {buckets}) + {buckets}, {buckets}) AS bucket,
                   {_epoch_ms("`append_ts`")} AS append_ms
            FROM kafka_events),
-          DESCRIPTOR(batch_time), {_interval(settings.stream_batch_ms)}))
+          DESCRIPTOR(batch_time), {_interval(settings.stream.stream_batch_ms)}))
         GROUP BY window_start, window_end, bucket""")
     return t_env.to_data_stream(batches)
 
@@ -166,7 +166,7 @@ def _time_columns(settings: Settings, bounded: bool) -> str:
     event_ms = "TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts') AS BIGINT)"
     return f"""`batch_time` AS PROCTIME(),
           `event_time` AS COALESCE(TO_TIMESTAMP_LTZ({event_ms}, 3), `append_ts`),
-          WATERMARK FOR `event_time` AS `event_time` - {_interval(settings.watermark_out_of_orderness_ms)}"""
+          WATERMARK FOR `event_time` AS `event_time` - {_interval(settings.stream.watermark_out_of_orderness_ms)}"""
 
 
 def sample_log_sink(directory: Path) -> FileSink:
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m streams.feature_job",
         description="Run the streaming feature job: Kafka events -> live features in Redis (settings: KF_*).",
     )
-    parser.add_argument("--namespace", default=settings.namespace, help="Redis namespace to write (KF_NAMESPACE)")
-    parser.add_argument("--topic", default=settings.topic_events, help="events topic (KF_TOPIC_EVENTS)")
+    parser.add_argument("--namespace", default=settings.stack.namespace, help="Redis namespace to write (KF_NAMESPACE)")
+    parser.add_argument("--topic", default=settings.stack.topic_events, help="events topic (KF_TOPIC_EVENTS)")
     parser.add_argument("--bounded", action="store_true", help="stop at the offsets that are latest at start")
     parser.add_argument("--from-timestamp", type=int, metavar="MS", help="start at this Kafka time, not the beginning")
     parser.add_argument("--fresh", action="store_true", help="ignore checkpoints: rebuild state from the topic")
@@ -219,18 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     # PyFlink sets the root logger to WARNING when it creates the environment; ours keeps its own level.
     log.setLevel(logging.INFO)
     # Flink's log (with the Python operators' lines, e.g. Redis freshness) goes with the stack's logs.
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FLINK_LOG_DIR", str(settings.logs_dir.resolve()))
+    settings.stack.logs_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FLINK_LOG_DIR", str(settings.stack.logs_dir.resolve()))
 
-    checkpoints = settings.checkpoints_dir / arguments.namespace
+    checkpoints = settings.stack.checkpoints_dir / arguments.namespace
     restore = None if arguments.fresh else latest_checkpoint(checkpoints)
-    env = execution_environment(settings, settings.flink_parallelism, checkpoints, restore)
-    samples = None if arguments.no_samples else sample_log.log_directory(settings.samples_dir, arguments.namespace)
+    env = execution_environment(settings, settings.stream.flink_parallelism, checkpoints, restore)
+    samples = (
+        None if arguments.no_samples else sample_log.log_directory(settings.stack.samples_dir, arguments.namespace)
+    )
     assemble(env, settings, arguments.namespace, topic=arguments.topic, bounded=arguments.bounded,
              from_ms=arguments.from_timestamp, samples_dir=samples)  # fmt: skip
     log.info("feature job: topic %s -> namespace %s; %s", arguments.topic, arguments.namespace,
              f"restoring from {restore}" if restore else "starting without a checkpoint")  # fmt: skip
-    keeper = SampleLogKeeper(samples, checkpoints, settings.sample_retention_days) if samples else None
+    keeper = SampleLogKeeper(samples, checkpoints, settings.stream.sample_retention_days) if samples else None
     if keeper is not None:
         keeper.start()
     env.execute(settings.feature_job_name(arguments.namespace))

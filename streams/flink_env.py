@@ -19,10 +19,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def connector_jar_urls(settings: Settings) -> list[str]:
-    jars = sorted((settings.jars_dir.resolve() / "flink").glob("flink-sql-connector-kafka-*.jar"))
+    jars = sorted((settings.stack.jars_dir.resolve() / "flink").glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
         raise FileNotFoundError(
-            f"no Flink Kafka connector jar in {settings.jars_dir / 'flink'}; run `make setup` to resolve it"
+            f"no Flink Kafka connector jar in {settings.stack.jars_dir / 'flink'}; run `make setup` to resolve it"
         )
     return [jar.as_uri() for jar in jars]
 
@@ -45,8 +45,8 @@ def execution_environment(
     # Python operators must run in the interpreter that has Kingfisher's packages, not the first `python` on PATH.
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
-    config.set_string("python.execution-mode", settings.python_execution_mode)
-    if settings.python_execution_mode == "thread":
+    config.set_string("python.execution-mode", settings.stream.python_execution_mode)
+    if settings.stream.python_execution_mode == "thread":
         if find_libpython() is None:
             raise RuntimeError(
                 f"KF_PYTHON_EXECUTION_MODE=thread embeds Python in Flink's JVM, which needs a shared libpython that "
@@ -56,12 +56,14 @@ def execution_environment(
         # packages or the project's modules: give it both.
         config.set_string("python.pythonpath", os.pathsep.join([*site.getsitepackages(), str(PROJECT_ROOT)]))
     # Process mode: small bundles bound the time a record waits in the Python worker (<= 0 silently means 1000 ms).
-    config.set_string("python.fn-execution.bundle.size", str(settings.python_bundle_size))
-    config.set_string("python.fn-execution.bundle.time", str(settings.python_bundle_time_ms))
-    if settings.flink_profile_python:
+    config.set_string("python.fn-execution.bundle.size", str(settings.stream.python_bundle_size))
+    config.set_string("python.fn-execution.bundle.time", str(settings.stream.python_bundle_time_ms))
+    if settings.stream.flink_profile_python:
         config.set_string("python.profile.enabled", "true")
     if checkpoints is not None:
-        config.set_string("execution.checkpointing.interval", f"{round(settings.checkpoint_interval_s * 1000)} ms")
+        config.set_string(
+            "execution.checkpointing.interval", f"{round(settings.stream.checkpoint_interval_s * 1000)} ms"
+        )
         config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
         config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
         config.set_string("state.backend.type", "hashmap")
@@ -77,7 +79,7 @@ def kafka_text_source(settings: Settings, topic: str, group_id: str, *, bounded:
     """Read `topic` from its earliest offset; a bounded source stops at the offsets the topic had at start."""
     builder = (
         KafkaSource.builder()
-        .set_bootstrap_servers(settings.kafka_bootstrap)
+        .set_bootstrap_servers(settings.stack.kafka_bootstrap)
         .set_topics(topic)
         .set_group_id(group_id)
         .set_starting_offsets(KafkaOffsetsInitializer.earliest())

@@ -71,16 +71,16 @@ class JobParameters:
     @classmethod
     def of(cls, settings: Settings, namespace: str, log_samples: bool) -> "JobParameters":
         return cls(
-            redis_host=settings.bind_host,
-            redis_port=settings.redis_port,
-            redis_timeout_s=settings.redis_write_timeout_s,
+            redis_host=settings.stack.bind_host,
+            redis_port=settings.stack.redis_port,
+            redis_timeout_s=settings.stream.redis_write_timeout_s,
             namespace=namespace,
-            spec=settings.feature_spec(),
-            entity_ttl_ms=round(settings.entity_ttl_h * 3_600_000),
-            dedupe_ttl_ms=round(settings.dedupe_ttl_h * 3_600_000),
-            dedupe_capacity=settings.dedupe_capacity,
-            key_buckets=settings.stream_key_buckets,
-            states_in_memory=settings.python_state_cache_size,
+            spec=settings.pipeline.feature_spec(),
+            entity_ttl_ms=round(settings.stream.entity_ttl_h * 3_600_000),
+            dedupe_ttl_ms=round(settings.stream.dedupe_ttl_h * 3_600_000),
+            dedupe_capacity=settings.stream.dedupe_capacity,
+            key_buckets=settings.stream.stream_key_buckets,
+            states_in_memory=settings.stream.python_state_cache_size,
             log_samples=log_samples,
         )
 

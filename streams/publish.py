@@ -72,7 +72,7 @@ def make_producer(settings: Settings) -> Producer:
     # Idempotence implies acks=all: a retried batch is written once, in order, per partition.
     return Producer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": settings.stack.kafka_bootstrap,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 10,

@@ -40,7 +40,9 @@ class ReplayPlan:
 
 def group_consumer(settings: Settings, group_id: str) -> Consumer:
     """A consumer in `group_id` that never commits: it reads the group's committed offsets."""
-    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    return Consumer(
+        {"bootstrap.servers": settings.stack.kafka_bootstrap, "group.id": group_id, "enable.auto.commit": False}
+    )
 
 
 def plan(settings: Settings, topic: str, namespace: str, from_ms: int | None) -> ReplayPlan:
@@ -73,7 +75,7 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
     env = os.environ | {
         "KF_CHECKPOINT_INTERVAL_S": os.environ.get("KF_CHECKPOINT_INTERVAL_S", REPLAY_CHECKPOINT_INTERVAL_S)
     }
-    log_path = settings.logs_dir / f"replay-{replay.namespace}.log"
+    log_path = settings.stack.logs_dir / f"replay-{replay.namespace}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
     # One consumer of the job's group reads its committed offsets for the whole run.
@@ -91,8 +93,8 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
 
 def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int | None, *, dry_run: bool,
                    switch: bool, show_progress: bool, console: Console) -> int:  # fmt: skip
-    store = FeatureStore.connect(settings.bind_host, settings.redis_port)
-    current = store.active_namespace(settings.namespace)
+    store = FeatureStore.connect(settings.stack.bind_host, settings.stack.redis_port)
+    current = store.active_namespace(settings.stack.namespace)
     if namespace == current:
         console.print(f"[red]namespace {namespace!r} is the active one; replay into a fresh namespace")
         return 2
@@ -112,7 +114,9 @@ def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int 
         code = run(settings, replay, from_ms, progress)
     seconds = time.monotonic() - started
     if code != 0:
-        console.print(f"[red]the replay job failed (exit {code}); see {settings.logs_dir / f'replay-{namespace}.log'}")
+        console.print(
+            f"[red]the replay job failed (exit {code}); see {settings.stack.logs_dir / f'replay-{namespace}.log'}"
+        )
         return 1
     console.print(f"replayed {replay.events:,} events in {seconds:.1f} s ({replay.events / seconds:,.0f}/s); "
                   f"{store.count_keys(namespace):,} keys in {namespace!r}")  # fmt: skip

@@ -84,7 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def redis_client(stack: Stack) -> Iterator[redis.Redis]:
-    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port, decode_responses=True)
+    client = redis.Redis(
+        host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port, decode_responses=True
+    )
     yield client
     client.close()
 
@@ -105,7 +107,9 @@ def new_topic(stack: Stack) -> Iterator[str]:
 def consume_all(stack: Stack, topic: str, expected: int) -> list[Message]:
     """Every record of `topic` from the beginning, waiting until `expected` have arrived (or a timeout)."""
     partitions = kafka_admin(stack.settings).list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}"})
+    consumer = Consumer(
+        {"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}"}
+    )
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in partitions])
     received: list[Message] = []
     deadline = time.monotonic() + RECEIVE_TIMEOUT_S
@@ -121,7 +125,9 @@ def consume_to_end(stack: Stack, topic: str) -> list[Message]:
     """Every committed record of `topic`, from the beginning to the end offsets at call time (a
     transactional topic's end includes its commit markers, which a read_committed consumer skips)."""
     admin_topics = kafka_admin(stack.settings).list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer({"bootstrap.servers": stack.settings.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}"})
+    consumer = Consumer(
+        {"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "group.id": f"test-{uuid.uuid4().hex}"}
+    )
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in admin_topics}
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in ends])
     received: list[Message] = []

@@ -88,12 +88,14 @@ def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         app[EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="models")
-        app[STORE] = LiveStore(store, settings.namespace)
+        app[STORE] = LiveStore(store, settings.stack.namespace)
         app[PRODUCER] = producer
         app[TITLES] = titles
         app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT])
         await app[MODELS].refresh()
-        app[BATCHER] = MicroBatcher(rank_batch, app[EXECUTOR], 1, settings.serve_max_batch, app[METRICS].observe_batch)
+        app[BATCHER] = MicroBatcher(
+            rank_batch, app[EXECUTOR], 1, settings.serving.serve_max_batch, app[METRICS].observe_batch
+        )
         batcher = asyncio.create_task(app[BATCHER].run(), name="batcher")
         yield
         batcher.cancel()

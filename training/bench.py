@@ -83,8 +83,8 @@ def timings_table(title: str, timings: dict[str, float]) -> Table:
 
 def last_n_split(settings: Settings, data, last_n: int) -> tuple[dict, dict[str, float]]:
     """The leave-last-N split's report and timings, its models trained from scratch."""
-    keras.utils.set_random_seed(settings.train_seed)
-    run = TrainingRun(settings.model_copy(update={"eval_last_n": last_n}), data, progress=True)
+    keras.utils.set_random_seed(settings.training.train_seed)
+    run = TrainingRun(settings.updated(eval_last_n=last_n), data, progress=True)
     with run.bar:
         measured = run.measure(run.splits[-1])
     return measured.report, run.timings
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_row("wall time (load + train + evaluate + export + gate)", f"{elapsed:.0f} s (target <= {TARGET_S} s)")
     summary.add_row("peak resident memory", f"{peak_mib:.0f} MiB")
     summary.add_row("gate", report["gate"]["verdict"])
-    summary.add_row("report", str(settings.models_dir / f"v{outcome.version:06d}" / REPORT / "report.md"))
+    summary.add_row("report", str(settings.stack.models_dir / f"v{outcome.version:06d}" / REPORT / "report.md"))
     console.print(summary)
     console.print(timings_table("where the retraining's time went", report["timings_s"]))
     for name, split in report["splits"].items():

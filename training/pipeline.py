@@ -6,7 +6,7 @@ retrieval model, two retrieval models on half the users each (whose candidates t
 from, see `training.ranker_data`), DIN, the Embedding+MLP baseline and the previous design train
 from scratch, stop early on the validation queries, and are evaluated with the baselines on the
 test queries. The published models then learn from the newest events too: they continue the time
-split's models over every row, the retrieval model for FINAL_RETRIEVAL_EPOCHS, DIN for one epoch
+split's models over every row, the retrieval model for KF_FINAL_RETRIEVAL_EPOCHS, DIN for one epoch
 over rows whose candidates come from models that did not learn those rows.
 """
 
@@ -81,14 +81,6 @@ RETRIEVAL_WEIGHTS, RANKER_WEIGHTS = "retrieval.weights.h5", "ranker.weights.h5"
 FUTURE_ITEMS = 5
 """A query's relevant items: the next 5 items the user takes (as the leave-last-5 split's)."""
 FOLDS = 2
-RANKER_WIDTH = 44
-RANKER_EPOCHS, RANKER_LEARNING_RATE = 3, 1e-3
-RETRIEVAL_LEARNING_RATE = 2e-3
-RANKER_BATCH = 128
-FINAL_RETRIEVAL_EPOCHS, FINAL_LEARNING_RATE = 2, 5e-4
-RANKER_QUERIES = 25_000
-"""The ranker learns from the newest 25,000 interactions of a split (about half of them keep their
-real item among the candidates)."""
 STANDARDISE_SAMPLE = 4096
 EPOCH_QUERIES = 1000
 """Early stopping judges each epoch on at most this many validation queries (the report and the gate, on all)."""
@@ -143,9 +135,10 @@ class TrainingRun:
     """One run: `prepare`, then `measure` each split, then `fit_final`, `stage`, `gate`."""
 
     def __init__(self, settings: Settings, data: TrainingData, progress: bool = True):
-        self.settings, self.data, self.length = settings, data, settings.sequence_length
-        self.spec = settings.feature_spec()
-        self.registry = Registry(settings.models_dir)
+        self.settings, self.data, self.length = settings, data, settings.pipeline.sequence_length
+        self.spec = settings.pipeline.feature_spec()
+        self.hyperparameters = settings.training.model
+        self.registry = Registry(settings.stack.models_dir)
         self.timings: dict[str, float] = {}
         self.histories: dict[str, History] = {}
         self.bar = progress_bar(progress)
@@ -156,10 +149,16 @@ class TrainingRun:
         genres, years = item_tables(self.vocabulary, data.catalogue)
         self.tables = ItemTables(genres, years, len(self.vocabulary.genres))
         self.splits = [
-            time_split(rows, settings.holdout_fraction, FUTURE_ITEMS, settings.eval_max_queries, settings.train_seed)
+            time_split(
+                rows,
+                settings.training.holdout_fraction,
+                FUTURE_ITEMS,
+                settings.training.eval_max_queries,
+                settings.training.train_seed,
+            )
         ]
-        if settings.eval_last_n:
-            self.splits.append(last_n_split(rows, settings.eval_last_n))
+        if settings.training.eval_last_n:
+            self.splits.append(last_n_split(rows, settings.training.eval_last_n))
         for split in self.splits:
             if len(split.train) < MIN_TRAIN_ROWS or not split.test or not split.validation:
                 raise TrainingError(
@@ -168,11 +167,12 @@ class TrainingRun:
                 )
         with self.timed("trending at every moment"):
             moments = [row for row in rows if is_interaction(row)]
-            self.trending = trending_before(rows, moments, self.spec, settings.trending_candidates)
+            self.trending = trending_before(rows, moments, self.spec, settings.pipeline.trending_candidates)
 
-    def schedule(self, epochs: int, learning_rate: float, patience: int = 2, batch: int | None = None) -> Schedule:
+    def retrieval_schedule(self, epochs: int, learning_rate: float) -> Schedule:
+        spec = self.hyperparameters
         return Schedule(
-            batch or self.settings.train_batch_size, epochs, learning_rate, patience, self.settings.train_seed
+            spec.train_batch_size, epochs, learning_rate, spec.retrieval_patience, self.settings.training.train_seed
         )
 
     def moments(self, queries: list[Query]) -> Moments:
@@ -181,7 +181,16 @@ class TrainingRun:
     # -- retrieval -----------------------------------------------------------------------------------------
 
     def new_retrieval(self) -> SequentialRetrieval:
-        model = SequentialRetrieval(self.tables, self.settings.embedding_dim, self.length, name="retrieval")
+        spec = self.hyperparameters
+        model = SequentialRetrieval(
+            self.tables,
+            spec.embedding_dim,
+            self.length,
+            spec.retrieval_blocks,
+            spec.retrieval_heads,
+            spec.retrieval_dropout,
+            name="retrieval",
+        )
         empty = np.zeros((1, self.length), np.int32)
         model({"items": empty, "kinds": empty, "ages": np.zeros((1, self.length), np.float32)})
         return model
@@ -205,20 +214,23 @@ class TrainingRun:
         def loss(batch):
             return model.next_item_loss(batch["items"], batch["kinds"], batch["ages"], batch["targets"])
 
-        schedule = self.schedule(epochs or self.settings.train_epochs, RETRIEVAL_LEARNING_RATE)
+        model_epochs = epochs or self.hyperparameters.train_epochs
+        schedule = self.retrieval_schedule(model_epochs, self.hyperparameters.retrieval_learning_rate)
         with self.timed(f"train {name}"):
             self.histories[name] = fit(model, loss, arrays, schedule, validate, name, self.bar)
         return model
 
     def recommender(self, retrieval, ranker, counts) -> InMemoryRecommender:
-        return InMemoryRecommender(retrieval, ranker, self.vocabulary, counts, self.settings.faiss_exact_max_items)
+        return InMemoryRecommender(
+            retrieval, ranker, self.vocabulary, counts, self.settings.pipeline.faiss_exact_max_items
+        )
 
     # -- rankers -------------------------------------------------------------------------------------------
 
     def new_ranker(self, kind: type[Ranker], rows: RankerRows, counts: TrainingCounts, name: str) -> Ranker:
         """A ranker whose features are standardised as a sample of the rows' batches finds them."""
-        model = kind(self.tables, RANKER_WIDTH, self.settings.like_weight, name=name)
-        sample = next(rows.batches(counts, min(len(rows), STANDARDISE_SAMPLE), self.settings.train_seed)(0))
+        model = kind(self.tables, self.hyperparameters.ranker_width, self.hyperparameters.like_weight, name=name)
+        sample = next(rows.batches(counts, min(len(rows), STANDARDISE_SAMPLE), self.settings.training.train_seed)(0))
         model.standardise.fit(sample["features"])
         model({key: sample[key][:2] for key in ("items", "kinds", "ages", "candidates", "features", "pairs")})
         return model
@@ -229,8 +241,9 @@ class TrainingRun:
         def loss(batch):
             return ranking_loss(model, batch, batch["liked"], batch["rated"])
 
-        batches = rows.batches(counts, RANKER_BATCH, self.settings.train_seed), rows.steps(RANKER_BATCH)
-        schedule = self.schedule(epochs, RANKER_LEARNING_RATE, patience=1, batch=RANKER_BATCH)
+        spec, seed = self.hyperparameters, self.settings.training.train_seed
+        batches = rows.batches(counts, spec.ranker_batch_size, seed), rows.steps(spec.ranker_batch_size)
+        schedule = Schedule(spec.ranker_batch_size, epochs, spec.ranker_learning_rate, spec.ranker_patience, seed)
         with self.timed(f"train {name}"):
             self.histories[name] = fit(model, loss, batches, schedule, validate, name, self.bar)
         return model
@@ -241,13 +254,14 @@ class TrainingRun:
         chosen = self.moments(epoch_queries(validation.queries))
 
         def validate() -> float:
-            ranked = served(recommender, chosen, self.settings.candidates)
+            ranked = served(recommender, chosen, self.settings.pipeline.candidates)
             return pipeline_metrics(item_lists(ranked), chosen.queries)["ndcg@10"]
 
         return validate
 
     def ranker_queries(self, rows) -> list[Query]:
-        """Each interaction with an item the user had not seen, the newest RANKER_QUERIES."""
+        """Each interaction with an item the user had not seen, the newest KF_RANKER_QUERIES (about half
+        of them keep their real item among the candidates)."""
         histories = Histories(rows)
         queries = [
             query
@@ -255,7 +269,7 @@ class TrainingRun:
             for query in histories.queries(user_id, FUTURE_ITEMS)
             if query.row.event.item_id in query.relevant
         ]
-        return sorted(queries, key=lambda query: query.row.order)[-RANKER_QUERIES:]
+        return sorted(queries, key=lambda query: query.row.order)[-self.hyperparameters.ranker_queries :]
 
     # -- one split -----------------------------------------------------------------------------------------
 
@@ -278,8 +292,8 @@ class TrainingRun:
                 self.ranker_queries(split.train),
                 other_fold(folds),
                 self.trending,
-                settings.candidates,
-                settings.label_threshold,
+                settings.pipeline.candidates,
+                settings.pipeline.label_threshold,
             )
         if not len(rows):
             raise TrainingError(f"{split.name} split: retrieval found no training row's real item among its candidates")
@@ -292,7 +306,7 @@ class TrainingRun:
                 model,
                 rows,
                 counts,
-                RANKER_EPOCHS,
+                self.hyperparameters.ranker_epochs,
                 f"{split.name}: {name}",
                 self.validated_by(plain.with_ranker(model), validation),
             )
@@ -304,9 +318,9 @@ class TrainingRun:
                 vocabulary,
                 self.tables,
                 self.length,
-                settings.label_threshold,
-                settings.train_seed,
-                settings.faiss_exact_max_items,
+                settings.pipeline.label_threshold,
+                settings.training.train_seed,
+                settings.pipeline.faiss_exact_max_items,
                 self.bar,
             )
         with self.timed(f"{split.name}: evaluate"):
@@ -331,8 +345,8 @@ class TrainingRun:
         for part, moments in (("validation", validation), ("test", test)):
             queries = moments.queries
             answers = {
-                "DIN": served(with_din, moments, settings.candidates),
-                "Embedding+MLP": served(with_mlp, moments, settings.candidates),
+                "DIN": served(with_din, moments, settings.pipeline.candidates),
+                "Embedding+MLP": served(with_mlp, moments, settings.pipeline.candidates),
             }
             lists = {
                 SERVED: item_lists(answers["DIN"]),
@@ -344,8 +358,8 @@ class TrainingRun:
             }
             pipelines = {name: pipeline_metrics(items, queries) for name, items in lists.items()}
             if part == "test":  # what only the report reads, on the test queries only
-                pipelines[PREVIOUS] = previous.metrics(moments, settings.candidates, count)
-                dropped = served(with_din, moments, settings.candidates, drop_newest=True)
+                pipelines[PREVIOUS] = previous.metrics(moments, settings.pipeline.candidates, count)
+                dropped = served(with_din, moments, settings.pipeline.candidates, drop_newest=True)
                 pipelines[f"{SERVED}, newest behaviour dropped"] = pipeline_metrics(item_lists(dropped), queries)
             report[part] = {
                 "queries": len(queries),
@@ -362,8 +376,8 @@ class TrainingRun:
     # -- the published models ------------------------------------------------------------------------------
 
     def fit_final(self, measured: SplitModels) -> InMemoryRecommender:
-        """The time split's models, continued over every row: retrieval for FINAL_RETRIEVAL_EPOCHS at a
-        low learning rate, DIN for one epoch over the split's ranker rows and those of the newer rows
+        """The time split's models, continued over every row: retrieval for KF_FINAL_RETRIEVAL_EPOCHS at
+        KF_FINAL_LEARNING_RATE, DIN for one epoch over the split's ranker rows and those of the newer rows
         (whose candidates come from the split's retrieval model, which never learnt them). The counts
         of a row's moment are the same in the split's counts and in those of all rows."""
         rows, split = self.data.rows, measured.split
@@ -377,7 +391,9 @@ class TrainingRun:
                 retrieval,
                 lambda b: retrieval.next_item_loss(b["items"], b["kinds"], b["ages"], b["targets"]),
                 arrays,
-                self.schedule(FINAL_RETRIEVAL_EPOCHS, FINAL_LEARNING_RATE),
+                self.retrieval_schedule(
+                    self.hyperparameters.final_retrieval_epochs, self.hyperparameters.final_learning_rate
+                ),
                 lambda: 0.0,
                 "final: retrieval",
                 self.bar,
@@ -386,7 +402,11 @@ class TrainingRun:
         with self.timed("final: ranker rows"):
             newer = [query for query in self.ranker_queries(rows) if query.row.order > newest]
             added = ranker_rows(
-                newer, lambda _: split_retrieval, self.trending, self.settings.candidates, self.settings.label_threshold
+                newer,
+                lambda _: split_retrieval,
+                self.trending,
+                self.settings.pipeline.candidates,
+                self.settings.pipeline.label_threshold,
             )
             ranker = RankerRows.concatenate([part for part in (measured.ranker_rows, added) if len(part)])
         din = self.new_ranker(DeepInterestNetwork, ranker, counts, "din")
@@ -414,10 +434,11 @@ class TrainingRun:
             parent_version=None,
             created_at=int(time.time() * 1000),
             feature_spec=self.spec,
+            hyperparameters=self.hyperparameters,
             trained_until=self.data.rows[-1].event.ts,
         )
         seal(staging, self.manifest)
-        return LoadedBundle(staging, self.settings.faiss_exact_max_items)
+        return LoadedBundle(staging, self.settings.pipeline.faiss_exact_max_items)
 
     # -- the gate ------------------------------------------------------------------------------------------
 
@@ -432,7 +453,7 @@ class TrainingRun:
         if live is None:
             return True, f"published: no live version to compare with{self._loaded_problem(current)}", new_model
         fresh = [query for query in validation if query.row.event.ts >= live.manifest.trained_until]
-        margin = self.settings.gate_margin
+        margin = self.settings.training.gate_margin
         if len(fresh) >= GATE_MIN_QUERIES:
             new, old = self._gate_metrics(measured.recommender, fresh), self._gate_metrics(live, fresh)
             worse = [
@@ -460,7 +481,7 @@ class TrainingRun:
         return False, f"refused: {'; '.join(worse)} ({basis}; --force publishes anyway)", new_model
 
     def _gate_metrics(self, recommender, queries: list[Query]) -> dict[str, float]:
-        ranked = served(recommender, self.moments(queries), self.settings.candidates)
+        ranked = served(recommender, self.moments(queries), self.settings.pipeline.candidates)
         return {
             "ndcg@10": pipeline_metrics(item_lists(ranked), queries)["ndcg@10"],
             "pool_auc": pool_auc(ranked, queries),
@@ -471,7 +492,7 @@ class TrainingRun:
         if current is None:
             return None
         try:
-            return LoadedBundle(self.registry.path(current), self.settings.faiss_exact_max_items)
+            return LoadedBundle(self.registry.path(current), self.settings.pipeline.faiss_exact_max_items)
         except BundleError as error:
             self.live_problem = str(error)
             return None
@@ -519,8 +540,8 @@ class TrainingRun:
             "rows": len(self.data.rows),
             "items": len(self.data.catalogue),
             "time_split_from_utc": _utc(time.validation[0].row.event.ts) if time.validation else None,
-            "label_threshold": self.settings.label_threshold,
-            "like_weight": self.settings.like_weight,
+            "label_threshold": self.settings.pipeline.label_threshold,
+            "like_weight": self.settings.training.model.like_weight,
             "relevant": f"the next {FUTURE_ITEMS} items each query's user takes, none seen before",
         }
 
@@ -549,7 +570,7 @@ def train_once(
     settings: Settings, data: TrainingData, *, force: bool = False, announce: bool = True, progress: bool = True
 ) -> Outcome:
     """Measure, train, evaluate and (if the gate allows, or `force`) publish the next version."""
-    keras.utils.set_random_seed(settings.train_seed)
+    keras.utils.set_random_seed(settings.training.train_seed)
     tf.config.experimental.enable_op_determinism()
     clock = time.perf_counter()
     run = TrainingRun(settings, data, progress)
@@ -585,20 +606,22 @@ def train_once(
                 metrics=metrics,
             ),
         )
-    if pruned := run.registry.prune(settings.keep_versions):
+    if pruned := run.registry.prune(settings.training.keep_versions):
         log.info("deleted old versions %s", pruned)
     return Outcome(version, True, verdict, report)
 
 
 def _announce(settings: Settings, update: ModelUpdate) -> None:
     """Tell followers (serving) a version is live; they also poll CURRENT, so a failure here only delays them."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "message.timeout.ms": 10_000})
-    producer.produce(settings.topic_model_updates, key=update.kafka_key, value=update.to_json())
+    producer = Producer(
+        {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "message.timeout.ms": 10_000}
+    )
+    producer.produce(settings.stack.topic_model_updates, key=update.kafka_key, value=update.to_json())
     if producer.flush(15) > 0:
         log.error(
             "could not announce version %d on %s; serving will find it by polling",
             update.version,
-            settings.topic_model_updates,
+            settings.stack.topic_model_updates,
         )
     else:
-        log.info("announced version %d on %s", update.version, settings.topic_model_updates)
+        log.info("announced version %d on %s", update.version, settings.stack.topic_model_updates)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--every",
         type=duration_s,
-        default=settings.retrain_every_s,
+        default=settings.training.retrain_every_s,
         metavar="DURATION",
         help="period, e.g. 15m (default KF_RETRAIN_EVERY_S seconds)",
     )
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
     log.info("retraining from %s every %.0fs into %s, first run in %.0fs",
-             arguments.source, arguments.every, settings.models_dir, arguments.delay)  # fmt: skip
+             arguments.source, arguments.every, settings.stack.models_dir, arguments.delay)  # fmt: skip
     run_periodically(settings, arguments.source, arguments.every, stop, arguments.synthetic_events,
                      not arguments.no_progress, arguments.delay)  # fmt: skip
     return 0

@@ -33,17 +33,17 @@ class TrainingData:
 
 
 def load(settings: Settings, source: Source, synthetic_events: int = 20_000) -> TrainingData:
-    spec, now = settings.feature_spec(), int(time.time() * 1000)
+    spec, now = settings.pipeline.feature_spec(), int(time.time() * 1000)
     if source is Source.SAMPLES:
-        directory = sample_log.log_directory(settings.samples_dir, settings.namespace)
-        rows = read_sample_log(directory, settings.training_window_days, settings.training_max_rows)
+        directory = sample_log.log_directory(settings.stack.samples_dir, settings.stack.namespace)
+        rows = read_sample_log(directory, settings.training.training_window_days, settings.training.training_max_rows)
         return TrainingData(f"sample log {directory}", rows, read_catalogue_topic(settings))
     if source is Source.MOVIELENS:
-        directory = locate_dataset(settings.movielens_path)
+        directory = locate_dataset(settings.stack.movielens_path)
         report = LoadReport()
         rows = bootstrap_rows(rating_events(directory, report), spec)
         return TrainingData(f"MovieLens {directory}", rows, catalogue_by_id(catalogue_items(directory, report, now)))
-    world = SyntheticWorld(WorldSpec(seed=settings.train_seed + 7))
+    world = SyntheticWorld(WorldSpec(seed=settings.training.train_seed + 7))
     rows = bootstrap_rows(world.events(synthetic_events), spec)
     return TrainingData(
         f"synthetic world ({synthetic_events} events)", rows, catalogue_by_id(world.catalogue(now)), world

@@ -54,12 +54,12 @@ class HttpSender:
 
 
 def kafka_pid(stack: Stack) -> int:
-    return int((stack.settings.run_dir / "kafka" / "kafka.pid").read_text().split()[0])
+    return int((stack.settings.stack.run_dir / "kafka" / "kafka.pid").read_text().split()[0])
 
 
 def test_3_a_broker_killed_under_publishers_loses_no_acknowledged_event_and_reports_the_rest(own_stack, tmp_path):
     settings = own_stack.settings
-    job = start_job(own_stack, settings.topic_events, "broker", tmp_path / "job.log")
+    job = start_job(own_stack, settings.stack.topic_events, "broker", tmp_path / "job.log")
     service = Process(own_stack, tmp_path / "service.log", "-m", "serving", "--port", str(port := free_port()))
     base = f"http://127.0.0.1:{port}"
     try:
@@ -81,11 +81,11 @@ def test_3_a_broker_killed_under_publishers_loses_no_acknowledged_event_and_repo
         refused = [(batch, answer) for batch, status, answer in sender.answers if status != 202]
         for batch, _ in refused:  # what the 503 tells the client to do
             wait_for(lambda batch=batch: call(base, "/v1/events", batch)[0] == 202, "a resent batch accepted")
-        in_topic = [parse_event(m.value()) for m in consume_to_end(own_stack, settings.topic_events)]
-        client = redis.Redis(host=settings.bind_host, port=settings.redis_port)
+        in_topic = [parse_event(m.value()) for m in consume_to_end(own_stack, settings.stack.topic_events)]
+        client = redis.Redis(host=settings.stack.bind_host, port=settings.stack.redis_port)
         trending_key = redis_key(KeyKind.TRENDING, "global", "broker")
         wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in in_topic}), "the topic in Redis")
-        assert_state_equals_reference(client, "broker", in_topic, settings.feature_spec())
+        assert_state_equals_reference(client, "broker", in_topic, settings.pipeline.feature_spec())
     finally:
         service.stop()
         os.killpg(job.pid, signal.SIGKILL)

@@ -71,7 +71,7 @@ def open_page(browser: Browser, stack: Stack) -> Page:
     # Printed, so pytest shows them when a test fails: what the page was told, and what it said.
     page.on("response", lambda response: response.status >= 400 and print(f"{response.status} {response.url}"))
     page.on("console", lambda message: print(f"console {message.type}: {message.text}"))
-    page.goto(f"http://127.0.0.1:{stack.settings.serve_port}/")
+    page.goto(f"http://127.0.0.1:{stack.settings.serving.serve_port}/")
     return page
 
 
@@ -79,8 +79,8 @@ def test_1_demo_prints_the_page_and_loaded_the_synthetic_history(demo):
     stack, output = demo
 
     assert "history: synthetic (KF_DEMO_SOURCE=synthetic)" in output
-    assert f"http://127.0.0.1:{stack.settings.serve_port}/" in output
-    assert call(f"http://127.0.0.1:{stack.settings.serve_port}", "/readyz")[1]["model_version"] == 1
+    assert f"http://127.0.0.1:{stack.settings.serving.serve_port}/" in output
+    assert call(f"http://127.0.0.1:{stack.settings.serving.serve_port}", "/readyz")[1]["model_version"] == 1
 
 
 def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendations(demo, browser):
@@ -108,7 +108,7 @@ def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendati
     expect(newest).to_contain_text("click")
     after = item_ids(page, "recommendations")
     assert after != before and chosen not in after  # exclude_seen: the clicked item is now in the sequence
-    _, profile = call(f"http://127.0.0.1:{stack.settings.serve_port}", f"/v1/users/{user}/profile")
+    _, profile = call(f"http://127.0.0.1:{stack.settings.serving.serve_port}", f"/v1/users/{user}/profile")
     assert profile["sequence"][-1]["item_id"] == chosen and profile["sequence"][-1]["event_id"].startswith("web-")
     assert profile["sequence"][-1]["title"] == newest.locator(".title").text_content()
 
@@ -135,7 +135,7 @@ def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event
 
     soaked = stack.run("-m", "infra.soak", *soak, *load, timeout=900)
 
-    [summary_file] = (stack.settings.run_dir / "soak").glob("*/summary.json")
+    [summary_file] = (stack.settings.stack.run_dir / "soak").glob("*/summary.json")
     summary = orjson.loads(summary_file.read_bytes())
     assert summary["errors"] == 0 and summary["fallbacks"] == 0, summary
     assert summary["events"] == {"acknowledged": 50 * 180, "unsure": 0, "lost": 0, "extra": 0}
@@ -166,4 +166,4 @@ def test_5_demo_again_is_harmless_and_down_stops_everything(demo):
 
 
 def pid_of(stack: Stack, service: str) -> int:
-    return int((stack.settings.run_dir / service / f"{service}.pid").read_text().split()[0])
+    return int((stack.settings.stack.run_dir / service / f"{service}.pid").read_text().split()[0])

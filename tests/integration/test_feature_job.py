@@ -55,7 +55,7 @@ def new_topic_named(stack: Stack, prefix: str, partitions: int = 3) -> str:
 
 
 def publish(stack: Stack, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": stack.settings.kafka_bootstrap, "acks": "all",
+    producer = Producer({"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "acks": "all",
                          "enable.idempotence": True, "message.max.bytes": 4 * 1024 * 1024})  # fmt: skip
     for key, value in records:
         producer.produce(topic, key=key, value=value)
@@ -122,12 +122,12 @@ def bounded_run(stack: Stack):
 
 def test_1_redis_equals_the_pure_feature_functions_despite_disorder_and_duplicates(bounded_run, redis_client):
     stack, _, _, events, job = bounded_run
-    raw_client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    raw_client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
 
     assert job.returncode == 0, job.stdout + job.stderr
     assert len({e.event_id for e in events}) < len(events)  # the input did hold duplicates
     assert any(a.ts > b.ts for a, b in itertools.pairwise(events))  # and disorder
-    assert_state_equals_reference(raw_client, "bounded", events, stack.settings.feature_spec())
+    assert_state_equals_reference(raw_client, "bounded", events, stack.settings.pipeline.feature_spec())
     assert raw_client.pttl(redis_key(KeyKind.USER_SEQUENCE, events[0].user_id, "bounded")) > 0  # inactive users expire
 
 
@@ -150,13 +150,15 @@ def test_4_every_bad_record_is_a_dead_letter_with_its_reason_and_the_job_went_on
 
 
 def logged_rows(stack: Stack, namespace: str) -> list:
-    directory = sample_log.log_directory(stack.settings.samples_dir, namespace)
-    return read_sample_log(directory, stack.settings.training_window_days, stack.settings.training_max_rows)
+    directory = sample_log.log_directory(stack.settings.stack.samples_dir, namespace)
+    return read_sample_log(
+        directory, stack.settings.training.training_window_days, stack.settings.training.training_max_rows
+    )
 
 
 def test_the_sample_log_holds_one_committed_row_per_labelled_event_and_nothing_in_progress(bounded_run):
     stack, _, _, events, _ = bounded_run
-    directory = sample_log.log_directory(stack.settings.samples_dir, "bounded")
+    directory = sample_log.log_directory(stack.settings.stack.samples_dir, "bounded")
 
     rows = logged_rows(stack, "bounded")
 
@@ -172,12 +174,12 @@ def test_the_sample_log_is_what_training_bootstraps_from_the_same_events(bounded
 
     logged = logged_rows(stack, "bounded")
 
-    assert logged == bootstrap_rows(events, stack.settings.feature_spec())
+    assert logged == bootstrap_rows(events, stack.settings.pipeline.feature_spec())
 
 
 def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_and_value_by_value(bounded_run):
     stack, topic, _, _, _ = bounded_run
-    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     replay_dlq = new_topic_named(stack, "dlq-replay", partitions=1)
     replay_stack = stack.with_env(KF_TOPIC_DLQ=replay_dlq)
 
@@ -231,13 +233,13 @@ def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_r
     stack, topic, _, events, _ = bounded_run
     process_mode = stack.with_env(KF_PYTHON_EXECUTION_MODE="process",
                                   KF_TOPIC_DLQ=new_topic_named(stack, "dlq-process", partitions=1))  # fmt: skip
-    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
 
     job = process_mode.run("-m", "streams.feature_job", "--topic", topic, "--namespace", "process-mode", "--bounded",
                            "--fresh", "--no-samples", timeout=JOB_TIMEOUT_S)  # fmt: skip
 
     assert job.returncode == 0, job.stdout + job.stderr
-    assert_state_equals_reference(client, "process-mode", events, stack.settings.feature_spec())
+    assert_state_equals_reference(client, "process-mode", events, stack.settings.pipeline.feature_spec())
 
 
 def committed_offsets(stack: Stack, topic: str, namespace: str) -> dict[int, int]:
@@ -258,7 +260,7 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
     job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_TOPIC_DLQ=dlq, KF_RUN_DIR=str(tmp_path / "run"))
     # The first run's checkpoints are far apart, so the kill falls seconds after one and long before the next.
     first_run = job_stack.with_env(KF_CHECKPOINT_INTERVAL_S="15")
-    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     events = messy_stream(seed=33, count=1200)
     trending_key = redis_key(KeyKind.TRENDING, "global", "crash")
     first, second = events[:600], events[600:]
@@ -286,13 +288,13 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
     publish(stack, topic, [*[(e.kafka_key, e.to_json()) for e in second[300:]], bad[4]])
 
     restarted = start_job(job_stack, topic, "crash", tmp_path / "second.log")
-    directory = sample_log.log_directory(job_stack.settings.samples_dir, "crash")
+    directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "crash")
     try:
         # Each operator writes Redis before it passes a batch on: trending counting every event means all are written.
         wait_for(lambda: version_of(client, trending_key) >= applied(events), "every event in Redis")
-        assert_state_equals_reference(client, "crash", events, stack.settings.feature_spec())
+        assert_state_equals_reference(client, "crash", events, stack.settings.pipeline.feature_spec())
         wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
-        assert logged_rows(job_stack, "crash") == bootstrap_rows(events, stack.settings.feature_spec())
+        assert logged_rows(job_stack, "crash") == bootstrap_rows(events, stack.settings.pipeline.feature_spec())
         letters = [orjson.loads(m.value()) for m in consume_to_end(stack, dlq)]
         assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(r for _, r in bad)
     finally:
@@ -305,10 +307,10 @@ def test_a_row_is_committed_within_two_checkpoint_intervals_of_its_event_reachin
     topic = new_topic_named(stack, "events-visible")
     job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S=str(interval_s), KF_RUN_DIR=str(tmp_path / "run"),
                                KF_TOPIC_DLQ=new_topic_named(stack, "dlq-visible", 1))  # fmt: skip
-    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     trending_key = redis_key(KeyKind.TRENDING, "global", "visible")
     warm_up, burst = messy_stream(seed=41, count=300), messy_stream(seed=42, count=900)
-    directory = sample_log.log_directory(job_stack.settings.samples_dir, "visible")
+    directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "visible")
     job = start_job(job_stack, topic, "visible", tmp_path / "job.log")
     try:
         publish(stack, topic, [(e.kafka_key, e.to_json()) for e in warm_up])
@@ -353,7 +355,7 @@ def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) 
 def test_6_reported_freshness_stays_within_5_s_at_500_events_per_second(stack: Stack, tmp_path):
     topic = new_topic_named(stack, "events-fresh")
     job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1))
-    client = redis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     trending_key = redis_key(KeyKind.TRENDING, "global", "fresh")
     producer = make_producer(stack.settings)
     job = start_job(job_stack, topic, "fresh", tmp_path / "job.log")
@@ -384,7 +386,7 @@ def publish_now(producer, topic: str, count: int, rate: int) -> int:
 
 def freshness_p99s(stack: Stack, since: str) -> list[tuple[int, int]]:
     """(event p99, append p99) in ms of every freshness report the users' Redis writer logged after `since`."""
-    reports = freshness_reports(stack.settings.logs_dir, since)
+    reports = freshness_reports(stack.settings.stack.logs_dir, since)
     return [(round(report.event_p99_ms), round(report.append_p99_ms)) for report in reports]
 
 
@@ -445,16 +447,16 @@ def test_2_redis_hung_then_stopped_under_the_live_job_loses_and_doubles_nothing(
         time.sleep(8)
         server.restart()
         wait_for(lambda: version_of(server.client(), trending_key) >= len({e.event_id for e in events}), "all events")
-        directory = sample_log.log_directory(job_stack.settings.samples_dir, "down")
-        expected_rows = bootstrap_rows(events, stack.settings.feature_spec())
+        directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "down")
+        expected_rows = bootstrap_rows(events, stack.settings.pipeline.feature_spec())
         wait_for(lambda: len(logged_rows(job_stack, "down")) >= len(expected_rows), "every row committed")
         wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
-        assert_state_equals_reference(server.client(), "down", events, stack.settings.feature_spec())
+        assert_state_equals_reference(server.client(), "down", events, stack.settings.pipeline.feature_spec())
         assert logged_rows(job_stack, "down") == expected_rows
         letters = [orjson.loads(m.value()) for m in consume_to_end(stack, dlq)]
         assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(r for _, r in bad)
         flink_log = "\n".join(
-            path.read_text(errors="replace") for path in job_stack.settings.logs_dir.glob("flink-*.log")
+            path.read_text(errors="replace") for path in job_stack.settings.stack.logs_dir.glob("flink-*.log")
         )
         assert "failed (Timeout" in flink_log and "failed (Error 111" in flink_log  # it met the hang and the outage
     finally:

@@ -28,7 +28,7 @@ seen_entries = st.lists(
 
 @pytest.fixture(params=DEPLOYMENTS)
 def store(request, stack: Stack) -> Iterator[FeatureStore]:
-    store = FeatureStore.connect(stack.settings.bind_host, stack.settings.redis_port, timeout_s=5)
+    store = FeatureStore.connect(stack.settings.stack.bind_host, stack.settings.stack.redis_port, timeout_s=5)
     yield store
     store.close()
 
@@ -154,7 +154,7 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, sto
     )
 
     async def read():
-        client = aioredis.Redis(host=stack.settings.bind_host, port=stack.settings.redis_port)
+        client = aioredis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
         reader = AsyncFeatureStore(client)
         try:
             return (await reader.read_user("u1", namespace, seen=True), await reader.read_user("u2", namespace),

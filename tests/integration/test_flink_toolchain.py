@@ -9,7 +9,7 @@ from tests.conftest import Stack
 
 def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str, redis_client: redis.Redis):
     records = [f'{{"n": {i}, "text": "récord {i}"}}' for i in range(500)]
-    producer = Producer({"bootstrap.servers": stack.settings.kafka_bootstrap, "acks": "all"})
+    producer = Producer({"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "acks": "all"})
     for i, record in enumerate(records):
         producer.produce(new_topic, key=str(i % 11).encode(), value=record.encode())
     assert producer.flush(30) == 0

@@ -7,7 +7,7 @@ def test_produced_records_are_consumed_back_with_keys_and_per_key_order(stack: S
     sent = [(f"user-{i % 50}".encode(), f"event-{i}".encode()) for i in range(300)]
     acknowledged = []
     producer = Producer(
-        {"bootstrap.servers": stack.settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
+        {"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
     )
     for key, value in sent:
         producer.produce(

@@ -16,7 +16,7 @@ def test_values_round_trip(redis_client: redis.Redis):
 def test_server_runs_with_the_project_config(stack: Stack, redis_client: redis.Redis):
     config = redis_client.config_get("*")
 
-    assert config["bind"] == stack.settings.bind_host
+    assert config["bind"] == stack.settings.stack.bind_host
     assert config["appendonly"] == "yes"
-    assert config["maxmemory-policy"] == stack.settings.redis_maxmemory_policy
-    assert config["dir"] == str((stack.settings.run_dir / "redis").resolve())
+    assert config["maxmemory-policy"] == stack.settings.stack.redis_maxmemory_policy
+    assert config["dir"] == str((stack.settings.stack.run_dir / "redis").resolve())

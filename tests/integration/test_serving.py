@@ -136,7 +136,7 @@ def test_1_recommendations_follow_new_events_through_kafka_and_the_stream(system
     _, base, _ = system
     first = [click("fresh", f"i{n}", 1_735_700_000_000 + n, n) for n in (3, 5, 8)]
 
-    assert call(base, "/v1/events", first) == (202, {"accepted": 3, "topic": system[0].settings.topic_events})
+    assert call(base, "/v1/events", first) == (202, {"accepted": 3, "topic": system[0].settings.stack.topic_events})
     applied(base, "fresh", 3)
     status, before = call(base, "/v1/recommendations?user_id=fresh&k=10&explain=true")
     later = [click("fresh", f"i{n}", 1_735_800_000_000 + n, n) for n in (101, 150, 222, 260, 301)]
@@ -233,7 +233,7 @@ LOAD_RATE = 20.0
 
 def test_3_a_hot_swap_under_open_loop_load_answers_every_request_from_the_models(system):
     configured, base, _ = system
-    registry = Registry(configured.settings.models_dir)
+    registry = Registry(configured.settings.stack.models_dir)
     for n, user in enumerate(LIVE_USERS):
         call(base, "/v1/events", [click(user, f"i{7 * n + step}", 1_735_700_000_000 + step, step) for step in range(5)])
     for user in LIVE_USERS:
@@ -400,7 +400,7 @@ IN_PROCESS_EVENTS.append(click("u2", "i6", 1_735_700_600_000, 6))
 def in_process(system) -> tuple[Settings, MemoryFeatureStore, RecordingProducer, object]:
     settings = system[0].settings
     store, producer = (
-        MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS], settings.feature_spec()),
+        MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS], settings.pipeline.feature_spec()),
         RecordingProducer(),
     )
     return settings, store, producer, in_memory_resources(store, producer, {"i1": "Item one"})
@@ -432,7 +432,7 @@ def test_in_process_recommendations_are_ranked_by_the_models_and_answer_as_docum
     assert (known["fallback"], known["reason"], known["model_version"]) == (
         False,
         None,
-        Registry(settings.models_dir).current(),
+        Registry(settings.stack.models_dir).current(),
     )
     assert len(known["items"]) == 5 and not {item["item_id"] for item in known["items"]} & {
         "i1",
@@ -484,7 +484,7 @@ def test_in_process_similar_trending_users_and_profile_answer_from_the_bundle_an
     assert trending[0] == 200 and [[item["item_id"], item["score"]] for item in trending[1]["items"]] == stored
     assert users == (200, {"users": ["u1", "u2"]})
     assert [entry["item_id"] for entry in profile[1]["sequence"]] == ["i1", "i2", "i3", "i4", "i5"]
-    assert profile[1]["sequence"][0]["title"] == "Item one" and profile[1]["namespace"] == settings.namespace
+    assert profile[1]["sequence"][0]["title"] == "Item one" and profile[1]["namespace"] == settings.stack.namespace
     assert (page_status, page_type) == (200, "text/html")
     for answer in (similar[1], trending[1]):
         conforms(answer, document, "ItemList")
@@ -503,7 +503,7 @@ def test_in_process_events_are_acknowledged_all_or_none(system):
 
     accepted, refused, unacknowledged = with_client(settings, resources, calls)
 
-    assert accepted == (202, {"accepted": 2, "topic": settings.topic_events})
+    assert accepted == (202, {"accepted": 2, "topic": settings.stack.topic_events})
     assert [orjson.loads(value)["event_id"] for _, _, value in producer.produced] == ["u9-90", "u9-91"]
     assert refused[0] == 400 and all(reason.startswith("[1]") for reason in refused[1]["reasons"])
     assert unacknowledged[0] == 503 and "broker down" in unacknowledged[1]["error"]
@@ -526,7 +526,7 @@ def test_in_process_operator_routes_and_the_document_list_every_route(system):
     health, ready, models, wrong, reload, metrics, document, unready = with_client(settings, resources, calls)
 
     assert health == (200, {"status": "ok"}) and ready[0] == 200 and ready[1]["ready"]
-    assert models[1]["live_version"] == Registry(settings.models_dir).current() == reload[1]["live_version"]
+    assert models[1]["live_version"] == Registry(settings.stack.models_dir).current() == reload[1]["live_version"]
     assert (wrong, reload[0], reload[1]["swapped"]) == (401, 200, False)
     assert 'kingfisher_request_seconds_count{route="/healthz"}' in metrics
     assert unready == (

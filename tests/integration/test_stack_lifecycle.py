@@ -15,7 +15,7 @@ def private_stack(tmp_path) -> Stack:
 
 
 def stack_pids(stack: Stack) -> dict[str, int]:
-    pid_files = stack.settings.run_dir.glob("*/*.pid")
+    pid_files = stack.settings.stack.run_dir.glob("*/*.pid")
     return {path.stem: int(path.read_text().split()[0]) for path in pid_files}
 
 
@@ -45,9 +45,9 @@ def test_up_is_idempotent_and_down_leaves_no_process(private_stack: Stack):
 
 
 def test_a_port_in_use_is_named_with_the_remedy_and_nothing_starts(private_stack: Stack):
-    port = private_stack.settings.kafka_controller_port
+    port = private_stack.settings.stack.kafka_controller_port
     with socket.socket() as squatter:
-        squatter.bind((private_stack.settings.bind_host, port))
+        squatter.bind((private_stack.settings.stack.bind_host, port))
         squatter.listen()
         result = private_stack.run("infra/stack.py", "up")
 
@@ -66,6 +66,6 @@ def test_a_service_that_dies_while_starting_is_reported_with_its_log(private_sta
     message = " ".join(result.stderr.split())
     assert result.returncode == 1
     assert "redis exited with code 1 while starting; see" in message
-    assert str(broken.settings.logs_dir.resolve() / "redis.log") in message.replace(" ", "")
+    assert str(broken.settings.stack.logs_dir.resolve() / "redis.log") in message.replace(" ", "")
     assert "maxmemory-policy" in message
     assert stack_pids(broken) == {}

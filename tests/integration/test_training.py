@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from schemas import sample_log
-from schemas.bundle import RANKER, REPORT, Registry
+from schemas.bundle import MANIFEST, RANKER, REPORT, Registry
 from schemas.config import Settings
+from schemas.hyperparameters import Hyperparameters
 from schemas.logic.ann import ItemIndex
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
@@ -83,7 +84,7 @@ def train_tiny(stack: Stack, *options: str):
 @pytest.fixture(scope="module")
 def published(stack: Stack, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("training")
-    configured = trainer(stack, run_dir)
+    configured = trainer(stack, run_dir, KF_TRAINING__MODEL__RANKER_WIDTH="24")
     result = train_tiny(configured)
     return configured, run_dir, result
 
@@ -102,8 +103,21 @@ def test_the_trainer_publishes_a_verified_bundle_with_its_report_and_announces_i
     assert 0.0 <= test["pipelines"][SERVED]["ndcg@10"] <= 1.0
     assert 0.0 < test["true_click_share_top10"][SERVED] <= 1.0  # the synthetic world's ground truth
     assert all((registry.path(1) / REPORT / name).stat().st_size > 0 for name in ("report.md", "pipelines.png"))
-    announced = [orjson.loads(m.value()) for m in consume_all(stack, stack.settings.topic_model_updates, expected=1)]
+    announced = [
+        orjson.loads(m.value()) for m in consume_all(stack, stack.settings.stack.topic_model_updates, expected=1)
+    ]
     assert any(update["version"] == 1 and update["path"] == str(registry.path(1)) for update in announced)
+
+
+def test_the_manifest_records_the_hyperparameters_the_models_were_trained_with(published):
+    _, run_dir, _ = published
+
+    manifest = orjson.loads((Registry(run_dir / "models").path(1) / MANIFEST).read_bytes())
+
+    assert (
+        manifest["hyperparameters"]
+        == Hyperparameters(train_epochs=1, train_batch_size=128, ranker_width=24).model_dump()
+    )
 
 
 def test_a_published_bundle_loads_and_scores_in_a_fresh_process(published):
@@ -142,13 +156,15 @@ def test_a_bundle_with_one_corrupted_file_is_refused_with_a_clear_error(publishe
 
 def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(published):
     stack, _, _ = published
-    settings = stack.settings.model_copy(update={"eval_last_n": 0})
+    settings = stack.settings.updated(eval_last_n=0)
     run = TrainingRun(settings, load(settings, Source.SYNTHETIC, int(SYNTHETIC_EVENTS)), progress=False)
     measured = run.measure(run.splits[0])
     rng = np.random.default_rng(0)
     broken = measured.recommender
     broken.embeddings = rng.permutation(broken.embeddings)  # every item's vector another item's: retrieval is noise
-    broken.index = ItemIndex(settings.faiss_exact_max_items).index(broken.embeddings, list(run.vocabulary.item_ids))
+    broken.index = ItemIndex(settings.pipeline.faiss_exact_max_items).index(
+        broken.embeddings, list(run.vocabulary.item_ids)
+    )
     for variable in broken.ranker.trainable_variables:  # and DIN scores noise: its features alone rank well
         variable.assign(rng.normal(0.0, 0.5, variable.shape).astype(np.float32))
 
@@ -179,7 +195,9 @@ def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(sta
             deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
             while "training run failed" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.5)
-            directory = sample_log.log_directory(configured.settings.samples_dir, configured.settings.namespace)
+            directory = sample_log.log_directory(
+                configured.settings.stack.samples_dir, configured.settings.stack.namespace
+            )
             write_sample_log(directory, list(world.events(4000)), configured.settings)
             while len(registry.versions()) < 2 and time.monotonic() < deadline and scheduler.poll() is None:
                 time.sleep(1)
@@ -204,9 +222,9 @@ def test_5_a_model_trained_on_shuffled_items_is_refused_at_the_default_margin_an
     configured = trainer(stack, tmp_path, KF_TOPIC_ITEMS=items_topic, KF_TOPIC_MODEL_UPDATES=updates).with_env(
         KF_EVAL_MAX_QUERIES="400"
     )
-    assert configured.settings.gate_margin == Settings().gate_margin  # the default margin
+    assert configured.settings.training.gate_margin == Settings().training.gate_margin  # the default margin
     registry = Registry(tmp_path / "models")
-    directory = sample_log.log_directory(configured.settings.samples_dir, configured.settings.namespace)
+    directory = sample_log.log_directory(configured.settings.stack.samples_dir, configured.settings.stack.namespace)
     events = sorted(world.events(6000), key=lambda event: event.ts)
     # v1 learns from the older 80 %, so the next run's validation (80-90 % by time) is new to it.
     older, newer = events[:4800], events[4800:]

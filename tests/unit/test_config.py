@@ -1,16 +1,20 @@
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from schemas.config import Settings
+from schemas.config import SETTING_PATHS, Settings, setting_paths
 
 
 def test_defaults_bind_every_service_to_loopback_on_the_documented_ports(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     settings = Settings()
 
-    assert settings.bind_host == "127.0.0.1"
-    assert (settings.kafka_port, settings.kafka_controller_port, settings.redis_port) == (9092, 9093, 6379)
-    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.stack.bind_host == "127.0.0.1"
+    assert (settings.stack.kafka_port, settings.stack.kafka_controller_port, settings.stack.redis_port) == (
+        9092,
+        9093,
+        6379,
+    )
+    assert settings.stack.kafka_bootstrap == "127.0.0.1:9092"
 
 
 def test_environment_overrides_the_config_file_which_overrides_defaults(monkeypatch, tmp_path):
@@ -21,10 +25,10 @@ def test_environment_overrides_the_config_file_which_overrides_defaults(monkeypa
 
     settings = Settings()
 
-    assert settings.kafka_port == 19092
-    assert settings.redis_port == 26379
-    assert settings.topic_events == "clicks"
-    assert settings.topic_items == "items"
+    assert settings.stack.kafka_port == 19092
+    assert settings.stack.redis_port == 26379
+    assert settings.stack.topic_events == "clicks"
+    assert settings.stack.topic_items == "items"
 
 
 @pytest.mark.parametrize(("variable", "value"), [("KF_KAFKA_PORT", "70000"), ("KF_EVENTS_PARTITIONS", "0")])
@@ -48,6 +52,60 @@ def test_the_feature_spec_follows_the_settings(monkeypatch):
     monkeypatch.setenv("KF_SEQUENCE_LENGTH", "20")
     monkeypatch.setenv("KF_POPULARITY_HALF_LIFE_H", "1.5")
 
-    spec = Settings().feature_spec()
+    spec = Settings().pipeline.feature_spec()
 
     assert (spec.sequence_length, spec.popularity_half_life_ms) == (20, 5_400_000)
+
+
+def test_sections_and_flat_names_mix_each_source_keeping_its_precedence(monkeypatch, tmp_path):
+    config_file = tmp_path / "site.toml"
+    config_file.write_text(
+        'topic_events = "clicks"\n[stack]\nkafka_port = 19092\nredis_port = 16379\n[training.model]\nranker_width = 8\n'
+    )
+    monkeypatch.setenv("KF_CONFIG_FILE", str(config_file))
+    monkeypatch.setenv("KF_REDIS_PORT", "26379")
+    monkeypatch.setenv("KF_STACK__KAFKA_PORT", "29092")
+    monkeypatch.setenv("KF_KAFKA_PORT", "39092")
+
+    settings = Settings(ranker_width=16)
+
+    assert (settings.stack.kafka_port, settings.stack.redis_port) == (29092, 26379)
+    assert (settings.stack.topic_events, settings.stack.topic_items) == ("clicks", "items")
+    assert settings.training.model.ranker_width == 16
+
+
+def test_an_unknown_name_in_a_section_is_rejected_naming_it(monkeypatch, tmp_path):
+    config_file = tmp_path / "typo.toml"
+    config_file.write_text("[serving]\nmax_kk = 5\n")
+    monkeypatch.setenv("KF_CONFIG_FILE", str(config_file))
+
+    with pytest.raises(ValidationError, match=r"serving\.max_kk"):
+        Settings()
+
+
+def test_a_name_in_two_sections_is_refused():
+    class One(BaseModel):
+        port: int = 1
+
+    class Two(BaseModel):
+        port: int = 2
+
+    class Both(BaseModel):
+        one: One = One()
+        two: Two = Two()
+
+    with pytest.raises(TypeError, match="port"):
+        setting_paths(Both)
+
+
+def test_flat_names_read_and_update_the_settings_in_their_sections(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(max_k=30)
+
+    updated = settings.updated(ranker_width=12, redis_port=7000)
+
+    assert (settings.flat()["max_k"], settings.flat()["ranker_width"]) == (30, 44)
+    assert (updated.training.model.ranker_width, updated.stack.redis_port, updated.serving.max_k) == (12, 7000, 30)
+    assert len(settings.flat()) == len(SETTING_PATHS) == 80
+    with pytest.raises(ValidationError, match="kafka_port"):
+        settings.updated(kafka_port=70000)

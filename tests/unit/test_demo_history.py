@@ -57,7 +57,7 @@ def test_then_the_synthetic_generator_when_nothing_can_be_fetched(tmp_path, no_s
     history = demo.choose_history(settings)
 
     assert (history.source, history.path) == ("synthetic", None)
-    assert history.publish_arguments("events", settings)[-2:] == ["--limit", str(settings.demo_synthetic_events)]
+    assert history.publish_arguments("events", settings)[-2:] == ["--limit", str(settings.demo.demo_synthetic_events)]
 
 
 def test_asking_for_movielens_when_there_is_none_is_an_error(tmp_path, no_shared_copy):

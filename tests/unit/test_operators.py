@@ -12,7 +12,7 @@ from streams.operators import DEAD_LETTERS, SAMPLES, ItemFeaturesFunction, Trend
 from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
 
 SETTINGS = Settings()
-SPEC = SETTINGS.feature_spec()
+SPEC = SETTINGS.pipeline.feature_spec()
 START = 1_735_700_000_000
 
 

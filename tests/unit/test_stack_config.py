@@ -50,14 +50,14 @@ def test_redis_config_binds_loopback_with_aof_and_the_eviction_policy(settings):
 
 
 def test_missing_kafka_jars_point_to_make_setup(settings, tmp_path):
-    kafka = stack.Kafka(settings.model_copy(update={"jars_dir": tmp_path / "nowhere"}))
+    kafka = stack.Kafka(settings.updated(jars_dir=tmp_path / "nowhere"))
 
     with pytest.raises(stack.StackError, match="run `make setup`"):
         kafka.command()
 
 
 def test_topics_have_the_configured_names_and_items_is_compacted(settings):
-    topics = {topic.topic: topic for topic in stack.topic_specs(settings.model_copy(update={"events_partitions": 6}))}
+    topics = {topic.topic: topic for topic in stack.topic_specs(settings.updated(events_partitions=6))}
 
     assert set(topics) == {"events", "items", "events.dlq", "model-updates"}
     assert topics["events"].num_partitions == 6
