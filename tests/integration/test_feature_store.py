@@ -165,6 +165,6 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, sto
     known, unknown, users = asyncio.run(read())
 
     assert (known.sequence.data, known.features.data, known.trending.data) == (sequence, features(2), trending)
-    assert known.seen == {"i1", "i9"} and known.sequence.as_of == 1_002
+    assert known.seen_set == {"i1", "i9"} and known.seen == {"i1", "i2", "i9"} and known.sequence.as_of == 1_002
     assert (unknown.sequence, unknown.features, unknown.trending.data, unknown.seen) == (None, None, trending, set())
     assert users == ["u1"]
