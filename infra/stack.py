@@ -38,6 +38,7 @@ INFRA_DIR = Path(__file__).resolve().parent
 POLL_INTERVAL_S = 0.5
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 15
+CLUSTER_BUS_OFFSET = 10_000
 
 console = Console(stderr=True)
 
@@ -173,14 +174,46 @@ class Redis(Service):
     def command(self) -> list[str]:
         return [find_executable("redis-server", "run `make setup`"), str(self.home / "redis.conf")]
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.settings.stack.bind_host, port=self.settings.stack.redis_port, socket_timeout=2)
+
     def is_ready(self) -> bool:
-        client = redis.Redis(host=self.settings.stack.bind_host, port=self.settings.stack.redis_port, socket_timeout=2)
+        client = self.client()
         try:
             return bool(client.ping())
         except redis.RedisError:
             return False
         finally:
             client.close()
+
+
+class RedisClusterNode(Redis):
+    """One master of the local Redis Cluster: Redis' settings, on KF_REDIS_PORT + index, cluster-enabled."""
+
+    def __init__(self, settings: Settings, index: int):
+        self.name, self.port = f"redis-{index}", settings.stack.redis_port + index
+        super().__init__(settings)
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return [ListenPort(self.port, "redis_port"), ListenPort(self.port + CLUSTER_BUS_OFFSET, "redis_port")]
+
+    def prepare(self) -> None:
+        base = self.render(
+            INFRA_DIR / "redis" / "redis.conf.template",
+            self.home / "base.conf",
+            data_dir=str(self.home),
+            redis_port=str(self.port),
+        )
+        self.render(
+            INFRA_DIR / "redis" / "cluster-node.conf.template",
+            self.home / "redis.conf",
+            data_dir=str(self.home),
+            base_config=str(base),
+        )
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.settings.stack.bind_host, port=self.port, socket_timeout=2)
 
 
 class Application(Service):
@@ -242,7 +275,44 @@ class Retrainer(Application):
 
 def services(settings: Settings) -> list[Service]:
     """The infrastructure in start order; it stops in reverse."""
-    return [Redis(settings), Kafka(settings)]
+    return [*redis_servers(settings), Kafka(settings)]
+
+
+def redis_servers(settings: Settings) -> list[Redis]:
+    if not settings.stack.redis_cluster:
+        return [Redis(settings)]
+    return [RedisClusterNode(settings, index) for index in range(settings.stack.redis_cluster_masters)]
+
+
+def ensure_redis_cluster(settings: Settings) -> str:
+    """Form the local Redis Cluster from its fresh masters, or wait for a formed one (its nodes
+    remember it across restarts) to cover every slot; returns which it was."""
+    nodes = redis_servers(settings)
+    known = int(_cluster_info(nodes[0]).get("cluster_known_nodes", 1))
+    formed = "already formed"
+    if known == 1:
+        addresses = [f"{settings.stack.bind_host}:{node.port}" for node in nodes]
+        command = [find_executable("redis-cli", "run `make setup`"), "--cluster", "create", *addresses]
+        created = subprocess.run(
+            [*command, "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60
+        )
+        if created.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed:\n{created.stdout[-2000:]}{created.stderr[-2000:]}")
+        formed = "created"
+    deadline = time.monotonic() + settings.stack.startup_timeout_s
+    while not all(_cluster_info(node).get("cluster_state") == "ok" for node in nodes):
+        if time.monotonic() > deadline:
+            raise StackError(f"the Redis Cluster did not cover all slots in time; see {nodes[0].log_file}")
+        time.sleep(POLL_INTERVAL_S)
+    return formed
+
+
+def _cluster_info(node: Redis) -> dict[str, str]:
+    client = node.client()
+    try:
+        return {key: str(value) for key, value in client.cluster("info").items()}
+    finally:
+        client.close()
 
 
 def applications(settings: Settings) -> list[Application]:
@@ -414,6 +484,8 @@ def wait_for_leaders(settings: Settings, topics: list[str]) -> None:
 
 def up(settings: Settings) -> None:
     start_all(settings, services(settings))
+    if settings.stack.redis_cluster:
+        console.print(f"redis cluster {ensure_redis_cluster(settings)}")
     created = ensure_topics(settings)
     console.print(f"topics: {', '.join(created) + ' created' if created else 'all present'}")
 

@@ -55,7 +55,13 @@ class StackSettings(Section):
     topic_dlq: str = Field("events.dlq", description="Events that failed validation, with the reason.")
     topic_model_updates: str = Field("model-updates", description="Announcements of published model bundles.")
     events_partitions: int = Field(4, ge=1, description="Partitions of the events topic (the others have 1).")
-    redis_port: Port = Field(6379, description="Redis server port.")
+    redis_port: Port = Field(6379, description="Redis server port (with KF_REDIS_CLUSTER: a cluster node's).")
+    redis_cluster: bool = Field(
+        False,
+        description="Redis is a Redis Cluster, reached through the node at KF_REDIS_PORT; `make up` starts "
+        "KF_REDIS_CLUSTER_MASTERS masters on that port and the next ones. false: one Redis server.",
+    )
+    redis_cluster_masters: int = Field(3, ge=3, description="Masters of the local Redis Cluster (KF_REDIS_CLUSTER).")
     redis_maxmemory: str = Field("2gb", description="Redis memory limit.")
     redis_maxmemory_policy: str = Field(
         "volatile-lru",

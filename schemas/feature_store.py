@@ -1,19 +1,24 @@
-"""The online feature store: every read and write of Kingfisher's state in Redis, in Redis format v2.
+"""The online feature store: every read and write of Kingfisher's state in Redis, in Redis format v3.
 
 `schemas.redis_format` says what is stored (keys, value codecs); this module is the one place that
 sends it to Redis and reads it back: versioned writes that never move a key backwards, the seen
 sets, the namespaces, and the reads serving makes per request. `FeatureStore` (redis-py) serves the
 stream's writers, replay, the CLIs and the benchmarks; `AsyncFeatureStore` (redis.asyncio) serves
-the service. One contract test suite (tests/integration/test_feature_store.py) runs against each
-Redis deployment the store supports.
+the service. Both work with a single Redis server or a Redis Cluster: every key of one entity
+shares a hash slot (the key builder's hash tag), and a cluster gets one script call per slot, as
+it requires of a script's keys. One contract test suite (tests/integration/test_feature_store.py)
+runs against each deployment.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from schemas.logic.features import SequenceEntry, UserFeatures
 from schemas.redis_format import (
@@ -76,15 +81,26 @@ class SeenAddition:
         self.entries[item_id] = max(ts, self.entries.get(item_id, ts))
 
 
-def upsert_calls(writes: Sequence[VersionedWrite]) -> Iterator[tuple[list[str], list[int | bytes]]]:
+def upsert_calls(
+    writes: Sequence[VersionedWrite], slot_of: Callable[[str], int] | None = None
+) -> Iterator[tuple[list[str], list[int | bytes]]]:
     """The (KEYS, ARGV) of the `UPSERT_IF_NOT_OLDER` calls that make `writes`, at most
-    UPSERT_KEYS_PER_CALL keys per call."""
-    for start in range(0, len(writes), UPSERT_KEYS_PER_CALL):
-        chunk = writes[start : start + UPSERT_KEYS_PER_CALL]
-        yield [w.key for w in chunk], [part for w in chunk for part in (w.version, w.value, w.ttl_ms)]
+    UPSERT_KEYS_PER_CALL keys per call; with `slot_of` (a Redis Cluster), the keys of a call share
+    one hash slot."""
+    for group in [writes] if slot_of is None else _by_slot(writes, slot_of):
+        for start in range(0, len(group), UPSERT_KEYS_PER_CALL):
+            chunk = group[start : start + UPSERT_KEYS_PER_CALL]
+            yield [w.key for w in chunk], [part for w in chunk for part in (w.version, w.value, w.ttl_ms)]
 
 
-def _queue_seen(pipeline: Any, key: str, addition: SeenAddition) -> None:
+def _by_slot(writes: Sequence[VersionedWrite], slot_of: Callable[[str], int]) -> list[list[VersionedWrite]]:
+    groups: dict[int, list[VersionedWrite]] = {}
+    for write in writes:
+        groups.setdefault(slot_of(write.key), []).append(write)
+    return list(groups.values())
+
+
+def _queue_seen(pipeline: Any, key: str, addition: SeenAddition) -> int:
     """`schemas.logic.features.update_seen` in Redis. ZADD GT keeps each item's newest time and
     ZREMRANGEBYRANK drops the oldest (ties: the smaller item_id first, as `update_seen`), so writing
     the same entries again, or late, changes nothing."""
@@ -92,45 +108,73 @@ def _queue_seen(pipeline: Any, key: str, addition: SeenAddition) -> None:
     pipeline.zremrangebyrank(key, 0, -(addition.capacity + 1))
     if addition.ttl_ms > 0:
         pipeline.pexpire(key, addition.ttl_ms)
+    return 3 if addition.ttl_ms > 0 else 2
 
 
 def _text(raw: bytes | str | None) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+CLUSTER_CHANGED = (AskError, TryAgainError, ClusterDownError)
+"""A cluster moving slots or failing over; the store refreshes its slot map and writes again."""
+
+
 class FeatureStore:
     """Blocking access for the stream, replay, the CLIs and the benchmarks."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis | RedisCluster):
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
         self._upsert_sha: str | None = None
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout_s: float | None = None) -> "FeatureStore":
-        return cls(redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s))
+    def connect(cls, host: str, port: int, timeout_s: float | None = None, cluster: bool = False) -> "FeatureStore":
+        """A store on the Redis server at host:port, or, with `cluster`, on the Redis Cluster that
+        node belongs to (the client learns the others from it)."""
+        options = {"host": host, "port": port, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        return cls(RedisCluster(**options) if cluster else redis.Redis(**options))
 
     def write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition] | None = None) -> int:
-        """Make `writes` and the seen sets' additions (seen-set key -> addition) in one round trip;
-        returns how many versioned keys were written (the rest were older than what is stored).
-        Every write is idempotent, so a caller may simply send again what failed."""
+        """Make `writes` and the seen sets' additions (seen-set key -> addition) in one round trip
+        (to each cluster node that holds some); returns how many versioned keys were written (the
+        rest were older than what is stored). Every write is idempotent, so a caller may simply
+        send again what failed."""
         try:
             return self._write(writes, seen or {})
         except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
             self._upsert_sha = None
             return self._write(writes, seen or {})
+        except CLUSTER_CHANGED:
+            self.client.nodes_manager.initialize()
+            return self._write(writes, seen or {})
 
     def _write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition]) -> int:
-        # EVALSHA of a script loaded once: redis-py's Script object asks SCRIPT EXISTS before every pipeline.
+        # EVALSHA of a script loaded once (on every master of a cluster): redis-py's Script object
+        # asks SCRIPT EXISTS before every pipeline.
         if self._upsert_sha is None:
             self._upsert_sha = self.client.script_load(UPSERT_IF_NOT_OLDER)
-        pipeline = self.client.pipeline(transaction=False)
-        calls = 0
-        for keys, arguments in upsert_calls(writes):
+        pipelines: dict[int, tuple[Any, list[bool]]] = {}
+        for keys, arguments in upsert_calls(writes, self.client.keyslot if self.cluster else None):
+            pipeline, counted = self._pipeline_of(keys[0], pipelines)
             pipeline.evalsha(self._upsert_sha, len(keys), *keys, *arguments)
-            calls += 1
+            counted.append(True)
         for key, addition in seen.items():
-            _queue_seen(pipeline, key, addition)
-        return sum(pipeline.execute()[:calls])
+            pipeline, counted = self._pipeline_of(key, pipelines)
+            counted.extend([False] * _queue_seen(pipeline, key, addition))
+        return sum(
+            result
+            for pipeline, counted in pipelines.values()
+            for result, is_call in zip(pipeline.execute(), counted, strict=True)
+            if is_call
+        )
+
+    def _pipeline_of(self, key: str, pipelines: dict[int, tuple[Any, list[bool]]]) -> tuple[Any, list[bool]]:
+        """The pipeline to the server that holds `key`, and whether each of its commands is a script call.
+        redis-py's cluster pipeline refuses EVALSHA, so a cluster gets a plain pipeline per master."""
+        node = self.client.get_redis_connection(self.client.get_node_from_key(key)) if self.cluster else self.client
+        if id(node) not in pipelines:
+            pipelines[id(node)] = (node.pipeline(transaction=False), [])
+        return pipelines[id(node)]
 
     def read(self, kind: KeyKind, entity_id: str, namespace: str) -> tuple[int, StoredValue] | None:
         """A feature key's (version, decoded value), None when absent."""
@@ -207,10 +251,18 @@ class UserRead:
 
 
 class AsyncFeatureStore:
-    """The service's reads, each one pipelined round trip."""
+    """The service's reads, each one pipelined round trip (to each cluster node the keys are on)."""
 
-    def __init__(self, client: aioredis.Redis):
+    def __init__(self, client: aioredis.Redis | AsyncRedisCluster):
         self.client = client
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout_s: float, cluster: bool = False) -> "AsyncFeatureStore":
+        options = {"host": host, "port": port, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        return cls(AsyncRedisCluster(**options) if cluster else aioredis.Redis(**options))
+
+    async def close(self) -> None:
+        await self.client.aclose()
 
     async def ping(self) -> None:
         await self.client.ping()

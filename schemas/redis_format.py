@@ -1,9 +1,10 @@
-"""Redis format version 2: the one key builder and the value codecs. Specified in REDIS_FORMAT.md;
+"""Redis format version 3: the one key builder and the value codecs. Specified in REDIS_FORMAT.md;
 `schemas.feature_store` is the one module that writes and reads them.
 
-Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:<entity_id>``. A replay rebuilds state in a
+Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:{<entity_id>}``: the braces are a Redis Cluster
+hash tag, so every key of one user or item lives in one hash slot. A replay rebuilds state in a
 fresh namespace beside the live one; the control namespace holds which one is active.
-Feature keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 2, "as_of": <newest
+Feature keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 3, "as_of": <newest
 event time, ms>, "data": {...}}`` and `version` counts the events applied to the key, so a write
 that would move the key backwards (a restart, a replay) is refused by `UPSERT_IF_NOT_OLDER`.
 A user's seen set is a sorted set (item -> newest interaction time) whose writes are idempotent.
@@ -20,7 +21,7 @@ import orjson
 from schemas.events import EventType
 from schemas.logic.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 KEY_PREFIX = "kf"
 CONTROL_NAMESPACE = "control"
 NAMESPACE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
@@ -47,13 +48,16 @@ def _namespace_prefix(namespace: str) -> str:
 
 
 def redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
-    """Build the key of one entity. The entity id comes last, so it may itself contain ':'."""
+    """Build the key of one entity. The entity id comes last, so it may itself contain ':'; it is
+    the key's hash tag, so it may not contain braces."""
     prefix = _namespace_prefix(namespace)
     if (kind in CONTROL_KINDS) != (namespace == CONTROL_NAMESPACE):
         raise ValueError(f"kind {kind} belongs {'in' if kind in CONTROL_KINDS else 'outside'} the control namespace")
     if not entity_id:
         raise ValueError("entity_id must not be empty")
-    return f"{prefix}{KeyKind(kind)}:{entity_id}"
+    if "{" in entity_id or "}" in entity_id:
+        raise ValueError(f"entity_id {entity_id!r} must not contain braces (they delimit the hash tag)")
+    return f"{prefix}{KeyKind(kind)}:{{{entity_id}}}"
 
 
 def key_pattern(namespace: str, kind: KeyKind | None = None) -> str:
@@ -64,10 +68,10 @@ def key_pattern(namespace: str, kind: KeyKind | None = None) -> str:
 
 def entity_of(key: str, kind: KeyKind, namespace: str) -> str:
     """The entity id of a key `redis_key(kind, entity_id, namespace)` built."""
-    prefix = f"{_namespace_prefix(namespace)}{KeyKind(kind)}:"
-    if not key.startswith(prefix):
+    prefix = f"{_namespace_prefix(namespace)}{KeyKind(kind)}:{{"
+    if not key.startswith(prefix) or not key.endswith("}"):
         raise ValueError(f"{key!r} is not a {kind} key of namespace {namespace!r}")
-    return key[len(prefix) :]
+    return key[len(prefix) : -1]
 
 
 VERSION_FIELD, VALUE_FIELD = "version", "value"

@@ -68,9 +68,10 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
         redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE): SeenAddition(dict(seen[user_id]), spec.seen_capacity)
         for user_id in chosen
     }
+    # Written as the stream writes them.
     store = FeatureStore.connect(
-        settings.stack.bind_host, settings.stack.redis_port
-    )  # written as the stream writes them
+        settings.stack.bind_host, settings.stack.redis_port, cluster=settings.stack.redis_cluster
+    )
     store.write(writes, additions)
     store.close()
     return chosen

@@ -10,7 +10,6 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from confluent_kafka import Producer
 
@@ -40,10 +39,10 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[EXECUTOR] = ThreadPoolExecutor(settings.serving.serve_model_threads, thread_name_prefix="models")
-    client = aioredis.Redis(
-        host=settings.stack.bind_host, port=settings.stack.redis_port, socket_connect_timeout=1, socket_timeout=1
+    store = AsyncFeatureStore.connect(
+        settings.stack.bind_host, settings.stack.redis_port, timeout_s=1, cluster=settings.stack.redis_cluster
     )
-    app[STORE] = LiveStore(AsyncFeatureStore(client), settings.stack.namespace)
+    app[STORE] = LiveStore(store, settings.stack.namespace)
     app[PRODUCER] = Producer(
         {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
     )
@@ -79,7 +78,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     await loop.run_in_executor(None, listener.join, 5)
     await loop.run_in_executor(None, deliveries.join, 5)
     await loop.run_in_executor(None, app[PRODUCER].flush, 10)
-    await client.aclose()
+    await store.close()
     app[EXECUTOR].shutdown(wait=True)
 
 

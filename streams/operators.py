@@ -58,6 +58,7 @@ class JobParameters:
 
     redis_host: str
     redis_port: int
+    redis_cluster: bool
     redis_timeout_s: float
     namespace: str
     spec: FeatureSpec
@@ -73,6 +74,7 @@ class JobParameters:
         return cls(
             redis_host=settings.stack.bind_host,
             redis_port=settings.stack.redis_port,
+            redis_cluster=settings.stack.redis_cluster,
             redis_timeout_s=settings.stream.redis_write_timeout_s,
             namespace=namespace,
             spec=settings.pipeline.feature_spec(),
@@ -88,7 +90,8 @@ class JobParameters:
         return _redis_key(kind, entity_id, self.namespace)
 
     def writer(self, name: str) -> RedisWriter:
-        return RedisWriter(FeatureStore.connect(self.redis_host, self.redis_port, self.redis_timeout_s), name)
+        store = FeatureStore.connect(self.redis_host, self.redis_port, self.redis_timeout_s, self.redis_cluster)
+        return RedisWriter(store, name)
 
     def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
         # Flink state of inactive entities expires with their Redis keys, so both stay bounded.

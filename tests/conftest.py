@@ -2,6 +2,7 @@
 itself, on free ports and in a temporary run directory, so a developer's own stack is untouched."""
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -17,7 +18,15 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from infra.stack import kafka_admin
+from infra.stack import (
+    CLUSTER_BUS_OFFSET,
+    StackError,
+    ensure_redis_cluster,
+    kafka_admin,
+    redis_servers,
+    start_all,
+    stop,
+)
 from schemas.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +89,40 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail(f"the local stack did not start:\n{started.stdout}{started.stderr}", pytrace=False)
     yield stack
     stack.run("infra/stack.py", "down")
+
+
+def free_cluster_ports(masters: int) -> int:
+    """A base port such that it, the next `masters - 1` ports and their cluster-bus ports (+10000) are free."""
+    while True:
+        base = random.randrange(20_000, 45_000)
+        try:
+            for port in (p + bus for p in range(base, base + masters) for bus in (0, CLUSTER_BUS_OFFSET)):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A local Redis Cluster of three masters, started as `make up` starts one (KF_REDIS_CLUSTER=true)."""
+    run_dir = tmp_path_factory.mktemp("cluster")
+    env = os.environ | {
+        "KF_RUN_DIR": str(run_dir),
+        "KF_REDIS_CLUSTER": "true",
+        "KF_REDIS_PORT": str(free_cluster_ports(3)),
+    }
+    cluster = Stack(settings_of(env), env)
+    servers = redis_servers(cluster.settings)
+    try:
+        start_all(cluster.settings, servers)
+        ensure_redis_cluster(cluster.settings)
+    except StackError as error:
+        pytest.fail(f"the local Redis Cluster did not start: {error}", pytrace=False)
+    yield cluster
+    for server in reversed(servers):
+        stop(server)
 
 
 @pytest.fixture

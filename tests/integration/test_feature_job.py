@@ -15,6 +15,7 @@ import pytest
 import redis
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
+from redis.cluster import RedisCluster
 from rich.progress import Progress
 
 from infra.stack import kafka_admin
@@ -24,7 +25,7 @@ from schemas.events import Event
 from schemas.logic.features import FeatureSpec
 from schemas.logic.samples import LABELLED_TYPES
 from schemas.logic.streaming import fold_stream, seen_sets, trending_list
-from schemas.redis_format import KeyKind, active_namespace_key, decode_value, key_pattern, redis_key
+from schemas.redis_format import KeyKind, active_namespace_key, decode_value, entity_of, key_pattern, redis_key
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from streams.bench import freshness_reports
 from streams.publish import Pacer, make_producer
@@ -63,18 +64,23 @@ def publish(stack: Stack, topic: str, records: list[tuple[bytes, bytes]]) -> Non
     assert producer.flush(60) == 0
 
 
+def kind_and_entity(key: bytes, namespace: str) -> tuple[KeyKind, str]:
+    kind = KeyKind(key.decode().split(":")[3])
+    return kind, entity_of(key.decode(), kind, namespace)
+
+
 def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int | None, object]]:
     """'kind:entity' -> (version, decoded value) of every data key in the namespace; a seen set has
-    no version and its value is {item_id: time}."""
+    no version and its value is {item_id: time}. `client` may be a Redis Cluster's."""
     state = {}
     for key in client.scan_iter(match=key_pattern(namespace), count=1000):
-        kind = KeyKind(key.decode().split(":")[3])
+        kind, entity = kind_and_entity(key, namespace)
         if kind is KeyKind.USER_SEEN:
             stored = (None, {item.decode(): int(ts) for item, ts in client.zrange(key, 0, -1, withscores=True)})
         else:
             version, value = client.hmget(key, "version", "value")
             stored = (int(version), decode_value(kind, value))
-        state[key.decode().split(":", 3)[3]] = stored
+        state[f"{kind}:{entity}"] = stored
     return state
 
 
@@ -199,6 +205,23 @@ def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_a
     live_letters = [orjson.loads(message.value()) for message in consume_to_end(stack, bounded_run[2])]
     assert sorted(map(orjson.dumps, letters)) == sorted(map(orjson.dumps, live_letters))
     assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(BAD_RECORDS)
+
+
+def test_a_replay_onto_a_redis_cluster_equals_the_pure_feature_functions_and_switches_serving(
+    bounded_run, redis_cluster
+):
+    stack, topic, _, events, _ = bounded_run
+    cluster = stack.with_env(KF_REDIS_CLUSTER="true", KF_REDIS_PORT=str(redis_cluster.settings.stack.redis_port),
+                             KF_TOPIC_DLQ=new_topic_named(stack, "dlq-cluster", partitions=1))  # fmt: skip
+    client = RedisCluster(host=cluster.settings.stack.bind_host, port=cluster.settings.stack.redis_port)
+
+    result = cluster.kingfisher("replay", "--namespace", "on-cluster", "--topic", topic, "--no-progress",
+                                timeout=JOB_TIMEOUT_S)  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_state_equals_reference(client, "on-cluster", events, stack.settings.pipeline.feature_spec())
+    assert client.get(active_namespace_key()) == b"on-cluster"
+    client.close()
 
 
 def stored_json(client: redis.Redis, namespace: str) -> dict[str, object]:

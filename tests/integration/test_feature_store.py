@@ -1,4 +1,5 @@
-"""The feature store's contract, run against each Redis deployment it supports (single Redis today).
+"""The feature store's contract, run against each Redis deployment it supports: one Redis server
+and a Redis Cluster of three masters.
 
 Every way Kingfisher reaches Redis goes through `schemas.feature_store`, so these tests are the
 guarantees the job, replay, serving and the benchmarks rely on."""
@@ -8,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +18,7 @@ from schemas.logic.features import FeatureSpec, ItemFeatures, SequenceEntry, Use
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, encode_value, redis_key
 from tests.conftest import Stack
 
-DEPLOYMENTS = ["single"]
-"""Redis deployments the suite runs against; Redis Cluster joins with the scale-out work."""
+DEPLOYMENTS = ["single", "cluster"]
 
 seen_entries = st.lists(
     st.tuples(st.sampled_from(["i1", "i2", "i10", "ï3", "a", "b:c"]), st.integers(0, 6)), max_size=30
@@ -27,10 +26,20 @@ seen_entries = st.lists(
 
 
 @pytest.fixture(params=DEPLOYMENTS)
-def store(request, stack: Stack) -> Iterator[FeatureStore]:
-    store = FeatureStore.connect(stack.settings.stack.bind_host, stack.settings.stack.redis_port, timeout_s=5)
+def deployment(request) -> Stack:
+    return request.getfixturevalue("stack" if request.param == "single" else "redis_cluster")
+
+
+@pytest.fixture
+def store(deployment: Stack) -> Iterator[FeatureStore]:
+    store = connected(deployment)
     yield store
     store.close()
+
+
+def connected(deployment: Stack) -> FeatureStore:
+    stack = deployment.settings.stack
+    return FeatureStore.connect(stack.bind_host, stack.redis_port, timeout_s=5, cluster=stack.redis_cluster)
 
 
 @pytest.fixture
@@ -139,7 +148,7 @@ def test_switching_namespaces_is_what_serving_follows_and_dropping_one_leaves_th
         store.switch_namespace("Not:Valid")
 
 
-def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, store: FeatureStore, namespace: str):
+def test_serving_reads_what_the_stream_wrote_in_one_round_trip(deployment: Stack, store: FeatureStore, namespace: str):
     sequence = UserSequence(
         (SequenceEntry("e1", "i1", EventType.CLICK, 1_000), SequenceEntry("e2", "i2", EventType.PLAY, 2_000))
     )
@@ -154,13 +163,13 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, sto
     )
 
     async def read():
-        client = aioredis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
-        reader = AsyncFeatureStore(client)
+        stack = deployment.settings.stack
+        reader = AsyncFeatureStore.connect(stack.bind_host, stack.redis_port, timeout_s=5, cluster=stack.redis_cluster)
         try:
             return (await reader.read_user("u1", namespace, seen=True), await reader.read_user("u2", namespace),
                     await reader.users(namespace, 10))  # fmt: skip
         finally:
-            await client.aclose()
+            await reader.close()
 
     known, unknown, users = asyncio.run(read())
 
@@ -168,3 +177,51 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(stack: Stack, sto
     assert known.seen_set == {"i1", "i9"} and known.seen == {"i1", "i2", "i9"} and known.sequence.as_of == 1_002
     assert (unknown.sequence, unknown.features, unknown.trending.data, unknown.seen) == (None, None, trending, set())
     assert users == ["u1"]
+
+
+def test_on_a_cluster_one_entitys_keys_share_a_master_and_a_batch_spreads_over_all(redis_cluster: Stack):
+    store, namespace = connected(redis_cluster), f"contract-{uuid.uuid4().hex[:12]}"
+    users = [f"u{n}" for n in range(60)]
+    kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES)
+    try:
+        store.write(
+            [write_of(kind, user, namespace, 1, features(1)) for user in users for kind in kinds],
+            {redis_key(KeyKind.USER_SEEN, user, namespace): SeenAddition({"i1": 1}, capacity=5) for user in users},
+        )
+        masters = {
+            node.port: set(node.redis_connection.scan_iter(match=f"*{namespace}*"))
+            for node in store.client.get_primaries()
+        }
+        holders = [
+            {port for port, keys in masters.items() if redis_key(kind, user, namespace).encode() in keys}
+            for user in users
+            for kind in (*kinds, KeyKind.USER_SEEN)
+        ]
+        assert all(len(holder) == 1 for holder in holders)  # every key is on exactly one master
+        assert all(holders[n] == holders[n + 1] == holders[n + 2] for n in range(0, len(holders), 3))
+        assert len(masters) == 3 and all(len(keys) > 0 for keys in masters.values())
+    finally:
+        store.drop_namespace(namespace)
+        store.close()
+
+
+def test_on_a_cluster_a_write_after_its_slot_moved_to_another_master_lands(redis_cluster: Stack):
+    store, namespace = connected(redis_cluster), f"contract-{uuid.uuid4().hex[:12]}"
+    key = redis_key(KeyKind.USER_FEATURES, "mover", namespace)
+    slot = store.client.keyslot(key)
+    owner = store.client.get_node_from_key(key)
+    target = next(node for node in store.client.get_primaries() if node.name != owner.name)
+    target_id = target.redis_connection.cluster("myid")
+    try:
+        store.write([write_of(KeyKind.USER_FEATURES, "other", namespace, 1, features(1))])  # the old slot map is cached
+        for node in store.client.get_primaries():  # the slot is empty, so it moves without migrating keys
+            node.redis_connection.cluster("setslot", slot, "node", target_id)
+
+        assert store.write([write_of(KeyKind.USER_FEATURES, "mover", namespace, 3, features(3))]) == 1
+        assert target.redis_connection.exists(key) == 1
+        assert store.read(KeyKind.USER_FEATURES, "mover", namespace)[1].data == features(3)
+    finally:
+        store.drop_namespace(namespace)  # a slot moves only while it is empty
+        for node in store.client.get_primaries():
+            node.redis_connection.cluster("setslot", slot, "node", owner.redis_connection.cluster("myid"))
+        store.close()

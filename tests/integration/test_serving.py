@@ -168,6 +168,31 @@ def test_2_exclude_seen_leaves_out_every_item_the_user_ever_interacted_with(syst
     assert not {item["item_id"] for item in answer["items"]} & set(SEEN)
 
 
+def test_8_on_a_redis_cluster_the_stream_writes_and_the_service_reads_and_ranks(system, redis_cluster, tmp_path):
+    configured, _, run_dir = system
+    shutil.copytree(run_dir / "models", tmp_path / "models")  # the same trained bundle
+    cluster = configured.with_env(KF_RUN_DIR=str(tmp_path), KF_REDIS_CLUSTER="true",
+                                  KF_REDIS_PORT=str(redis_cluster.settings.stack.redis_port),
+                                  KF_TOPIC_EVENTS=new_topic_named(configured, "events-cluster", 2))  # fmt: skip
+    assert cluster.kingfisher("namespace", "switch", "serving").returncode == 0
+    job = Process(cluster, tmp_path / "feature_job.log", "-m", "streams.feature_job", "--no-samples", "--fresh")
+    service, base = start_service(cluster, tmp_path / "service.log")
+    clicked = [click("clustered", f"i{n}", 1_735_700_000_000 + n, n) for n in (4, 9, 12)]
+    try:
+        assert call(base, "/v1/events", clicked)[0] == 202
+        profile = applied(base, "clustered", 3)
+        status, ranked = call(base, "/v1/recommendations?user_id=clustered&k=10&exclude_seen=true&explain=true")
+    finally:
+        service.stop()
+        job.stop()
+
+    assert [entry["item_id"] for entry in profile["sequence"]] == ["i4", "i9", "i12"]
+    assert status == 200 and (ranked["fallback"], ranked["reason"]) == (False, None) and len(ranked["items"]) == 10
+    assert ranked["features_as_of"] == 1_735_700_000_012
+    assert not {item["item_id"] for item in ranked["items"]} & {"i4", "i9", "i12"}
+    assert all(reason["item_id"] in {"i4", "i9", "i12"} for item in ranked["items"] for reason in item["reasons"])
+
+
 def clicks_applied(base: str, user: str) -> int:
     status, profile = call(base, f"/v1/users/{user}/profile")
     return (profile["features"] or {}).get("event_counts", {}).get("click", 0) if status == 200 else 0

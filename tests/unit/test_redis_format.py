@@ -1,5 +1,6 @@
 import orjson
 import pytest
+from redis.crc import key_slot
 
 from schemas.events import Event
 from schemas.logic.features import FeatureSpec
@@ -17,10 +18,19 @@ from schemas.redis_format import (
 )
 
 
-def test_key_layout_is_prefix_version_namespace_kind_entity():
-    assert redis_key(KeyKind.USER_SEQUENCE, "42", "live") == "kf:v2:live:user_seq:42"
-    assert redis_key(KeyKind.ITEM_FEATURES, "tenant:7", "replay-1") == "kf:v2:replay-1:item_feat:tenant:7"
-    assert active_namespace_key() == "kf:v2:control:active_ns:current"
+def test_key_layout_is_prefix_version_namespace_kind_and_the_entity_as_hash_tag():
+    assert redis_key(KeyKind.USER_SEQUENCE, "42", "live") == "kf:v3:live:user_seq:{42}"
+    assert redis_key(KeyKind.ITEM_FEATURES, "tenant:7", "replay-1") == "kf:v3:replay-1:item_feat:{tenant:7}"
+    assert active_namespace_key() == "kf:v3:control:active_ns:{current}"
+
+
+def test_every_key_of_one_entity_is_in_one_cluster_slot():
+    kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.USER_SEEN)
+    slots = {key_slot(redis_key(kind, "u-42", namespace).encode()) for kind in kinds for namespace in ("live", "r-1")}
+
+    assert slots == {key_slot(b"u-42")}
+    with pytest.raises(ValueError, match="braces"):
+        redis_key(KeyKind.USER_SEQUENCE, "a}b", "live")
 
 
 @pytest.mark.parametrize("namespace", ["", "Live", "a:b", "x" * 49, "-leading-dash"])
@@ -39,8 +49,8 @@ def test_control_keys_and_data_keys_stay_in_their_namespaces():
 def test_scan_patterns_cover_a_namespace_or_one_kind_and_entities_come_back_from_keys():
     key = redis_key(KeyKind.USER_SEQUENCE, "tenant:7", "live")
 
-    assert key_pattern("live") == "kf:v2:live:*"
-    assert key_pattern("live", KeyKind.USER_SEQUENCE) == "kf:v2:live:user_seq:*"
+    assert key_pattern("live") == "kf:v3:live:*"
+    assert key_pattern("live", KeyKind.USER_SEQUENCE) == "kf:v3:live:user_seq:*"
     assert entity_of(key, KeyKind.USER_SEQUENCE, "live") == "tenant:7"
     with pytest.raises(ValueError, match="not a user_feat key"):
         entity_of(key, KeyKind.USER_FEATURES, "live")
@@ -75,7 +85,7 @@ def test_every_value_kind_round_trips_with_its_as_of_time():
 def test_the_stored_json_is_the_documented_envelope():
     raw = encode_value(Trending(items=(("i7", 12.5),), at_ts=5), as_of=5)
 
-    assert orjson.loads(raw) == {"format_version": 2, "as_of": 5, "data": {"items": [["i7", 12.5]], "at_ts": 5}}
+    assert orjson.loads(raw) == {"format_version": 3, "as_of": 5, "data": {"items": [["i7", 12.5]], "at_ts": 5}}
 
 
 @pytest.mark.parametrize(

@@ -32,21 +32,44 @@ def test_kafka_config_listens_on_the_configured_loopback_ports(settings):
     assert config["auto.create.topics.enable"] == "false"
 
 
+def directives(path: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
 def test_redis_config_binds_loopback_with_aof_and_the_eviction_policy(settings):
     redis_service = stack.Redis(settings)
     redis_service.home.mkdir()
     redis_service.prepare()
-    directives = dict(
-        line.split(" ", 1)
-        for line in (redis_service.home / "redis.conf").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    config = directives(redis_service.home / "redis.conf")
 
-    assert directives["bind"] == "127.0.0.1"
-    assert directives["port"] == "16379"
-    assert directives["appendonly"] == "yes"
-    assert directives["maxmemory-policy"] == "volatile-lru"
-    assert directives["dir"] == str(redis_service.home)
+    assert config["bind"] == "127.0.0.1"
+    assert config["port"] == "16379"
+    assert config["appendonly"] == "yes"
+    assert config["maxmemory-policy"] == "volatile-lru"
+    assert config["dir"] == str(redis_service.home)
+
+
+def test_a_redis_cluster_is_three_cluster_enabled_masters_on_consecutive_ports_with_the_same_settings(settings):
+    masters = stack.redis_servers(settings.updated(redis_cluster=True))
+    for master in masters:
+        master.home.mkdir()
+        master.prepare()
+    node, base = directives(masters[1].home / "redis.conf"), directives(masters[1].home / "base.conf")
+
+    assert [(master.name, [listen.port for listen in master.ports]) for master in masters] == [
+        ("redis-0", [16379, 26379]),
+        ("redis-1", [16380, 26380]),
+        ("redis-2", [16381, 26381]),
+    ]
+    assert (node["include"], node["cluster-enabled"]) == (str(masters[1].home / "base.conf"), "yes")
+    assert node["cluster-config-file"] == str(masters[1].home / "nodes.conf")
+    assert (base["port"], base["bind"], base["appendonly"], base["maxmemory-policy"]) == (
+        "16380",
+        "127.0.0.1",
+        "yes",
+        "volatile-lru",
+    )
+    assert [server.name for server in stack.services(settings)] == ["redis", "kafka"]
 
 
 def test_missing_kafka_jars_point_to_make_setup(settings, tmp_path):
