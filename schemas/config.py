@@ -205,6 +205,12 @@ class ServingSettings(Section):
     """The recommendation service: its port, budgets, limits and model calls."""
 
     serve_port: Port = Field(8080, description="Port of the recommendation service (on KF_BIND_HOST).")
+    serve_workers: int = Field(
+        1,
+        ge=1,
+        description="Service processes sharing KF_SERVE_PORT (SO_REUSEPORT), each loading and hot-swapping the "
+        "models itself; /metrics of any one covers all (Prometheus multiprocess mode).",
+    )
     request_budget_ms: int = Field(
         100, ge=1, description="Time a request may wait for Redis before answering from trending/popularity."
     )

@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 from confluent_kafka import KafkaException, Producer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from schemas.bundle import LoadedBundle
 from schemas.config import Settings
@@ -270,11 +270,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    bundle = request.app[MODELS].bundle
-    request.app[METRICS].model_version.set(bundle.version if bundle else 0)
-    return web.Response(
-        body=generate_latest(request.app[METRICS].registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return web.Response(body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def models(request: web.Request) -> web.Response:

@@ -1,8 +1,18 @@
-"""Prometheus metrics of the service (exposed at /metrics)."""
+"""Prometheus metrics of the service (exposed at /metrics).
 
+With several service processes (KF_SERVE_WORKERS), the supervisor gives them one
+PROMETHEUS_MULTIPROC_DIR: prometheus-client then keeps every value in a file there, and any
+process's /metrics sums the counters and histograms of all of them (the model version is one
+series per live process, labelled `pid`), which is what a scrape of the port expects.
+"""
+
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -46,7 +56,10 @@ class Metrics:
             registry=self.registry,
         )
         self.model_version = Gauge(
-            "kingfisher_model_version", "Version of the live model bundle (0: none).", registry=self.registry
+            "kingfisher_model_version",
+            "Version of the live model bundle (0: none).",
+            registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.gc_pauses = Histogram(
             "kingfisher_gc_pause_seconds",
@@ -58,6 +71,14 @@ class Metrics:
         self.events = Counter(
             "kingfisher_events_accepted_total", "Events accepted by POST /v1/events.", registry=self.registry
         )
+
+    def exposition(self) -> bytes:
+        """The text format of this process's metrics, or of every service process's."""
+        if MULTIPROCESS_DIR not in os.environ:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)
+        return generate_latest(everyone)
 
     def observe_batch(self, waits_s: list[float]) -> None:
         """One model call's batch: its size, and how long each of its requests queued."""

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -39,9 +40,15 @@ def configure_tensorflow(threads: int) -> None:
 
 
 class ModelHolder:
-    def __init__(self, settings: Settings, executor: Executor, in_flight: InFlight):
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        in_flight: InFlight,
+        on_live: Callable[[int], None] = lambda version: None,
+    ):
         configure_tensorflow(settings.serving.serve_tf_threads)
-        self.settings, self.executor, self.in_flight = settings, executor, in_flight
+        self.settings, self.executor, self.in_flight, self.on_live = settings, executor, in_flight, on_live
         self.registry = Registry(settings.stack.models_dir)
         self.bundle: LoadedBundle | None = None
         self.last_error: str | None = None
@@ -63,6 +70,7 @@ class ModelHolder:
                 log.error("not loading model %s", self.last_error)
                 return False
             previous, self.bundle, self.last_error = self.bundle, loaded, None
+            self.on_live(loaded.version)
             log.info("model version %d live (was %s)", loaded.version, previous.version if previous else "none")
             if previous is not None:
                 del previous  # requests in flight may still hold it: it is collected once they are done

@@ -46,7 +46,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     app[PRODUCER] = Producer(
         {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
     )
-    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT])
+    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[METRICS].model_version.set)
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
     try:
         app[TITLES] = await loop.run_in_executor(app[EXECUTOR], _titles, settings)

@@ -1,6 +1,7 @@
 """Shared fixtures. Integration tests run against a real stack that this test session starts
 itself, on free ports and in a temporary run directory, so a developer's own stack is untouched."""
 
+import functools
 import os
 import random
 import socket
@@ -75,7 +76,12 @@ def stack_environment(run_dir: Path) -> dict[str, str]:
 
 
 def settings_of(env: dict[str, str]) -> Settings:
-    overrides = {key[3:].lower(): value for key, value in env.items() if key.startswith("KF_")}
+    """The settings the programs of `env` read: flat KF_<NAME> and sectioned KF_<SECTION>__<NAME> alike."""
+    overrides: dict = {}
+    for variable, value in env.items():
+        if variable.startswith("KF_"):
+            *sections, name = variable[3:].lower().split("__")
+            functools.reduce(lambda table, section: table.setdefault(section, {}), sections, overrides)[name] = value
     return Settings(**overrides)
 
 

@@ -1,7 +1,9 @@
 """The recommendation service against real Redis, Kafka, the streaming job and a trained bundle."""
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -14,9 +16,13 @@ import aiohttp
 import hypothesis
 import jsonschema
 import orjson
+import psutil
 import pytest
 import schemathesis
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
 from schemas.bundle import CURRENT, MANIFEST, RANKER, Manifest, Registry, seal, version_name
@@ -560,3 +566,60 @@ def test_in_process_operator_routes_and_the_document_list_every_route(system):
     )
     documented = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
     assert documented == served_routes(settings)
+
+
+def request_counts(families) -> float:
+    samples = [sample for family in families for sample in family.samples]
+    counts = [
+        s for s in samples if s.name == "kingfisher_request_seconds_count" and s.labels["route"] == "/v1/trending"
+    ]
+    return sum(sample.value for sample in counts)
+
+
+def counted_by(metrics_dir: Path, pid: int, scratch: Path) -> float:
+    """The trending requests one worker counted: its own value files, read as Prometheus reads all of them."""
+    scratch.mkdir()
+    for db in metrics_dir.glob(f"*_{pid}.db"):
+        shutil.copy(db, scratch)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(scratch))
+    return request_counts(registry.collect())
+
+
+def live_versions(base: str) -> dict[str, float]:
+    """pid -> the model version that worker serves, from the shared /metrics."""
+    return {sample.labels["pid"]: sample.value for family in text_string_to_metric_families(metrics_text(base))
+            for sample in family.samples if sample.name == "kingfisher_model_version"}  # fmt: skip
+
+
+def test_9_worker_processes_share_the_port_swap_models_each_and_count_metrics_together(system, tmp_path):
+    configured, _, run_dir = system
+    shutil.copytree(run_dir / "models", tmp_path / "models")
+    workers = configured.with_env(KF_RUN_DIR=str(tmp_path), KF_SERVE_WORKERS="2")
+    registry = Registry(workers.settings.stack.models_dir)
+    service, base = start_service(workers, tmp_path / "service.log")
+    supervisor = psutil.Process(service.process.pid)
+    metrics_dir = tmp_path / "prometheus" / f"serve-{base.rsplit(':', 1)[1]}"
+    try:
+        current = registry.current()
+        wait_until(lambda: list(live_versions(base).values()) == [current, current], START_TIMEOUT_S, "both workers")
+        pids = sorted(child.pid for child in supervisor.children())
+        answers = [call(base, "/v1/trending?k=3")[0] for _ in range(200)]  # a new connection each
+        total = request_counts(text_string_to_metric_families(metrics_text(base)))
+        each = [counted_by(metrics_dir, pid, tmp_path / f"worker-{pid}") for pid in pids]
+
+        republished(registry, current, current + 1)
+        wait_until(lambda: list(live_versions(base).values()) == [current + 1] * 2, 60, "both workers to swap")
+        os.kill(pids[0], signal.SIGKILL)
+        psutil.Process(pids[0]).wait(10)  # connections queued on its socket at that moment were reset
+        during = [call(base, "/v1/trending?k=3")[0] for _ in range(20)]  # while its replacement starts
+        wait_until(
+            lambda: len(live_versions(base)) == 2 and str(pids[0]) not in live_versions(base), 120, "a new worker"
+        )
+        replacement = sorted(child.pid for child in supervisor.children())
+    finally:
+        service.stop()
+
+    assert answers == [200] * 200 and total == 200
+    assert sum(each) == 200 and min(each) > 0  # both workers answered, and /metrics summed them
+    assert during == [200] * 20 and pids[1] in replacement and pids[0] not in replacement and len(replacement) == 2
