@@ -47,6 +47,15 @@ class StackSettings(Section):
     run_dir: Path = Field(Path(".run"), description="Data, logs and pid files of the local stack.")
     jars_dir: Path = Field(Path(".deps/jars"), description="Jars resolved from Maven Central by `make setup`.")
     bind_host: str = Field("127.0.0.1", description="Address every local service listens on.")
+    kafka_servers: str | None = Field(
+        None,
+        description="Kafka bootstrap servers the programs connect to (host:port,...), e.g. a cluster's; "
+        "unset: the local broker at KF_BIND_HOST:KF_KAFKA_PORT.",
+    )
+    redis_host: str | None = Field(
+        None,
+        description="Host of the Redis server (or a Redis Cluster node) the programs connect to; unset: KF_BIND_HOST.",
+    )
     kafka_port: Port = Field(9092, description="Kafka client listener.")
     kafka_controller_port: Port = Field(9093, description="Kafka KRaft controller listener.")
     kafka_heap: str = Field("1g", description="JVM heap of the Kafka broker (-Xms and -Xmx).")
@@ -77,7 +86,11 @@ class StackSettings(Section):
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.bind_host}:{self.kafka_port}"
+        return self.kafka_servers or f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def redis_address(self) -> str:
+        return self.redis_host or self.bind_host
 
     @property
     def logs_dir(self) -> Path:

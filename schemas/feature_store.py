@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
+from schemas.config import StackSettings
 from schemas.logic.features import SequenceEntry, UserFeatures
 from schemas.redis_format import (
     TRENDING_ENTITY,
@@ -133,6 +134,11 @@ class FeatureStore:
         node belongs to (the client learns the others from it)."""
         options = {"host": host, "port": port, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         return cls(RedisCluster(**options) if cluster else redis.Redis(**options))
+
+    @classmethod
+    def for_stack(cls, stack: StackSettings, timeout_s: float | None = None) -> "FeatureStore":
+        """The store of the Redis the settings name (KF_REDIS_HOST, KF_REDIS_PORT, KF_REDIS_CLUSTER)."""
+        return cls.connect(stack.redis_address, stack.redis_port, timeout_s, stack.redis_cluster)
 
     def write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition] | None = None) -> int:
         """Make `writes` and the seen sets' additions (seen-set key -> addition) in one round trip
@@ -260,6 +266,10 @@ class AsyncFeatureStore:
     def connect(cls, host: str, port: int, timeout_s: float, cluster: bool = False) -> "AsyncFeatureStore":
         options = {"host": host, "port": port, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         return cls(AsyncRedisCluster(**options) if cluster else aioredis.Redis(**options))
+
+    @classmethod
+    def for_stack(cls, stack: StackSettings, timeout_s: float) -> "AsyncFeatureStore":
+        return cls.connect(stack.redis_address, stack.redis_port, timeout_s, stack.redis_cluster)
 
     async def close(self) -> None:
         await self.client.aclose()

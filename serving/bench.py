@@ -70,9 +70,7 @@ def prepare_state(settings: Settings, users: int) -> list[str]:
         for user_id in chosen
     }
     # Written as the stream writes them.
-    store = FeatureStore.connect(
-        settings.stack.bind_host, settings.stack.redis_port, cluster=settings.stack.redis_cluster
-    )
+    store = FeatureStore.for_stack(settings.stack)
     store.write(writes, additions)
     store.close()
     return chosen

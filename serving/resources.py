@@ -39,9 +39,7 @@ IN_FLIGHT = web.AppKey("in_flight", InFlight)
 async def resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[EXECUTOR] = ThreadPoolExecutor(settings.serving.serve_model_threads, thread_name_prefix="models")
-    store = AsyncFeatureStore.connect(
-        settings.stack.bind_host, settings.stack.redis_port, timeout_s=1, cluster=settings.stack.redis_cluster
-    )
+    store = AsyncFeatureStore.for_stack(settings.stack, timeout_s=1)
     app[STORE] = LiveStore(store, settings.stack.namespace)
     app[PRODUCER] = Producer(
         {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}

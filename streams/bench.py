@@ -502,9 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
     arguments = parser.parse_args(argv)
     settings = Settings()
-    store = FeatureStore.connect(
-        settings.stack.bind_host, settings.stack.redis_port, cluster=settings.stack.redis_cluster
-    )
+    store = FeatureStore.for_stack(settings.stack)
     configurations = [Configuration("as make demo runs it (sample log on)", True)]
     if arguments.beside:
         configurations.append(Configuration("--no-samples", False))

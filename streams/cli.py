@@ -123,9 +123,7 @@ def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_namespace(arguments: argparse.Namespace, settings: Settings) -> int:
-    store = FeatureStore.connect(
-        settings.stack.bind_host, settings.stack.redis_port, cluster=settings.stack.redis_cluster
-    )
+    store = FeatureStore.for_stack(settings.stack)
     current = store.active_namespace(settings.stack.namespace)
     if arguments.action == "show":
         console.print(f"serving reads {current!r} ({store.count_keys(current):,} keys)")

@@ -72,7 +72,7 @@ class JobParameters:
     @classmethod
     def of(cls, settings: Settings, namespace: str, log_samples: bool) -> "JobParameters":
         return cls(
-            redis_host=settings.stack.bind_host,
+            redis_host=settings.stack.redis_address,
             redis_port=settings.stack.redis_port,
             redis_cluster=settings.stack.redis_cluster,
             redis_timeout_s=settings.stream.redis_write_timeout_s,

@@ -93,9 +93,7 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
 
 def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int | None, *, dry_run: bool,
                    switch: bool, show_progress: bool, console: Console) -> int:  # fmt: skip
-    store = FeatureStore.connect(
-        settings.stack.bind_host, settings.stack.redis_port, cluster=settings.stack.redis_cluster
-    )
+    store = FeatureStore.for_stack(settings.stack)
     current = store.active_namespace(settings.stack.namespace)
     if namespace == current:
         console.print(f"[red]namespace {namespace!r} is the active one; replay into a fresh namespace")

@@ -38,7 +38,7 @@ class AddToRedisSet(ProcessFunction):
 
 def build(records: DataStream, settings: Settings, key: str) -> None:
     (
-        records.process(AddToRedisSet(settings.stack.bind_host, settings.stack.redis_port, key))
+        records.process(AddToRedisSet(settings.stack.redis_address, settings.stack.redis_port, key))
         .name("add-to-redis-set")
         .sink_to(discarding_sink())
         .name("end")
@@ -52,7 +52,7 @@ def run(settings: Settings, topic: str, namespace: str) -> int:
     source = kafka_text_source(settings, topic, group_id=f"kingfisher-smoke-{namespace}", bounded=True)
     build(env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka-source"), settings, key)
     env.execute(f"kingfisher-smoke-{topic}")
-    with redis.Redis(host=settings.stack.bind_host, port=settings.stack.redis_port) as client:
+    with redis.Redis(host=settings.stack.redis_address, port=settings.stack.redis_port) as client:
         return client.scard(key)
 
 

@@ -114,3 +114,12 @@ def test_flat_names_read_and_update_the_settings_in_their_sections(monkeypatch, 
 def leaves(tree: dict):
     for name, value in tree.items():
         yield from leaves(value) if isinstance(value, dict) else [(name, value)]
+
+
+def test_programs_reach_external_kafka_and_redis_when_their_addresses_are_set(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    local = Settings(bind_host="0.0.0.0")
+    external = Settings(bind_host="0.0.0.0", kafka_servers="kafka-0:9092,kafka-1:9092", redis_host="redis-0")
+
+    assert (local.stack.kafka_bootstrap, local.stack.redis_address) == ("0.0.0.0:9092", "0.0.0.0")
+    assert (external.stack.kafka_bootstrap, external.stack.redis_address) == ("kafka-0:9092,kafka-1:9092", "redis-0")
