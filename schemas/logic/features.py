@@ -242,15 +242,20 @@ class ItemEvent(NamedTuple):
 
 
 def _recent(recent: tuple[tuple[int, int], ...], event: Event | ItemEvent, last_ts: int) -> tuple[tuple[int, int], ...]:
-    bucket = _bucket(event.ts)
-    if not event.type.is_interaction:
-        return recent
-    if recent and recent[-1][0] == bucket:  # the common case: another event in the newest bucket
-        return (*recent[:-1], (bucket, recent[-1][1] + 1))
-    counts = dict(recent)
-    counts[bucket] = counts.get(bucket, 0) + 1
+    """The interaction counts per bucket of the 24 hours up to `last_ts`. Every event prunes (an
+    impression moves `last_ts` too), so the buckets depend on which events came, not their order."""
     oldest = _bucket(last_ts) - max(WINDOWS_MS.values()) + WINDOW_BUCKET_MS
-    return tuple(sorted((start, count) for start, count in counts.items() if start >= oldest))
+    bucket = _bucket(event.ts)
+    counted = event.type.is_interaction and bucket >= oldest
+    if recent and recent[0][0] >= oldest:
+        if not counted:
+            return recent
+        if recent[-1][0] == bucket:  # the common case: another event in the newest bucket
+            return (*recent[:-1], (bucket, recent[-1][1] + 1))
+    counts = {start: count for start, count in recent if start >= oldest}
+    if counted:
+        counts[bucket] = counts.get(bucket, 0) + 1
+    return tuple(sorted(counts.items()))
 
 
 def update_item_features(features: ItemFeatures, event: Event | ItemEvent, spec: FeatureSpec) -> ItemFeatures:
