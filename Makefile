@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down status clean distclean test lint lock bench bench-stream bench-train bench-serve bench-swap soak train serve
+.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test lint lock bench bench-stream bench-train bench-serve bench-swap soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -61,6 +61,12 @@ up: setup ## start Kafka and Redis (idempotent), create topics
 
 down: ## stop everything `make up` and `make demo` started
 	@if [ -x $(PY) ]; then $(PY) infra/stack.py down; fi
+
+cluster-up: setup ## start a local Flink session cluster (a JobManager, KF_FLINK_TASKMANAGERS TaskManagers); run the job there with KF_FLINK_CLUSTER=true
+	@$(PY) infra/stack.py cluster-up
+
+cluster-down: ## stop the local Flink session cluster
+	@if [ -x $(PY) ]; then $(PY) infra/stack.py cluster-down; fi
 
 status: ## show each component (Kafka, Redis, feature job, service, retrainer) and its health
 	@$(PY) infra/stack.py status || true

@@ -9,8 +9,11 @@ idempotent: `up` leaves a running, answering service alone, `down` of a stopped 
 import argparse
 import base64
 import errno
+import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import string
@@ -35,6 +38,8 @@ from rich.table import Table
 from schemas.config import Settings
 
 INFRA_DIR = Path(__file__).resolve().parent
+FLINK_HOME = Path(importlib.util.find_spec("pyflink").submodule_search_locations[0])
+"""The Flink distribution inside the apache-flink package: its bin/ scripts, conf/ and lib/."""
 POLL_INTERVAL_S = 0.5
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 15
@@ -78,6 +83,10 @@ class Service(ABC):
 
     @abstractmethod
     def command(self) -> list[str]: ...
+
+    def environment(self) -> dict[str, str] | None:
+        """The process's environment; None: this one's."""
+        return None
 
     @abstractmethod
     def is_ready(self) -> bool:
@@ -216,6 +225,75 @@ class RedisClusterNode(Redis):
         return redis.Redis(host=self.settings.stack.bind_host, port=self.port, socket_timeout=2)
 
 
+class FlinkProcess(Service):
+    """A process of the local standalone Flink session cluster, started in the foreground by the
+    script of the Flink distribution that the pinned apache-flink package ships."""
+
+    script: str
+
+    @property
+    def conf_dir(self) -> Path:
+        return (self.settings.stack.run_dir / "flink-cluster" / "conf").resolve()
+
+    def prepare(self) -> None:
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        for logging_config in (FLINK_HOME / "conf").glob("log4j*.properties"):
+            shutil.copy(logging_config, self.conf_dir)
+        shipped = (FLINK_HOME / "conf" / "config.yaml").read_text()
+        java_options = re.search(r"^\s*all: (.+)$", shipped, re.MULTILINE).group(1)  # the JDK 17 module flags
+        self.render(
+            INFRA_DIR / "flink" / "config.yaml.template", self.conf_dir / "config.yaml", java_options=java_options
+        )
+
+    def command(self) -> list[str]:
+        return [str(FLINK_HOME / "bin" / self.script), "start-foreground"]
+
+    def environment(self) -> dict[str, str]:
+        return os.environ | {"FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_file.parent)}
+
+    def overview(self) -> dict | None:
+        """The JobManager's /overview (task managers, slots, jobs), None while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"{flink_rest_url(self.settings)}/overview", timeout=2) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+
+class FlinkJobManager(FlinkProcess):
+    name = "flink-jobmanager"
+    script = "jobmanager.sh"
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return [
+            ListenPort(self.settings.stream.flink_rest_port, "flink_rest_port"),
+            ListenPort(self.settings.stream.flink_rpc_port, "flink_rpc_port"),
+        ]
+
+    def is_ready(self) -> bool:
+        return self.overview() is not None
+
+
+class FlinkTaskManager(FlinkProcess):
+    script = "taskmanager.sh"
+
+    def __init__(self, settings: Settings, index: int):
+        self.name, self.index = f"flink-taskmanager-{index}", index
+        super().__init__(settings)
+
+    @property
+    def ports(self) -> list[ListenPort]:
+        return []  # its RPC and data ports are chosen when it starts
+
+    def prepare(self) -> None:
+        """The JobManager wrote the cluster's configuration."""
+
+    def is_ready(self) -> bool:
+        overview = self.overview()
+        return overview is not None and overview["taskmanagers"] > self.index
+
+
 class Application(Service):
     """A Kingfisher program in the background: `python -m <module>` with the stack's settings."""
 
@@ -242,6 +320,27 @@ class Application(Service):
 class FeatureJob(Application):
     name = "feature-job"
     module = "streams.feature_job"
+
+    def command(self) -> list[str]:
+        return feature_job_command(self.settings)
+
+
+def feature_job_command(settings: Settings, *arguments: str) -> list[str]:
+    """The feature job: in a MiniCluster of its own, or with KF_FLINK_CLUSTER submitted by `flink run`
+    to the Flink cluster, whose client stays attached (it keeps the sample log's retention)."""
+    if not settings.stream.flink_cluster:
+        return [sys.executable, "-m", "streams.feature_job", *arguments]
+    python = ["-pyclientexec", sys.executable, "-pyexec", sys.executable]
+    submit = [str(FLINK_HOME / "bin" / "flink"), "run", "-m", flink_rest_address(settings), *python]
+    return [*submit, "-pym", "streams.feature_job", "--", *arguments]
+
+
+def flink_rest_address(settings: Settings) -> str:
+    return f"{settings.stack.bind_host}:{settings.stream.flink_rest_port}"
+
+
+def flink_rest_url(settings: Settings) -> str:
+    return f"http://{flink_rest_address(settings)}"
 
 
 class RecommendationService(Application):
@@ -275,7 +374,16 @@ class Retrainer(Application):
 
 def services(settings: Settings) -> list[Service]:
     """The infrastructure in start order; it stops in reverse."""
-    return [*redis_servers(settings), Kafka(settings)]
+    return [
+        *redis_servers(settings),
+        Kafka(settings),
+        *(flink_cluster(settings) if settings.stream.flink_cluster else []),
+    ]
+
+
+def flink_cluster(settings: Settings) -> list[FlinkProcess]:
+    managers = [FlinkTaskManager(settings, index) for index in range(settings.stream.flink_taskmanagers)]
+    return [FlinkJobManager(settings), *managers]
 
 
 def redis_servers(settings: Settings) -> list[Redis]:
@@ -402,7 +510,12 @@ def start(service: Service) -> str:
     service.prepare()
     with service.log_file.open("ab") as log:
         process = subprocess.Popen(
-            service.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            service.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=service.environment(),
         )
     service.pid_file.write_text(f"{process.pid} {psutil.Process(process.pid).create_time():.2f}")
     try:
@@ -502,8 +615,23 @@ def start_all(settings: Settings, stack: list[Service]) -> None:
 
 
 def down(settings: Settings) -> None:
-    for service in [*reversed(applications(settings)), *reversed(services(settings))]:
+    cluster = [] if settings.stream.flink_cluster else running(flink_cluster(settings))
+    for service in [*reversed(applications(settings)), *reversed(cluster), *reversed(services(settings))]:
         console.print(f"{service.name:<11} {stop(service)}")
+
+
+def cluster_up(settings: Settings) -> None:
+    start_all(settings, flink_cluster(settings))
+    console.print(f"flink cluster: {flink_rest_url(settings)} (web UI and REST)")
+
+
+def cluster_down(settings: Settings) -> None:
+    for service in reversed(flink_cluster(settings)):
+        console.print(f"{service.name:<11} {stop(service)}")
+
+
+def running(candidates: list[Service]) -> list[Service]:
+    return [service for service in candidates if service.running_process() is not None]
 
 
 def status(settings: Settings) -> bool:
@@ -511,7 +639,8 @@ def status(settings: Settings) -> bool:
     application that was started still runs and answers."""
     table = Table("component", "state", "pid", "address", "log")
     healthy = True
-    for service in [*services(settings), *applications(settings)]:
+    cluster = [] if settings.stream.flink_cluster else running(flink_cluster(settings))
+    for service in [*services(settings), *cluster, *applications(settings)]:
         process = service.running_process()
         ready = process is not None and service.is_ready()
         started = process is not None or service.pid_file.exists()
@@ -524,7 +653,18 @@ def status(settings: Settings) -> bool:
         pid = str(process.pid) if process else "-"
         table.add_row(service.name, state, pid, service.address, str(service.log_file))
     Console().print(table)
+    for job in flink_jobs(settings):
+        Console().print(f"flink job {job['name']} ({job['jid']}): {job['state']}")
     return healthy
+
+
+def flink_jobs(settings: Settings) -> list[dict]:
+    """The Flink cluster's jobs, newest first; none when no JobManager answers."""
+    try:
+        with urllib.request.urlopen(f"{flink_rest_url(settings)}/jobs/overview", timeout=2) as response:
+            return sorted(json.loads(response.read())["jobs"], key=lambda job: -job["start-time"])
+    except (urllib.error.URLError, OSError, ValueError):
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,9 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="start every service that is not running, wait until it answers, create topics")
     commands.add_parser("down", help="stop every program and service; leaves data and logs in KF_RUN_DIR")
     commands.add_parser("status", help="show each component's state; exit code 0 only when all started ones answer")
+    commands.add_parser("cluster-up", help="start the local Flink session cluster: a JobManager and its TaskManagers")
+    commands.add_parser("cluster-down", help="stop the local Flink session cluster")
     arguments = parser.parse_args(argv)
     settings = Settings()
-    actions = {"up": up, "down": down, "status": status}
+    actions = {"up": up, "down": down, "status": status, "cluster-up": cluster_up, "cluster-down": cluster_down}
     return exit_code(lambda: actions[arguments.command](settings))
 
 

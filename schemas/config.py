@@ -169,6 +169,15 @@ class StreamSettings(Section):
     dedupe_capacity: int = Field(500, ge=1, description="Event ids remembered per user to drop redeliveries.")
     entity_ttl_h: float = Field(720.0, gt=0, description="Inactive users' and items' keys expire after this long.")
     flink_parallelism: int = Field(1, ge=1, description="Parallelism of the feature job's operators.")
+    flink_cluster: bool = Field(
+        False,
+        description="Run the feature job on a standalone Flink session cluster (`make cluster-up` starts one "
+        "locally) instead of a MiniCluster inside its own process.",
+    )
+    flink_rest_port: Port = Field(8081, description="REST port of the Flink cluster's JobManager (and its web UI).")
+    flink_rpc_port: Port = Field(6123, description="RPC port of the local Flink cluster's JobManager.")
+    flink_taskmanagers: int = Field(2, ge=1, description="TaskManagers of the local Flink cluster.")
+    flink_slots: int = Field(2, ge=1, description="Task slots per TaskManager of the local Flink cluster.")
     sample_retention_days: int = Field(
         30, ge=1, description="UTC days of the training-sample log kept; the feature job deletes older days hourly."
     )

@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-timestamp", type=int, metavar="MS", help="start at this Kafka time, not the beginning")
     parser.add_argument("--fresh", action="store_true", help="ignore checkpoints: rebuild state from the topic")
     parser.add_argument("--no-samples", action="store_true", help="do not write the training-sample log")
+    parser.add_argument(
+        "--restore", type=Path, metavar="DIR", help="resume from this savepoint or checkpoint (`flink stop` writes one)"
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # PyFlink sets the root logger to WARNING when it creates the environment; ours keeps its own level.
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLINK_LOG_DIR", str(settings.stack.logs_dir.resolve()))
 
     checkpoints = settings.stack.checkpoints_dir / arguments.namespace
-    restore = None if arguments.fresh else latest_checkpoint(checkpoints)
+    restore = arguments.restore or (None if arguments.fresh else latest_checkpoint(checkpoints))
     env = execution_environment(settings, settings.stream.flink_parallelism, checkpoints, restore)
     samples = (
         None if arguments.no_samples else sample_log.log_directory(settings.stack.samples_dir, arguments.namespace)
