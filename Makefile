@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test lint lock bench bench-stream bench-train bench-serve bench-swap soak train serve
+.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test lint lock bench bench-stream bench-state bench-train bench-serve bench-swap soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -80,10 +80,13 @@ train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source m
 serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 (KF_SERVE_PORT)
 	$(PY) -m serving
 
-bench: bench-stream bench-train bench-serve bench-swap ## every benchmark (numbers in README.md)
+bench: bench-stream bench-state bench-train bench-serve bench-swap ## every benchmark (numbers in README.md)
 
 bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
 	$(PY) -m streams.bench $(BENCH_ARGS)
+
+bench-state: up ## the job holding 1,000,000 users' state, RocksDB beside the heap: events/s, checkpoint sizes and durations, restore after kill -9
+	$(PY) -m streams.state_bench $(BENCH_ARGS)
 
 bench-train: setup ## one retraining on MovieLens as scheduled (target <= 10 min), then the last-5 split and a synthetic world, each against the baselines
 	$(PY) -m training.bench $(BENCH_ARGS)

@@ -254,9 +254,8 @@ class FlinkProcess(Service):
     def overview(self) -> dict | None:
         """The JobManager's /overview (task managers, slots, jobs), None while it does not answer."""
         try:
-            with urllib.request.urlopen(f"{flink_rest_url(self.settings)}/overview", timeout=2) as response:
-                return json.loads(response.read())
-        except (urllib.error.URLError, OSError, ValueError):
+            return flink_rest(self.settings, "/overview", timeout_s=2)
+        except (OSError, ValueError):
             return None
 
 
@@ -341,6 +340,14 @@ def flink_rest_address(settings: Settings) -> str:
 
 def flink_rest_url(settings: Settings) -> str:
     return f"http://{flink_rest_address(settings)}"
+
+
+def flink_rest(settings: Settings, path: str, method: str = "GET", timeout_s: float = 10.0) -> dict:
+    """One call of the Flink cluster's REST API, e.g. `/jobs/overview`; raises OSError when it does not answer."""
+    request = urllib.request.Request(flink_rest_url(settings) + path, method=method)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        body = response.read()
+    return json.loads(body) if body else {}
 
 
 class RecommendationService(Application):
@@ -661,10 +668,10 @@ def status(settings: Settings) -> bool:
 def flink_jobs(settings: Settings) -> list[dict]:
     """The Flink cluster's jobs, newest first; none when no JobManager answers."""
     try:
-        with urllib.request.urlopen(f"{flink_rest_url(settings)}/jobs/overview", timeout=2) as response:
-            return sorted(json.loads(response.read())["jobs"], key=lambda job: -job["start-time"])
-    except (urllib.error.URLError, OSError, ValueError):
+        jobs = flink_rest(settings, "/jobs/overview", timeout_s=2)["jobs"]
+    except (OSError, ValueError):
         return []
+    return sorted(jobs, key=lambda job: -job["start-time"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,19 @@ class StreamSettings(Section):
         5.0, gt=0, description="A feature-job write Redis leaves unanswered this long is retried (a hung server)."
     )
     checkpoint_interval_s: float = Field(10.0, gt=0, description="Flink checkpoint interval.")
+    checkpoint_uri: str | None = Field(
+        None,
+        description="Base URI of the feature job's checkpoints, e.g. s3://bucket/kingfisher (needs Flink's filesystem "
+        "plugin); unset: KF_RUN_DIR/flink/checkpoints, from which a restarted job resumes on its own.",
+    )
+    state_backend: Literal["hashmap", "rocksdb"] = Field(
+        "hashmap",
+        description="Where Flink keeps the job's state: hashmap (on the JVM heap, full checkpoints) or rocksdb "
+        "(on local disk, state larger than memory, incremental checkpoints).",
+    )
+    checkpoint_incremental: bool = Field(
+        True, description="RocksDB checkpoints upload only the files written since the previous checkpoint."
+    )
     python_execution_mode: Literal["thread", "process"] = Field(
         "thread",
         description="Where the job's Python operators run: thread (inside Flink's JVM) or process (Python workers).",

@@ -87,6 +87,8 @@ class Configuration:
     log_samples: bool
     code: Path = PROJECT_ROOT
     """The checkout whose job runs: this one, or a previous one to compare with."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """Settings of this configuration's job (KF_* variables)."""
 
 
 @dataclass
@@ -172,7 +174,10 @@ def processed(store: FeatureStore, namespace: str) -> int:
 class Job:
     """The live feature job of one configuration, with its own Flink log directory."""
 
-    def __init__(self, settings: Settings, configuration: Configuration, topic: str, namespace: str):
+    def __init__(
+        self, settings: Settings, configuration: Configuration, topic: str, namespace: str, *, fresh: bool = True
+    ):
+        """`fresh`: ignore the namespace's checkpoints; otherwise resume from the newest."""
         self.log_dir = settings.stack.logs_dir / "bench" / namespace
         self.log_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -183,7 +188,7 @@ class Job:
             topic,
             "--namespace",
             namespace,
-            "--fresh",
+            *(["--fresh"] if fresh else []),
             *([] if configuration.log_samples else ["--no-samples"]),
         ]
         # Absolute: a previous checkout's job runs in its own directory, on this stack and these jars.
@@ -192,8 +197,9 @@ class Job:
             "PYTHONPATH": str(configuration.code),
             "KF_RUN_DIR": str(settings.stack.run_dir.resolve()),
             "KF_JARS_DIR": str(settings.stack.jars_dir.resolve()),
+            **configuration.environment,
         }
-        with (self.log_dir / "job.log").open("wb") as output:
+        with (self.log_dir / "job.log").open("ab") as output:
             self.process = subprocess.Popen(
                 command,
                 cwd=configuration.code,
@@ -205,6 +211,13 @@ class Job:
 
     def cpu_seconds(self) -> float:
         """CPU time of the job's processes (its Python driver and the JVM it starts, with Python inside)."""
+        return self._summed(lambda member: member.cpu_times().user + member.cpu_times().system)
+
+    def resident_bytes(self) -> int:
+        """Resident memory of the job's processes."""
+        return round(self._summed(lambda member: member.memory_info().rss))
+
+    def _summed(self, measure) -> float:
         try:
             family = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
         except psutil.NoSuchProcess:
@@ -212,11 +225,15 @@ class Job:
         total = 0.0
         for member in family:
             try:
-                times = member.cpu_times()
-                total += times.user + times.system
+                total += measure(member)
             except psutil.NoSuchProcess:
                 continue
         return total
+
+    def kill(self) -> None:
+        """kill -9 of every process of the job, as when its machine fails."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -228,9 +245,9 @@ class Job:
                 self.process.wait()
 
 
-def wait_until(condition, job: Job, what: str) -> float:
+def wait_until(condition, job: Job, what: str, within_s: float = CATCH_UP_S) -> float:
     """Until `condition()`; returns the monotonic time it held."""
-    deadline = time.monotonic() + CATCH_UP_S
+    deadline = time.monotonic() + within_s
     while not condition():
         if job.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the job stopped or fell behind before {what}; see {job.log_dir}")
@@ -238,8 +255,10 @@ def wait_until(condition, job: Job, what: str) -> float:
     return time.monotonic()
 
 
-def wait_until_processed(store: FeatureStore, namespace: str, count: int, job: Job) -> float:
-    return wait_until(lambda: processed(store, namespace) >= count, job, f"{count:,} events in Redis")
+def wait_until_processed(
+    store: FeatureStore, namespace: str, count: int, job: Job, within_s: float = CATCH_UP_S
+) -> float:
+    return wait_until(lambda: processed(store, namespace) >= count, job, f"{count:,} events in Redis", within_s)
 
 
 def committed_event_lines(directory: Path, counted: dict[Path, int]) -> int:

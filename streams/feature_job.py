@@ -32,7 +32,13 @@ from pyflink.table import StreamTableEnvironment
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.redis_format import TRENDING_ENTITY
-from streams.flink_env import discarding_sink, execution_environment, latest_checkpoint
+from streams.flink_env import (
+    checkpoint_uri,
+    discarding_sink,
+    execution_environment,
+    local_directory,
+    restore_location,
+)
 from streams.operators import (
     DEAD_LETTERS,
     SAMPLES,
@@ -215,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore checkpoints: rebuild state from the topic")
     parser.add_argument("--no-samples", action="store_true", help="do not write the training-sample log")
     parser.add_argument(
-        "--restore", type=Path, metavar="DIR", help="resume from this savepoint or checkpoint (`flink stop` writes one)"
+        "--restore",
+        metavar="PATH",
+        help="resume from this savepoint or checkpoint, a directory or URI (`flink stop` writes one)",
     )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -225,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.stack.logs_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLINK_LOG_DIR", str(settings.stack.logs_dir.resolve()))
 
-    checkpoints = settings.stack.checkpoints_dir / arguments.namespace
-    restore = arguments.restore or (None if arguments.fresh else latest_checkpoint(checkpoints))
+    checkpoints = checkpoint_uri(settings, arguments.namespace)
+    local_checkpoints = local_directory(checkpoints)
+    restore = restore_location(arguments.restore, None if arguments.fresh else local_checkpoints)
     env = execution_environment(settings, settings.stream.flink_parallelism, checkpoints, restore)
     samples = (
         None if arguments.no_samples else sample_log.log_directory(settings.stack.samples_dir, arguments.namespace)
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
              from_ms=arguments.from_timestamp, samples_dir=samples)  # fmt: skip
     log.info("feature job: topic %s -> namespace %s; %s", arguments.topic, arguments.namespace,
              f"restoring from {restore}" if restore else "starting without a checkpoint")  # fmt: skip
-    keeper = SampleLogKeeper(samples, checkpoints, settings.stream.sample_retention_days) if samples else None
+    keeper = SampleLogKeeper(samples, local_checkpoints, settings.stream.sample_retention_days) if samples else None
     if keeper is not None:
         keeper.start()
     env.execute(settings.feature_job_name(arguments.namespace))

@@ -4,6 +4,7 @@ import os
 import site
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from find_libpython import find_libpython
 from pyflink.common import Configuration
@@ -27,6 +28,18 @@ def connector_jar_urls(settings: Settings) -> list[str]:
     return [jar.as_uri() for jar in jars]
 
 
+def checkpoint_uri(settings: Settings, namespace: str) -> str:
+    """Where the job writing `namespace` checkpoints: under KF_CHECKPOINT_URI, else the stack's directory."""
+    base = settings.stream.checkpoint_uri or settings.stack.checkpoints_dir.resolve().as_uri()
+    return f"{base.rstrip('/')}/{namespace}"
+
+
+def local_directory(uri: str) -> Path | None:
+    """The directory a file: URI names; None for a remote file system (s3:, hdfs:, ...)."""
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     """The newest complete checkpoint under `directory` (<job id>/chk-<n>/_metadata), if any."""
     complete = list(directory.glob("*/chk-*/_metadata"))
@@ -34,14 +47,27 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return newest.parent if newest is not None else None
 
 
+def restore_location(requested: str | None, checkpoints: Path | None) -> str | None:
+    """The URI to resume from: the one asked for (a path or URI), else the newest local checkpoint.
+    Remote checkpoints are resumed from by asking (or by the cluster's own high availability)."""
+    if requested:
+        return requested if urlparse(requested).scheme else Path(requested).resolve().as_uri()
+    newest = latest_checkpoint(checkpoints) if checkpoints is not None else None
+    return newest.resolve().as_uri() if newest is not None else None
+
+
 def execution_environment(
-    settings: Settings, parallelism: int, checkpoints: Path | None = None, restore_from: Path | None = None
+    settings: Settings, parallelism: int, checkpoints: str | None = None, restore_from: str | None = None
 ) -> StreamExecutionEnvironment:
     """A local MiniCluster when run as a script, the cluster's environment under `flink run -py`.
 
-    With `checkpoints`, the job checkpoints there every KF_CHECKPOINT_INTERVAL_S and keeps the
-    checkpoints when it is cancelled or killed; `restore_from` resumes from one of them."""
+    With `checkpoints` (a URI), the job checkpoints there every KF_CHECKPOINT_INTERVAL_S into
+    KF_STATE_BACKEND and keeps the checkpoints when it is cancelled or killed; `restore_from`
+    (a URI) resumes from one of them."""
     config = Configuration()
+    # A MiniCluster's REST API (the bench reads checkpoint statistics from it) on a free port of this host only.
+    config.set_string("rest.bind-address", settings.stack.bind_host)
+    config.set_string("rest.address", settings.stack.bind_host)
     # Python operators must run in the interpreter that has Kingfisher's packages, not the first `python` on PATH.
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
@@ -64,11 +90,14 @@ def execution_environment(
         config.set_string(
             "execution.checkpointing.interval", f"{round(settings.stream.checkpoint_interval_s * 1000)} ms"
         )
-        config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
+        config.set_string("execution.checkpointing.dir", checkpoints)
         config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-        config.set_string("state.backend.type", "hashmap")
+        config.set_string("state.backend.type", settings.stream.state_backend)
+        # RocksDB's working files with the stack's other data, not in the system's temporary directory.
+        config.set_string("state.backend.rocksdb.localdir", str(settings.stack.run_dir.resolve() / "flink" / "rocksdb"))
+        config.set_string("execution.checkpointing.incremental", str(settings.stream.checkpoint_incremental).lower())
     if restore_from is not None:
-        config.set_string("execution.state-recovery.path", restore_from.resolve().as_uri())
+        config.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
     env.add_jars(*connector_jar_urls(settings))

@@ -62,16 +62,21 @@ class SampleLogLines:
 class SampleLogKeeper(threading.Thread):
     """Deletes the in-progress files a killed run left behind, then keeps the retention, hourly."""
 
-    def __init__(self, directory: Path, checkpoints: Path, retention_days: int):
+    def __init__(self, directory: Path, checkpoints: Path | None, retention_days: int):
+        """`checkpoints`: the job's local checkpoint directory; None when they are on a remote file
+        system, whose completed checkpoints the keeper cannot watch: orphans are then left in place."""
         super().__init__(name="sample-log-keeper", daemon=True)
         self.directory, self.checkpoints, self.retention_days = directory, checkpoints, retention_days
         self.started = time.time()
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        self._wait_for_new_checkpoints()
-        if not self.stopped.is_set():
-            self.delete_orphans()
+        if self.checkpoints is None:
+            log.warning("sample log: checkpoints are remote, so in-progress files of killed runs are not deleted")
+        else:
+            self._wait_for_new_checkpoints()
+            if not self.stopped.is_set():
+                self.delete_orphans()
         while not self.stopped.is_set():
             if dropped := prune(self.directory, self.retention_days):
                 log.info("sample log: deleted the days %s (older than %d days)", dropped, self.retention_days)

@@ -6,11 +6,9 @@ import os
 import re
 import signal
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 
@@ -21,8 +19,8 @@ from infra.stack import (
     feature_job_command,
     flink_cluster,
     flink_jobs,
+    flink_rest,
     flink_rest_address,
-    flink_rest_url,
     start,
     start_all,
     stop,
@@ -50,6 +48,8 @@ def cluster(stack: Stack, tmp_path_factory) -> Iterator[Stack]:
         # the same TaskManager cannot load it again. Python workers in processes can.
         KF_PYTHON_EXECUTION_MODE="process",
         KF_STREAM_KEY_BUCKETS="8",
+        # As infra/kubernetes runs it; the MiniCluster tests run make demo's heap backend.
+        KF_STATE_BACKEND="rocksdb",
         KF_TOPIC_DLQ=new_topic_named(stack, "dlq-cluster", partitions=1),
     )
     processes = flink_cluster(configured.settings)
@@ -60,13 +60,6 @@ def cluster(stack: Stack, tmp_path_factory) -> Iterator[Stack]:
     yield configured
     for process in reversed(processes):
         stop(process)
-
-
-def rest(cluster: Stack, path: str, method: str = "GET") -> dict:
-    request = urllib.request.Request(flink_rest_url(cluster.settings) + path, method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body = response.read()
-    return orjson.loads(body) if body else {}
 
 
 def job_of(cluster: Stack, namespace: str) -> dict | None:
@@ -99,20 +92,21 @@ def labelled_once(cluster: Stack, namespace: str, events: list[Event]) -> bool:
 
 
 def completed_checkpoints(cluster: Stack, job_id: str) -> int:
-    return rest(cluster, f"/jobs/{job_id}/checkpoints")["counts"]["completed"]
+    return flink_rest(cluster.settings, f"/jobs/{job_id}/checkpoints")["counts"]["completed"]
 
 
 def cancel(cluster: Stack, namespace: str, client: subprocess.Popen) -> None:
     job = job_of(cluster, namespace)
     if job is not None and job["state"] == "RUNNING":
-        rest(cluster, f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
+        flink_rest(cluster.settings, f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
     client.terminate()
     client.wait(timeout=60)
 
 
 def busy_taskmanager(cluster: Stack) -> FlinkTaskManager:
     """A TaskManager running some of the job's tasks (the only job on the cluster then)."""
-    busy = [m["id"] for m in rest(cluster, "/taskmanagers")["taskmanagers"] if m["freeSlots"] < m["slotsNumber"]]
+    reported = flink_rest(cluster.settings, "/taskmanagers")["taskmanagers"]
+    busy = [m["id"] for m in reported if m["freeSlots"] < m["slotsNumber"]]
     managers = [manager for manager in flink_cluster(cluster.settings) if isinstance(manager, FlinkTaskManager)]
     return next(manager for manager in managers if any(id_ in manager.log_file.read_text() for id_ in busy))
 
@@ -147,7 +141,7 @@ def test_the_job_at_parallelism_2_on_the_cluster_leaves_redis_equal_to_fold_stre
                          text=True, timeout=JOB_TIMEOUT_S)  # fmt: skip
 
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    vertices = rest(cluster, f"/jobs/{job_of(cluster, namespace)['jid']}")["vertices"]
+    vertices = flink_rest(cluster.settings, f"/jobs/{job_of(cluster, namespace)['jid']}")["vertices"]
     assert max(vertex["parallelism"] for vertex in vertices) == 2
     assert equal_to_reference(cluster, namespace, events)
     assert labelled_once(cluster, namespace, events)
@@ -168,8 +162,8 @@ def test_a_taskmanager_killed_mid_stream_restarts_the_job_from_its_checkpoint_an
 
         wait_until(lambda: equal_to_reference(cluster, namespace, first + second), APPLY_TIMEOUT_S, "every event")
         wait_until(lambda: labelled_once(cluster, namespace, first + second), 60, "the sample log's commit")
-        failures = rest(cluster, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-        state = rest(cluster, f"/jobs/{job_id}")["state"]
+        failures = flink_rest(cluster.settings, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        state = flink_rest(cluster.settings, f"/jobs/{job_id}")["state"]
     finally:
         cancel(cluster, namespace, client)
         start(victim)

@@ -187,6 +187,23 @@ def test_the_keeper_deletes_files_a_dead_run_left_in_progress_after_two_new_chec
     assert sample_log.in_progress_files(log_dir) == [day / ".events-new-0-0.jsonl.inprogress.y"]
 
 
+def test_with_remote_checkpoints_the_keeper_keeps_in_progress_files_and_the_retention(tmp_path):
+    log_dir, today = tmp_path / "log", sample_log.today()
+    write_day(log_dir, today - timedelta(days=40), "events-a-0-0.jsonl", [b"[]"])
+    write_day(log_dir, today, ".events-old-0-3.jsonl.inprogress.x", [b"maybe still to be committed"])
+    os.utime(log_dir / f"dt={today.isoformat()}" / ".events-old-0-3.jsonl.inprogress.x", (0, 0))
+    keeper = SampleLogKeeper(log_dir, None, retention_days=30)
+    thread = threading.Thread(target=keeper.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(sample_log.day_directories(log_dir)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    keeper.stop()
+
+    assert [day for day, _ in sample_log.day_directories(log_dir)] == [today]
+    assert len(sample_log.in_progress_files(log_dir)) == 1
+
+
 @pytest.mark.parametrize("before_version", [0, 3])
 def test_a_user_without_state_is_snapshotted_even_when_seen_today(before_version):
     from schemas.logic.streaming import UserState
