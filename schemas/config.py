@@ -45,6 +45,11 @@ class StackSettings(Section):
     """Where the local stack's services listen, its topics, Redis and files."""
 
     run_dir: Path = Field(Path(".run"), description="Data, logs and pid files of the local stack.")
+    scratch_dir: Path | None = Field(
+        None,
+        description="Each process's own working files on local disk (the service workers' Prometheus files, RocksDB's "
+        "working directory), never shared between pods; unset: KF_RUN_DIR.",
+    )
     jars_dir: Path = Field(Path(".deps/jars"), description="Jars resolved from Maven Central by `make setup`.")
     bind_host: str = Field("127.0.0.1", description="Address every local service listens on.")
     kafka_servers: str | None = Field(
@@ -91,6 +96,10 @@ class StackSettings(Section):
     @property
     def redis_address(self) -> str:
         return self.redis_host or self.bind_host
+
+    @property
+    def scratch(self) -> Path:
+        return self.scratch_dir or self.run_dir
 
     @property
     def logs_dir(self) -> Path:

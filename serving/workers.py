@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -26,11 +27,14 @@ CHECK_S = 0.5
 STOP_TIMEOUT_S = 30
 
 
+def metrics_directory(settings: Settings, port: int) -> Path:
+    """The workers' shared Prometheus files: one directory per port, as runs may sit side by side."""
+    return settings.stack.scratch / "prometheus" / f"serve-{port}"
+
+
 class Supervisor:
     def __init__(self, settings: Settings, port: int, workers: int):
-        self.metrics_dir = (
-            settings.stack.run_dir / "prometheus" / f"serve-{port}"
-        )  # one per port: runs may sit side by side
+        self.metrics_dir = metrics_directory(settings, port)
         self.command = [sys.executable, "-m", "serving", "--port", str(port), "--workers", "1", "--reuse-port"]
         self.count = workers
         self.workers: list[subprocess.Popen] = []

@@ -34,6 +34,12 @@ def checkpoint_uri(settings: Settings, namespace: str) -> str:
     return f"{base.rstrip('/')}/{namespace}"
 
 
+def rocksdb_directory(settings: Settings) -> Path:
+    """RocksDB's working files: on the process's own disk (KF_SCRATCH_DIR), not a shared volume, and
+    not in the system's temporary directory."""
+    return settings.stack.scratch.resolve() / "flink" / "rocksdb"
+
+
 def local_directory(uri: str) -> Path | None:
     """The directory a file: URI names; None for a remote file system (s3:, hdfs:, ...)."""
     parsed = urlparse(uri)
@@ -93,8 +99,7 @@ def execution_environment(
         config.set_string("execution.checkpointing.dir", checkpoints)
         config.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
         config.set_string("state.backend.type", settings.stream.state_backend)
-        # RocksDB's working files with the stack's other data, not in the system's temporary directory.
-        config.set_string("state.backend.rocksdb.localdir", str(settings.stack.run_dir.resolve() / "flink" / "rocksdb"))
+        config.set_string("state.backend.rocksdb.localdir", str(rocksdb_directory(settings)))
         config.set_string("execution.checkpointing.incremental", str(settings.stream.checkpoint_incremental).lower())
     if restore_from is not None:
         config.set_string("execution.state-recovery.path", restore_from)

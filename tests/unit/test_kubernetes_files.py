@@ -8,8 +8,10 @@ import pytest
 import yaml
 
 from schemas.config import SETTING_PATHS, Settings
+from schemas.sample_log import log_directory
 from serving.routes import ROUTES
-from streams.flink_env import checkpoint_uri
+from serving.workers import metrics_directory
+from streams.flink_env import checkpoint_uri, rocksdb_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "infra" / "kubernetes"
@@ -107,3 +109,47 @@ def test_every_file_the_image_copies_exists():
     sources = re.findall(r"^COPY (?!--from)(.+) \S+$", (KUBERNETES / "Dockerfile").read_text(), re.MULTILINE)
     paths = [path for line in sources for path in line.split()]
     assert paths and [path for path in paths if not (ROOT / path).exists()] == []
+
+
+def pod_spec_of(container_name: str) -> dict:
+    specs = [r["spec"]["template"]["spec"] for r in resources() if r["kind"] == "Deployment"]
+    specs.append(kind("FlinkDeployment")["spec"]["podTemplate"]["spec"])
+    (spec,) = [spec for spec in specs if container_name in {c["name"] for c in spec["containers"]}]
+    return spec
+
+
+def written_directories(container: dict, settings: Settings) -> dict[str, list[Path]]:
+    """What the container's program writes, by where it must live: 'shared' (other pods read it) or
+    'own' (this pod's processes only), as the code names the directories."""
+    module = " ".join(container.get("command", []) + container.get("args", []))
+    if "-m serving" in module:
+        return {"own": [metrics_directory(settings, settings.serving.serve_port)]}
+    if "-m training.scheduler" in module:
+        return {"shared": [settings.stack.models_dir]}
+    return {
+        "shared": [log_directory(settings.stack.samples_dir, settings.stack.namespace)],
+        "own": [rocksdb_directory(settings)],
+    }
+
+
+def mount_of(path: Path, container: dict) -> dict:
+    (mount,) = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+    return mount
+
+
+@pytest.mark.parametrize("container", containers(), ids=lambda container: container["name"])
+def test_each_pod_writes_shared_files_to_the_shared_volume_and_its_own_to_its_own_disk(container):
+    settings = Settings(**{name[3:].lower(): value for name, value in settings_of(container).items()})
+    volumes = {volume["name"]: volume for volume in pod_spec_of(container["name"])["volumes"]}
+    written = written_directories(container, settings)
+    if container["name"] == "flink-main-container":
+        written["own"].append(
+            Path(kind("FlinkDeployment")["spec"]["flinkConfiguration"]["state.backend.rocksdb.localdir"])
+        )
+
+    for where, paths in written.items():
+        for path in paths:
+            mount = mount_of(path, container)
+            assert not mount.get("readOnly", False), f"{path} is on a read-only mount"
+            volume = volumes[mount["name"]]
+            assert ("emptyDir" in volume) == (where == "own"), f"{path} ({where}) is on {volume}"
