@@ -445,14 +445,14 @@ class TrainingRun:
     def gate(self, measured: SplitModels, force: bool) -> tuple[bool, str, dict[str, float]]:
         """Compare the new models with the live version on the time split's validation queries that
         neither had learnt from: the new split's models learnt from nothing at or after the split,
-        the live version from everything before its `trained_until`. Too few such queries (the live
-        version learnt from most of the holdout), and popularity is the one the new models may not trail."""
+        the live version from everything before its `trained_until`. With no live version to compare
+        (none yet, one that cannot be loaded, or too few such queries because it learnt from most of
+        the holdout), popularity is the one the new models may not trail."""
         validation = measured.split.validation
         new_model = self._gate_metrics(measured.recommender, validation)
-        live, current = self._live(), self.registry.current()
-        if live is None:
-            return True, f"published: no live version to compare with{self._loaded_problem(current)}", new_model
-        fresh = [query for query in validation if query.row.event.ts >= live.manifest.trained_until]
+        current = self.registry.current()
+        live, problem = self._live(current)
+        fresh = [q for q in validation if q.row.event.ts >= live.manifest.trained_until] if live is not None else []
         margin = self.settings.training.gate_margin
         if len(fresh) >= GATE_MIN_QUERIES:
             new, old = self._gate_metrics(measured.recommender, fresh), self._gate_metrics(live, fresh)
@@ -470,15 +470,20 @@ class TrainingRun:
                 [f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"] if below else []
             )
             comparison = f"NDCG@10 {new_model['ndcg@10']:.4f} vs popularity's {floor:.4f}"
-            basis = (
-                f"only {len(fresh)} validation queries after live v{current}'s data, fewer than "
-                f"{GATE_MIN_QUERIES}: compared with popularity on all {len(validation)}"
-            )
+            basis = f"{self._why_not_live(current, problem, fresh)}: compared with popularity on all {len(validation)}"
         if not worse:
             return True, f"published: {comparison} ({basis})", new_model
         if force:
             return True, f"published with --force although {'; '.join(worse)} ({basis})", new_model
         return False, f"refused: {'; '.join(worse)} ({basis}; --force publishes anyway)", new_model
+
+    @staticmethod
+    def _why_not_live(current: int | None, problem: str | None, fresh: list[Query]) -> str:
+        if current is None:
+            return "no live version yet"
+        if problem is not None:
+            return f"live v{current} cannot be loaded: {problem}"
+        return f"only {len(fresh)} validation queries after live v{current}'s data, fewer than {GATE_MIN_QUERIES}"
 
     def _gate_metrics(self, recommender, queries: list[Query]) -> dict[str, float]:
         ranked = served(recommender, self.moments(queries), self.settings.pipeline.candidates)
@@ -487,19 +492,14 @@ class TrainingRun:
             "pool_auc": pool_auc(ranked, queries),
         }
 
-    def _live(self) -> LoadedBundle | None:
-        current = self.registry.current()
+    def _live(self, current: int | None) -> tuple[LoadedBundle | None, str | None]:
+        """The live version's bundle, or None and why it cannot be loaded."""
         if current is None:
-            return None
+            return None, None
         try:
-            return LoadedBundle(self.registry.path(current), self.settings.pipeline.faiss_exact_max_items)
+            return LoadedBundle(self.registry.path(current), self.settings.pipeline.faiss_exact_max_items), None
         except BundleError as error:
-            self.live_problem = str(error)
-            return None
-
-    def _loaded_problem(self, current: int | None) -> str:
-        problem = getattr(self, "live_problem", None)
-        return f" (live v{current} cannot be loaded: {problem})" if problem else ""
+            return None, str(error)
 
     # -- the report ----------------------------------------------------------------------------------------
 

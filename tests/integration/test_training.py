@@ -154,8 +154,10 @@ def test_a_bundle_with_one_corrupted_file_is_refused_with_a_clear_error(publishe
     assert f"BundleError: {model}: checksum mismatch" in loaded.stderr
 
 
-def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(published):
-    stack, _, _ = published
+@pytest.fixture(scope="module")
+def worse_than_popularity(published):
+    """A training run whose measured models are broken on purpose, with the run dir of `published`."""
+    stack, run_dir, _ = published
     settings = stack.settings.updated(eval_last_n=0)
     run = TrainingRun(settings, load(settings, Source.SYNTHETIC, int(SYNTHETIC_EVENTS)), progress=False)
     measured = run.measure(run.splits[0])
@@ -167,13 +169,45 @@ def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(published)
     )
     for variable in broken.ranker.trainable_variables:  # and DIN scores noise: its features alone rank well
         variable.assign(rng.normal(0.0, 0.5, variable.shape).astype(np.float32))
+    return run, measured, run_dir
 
+
+def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(worse_than_popularity):
+    run, measured, _ = worse_than_popularity
     refused, why, _ = run.gate(measured, force=False)
     forced, why_forced, _ = run.gate(measured, force=True)
 
     # v1 learnt from this same data, so no validation query is new to it: popularity is the bar.
     assert not refused and why.startswith("refused: NDCG@10 ") and "popularity's" in why, why
     assert forced and why_forced.startswith("published with --force although NDCG@10")
+
+
+def test_with_no_live_version_the_gate_still_holds_popularitys_floor(worse_than_popularity, tmp_path):
+    run, measured, _ = worse_than_popularity
+    run.registry = Registry(tmp_path / "models")
+    try:
+        allowed, why, _ = run.gate(measured, force=False)
+    finally:
+        run.registry = Registry(run.settings.stack.models_dir)
+
+    assert not allowed and "popularity's" in why and "no live version yet" in why, why
+
+
+def test_with_a_live_version_that_cannot_be_loaded_the_gate_still_holds_popularitys_floor(
+    worse_than_popularity, tmp_path
+):
+    run, measured, run_dir = worse_than_popularity
+    shutil.copytree(run_dir / "models", tmp_path / "models")
+    run.registry = Registry(tmp_path / "models")
+    ranker = run.registry.path(run.registry.current()) / RANKER
+    damaged = next(path for path in sorted(ranker.rglob("*")) if path.is_file())
+    damaged.write_bytes(damaged.read_bytes() + b"x")
+    try:
+        allowed, why, _ = run.gate(measured, force=False)
+    finally:
+        run.registry = Registry(run.settings.stack.models_dir)
+
+    assert not allowed and "popularity's" in why and "cannot be loaded" in why, why
 
 
 def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(stack: Stack, tmp_path):
