@@ -11,9 +11,16 @@ which refills from the restored Flink state.
 
 Past `capacity` entries the least recently used leave memory, and from then on an entity missing
 from memory is read from Flink, one call each.
+
+An entity whose state was last written `ttl_ms` or longer ago (processing time, as its Redis keys'
+TTL counts) has expired: it reads as no state and leaves Flink. Each entry is stored with the time
+of its write, so expiry is decided here, the same on every state backend and after any restore:
+Flink's own TTL (`streams.operators`) only frees the storage of entries nobody reads again, and
+never before this does, since Flink stamps an entry when it is committed, after the batch began.
 """
 
-from collections.abc import Hashable, Iterable
+import time
+from collections.abc import Callable, Hashable, Iterable
 from itertools import islice
 from typing import Any, Protocol
 
@@ -29,19 +36,26 @@ class EntityMapState(Protocol):
 
     def items(self) -> Iterable[tuple[str, Any]]: ...
 
+    def remove(self, key: str) -> None: ...
+
 
 class EntityStates:
-    def __init__(self, state: EntityMapState, capacity: int):
+    def __init__(self, state: EntityMapState, capacity: int, ttl_ms: int, clock: Callable[[], float] = time.time):
         self.state = state
         self.capacity = capacity
-        self.entries: dict[str, Any] = {}
+        self.ttl_ms = ttl_ms
+        self.clock = clock
+        self.now_ms = 0
+        self.entries: dict[str, tuple[int, Any]] = {}
+        """entity -> (when its state was written, in ms; the state)."""
         self.changed: set[str] = set()
         self.complete_buckets: set[Hashable] = set()
         self.bucket_complete = False
         self.evicted = False
 
     def enter(self, bucket: Hashable) -> None:
-        """Start a batch of `bucket`, the operator's current key."""
+        """Start a batch of `bucket`, the operator's current key; the batch's writes are stamped now."""
+        self.now_ms = int(self.clock() * 1000)
         if bucket not in self.complete_buckets and not self.evicted:
             self.entries.update(self.state.items())
             self.complete_buckets.add(bucket)
@@ -53,24 +67,29 @@ class EntityStates:
         if value is NO_STATE and not self.bucket_complete:
             stored = self.state.get(entity_id)
             value = NO_STATE if stored is None else stored
-        if value is not NO_STATE:
-            self.entries[entity_id] = value  # newest last: eviction takes the least recently used first
-        return default if value is NO_STATE else value
+        if value is NO_STATE:
+            return default
+        written_ms, state = value
+        if self.now_ms - written_ms >= self.ttl_ms:
+            self.state.remove(entity_id)
+            return default
+        self.entries[entity_id] = value  # newest last: eviction takes the least recently used first
+        return state
 
     def put(self, entity_id: str, value: Any) -> None:
-        self.entries[entity_id] = value
+        self.entries[entity_id] = (self.now_ms, value)
         self.changed.add(entity_id)
 
     def commit(self) -> list[tuple[str, Any]]:
         """End the batch: write its changes to Flink (one entry per changed entity), then bound the
         memory. Returns the changed entities with their new states, for the caller's Redis writes."""
         changed = [(entity_id, self.entries[entity_id]) for entity_id in self.changed]
-        for entity_id, value in changed:
-            self.state.put(entity_id, value)
+        for entity_id, stamped in changed:
+            self.state.put(entity_id, stamped)
         self.changed.clear()
         excess = len(self.entries) - self.capacity
         if excess > 0:
             for entity_id in list(islice(self.entries, excess)):
                 del self.entries[entity_id]
             self.evicted, self.complete_buckets = True, set()
-        return changed
+        return [(entity_id, state) for entity_id, (_, state) in changed]

@@ -325,6 +325,66 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
         restarted.wait()
 
 
+DAY_MS = 1_735_689_600_000
+
+
+def clicks(user_id: str, item_ids: list[str], first: int) -> list[Event]:
+    """Clicks of `user_id` on `item_ids`, numbered from `first`, a second apart."""
+    return [
+        Event(event_id=f"{user_id}-{n}", user_id=user_id, item_id=item_id, type="click", ts=DAY_MS + 1000 * n)
+        for n, item_id in enumerate(item_ids, start=first)
+    ]
+
+
+@pytest.mark.parametrize("backend", ["hashmap", "rocksdb"])
+def test_an_idle_user_expires_in_flink_state_and_redis_alike_and_stays_expired_after_a_restore(
+    stack: Stack, tmp_path, backend
+):
+    ttl_s, namespace = 5.0, f"ttl-{backend}"
+    # One partition: a partition without events would never have an offset committed to wait for.
+    topic = new_topic_named(stack, f"events-ttl-{backend}", partitions=1)
+    job_stack = stack.with_env(KF_ENTITY_TTL_H=str(ttl_s / 3600), KF_STATE_BACKEND=backend,
+                               KF_CHECKPOINT_INTERVAL_S="1", KF_RUN_DIR=str(tmp_path / "run"),
+                               KF_TOPIC_DLQ=new_topic_named(stack, f"dlq-ttl-{backend}", 1))  # fmt: skip
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
+    spec = stack.settings.pipeline.feature_spec()
+    first = clicks("a", ["i1", "i2", "i3"], 0) + clicks("b", ["i1", "i4"], 0)
+    second, third = clicks("a", ["i2", "i5"], 10), clicks("b", ["i6"], 20)
+    key = lambda kind, entity: redis_key(kind, entity, namespace)  # noqa: E731
+    sequence_of = lambda user: decode_value(KeyKind.USER_SEQUENCE, client.hget(key(KeyKind.USER_SEQUENCE, user),  # noqa: E731
+                                                                                "value")).data  # fmt: skip
+
+    job = start_job(job_stack, topic, namespace, tmp_path / "first.log")
+    try:
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in first])
+        wait_for(lambda: version_of(client, key(KeyKind.USER_SEQUENCE, "b")) >= 2, "the first events in Redis")
+        wait_for(lambda: not client.exists(key(KeyKind.USER_SEQUENCE, "a")), "a's keys to expire", ttl_s + 30, 0.1)
+        time.sleep(0.5)  # Flink's entry was stamped when its batch committed, a moment after the Redis write
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in second])
+        wait_for(lambda: version_of(client, key(KeyKind.USER_SEQUENCE, "a")) >= 2, "a's new events", poll_s=0.05)
+        wait_for(lambda: version_of(client, key(KeyKind.ITEM_FEATURES, "i2")) >= 1, "i2's new event", poll_s=0.05)
+        a_after, i2_after = sequence_of("a"), version_of(client, key(KeyKind.ITEM_FEATURES, "i2"))
+        ends = plan(stack.settings, topic, namespace, None).end
+        wait_for(lambda: committed_offsets(stack, topic, namespace) == ends, "a checkpoint after the second events")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    time.sleep(ttl_s)  # b's state in the checkpoint has expired by the time the job resumes from it
+    restarted = start_job(job_stack, topic, namespace, tmp_path / "second.log")
+    try:
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in third])
+        wait_for(lambda: version_of(client, key(KeyKind.USER_SEQUENCE, "b")) >= 1, "b's new event", poll_s=0.05)
+        b_after = (version_of(client, key(KeyKind.USER_SEQUENCE, "b")), sequence_of("b"))
+    finally:
+        os.killpg(restarted.pid, signal.SIGKILL)
+        restarted.wait()
+
+    users, items, _ = fold_stream(second, spec)
+    assert (a_after, i2_after) == (users["a"].sequence, items["i2"].version)  # both started from empty state
+    users, _, _ = fold_stream(third, spec)
+    assert b_after == (users["b"].version, users["b"].sequence)
+
+
 def test_a_row_is_committed_within_two_checkpoint_intervals_of_its_event_reaching_redis(stack: Stack, tmp_path):
     interval_s = 2.0
     topic = new_topic_named(stack, "events-visible")
