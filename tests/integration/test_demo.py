@@ -140,8 +140,9 @@ def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event
     assert summary["errors"] == 0 and summary["fallbacks"] == 0, summary
     assert summary["events"] == {"acknowledged": 50 * 180, "unsure": 0, "lost": 0, "extra": 0}
     assert summary["retraining"]["version"] == 3 and summary["versions_served"].keys() == {"2", "3"}
-    # Three minutes are too short for the memory target; every other target is met.
-    assert all("resident memory" in miss for miss in summary["misses"]), summary["misses"]
+    # Three minutes are too short for the memory growth target (the swap's step is most of it), but
+    # memory must have been measured; every other target is met.
+    assert all("resident memory grew" in miss for miss in summary["misses"]), summary["misses"]
     assert soaked.returncode == (1 if summary["misses"] else 0), soaked.stderr[-3000:]
     assert (summary_file.parent / "soak.png").stat().st_size > 0
 

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -385,7 +386,7 @@ def test_an_idle_user_expires_in_flink_state_and_redis_alike_and_stays_expired_a
     assert b_after == (users["b"].version, users["b"].sequence)
 
 
-def test_a_row_is_committed_within_two_checkpoint_intervals_of_its_event_reaching_redis(stack: Stack, tmp_path):
+def test_a_row_is_committed_within_an_interval_and_a_checkpoint_of_its_event_reaching_redis(stack: Stack, tmp_path):
     interval_s = 2.0
     topic = new_topic_named(stack, "events-visible")
     job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S=str(interval_s), KF_RUN_DIR=str(tmp_path / "run"),
@@ -411,8 +412,19 @@ def test_a_row_is_committed_within_two_checkpoint_intervals_of_its_event_reachin
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
 
-    assert committed_after <= 2 * interval_s, f"committed {committed_after:.1f} s after the events reached Redis"
+    # The next checkpoint starts within an interval and commits the files when it completes; the
+    # slack is this test's polling and the file rename after the completion.
+    bound_s = interval_s + slowest_checkpoint_s(job_stack) + 0.5
+    assert committed_after <= bound_s, f"committed {committed_after:.2f} s after the events reached Redis (> {bound_s})"
     assert not sample_log.in_progress_files(directory)
+
+
+def slowest_checkpoint_s(stack: Stack) -> float:
+    """The longest checkpoint the job's Flink log reports (`checkpointDuration=… ms`), in seconds."""
+    logs = stack.settings.stack.logs_dir.glob("flink-*.log")
+    durations = [int(ms) for log in logs for ms in re.findall(r"checkpointDuration=(\d+) ms", log.read_text())]
+    assert durations, "no completed checkpoint in the job's log"
+    return max(durations) / 1000
 
 
 def start_job(stack: Stack, topic: str, namespace: str, log_path) -> subprocess.Popen:
@@ -435,7 +447,7 @@ def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) 
         time.sleep(poll_s)
 
 
-def test_6_reported_freshness_stays_within_5_s_at_500_events_per_second(stack: Stack, tmp_path):
+def test_6_reported_freshness_p99_stays_within_1_s_at_500_events_per_second(stack: Stack, tmp_path):
     topic = new_topic_named(stack, "events-fresh")
     job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1))
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
@@ -455,7 +467,8 @@ def test_6_reported_freshness_stays_within_5_s_at_500_events_per_second(stack: S
         job.wait()
 
     assert len(reports) >= 2, reports  # the gauges freshness_event_p99_ms, ... publish these same numbers
-    assert all(0 < event_p99 < 5000 and 0 <= append_p99 < 5000 for event_p99, append_p99 in reports), reports
+    # The README promises Redis within a second of the event; each report is a 10 s window's p99.
+    assert all(0 < event_p99 <= 1000 and 0 <= append_p99 <= 1000 for event_p99, append_p99 in reports), reports
 
 
 def publish_now(producer, topic: str, count: int, rate: int) -> int:
