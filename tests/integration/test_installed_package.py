@@ -3,7 +3,6 @@ the checkout (as infra/kubernetes/Dockerfile installs it), against the test stac
 
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from schemas.redis_format import KeyKind, decode_value, redis_key
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.event_streams import messy_stream
 from tests.integration.test_feature_job import JOB_TIMEOUT_S, new_topic_named, publish
+from tests.integration.test_serving import call, wait_until
 
 UV = Path(sys.executable).parent / "uv"
 PROGRAMS = [["-m", "serving"], ["-m", "streams.feature_job"], ["-m", "training"], ["-m", "training.scheduler"]]
@@ -104,11 +104,10 @@ def test_the_installed_service_serves_its_page_and_answers_without_a_model(insta
                                    stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        page = _get_when_up(base + "/", service)
-        with urllib.request.urlopen(base + "/v1/recommendations?user_id=someone&k=3", timeout=10) as answer:
-            recommendations = answer.read()
-        with urllib.request.urlopen(base + "/static/app.js", timeout=10) as script:
-            served_script = script.read()
+        wait_until(lambda: _answers(base, service), START_TIMEOUT_S, "the installed service to answer")
+        page, recommendations, served_script = (
+            _get(base + path) for path in ("/", "/v1/recommendations?user_id=someone&k=3", "/static/app.js")
+        )
     finally:
         service.terminate()
         service.wait(timeout=60)
@@ -118,12 +117,14 @@ def test_the_installed_service_serves_its_page_and_answers_without_a_model(insta
     assert b'"reason":"no model loaded"' in recommendations
 
 
-def _get_when_up(url: str, process: subprocess.Popen) -> bytes:
-    for _ in range(int(START_TIMEOUT_S / 0.5)):
-        assert process.poll() is None, "the installed service exited"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
-                return answer.read()
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"the installed service did not answer {url} within {START_TIMEOUT_S} s")
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.read()
+
+
+def _answers(base: str, process: subprocess.Popen) -> bool:
+    assert process.poll() is None, "the installed service exited"
+    try:
+        return call(base, "/healthz")[0] == 200
+    except OSError:
+        return False

@@ -172,6 +172,16 @@ def worse_than_popularity(published):
     return run, measured, run_dir
 
 
+def gated_against(run: TrainingRun, measured, registry: Registry) -> tuple[bool, str]:
+    """The gate's verdict on `measured` with `registry` as the live one, the run's own restored after."""
+    own, run.registry = run.registry, registry
+    try:
+        allowed, why, _ = run.gate(measured, force=False)
+    finally:
+        run.registry = own
+    return allowed, why
+
+
 def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(worse_than_popularity):
     run, measured, _ = worse_than_popularity
     refused, why, _ = run.gate(measured, force=False)
@@ -184,11 +194,7 @@ def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(worse_than
 
 def test_with_no_live_version_the_gate_still_holds_popularitys_floor(worse_than_popularity, tmp_path):
     run, measured, _ = worse_than_popularity
-    run.registry = Registry(tmp_path / "models")
-    try:
-        allowed, why, _ = run.gate(measured, force=False)
-    finally:
-        run.registry = Registry(run.settings.stack.models_dir)
+    allowed, why = gated_against(run, measured, Registry(tmp_path / "models"))
 
     assert not allowed and "popularity's" in why and "no live version yet" in why, why
 
@@ -198,14 +204,11 @@ def test_with_a_live_version_that_cannot_be_loaded_the_gate_still_holds_populari
 ):
     run, measured, run_dir = worse_than_popularity
     shutil.copytree(run_dir / "models", tmp_path / "models")
-    run.registry = Registry(tmp_path / "models")
-    ranker = run.registry.path(run.registry.current()) / RANKER
+    registry = Registry(tmp_path / "models")
+    ranker = registry.path(registry.current()) / RANKER
     damaged = next(path for path in sorted(ranker.rglob("*")) if path.is_file())
     damaged.write_bytes(damaged.read_bytes() + b"x")
-    try:
-        allowed, why, _ = run.gate(measured, force=False)
-    finally:
-        run.registry = Registry(run.settings.stack.models_dir)
+    allowed, why = gated_against(run, measured, registry)
 
     assert not allowed and "popularity's" in why and "cannot be loaded" in why, why
 

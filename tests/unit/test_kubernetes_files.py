@@ -30,10 +30,13 @@ def kind(name: str) -> dict:
     return found
 
 
+def pod_specs() -> list[dict]:
+    specs = [r["spec"]["template"]["spec"] for r in resources() if r["kind"] == "Deployment"]
+    return [*specs, kind("FlinkDeployment")["spec"]["podTemplate"]["spec"]]
+
+
 def containers() -> list[dict]:
-    pod_specs = [r["spec"]["template"]["spec"] for r in resources() if r["kind"] == "Deployment"]
-    pod_specs.append(kind("FlinkDeployment")["spec"]["podTemplate"]["spec"])
-    return [container for spec in pod_specs for container in spec["containers"]]
+    return [container for spec in pod_specs() for container in spec["containers"]]
 
 
 def settings_of(container: dict) -> dict[str, str]:
@@ -43,6 +46,11 @@ def settings_of(container: dict) -> dict[str, str]:
     for source in container.get("envFrom", []):
         variables |= maps[source["configMapRef"]["name"]]
     return variables | {entry["name"]: entry["value"] for entry in container.get("env", [])}
+
+
+def settings_for(container: dict) -> Settings:
+    """The settings the container's program reads."""
+    return Settings(**{name[3:].lower(): value for name, value in settings_of(container).items()})
 
 
 def pinned_flink_version() -> str:
@@ -76,7 +84,7 @@ def test_every_command_runs_a_module_of_the_project(container):
 def test_the_flink_job_is_the_feature_job_with_the_settings_flink_is_given():
     spec = kind("FlinkDeployment")["spec"]
     (main,) = spec["podTemplate"]["spec"]["containers"]
-    settings = Settings(**{name[3:].lower(): value for name, value in settings_of(main).items()})
+    settings = settings_for(main)
     flink = spec["flinkConfiguration"]
     version = pinned_flink_version()
 
@@ -95,7 +103,7 @@ def test_the_flink_job_is_the_feature_job_with_the_settings_flink_is_given():
 def test_the_service_listens_where_its_port_and_probes_point():
     deployment = next(r for r in resources() if r["kind"] == "Deployment" and r["metadata"]["name"].endswith("service"))
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    settings = Settings(**{name[3:].lower(): value for name, value in settings_of(container).items()})
+    settings = settings_for(container)
     paths = {route.path for route in ROUTES if route.method == "GET"}
 
     assert container["ports"][0]["containerPort"] == settings.serving.serve_port
@@ -112,9 +120,7 @@ def test_every_file_the_image_copies_exists():
 
 
 def pod_spec_of(container_name: str) -> dict:
-    specs = [r["spec"]["template"]["spec"] for r in resources() if r["kind"] == "Deployment"]
-    specs.append(kind("FlinkDeployment")["spec"]["podTemplate"]["spec"])
-    (spec,) = [spec for spec in specs if container_name in {c["name"] for c in spec["containers"]}]
+    (spec,) = [spec for spec in pod_specs() if container_name in {c["name"] for c in spec["containers"]}]
     return spec
 
 
@@ -126,9 +132,10 @@ def written_directories(container: dict, settings: Settings) -> dict[str, list[P
         return {"own": [metrics_directory(settings, settings.serving.serve_port)]}
     if "-m training.scheduler" in module:
         return {"shared": [settings.stack.models_dir]}
+    configured = kind("FlinkDeployment")["spec"]["flinkConfiguration"]["state.backend.rocksdb.localdir"]
     return {
         "shared": [log_directory(settings.stack.samples_dir, settings.stack.namespace)],
-        "own": [rocksdb_directory(settings)],
+        "own": [rocksdb_directory(settings), Path(configured)],
     }
 
 
@@ -139,15 +146,9 @@ def mount_of(path: Path, container: dict) -> dict:
 
 @pytest.mark.parametrize("container", containers(), ids=lambda container: container["name"])
 def test_each_pod_writes_shared_files_to_the_shared_volume_and_its_own_to_its_own_disk(container):
-    settings = Settings(**{name[3:].lower(): value for name, value in settings_of(container).items()})
+    settings = settings_for(container)
     volumes = {volume["name"]: volume for volume in pod_spec_of(container["name"])["volumes"]}
-    written = written_directories(container, settings)
-    if container["name"] == "flink-main-container":
-        written["own"].append(
-            Path(kind("FlinkDeployment")["spec"]["flinkConfiguration"]["state.backend.rocksdb.localdir"])
-        )
-
-    for where, paths in written.items():
+    for where, paths in written_directories(container, settings).items():
         for path in paths:
             mount = mount_of(path, container)
             assert not mount.get("readOnly", False), f"{path} is on a read-only mount"
