@@ -244,13 +244,13 @@ def main(argv: list[str] | None = None) -> int:
              from_ms=arguments.from_timestamp, samples_dir=samples)  # fmt: skip
     log.info("feature job: topic %s -> namespace %s; %s", arguments.topic, arguments.namespace,
              f"restoring from {restore}" if restore else "starting without a checkpoint")  # fmt: skip
-    keeper = SampleLogKeeper(samples, local_checkpoints, settings.stream.sample_retention_days) if samples else None
+    keeper = SampleLogKeeper(samples, checkpoints, settings.stream.sample_retention_days) if samples else None
     if keeper is not None:
         keeper.start()
     env.execute(settings.feature_job_name(arguments.namespace))
     if keeper is not None:  # a finished job has committed all it wrote: anything in progress is left over
         keeper.stop()
-        keeper.delete_orphans()
+        keeper.delete_leftovers()
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import pyarrow.fs
 from find_libpython import find_libpython
 from pyflink.common import Configuration
 from pyflink.common.serialization import SimpleStringSchema
@@ -51,6 +52,22 @@ def latest_checkpoint(directory: Path) -> Path | None:
     complete = list(directory.glob("*/chk-*/_metadata"))
     newest = max(complete, key=lambda metadata: (metadata.stat().st_mtime, int(metadata.parent.name[4:])), default=None)
     return newest.parent if newest is not None else None
+
+
+def completed_checkpoints(uri: str) -> set[str]:
+    """The completed checkpoints under `uri`: each <job id>/chk-<n> whose _metadata is written, on any
+    file system pyarrow reaches (local, S3, GCS, HDFS; credentials from the usual environment)."""
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    jobs = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    checkpoints = [
+        entry.path
+        for job in jobs
+        if job.type == pyarrow.fs.FileType.Directory
+        for entry in filesystem.get_file_info(pyarrow.fs.FileSelector(job.path, allow_not_found=True))
+        if entry.base_name.startswith("chk-")
+    ]
+    metadata = filesystem.get_file_info([f"{path}/_metadata" for path in checkpoints])
+    return {path for path, info in zip(checkpoints, metadata, strict=True) if info.type == pyarrow.fs.FileType.File}
 
 
 def restore_location(requested: str | None, checkpoints: Path | None) -> str | None:

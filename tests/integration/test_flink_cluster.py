@@ -25,11 +25,21 @@ from infra.stack import (
     start_all,
     stop,
 )
+from schemas import sample_log
 from schemas.events import Event
 from schemas.logic.samples import LABELLED_TYPES
+from schemas.redis_format import KeyKind, redis_key
+from streams.replay import plan
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.event_streams import messy_stream
-from tests.integration.test_feature_job import assert_state_equals_reference, logged_rows, new_topic_named, publish
+from tests.integration.test_feature_job import (
+    assert_state_equals_reference,
+    committed_offsets,
+    logged_rows,
+    new_topic_named,
+    publish,
+    version_of,
+)
 from tests.integration.test_serving import wait_until
 
 JOB_TIMEOUT_S = 600
@@ -147,28 +157,56 @@ def test_the_job_at_parallelism_2_on_the_cluster_leaves_redis_equal_to_fold_stre
     assert labelled_once(cluster, namespace, events)
 
 
-def test_a_taskmanager_killed_mid_stream_restarts_the_job_from_its_checkpoint_and_counts_nothing_twice(
+def first_applied(events: list[Event]) -> int:
+    """Trending's version once `events` are applied: one per distinct event (redeliveries are dropped)."""
+    return len({event.event_id for event in events})
+
+
+def latest_completed_checkpoint(cluster: Stack, job_id: str) -> int | None:
+    completed = flink_rest(cluster.settings, f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
+    return completed["id"] if completed else None
+
+
+def test_a_taskmanager_killed_between_checkpoints_restarts_the_job_from_the_last_one_and_counts_nothing_twice(
     cluster, tmp_path
 ):
     namespace = "cluster-kill"
     topic, client, first, second = live_job_with_a_first_half(cluster, namespace, 34, tmp_path / "job.log")
+    directory = sample_log.log_directory(cluster.settings.stack.samples_dir, namespace)
+    trending = redis.Redis(host=cluster.settings.stack.bind_host, port=cluster.settings.stack.redis_port)
+    trending_key, applied_first, victim = redis_key(KeyKind.TRENDING, "global", namespace), first_applied(first), None
     try:
         job_id = job_of(cluster, namespace)["jid"]
+        ends = plan(cluster.settings, topic, namespace, None).end
+        wait_until(lambda: committed_offsets(cluster, topic, namespace) == ends, 60, "a checkpoint of the first half")
         checkpoints = completed_checkpoints(cluster, job_id)
+        # Right after a checkpoint, so the kill falls seconds after it and long before the next.
         wait_until(lambda: completed_checkpoints(cluster, job_id) > checkpoints, 60, "a checkpoint after it")
+        covering = latest_completed_checkpoint(cluster, job_id)
+        publish_events(cluster, topic, second)
+        wait_until(lambda: version_of(trending, trending_key) > applied_first, 60, "some of the second half in Redis")
+        orphans = wait_until(lambda: sample_log.in_progress_files(directory), 60, "its sample lines in progress")
+        assert latest_completed_checkpoint(cluster, job_id) == covering, "a checkpoint came before the kill"
         victim = busy_taskmanager(cluster)
         os.kill(victim.running_process().pid, signal.SIGKILL)
-        publish_events(cluster, topic, second)
 
         wait_until(lambda: equal_to_reference(cluster, namespace, first + second), APPLY_TIMEOUT_S, "every event")
         wait_until(lambda: labelled_once(cluster, namespace, first + second), 60, "the sample log's commit")
+        # The keeper deletes the killed tasks' files three checkpoints on; the idle job has none of its own.
+        wait_until(lambda: not sample_log.in_progress_files(directory), 120, "no sample-log file in progress")
         failures = flink_rest(cluster.settings, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        checkpoint_stats = flink_rest(cluster.settings, f"/jobs/{job_id}/checkpoints")["latest"]
         state = flink_rest(cluster.settings, f"/jobs/{job_id}")["state"]
     finally:
+        trending.close()
         cancel(cluster, namespace, client)
-        start(victim)
+        if victim is not None:
+            start(victim)
 
     assert state == "RUNNING" and failures  # the same job, restarted after the failure it recorded
+    # What it had applied of the second half was after that checkpoint: read and applied again.
+    assert checkpoint_stats["restored"]["id"] == covering
+    assert orphans and labelled_once(cluster, namespace, first + second)
 
 
 def test_a_job_stopped_with_a_savepoint_resumes_from_it_and_counts_nothing_twice(cluster, tmp_path):

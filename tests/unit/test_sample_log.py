@@ -2,11 +2,10 @@
 across batches, days and crashes; gaps show; windows and retention work by day."""
 
 import itertools
-import os
 import shutil
-import threading
 import time
 from datetime import date, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,7 +16,8 @@ from schemas import sample_log
 from schemas.logic.features import FeatureSpec
 from schemas.logic.samples import sample_rows
 from schemas.sample_log import fold_sample_log
-from streams.sample_log import SampleLogKeeper
+from streams.flink_env import completed_checkpoints
+from streams.sample_log import OrphanWatch, SampleLogKeeper
 from tests.event_streams import messy_stream
 from tests.operator_harness import KeyedState, batch_of, kafka_records, sample_lines, user_stage
 
@@ -155,53 +155,100 @@ def test_prune_deletes_only_the_days_beyond_the_retention(tmp_path):
     assert [day for day, _ in sample_log.day_directories(tmp_path)] == [today - timedelta(days=n) for n in (2, 1, 0)]
 
 
-def complete_checkpoint(checkpoints, number: int) -> None:
+def complete_checkpoint(checkpoints, number: int, job: str = "job") -> None:
     """As Flink does with one checkpoint retained: the new one's metadata appears, the previous one goes."""
-    for previous in checkpoints.glob("job/chk-*"):
+    for previous in checkpoints.glob("*/chk-*"):
         shutil.rmtree(previous)
-    (checkpoints / "job" / f"chk-{number}").mkdir(parents=True)
-    (checkpoints / "job" / f"chk-{number}" / "_metadata").touch()
+    (checkpoints / job / f"chk-{number}").mkdir(parents=True)
+    (checkpoints / job / f"chk-{number}" / "_metadata").touch()
 
 
-def test_the_keeper_deletes_files_a_dead_run_left_in_progress_after_two_new_checkpoints(tmp_path):
-    log_dir, checkpoints = tmp_path / "log", tmp_path / "checkpoints"
-    day = log_dir / f"dt={sample_log.today().isoformat()}"
-    write_day(log_dir, sample_log.today(), ".events-old-0-3.jsonl.inprogress.x", [b"lost"])
-    os.utime(day / ".events-old-0-3.jsonl.inprogress.x", (time.time() - 60, time.time() - 60))
-    keeper = SampleLogKeeper(log_dir, checkpoints, retention_days=30)
-    write_day(log_dir, sample_log.today(), ".events-new-0-0.jsonl.inprogress.y", [b"being written"])
-    thread = threading.Thread(target=keeper.run, daemon=True)
-    thread.start()
+def test_a_file_unchanged_while_three_checkpoints_complete_is_an_orphan_and_one_being_written_is_not():
+    watch, dead, live = OrphanWatch(), Path("dead"), Path("live")
+    polls = [  # (the live file's signature, the checkpoints then) -> completions since the dead file was seen
+        ((1, 10), {"j/chk-1"}),  # first sight: 0
+        ((2, 20), {"j/chk-1"}),  # no new checkpoint: 0
+        ((3, 30), {"j/chk-2"}),  # 1
+        ((4, 40), {"j/chk-3"}),  # 2
+    ]
+    for signature, checkpoints in polls:
+        assert watch.observe({dead: (5, 50), live: signature}, checkpoints) == []
+
+    assert watch.observe({dead: (5, 50), live: (5, 55)}, {"j/chk-4"}) == [dead]  # 3
+
+
+def test_a_change_restarts_the_count_and_a_restored_job_s_checkpoints_count_as_completions():
+    watch, file = OrphanWatch(), Path("part")
+    assert watch.observe({file: (1, 1)}, set()) == []
+    assert watch.observe({file: (1, 1)}, {"a/chk-1"}) == []  # 1
+    assert watch.observe({file: (2, 2)}, {"a/chk-2"}) == []  # changed: counts from 2
+    assert watch.observe({file: (2, 2)}, {"b/chk-3"}) == []  # a new job restored from chk-2: 1
+    assert watch.observe({file: (2, 2)}, {"b/chk-3", "b/chk-4"}) == []  # Flink is slow to delete chk-3: 2
+    assert watch.observe({file: (2, 2)}, {"b/chk-5"}) == [file]  # 3
+
+
+def test_a_file_seen_late_counts_from_its_own_sighting_and_a_committed_one_is_forgotten():
+    watch, early, late = OrphanWatch(), Path("early"), Path("late")
+    watch.observe({early: (1, 1)}, {"j/chk-1"})
+    watch.observe({early: (1, 1)}, {"j/chk-2"})
+    watch.observe({early: (1, 1), late: (1, 1)}, {"j/chk-3"})
+    assert watch.observe({late: (1, 1)}, {"j/chk-4"}) == []  # early was committed: 3 for it, 1 for late
+    assert watch.observe({early: (1, 1), late: (1, 1)}, {"j/chk-5"}) == []  # a new file of the same name: 0
+
+    assert watch.observe({early: (1, 1), late: (1, 1)}, {"j/chk-6"}) == [late]
+
+
+def test_only_checkpoints_whose_metadata_is_written_are_completed(tmp_path):
+    complete_checkpoint(tmp_path, 4, job="a")
+    (tmp_path / "a" / "chk-5").mkdir()  # being written
+    (tmp_path / "a" / "shared").mkdir()
+    complete_checkpoint(tmp_path / "old", 9, job="b")
+
+    assert completed_checkpoints(tmp_path.as_uri()) == {f"{tmp_path}/a/chk-4"}  # not old/b/chk-9: too deep
+    assert completed_checkpoints((tmp_path / "missing").as_uri()) == set()
+
+
+def test_the_keeper_deletes_what_a_dead_task_left_in_progress_and_keeps_what_is_being_written(tmp_path):
+    log_dir, checkpoints, today = tmp_path / "log", tmp_path / "checkpoints", sample_log.today()
+    day = log_dir / f"dt={today.isoformat()}"
+    write_day(log_dir, today, ".events-a-0-3.jsonl.inprogress.x", [b"lost"])
+    write_day(log_dir, today, ".events-b-0-0.jsonl.inprogress.y", [b"being written"])
+    complete_checkpoint(checkpoints, 1)
+    keeper = SampleLogKeeper(log_dir, checkpoints.as_uri(), retention_days=30, poll_s=0.02)
+    keeper.start()
     try:
-        complete_checkpoint(checkpoints, 7)
-        time.sleep(2.5)
-        after_one = sample_log.in_progress_files(log_dir)
-        complete_checkpoint(checkpoints, 8)
-        deadline = time.monotonic() + 10
-        while len(sample_log.in_progress_files(log_dir)) > 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        for number in range(2, 5):
+            complete_checkpoint(checkpoints, number)
+            with (day / ".events-b-0-0.jsonl.inprogress.y").open("ab") as live:
+                live.write(b"x")
+            time.sleep(0.3)
+            if number == 3:
+                after_two = sample_log.in_progress_files(log_dir)
     finally:
         keeper.stop()
+        keeper.join()
 
-    assert len(after_one) == 2  # one checkpoint may not have committed what the restore brought back
-    assert sample_log.in_progress_files(log_dir) == [day / ".events-new-0-0.jsonl.inprogress.y"]
+    assert len(after_two) == 2
+    assert sample_log.in_progress_files(log_dir) == [day / ".events-b-0-0.jsonl.inprogress.y"]
 
 
-def test_with_remote_checkpoints_the_keeper_keeps_in_progress_files_and_the_retention(tmp_path):
+def test_the_keeper_keeps_the_retention_and_after_a_finished_job_deletes_whatever_is_in_progress(tmp_path):
     log_dir, today = tmp_path / "log", sample_log.today()
     write_day(log_dir, today - timedelta(days=40), "events-a-0-0.jsonl", [b"[]"])
-    write_day(log_dir, today, ".events-old-0-3.jsonl.inprogress.x", [b"maybe still to be committed"])
-    os.utime(log_dir / f"dt={today.isoformat()}" / ".events-old-0-3.jsonl.inprogress.x", (0, 0))
-    keeper = SampleLogKeeper(log_dir, None, retention_days=30)
-    thread = threading.Thread(target=keeper.run, daemon=True)
-    thread.start()
+    write_day(log_dir, today, ".events-old-0-3.jsonl.inprogress.x", [b"left over"])
+    keeper = SampleLogKeeper(log_dir, (tmp_path / "checkpoints").as_uri(), retention_days=30, poll_s=0.02)
+    keeper.start()
     deadline = time.monotonic() + 10
     while len(sample_log.day_directories(log_dir)) > 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.02)
     keeper.stop()
+    keeper.join()
+    kept_in_progress = sample_log.in_progress_files(log_dir)
+
+    keeper.delete_leftovers()
 
     assert [day for day, _ in sample_log.day_directories(log_dir)] == [today]
-    assert len(sample_log.in_progress_files(log_dir)) == 1
+    assert len(kept_in_progress) == 1 and sample_log.in_progress_files(log_dir) == []
 
 
 @pytest.mark.parametrize("before_version", [0, 3])
