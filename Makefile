@@ -88,7 +88,7 @@ bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: t
 bench-state: up ## the job holding 1,000,000 users' state, RocksDB beside the heap: events/s, checkpoint sizes and durations, restore after kill -9
 	$(PY) -m streams.state_bench $(BENCH_ARGS)
 
-bench-train: setup ## one retraining on MovieLens as scheduled (target <= 10 min), then the last-5 split and a synthetic world, each against the baselines
+bench-train: setup ## one retraining on MovieLens as scheduled, timed; then the full report (baselines, Embedding+MLP, previous design), the last-5 split and a synthetic world
 	$(PY) -m training.bench $(BENCH_ARGS)
 
 bench-serve: up ## service latency p50/p95/p99 and errors at 50, 100, 200, 500 req/s (60 s each)

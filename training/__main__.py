@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="publish even if worse than the live version")
     parser.add_argument("--no-announce", action="store_true", help="do not announce on the model-updates topic")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--full-report",
+        action="store_true",
+        help="also train and evaluate the comparisons (Embedding+MLP, the previous design, EASE, co-occurrence, "
+        "popularity) as make bench-train does: about doubles the run",
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             force=arguments.force,
             announce=not arguments.no_announce,
             progress=not arguments.no_progress,
+            full_report=arguments.full_report,
         )
     except TrainingError as error:
         logging.getLogger("kingfisher.training").error("%s", error)

@@ -2,12 +2,14 @@
 gate -> publish -> announce.
 
 The splits are for measuring and choosing: on each (the time split; each user's newest N), the
-retrieval model, two retrieval models on half the users each (whose candidates the rankers learn
-from, see `training.ranker_data`), DIN, the Embedding+MLP baseline and the previous design train
-from scratch, stop early on the validation queries, and are evaluated with the baselines on the
-test queries. The published models then learn from the newest events too: they continue the time
-split's models over every row, the retrieval model for KF_FINAL_RETRIEVAL_EPOCHS, DIN for one epoch
-over rows whose candidates come from models that did not learn those rows.
+retrieval model, two retrieval models on half the users each (whose candidates the ranker learns
+from, see `training.ranker_data`) and DIN train from scratch, stop early on the validation queries,
+and are evaluated on the test queries. A full report (`comparisons`, as `make bench-train` runs)
+also trains the Embedding+MLP ranker and the previous design and evaluates the baselines beside
+them; a scheduled retraining trains only what it serves. The published models then learn from the
+newest events too: they continue the time split's models over every row, the retrieval model for
+KF_FINAL_RETRIEVAL_EPOCHS, DIN for one epoch over rows whose candidates come from models that did
+not learn those rows.
 """
 
 import logging
@@ -131,11 +133,39 @@ def shortfalls(new: dict[str, float], bar: dict[str, float], margin: float) -> l
     return [name for name in bar if bar[name] - new[name] > margin + GATE_ROUNDING]
 
 
+class Baselines:
+    """What the full report compares the served pipeline with, from a split's training rows: popularity,
+    item co-occurrence and EASE (its regularisation chosen on the validation queries)."""
+
+    def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
+        self.split, self.counts, self.vocabulary = split, counts, vocabulary
+        validation, count = split.validation, max(CUTOFFS)
+        self.ease = max(
+            (
+                Ease(split.train, vocabulary, counts.popularity, regularisation)
+                for regularisation in EASE_REGULARISATION
+            ),
+            key=lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"],
+        )
+
+    def lists(self, queries: list[Query], count: int) -> dict[str, list[list[str]]]:
+        popularity, train = self.counts.popularity, self.split.train
+        return {
+            "popularity": popularity_lists(popularity, self.vocabulary, queries, count),
+            "item co-occurrence": cooccurrence_lists(train, self.vocabulary, popularity, queries, count),
+            "EASE": self.ease.lists(queries, count),
+        }
+
+
 class TrainingRun:
     """One run: `prepare`, then `measure` each split, then `fit_final`, `stage`, `gate`."""
 
-    def __init__(self, settings: Settings, data: TrainingData, progress: bool = True):
+    def __init__(self, settings: Settings, data: TrainingData, progress: bool = True, comparisons: bool = False):
+        """`comparisons`: also train and evaluate what the report compares the served pipeline with
+        (Embedding+MLP, the previous design, EASE, co-occurrence, popularity, the newest-behaviour
+        ablation); a scheduled retraining trains only what it serves."""
         self.settings, self.data, self.length = settings, data, settings.pipeline.sequence_length
+        self.comparisons = comparisons
         self.spec = settings.pipeline.feature_spec()
         self.hyperparameters = settings.training.model
         self.registry = Registry(settings.stack.models_dir)
@@ -299,8 +329,9 @@ class TrainingRun:
             raise TrainingError(f"{split.name} split: retrieval found no training row's real item among its candidates")
         plain = self.recommender(retrieval, None, counts)
         validation, test = self.moments(split.validation), self.moments(split.test)
+        kinds = {"DIN": DeepInterestNetwork} | ({"Embedding+MLP": EmbeddingMLP} if self.comparisons else {})
         rankers = {}
-        for kind, name in ((DeepInterestNetwork, "DIN"), (EmbeddingMLP, "Embedding+MLP")):
+        for name, kind in kinds.items():
             model = self.new_ranker(kind, rows, counts, name.lower().replace("+", "_"))
             rankers[name] = self.fit_ranker(
                 model,
@@ -310,12 +341,19 @@ class TrainingRun:
                 f"{split.name}: {name}",
                 self.validated_by(plain.with_ranker(model), validation),
             )
-        din, mlp = rankers["DIN"], rankers["Embedding+MLP"]
+        previous = self.previous_design(split) if self.comparisons else None
+        with self.timed(f"{split.name}: evaluate"):
+            report = self.evaluate(split, counts, plain, rankers, previous, validation, test, len(rows))
+        din = rankers["DIN"]
+        return SplitModels(split, counts, retrieval, folds, din, plain.with_ranker(din), rows, report)
+
+    def previous_design(self, split: Split) -> PreviousDesign:
+        settings = self.settings
         with self.timed(f"train {split.name}: previous design"):
-            previous = PreviousDesign.train(
+            return PreviousDesign.train(
                 split.train,
                 [query.row for query in split.validation],
-                vocabulary,
+                self.vocabulary,
                 self.tables,
                 self.length,
                 settings.pipeline.label_threshold,
@@ -323,43 +361,33 @@ class TrainingRun:
                 settings.pipeline.faiss_exact_max_items,
                 self.bar,
             )
-        with self.timed(f"{split.name}: evaluate"):
-            report = self.evaluate(split, counts, plain, din, mlp, previous, validation, test, len(rows))
-        return SplitModels(split, counts, retrieval, folds, din, plain.with_ranker(din), rows, report)
 
-    def evaluate(self, split, counts, plain, din, mlp, previous, validation: Moments, test: Moments, rows: int):
-        settings, vocabulary, count = self.settings, self.vocabulary, max(CUTOFFS)
-        with_din, with_mlp = plain.with_ranker(din), plain.with_ranker(mlp)
-        ease = max(
-            (
-                Ease(split.train, vocabulary, counts.popularity, regularisation)
-                for regularisation in EASE_REGULARISATION
-            ),
-            key=lambda model: pipeline_metrics(model.lists(split.validation, count), split.validation)["ndcg@10"],
-        )
-        report: dict[str, Any] = {
-            "train_rows": len(split.train),
-            "ranker_rows": rows,
-            "ease_lambda": ease.regularisation,
-        }
+    def evaluate(self, split, counts, plain, rankers, previous, validation: Moments, test: Moments, rows: int):
+        """The served pipeline (retrieval + DIN) on the validation and test queries; with comparisons,
+        every other ranker in `rankers`, the baselines, `previous` and the newest-behaviour ablation too."""
+        settings, count = self.settings, max(CUTOFFS)
+        baselines = Baselines(split, counts, self.vocabulary) if self.comparisons else None
+        report: dict[str, Any] = {"train_rows": len(split.train), "ranker_rows": rows}
+        if baselines is not None:
+            report["ease_lambda"] = baselines.ease.regularisation
         for part, moments in (("validation", validation), ("test", test)):
             queries = moments.queries
             answers = {
-                "DIN": served(with_din, moments, settings.pipeline.candidates),
-                "Embedding+MLP": served(with_mlp, moments, settings.pipeline.candidates),
+                name: served(plain.with_ranker(model), moments, settings.pipeline.candidates)
+                for name, model in rankers.items()
             }
-            lists = {
-                SERVED: item_lists(answers["DIN"]),
-                "sequential retrieval + Embedding+MLP": item_lists(answers["Embedding+MLP"]),
-                "sequential retrieval alone": retrieved(plain, moments, count),
-                "popularity": popularity_lists(counts.popularity, vocabulary, queries, count),
-                "item co-occurrence": cooccurrence_lists(split.train, vocabulary, counts.popularity, queries, count),
-                "EASE": ease.lists(queries, count),
-            }
+            lists = {SERVED: item_lists(answers["DIN"])}
+            if baselines is not None:
+                lists |= {
+                    "sequential retrieval + Embedding+MLP": item_lists(answers["Embedding+MLP"]),
+                    "sequential retrieval alone": retrieved(plain, moments, count),
+                } | baselines.lists(queries, count)
             pipelines = {name: pipeline_metrics(items, queries) for name, items in lists.items()}
-            if part == "test":  # what only the report reads, on the test queries only
+            if part == "test" and previous is not None:  # what only the full report reads, on the test queries only
                 pipelines[PREVIOUS] = previous.metrics(moments, settings.pipeline.candidates, count)
-                dropped = served(with_din, moments, settings.pipeline.candidates, drop_newest=True)
+                dropped = served(
+                    plain.with_ranker(rankers["DIN"]), moments, settings.pipeline.candidates, drop_newest=True
+                )
                 pipelines[f"{SERVED}, newest behaviour dropped"] = pipeline_metrics(item_lists(dropped), queries)
             report[part] = {
                 "queries": len(queries),
@@ -567,13 +595,20 @@ def _directory_bytes(path: Path) -> int:
 
 
 def train_once(
-    settings: Settings, data: TrainingData, *, force: bool = False, announce: bool = True, progress: bool = True
+    settings: Settings,
+    data: TrainingData,
+    *,
+    force: bool = False,
+    announce: bool = True,
+    progress: bool = True,
+    full_report: bool = False,
 ) -> Outcome:
-    """Measure, train, evaluate and (if the gate allows, or `force`) publish the next version."""
+    """Measure, train, evaluate and (if the gate allows, or `force`) publish the next version;
+    `full_report`: with every comparison (`TrainingRun`'s `comparisons`)."""
     keras.utils.set_random_seed(settings.training.train_seed)
     tf.config.experimental.enable_op_determinism()
     clock = time.perf_counter()
-    run = TrainingRun(settings, data, progress)
+    run = TrainingRun(settings, data, progress, comparisons=full_report)
     with run.bar:
         measured = [run.measure(split) for split in run.splits]
         final = run.fit_final(measured[0])

@@ -49,7 +49,12 @@ def split_section(name: str, split: dict[str, Any]) -> list[str]:
     parts = [
         f"## The {name} split",
         f"{split['train_rows']} training rows, {split['ranker_rows']} ranker rows; "
-        f"{validation['queries']} validation and {test['queries']} test queries; EASE's lambda {split['ease_lambda']}.",
+        f"{validation['queries']} validation and {test['queries']} test queries"
+        + (
+            f"; EASE's lambda {split['ease_lambda']}."
+            if "ease_lambda" in split
+            else " (no comparisons: --full-report)."
+        ),
         table(
             ["pipeline (test)", *metric_names, "NDCG@10 on validation"],
             [

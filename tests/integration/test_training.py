@@ -85,7 +85,7 @@ def train_tiny(stack: Stack, *options: str):
 def published(stack: Stack, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("training")
     configured = trainer(stack, run_dir, KF_TRAINING__MODEL__RANKER_WIDTH="24")
-    result = train_tiny(configured)
+    result = train_tiny(configured, "--full-report")
     return configured, run_dir, result
 
 
@@ -247,6 +247,11 @@ def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(sta
     assert registry.versions()[:2] == [1, 2] and registry.current() == registry.versions()[-1], text[-3000:]
     assert "too little data" in text and "version 2: published" in text
     assert scheduler.returncode == 0
+    # A scheduled run trains and evaluates only what it serves: no comparison is trained or measured.
+    report = orjson.loads((registry.path(2) / REPORT / "report.json").read_bytes())
+    assert report["splits"]["time"]["test"]["pipelines"].keys() == {SERVED}
+    assert report["splits"]["time"]["test"]["rankers"].keys() == {"DIN"}
+    assert not [stage for stage in report["timings_s"] if "previous design" in stage or "Embedding+MLP" in stage]
 
 
 def test_5_a_model_trained_on_shuffled_items_is_refused_at_the_default_margin_and_never_announced(
