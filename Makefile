@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test lint lock bench bench-stream bench-state bench-train bench-serve bench-swap soak train serve
+.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-serve bench-swap soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -72,7 +72,10 @@ status: ## show each component (Kafka, Redis, feature job, service, retrainer) a
 	@$(PY) infra/stack.py status || true
 
 test: setup browser ## run every test, integration tests against a real Kafka, Redis and PyFlink included
-	$(PY) -m pytest -v --durations=5
+	$(PY) -m pytest -v --durations=30
+
+test-unit: $(VENV_STAMP) ## the unit tests only, no services started: the edit loop
+	$(PY) -m pytest -q tests/unit
 
 train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source movielens" to bootstrap)
 	$(PY) -m training $(TRAIN_ARGS)

@@ -97,11 +97,23 @@ def download_movielens(settings: Settings) -> Path | None:
     return directory if (directory / "ratings.csv").exists() else None
 
 
-def kingfisher(*arguments: str) -> None:
+def run_quietly(settings: Settings, name: str, *arguments: str, expected: tuple[int, ...] = (0,)) -> int:
+    """Run `python arguments` with its progress bars (stdout) on the terminal and its logs and the
+    libraries' start-up warnings (stderr) in KF_RUN_DIR/logs/`name`.log, shown when it exits with a
+    code not `expected`."""
+    settings.stack.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.stack.logs_dir / f"{name}.log"
+    with log.open("w") as output:
+        result = subprocess.run([sys.executable, *arguments], stderr=output, check=False)
+    if result.returncode not in expected:
+        console.print(f"[red]{name} failed; the end of {log}:[/]\n{log_tail(log)}")
+    return result.returncode
+
+
+def kingfisher(settings: Settings, *arguments: str) -> None:
     """Run the operators' CLI (`kingfisher ...`) with this process's settings; stop the demo if it fails."""
-    result = subprocess.run([sys.executable, "-m", "streams.cli", *arguments], check=False)
-    if result.returncode != 0:
-        raise StackError(f"`kingfisher {' '.join(arguments)}` failed with exit code {result.returncode}")
+    if code := run_quietly(settings, f"kingfisher-{arguments[0]}", "-m", "streams.cli", *arguments):
+        raise StackError(f"`kingfisher {' '.join(arguments)}` failed with exit code {code}")
 
 
 def publish_history(settings: Settings, history: History) -> None:
@@ -110,7 +122,7 @@ def publish_history(settings: Settings, history: History) -> None:
         if held:
             console.print(f"{topic!r} already holds {held:,} records: not published again")
         else:
-            kingfisher(*history.publish_arguments(what, settings))
+            kingfisher(settings, *history.publish_arguments(what, settings))
 
 
 def wait_for_stream(settings: Settings, job: FeatureJob) -> None:
@@ -142,13 +154,22 @@ def wait_for_sample_log(settings: Settings) -> None:
         time.sleep(CATCH_UP_POLL_S)
 
 
+GATE_REFUSED = 2
+"""`python -m training`'s exit code when the gate refuses the new models."""
+
+
 def train_first_models(settings: Settings) -> int:
     registry = Registry(settings.stack.models_dir)
     if registry.current() is None:
-        console.print("training the first models from the stream's sample log …")
-        result = subprocess.run([sys.executable, "-m", "training"], check=False)
-        if result.returncode != 0 or registry.current() is None:
-            raise StackError(f"the first training run failed (exit code {result.returncode}); see its output above")
+        console.print(
+            "training quick first models from the stream's sample log (the full ones follow in the background) …"
+        )
+        code = run_quietly(settings, "first-training", "-m", "training", "--quick", expected=(0, GATE_REFUSED))
+        if code == GATE_REFUSED:  # e.g. on little data, where a few quick steps stay below popularity
+            console.print("[yellow]the quick models did not pass the gate: training the full ones …")
+            code = run_quietly(settings, "first-training-full", "-m", "training")
+        if code != 0 or registry.current() is None:
+            raise StackError(f"the first training run failed (exit code {code})")
     return registry.current()
 
 

@@ -375,7 +375,8 @@ class Retrainer(Application):
     module = "training.scheduler"
 
     def arguments(self) -> list[str]:
-        # The demo has just trained the first version: the next run is one period away.
+        # The demo has just trained the first version: the next run is one period away, or at once when
+        # that was a quick one (the scheduler reads it from the live manifest).
         return ["--delay", f"{self.settings.training.retrain_every_s}s", "--no-progress"]
 
 

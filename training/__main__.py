@@ -5,12 +5,16 @@ import logging
 import sys
 
 from schemas.config import Settings
-from training.pipeline import TrainingError, train_once
+from training.pipeline import QUICK_EPOCHS, TrainingError, quick, train_once
 from training.sources import Source, load
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        epilog="Exit codes: 0 published, 1 failed (e.g. too little data), 2 refused by the gate.",
+    )
     parser.add_argument(
         "--source",
         type=Source,
@@ -25,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-announce", action="store_true", help="do not announce on the model-updates topic")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a first model in a fraction of the time: epochs capped at {QUICK_EPOCHS}; the scheduler "
+        "replaces it with a full one at once",
+    )
+    parser.add_argument(
         "--full-report",
         action="store_true",
         help="also train and evaluate the comparisons (Embedding+MLP, the previous design, EASE, co-occurrence, "
@@ -32,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+    settings = quick(Settings()) if arguments.quick else Settings()
     try:
         data = load(settings, arguments.source, arguments.synthetic_events)
         outcome = train_once(

@@ -30,7 +30,8 @@ from rich.table import Table
 
 from schemas.bundle import REPORT
 from schemas.config import Settings
-from training.pipeline import SERVED, TrainingRun, train_once
+from training.evaluation import SERVED
+from training.pipeline import TrainingRun, train_once
 from training.sources import Source, load
 
 TARGET_S = 600

@@ -20,6 +20,8 @@ from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of
 from training.metrics import gauc, ranking_metrics
 
+FUTURE_ITEMS = 5
+"""A query's relevant items: the next 5 items the user takes (as the leave-last-5 split's)."""
 CUTOFFS = (10, 50)
 REQUEST_BATCH = 64
 COOCCURRENCE_RECENT = 5

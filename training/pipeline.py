@@ -17,8 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ from schemas.bundle import (
     REPORT,
     USER_TOWER,
     VOCABULARY,
-    BundleError,
     LoadedBundle,
     Manifest,
     ModelUpdate,
@@ -47,31 +45,23 @@ from schemas.bundle import (
 )
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary, item_tables
-from schemas.logic.pipeline import retrieve
-from schemas.sources.synthetic import SyntheticWorld
 from training.counts import TrainingCounts
 from training.data import Histories, Query, Split, fold_of, is_interaction, last_n_split, time_split, trending_before
 from training.data import windows as next_item_windows
 from training.evaluate import (
     CUTOFFS,
-    EASE_REGULARISATION,
-    Ease,
+    FUTURE_ITEMS,
     Moments,
-    ann_recall,
-    click_probability_share,
-    cooccurrence_lists,
-    identical_reasons_share,
     item_lists,
     pipeline_metrics,
-    pool_auc,
-    popularity_lists,
     retrieved,
     served,
 )
+from training.evaluation import Evaluation, run_summary, train_previous_design
 from training.export import export_ranker, export_user_tower
 from training.fit import History, Schedule, fit, progress_bar
+from training.gate import Gate, Verdict
 from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, Ranker, SequentialRetrieval, ranking_loss
-from training.previous import PreviousDesign
 from training.ranker_data import RankerRows, ranker_rows
 from training.recommender import InMemoryRecommender
 from training.report import write_report
@@ -80,20 +70,22 @@ from training.sources import TrainingData
 log = logging.getLogger("kingfisher.training")
 RETRIEVAL_WEIGHTS, RANKER_WEIGHTS = "retrieval.weights.h5", "ranker.weights.h5"
 """Keras weights (HDF5, not pickle) kept in the bundle beside the SavedModels."""
-FUTURE_ITEMS = 5
-"""A query's relevant items: the next 5 items the user takes (as the leave-last-5 split's)."""
 FOLDS = 2
 STANDARDISE_SAMPLE = 4096
 EPOCH_QUERIES = 1000
 """Early stopping judges each epoch on at most this many validation queries (the report and the gate, on all)."""
 POPULAR_ITEMS = 1000
-ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
 MIN_TRAIN_ROWS = 100
-GATE_MIN_QUERIES = 100
-GATE_ROUNDING = 1e-9
-SERVED = "served: sequential retrieval + DIN"
-PREVIOUS = "previous design: mean two-tower + like-DIN"
-GATED = {"ndcg@10": "the served pipeline's NDCG@10", "pool_auc": "DIN's AUC within its pools"}
+QUICK_EPOCHS = {"train_epochs": 3, "ranker_epochs": 1, "final_retrieval_epochs": 1}
+"""The most epochs of each model in a quick first training (`--quick`)."""
+
+
+def quick(settings: Settings) -> Settings:
+    """`settings` with each model's epochs capped at QUICK_EPOCHS: a first model in a fraction of the
+    time, which the scheduler replaces at once (its hyperparameters differ from the configured ones)."""
+    model = settings.training.model
+    capped = model.model_copy(update={name: min(getattr(model, name), most) for name, most in QUICK_EPOCHS.items()})
+    return settings.model_copy(update={"training": settings.training.model_copy(update={"model": capped})})
 
 
 class TrainingError(Exception):
@@ -106,10 +98,6 @@ class Outcome:
     published: bool
     verdict: str
     report: dict[str, Any]
-
-
-def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -125,36 +113,6 @@ class SplitModels:
     """The retrieval model with DIN: the served pipeline of this split."""
     ranker_rows: RankerRows
     report: dict[str, Any]
-
-
-def shortfalls(new: dict[str, float], bar: dict[str, float], margin: float) -> list[str]:
-    """The metrics of `bar` on which `new` trails it by more than `margin`; trailing by exactly the
-    margin passes (the tolerance absorbs rounding: 0.10 - 0.01 is 0.09000000000000001 in floats)."""
-    return [name for name in bar if bar[name] - new[name] > margin + GATE_ROUNDING]
-
-
-class Baselines:
-    """What the full report compares the served pipeline with, from a split's training rows: popularity,
-    item co-occurrence and EASE (its regularisation chosen on the validation queries)."""
-
-    def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
-        self.split, self.counts, self.vocabulary = split, counts, vocabulary
-        validation, count = split.validation, max(CUTOFFS)
-        self.ease = max(
-            (
-                Ease(split.train, vocabulary, counts.popularity, regularisation)
-                for regularisation in EASE_REGULARISATION
-            ),
-            key=lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"],
-        )
-
-    def lists(self, queries: list[Query], count: int) -> dict[str, list[list[str]]]:
-        popularity, train = self.counts.popularity, self.split.train
-        return {
-            "popularity": popularity_lists(popularity, self.vocabulary, queries, count),
-            "item co-occurrence": cooccurrence_lists(train, self.vocabulary, popularity, queries, count),
-            "EASE": self.ease.lists(queries, count),
-        }
 
 
 class TrainingRun:
@@ -176,6 +134,7 @@ class TrainingRun:
         if len(rows) < MIN_TRAIN_ROWS:
             raise TrainingError(f"too little data: {len(rows)} sample rows from {data.source}")
         self.vocabulary = Vocabulary.of(data.catalogue.values())
+        self.evaluation = Evaluation(settings, self.vocabulary, data.world, comparisons)
         genres, years = item_tables(self.vocabulary, data.catalogue)
         self.tables = ItemTables(genres, years, len(self.vocabulary.genres))
         self.splits = [
@@ -341,65 +300,14 @@ class TrainingRun:
                 f"{split.name}: {name}",
                 self.validated_by(plain.with_ranker(model), validation),
             )
-        previous = self.previous_design(split) if self.comparisons else None
+        previous = None
+        if self.comparisons:
+            with self.timed(f"train {split.name}: previous design"):
+                previous = train_previous_design(split, vocabulary, self.tables, self.length, settings, self.bar)
         with self.timed(f"{split.name}: evaluate"):
-            report = self.evaluate(split, counts, plain, rankers, previous, validation, test, len(rows))
+            report = self.evaluation.split_report(split, counts, plain, rankers, previous, validation, test, len(rows))
         din = rankers["DIN"]
         return SplitModels(split, counts, retrieval, folds, din, plain.with_ranker(din), rows, report)
-
-    def previous_design(self, split: Split) -> PreviousDesign:
-        settings = self.settings
-        with self.timed(f"train {split.name}: previous design"):
-            return PreviousDesign.train(
-                split.train,
-                [query.row for query in split.validation],
-                self.vocabulary,
-                self.tables,
-                self.length,
-                settings.pipeline.label_threshold,
-                settings.training.train_seed,
-                settings.pipeline.faiss_exact_max_items,
-                self.bar,
-            )
-
-    def evaluate(self, split, counts, plain, rankers, previous, validation: Moments, test: Moments, rows: int):
-        """The served pipeline (retrieval + DIN) on the validation and test queries; with comparisons,
-        every other ranker in `rankers`, the baselines, `previous` and the newest-behaviour ablation too."""
-        settings, count = self.settings, max(CUTOFFS)
-        baselines = Baselines(split, counts, self.vocabulary) if self.comparisons else None
-        report: dict[str, Any] = {"train_rows": len(split.train), "ranker_rows": rows}
-        if baselines is not None:
-            report["ease_lambda"] = baselines.ease.regularisation
-        for part, moments in (("validation", validation), ("test", test)):
-            queries = moments.queries
-            answers = {
-                name: served(plain.with_ranker(model), moments, settings.pipeline.candidates)
-                for name, model in rankers.items()
-            }
-            lists = {SERVED: item_lists(answers["DIN"])}
-            if baselines is not None:
-                lists |= {
-                    "sequential retrieval + Embedding+MLP": item_lists(answers["Embedding+MLP"]),
-                    "sequential retrieval alone": retrieved(plain, moments, count),
-                } | baselines.lists(queries, count)
-            pipelines = {name: pipeline_metrics(items, queries) for name, items in lists.items()}
-            if part == "test" and previous is not None:  # what only the full report reads, on the test queries only
-                pipelines[PREVIOUS] = previous.metrics(moments, settings.pipeline.candidates, count)
-                dropped = served(
-                    plain.with_ranker(rankers["DIN"]), moments, settings.pipeline.candidates, drop_newest=True
-                )
-                pipelines[f"{SERVED}, newest behaviour dropped"] = pipeline_metrics(item_lists(dropped), queries)
-            report[part] = {
-                "queries": len(queries),
-                "pipelines": pipelines,
-                "rankers": {name: {"pool_auc": pool_auc(ranked, queries)} for name, ranked in answers.items()},
-                "identical_reasons_top10": identical_reasons_share(answers["DIN"]),
-            }
-            if isinstance(self.data.world, SyntheticWorld):
-                report[part]["true_click_share_top10"] = {
-                    name: click_probability_share(self.data.world, queries, items) for name, items in lists.items()
-                }
-        return report
 
     # -- the published models ------------------------------------------------------------------------------
 
@@ -468,110 +376,10 @@ class TrainingRun:
         seal(staging, self.manifest)
         return LoadedBundle(staging, self.settings.pipeline.faiss_exact_max_items)
 
-    # -- the gate ------------------------------------------------------------------------------------------
-
-    def gate(self, measured: SplitModels, force: bool) -> tuple[bool, str, dict[str, float]]:
-        """Compare the new models with the live version on the time split's validation queries that
-        neither had learnt from: the new split's models learnt from nothing at or after the split,
-        the live version from everything before its `trained_until`. With no live version to compare
-        (none yet, one that cannot be loaded, or too few such queries because it learnt from most of
-        the holdout), popularity is the one the new models may not trail."""
-        validation = measured.split.validation
-        new_model = self._gate_metrics(measured.recommender, validation)
-        current = self.registry.current()
-        live, problem = self._live(current)
-        fresh = [q for q in validation if q.row.event.ts >= live.manifest.trained_until] if live is not None else []
-        margin = self.settings.training.gate_margin
-        if len(fresh) >= GATE_MIN_QUERIES:
-            new, old = self._gate_metrics(measured.recommender, fresh), self._gate_metrics(live, fresh)
-            worse = [
-                f"{GATED[name]} {new[name]:.4f} < live v{current}'s {old[name]:.4f} - margin {margin}"
-                for name in shortfalls(new, old, margin)
-            ]
-            comparison = ", ".join(f"{name} {new[name]:.4f} vs {old[name]:.4f}" for name in GATED)
-            basis = f"on {len(fresh)} validation queries after live v{current}'s data"
-        else:
-            popular = popularity_lists(measured.counts.popularity, self.vocabulary, validation, max(CUTOFFS))
-            floor = pipeline_metrics(popular, validation)["ndcg@10"]
-            below = shortfalls(new_model, {"ndcg@10": floor}, margin)
-            worse = (
-                [f"NDCG@10 {new_model['ndcg@10']:.4f} < popularity's {floor:.4f} - margin {margin}"] if below else []
-            )
-            comparison = f"NDCG@10 {new_model['ndcg@10']:.4f} vs popularity's {floor:.4f}"
-            basis = f"{self._why_not_live(current, problem, fresh)}: compared with popularity on all {len(validation)}"
-        if not worse:
-            return True, f"published: {comparison} ({basis})", new_model
-        if force:
-            return True, f"published with --force although {'; '.join(worse)} ({basis})", new_model
-        return False, f"refused: {'; '.join(worse)} ({basis}; --force publishes anyway)", new_model
-
-    @staticmethod
-    def _why_not_live(current: int | None, problem: str | None, fresh: list[Query]) -> str:
-        if current is None:
-            return "no live version yet"
-        if problem is not None:
-            return f"live v{current} cannot be loaded: {problem}"
-        return f"only {len(fresh)} validation queries after live v{current}'s data, fewer than {GATE_MIN_QUERIES}"
-
-    def _gate_metrics(self, recommender, queries: list[Query]) -> dict[str, float]:
-        ranked = served(recommender, self.moments(queries), self.settings.pipeline.candidates)
-        return {
-            "ndcg@10": pipeline_metrics(item_lists(ranked), queries)["ndcg@10"],
-            "pool_auc": pool_auc(ranked, queries),
-        }
-
-    def _live(self, current: int | None) -> tuple[LoadedBundle | None, str | None]:
-        """The live version's bundle, or None and why it cannot be loaded."""
-        if current is None:
-            return None, None
-        try:
-            return LoadedBundle(self.registry.path(current), self.settings.pipeline.faiss_exact_max_items), None
-        except BundleError as error:
-            return None, str(error)
-
-    # -- the report ----------------------------------------------------------------------------------------
-
-    def summary(self, measured: list[SplitModels], final: InMemoryRecommender, bundle: LoadedBundle) -> dict:
-        sample = measured[0].split.test[:ANN_CHECK_QUERIES]
-        sequences, vectors, _ = retrieve(final, Moments(sample, self.trending).requests(1, 1))
-        exported = bundle.user_vectors(sequences)
-        return {
-            "version": bundle.version,
-            "data": self._data_summary(),
-            "splits": {models.split.name: models.report for models in measured},
-            "index": {
-                "kind": final.index.kind,
-                "items": len(final.index),
-                "k": ANN_CHECK_K,
-                "recall": ann_recall(
-                    final.index, final.embeddings, list(self.vocabulary.item_ids), vectors, ANN_CHECK_K
-                ),
-                "exported_user_tower_max_difference": float(np.abs(exported - vectors).max()),
-            },
-            "model_sizes": {
-                "sequential retrieval": {
-                    "parameters": final.retrieval.count_params(),
-                    "bytes": _directory_bytes(bundle.directory / USER_TOWER),
-                },
-                "DIN": {
-                    "parameters": final.ranker.count_params(),
-                    "bytes": _directory_bytes(bundle.directory / RANKER),
-                },
-            },
-            "training": {name: asdict(history) for name, history in self.histories.items()},
-        }
-
-    def _data_summary(self) -> dict[str, Any]:
-        time = self.splits[0]
-        return {
-            "source": self.data.source,
-            "rows": len(self.data.rows),
-            "items": len(self.data.catalogue),
-            "time_split_from_utc": _utc(time.validation[0].row.event.ts) if time.validation else None,
-            "label_threshold": self.settings.pipeline.label_threshold,
-            "like_weight": self.settings.training.model.like_weight,
-            "relevant": f"the next {FUTURE_ITEMS} items each query's user takes, none seen before",
-        }
+    def gate(self, measured: SplitModels, force: bool) -> Verdict:
+        """The time split's models against the live version (`training.gate`)."""
+        gate = Gate(self.settings, self.registry, self.vocabulary, self.moments)
+        return gate.judge(measured.recommender, measured.split.validation, measured.counts, force)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -588,10 +396,6 @@ def epoch_queries(queries: list[Query]) -> list[Query]:
 def other_fold(folds: list[InMemoryRecommender]):
     """Query -> the retrieval model of the fold its user is not in."""
     return lambda query: folds[(fold_of(query.user_id, FOLDS) + 1) % FOLDS]
-
-
-def _directory_bytes(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
 def train_once(
@@ -618,14 +422,15 @@ def train_once(
         with run.timed("export"):
             bundle = run.stage(staging, version, final)
         with run.timed("gate"):
-            allowed, verdict, metrics = run.gate(measured[0], force)
-        report = run.summary(measured, final, bundle) | {
+            verdict = run.gate(measured[0], force)
+        allowed, metrics = verdict.allowed, verdict.metrics
+        report = run_summary(run, measured, final, bundle) | {
             "timings_s": run.timings | {"total": time.perf_counter() - clock},
-            "gate": {"published": allowed, "verdict": verdict},
+            "gate": {"published": allowed, "verdict": verdict.text},
         }
-        log.info("version %d: %s", version, verdict)
+        log.info("version %d: %s", version, verdict.text)
         if not allowed:
-            return Outcome(version, False, verdict, report)
+            return Outcome(version, False, verdict.text, report)
         write_report(staging / REPORT, report)
         seal(staging, run.manifest.model_copy(update={"metrics": metrics}))
         run.registry.publish(staging, version)
@@ -643,7 +448,7 @@ def train_once(
         )
     if pruned := run.registry.prune(settings.training.keep_versions):
         log.info("deleted old versions %s", pruned)
-    return Outcome(version, True, verdict, report)
+    return Outcome(version, True, verdict.text, report)
 
 
 def _announce(settings: Settings, update: ModelUpdate) -> None:

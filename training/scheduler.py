@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from schemas.bundle import MANIFEST, Manifest, Registry
 from schemas.config import Settings
 from training.pipeline import train_once
 from training.sources import Source, load
@@ -26,6 +27,24 @@ def duration_s(text: str, allow_zero: bool = False) -> float:
     if not match or float(match[1]) < 0 or (float(match[1]) == 0 and not allow_zero):
         raise argparse.ArgumentTypeError(f"not a positive duration: {text!r} (e.g. 90s, 15m, 2h)")
     return float(match[1]) * UNITS_S[match[2] or "s"]
+
+
+def first_run_delay_s(settings: Settings, requested_s: float) -> float:
+    """The requested delay, unless the live version was trained with other hyperparameters than the
+    configured ones (a quick first model, or changed settings): then none."""
+    registry = Registry(settings.stack.models_dir)
+    current = registry.current()
+    if current is None:
+        return requested_s
+    try:
+        trained_with = Manifest.model_validate_json((registry.path(current) / MANIFEST).read_bytes()).hyperparameters
+    except (OSError, ValueError) as error:
+        log.warning("cannot read live v%d's manifest (%s): keeping the delay", current, error)
+        return requested_s
+    if trained_with == settings.training.model:
+        return requested_s
+    log.info("live v%d was trained with other hyperparameters than these: retraining at once", current)
+    return 0.0
 
 
 def run_periodically(
@@ -66,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: duration_s(text, allow_zero=True),
         default=0.0,
         metavar="DURATION",
-        help="wait this long before the first run (default: start at once)",
+        help="wait this long before the first run (default: start at once); ignored when the live version "
+        "was trained with other hyperparameters (e.g. a quick first model)",
     )
     parser.add_argument("--source", type=Source, choices=list(Source), default=Source.SAMPLES)
     parser.add_argument("--synthetic-events", type=int, default=20_000, metavar="N")
@@ -76,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
+    delay_s = first_run_delay_s(settings, arguments.delay)
     log.info("retraining from %s every %.0fs into %s, first run in %.0fs",
-             arguments.source, arguments.every, settings.stack.models_dir, arguments.delay)  # fmt: skip
+             arguments.source, arguments.every, settings.stack.models_dir, delay_s)  # fmt: skip
     run_periodically(settings, arguments.source, arguments.every, stop, arguments.synthetic_events,
-                     not arguments.no_progress, arguments.delay)  # fmt: skip
+                     not arguments.no_progress, delay_s)  # fmt: skip
     return 0
 
 

@@ -19,7 +19,8 @@ from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.integration.test_feature_job import new_topic_named, publish
 from tests.operator_harness import write_sample_log
-from training.pipeline import PREVIOUS, SERVED, TrainingRun
+from training.evaluation import PREVIOUS, SERVED
+from training.pipeline import TrainingRun
 from training.sources import Source, load
 
 TINY = {"KF_TRAIN_EPOCHS": "1", "KF_TRAIN_BATCH_SIZE": "128", "KF_EVAL_MAX_QUERIES": "200"}
@@ -176,20 +177,20 @@ def gated_against(run: TrainingRun, measured, registry: Registry) -> tuple[bool,
     """The gate's verdict on `measured` with `registry` as the live one, the run's own restored after."""
     own, run.registry = run.registry, registry
     try:
-        allowed, why, _ = run.gate(measured, force=False)
+        verdict = run.gate(measured, force=False)
     finally:
         run.registry = own
-    return allowed, why
+    return verdict.allowed, verdict.text
 
 
 def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(worse_than_popularity):
     run, measured, _ = worse_than_popularity
-    refused, why, _ = run.gate(measured, force=False)
-    forced, why_forced, _ = run.gate(measured, force=True)
+    refused, forced = run.gate(measured, force=False), run.gate(measured, force=True)
+    why, why_forced = refused.text, forced.text
 
     # v1 learnt from this same data, so no validation query is new to it: popularity is the bar.
-    assert not refused and why.startswith("refused: NDCG@10 ") and "popularity's" in why, why
-    assert forced and why_forced.startswith("published with --force although NDCG@10")
+    assert not refused.allowed and why.startswith("refused: NDCG@10 ") and "popularity's" in why, why
+    assert forced.allowed and why_forced.startswith("published with --force although NDCG@10")
 
 
 def test_with_no_live_version_the_gate_still_holds_popularitys_floor(worse_than_popularity, tmp_path):

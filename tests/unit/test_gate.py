@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from training.pipeline import GATED, shortfalls
+from training.gate import GATED, shortfalls
 
 scores = st.floats(0.0, 1.0, allow_nan=False)
 margins = st.floats(0.0, 0.1, allow_nan=False)

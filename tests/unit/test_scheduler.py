@@ -4,8 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from schemas.bundle import CURRENT, MANIFEST, Manifest, Registry
 from schemas.config import Settings
+from schemas.hyperparameters import Hyperparameters
 from training import scheduler
+from training.pipeline import quick
 from training.sources import Source
 
 
@@ -49,3 +52,30 @@ def test_without_a_delay_the_first_run_starts_at_once(runs, monkeypatch):
     scheduler.run_periodically(Settings(), Source.SAMPLES, 3600, stop, 0, False)
 
     assert runs == [Source.SAMPLES]
+
+
+def live_version_trained_with(settings: Settings, hyperparameters: Hyperparameters) -> None:
+    """A registry whose live version's manifest records `hyperparameters` (the only file the scheduler reads)."""
+    registry = Registry(settings.stack.models_dir)
+    registry.path(1).mkdir(parents=True)
+    manifest = Manifest(version=1, parent_version=None, created_at=0, feature_spec=settings.pipeline.feature_spec(),
+                        hyperparameters=hyperparameters, trained_until=0)  # fmt: skip
+    (registry.path(1) / MANIFEST).write_bytes(manifest.model_dump_json().encode())
+    (registry.root / CURRENT).write_text("v000001\n")
+
+
+def test_with_no_live_version_or_one_trained_as_configured_the_first_run_keeps_its_delay(tmp_path):
+    settings = Settings(run_dir=tmp_path)
+    assert scheduler.first_run_delay_s(settings, 3600) == 3600
+
+    live_version_trained_with(settings, settings.training.model)
+
+    assert scheduler.first_run_delay_s(settings, 3600) == 3600
+
+
+def test_a_quick_first_model_live_is_retrained_at_once(tmp_path):
+    settings = Settings(run_dir=tmp_path)
+    live_version_trained_with(settings, quick(settings).training.model)
+
+    assert quick(settings).training.model.train_epochs == 3 < settings.training.model.train_epochs
+    assert scheduler.first_run_delay_s(settings, 3600) == 0

@@ -1,0 +1,196 @@
+"""What a training run's report measures.
+
+On each split: the served pipeline (retrieval + DIN) on the validation and test queries; with
+`comparisons` (the full report, as `make bench-train` runs it) also the baselines (popularity,
+item co-occurrence, EASE), retrieval alone, the Embedding+MLP ranker, the previous design and the
+served pipeline with each query's newest behaviour dropped. Then the run's summary: data, index
+recall, the exported models' sizes and agreement, the training histories.
+"""
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.progress import Progress
+
+from schemas.bundle import RANKER, USER_TOWER, LoadedBundle
+from schemas.config import Settings
+from schemas.logic.model_inputs import Vocabulary
+from schemas.logic.pipeline import retrieve
+from schemas.sources.synthetic import SyntheticWorld
+from training.counts import TrainingCounts
+from training.data import Query, Split
+from training.evaluate import (
+    CUTOFFS,
+    EASE_REGULARISATION,
+    FUTURE_ITEMS,
+    Ease,
+    Moments,
+    ann_recall,
+    click_probability_share,
+    cooccurrence_lists,
+    identical_reasons_share,
+    item_lists,
+    pipeline_metrics,
+    pool_auc,
+    popularity_lists,
+    retrieved,
+    served,
+)
+from training.models import ItemTables
+from training.previous import PreviousDesign
+from training.recommender import InMemoryRecommender
+
+if TYPE_CHECKING:
+    from training.pipeline import SplitModels, TrainingRun
+
+SERVED = "served: sequential retrieval + DIN"
+PREVIOUS = "previous design: mean two-tower + like-DIN"
+ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
+
+
+class Baselines:
+    """What the full report compares the served pipeline with, from a split's training rows: popularity,
+    item co-occurrence and EASE (its regularisation chosen on the validation queries)."""
+
+    def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
+        self.split, self.counts, self.vocabulary = split, counts, vocabulary
+        validation, count = split.validation, max(CUTOFFS)
+        self.ease = max(
+            (
+                Ease(split.train, vocabulary, counts.popularity, regularisation)
+                for regularisation in EASE_REGULARISATION
+            ),
+            key=lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"],
+        )
+
+    def lists(self, queries: list[Query], count: int) -> dict[str, list[list[str]]]:
+        popularity, train = self.counts.popularity, self.split.train
+        return {
+            "popularity": popularity_lists(popularity, self.vocabulary, queries, count),
+            "item co-occurrence": cooccurrence_lists(train, self.vocabulary, popularity, queries, count),
+            "EASE": self.ease.lists(queries, count),
+        }
+
+
+def train_previous_design(
+    split: Split, vocabulary: Vocabulary, tables: ItemTables, length: int, settings: Settings, bar: Progress
+) -> PreviousDesign:
+    return PreviousDesign.train(
+        split.train,
+        [query.row for query in split.validation],
+        vocabulary,
+        tables,
+        length,
+        settings.pipeline.label_threshold,
+        settings.training.train_seed,
+        settings.pipeline.faiss_exact_max_items,
+        bar,
+    )
+
+
+class Evaluation:
+    """A split's part of the report."""
+
+    def __init__(self, settings: Settings, vocabulary: Vocabulary, world, comparisons: bool):
+        """`world`: the synthetic world the data came from, whose click probabilities are known; or None."""
+        self.settings, self.vocabulary, self.world, self.comparisons = settings, vocabulary, world, comparisons
+
+    def split_report(
+        self,
+        split: Split,
+        counts: TrainingCounts,
+        plain: InMemoryRecommender,
+        rankers: dict,
+        previous: PreviousDesign | None,
+        validation: Moments,
+        test: Moments,
+        rows: int,
+    ) -> dict[str, Any]:
+        """`plain`: the split's retrieval model alone; `rankers` by name, "DIN" the served one."""
+        baselines = Baselines(split, counts, self.vocabulary) if self.comparisons else None
+        report: dict[str, Any] = {"train_rows": len(split.train), "ranker_rows": rows}
+        if baselines is not None:
+            report["ease_lambda"] = baselines.ease.regularisation
+        for part, moments in (("validation", validation), ("test", test)):
+            report[part] = self._part(plain, rankers, baselines, moments, previous if part == "test" else None)
+        return report
+
+    def _part(self, plain, rankers, baselines: Baselines | None, moments: Moments, previous) -> dict[str, Any]:
+        queries, count, candidates = moments.queries, max(CUTOFFS), self.settings.pipeline.candidates
+        answers = {name: served(plain.with_ranker(model), moments, candidates) for name, model in rankers.items()}
+        lists = {SERVED: item_lists(answers["DIN"])}
+        if baselines is not None:
+            lists |= {
+                "sequential retrieval + Embedding+MLP": item_lists(answers["Embedding+MLP"]),
+                "sequential retrieval alone": retrieved(plain, moments, count),
+            } | baselines.lists(queries, count)
+        pipelines = {name: pipeline_metrics(items, queries) for name, items in lists.items()}
+        if previous is not None:  # what only the full report reads, on the test queries only
+            pipelines[PREVIOUS] = previous.metrics(moments, candidates, count)
+            dropped = served(plain.with_ranker(rankers["DIN"]), moments, candidates, drop_newest=True)
+            pipelines[f"{SERVED}, newest behaviour dropped"] = pipeline_metrics(item_lists(dropped), queries)
+        part: dict[str, Any] = {
+            "queries": len(queries),
+            "pipelines": pipelines,
+            "rankers": {name: {"pool_auc": pool_auc(ranked, queries)} for name, ranked in answers.items()},
+            "identical_reasons_top10": identical_reasons_share(answers["DIN"]),
+        }
+        if isinstance(self.world, SyntheticWorld):
+            part["true_click_share_top10"] = {
+                name: click_probability_share(self.world, queries, items) for name, items in lists.items()
+            }
+        return part
+
+
+def run_summary(
+    run: "TrainingRun", measured: "list[SplitModels]", final: InMemoryRecommender, bundle: LoadedBundle
+) -> dict[str, Any]:
+    """The report's whole: data, each split's part, the index's recall, the exported models' sizes and
+    agreement with the trained ones, and every model's training history."""
+    sample = measured[0].split.test[:ANN_CHECK_QUERIES]
+    sequences, vectors, _ = retrieve(final, Moments(sample, run.trending).requests(1, 1))
+    exported = bundle.user_vectors(sequences)
+    return {
+        "version": bundle.version,
+        "data": _data_summary(run),
+        "splits": {models.split.name: models.report for models in measured},
+        "index": {
+            "kind": final.index.kind,
+            "items": len(final.index),
+            "k": ANN_CHECK_K,
+            "recall": ann_recall(final.index, final.embeddings, list(run.vocabulary.item_ids), vectors, ANN_CHECK_K),
+            "exported_user_tower_max_difference": float(np.abs(exported - vectors).max()),
+        },
+        "model_sizes": {
+            "sequential retrieval": {
+                "parameters": final.retrieval.count_params(),
+                "bytes": _directory_bytes(bundle.directory / USER_TOWER),
+            },
+            "DIN": {"parameters": final.ranker.count_params(), "bytes": _directory_bytes(bundle.directory / RANKER)},
+        },
+        "training": {name: asdict(history) for name, history in run.histories.items()},
+    }
+
+
+def _data_summary(run: "TrainingRun") -> dict[str, Any]:
+    time_split, settings = run.splits[0], run.settings
+    return {
+        "source": run.data.source,
+        "rows": len(run.data.rows),
+        "items": len(run.data.catalogue),
+        "time_split_from_utc": _utc(time_split.validation[0].row.event.ts) if time_split.validation else None,
+        "label_threshold": settings.pipeline.label_threshold,
+        "like_weight": settings.training.model.like_weight,
+        "relevant": f"the next {FUTURE_ITEMS} items each query's user takes, none seen before",
+    }
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
