@@ -2,7 +2,6 @@
 from the apache-flink package's distribution, as `make cluster-up` starts them), at parallelism 2:
 the same module the MiniCluster runs, submitted with `flink run`."""
 
-import os
 import re
 import signal
 import subprocess
@@ -188,7 +187,10 @@ def test_a_taskmanager_killed_between_checkpoints_restarts_the_job_from_the_last
         orphans = wait_until(lambda: sample_log.in_progress_files(directory), 60, "its sample lines in progress")
         assert latest_completed_checkpoint(cluster, job_id) == covering, "a checkpoint came before the kill"
         victim = busy_taskmanager(cluster)
-        os.kill(victim.running_process().pid, signal.SIGKILL)
+        # The machine is lost: the TaskManager's JVM and its Python workers die together.
+        process = victim.running_process()
+        for member in [process, *process.children(recursive=True)]:
+            member.send_signal(signal.SIGKILL)
 
         wait_until(lambda: equal_to_reference(cluster, namespace, first + second), APPLY_TIMEOUT_S, "every event")
         wait_until(lambda: labelled_once(cluster, namespace, first + second), 60, "the sample log's commit")
