@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-serve bench-swap soak train serve
+.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-incremental bench-serve bench-swap soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -83,7 +83,7 @@ train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source m
 serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 (KF_SERVE_PORT)
 	$(PY) -m serving
 
-bench: bench-stream bench-state bench-train bench-serve bench-swap ## every benchmark (numbers in README.md)
+bench: bench-stream bench-state bench-train bench-incremental bench-serve bench-swap ## every benchmark (numbers in README.md)
 
 bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
 	$(PY) -m streams.bench $(BENCH_ARGS)
@@ -93,6 +93,9 @@ bench-state: up ## the job holding 1,000,000 users' state, RocksDB beside the he
 
 bench-train: setup ## one retraining on MovieLens as scheduled, timed; then the full report (baselines, Embedding+MLP, previous design), the last-5 split and a synthetic world
 	$(PY) -m training.bench $(BENCH_ARGS)
+
+bench-incremental: setup ## incremental retraining against from scratch on the same MovieLens rows: quality on later queries, wall and CPU time
+	$(PY) -m training.incremental_bench $(BENCH_ARGS)
 
 bench-serve: up ## service latency p50/p95/p99 and errors at 50, 100, 200, 500 req/s (60 s each)
 	$(PY) -m serving.bench $(BENCH_ARGS)

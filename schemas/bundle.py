@@ -62,6 +62,11 @@ class Manifest(BaseModel):
         None, description="How the models were trained (absent from bundles made before it was recorded)."
     )
     trained_until: int = Field(description="Event time (ms) of the newest training event.")
+    from_scratch_at: int | None = Field(
+        None,
+        description="Creation time (ms) of the from-scratch version this one continues (through `parent_version`); "
+        "None: trained from scratch.",
+    )
     metrics: dict[str, float] = Field(default_factory=dict, description="Headline holdout metrics.")
     files: dict[str, str] = Field(default_factory=dict, description="Relative path -> SHA-256 hex digest.")
 
@@ -144,6 +149,11 @@ class Registry:
             return int((self.root / CURRENT).read_text().strip()[1:])
         except FileNotFoundError:
             return None
+
+    def manifest(self, version: int) -> Manifest:
+        """The version's manifest as written (files unchecked: `verify` checks them); OSError or
+        ValueError when it is missing or not a manifest."""
+        return Manifest.model_validate_json((self.path(version) / MANIFEST).read_bytes())
 
     def next_version(self) -> int:
         return max([0, *self.versions()]) + 1

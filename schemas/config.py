@@ -237,9 +237,31 @@ class TrainingSettings(Section):
     )
     keep_versions: int = Field(5, ge=1, description="Model versions kept in the registry; older ones are deleted.")
     retrain_every_s: float = Field(
-        3600.0,
+        900.0,
         gt=0,
-        description="Period of the retraining scheduler (a MovieLens retraining keeps both cores busy for minutes).",
+        description="Period of the retraining scheduler; a run continues the live models on the events since their "
+        "data (skipping when few are new) and trains from scratch once every KF_FULL_RETRAIN_EVERY_S.",
+    )
+
+    full_retrain_every_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="A scheduled retraining continues the live models on the events since their data (incremental) "
+        "until the from-scratch run they descend from is this old; then it trains from scratch.",
+    )
+    incremental_min_rows: int = Field(
+        1000, ge=1, description="An incremental retraining with fewer new sample rows than this skips the run."
+    )
+    incremental_replay: float = Field(
+        1.0,
+        ge=0,
+        description="An incremental retraining also replays this many older training sequences per new one, "
+        "sampled from all the older rows, so the models do not forget them.",
+    )
+    incremental_epochs: int = Field(
+        2,
+        ge=1,
+        description="Epochs of each model in an incremental retraining (at KF_FINAL_LEARNING_RATE for retrieval).",
     )
 
     model: Hyperparameters = Field(Hyperparameters(), description="The models' hyper-parameters.")

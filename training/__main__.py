@@ -5,7 +5,8 @@ import logging
 import sys
 
 from schemas.config import Settings
-from training.pipeline import QUICK_EPOCHS, TrainingError, quick, train_once
+from training.pipeline import QUICK_EPOCHS, TrainingError, quick
+from training.retraining import train_once
 from training.sources import Source, load
 
 
@@ -13,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description=__doc__,
-        epilog="Exit codes: 0 published, 1 failed (e.g. too little data), 2 refused by the gate.",
+        epilog="Exit codes: 0 published, 1 failed (e.g. too little data), 2 refused by the gate, 3 skipped "
+        "(--incremental with fewer than KF_INCREMENTAL_MIN_ROWS new rows).",
     )
     parser.add_argument(
         "--source",
@@ -40,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also train and evaluate the comparisons (Embedding+MLP, the previous design, EASE, co-occurrence, "
         "popularity) as make bench-train does: about doubles the run",
     )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="continue the live version on the events since its data, as the scheduler does (from scratch "
+        "when it cannot be continued: none, other hyperparameters, or its from-scratch run older than "
+        "KF_FULL_RETRAIN_EVERY_S)",
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = quick(Settings()) if arguments.quick else Settings()
@@ -52,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
             announce=not arguments.no_announce,
             progress=not arguments.no_progress,
             full_report=arguments.full_report,
+            incremental=arguments.incremental,
         )
     except TrainingError as error:
         logging.getLogger("kingfisher.training").error("%s", error)
         return 1
     print(outcome.verdict)
-    return 0 if outcome.published else 2
+    return 0 if outcome.published else 3 if outcome.skipped else 2
 
 
 if __name__ == "__main__":

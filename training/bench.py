@@ -31,7 +31,8 @@ from rich.table import Table
 from schemas.bundle import REPORT
 from schemas.config import Settings
 from training.evaluation import SERVED
-from training.pipeline import TrainingRun, train_once
+from training.pipeline import TrainingRun
+from training.retraining import train_once
 from training.sources import Source, load
 
 TARGET_S = 600

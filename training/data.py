@@ -148,17 +148,39 @@ def time_split(rows: list[Row], holdout_fraction: float, future: int, limit: int
     rest, test on the second. A query's relevant items come from its own half only."""
     times = np.array([row.event.ts for row in rows], dtype=np.int64)
     validate_from, test_from = (int(t) for t in np.quantile(times, [1 - holdout_fraction, 1 - holdout_fraction / 2]))
-    parts = {"validation": (validate_from, test_from), "test": (test_from, np.iinfo(np.int64).max)}
-    histories, queries = Histories(rows), {name: [] for name in parts}
-    for user_id in histories.rows:
-        for name, (start, end) in parts.items():
-            inside = Histories([row for row in histories.rows[user_id] if row.event.ts < end])
-            for query in inside.queries(user_id, future):
-                if query.row.event.ts >= start and query.relevant:
-                    queries[name].append(query)
+    validation, test = queries_between(rows, [(validate_from, test_from), (test_from, _NEVER)], future)
     rng = np.random.default_rng(seed)
     train = [row for row in rows if row.event.ts < validate_from]
-    return Split("time", train, _sample(queries["validation"], limit, rng), _sample(queries["test"], limit, rng))
+    return Split("time", train, _sample(validation, limit, rng), _sample(test, limit, rng))
+
+
+def fresh_split(rows: list[Row], since: int, holdout_fraction: float, future: int, limit: int, seed: int) -> Split:
+    """An incremental retraining's split of the rows after `since` (event time, ms): train on every
+    row before the newest `holdout_fraction` of those, validate on the rest; no test queries (the
+    models continue ones measured on their from-scratch run's test split)."""
+    times = np.array([row.event.ts for row in rows if row.event.ts > since], dtype=np.int64)
+    if not len(times):
+        return Split("fresh", [], [], [])
+    validate_from = int(np.quantile(times, 1 - holdout_fraction))
+    [validation] = queries_between(rows, [(validate_from, _NEVER)], future)
+    train = [row for row in rows if row.event.ts < validate_from]
+    return Split("fresh", train, _sample(validation, limit, np.random.default_rng(seed)), [])
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def queries_between(rows: list[Row], parts: list[tuple[int, int]], future: int) -> list[list[Query]]:
+    """For each (start, end) of event time: the queries at interactions inside it whose relevant
+    items come before `end`, with each user's whole history before them as seen."""
+    histories, queries = Histories(rows), [[] for _ in parts]
+    for user_id in histories.rows:
+        for part, (start, end) in zip(queries, parts, strict=True):
+            inside = Histories([row for row in histories.rows[user_id] if row.event.ts < end])
+            part += [
+                query for query in inside.queries(user_id, future) if query.row.event.ts >= start and query.relevant
+            ]
+    return queries
 
 
 def last_n_split(rows: list[Row], n: int) -> Split:

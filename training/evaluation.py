@@ -44,7 +44,7 @@ from training.previous import PreviousDesign
 from training.recommender import InMemoryRecommender
 
 if TYPE_CHECKING:
-    from training.pipeline import SplitModels, TrainingRun
+    from training.pipeline import TrainingRun
 
 SERVED = "served: sequential retrieval + DIN"
 PREVIOUS = "previous design: mean two-tower + like-DIN"
@@ -146,17 +146,22 @@ class Evaluation:
 
 
 def run_summary(
-    run: "TrainingRun", measured: "list[SplitModels]", final: InMemoryRecommender, bundle: LoadedBundle
+    run: "TrainingRun",
+    splits: dict[str, Any],
+    sample: list[Query],
+    final: InMemoryRecommender,
+    bundle: LoadedBundle,
+    holdout: Split,
 ) -> dict[str, Any]:
-    """The report's whole: data, each split's part, the index's recall, the exported models' sizes and
-    agreement with the trained ones, and every model's training history."""
-    sample = measured[0].split.test[:ANN_CHECK_QUERIES]
-    sequences, vectors, _ = retrieve(final, Moments(sample, run.trending).requests(1, 1))
+    """The report's whole: data, each split's part, the index's recall on `sample`'s users, the
+    exported models' sizes and agreement with the trained ones, and every model's training history;
+    `holdout`: the split whose validation queries the run held out from training (and the gate judged)."""
+    sequences, vectors, _ = retrieve(final, Moments(sample[:ANN_CHECK_QUERIES], run.trending).requests(1, 1))
     exported = bundle.user_vectors(sequences)
     return {
         "version": bundle.version,
-        "data": _data_summary(run),
-        "splits": {models.split.name: models.report for models in measured},
+        "data": _data_summary(run, holdout),
+        "splits": splits,
         "index": {
             "kind": final.index.kind,
             "items": len(final.index),
@@ -175,20 +180,21 @@ def run_summary(
     }
 
 
-def _data_summary(run: "TrainingRun") -> dict[str, Any]:
-    time_split, settings = run.splits[0], run.settings
+def _data_summary(run: "TrainingRun", holdout: Split) -> dict[str, Any]:
+    settings = run.settings
     return {
         "source": run.data.source,
         "rows": len(run.data.rows),
         "items": len(run.data.catalogue),
-        "time_split_from_utc": _utc(time_split.validation[0].row.event.ts) if time_split.validation else None,
+        f"{holdout.name}_split_from_utc": utc_text(holdout.validation[0].row.event.ts) if holdout.validation else None,
         "label_threshold": settings.pipeline.label_threshold,
         "like_weight": settings.training.model.like_weight,
         "relevant": f"the next {FUTURE_ITEMS} items each query's user takes, none seen before",
     }
 
 
-def _utc(ms: int) -> str:
+def utc_text(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 in UTC, to the second."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 

@@ -38,6 +38,9 @@ class ItemEmbedding(keras.layers.Layer):
     year bucket's embedding, D = id_dim + GENRE_DIM + YEAR_DIM. The genres and years of all items are
     constant tables inside the layer, so the models take item indices only."""
 
+    TABLES = ("genre_lookup", "year_lookup")
+    """Its constant tables' weight names: built from the catalogue, never learnt."""
+
     def __init__(self, genre_table: np.ndarray, year_table: np.ndarray, genre_count: int, id_dim: int, **kwargs):
         super().__init__(**kwargs)
         self.vocabulary_size = len(year_table)

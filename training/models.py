@@ -39,6 +39,23 @@ class ItemTables:
         )
 
 
+def continue_from(model: keras.Model, trained: keras.Model, trained_items: int) -> None:
+    """Give `model` the weights of `trained`, a built model of the same design whose item tables had
+    `trained_items` rows (`model`'s may have more: items added since, after the trained ones). Rows
+    of added items keep `model`'s fresh initial values; the item tables stay `model`'s, built from
+    today's catalogue."""
+    for target, source in zip(model.weights, trained.weights, strict=True):
+        if target.name in ItemEmbedding.TABLES:
+            continue
+        value = source.numpy()
+        if tuple(target.shape) != value.shape:
+            grown = value.shape[0] == trained_items and tuple(target.shape[1:]) == value.shape[1:]
+            if not grown or target.shape[0] < trained_items:
+                raise ValueError(f"{target.path}: {value.shape} does not continue into {tuple(target.shape)}")
+            value = np.concatenate([value, target.numpy()[trained_items:]])
+        target.assign(value)
+
+
 def moments(ages):
     """[B, L] ages -> [B, L] the age of each position's moment: the next behaviour's age, and 0 (the
     request) after the newest. Position i predicts what comes at its moment."""

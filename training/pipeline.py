@@ -13,19 +13,16 @@ not learn those rows.
 """
 
 import logging
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import orjson
-import tensorflow as tf
-from confluent_kafka import Producer
 
 from schemas.bundle import (
     INDEX_IDS,
@@ -34,12 +31,10 @@ from schemas.bundle import (
     POPULAR,
     POPULARITY,
     RANKER,
-    REPORT,
     USER_TOWER,
     VOCABULARY,
     LoadedBundle,
     Manifest,
-    ModelUpdate,
     Registry,
     seal,
 )
@@ -57,14 +52,13 @@ from training.evaluate import (
     retrieved,
     served,
 )
-from training.evaluation import Evaluation, run_summary, train_previous_design
+from training.evaluation import Evaluation, train_previous_design
 from training.export import export_ranker, export_user_tower
 from training.fit import History, Schedule, fit, progress_bar
 from training.gate import Gate, Verdict
 from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, Ranker, SequentialRetrieval, ranking_loss
 from training.ranker_data import RankerRows, ranker_rows
 from training.recommender import InMemoryRecommender
-from training.report import write_report
 from training.sources import TrainingData
 
 log = logging.getLogger("kingfisher.training")
@@ -93,11 +87,19 @@ class TrainingError(Exception):
 
 
 @dataclass(frozen=True)
-class Outcome:
-    version: int
-    published: bool
-    verdict: str
-    report: dict[str, Any]
+class Offer:
+    """What a run offers to publish: the models, the gate's verdict on them (or on the split's models
+    they continue), the newest event time they learnt from, the live version's manifest they
+    continue (None: from scratch), and the report's parts."""
+
+    final: InMemoryRecommender
+    verdict: Verdict
+    trained_until: int
+    parent: Manifest | None
+    splits: dict[str, Any]
+    holdout: Split
+    """The split whose validation queries the gate judged on."""
+    extra: dict[str, Any]
 
 
 @dataclass
@@ -118,10 +120,18 @@ class SplitModels:
 class TrainingRun:
     """One run: `prepare`, then `measure` each split, then `fit_final`, `stage`, `gate`."""
 
-    def __init__(self, settings: Settings, data: TrainingData, progress: bool = True, comparisons: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        data: TrainingData,
+        progress: bool = True,
+        comparisons: bool = False,
+        vocabulary: Vocabulary | None = None,
+    ):
         """`comparisons`: also train and evaluate what the report compares the served pipeline with
         (Embedding+MLP, the previous design, EASE, co-occurrence, popularity, the newest-behaviour
-        ablation); a scheduled retraining trains only what it serves."""
+        ablation); a scheduled retraining trains only what it serves. `vocabulary`: the models'
+        (default: the catalogue's)."""
         self.settings, self.data, self.length = settings, data, settings.pipeline.sequence_length
         self.comparisons = comparisons
         self.spec = settings.pipeline.feature_spec()
@@ -133,11 +143,19 @@ class TrainingRun:
         rows = data.rows
         if len(rows) < MIN_TRAIN_ROWS:
             raise TrainingError(f"too little data: {len(rows)} sample rows from {data.source}")
-        self.vocabulary = Vocabulary.of(data.catalogue.values())
+        self.vocabulary = vocabulary or Vocabulary.of(data.catalogue.values())
         self.evaluation = Evaluation(settings, self.vocabulary, data.world, comparisons)
         genres, years = item_tables(self.vocabulary, data.catalogue)
         self.tables = ItemTables(genres, years, len(self.vocabulary.genres))
-        self.splits = [
+        with self.timed("trending at every moment"):
+            moments = [row for row in rows if is_interaction(row)]
+            self.trending = trending_before(rows, moments, self.spec, settings.pipeline.trending_candidates)
+
+    @cached_property
+    def splits(self) -> list[Split]:
+        """What a from-scratch run measures its models on: the time split, and last-N if configured."""
+        settings, rows = self.settings, self.data.rows
+        splits = [
             time_split(
                 rows,
                 settings.training.holdout_fraction,
@@ -147,16 +165,14 @@ class TrainingRun:
             )
         ]
         if settings.training.eval_last_n:
-            self.splits.append(last_n_split(rows, settings.training.eval_last_n))
-        for split in self.splits:
+            splits.append(last_n_split(rows, settings.training.eval_last_n))
+        for split in splits:
             if len(split.train) < MIN_TRAIN_ROWS or not split.test or not split.validation:
                 raise TrainingError(
                     f"too little data for the {split.name} split: {len(split.train)} training rows, "
                     f"{len(split.validation)} validation and {len(split.test)} test queries"
                 )
-        with self.timed("trending at every moment"):
-            moments = [row for row in rows if is_interaction(row)]
-            self.trending = trending_before(rows, moments, self.spec, settings.pipeline.trending_candidates)
+        return splits
 
     def retrieval_schedule(self, epochs: int, learning_rate: float) -> Schedule:
         spec = self.hyperparameters
@@ -169,10 +185,11 @@ class TrainingRun:
 
     # -- retrieval -----------------------------------------------------------------------------------------
 
-    def new_retrieval(self) -> SequentialRetrieval:
+    def new_retrieval(self, tables: ItemTables | None = None) -> SequentialRetrieval:
+        """A built retrieval model of the configured design on `tables` (default: the run's)."""
         spec = self.hyperparameters
         model = SequentialRetrieval(
-            self.tables,
+            tables or self.tables,
             spec.embedding_dim,
             self.length,
             spec.retrieval_blocks,
@@ -260,6 +277,11 @@ class TrainingRun:
         ]
         return sorted(queries, key=lambda query: query.row.order)[-self.hyperparameters.ranker_queries :]
 
+    def ranker_rows_by(self, queries: list[Query], retrieval: InMemoryRecommender) -> RankerRows:
+        """Ranker rows of `queries`, each with candidates from `retrieval`."""
+        pipeline = self.settings.pipeline
+        return ranker_rows(queries, lambda _: retrieval, self.trending, pipeline.candidates, pipeline.label_threshold)
+
     # -- one split -----------------------------------------------------------------------------------------
 
     def measure(self, split: Split) -> SplitModels:
@@ -337,21 +359,16 @@ class TrainingRun:
         newest, split_retrieval = split.train[-1].order, measured.recommender.with_ranker(None)
         with self.timed("final: ranker rows"):
             newer = [query for query in self.ranker_queries(rows) if query.row.order > newest]
-            added = ranker_rows(
-                newer,
-                lambda _: split_retrieval,
-                self.trending,
-                self.settings.pipeline.candidates,
-                self.settings.pipeline.label_threshold,
-            )
+            added = self.ranker_rows_by(newer, split_retrieval)
             ranker = RankerRows.concatenate([part for part in (measured.ranker_rows, added) if len(part)])
         din = self.new_ranker(DeepInterestNetwork, ranker, counts, "din")
         din.set_weights(measured.din.get_weights())  # the split's standardisation too: its weights were fitted to it
         self.fit_ranker(din, ranker, counts, 1, "final: DIN")
         return self.recommender(retrieval, din, counts)
 
-    def stage(self, staging: Path, version: int, final: InMemoryRecommender) -> LoadedBundle:
-        """Export everything into `staging`, seal it and load it back as serving will."""
+    def stage(self, staging: Path, version: int, offer: "Offer") -> LoadedBundle:
+        """Export the offered models into `staging`, seal it and load it back as serving will."""
+        final = offer.final
         export_user_tower(final.retrieval, staging / USER_TOWER, self.length)
         export_ranker(final.ranker, staging / RANKER, self.length)
         np.save(staging / ITEM_EMBEDDINGS, final.embeddings, allow_pickle=False)
@@ -367,19 +384,30 @@ class TrainingRun:
         final.ranker.save_weights(staging / RANKER_WEIGHTS)
         self.manifest = Manifest(
             version=version,
-            parent_version=None,
+            parent_version=offer.parent.version if offer.parent else None,
             created_at=int(time.time() * 1000),
             feature_spec=self.spec,
             hyperparameters=self.hyperparameters,
-            trained_until=self.data.rows[-1].event.ts,
+            trained_until=offer.trained_until,
+            from_scratch_at=(offer.parent.from_scratch_at or offer.parent.created_at) if offer.parent else None,
         )
         seal(staging, self.manifest)
         return LoadedBundle(staging, self.settings.pipeline.faiss_exact_max_items)
 
-    def gate(self, measured: SplitModels, force: bool) -> Verdict:
-        """The time split's models against the live version (`training.gate`)."""
+    def gate(self, recommender: InMemoryRecommender, split: Split, counts: TrainingCounts, force: bool) -> Verdict:
+        """`recommender`, trained on `split`'s rows (counted in `counts`), against the live version on
+        its validation queries (`training.gate`)."""
         gate = Gate(self.settings, self.registry, self.vocabulary, self.moments)
-        return gate.judge(measured.recommender, measured.split.validation, measured.counts, force)
+        with self.timed("gate"):
+            return gate.judge(recommender, split.validation, counts, force)
+
+    def from_scratch(self, force: bool) -> "Offer":
+        """Measure each split's models, gate the time split's, and offer them continued over every row."""
+        measured = [self.measure(split) for split in self.splits]
+        final = self.fit_final(measured[0])
+        verdict = self.gate(measured[0].recommender, measured[0].split, measured[0].counts, force)
+        splits = {models.split.name: models.report for models in measured}
+        return Offer(final, verdict, self.data.rows[-1].event.ts, None, splits, measured[0].split, {})
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -396,72 +424,3 @@ def epoch_queries(queries: list[Query]) -> list[Query]:
 def other_fold(folds: list[InMemoryRecommender]):
     """Query -> the retrieval model of the fold its user is not in."""
     return lambda query: folds[(fold_of(query.user_id, FOLDS) + 1) % FOLDS]
-
-
-def train_once(
-    settings: Settings,
-    data: TrainingData,
-    *,
-    force: bool = False,
-    announce: bool = True,
-    progress: bool = True,
-    full_report: bool = False,
-) -> Outcome:
-    """Measure, train, evaluate and (if the gate allows, or `force`) publish the next version;
-    `full_report`: with every comparison (`TrainingRun`'s `comparisons`)."""
-    keras.utils.set_random_seed(settings.training.train_seed)
-    tf.config.experimental.enable_op_determinism()
-    clock = time.perf_counter()
-    run = TrainingRun(settings, data, progress, comparisons=full_report)
-    with run.bar:
-        measured = [run.measure(split) for split in run.splits]
-        final = run.fit_final(measured[0])
-    version = run.registry.next_version()
-    staging = run.registry.staging(version)
-    try:
-        with run.timed("export"):
-            bundle = run.stage(staging, version, final)
-        with run.timed("gate"):
-            verdict = run.gate(measured[0], force)
-        allowed, metrics = verdict.allowed, verdict.metrics
-        report = run_summary(run, measured, final, bundle) | {
-            "timings_s": run.timings | {"total": time.perf_counter() - clock},
-            "gate": {"published": allowed, "verdict": verdict.text},
-        }
-        log.info("version %d: %s", version, verdict.text)
-        if not allowed:
-            return Outcome(version, False, verdict.text, report)
-        write_report(staging / REPORT, report)
-        seal(staging, run.manifest.model_copy(update={"metrics": metrics}))
-        run.registry.publish(staging, version)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if announce:
-        _announce(
-            settings,
-            ModelUpdate(
-                version=version,
-                path=str(run.registry.path(version).resolve()),
-                published_at=int(time.time() * 1000),
-                metrics=metrics,
-            ),
-        )
-    if pruned := run.registry.prune(settings.training.keep_versions):
-        log.info("deleted old versions %s", pruned)
-    return Outcome(version, True, verdict.text, report)
-
-
-def _announce(settings: Settings, update: ModelUpdate) -> None:
-    """Tell followers (serving) a version is live; they also poll CURRENT, so a failure here only delays them."""
-    producer = Producer(
-        {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "message.timeout.ms": 10_000}
-    )
-    producer.produce(settings.stack.topic_model_updates, key=update.kafka_key, value=update.to_json())
-    if producer.flush(15) > 0:
-        log.error(
-            "could not announce version %d on %s; serving will find it by polling",
-            update.version,
-            settings.stack.topic_model_updates,
-        )
-    else:
-        log.info("announced version %d on %s", update.version, settings.stack.topic_model_updates)

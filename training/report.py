@@ -22,7 +22,8 @@ def write_report(directory: Path, report: dict[str, Any]) -> None:
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     )
     (directory / "report.md").write_text(markdown(report))
-    _plot_pipelines(report["splits"], directory / PIPELINE_PLOT)
+    if report["splits"]:
+        _plot_pipelines(report["splits"], directory / PIPELINE_PLOT)
     _plot_training(report["training"], directory / LOSS_PLOT)
 
 
@@ -97,9 +98,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, split in report["splits"].items():
         parts += split_section(name, split)
+    if incremental := report.get("incremental"):
+        parts += incremental_section(incremental)
     index = report["index"]
     parts += [
-        f"![pipelines]({PIPELINE_PLOT})",
+        *([f"![pipelines]({PIPELINE_PLOT})"] if report["splits"] else []),
         "## Index, time, size",
         f"Faiss index: {index['kind']}, {index['items']} items, recall@{index['k']} against exact search "
         f"{index['recall']:.4f}; exported user tower against the model in memory: largest difference "
@@ -118,6 +121,17 @@ def markdown(report: dict[str, Any]) -> str:
     if gate := report.get("gate"):
         parts += ["## Gate", gate["verdict"]]
     return "\n\n".join(parts) + "\n"
+
+
+def incremental_section(incremental: dict[str, Any]) -> list[str]:
+    return [
+        "## Incremental",
+        f"Continues v{incremental['parent_version']} (from scratch at {incremental['from_scratch_at_utc']}) on "
+        f"{incremental['new_rows']} sample rows after its data, {incremental['new_windows']} new and "
+        f"{incremental['replayed_windows']} replayed training sequences, {incremental['ranker_rows']} ranker rows, "
+        f"{incremental['added_items']} items added to the vocabulary; the gate judged the published models on "
+        f"{incremental['validation_queries']} validation queries after the training rows.",
+    ]
 
 
 def _plot_pipelines(splits: dict[str, dict], path: Path) -> None:

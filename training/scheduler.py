@@ -1,4 +1,7 @@
-"""`python -m training.scheduler`: retrain periodically; each run measures, gates and publishes.
+"""`python -m training.scheduler`: retrain periodically; each run continues the live version on the
+events since its data (`training.incremental`), or trains from scratch when it cannot (none yet,
+other hyperparameters, or its from-scratch run older than KF_FULL_RETRAIN_EVERY_S); then gates and
+publishes. A run with fewer than KF_INCREMENTAL_MIN_ROWS new rows skips.
 
 A failed run is logged and the next period tries again; the registry keeps the newest
 KF_KEEP_VERSIONS versions. SIGTERM or Ctrl-C stops it; a run in progress finishes first.
@@ -12,9 +15,9 @@ import sys
 import threading
 import time
 
-from schemas.bundle import MANIFEST, Manifest, Registry
+from schemas.bundle import Registry
 from schemas.config import Settings
-from training.pipeline import train_once
+from training.retraining import train_once
 from training.sources import Source, load
 
 log = logging.getLogger("kingfisher.training.scheduler")
@@ -37,7 +40,7 @@ def first_run_delay_s(settings: Settings, requested_s: float) -> float:
     if current is None:
         return requested_s
     try:
-        trained_with = Manifest.model_validate_json((registry.path(current) / MANIFEST).read_bytes()).hyperparameters
+        trained_with = registry.manifest(current).hyperparameters
     except (OSError, ValueError) as error:
         log.warning("cannot read live v%d's manifest (%s): keeping the delay", current, error)
         return requested_s
@@ -60,7 +63,8 @@ def run_periodically(
     stop.wait(delay_s)
     while not stop.is_set():
         try:
-            outcome = train_once(settings, load(settings, source, synthetic_events), progress=progress)
+            data = load(settings, source, synthetic_events)
+            outcome = train_once(settings, data, progress=progress, incremental=True)
             log.info("run finished: version %d %s", outcome.version, outcome.verdict)
         except Exception:  # any failure: log it with its traceback, keep the schedule
             log.exception("training run failed; next attempt in %.0fs", every_s)

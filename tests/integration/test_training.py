@@ -19,6 +19,7 @@ from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.integration.test_feature_job import new_topic_named, publish
 from tests.operator_harness import write_sample_log
+from training.data import bootstrap_rows
 from training.evaluation import PREVIOUS, SERVED
 from training.pipeline import TrainingRun
 from training.sources import Source, load
@@ -173,11 +174,16 @@ def worse_than_popularity(published):
     return run, measured, run_dir
 
 
+def gate(run: TrainingRun, measured, force: bool):
+    """The gate's verdict on a split's models, as a from-scratch run asks for it."""
+    return run.gate(measured.recommender, measured.split, measured.counts, force)
+
+
 def gated_against(run: TrainingRun, measured, registry: Registry) -> tuple[bool, str]:
     """The gate's verdict on `measured` with `registry` as the live one, the run's own restored after."""
     own, run.registry = run.registry, registry
     try:
-        verdict = run.gate(measured, force=False)
+        verdict = gate(run, measured, force=False)
     finally:
         run.registry = own
     return verdict.allowed, verdict.text
@@ -185,7 +191,7 @@ def gated_against(run: TrainingRun, measured, registry: Registry) -> tuple[bool,
 
 def test_the_gate_refuses_a_model_worse_than_popularity_unless_forced(worse_than_popularity):
     run, measured, _ = worse_than_popularity
-    refused, forced = run.gate(measured, force=False), run.gate(measured, force=True)
+    refused, forced = gate(run, measured, force=False), gate(run, measured, force=True)
     why, why_forced = refused.text, forced.text
 
     # v1 learnt from this same data, so no validation query is new to it: popularity is the bar.
@@ -214,12 +220,24 @@ def test_with_a_live_version_that_cannot_be_loaded_the_gate_still_holds_populari
     assert not allowed and "popularity's" in why and "cannot be loaded" in why, why
 
 
-def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(stack: Stack, tmp_path):
+def test_the_scheduler_survives_a_failed_run_skips_while_little_is_new_and_continues_the_live_version(
+    stack: Stack, tmp_path
+):
     world = SyntheticWorld(WorldSpec(seed=11))
+    catalogue = list(world.catalogue(1_735_689_600_000))
+    added = catalogue[0].model_copy(update={"item_id": "zz-new-film"})
     items_topic = new_topic_named(stack, "items", partitions=1)
-    publish(stack, items_topic, [(item.kafka_key, item.to_json()) for item in world.catalogue(1_735_689_600_000)])
-    configured = trainer(stack, tmp_path, KF_TOPIC_ITEMS=items_topic, KF_GATE_MARGIN="1.0")
+    publish(stack, items_topic, [(item.kafka_key, item.to_json()) for item in catalogue])
+    configured = trainer(stack, tmp_path, KF_TOPIC_ITEMS=items_topic, KF_GATE_MARGIN="1.0").with_env(
+        KF_INCREMENTAL_MIN_ROWS="300"
+    )
     registry, log = Registry(tmp_path / "models"), tmp_path / "scheduler.log"
+    directory = sample_log.log_directory(configured.settings.stack.samples_dir, configured.settings.stack.namespace)
+    events = sorted(world.events(5000), key=lambda event: event.ts)
+
+    def wait_for(condition) -> None:
+        while not condition() and time.monotonic() < deadline and scheduler.poll() is None:
+            time.sleep(0.5)
 
     with log.open("w") as output:
         scheduler = subprocess.Popen(
@@ -231,28 +249,41 @@ def test_the_scheduler_survives_a_failed_run_and_publishes_the_next_versions(sta
         )
         try:
             deadline = time.monotonic() + SCHEDULER_TIMEOUT_S
-            while "training run failed" not in log.read_text() and time.monotonic() < deadline:
-                time.sleep(0.5)
-            directory = sample_log.log_directory(
-                configured.settings.stack.samples_dir, configured.settings.stack.namespace
-            )
-            write_sample_log(directory, list(world.events(4000)), configured.settings)
-            while len(registry.versions()) < 2 and time.monotonic() < deadline and scheduler.poll() is None:
-                time.sleep(1)
+            wait_for(lambda: "training run failed" in log.read_text())
+            write_sample_log(directory, events[:4000], configured.settings)
+            wait_for(lambda: "skipped: 0 sample rows since live v1's data" in log.read_text())
+            publish(stack, items_topic, [(added.kafka_key, added.to_json())])
+            write_sample_log(directory, events, configured.settings)
+            wait_for(lambda: len(registry.versions()) >= 2)
         finally:
             scheduler.send_signal(signal.SIGTERM)
             scheduler.wait(timeout=300)
 
     text = log.read_text()
-    # SIGTERM lets a run in progress finish, so a third version may have come in meanwhile.
-    assert registry.versions()[:2] == [1, 2] and registry.current() == registry.versions()[-1], text[-3000:]
-    assert "too little data" in text and "version 2: published" in text
+    assert registry.versions() == [1, 2] and registry.current() == 2, text[-3000:]
+    assert "too little data" in text and "version 1: published" in text and "version 2: published" in text
     assert scheduler.returncode == 0
-    # A scheduled run trains and evaluates only what it serves: no comparison is trained or measured.
-    report = orjson.loads((registry.path(2) / REPORT / "report.json").read_bytes())
+    # v1 from scratch: it trains and evaluates only what it serves, no comparison.
+    report = orjson.loads((registry.path(1) / REPORT / "report.json").read_bytes())
     assert report["splits"]["time"]["test"]["pipelines"].keys() == {SERVED}
     assert report["splits"]["time"]["test"]["rankers"].keys() == {"DIN"}
     assert not [stage for stage in report["timings_s"] if "previous design" in stage or "Embedding+MLP" in stage]
+    # v2 continues v1 on the events since v1's data, but for the newest part, held out for the gate.
+    v1, v2 = registry.manifest(1), registry.manifest(2)
+    assert (v1.parent_version, v1.from_scratch_at) == (None, None)
+    assert (v2.parent_version, v2.from_scratch_at) == (1, v1.created_at)
+    assert v1.trained_until == events[3999].ts < v2.trained_until < events[-1].ts
+    incremental = orjson.loads((registry.path(2) / REPORT / "report.json").read_bytes())["incremental"]
+    rows = bootstrap_rows(events, configured.settings.pipeline.feature_spec())  # the log: a row per labelled event
+    assert incremental["new_rows"] == len([row for row in rows if v1.trained_until < row.event.ts <= v2.trained_until])
+    # Every item keeps its index; the film published since is appended to the vocabulary.
+    old_ids = orjson.loads((registry.path(1) / "vocabulary.json").read_bytes())["item_ids"]
+    assert orjson.loads((registry.path(2) / "vocabulary.json").read_bytes())["item_ids"] == [*old_ids, added.item_id]
+    # Continued, not retrained: a few steps at the final learning rate leave the known items' vectors
+    # close to v1's, which a model trained from a fresh start would not be.
+    before, after = (np.load(registry.path(v) / "item_embeddings.npy")[: len(old_ids)] for v in (1, 2))
+    cosine = np.sum(before * after, axis=1) / np.linalg.norm(before, axis=1) / np.linalg.norm(after, axis=1)
+    assert np.median(cosine) > 0.9, np.median(cosine)
 
 
 def test_5_a_model_trained_on_shuffled_items_is_refused_at_the_default_margin_and_never_announced(

@@ -30,7 +30,9 @@ OUTCOME = SimpleNamespace(version=1, verdict="published")
 def runs(monkeypatch) -> list[str]:
     started: list[str] = []
     monkeypatch.setattr(scheduler, "load", lambda settings, source, events: source)
-    monkeypatch.setattr(scheduler, "train_once", lambda settings, data, progress: started.append(data) or OUTCOME)
+    monkeypatch.setattr(
+        scheduler, "train_once", lambda settings, data, progress, incremental: started.append(data) or OUTCOME
+    )
     return started
 
 
@@ -46,7 +48,9 @@ def test_a_delay_holds_the_first_run_back_until_stopped(runs):
 def test_without_a_delay_the_first_run_starts_at_once(runs, monkeypatch):
     stop = threading.Event()
     monkeypatch.setattr(
-        scheduler, "train_once", lambda settings, data, progress: runs.append(data) or stop.set() or OUTCOME
+        scheduler,
+        "train_once",
+        lambda settings, data, progress, incremental: runs.append(data) or stop.set() or OUTCOME,
     )
 
     scheduler.run_periodically(Settings(), Source.SAMPLES, 3600, stop, 0, False)

@@ -10,7 +10,15 @@ from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
 from schemas.logic.samples import SampleRow, sample_rows
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from training.counts import TrainingCounts
-from training.data import Histories, bootstrap_rows, last_n_split, time_split, trending_before, windows
+from training.data import (
+    Histories,
+    bootstrap_rows,
+    fresh_split,
+    last_n_split,
+    time_split,
+    trending_before,
+    windows,
+)
 from training.previous import labels, like_rows
 
 VOCABULARY = Vocabulary.of(
@@ -53,6 +61,19 @@ def test_the_time_split_trains_before_its_holdout_and_keeps_each_halfs_answers_i
     assert all(q.row.event.ts < test_from for q in split.validation)
     times = {(r.event.user_id, r.event.item_id): r.event.ts for r in rows}
     assert all(times[q.user_id, item] < test_from for q in split.validation for item in q.relevant)
+
+
+def test_the_fresh_split_trains_on_all_rows_before_the_newest_part_of_those_after_since():
+    rows = sorted(history("u", "abcdefghij") + history("v", "jihgfedcba", start=1), key=lambda r: r.order)
+
+    # After ts 5 (not at it): u's g..j at 6..9 and v's e..a at 6..10, nine times [6 6 7 7 8 8 9 9 10];
+    # their 0.75 quantile is the 7th, 9: rows from ts 9 on are held out.
+    split = fresh_split(rows, since=5, holdout_fraction=0.25, future=3, limit=100, seed=0)
+
+    assert [r.event.ts for r in split.train] == sorted([*range(0, 9), *range(1, 9)])
+    assert sorted((q.user_id, q.row.event.item_id) for q in split.validation) == [("u", "j"), ("v", "a"), ("v", "b")]
+    assert [sorted(q.seen) for q in split.validation if q.user_id == "u"] == [list("abcdefghi")]
+    assert split.test == [] and fresh_split(rows, since=10, holdout_fraction=0.5, future=3, limit=9, seed=0).train == []
 
 
 def test_the_last_n_split_holds_out_each_users_newest_n_and_the_n_before_for_validation():
