@@ -9,12 +9,16 @@ moment, so a slow service cannot hide queueing. Reports p50/p95/p99, errors and 
 (answers without DIN, e.g. shed under overload) per rate, and from the service's own metrics
 where the time went: the mean candidates ranked per request, the mean batch of a model call, the
 mean wait for the models, the mean model call (user tower, Faiss and DIN for the whole batch) and
-the time garbage collection stopped the service. `--workers 1,2` measures the service with one
-process and then with two sharing the port (KF_SERVE_WORKERS), side by side in one table.
+the time garbage collection stopped the service, and the CPU time the service's processes used per
+request sent (user + system, from /proc through psutil). `--workers 1,2` measures the service with
+one process and then with two sharing the port (KF_SERVE_WORKERS), side by side in one table;
+`--previous CHECKOUT` measures another checkout's service (the previous code) right after this
+one's on the same model and state, and prints the ratio of their CPU per request.
 """
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -26,6 +30,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import orjson
+import psutil
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -187,14 +192,35 @@ async def wait_all_workers(base: str, workers: int) -> None:
     raise TimeoutError(f"not every worker had a model in {READY_TIMEOUT_S}s")
 
 
-def measure(settings: Settings, workers: int, users: list[str], arguments: argparse.Namespace) -> list[dict]:
-    """Start the service with `workers` processes and drive it at each rate."""
+def service_cpu_s(service: subprocess.Popen) -> float:
+    """User + system CPU seconds of the service process and every process under it (the workers)."""
+    processes = [psutil.Process(service.pid)]
+    processes += processes[0].children(recursive=True)
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def measure(
+    settings: Settings, workers: int, users: list[str], arguments: argparse.Namespace, code: Path | None = None
+) -> list[dict]:
+    """Start the service with `workers` processes (this code, or the checkout `code`) and drive it at each rate."""
     port = settings.serving.serve_port + 1
-    log_path = Path(settings.stack.logs_dir) / f"bench-serve-{workers}.log"
+    label = "previous" if code else "this"
+    log_path = Path(settings.stack.logs_dir) / f"bench-serve-{label}-{workers}.log"
     env = os.environ | {"KF_NAMESPACE": NAMESPACE, "KF_SERVE_WORKERS": str(workers)}
+    if code is not None:  # the same run directory (models, logs), whatever the checkout's cwd
+        env |= {"PYTHONPATH": str(code), "KF_RUN_DIR": str(Path(settings.stack.run_dir).resolve())}
     with log_path.open("w") as output:
         service = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "serving", "--port", str(port)],
+            env=env,
+            cwd=code,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     base = f"http://{settings.stack.bind_host}:{port}"
     results = []
@@ -203,12 +229,15 @@ def measure(settings: Settings, workers: int, users: list[str], arguments: argpa
         uvloop.run(wait_all_workers(base, workers))
         uvloop.run(drive(base, users, 20, 5, arguments.k))  # warm-up, not reported
         for rate in arguments.rates.split(","):
-            before = uvloop.run(service_totals(base))
-            results.append(
-                {"workers": workers} | uvloop.run(drive(base, users, float(rate), arguments.seconds, arguments.k))
-            )
+            before, cpu_s = uvloop.run(service_totals(base)), service_cpu_s(service)
+            driven = uvloop.run(drive(base, users, float(rate), arguments.seconds, arguments.k))
+            cpu_s = service_cpu_s(service) - cpu_s
+            results.append({"code": label, "workers": workers, "cpu_ms": 1000 * cpu_s / driven["sent"]} | driven)
             results[-1] |= where_time_went(before, uvloop.run(service_totals(base)))
-            log.info("%s", {key: round(value, 1) for key, value in results[-1].items()})
+            log.info(
+                "%s",
+                {key: round(value, 2) if isinstance(value, float) else value for key, value in results[-1].items()},
+            )
     finally:
         service.terminate()
         try:
@@ -231,22 +260,33 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="service processes, comma-separated, each measured in turn (default: KF_SERVE_WORKERS); e.g. 1,2",
     )
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also measure the service of this checkout (e.g. `git worktree add /tmp/kf-previous HEAD~1`) on "
+        "the same model and state, each rate right after this code's, so the two compare on the same day",
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     version = ensure_model(settings)
     users = prepare_state(settings, arguments.users)
     counts = [int(n) for n in (arguments.workers or str(settings.serving.serve_workers)).split(",")]
-    results = [result for workers in counts for result in measure(settings, workers, users, arguments)]
+    codes = [None, arguments.previous.resolve()] if arguments.previous else [None]
+    results = [
+        result for workers in counts for code in codes for result in measure(settings, workers, users, arguments, code)
+    ]
     table = Table(
         title=f"bench-serve: model v{version}, M={settings.pipeline.candidates} candidates ranked by DIN, "
         f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
     )
-    columns = ("workers", "rate req/s", "sent", "achieved req/s", "errors", "fallbacks", "p50 ms", "p95 ms", "p99 ms")
-    for column in (*columns, "candidates", "batch", "queue ms", "model call ms", "gc pauses ms"):
+    columns = ("code", "workers", "rate req/s", "sent", "achieved req/s", "errors", "fallbacks", "p50 ms", "p95 ms")
+    for column in (*columns, "p99 ms", "CPU ms/req", "candidates", "batch", "queue ms", "model call ms", "gc ms"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
+            r["code"],
             str(r["workers"]),
             f"{r['rate']:.0f}",
             str(r["sent"]),
@@ -256,14 +296,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p50']:.1f}",
             f"{r['p95']:.1f}",
             f"{r['p99']:.1f}",
+            f"{r['cpu_ms']:.2f}",
             f"{r['candidates']:.0f}",
             f"{r['batch']:.1f}",
             f"{r['queue']:.1f}",
             f"{r['model']:.1f}",
             f"{r['gc']:.0f}",
         )
-    Console(width=170).print(table)
-    targets = [r for r in results if r["rate"] == TARGET_RATE and r["workers"] == settings.serving.serve_workers]
+    console = Console(width=190)
+    console.print(table)
+    previous = {(r["workers"], r["rate"]): r["cpu_ms"] for r in results if r["code"] == "previous"}
+    for r in results:
+        if r["code"] == "this" and (r["workers"], r["rate"]) in previous:
+            ratio = r["cpu_ms"] / previous[r["workers"], r["rate"]]
+            console.print(
+                f"{r['workers']} worker(s), {r['rate']:.0f} req/s: CPU per request {ratio:.2f}x the previous code's"
+            )
+    targets = [
+        r
+        for r in results
+        if r["code"] == "this" and r["rate"] == TARGET_RATE and r["workers"] == settings.serving.serve_workers
+    ]
     met = all(r["p99"] <= TARGET_P99_MS and r["errors"] == r["fallbacks"] == 0 for r in targets)
     return 0 if met else 1
 

@@ -22,6 +22,8 @@ class ItemIndex:
         self.exact_max_items = exact_max_items
         self._index: faiss.Index | None = None
         self._ids = np.empty(0, dtype=object)
+        self._vectors = np.empty((0, 0), np.float32)
+        """[N, d] float32 of an exact index: row i is item ids[i]'s vector."""
 
     @property
     def kind(self) -> str:
@@ -43,6 +45,8 @@ class ItemIndex:
             self._index.hnsw.efSearch = HNSW_SEARCH_DEPTH
         self._index.add(vectors)
         self._ids = np.array(ids, dtype=object)
+        self._vectors = vectors
+        self.__dict__.pop("_rows", None)
         return self
 
     def search(
@@ -56,7 +60,7 @@ class ItemIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         excluded = [self._positions(items) for items in exclude or [()] * len(queries)]
         if self.kind == "exact":
-            scores, rows = self._deeper_search(queries, k, excluded)
+            scores, rows = self._exact_search(queries, k, excluded)
         else:
             scores, rows = self._selected_search(queries, k, excluded)
         ids = np.where(rows >= 0, self._ids[np.maximum(rows, 0)], None)
@@ -65,17 +69,23 @@ class ItemIndex:
     def _positions(self, items: Collection[str]) -> np.ndarray:
         return np.array([self._rows[item] for item in items if item in self._rows], dtype=np.int64)
 
-    def _deeper_search(self, queries, k: int, excluded: list[np.ndarray]):
-        """Exact search costs the same at any depth: one batched search deep enough for every row,
-        then each row's excluded items dropped."""
-        depth = k + max(map(len, excluded), default=0)
-        found_scores, found_rows = self._index.search(queries, depth)
-        scores, rows = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+    def _exact_search(self, queries, k: int, excluded: list[np.ndarray]):
+        """Every item's score in one matrix product, the excluded ones masked, the top k partitioned
+        out (ties: the lower row first). Faiss's flat search would have to go k + |excluded| deep
+        and sort all of that, and a heavy user has seen thousands of items."""
+        scores = queries @ self._vectors.T
         for row, positions in enumerate(excluded):
-            kept = (found_rows[row] >= 0) & ~np.isin(found_rows[row], positions)
-            chosen = found_rows[row][kept][:k]
-            scores[row, : len(chosen)], rows[row, : len(chosen)] = found_scores[row][kept][:k], chosen
-        return scores, rows
+            scores[row, positions] = -np.inf
+        depth = min(k, scores.shape[1])
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < scores.shape[1] else None
+        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape) if top is None else top
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        rows, chosen = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+        found = np.isfinite(chosen)
+        padded = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        padded[0][:, :depth], padded[1][:, :depth] = np.where(found, chosen, -np.inf), np.where(found, rows, -1)
+        return padded
 
     def _selected_search(self, queries, k: int, excluded: list[np.ndarray]):
         """HNSW would lose recall searching deeper: rows with exclusions search again with a selector."""
@@ -104,4 +114,6 @@ class ItemIndex:
         loaded = cls(exact_max_items)
         loaded._index = faiss.read_index(str(index_path))
         loaded._ids = np.array(orjson.loads(ids_path.read_bytes()), dtype=object)
+        if loaded.kind == "exact":
+            loaded._vectors = loaded._index.reconstruct_n(0, loaded._index.ntotal)
         return loaded

@@ -81,7 +81,13 @@ class CoVisitation:
     def pair_counts(self, behaviours: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """behaviours [B, L] and candidates [B, M] item indices -> [B, M, L] float32: how often each
         candidate followed each behaviour (0 where the behaviour is padding)."""
-        counts = self.lookup(behaviours[:, None, :], candidates[:, :, None])
+        counts = np.empty((len(behaviours), candidates.shape[1], behaviours.shape[1]), np.float32)
+        for row, (items, pool) in enumerate(zip(behaviours, candidates, strict=True)):
+            # With both sides sorted the wanted keys ascend, and a binary search of ascending keys
+            # starts where the last one ended: about twice as fast as the same keys unordered.
+            by_item, by_candidate = np.argsort(items, kind="stable"), np.argsort(pool, kind="stable")
+            found = self.lookup(items[by_item][:, None], pool[by_candidate][None, :])
+            counts[row][np.ix_(by_candidate, by_item)] = found.T
         return np.where(behaviours[:, None, :] != PADDING, counts, np.float32(0))
 
     def following(self, items: Iterable[int]) -> np.ndarray:
