@@ -47,16 +47,16 @@ def local_directory(uri: str) -> Path | None:
     return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint under `directory` (<job id>/chk-<n>/_metadata), if any."""
-    complete = list(directory.glob("*/chk-*/_metadata"))
-    newest = max(complete, key=lambda metadata: (metadata.stat().st_mtime, int(metadata.parent.name[4:])), default=None)
-    return newest.parent if newest is not None else None
+def latest_checkpoint(uri: str) -> str | None:
+    """The newest completed checkpoint under `uri` (by its _metadata's time, then its number), if any."""
+    completed = completed_checkpoints(uri)
+    return max(completed, key=lambda path: (completed[path], int(path.rsplit("-", 1)[1])), default=None)
 
 
-def completed_checkpoints(uri: str) -> set[str]:
-    """The completed checkpoints under `uri`: each <job id>/chk-<n> whose _metadata is written, on any
-    file system pyarrow reaches (local, S3, GCS, HDFS; credentials from the usual environment)."""
+def completed_checkpoints(uri: str) -> dict[str, float]:
+    """The completed checkpoints under `uri` with the time their _metadata was written (epoch s):
+    each <job id>/chk-<n> whose _metadata exists, on any file system pyarrow reaches (local, S3,
+    GCS, HDFS; credentials from the usual environment)."""
     filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
     jobs = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     checkpoints = [
@@ -67,7 +67,11 @@ def completed_checkpoints(uri: str) -> set[str]:
         if entry.base_name.startswith("chk-")
     ]
     metadata = filesystem.get_file_info([f"{path}/_metadata" for path in checkpoints])
-    return {path for path, info in zip(checkpoints, metadata, strict=True) if info.type == pyarrow.fs.FileType.File}
+    return {
+        path: info.mtime.timestamp()
+        for path, info in zip(checkpoints, metadata, strict=True)
+        if info.type == pyarrow.fs.FileType.File
+    }
 
 
 def restore_location(requested: str | None, checkpoints: Path | None) -> str | None:
@@ -75,8 +79,8 @@ def restore_location(requested: str | None, checkpoints: Path | None) -> str | N
     Remote checkpoints are resumed from by asking (or by the cluster's own high availability)."""
     if requested:
         return requested if urlparse(requested).scheme else Path(requested).resolve().as_uri()
-    newest = latest_checkpoint(checkpoints) if checkpoints is not None else None
-    return newest.resolve().as_uri() if newest is not None else None
+    newest = latest_checkpoint(checkpoints.resolve().as_uri()) if checkpoints is not None else None
+    return Path(newest).as_uri() if newest is not None else None
 
 
 def execution_environment(

@@ -114,7 +114,7 @@ class SampleLogKeeper(threading.Thread):
         while not self.stopped.is_set():
             in_progress = file_signatures(in_progress_files(self.directory))
             try:
-                orphans = watch.observe(in_progress, completed_checkpoints(self.checkpoints))
+                orphans = watch.observe(in_progress, set(completed_checkpoints(self.checkpoints)))
             except OSError as error:  # e.g. the object store not answering: look again next time
                 log.warning("sample log: cannot list the checkpoints under %s: %s", self.checkpoints, error)
                 orphans = []

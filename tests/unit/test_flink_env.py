@@ -12,8 +12,8 @@ def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
         os.utime(metadata, (1_700_000_000 - age, 1_700_000_000 - age))
     (tmp_path / "job-b" / "chk-4").mkdir()  # still being written: no _metadata
 
-    assert latest_checkpoint(tmp_path) == tmp_path / "job-b" / "chk-3"
-    assert latest_checkpoint(tmp_path / "nothing-here") is None
+    assert latest_checkpoint(tmp_path.as_uri()) == str(tmp_path / "job-b" / "chk-3")
+    assert latest_checkpoint((tmp_path / "nothing-here").as_uri()) is None
 
 
 def test_checkpoints_go_under_the_configured_uri_or_the_stacks_directory(tmp_path):
