@@ -27,11 +27,10 @@ from schemas.logic.model_inputs import Vocabulary, item_tables
 from training.counts import TrainingCounts
 from training.data import Row, Split, Windows, fresh_split
 from training.data import windows as next_item_windows
-from training.evaluate import CUTOFFS, FUTURE_ITEMS, pipeline_metrics, retrieved
+from training.evaluate import FUTURE_ITEMS
 from training.evaluation import utc_text
-from training.fit import fit
 from training.models import DeepInterestNetwork, ItemTables, continue_from
-from training.pipeline import RANKER_WEIGHTS, RETRIEVAL_WEIGHTS, Offer, TrainingError, TrainingRun, epoch_queries
+from training.pipeline import RANKER_WEIGHTS, RETRIEVAL_WEIGHTS, Offer, TrainingError, TrainingRun
 from training.ranker_data import RankerRows
 
 
@@ -102,7 +101,8 @@ class Continuation:
         retrieval.set_weights(live_retrieval.get_weights())
         older = [row for row in split.train if row.event.ts <= self.manifest.trained_until]
         sequences = self._sequences(run, new, older)
-        self._fit_retrieval(run, retrieval, sequences, counts, split)
+        schedule = run.retrieval_schedule(settings.incremental_epochs, run.hyperparameters.final_learning_rate)
+        run.train_retrieval(retrieval, sequences.windows, schedule, counts, "incremental: retrieval", split.validation)
         ranker = self._ranker_rows(run, split, run.recommender(live_retrieval, None, counts))
         din = run.new_ranker(DeepInterestNetwork, ranker, counts, "din")
         continue_from(din, self._trained_ranker(run, ranker, counts), self.vocabulary.size)
@@ -159,27 +159,6 @@ class Continuation:
             )
             joined = Windows(*(np.concatenate([a, b[chosen]]) for a, b in zip(fresh, old, strict=True)))
         return Sequences(joined, len(fresh))
-
-    def _fit_retrieval(self, run: TrainingRun, model, sequences: "Sequences", counts: TrainingCounts, split: Split):
-        recommender = run.recommender(model, None, counts)
-        chosen = epoch_queries(split.validation)
-
-        def validate() -> float:
-            recommender.refresh()
-            return pipeline_metrics(retrieved(recommender, run.moments(chosen), max(CUTOFFS)), chosen)["ndcg@10"]
-
-        spec, name = run.hyperparameters, "incremental: retrieval"
-        schedule = run.retrieval_schedule(run.settings.training.incremental_epochs, spec.final_learning_rate)
-        with run.timed(f"train {name}"):
-            run.histories[name] = fit(
-                model,
-                lambda b: model.next_item_loss(b["items"], b["kinds"], b["ages"], b["targets"]),
-                sequences.windows._asdict(),
-                schedule,
-                validate,
-                name,
-                run.bar,
-            )
 
     def _ranker_rows(self, run: TrainingRun, split: Split, live) -> RankerRows:
         """DIN's rows: the new rows' queries, with candidates from the live retrieval model."""

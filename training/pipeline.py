@@ -41,7 +41,17 @@ from schemas.bundle import (
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary, item_tables
 from training.counts import TrainingCounts
-from training.data import Histories, Query, Split, fold_of, is_interaction, last_n_split, time_split, trending_before
+from training.data import (
+    Histories,
+    Query,
+    Split,
+    Windows,
+    fold_of,
+    is_interaction,
+    last_n_split,
+    time_split,
+    trending_before,
+)
 from training.data import windows as next_item_windows
 from training.evaluate import (
     CUTOFFS,
@@ -207,23 +217,36 @@ class TrainingRun:
         """Train a retrieval model on `rows`: with `validation`, up to KF_TRAIN_EPOCHS keeping the best
         epoch; without, for exactly `epochs`."""
         model = self.new_retrieval()
-        arrays = next_item_windows(rows, self.vocabulary, self.length)._asdict()
-        recommender = self.recommender(model, None, counts)
+        arrays = next_item_windows(rows, self.vocabulary, self.length)
+        schedule = self.retrieval_schedule(
+            epochs or self.hyperparameters.train_epochs, self.hyperparameters.retrieval_learning_rate
+        )
+        return self.train_retrieval(model, arrays, schedule, counts, name, validation)
+
+    def train_retrieval(
+        self,
+        model: SequentialRetrieval,
+        sequences: Windows,
+        schedule: Schedule,
+        counts: TrainingCounts,
+        name: str,
+        validation: list[Query] | None,
+    ) -> SequentialRetrieval:
+        """Train `model` on `sequences` by `schedule`, keeping the epoch with the best retrieval
+        NDCG@10 on `validation` (without: the last)."""
 
         def validate() -> float:
             if validation is None:
                 return 0.0
-            recommender.refresh()
+            recommender = self.recommender(model, None, counts)  # the item vectors as trained so far
             chosen = epoch_queries(validation)
             return pipeline_metrics(retrieved(recommender, self.moments(chosen), max(CUTOFFS)), chosen)["ndcg@10"]
 
         def loss(batch):
             return model.next_item_loss(batch["items"], batch["kinds"], batch["ages"], batch["targets"])
 
-        model_epochs = epochs or self.hyperparameters.train_epochs
-        schedule = self.retrieval_schedule(model_epochs, self.hyperparameters.retrieval_learning_rate)
         with self.timed(f"train {name}"):
-            self.histories[name] = fit(model, loss, arrays, schedule, validate, name, self.bar)
+            self.histories[name] = fit(model, loss, sequences._asdict(), schedule, validate, name, self.bar)
         return model
 
     def recommender(self, retrieval, ranker, counts) -> InMemoryRecommender:
@@ -343,19 +366,11 @@ class TrainingRun:
             counts = TrainingCounts.of(rows, self.vocabulary)
         retrieval = self.new_retrieval()
         retrieval.set_weights(measured.retrieval.get_weights())
-        arrays = next_item_windows(rows, self.vocabulary, self.length)._asdict()
-        with self.timed("train final: retrieval"):
-            self.histories["final: retrieval"] = fit(
-                retrieval,
-                lambda b: retrieval.next_item_loss(b["items"], b["kinds"], b["ages"], b["targets"]),
-                arrays,
-                self.retrieval_schedule(
-                    self.hyperparameters.final_retrieval_epochs, self.hyperparameters.final_learning_rate
-                ),
-                lambda: 0.0,
-                "final: retrieval",
-                self.bar,
-            )
+        schedule = self.retrieval_schedule(
+            self.hyperparameters.final_retrieval_epochs, self.hyperparameters.final_learning_rate
+        )
+        arrays = next_item_windows(rows, self.vocabulary, self.length)
+        self.train_retrieval(retrieval, arrays, schedule, counts, "final: retrieval", None)
         newest, split_retrieval = split.train[-1].order, measured.recommender.with_ranker(None)
         with self.timed("final: ranker rows"):
             newer = [query for query in self.ranker_queries(rows) if query.row.order > newest]

@@ -76,16 +76,22 @@ class ItemIndex:
         scores = queries @ self._vectors.T
         for row, positions in enumerate(excluded):
             scores[row, positions] = -np.inf
-        depth = min(k, scores.shape[1])
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth < scores.shape[1] else None
-        top = np.broadcast_to(np.arange(scores.shape[1]), scores.shape) if top is None else top
+        depth, items = min(k, scores.shape[1]), scores.shape[1]
+        if depth < items:
+            top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        else:
+            top = np.broadcast_to(np.arange(items), scores.shape)
         top_scores = np.take_along_axis(scores, top, axis=1)
         order = np.lexsort((top, -top_scores), axis=1)
-        rows, chosen = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-        found = np.isfinite(chosen)
-        padded = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        padded[0][:, :depth], padded[1][:, :depth] = np.where(found, chosen, -np.inf), np.where(found, rows, -1)
-        return padded
+        chosen_scores = np.take_along_axis(top_scores, order, axis=1)
+        found = np.isfinite(chosen_scores)
+        best_scores, best_rows = (
+            np.full((len(queries), k), -np.inf, np.float32),
+            np.full((len(queries), k), -1, np.int64),
+        )
+        best_scores[:, :depth] = np.where(found, chosen_scores, -np.inf)
+        best_rows[:, :depth] = np.where(found, np.take_along_axis(top, order, axis=1), -1)
+        return best_scores, best_rows
 
     def _selected_search(self, queries, k: int, excluded: list[np.ndarray]):
         """HNSW would lose recall searching deeper: rows with exclusions search again with a selector."""
