@@ -6,7 +6,8 @@ it (`save`, `load`), and the ranker reads it through `pair_counts`, offline and 
 each candidate, the counts that follow each behaviour of the user's sequence.
 
 Stored sparse: the nonzero (a, b) pairs as sorted keys `a * size + b` with their counts, at most
-`neighbours` per item a (its largest), so a lookup is one binary search per pair.
+`neighbours` per item a (its largest). Sorted keys make each item a's followers one contiguous
+slice, so a request reads its behaviours' slices and keeps the followers that are in its pool.
 """
 
 from collections import Counter
@@ -70,37 +71,46 @@ class CoVisitation:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def lookup(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """counts[first, second], elementwise for arrays of item indices of one shape; 0 where absent."""
-        wanted = first.astype(np.int64) * self.size + second
-        if not len(self.keys):
-            return np.zeros(wanted.shape, np.float32)
-        found = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        return np.where(self.keys[found] == wanted, self.counts[found], np.float32(0))
-
     def pair_counts(self, behaviours: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """behaviours [B, L] and candidates [B, M] item indices -> [B, M, L] float32: how often each
         candidate followed each behaviour (0 where the behaviour is padding)."""
         counts = np.empty((len(behaviours), candidates.shape[1], behaviours.shape[1]), np.float32)
         for row, (items, pool) in enumerate(zip(behaviours, candidates, strict=True)):
-            # With both sides sorted the wanted keys ascend, and a binary search of ascending keys
-            # starts where the last one ended: about twice as fast as the same keys unordered.
-            by_item, by_candidate = np.argsort(items, kind="stable"), np.argsort(pool, kind="stable")
-            found = self.lookup(items[by_item][:, None], pool[by_candidate][None, :])
-            counts[row][np.ix_(by_candidate, by_item)] = found.T
-        return np.where(behaviours[:, None, :] != PADDING, counts, np.float32(0))
+            counts[row] = self._pool_counts(items, pool)
+        return counts
+
+    def _pool_counts(self, items: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        """items [L], pool [M] -> [M, L]: every follower of every behaviour, kept where it is in the pool."""
+        starts, ends = self._row_starts[items], self._row_starts[items + 1]
+        lengths = np.where(items != PADDING, ends - starts, 0)
+        behaviour = np.repeat(np.arange(len(items)), lengths)
+        entry = np.arange(len(behaviour)) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        distinct, place = np.unique(pool, return_inverse=True)
+        slot = np.full(self.size, -1, np.int64)
+        slot[distinct] = np.arange(len(distinct))
+        found = slot[self._followers[entry]]
+        hit = found >= 0
+        counts = np.zeros((len(distinct), len(items)), np.float32)
+        counts[found[hit], behaviour[hit]] = self.counts[entry[hit]]
+        return counts[place]
 
     def following(self, items: Iterable[int]) -> np.ndarray:
         """[size] float32: for every item b, the sum over `items` a of counts[a, b]."""
         scores = np.zeros(self.size, np.float32)
         for item in items:
-            start, end = np.searchsorted(self._rows, [item, item + 1])
+            start, end = self._row_starts[item], self._row_starts[item + 1]
             np.add.at(scores, self.keys[start:end] - item * self.size, self.counts[start:end])
         return scores
 
     @cached_property
-    def _rows(self) -> np.ndarray:
-        return self.keys // self.size
+    def _row_starts(self) -> np.ndarray:
+        """[size + 1]: item a's followers are keys[_row_starts[a]:_row_starts[a + 1]]."""
+        return np.searchsorted(self.keys, np.arange(self.size + 1, dtype=np.int64) * self.size)
+
+    @cached_property
+    def _followers(self) -> np.ndarray:
+        """[nnz]: b of each key."""
+        return self.keys % self.size
 
     def save(self, directory: Path) -> None:
         np.save(directory / KEYS_FILE, self.keys, allow_pickle=False)
