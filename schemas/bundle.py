@@ -25,9 +25,10 @@ from schemas.logic.features import FeatureSpec
 from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
 
-BUNDLE_FORMAT = 2
-"""2: a sequential user tower over items, kinds and ages, a ranker with candidate features and
-co-visitation pairs (format 1: a mean-pooled user tower and a like-trained ranker)."""
+BUNDLE_FORMAT = 3
+"""3: the ranker attends over the newest `Hyperparameters.ranker_behaviours` behaviours (2: over the
+whole sequence; 2 brought the sequential user tower over items, kinds and ages and the ranker's
+candidate features and co-visitation pairs; 1 had a mean-pooled user tower)."""
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 USER_TOWER, RANKER = "user_tower", "ranker"
@@ -53,7 +54,7 @@ class BundleError(Exception):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle_format: Literal[2] = BUNDLE_FORMAT
+    bundle_format: Literal[3] = BUNDLE_FORMAT
     version: int = Field(ge=1)
     parent_version: int | None = None
     created_at: int = Field(description="Epoch milliseconds.")
@@ -188,10 +189,12 @@ class Registry:
 def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndarray:
     """`array` with zeros appended up to `rows` (and `columns`): PADDING items, an empty sequence,
     zero features. Rows do not interact in either model, so padding changes no real row's output."""
-    widths = [(0, rows - len(array))] + [(0, 0)] * (array.ndim - 1)
-    if columns is not None:
-        widths[1] = (0, columns - array.shape[1])
-    return np.pad(array, widths) if any(width for _, width in widths) else array
+    shape = (rows, array.shape[1] if columns is None else columns, *array.shape[2:])
+    if shape == array.shape:
+        return array
+    padded = np.zeros(shape, array.dtype)  # not np.pad: its generality costs more than the copy
+    padded[: len(array), : array.shape[1]] = array
+    return padded
 
 
 class LoadedBundle:
@@ -209,7 +212,10 @@ class LoadedBundle:
 
         self.directory = directory
         self.manifest = verify(directory)
+        if self.manifest.hyperparameters is None:
+            raise BundleError(f"{directory}: the manifest records no hyperparameters")
         self.sequence_length = self.manifest.feature_spec.sequence_length
+        self.ranker_behaviours = min(self.manifest.hyperparameters.ranker_behaviours, self.sequence_length)
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
         self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
@@ -242,8 +248,8 @@ class LoadedBundle:
         return out["embedding"].numpy()[: len(sequences.items)]
 
     def score(self, sequences: SequenceArrays, candidates, features, pairs):
-        """candidates [B, M] int32, features [B, M, F], pairs [B, M, L] float32 ->
-        (scores [B, M], attention [B, M, L] over the sequence)."""
+        """candidates [B, M] int32, features [B, M, F], pairs [B, M, N] float32 ->
+        (scores [B, M], attention [B, M, N] over the newest N = ranker_behaviours behaviours)."""
         count, width = candidates.shape
         rows, columns = self.input_shape(count, width)
         padded = {name: _padded(array, rows) for name, array in sequences._asdict().items()}

@@ -32,6 +32,12 @@ class Hyperparameters(BaseModel):
     )
     final_learning_rate: float = Field(5e-4, gt=0, description="Learning rate of those final epochs.")
     ranker_width: int = Field(44, ge=4, description="Width of DIN's item, kind and age embeddings.")
+    ranker_behaviours: int = Field(
+        20,
+        ge=1,
+        description="DIN attends over the user's newest this many behaviours (the user tower reads the whole "
+        "sequence): its work per candidate grows with them.",
+    )
     ranker_epochs: int = Field(3, ge=1, description="Most epochs of the DIN ranker per split.")
     ranker_learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the DIN ranker.")
     ranker_batch_size: int = Field(128, ge=2, description="Queries (each with its candidate pool) per ranker batch.")

@@ -5,7 +5,9 @@ functions the stream uses), starts the service as a separate process on the live
 one on MovieLens first if the registry is empty), then sends requests open-loop from an aiohttp
 client on uvloop (it shares the two cores with the service, so the cheaper loop): request i
 leaves at start + i / rate whatever the answers before it, and its latency counts from that
-moment, so a slow service cannot hide queueing. Reports p50/p95/p99, errors and fallbacks
+moment, so a slow service cannot hide queueing. Two mixes: `fresh` writes a new click of the user
+(through the stream's feature functions and store) before each request, so no answer could come
+from a cache of earlier ones; `repeat` asks about unchanged states. Reports p50/p95/p99, errors and fallbacks
 (answers without DIN, e.g. shed under overload) per rate, and from the service's own metrics
 where the time went: the mean candidates ranked per request, the mean batch of a model call, the
 mean wait for the models, the mean model call (user tower, Faiss and DIN for the whole batch) and
@@ -19,12 +21,16 @@ one's on the same model and state, and prints the ratio of their CPU per request
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -38,8 +44,10 @@ from rich.table import Table
 
 from schemas.bundle import Registry
 from schemas.config import Settings
+from schemas.events import Event, EventType
 from schemas.feature_store import FeatureStore, SeenAddition, VersionedWrite
-from schemas.logic.streaming import fold_stream, seen_sets, trending_list
+from schemas.logic.features import update_seen
+from schemas.logic.streaming import apply_user_event, fold_stream, seen_sets, trending_list
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, encode_value, redis_key
 from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
 
@@ -47,6 +55,9 @@ log = logging.getLogger("kingfisher.bench")
 NAMESPACE = "bench"
 READY_TIMEOUT_S = 180
 TARGET_P99_MS, TARGET_RATE = 50, 200
+FRESH, REPEAT = "fresh", "repeat"
+WRITER_THREADS = 2
+"""Threads writing the fresh mix's clicks: a write waits on Redis, not the CPU."""
 SUMMED_HISTOGRAMS = (
     "kingfisher_model_batch_size",
     "kingfisher_stage_seconds",
@@ -55,30 +66,64 @@ SUMMED_HISTOGRAMS = (
 )
 
 
-def prepare_state(settings: Settings, users: int) -> list[str]:
-    """Write the live state of `users` MovieLens users (and trending, and their seen sets) into the bench namespace."""
-    spec = settings.pipeline.feature_spec()
-    events = list(rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()))
-    states, _, trending = fold_stream(events, spec)
-    seen = seen_sets(events, spec)
-    chosen = sorted(states)[:users]
-    listed = trending_list(trending, spec)
-    writes = [VersionedWrite(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, NAMESPACE), trending.version,
-                             encode_value(listed, listed.at_ts))]  # fmt: skip
-    for user_id in chosen:
-        state = states[user_id]
-        for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
-            key = redis_key(kind, user_id, NAMESPACE)
-            writes.append(VersionedWrite(key, state.version, encode_value(value, state.features.last_ts)))
-    additions = {
-        redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE): SeenAddition(dict(seen[user_id]), spec.seen_capacity)
-        for user_id in chosen
-    }
-    # Written as the stream writes them.
-    store = FeatureStore.for_stack(settings.stack)
-    store.write(writes, additions)
-    store.close()
-    return chosen
+class BenchState:
+    """Live state of MovieLens users (and trending, and their seen sets) in the bench namespace,
+    written through the same feature functions and store the stream uses. `change(user_id)` applies
+    one more click of that user, on an item the user has not seen, and writes the new state: the
+    fresh mix calls it before every request, so each answer reflects a state no earlier request saw."""
+
+    def __init__(self, settings: Settings, users: int):
+        self.spec = settings.pipeline.feature_spec()
+        events = list(rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()))
+        self.states, _, trending = fold_stream(events, self.spec)
+        self.seen = seen_sets(events, self.spec)
+        self.users = sorted(self.states)[:users]
+        self.catalogue = sorted({event.item_id for event in events})
+        self.store = FeatureStore.for_stack(settings.stack)
+        self._random = random.Random(0)
+        self._lock = threading.Lock()
+        listed = trending_list(trending, self.spec)
+        trending_write = VersionedWrite(
+            redis_key(KeyKind.TRENDING, TRENDING_ENTITY, NAMESPACE),
+            trending.version,
+            encode_value(listed, listed.at_ts),
+        )
+        self.store.write(
+            [trending_write, *(write for user_id in self.users for write in self._writes(user_id))],
+            {user_id_key: addition for user_id in self.users for user_id_key, addition in self._seen(user_id).items()},
+        )
+
+    def _writes(self, user_id: str) -> list[VersionedWrite]:
+        state = self.states[user_id]
+        return [
+            VersionedWrite(
+                redis_key(kind, user_id, NAMESPACE), state.version, encode_value(value, state.features.last_ts)
+            )
+            for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features))
+        ]
+
+    def _seen(self, user_id: str, entries: dict[str, int] | None = None) -> dict[str, SeenAddition]:
+        added = self.seen[user_id] if entries is None else entries
+        return {redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE): SeenAddition(dict(added), self.spec.seen_capacity)}
+
+    def change(self, user_id: str) -> None:
+        """One new click of `user_id` now, applied and written (thread-safe: the load's writer threads call it)."""
+        with self._lock:
+            seen = self.seen[user_id]
+            item_id = self._random.choice(self.catalogue)
+            while item_id in seen:
+                item_id = self._random.choice(self.catalogue)
+            click = Event(
+                event_id=f"bench-{user_id}-{self.states[user_id].version}",
+                user_id=user_id,
+                item_id=item_id,
+                type=EventType.CLICK,
+                ts=int(time.time() * 1000),
+            )
+            self.states[user_id] = apply_user_event(self.states[user_id], click, self.spec)
+            self.seen[user_id] = update_seen(seen, (item_id, click.ts), self.spec)
+            writes = self._writes(user_id)
+        self.store.write(writes, self._seen(user_id, {item_id: click.ts}))
 
 
 def ensure_model(settings: Settings) -> int:
@@ -139,18 +184,27 @@ def where_time_went(before: dict[str, float], after: dict[str, float]) -> dict[s
     }
 
 
-async def drive(base: str, users: list[str], rate: float, seconds: float, k: int) -> dict:
-    """Open-loop load at `rate` requests/s for `seconds`; latency from each request's scheduled time."""
+async def drive(base: str, state: BenchState, rate: float, seconds: float, k: int, mix: str) -> dict:
+    """Open-loop load at `rate` requests/s for `seconds`; latency from each request's scheduled time.
+    Mix `fresh`: each request follows a new click of its user (written first, and counted in its
+    latency); `repeat`: the users' states stay as they are."""
     latencies: list[float] = []
     errors = fallbacks = 0
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+    loop = asyncio.get_running_loop()
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session,
+        ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="bench-writer") as writers,
+    ):
 
         async def one(n: int, scheduled: float) -> None:
             nonlocal errors, fallbacks
             await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+            user_id = state.users[n % len(state.users)]
             try:
-                url = f"{base}/v1/recommendations?user_id={users[n % len(users)]}&k={k}&exclude_seen=true"
+                if mix == FRESH:
+                    await loop.run_in_executor(writers, state.change, user_id)
+                url = f"{base}/v1/recommendations?user_id={user_id}&k={k}&exclude_seen=true"
                 async with session.get(url) as response:
                     body = await response.read()
                     if response.status != 200:
@@ -167,6 +221,7 @@ async def drive(base: str, users: list[str], rate: float, seconds: float, k: int
         elapsed = time.perf_counter() - start
     p50, p95, p99 = np.percentile(np.array(latencies) * 1000, [50, 95, 99])
     return {
+        "mix": mix,
         "rate": rate,
         "sent": total,
         "achieved": total / elapsed,
@@ -205,15 +260,17 @@ def service_cpu_s(service: subprocess.Popen) -> float:
 
 
 def measure(
-    settings: Settings, workers: int, users: list[str], arguments: argparse.Namespace, code: Path | None = None
+    settings: Settings, workers: int, state: BenchState, arguments: argparse.Namespace, code: Path | None = None
 ) -> list[dict]:
-    """Start the service with `workers` processes (this code, or the checkout `code`) and drive it at each rate."""
+    """Start the service with `workers` processes (this code, or the checkout `code`) and drive it
+    with each mix at each rate."""
     port = settings.serving.serve_port + 1
     label = "previous" if code else "this"
     log_path = Path(settings.stack.logs_dir) / f"bench-serve-{label}-{workers}.log"
     env = os.environ | {"KF_NAMESPACE": NAMESPACE, "KF_SERVE_WORKERS": str(workers)}
-    if code is not None:  # the same run directory (models, logs), whatever the checkout's cwd
-        env |= {"PYTHONPATH": str(code), "KF_RUN_DIR": str(Path(settings.stack.run_dir).resolve())}
+    if code is not None:  # the same run directory (models, logs) unless told, whatever the checkout's cwd
+        run_dir = arguments.previous_run_dir or Path(settings.stack.run_dir)
+        env |= {"PYTHONPATH": str(code), "KF_RUN_DIR": str(run_dir.resolve())}
     with log_path.open("w") as output:
         service = subprocess.Popen(
             [sys.executable, "-m", "serving", "--port", str(port)],
@@ -227,10 +284,10 @@ def measure(
     try:
         uvloop.run(wait_ready(base, service))
         uvloop.run(wait_all_workers(base, workers))
-        uvloop.run(drive(base, users, 20, 5, arguments.k))  # warm-up, not reported
-        for rate in arguments.rates.split(","):
+        uvloop.run(drive(base, state, 20, 5, arguments.k, REPEAT))  # warm-up, not reported
+        for mix, rate in itertools.product(arguments.mixes.split(","), arguments.rates.split(",")):
             before, cpu_s = uvloop.run(service_totals(base)), service_cpu_s(service)
-            driven = uvloop.run(drive(base, users, float(rate), arguments.seconds, arguments.k))
+            driven = uvloop.run(drive(base, state, float(rate), arguments.seconds, arguments.k, mix))
             cpu_s = service_cpu_s(service) - cpu_s
             results.append({"code": label, "workers": workers, "cpu_ms": 1000 * cpu_s / driven["sent"]} | driven)
             results[-1] |= where_time_went(before, uvloop.run(service_totals(base)))
@@ -254,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="50,100,200,500", help="requests/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each rate")
     parser.add_argument("--users", type=int, default=500, help="distinct users asked for")
+    parser.add_argument(
+        "--mixes",
+        default=f"{FRESH},{REPEAT}",
+        help=f"comma-separated: {FRESH} (a new click of the user before every request) and/or {REPEAT} "
+        "(the users' states unchanged between requests)",
+    )
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument(
         "--workers",
@@ -267,27 +330,46 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure the service of this checkout (e.g. `git worktree add /tmp/kf-previous HEAD~1`) on "
         "the same model and state, each rate right after this code's, so the two compare on the same day",
     )
+    parser.add_argument(
+        "--previous-run-dir",
+        type=Path,
+        metavar="DIR",
+        help="the previous code's run directory (its own model registry), when it cannot read this code's "
+        "bundles; default: this code's",
+    )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     version = ensure_model(settings)
-    users = prepare_state(settings, arguments.users)
+    state = BenchState(settings, arguments.users)
     counts = [int(n) for n in (arguments.workers or str(settings.serving.serve_workers)).split(",")]
     codes = [None, arguments.previous.resolve()] if arguments.previous else [None]
     results = [
-        result for workers in counts for code in codes for result in measure(settings, workers, users, arguments, code)
+        result for workers in counts for code in codes for result in measure(settings, workers, state, arguments, code)
     ]
     table = Table(
         title=f"bench-serve: model v{version}, M={settings.pipeline.candidates} candidates ranked by DIN, "
-        f"{len(users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
+        f"{len(state.users)} users, k={arguments.k}, {arguments.seconds:.0f} s per rate"
     )
-    columns = ("code", "workers", "rate req/s", "sent", "achieved req/s", "errors", "fallbacks", "p50 ms", "p95 ms")
+    columns = (
+        "code",
+        "workers",
+        "mix",
+        "rate req/s",
+        "sent",
+        "achieved req/s",
+        "errors",
+        "fallbacks",
+        "p50 ms",
+        "p95 ms",
+    )
     for column in (*columns, "p99 ms", "CPU ms/req", "candidates", "batch", "queue ms", "model call ms", "gc ms"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
             r["code"],
             str(r["workers"]),
+            r["mix"],
             f"{r['rate']:.0f}",
             str(r["sent"]),
             f"{r['achieved']:.1f}",
@@ -305,12 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     console = Console(width=190)
     console.print(table)
-    previous = {(r["workers"], r["rate"]): r["cpu_ms"] for r in results if r["code"] == "previous"}
+    previous = {(r["workers"], r["mix"], r["rate"]): r["cpu_ms"] for r in results if r["code"] == "previous"}
     for r in results:
-        if r["code"] == "this" and (r["workers"], r["rate"]) in previous:
-            ratio = r["cpu_ms"] / previous[r["workers"], r["rate"]]
+        if r["code"] == "this" and (r["workers"], r["mix"], r["rate"]) in previous:
+            ratio = r["cpu_ms"] / previous[r["workers"], r["mix"], r["rate"]]
             console.print(
-                f"{r['workers']} worker(s), {r['rate']:.0f} req/s: CPU per request {ratio:.2f}x the previous code's"
+                f"{r['workers']} worker(s), {r['mix']} mix, {r['rate']:.0f} req/s: CPU per request "
+                f"{ratio:.2f}x the previous code's"
             )
     targets = [
         r

@@ -140,7 +140,7 @@ def _warm_up(bundle: LoadedBundle, max_batch: int, most_candidates: int) -> None
         bundle.index.search(bundle.user_vectors(sequences), most_candidates)
         candidates = np.full((rows, count), FIRST_ITEM, np.int32)
         features = np.zeros((rows, count, len(RANKER_FEATURES)), np.float32)
-        bundle.score(sequences, candidates, features, np.zeros((rows, count, length), np.float32))
+        bundle.score(sequences, candidates, features, np.zeros((rows, count, bundle.ranker_behaviours), np.float32))
 
 
 def listen_for_updates(

@@ -1,8 +1,9 @@
 """Exported serving signatures (TensorFlow SavedModels, no Python code needed to load them).
 
 user_tower.embed(items [B, L] int32, kinds [B, L] int32, ages [B, L] float32) -> {"embedding": [B, d]}
-ranker.score(items, kinds, ages, candidates [B, M] int32, features [B, M, F] float32, pairs [B, M, L] float32)
-    -> {"score": [B, M] the served score, "attention": [B, M, L] DIN weights over the sequence}
+ranker.score(items, kinds, ages, candidates [B, M] int32, features [B, M, F] float32, pairs [B, M, N] float32)
+    -> {"score": [B, M] the served score, "attention": [B, M, N] DIN weights over the newest N behaviours}
+with N = min(the ranker's behaviours, L)
 """
 
 from pathlib import Path
@@ -34,10 +35,12 @@ def export_user_tower(model: SequentialRetrieval, path: Path, length: int) -> No
 
 
 def export_ranker(model: Ranker, path: Path, length: int) -> None:
+    behaviours = min(model.behaviours, length)
+
     def score(items, kinds, ages, candidates, features, pairs):
         scores, attention = model.served_scores(items, kinds, ages, candidates, features, pairs)
         if attention is None:
-            attention = tf.zeros(tf.concat([tf.shape(candidates), [length]], 0))
+            attention = tf.zeros(tf.concat([tf.shape(candidates), [behaviours]], 0))
         return {"score": scores, "attention": attention}
 
     archive = keras.export.ExportArchive()
@@ -49,7 +52,7 @@ def export_ranker(model: Ranker, path: Path, length: int) -> None:
             *_sequence_specs(length),
             tf.TensorSpec([None, None], tf.int32, name="candidates"),
             tf.TensorSpec([None, None, len(RANKER_FEATURES)], tf.float32, name="features"),
-            tf.TensorSpec([None, None, length], tf.float32, name="pairs"),
+            tf.TensorSpec([None, None, behaviours], tf.float32, name="pairs"),
         ],
     )
     archive.write_out(str(path), verbose=False)

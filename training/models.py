@@ -4,7 +4,7 @@ Embedding+MLP baseline.
 
 Inputs are the arrays of `schemas.logic.model_inputs`: items [B, L] item indices (0 pads) with their
 behaviour kinds [B, L] and ages [B, L] (seconds before the request), candidates [B, M], candidate
-features [B, M, F] (RANKER_FEATURES) and co-visitation pairs [B, M, L].
+features [B, M, F] (RANKER_FEATURES) and co-visitation pairs [B, M, N] of the ranker's newest N behaviours.
 """
 
 import keras
@@ -131,13 +131,21 @@ class Ranker(keras.Model):
     likes it, rating >= the label threshold, where the events carry a rating). The served score is
     next + like_weight · log sigmoid(like), the log of P(next) · P(like)^like_weight up to a constant
     per request. An MLP reads the user's interest for the candidate, the candidate, their product and
-    the candidate's features; subclasses say how the interest is pooled from the sequence."""
+    the candidate's features; subclasses say how the interest is pooled from the user's newest
+    `behaviours` behaviours (the whole sequence is the user tower's: the ranker's work grows with
+    every behaviour it reads, for every candidate)."""
 
     def __init__(
-        self, tables: ItemTables, width: int, like_weight: float, hidden: tuple[int, ...] = (128, 64), **kwargs
+        self,
+        tables: ItemTables,
+        width: int,
+        like_weight: float,
+        behaviours: int,
+        hidden: tuple[int, ...] = (128, 64),
+        **kwargs,
     ):
         super().__init__(**kwargs)
-        self.like_weight = like_weight
+        self.like_weight, self.behaviours = like_weight, behaviours
         self.items = tables.embedding(width)
         self.kinds = keras.layers.Embedding(BEHAVIOUR_KINDS, width, name="kinds")
         self.ages = keras.layers.Embedding(AGE_BUCKETS, width, name="ages")
@@ -152,7 +160,9 @@ class Ranker(keras.Model):
         raise NotImplementedError
 
     def score_candidates(self, items, kinds, ages, candidates, features, pairs, training=None):
-        """-> (next logits [B, M], like logits [B, M], attention [B, M, L] or None)."""
+        """Sequences [B, L], pairs [B, M, N] of the newest N = min(behaviours, L) ->
+        (next logits [B, M], like logits [B, M], attention [B, M, N] or None)."""
+        items, kinds, ages = (array[:, -self.behaviours :] for array in (items, kinds, ages))
         keys = self.items(items) + self.kinds(kinds) + self.ages(age_buckets(ages))
         query = self.items(candidates)
         interest, attention = self.interest(query, keys, items > 0, pairs, training=training)
@@ -184,8 +194,8 @@ class DeepInterestNetwork(Ranker):
     candidate followed that behaviour in other users' sequences; the weights stay unnormalised, as in
     the paper, so the sum keeps the intensity of the interest."""
 
-    def __init__(self, tables: ItemTables, width: int, like_weight: float, **kwargs):
-        super().__init__(tables, width, like_weight, **kwargs)
+    def __init__(self, tables: ItemTables, width: int, like_weight: float, behaviours: int, **kwargs):
+        super().__init__(tables, width, like_weight, behaviours, **kwargs)
         self.attention = PairAttentionUnit(name="attention")
         self.pooling = AttentionPooling()
 
@@ -198,8 +208,8 @@ class EmbeddingMLP(Ranker):
     """Baseline: the same model and objective with the plain mean of the behaviours, one interest for
     all candidates."""
 
-    def __init__(self, tables: ItemTables, width: int, like_weight: float, **kwargs):
-        super().__init__(tables, width, like_weight, **kwargs)
+    def __init__(self, tables: ItemTables, width: int, like_weight: float, behaviours: int, **kwargs):
+        super().__init__(tables, width, like_weight, behaviours, **kwargs)
         self.pool = MaskedMeanPooling()
 
     def interest(self, query, keys, mask, pairs, training=None):

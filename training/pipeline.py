@@ -258,8 +258,12 @@ class TrainingRun:
 
     def new_ranker(self, kind: type[Ranker], rows: RankerRows, counts: TrainingCounts, name: str) -> Ranker:
         """A ranker whose features are standardised as a sample of the rows' batches finds them."""
-        model = kind(self.tables, self.hyperparameters.ranker_width, self.hyperparameters.like_weight, name=name)
-        sample = next(rows.batches(counts, min(len(rows), STANDARDISE_SAMPLE), self.settings.training.train_seed)(0))
+        spec = self.hyperparameters
+        model = kind(self.tables, spec.ranker_width, spec.like_weight, spec.ranker_behaviours, name=name)
+        sample = next(
+            rows.batches(counts, min(len(rows), STANDARDISE_SAMPLE), self.settings.training.train_seed,
+                         spec.ranker_behaviours)(0)
+        )  # fmt: skip
         model.standardise.fit(sample["features"])
         model({key: sample[key][:2] for key in ("items", "kinds", "ages", "candidates", "features", "pairs")})
         return model
@@ -271,7 +275,10 @@ class TrainingRun:
             return ranking_loss(model, batch, batch["liked"], batch["rated"])
 
         spec, seed = self.hyperparameters, self.settings.training.train_seed
-        batches = rows.batches(counts, spec.ranker_batch_size, seed), rows.steps(spec.ranker_batch_size)
+        batches = (
+            rows.batches(counts, spec.ranker_batch_size, seed, spec.ranker_behaviours),
+            rows.steps(spec.ranker_batch_size),
+        )
         schedule = Schedule(spec.ranker_batch_size, epochs, spec.ranker_learning_rate, spec.ranker_patience, seed)
         with self.timed(f"train {name}"):
             self.histories[name] = fit(model, loss, batches, schedule, validate, name, self.bar)

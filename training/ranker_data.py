@@ -47,8 +47,9 @@ class RankerRows:
             arrays[name] = np.concatenate(pieces)
         return cls(arrays)
 
-    def batches(self, counts: ItemCounts, batch_size: int, seed: int) -> Callable[[int], Iterator[dict]]:
-        """Each epoch's shuffled batches of whole size, their negatives drawn for that epoch."""
+    def batches(self, counts: ItemCounts, batch_size: int, seed: int, attended: int) -> Callable[[int], Iterator[dict]]:
+        """Each epoch's shuffled batches of whole size, their negatives drawn for that epoch, for a
+        ranker that attends over the newest `attended` behaviours."""
         pool, arrays = self.arrays["pool"], self.arrays
         sizes = (pool != PADDING).sum(axis=1)
 
@@ -70,7 +71,7 @@ class RankerRows:
                 candidates = take("pool")
                 features, pairs = ranker_inputs(arrays["moments"][rows], arrays["user_features"][rows],
                                                 arrays["items"][rows], candidates, take("retrieval"),
-                                                take("trending"), counts)  # fmt: skip
+                                                take("trending"), counts, attended)  # fmt: skip
                 yield {"items": arrays["items"][rows], "kinds": arrays["kinds"][rows], "ages": arrays["ages"][rows],
                        "candidates": candidates, "features": features, "pairs": pairs,
                        "liked": arrays["liked"][rows], "rated": arrays["rated"][rows]}  # fmt: skip

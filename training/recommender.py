@@ -25,8 +25,8 @@ class InMemoryRecommender:
     ):
         self.retrieval, self.vocabulary = retrieval, vocabulary
         self._user_vectors = tf.function(retrieval.user_vectors, reduce_retracing=True)
-        self._use(ranker)
         self.sequence_length, self.exact_max_items = retrieval.length, exact_max_items
+        self._use(ranker)
         self.covisitation, self.popularity = counts.covisitation, counts.popularity
         self.refresh()
 
@@ -41,6 +41,7 @@ class InMemoryRecommender:
     def _use(self, ranker: Ranker | None) -> None:
         self.ranker = ranker
         self._served_scores = None if ranker is None else tf.function(ranker.served_scores, reduce_retracing=True)
+        self.ranker_behaviours = min(ranker.behaviours if ranker else self.sequence_length, self.sequence_length)
 
     def with_ranker(self, ranker: Ranker | None) -> "InMemoryRecommender":
         """The same retrieval and tables with another ranker (None: retrieval only)."""
@@ -67,7 +68,7 @@ class InMemoryRecommender:
             )
             scores.append(np.asarray(served))
             attention.append(
-                np.zeros((*candidates[part].shape, sequences.items.shape[1]), np.float32)
+                np.zeros((*candidates[part].shape, pairs.shape[2]), np.float32)
                 if weights is None
                 else np.asarray(weights)
             )

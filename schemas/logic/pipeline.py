@@ -18,6 +18,7 @@ from schemas.logic.ann import ItemIndex
 from schemas.logic.covisitation import CoVisitation
 from schemas.logic.features import SequenceEntry, UserFeatures
 from schemas.logic.model_inputs import (
+    COVISITATION_SPANS,
     FIRST_ITEM,
     PADDING,
     ScoreScale,
@@ -71,6 +72,8 @@ class Recommender(Protocol):
 
     vocabulary: Vocabulary
     sequence_length: int
+    ranker_behaviours: int
+    """N: the ranker attends over the newest N behaviours of the sequence (N <= sequence_length)."""
     index: ItemIndex
     embeddings: np.ndarray
     """[items, d]: row i is the retrieval vector of vocabulary.item_ids[i]."""
@@ -84,7 +87,7 @@ class Recommender(Protocol):
         ...
 
     def score(self, sequences: SequenceArrays, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
-        """candidates [B, M], features [B, M, F], pairs [B, M, L] -> (scores [B, M], attention [B, M, L])."""
+        """candidates [B, M], features [B, M, F], pairs [B, M, N] -> (scores [B, M], attention [B, M, N])."""
         ...
 
 
@@ -100,7 +103,7 @@ class Candidates:
     features: np.ndarray
     """[B, M, len(RANKER_FEATURES)] float32."""
     pairs: np.ndarray
-    """[B, M, L] float32."""
+    """[B, M, N] float32: the ranker's newest N behaviours."""
 
 
 def retrieve(recommender: Recommender, requests: Sequence[RankRequest]) -> tuple[SequenceArrays, np.ndarray, list]:
@@ -181,12 +184,16 @@ def ranker_inputs(
     retrieval: np.ndarray,
     trending: np.ndarray,
     counts: ItemCounts,
+    attended: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """-> (features [B, M, len(RANKER_FEATURES)], pairs [B, M, L]) of candidates `indices` [B, M]
-    at `moments` [B] (epoch ms) for users with `user_features` [B, F] and sequences `behaviours` [B, L]."""
-    pairs = counts.pair_counts(moments, behaviours, indices)
+    """-> (features [B, M, len(RANKER_FEATURES)], pairs [B, M, N]) of candidates `indices` [B, M]
+    at `moments` [B] (epoch ms) for users with `user_features` [B, F] and sequences `behaviours` [B, L],
+    for a ranker that attends over the newest N = min(attended, L) behaviours. Only the behaviours
+    the ranker or its features read are counted."""
+    newest = behaviours[:, -max(attended, *COVISITATION_SPANS) :]
+    pairs = counts.pair_counts(moments, newest, indices)
     features = ranker_features(retrieval, pairs, counts.interactions(moments, indices), trending, user_features)
-    return features, pair_inputs(pairs)
+    return features, pair_inputs(pairs[:, :, -attended:])
 
 
 def candidates_of(
@@ -206,6 +213,7 @@ def candidates_of(
         retrieval,
         trending,
         BundleCounts(recommender.covisitation, recommender.popularity),
+        recommender.ranker_behaviours,
     )
     return Candidates(sequences, pools, indices, features, pairs)
 
@@ -222,7 +230,7 @@ def rank_batch(recommender: Recommender, requests: list[RankRequest]) -> list[Ra
     batch = candidates_of(recommender, requests, sequences, vectors, pools)
     scores, attention = recommender.score(sequences, batch.indices, batch.features, batch.pairs)
     timings["ranking"] = time.perf_counter() - clock
-    length = recommender.sequence_length
+    length = recommender.ranker_behaviours
     return [
         _top(request, pool, scores[row, : len(pool)], attention[row, : len(pool)], length, timings)
         for row, (request, pool) in enumerate(zip(requests, pools, strict=True))
@@ -232,7 +240,7 @@ def rank_batch(recommender: Recommender, requests: list[RankRequest]) -> list[Ra
 def _top(
     request: RankRequest, pool: list[str], scores: np.ndarray, attention: np.ndarray, length: int, timings: dict
 ) -> Ranked:
-    """scores [M] and attention [M, L] of this request's pool -> its top k.
+    """scores [M] and attention [M, N] over the newest N behaviours of this request's pool -> its top k.
 
     An item's reasons are the behaviours its attention lifts most above what the same behaviour gets
     from the pool on average: DIN weighs a recent behaviour highly for every candidate, and the

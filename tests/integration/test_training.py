@@ -55,7 +55,7 @@ sequences = SequenceArrays(rng.integers(2, items, (5, length)).astype(np.int32),
                            rng.random((5, length)).astype(np.float32) * 1e5)
 candidates = rng.integers(2, items, (5, 70)).astype(np.int32)  # compiled: padded to 8 x 128, then cut
 features = rng.normal(size=(5, 70, len(RANKER_FEATURES))).astype(np.float32)
-pairs = rng.random((5, 70, length)).astype(np.float32)
+pairs = rng.random((5, 70, plain.ranker_behaviours)).astype(np.float32)
 outputs = [(*bundle.score(sequences, candidates, features, pairs), bundle.user_vectors(sequences))
            for bundle in (plain, compiled)]
 print(outputs[1][0].shape, outputs[1][1].shape, max(np.abs(a - b).max() for a, b in zip(*outputs)))
@@ -140,7 +140,7 @@ def test_compiled_calls_pad_rows_and_candidates_and_equal_the_plain_signatures(p
 
     assert compared.returncode == 0, compared.stderr[-3000:]
     *shapes, difference = compared.stdout.split("\n")[-2].rsplit(" ", 1)
-    assert shapes == ["(5, 70) (5, 70, 50)"] and float(difference) < 1e-4
+    assert shapes == ["(5, 70) (5, 70, 20)"] and float(difference) < 1e-4  # attention over the newest 20 (default)
 
 
 def test_a_bundle_with_one_corrupted_file_is_refused_with_a_clear_error(published, tmp_path):

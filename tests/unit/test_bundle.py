@@ -38,7 +38,7 @@ def test_sealed_bundle_verifies_with_a_checksum_per_file(tmp_path):
         (lambda d: (d / "vocabulary.json").unlink(), "files missing: vocabulary.json"),
         (lambda d: (d / "extra.pkl").write_bytes(b"x"), "files not in the manifest: extra.pkl"),
         (lambda d: (d / MANIFEST).write_text("{}"), "not a bundle manifest"),
-        (lambda d: (d / MANIFEST).write_text('{"bundle_format": 1}'), "bundle format 1; this version reads 2"),
+        (lambda d: (d / MANIFEST).write_text('{"bundle_format": 2}'), "bundle format 2; this version reads 3"),
         (lambda d: (d / MANIFEST).unlink(), "no manifest.json"),
     ],
 )

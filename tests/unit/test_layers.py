@@ -187,7 +187,7 @@ def test_next_item_loss_is_the_full_softmax_over_the_catalogue_at_labelled_posit
 
 @pytest.mark.parametrize("ranker_class", [DeepInterestNetwork, EmbeddingMLP])
 def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
-    ranker = ranker_class(small_tables(), width=16, like_weight=0.5)
+    ranker = ranker_class(small_tables(), width=16, like_weight=0.5, behaviours=4)
     items = tf.constant([[0, 0, 4, 5], [2, 3, 6, 7]])
     kinds = tf.constant([[0, 0, 1, 2], [3, 1, 1, 4]])
     ages = tf.constant([[0.0, 0.0, 60.0, 2.0], [9e5, 3e4, 100.0, 1.0]])
@@ -207,8 +207,29 @@ def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
         assert attention is None
 
 
+@pytest.mark.parametrize("ranker_class", [DeepInterestNetwork, EmbeddingMLP])
+def test_a_ranker_reads_only_its_newest_behaviours(ranker_class):
+    ranker = ranker_class(small_tables(), width=16, like_weight=0.5, behaviours=2)
+    candidates = tf.constant([[8, 9, 10]])
+    features = tf.constant(np.random.default_rng(1).normal(size=(1, 3, 10)), tf.float32)
+    pairs = tf.constant(np.random.default_rng(2).random((1, 3, 2)), tf.float32)
+
+    def scores(items, kinds, ages):
+        served, attention = ranker.served_scores(tf.constant([items]), tf.constant([kinds]), tf.constant([ages]),
+                                                 candidates, features, pairs)  # fmt: skip
+        assert attention is None or attention.shape == (1, 3, 2)
+        return served.numpy()
+
+    served = scores([0, 3, 6, 7], [0, 1, 1, 4], [0.0, 500.0, 100.0, 1.0])
+    older_changed = scores([5, 9, 6, 7], [2, 3, 1, 4], [9e5, 7.0, 100.0, 1.0])
+    newer_changed = scores([0, 3, 5, 7], [0, 1, 1, 4], [0.0, 500.0, 100.0, 1.0])
+
+    np.testing.assert_allclose(older_changed, served, rtol=1e-6)
+    assert np.abs(newer_changed - served).max() > 1e-4
+
+
 def test_the_served_score_is_the_next_logit_plus_like_weight_times_log_sigmoid_of_the_like_logit():
-    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5)
+    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5, behaviours=2)
     inputs = {
         "items": tf.constant([[0, 4]]),
         "kinds": tf.constant([[0, 1]]),
@@ -226,7 +247,7 @@ def test_the_served_score_is_the_next_logit_plus_like_weight_times_log_sigmoid_o
 
 
 def test_the_ranking_loss_is_the_softmax_over_a_rows_candidates_plus_the_like_loss_of_rated_rows():
-    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5)
+    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5, behaviours=2)
     inputs = {"items": tf.constant([[0, 4], [3, 4]]), "kinds": tf.constant([[0, 1], [1, 1]]),
               "ages": tf.zeros((2, 2)), "candidates": tf.constant([[5, 6, 7], [8, 9, 10]]),
               "features": tf.zeros((2, 3, 10)), "pairs": tf.zeros((2, 3, 2))}  # fmt: skip

@@ -1,5 +1,7 @@
 """The served pipeline's per-request logic, with a hand-made recommender (the real one is tested in integration)."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ ITEMS = ["a", "b", "c", "d", "e"]
 class HandMadeRecommender:
     """Item vectors on a line, so the user vector [1, 0] ranks a > b > c > d > e; the ranker favours e."""
 
-    sequence_length = 4
+    sequence_length = ranker_behaviours = 4
 
     def __init__(self):
         self.vocabulary = Vocabulary.of(
@@ -30,6 +32,7 @@ class HandMadeRecommender:
         self.popularity = np.zeros(self.vocabulary.size, np.float32)
         self.scored: list[list[str]] = []
         self.features: list[np.ndarray] = []
+        self.pairs: list[np.ndarray] = []
 
     def user_vectors(self, sequences):
         return np.tile(np.array([[1.0, 0.0]], np.float32), (len(sequences.items), 1))
@@ -38,13 +41,14 @@ class HandMadeRecommender:
         rows = [[self.vocabulary.item_id(int(index)) if index else "" for index in row] for row in candidates]
         self.scored.extend(rows)
         self.features.append(features)
+        self.pairs.append(pairs)
         scores = np.array([[ITEMS.index(item) / 10 if item else 9.0 for item in ids] for ids in rows], np.float32)
         attention = np.zeros((*candidates.shape, 4), np.float32)
         attention[:, :, 3] = 0.9  # the newest behaviour, as much for every candidate
         attention[:, :, 2] = 0.2 + 0.3 * np.arange(candidates.shape[1])  # the one before: more for each next candidate
         attention[:, :, 1] = -0.4  # negative, as DIN's unnormalised weights mostly are, and as much for every candidate
         attention[:, :, 0] = 5.0  # padding position when the sequence is short: must never be a reason
-        return scores, attention
+        return scores, attention[:, :, -self.ranker_behaviours :]
 
 
 def clicks(*items: str) -> list[SequenceEntry]:
@@ -102,3 +106,21 @@ def test_a_batch_ranks_each_request_as_alone_with_short_pools_padded_and_the_pad
     alone = [rank_batch(HandMadeRecommender(), [one])[0] for one in (wide, narrow)]
     assert [ranked.items for ranked in batch] == [ranked.items for ranked in alone]
     assert [item.item_id for item in batch[1].items] == ["d"] and batch[1].candidates == 1
+
+
+class NewestTwoRecommender(HandMadeRecommender):
+    ranker_behaviours = 2
+
+
+def test_the_ranker_gets_the_pair_counts_of_its_newest_behaviours_and_its_features_count_further_back():
+    recommender = NewestTwoRecommender()
+    size, (a, c, e) = recommender.vocabulary.size, recommender.vocabulary.item_indices(["a", "c", "e"])
+    recommender.covisitation = CoVisitation.of_counts(size, Counter({a * size + e: 3, c * size + e: 5}))
+
+    rank_batch(recommender, [request(clicks("a", "b", "c"), [("e", 1.0)], exclude={"a", "b", "c"}, candidates=1)])
+
+    # the pool is d (retrieved) then e (trending); the ranker attends over b and c, the newest two
+    np.testing.assert_allclose(recommender.pairs[0][0], [[0.0, 0.0], [0.0, np.log(6.0)]], rtol=1e-6)
+    column = {name: n for n, name in enumerate(RANKER_FEATURES)}
+    assert recommender.features[0][0, 1, column["covisitation_newest_1"]] == pytest.approx(np.log(6.0))  # c: 5
+    assert recommender.features[0][0, 1, column["covisitation_newest_5"]] == pytest.approx(np.log(9.0))  # a + c: 8
