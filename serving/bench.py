@@ -30,7 +30,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -56,8 +55,6 @@ NAMESPACE = "bench"
 READY_TIMEOUT_S = 180
 TARGET_P99_MS, TARGET_RATE = 50, 200
 FRESH, REPEAT = "fresh", "repeat"
-WRITER_THREADS = 2
-"""Threads writing the fresh mix's clicks: a write waits on Redis, not the CPU."""
 SUMMED_HISTOGRAMS = (
     "kingfisher_model_batch_size",
     "kingfisher_stage_seconds",
@@ -192,10 +189,7 @@ async def drive(base: str, state: BenchState, rate: float, seconds: float, k: in
     errors = fallbacks = 0
     connector = aiohttp.TCPConnector(limit=0)
     loop = asyncio.get_running_loop()
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session,
-        ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="bench-writer") as writers,
-    ):
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
 
         async def one(n: int, scheduled: float) -> None:
             nonlocal errors, fallbacks
@@ -203,7 +197,7 @@ async def drive(base: str, state: BenchState, rate: float, seconds: float, k: in
             user_id = state.users[n % len(state.users)]
             try:
                 if mix == FRESH:
-                    await loop.run_in_executor(writers, state.change, user_id)
+                    await loop.run_in_executor(None, state.change, user_id)  # a write waits on Redis
                 url = f"{base}/v1/recommendations?user_id={user_id}&k={k}&exclude_seen=true"
                 async with session.get(url) as response:
                     body = await response.read()
@@ -271,6 +265,7 @@ def measure(
     if code is not None:  # the same run directory (models, logs) unless told, whatever the checkout's cwd
         run_dir = arguments.previous_run_dir or Path(settings.stack.run_dir)
         env |= {"PYTHONPATH": str(code), "KF_RUN_DIR": str(run_dir.resolve())}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as output:
         service = subprocess.Popen(
             [sys.executable, "-m", "serving", "--port", str(port)],
