@@ -160,7 +160,7 @@ GATE_REFUSED = 2
 
 def train_first_models(settings: Settings) -> int:
     registry = Registry(settings.stack.models_dir)
-    if registry.current() is None:
+    if not registry.servable():  # none yet, or one of an older bundle format
         console.print(
             "training quick first models from the stream's sample log (the full ones follow in the background) …"
         )
@@ -168,7 +168,7 @@ def train_first_models(settings: Settings) -> int:
         if code == GATE_REFUSED:  # e.g. on little data, where a few quick steps stay below popularity
             console.print("[yellow]the quick models did not pass the gate: training the full ones …")
             code = run_quietly(settings, "first-training-full", "-m", "training")
-        if code != 0 or registry.current() is None:
+        if code != 0 or not registry.servable():
             raise StackError(f"the first training run failed (exit code {code})")
     return registry.current()
 

@@ -156,6 +156,14 @@ class Registry:
         ValueError when it is missing or not a manifest."""
         return Manifest.model_validate_json((self.path(version) / MANIFEST).read_bytes())
 
+    def servable(self) -> bool:
+        """Whether there is a live version this code can read (not one of an older bundle format)."""
+        current = self.current()
+        try:
+            return current is not None and bool(self.manifest(current))
+        except (OSError, ValueError):
+            return False
+
     def next_version(self) -> int:
         return max([0, *self.versions()]) + 1
 

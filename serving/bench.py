@@ -125,8 +125,8 @@ class BenchState:
 
 def ensure_model(settings: Settings) -> int:
     registry = Registry(settings.stack.models_dir)
-    if registry.current() is None:
-        log.info("no model in %s: training one on MovieLens first", settings.stack.models_dir)
+    if not registry.servable():
+        log.info("no model this code can serve in %s: training one on MovieLens first", settings.stack.models_dir)
         subprocess.run(
             [sys.executable, "-m", "training", "--source", "movielens", "--no-announce", "--no-progress"], check=True
         )

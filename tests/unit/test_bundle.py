@@ -69,3 +69,15 @@ def test_registry_refuses_a_staged_bundle_with_another_version(tmp_path):
     with pytest.raises(BundleError, match="manifest says version 1, expected 2"):
         registry.publish(staged(registry, 1), 2)
     assert registry.current() is None
+
+
+def test_only_a_live_version_of_this_bundle_format_is_servable(tmp_path):
+    registry = Registry(tmp_path)
+    assert not registry.servable()  # no live version
+
+    registry.publish(staged(registry, 1), 1)
+    assert registry.servable()
+
+    older = registry.path(1) / MANIFEST  # as an upgrade finds a bundle of the format before
+    older.write_text(older.read_text().replace('"bundle_format": 3', '"bundle_format": 2'))
+    assert not registry.servable()
