@@ -97,7 +97,7 @@ bench-train: setup ## one retraining on MovieLens as scheduled, timed; then the 
 bench-incremental: setup ## incremental retraining against from scratch on the same MovieLens rows: quality on later queries, wall and CPU time
 	$(PY) -m training.incremental_bench $(BENCH_ARGS)
 
-bench-serve: up ## service latency p50/p95/p99 and errors at 50, 100, 200, 500 req/s (60 s each)
+bench-serve: up ## service latency p50/p95/p99, errors and CPU per request at 50, 100, 200, 500 req/s (60 s each), with a new click before every request and with unchanged states
 	$(PY) -m serving.bench $(BENCH_ARGS)
 
 bench-swap: setup ## the service's resident memory across 6 hot swaps, XLA-compiled model calls beside uncompiled (needs a trained model)
