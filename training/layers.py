@@ -170,8 +170,9 @@ class CausalSelfAttention(keras.layers.Layer):
     """One pre-norm Transformer block of the sequential user tower (SASRec, Kang & McAuley 2018):
     causal multi-head self-attention with a learnt bias per head for the time gap between each
     position's moment and each earlier behaviour (as in TiSASRec), then a position-wise feed-forward
-    layer, each added back to its input. x [B, L, D], allowed [B, L, L] bool (query may attend
-    key), gaps [B, L, L] int32 gap buckets -> [B, L, D]."""
+    layer, each added back to its input. x [B, L, D], allowed [B, Q, L] bool (query may attend
+    key), gaps [B, Q, L] int32 gap buckets -> [B, Q, D] for the last Q positions as queries (Q = L:
+    every position; Q = 1: the newest only, all the user vector needs of the last block)."""
 
     def __init__(self, dim: int, heads: int, dropout: float, **kwargs):
         super().__init__(**kwargs)
@@ -195,19 +196,20 @@ class CausalSelfAttention(keras.layers.Layer):
         self.gap_bias.build((None, None, None))
 
     def call(self, x, allowed, gaps, training=None):
-        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        batch, queries = ops.shape(x)[0], ops.shape(allowed)[1]
         width = self.dim // self.heads
 
-        def heads(t):  # [B, L, D] -> [B, heads, L, D / heads]
-            return ops.transpose(ops.reshape(t, (batch, length, self.heads, width)), (0, 2, 1, 3))
+        def heads(t):  # [B, n, D] -> [B, heads, n, D / heads]
+            return ops.transpose(ops.reshape(t, (batch, ops.shape(t)[1], self.heads, width)), (0, 2, 1, 3))
 
         query, key, value = (heads(t) for t in ops.split(self.query_key_value(self.norm_attention(x)), 3, axis=-1))
+        query = query[:, :, -queries:]
         logits = ops.einsum("bhqd,bhkd->bhqk", query, key) / np.sqrt(width)
         logits = logits + ops.transpose(self.gap_bias(gaps), (0, 3, 1, 2))
         weights = ops.softmax(ops.where(allowed[:, None], logits, -1e9), axis=-1)
         attended = ops.einsum("bhqk,bhkd->bhqd", self.dropout(weights, training=training), value)
-        attended = ops.reshape(ops.transpose(attended, (0, 2, 1, 3)), (batch, length, self.dim))
-        x = x + self.dropout(self.project(attended), training=training)
+        attended = ops.reshape(ops.transpose(attended, (0, 2, 1, 3)), (batch, queries, self.dim))
+        x = x[:, -queries:] + self.dropout(self.project(attended), training=training)
         hidden = self.dropout(self.feed_forward(self.norm_feed_forward(x)), training=training)
         return x + self.dropout(self.feed_forward_out(hidden), training=training)
 

@@ -82,20 +82,23 @@ class SequentialRetrieval(keras.Model):
         self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
         self.dropout = keras.layers.Dropout(dropout)
 
-    def encode(self, items, kinds, ages, training=None):
-        """[B, L] each -> [B, L, dim]: the user's state after each behaviour."""
+    def encode(self, items, kinds, ages, training=None, newest_only=False):
+        """[B, L] each -> [B, L, dim]: the user's state after each behaviour ([B, 1, dim] after the
+        newest only, with `newest_only`: the last block then computes that position alone)."""
         present = items > 0
         x = self.items(items) * np.sqrt(self.dim) + self.kinds(kinds) + self.positions(ops.arange(self.length))[None]
         x = self.dropout(x, training=training) * ops.cast(present[..., None], x.dtype)
         gaps = age_buckets(ages[:, None, :] - moments(ages)[:, :, None])  # [B, query L, key L]
         allowed = ops.tril(ops.ones((self.length, self.length), "bool"))[None] & present[:, None, :]
-        for block in self.blocks:
-            x = block(x, allowed, gaps, training=training) * ops.cast(present[..., None], x.dtype)
+        for n, block in enumerate(self.blocks):
+            queries = 1 if newest_only and n == len(self.blocks) - 1 else self.length
+            shown = ops.cast(present[:, -queries:, None], x.dtype)
+            x = block(x, allowed[:, -queries:], gaps[:, -queries:], training=training) * shown
         return self.norm(x)
 
     def user_vectors(self, items, kinds, ages):
-        """[B, L] each -> [B, dim]."""
-        return self.encode(items, kinds, ages, training=False)[:, -1]
+        """[B, L] each -> [B, dim]: the state after the newest behaviour, `encode`'s last position."""
+        return self.encode(items, kinds, ages, training=False, newest_only=True)[:, -1]
 
     def item_vectors(self, indices):
         """[N] item indices -> [N, dim]."""

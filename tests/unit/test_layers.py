@@ -171,6 +171,18 @@ def test_the_user_state_at_a_position_depends_on_earlier_behaviours_only():
     assert np.abs(before[0, 3] - changed[0, 3]).max() > 1e-3
 
 
+def test_the_user_vector_is_the_state_after_the_newest_behaviour_though_the_last_block_computes_only_it():
+    model = SequentialRetrieval(small_tables(), dim=16, length=5, blocks=3, dropout=0.0)
+    rng = np.random.default_rng(3)
+    items = np.array([[0, 0, 4, 5, 6], [2, 3, 9, 7, 11], [0, 0, 0, 0, 8]], np.int32)
+    kinds = np.where(items > 0, rng.integers(1, 5, items.shape), 0).astype(np.int32)
+    ages = np.where(items > 0, rng.uniform(0, 1e6, items.shape), 0).astype(np.float32)
+
+    vectors = model.user_vectors(items, kinds, ages).numpy()
+
+    np.testing.assert_allclose(vectors, model.encode(items, kinds, ages).numpy()[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_next_item_loss_is_the_full_softmax_over_the_catalogue_at_labelled_positions():
     model = SequentialRetrieval(small_tables(), dim=16, length=3, dropout=0.0)
     items, kinds, ages = np.array([[0, 4, 5]], np.int32), np.array([[0, 1, 1]], np.int32), np.zeros((1, 3), np.float32)
