@@ -62,6 +62,10 @@ class ListenPort:
         return f"KF_{self.setting.upper()}"
 
 
+START_TIME_TOLERANCE_S = 2.0
+"""How far a pid file's start time may be from the process's and still name it."""
+
+
 class Service(ABC):
     """One local server process, tracked by a pid file holding its pid and start time."""
 
@@ -101,8 +105,10 @@ class Service(ABC):
             pid, started = self.pid_file.read_text().split()
             process = psutil.Process(int(pid))
             alive = process.status() != psutil.STATUS_ZOMBIE
-            # A matching start time tells our process from a later one that reused the pid.
-            return process if alive and f"{process.create_time():.2f}" == started else None
+            # A matching start time tells our process from a later one that reused the pid. Read
+            # back it can differ by a whole second: Linux reports the boot time (which psutil adds
+            # to the start's clock ticks) in whole seconds, from a clock that NTP keeps adjusting.
+            return process if alive and abs(process.create_time() - float(started)) < START_TIME_TOLERANCE_S else None
         except (FileNotFoundError, ValueError, psutil.Error):
             return None
 

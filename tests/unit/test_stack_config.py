@@ -1,7 +1,9 @@
 """The service config files infra/stack.py renders, without starting anything."""
 
+import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from infra import stack
@@ -94,3 +96,13 @@ def test_kafka_cluster_ids_never_start_with_a_dash():
 
     assert stack.kafka_cluster_id(lambda: next(draws)) == "AAAAAAAAAAAAAAAAAAAAAA"
     assert next(draws, None) is None
+
+
+@pytest.mark.parametrize(("shift_s", "found"), [(0.0, True), (-1.0, True), (1.0, True), (-60.0, False)])
+def test_a_pid_file_names_its_process_though_the_start_time_reads_back_a_second_off(settings, shift_s, found):
+    redis = stack.Redis(settings)
+    redis.home.mkdir(parents=True)
+    me = psutil.Process(os.getpid())
+    redis.pid_file.write_text(f"{me.pid} {me.create_time() + shift_s:.2f}")  # -60 s: another process reused the pid
+
+    assert (redis.running_process() is not None) is found
