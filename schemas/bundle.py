@@ -159,10 +159,13 @@ class Registry:
     def servable(self) -> bool:
         """Whether there is a live version this code can read (not one of an older bundle format)."""
         current = self.current()
+        if current is None:
+            return False
         try:
-            return current is not None and bool(self.manifest(current))
+            self.manifest(current)
         except (OSError, ValueError):
             return False
+        return True
 
     def next_version(self) -> int:
         return max([0, *self.versions()]) + 1
