@@ -71,8 +71,12 @@ cluster-down: ## stop the local Flink session cluster
 status: ## show each component (Kafka, Redis, feature job, service, retrainer) and its health
 	@$(PY) infra/stack.py status || true
 
+# Two passes: every test but the latency bounds on two workers (whole modules each, longest first,
+# each worker with its own stack), then the latency bounds (marked serial) with nothing beside them.
 test: setup browser ## run every test, integration tests against a real Kafka, Redis and PyFlink included
-	$(PY) -m pytest -v --durations=30
+	$(PY) -m pytest -v -n 2 --dist loadfile --no-loadscope-reorder -m "not serial" --durations=30; parallel=$$?; \
+	$(PY) -m pytest -v -m serial --durations=5; serial=$$?; \
+	test $$parallel -eq 0 && test $$serial -eq 0
 
 test-unit: $(VENV_STAMP) ## the unit tests only, no services started: the edit loop
 	$(PY) -m pytest -q tests/unit

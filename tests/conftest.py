@@ -190,7 +190,21 @@ def consume_to_end(stack: Stack, topic: str) -> list[Message]:
     return received
 
 
+# Longest first (`make test` prints each test's duration): the parallel pass hands whole modules to
+# its two workers in collection order, and a long module started last would run on alone.
+LONGEST_MODULES = (
+    "test_feature_job.py",
+    "test_demo.py",
+    "test_serving.py",
+    "test_training.py",
+    "test_flink_cluster.py",
+    "test_broker_faults.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in item.nodeid:
             item.add_marker(pytest.mark.integration)
+    rank = {name: position for position, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
