@@ -30,10 +30,13 @@ system-deps:
 browser: ## Debian's Chromium for the browser test (apt, when missing)
 	@bash infra/install-system-deps.sh --browser
 
+# --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set no process
+# ever does, so every start of a trainer, service or Flink worker would compile TensorFlow, PyFlink and
+# Beam from source again.
 $(VENV_STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(UV) pip sync --quiet --python $(PY) --require-hashes requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(PY) --require-hashes requirements.lock
 	$(UV) pip install --quiet --python $(PY) --no-deps --editable .
 	@touch $@
 

@@ -41,7 +41,7 @@ def installed(stack: Stack, tmp_path_factory) -> tuple[Path, Path, dict]:
     venv = root / "venv"
     steps = [
         [UV, "venv", "--quiet", "--python", sys._base_executable, venv],
-        [UV, "pip", "sync", "--quiet", "--python", venv / "bin" / "python", "--require-hashes",
+        [UV, "pip", "sync", "--quiet", "--compile-bytecode", "--python", venv / "bin" / "python", "--require-hashes",
          REPO_ROOT / "requirements.lock"],
         [UV, "pip", "install", "--quiet", "--python", venv / "bin" / "python", "--no-deps", wheel],
     ]  # fmt: skip
