@@ -10,7 +10,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from schemas.bundle import Registry
 from tests.conftest import REPO_ROOT, Stack, free_port, settings_of, stack_environment
-from tests.integration.test_serving import call, republished
+from tests.integration.test_serving import SHARED_MACHINE_BUDGETS, call, republished
 from tests.integration.test_training import TINY
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -45,6 +45,7 @@ def demo(tmp_path_factory) -> Iterator[tuple[Stack, str]]:
         "KF_MODEL_POLL_S": "1",
         "KF_STARTUP_TIMEOUT_S": "300",
         **TINY,
+        **SHARED_MACHINE_BUDGETS,
     }
     stack = Stack(settings_of(env), env)
     try:

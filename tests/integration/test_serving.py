@@ -97,6 +97,12 @@ def start_service(stack: Stack, log: Path) -> tuple[Process, str]:
     return service, base
 
 
+# Budgets a machine shared with the other test worker keeps: the swap tests check that every answer
+# comes from the models, which a swap that blocks requests or leaves a graph to trace on a request
+# breaks (a trace takes longer); latency under load is make bench-swap's and make soak's to measure.
+SHARED_MACHINE_BUDGETS = {"KF_MODEL_BUDGET_MS": "500", "KF_REQUEST_BUDGET_MS": "500"}
+
+
 @pytest.fixture(scope="module")
 def system(stack: Stack, tmp_path_factory):
     """A trained bundle, the catalogue, the streaming job and the service, on fresh topics."""
@@ -113,6 +119,7 @@ def system(stack: Stack, tmp_path_factory):
         KF_MODEL_POLL_S="1",
         KF_GATE_MARGIN="1.0",
         **TINY,
+        **SHARED_MACHINE_BUDGETS,
     )
     trained = train_tiny(configured, "--no-announce")
     assert trained.returncode == 0, trained.stderr[-3000:]
