@@ -12,7 +12,6 @@ the versions and a `CURRENT` file naming the live one, replaced atomically. Publ
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -25,14 +24,15 @@ from schemas.logic.features import FeatureSpec
 from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
 
-BUNDLE_FORMAT = 3
-"""3: the ranker attends over the newest `Hyperparameters.ranker_behaviours` behaviours (2: over the
-whole sequence; 2 brought the sequential user tower over items, kinds and ages and the ranker's
-candidate features and co-visitation pairs; 1 had a mean-pooled user tower)."""
+BUNDLE_FORMAT = 4
+"""4: the served models are arrays (`SERVED_MODELS`) that NumPy runs, not TensorFlow SavedModels
+(3: the ranker attends over the newest `Hyperparameters.ranker_behaviours` behaviours; 2 attended
+over the whole sequence and brought the sequential user tower over items, kinds and ages and the
+ranker's candidate features and co-visitation pairs; 1 had a mean-pooled user tower)."""
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
-USER_TOWER, RANKER = "user_tower", "ranker"
-"""Exported SavedModels; see the signatures in training/export.py."""
+SERVED_MODELS = "served_models.npz"
+"""The user tower's and the ranker's arrays (`training.export`), run by `schemas.logic.served_models`."""
 ITEM_EMBEDDINGS, ITEM_INDEX, INDEX_IDS, VOCABULARY = (
     "item_embeddings.npy",
     "items.faiss",
@@ -54,7 +54,7 @@ class BundleError(Exception):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle_format: Literal[3] = BUNDLE_FORMAT
+    bundle_format: Literal[4] = BUNDLE_FORMAT
     version: int = Field(ge=1)
     parent_version: int | None = None
     created_at: int = Field(description="Epoch milliseconds.")
@@ -197,36 +197,34 @@ class Registry:
         return doomed
 
 
-def _padded(array: np.ndarray, rows: int, columns: int | None = None) -> np.ndarray:
-    """`array` with zeros appended up to `rows` (and `columns`): PADDING items, an empty sequence,
-    zero features. Rows do not interact in either model, so padding changes no real row's output."""
-    shape = (rows, array.shape[1] if columns is None else columns, *array.shape[2:])
-    if shape == array.shape:
-        return array
-    padded = np.zeros(shape, array.dtype)  # not np.pad: its generality costs more than the copy
-    padded[: len(array), : array.shape[1]] = array
-    return padded
+def served_arrays(directory: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The bundle's `SERVED_MODELS` by model: {"user_tower": {name: array}, "ranker": {...}}."""
+    models: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(directory / SERVED_MODELS, allow_pickle=False) as stored:
+        for name in stored.files:
+            model, _, array = name.partition("/")
+            models.setdefault(model, {})[array] = stored[name]
+    return models
 
 
 class LoadedBundle:
     """A verified bundle in memory: the vocabulary, the Faiss index, the ranker's tables and the
-    exported models' signatures; the `schemas.logic.pipeline.Recommender` that training evaluates and
-    the service runs. The models are called as exported; the service's `serving.compiled.CompiledBundle`
-    overrides `model_call` and `input_shape` to run them XLA-compiled on padded inputs."""
+    served models (`schemas.logic.served_models`, NumPy); the `schemas.logic.pipeline.Recommender`
+    that training's gate evaluates and the service runs."""
 
     def __init__(self, directory: Path, exact_max_items: int):
-        import tensorflow as tf  # here, not at module level: the stream imports schemas without TensorFlow
-
         from schemas.logic.ann import ItemIndex
         from schemas.logic.covisitation import CoVisitation
         from schemas.logic.model_inputs import ScoreScale, Vocabulary
+        from schemas.logic.served_models import DinRanker, UserTower
 
         self.directory = directory
         self.manifest = verify(directory)
-        if self.manifest.hyperparameters is None:
+        hyperparameters = self.manifest.hyperparameters
+        if hyperparameters is None:
             raise BundleError(f"{directory}: the manifest records no hyperparameters")
         self.sequence_length = self.manifest.feature_spec.sequence_length
-        self.ranker_behaviours = min(self.manifest.hyperparameters.ranker_behaviours, self.sequence_length)
+        self.ranker_behaviours = min(hyperparameters.ranker_behaviours, self.sequence_length)
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
         self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
@@ -236,37 +234,22 @@ class LoadedBundle:
         """[items, d]: row i is item vocabulary.item_ids[i]."""
         self.score_scale = ScoreScale.of(self.embeddings)
         self._unit_vectors = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
-        self._user_tower = tf.saved_model.load(str(directory / USER_TOWER))
-        self._ranker = tf.saved_model.load(str(directory / RANKER))
-        self._embed, self._score = self.model_call(self._user_tower.embed), self.model_call(self._ranker.score)
+        models = served_arrays(directory)
+        self._user_tower = UserTower(models["user_tower"], hyperparameters.retrieval_heads)
+        self._ranker = DinRanker(models["ranker"], self.ranker_behaviours, hyperparameters.like_weight)
 
     @property
     def version(self) -> int:
         return self.manifest.version
 
-    def model_call(self, signature: Callable[..., dict]) -> Callable[..., dict]:
-        """How an exported signature (keyword arrays -> dict of tensors) is called: as it is."""
-        return signature
-
-    def input_shape(self, rows: int, candidates: int) -> tuple[int, int]:
-        """The (rows, candidates) a call with this many runs as: unpadded."""
-        return rows, candidates
-
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""
-        rows, _ = self.input_shape(len(sequences.items), 1)
-        out = self._embed(**{name: _padded(array, rows) for name, array in sequences._asdict().items()})
-        return out["embedding"].numpy()[: len(sequences.items)]
+        return self._user_tower(sequences.items, sequences.kinds, sequences.ages)
 
     def score(self, sequences: SequenceArrays, candidates, features, pairs):
         """candidates [B, M] int32, features [B, M, F], pairs [B, M, N] float32 ->
         (scores [B, M], attention [B, M, N] over the newest N = ranker_behaviours behaviours)."""
-        count, width = candidates.shape
-        rows, columns = self.input_shape(count, width)
-        padded = {name: _padded(array, rows) for name, array in sequences._asdict().items()}
-        wide = {"candidates": candidates, "features": features, "pairs": pairs}
-        out = self._score(**padded, **{name: _padded(array, rows, columns) for name, array in wide.items()})
-        return out["score"].numpy()[:count, :width], out["attention"].numpy()[:count, :width]
+        return self._ranker(sequences.items, sequences.kinds, sequences.ages, candidates, features, pairs)
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """The k items whose retrieval vectors point most nearly the way `item_id`'s does (cosine),

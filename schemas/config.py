@@ -272,10 +272,11 @@ class ServingSettings(Section):
 
     serve_port: Port = Field(8080, description="Port of the recommendation service (on KF_BIND_HOST).")
     serve_workers: int = Field(
-        1,
+        2,
         ge=1,
         description="Service processes sharing KF_SERVE_PORT (SO_REUSEPORT), each loading and hot-swapping the "
-        "models itself; /metrics of any one covers all (Prometheus multiprocess mode).",
+        "models itself; /metrics of any one covers all (Prometheus multiprocess mode). One per core: a process's "
+        "Python runs on one core at a time.",
     )
     request_budget_ms: int = Field(
         100, ge=1, description="Time a request may wait for Redis before answering from trending/popularity."
@@ -295,14 +296,6 @@ class ServingSettings(Section):
     serve_model_threads: int = Field(2, ge=1, description="Threads of the service that run model and Faiss calls.")
     serve_max_batch: int = Field(
         4, ge=1, le=64, description="Most concurrent recommendation requests ranked in one model call."
-    )
-    serve_tf_threads: int = Field(
-        1, ge=0, description="TensorFlow threads per model call in the service (intra- and inter-op); 0: one per core."
-    )
-    serve_xla: bool = Field(
-        True,
-        description="XLA-compile the service's model calls: faster, but TensorFlow keeps every loaded version's "
-        "programs, so each hot swap adds memory (README, Serving); false: flat memory, slower model calls.",
     )
 
 

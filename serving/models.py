@@ -1,4 +1,4 @@
-"""The live model bundle: loaded, verified and warmed up in the background, then swapped in one assignment.
+"""The live model bundle: loaded, verified and tried once in the background, then swapped in one assignment.
 
 A request takes `holder.bundle` once and uses that object to the end, so a swap never changes the
 models under a request in flight. New versions are noticed from the `model-updates` topic and,
@@ -21,22 +21,12 @@ from confluent_kafka import Consumer
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
-from serving.compiled import CompiledBundle
 from serving.heap import InFlight, collect_when_quiet
 
 log = logging.getLogger("kingfisher.serving")
 # Under traffic that never pauses, a swapped-out bundle is collected after this anyway: its memory
 # matters more than one pause.
 QUIET_PATIENCE_S = 30.0
-
-
-def configure_tensorflow(threads: int) -> None:
-    """Limit TensorFlow's thread pools (0: its default); must run before the first model loads."""
-    if threads:
-        import tensorflow as tf  # here: importing it costs seconds, and only the service needs it
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 class ModelHolder:
@@ -47,7 +37,6 @@ class ModelHolder:
         in_flight: InFlight,
         on_live: Callable[[int], None] = lambda version: None,
     ):
-        configure_tensorflow(settings.serving.serve_tf_threads)
         self.settings, self.executor, self.in_flight, self.on_live = settings, executor, in_flight, on_live
         self.registry = Registry(settings.stack.models_dir)
         self.bundle: LoadedBundle | None = None
@@ -83,7 +72,7 @@ class ModelHolder:
         collection.add_done_callback(self._collections.discard)
 
     def _load(self, version: int) -> LoadedBundle:
-        return load_warm(self.settings, self.registry.path(version))
+        return load_tried(self.settings, self.registry.path(version))
 
     async def follow(self, wake: asyncio.Event) -> None:
         """Refresh on each announcement (`wake`) and every KF_MODEL_POLL_S."""
@@ -116,31 +105,24 @@ class ModelHolder:
         }
 
 
-def load_warm(settings: Settings, directory: Path) -> LoadedBundle:
-    """A bundle as the service serves it: loaded, verified and run once in every input shape."""
-    kind = CompiledBundle if settings.serving.serve_xla else LoadedBundle
-    bundle = kind(directory, settings.pipeline.faiss_exact_max_items)
+def load_tried(settings: Settings, directory: Path) -> LoadedBundle:
+    """A bundle as the service serves it: loaded, verified and run once on a batch of the largest
+    shape a request brings, so that a bundle whose arrays do not fit together is refused before
+    it goes live rather than failing requests after."""
     clock = time.perf_counter()
-    _warm_up(
-        bundle, settings.serving.serve_max_batch, settings.pipeline.candidates + settings.pipeline.trending_candidates
+    bundle = LoadedBundle(directory, settings.pipeline.faiss_exact_max_items)
+    rows, length = settings.serving.serve_max_batch, bundle.sequence_length
+    most_candidates = settings.pipeline.candidates + settings.pipeline.trending_candidates
+    items = np.full((rows, length), FIRST_ITEM, np.int32)
+    sequences = SequenceArrays(items, items, np.zeros((rows, length), np.float32))
+    bundle.index.search(bundle.user_vectors(sequences), most_candidates)
+    candidates = np.full((rows, most_candidates), FIRST_ITEM, np.int32)
+    features = np.zeros((rows, most_candidates, len(RANKER_FEATURES)), np.float32)
+    bundle.score(
+        sequences, candidates, features, np.zeros((rows, most_candidates, bundle.ranker_behaviours), np.float32)
     )
-    log.info("model v%d warmed up in %.1f s", bundle.version, time.perf_counter() - clock)
+    log.info("model v%d loaded and tried in %.2f s", bundle.version, time.perf_counter() - clock)
     return bundle
-
-
-def _warm_up(bundle: LoadedBundle, max_batch: int, most_candidates: int) -> None:
-    """Run every input shape a model call can bring, so that no request waits for graph tracing
-    or an XLA compilation."""
-    length = bundle.sequence_length
-    sizes = [(rows, count) for rows in range(1, max_batch + 1) for count in range(1, most_candidates + 1)]
-    shapes = {bundle.input_shape(rows, count) for rows, count in sizes}
-    for rows, count in sorted(shapes):
-        items = np.zeros((rows, length), np.int32)
-        sequences = SequenceArrays(items, items, np.zeros((rows, length), np.float32))
-        bundle.index.search(bundle.user_vectors(sequences), most_candidates)
-        candidates = np.full((rows, count), FIRST_ITEM, np.int32)
-        features = np.zeros((rows, count, len(RANKER_FEATURES)), np.float32)
-        bundle.score(sequences, candidates, features, np.zeros((rows, count, bundle.ranker_behaviours), np.float32))
 
 
 def listen_for_updates(

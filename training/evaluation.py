@@ -9,16 +9,15 @@ recall, the exported models' sizes and agreement, the training histories.
 
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.progress import Progress
 
-from schemas.bundle import RANKER, USER_TOWER, LoadedBundle
+from schemas.bundle import LoadedBundle, served_arrays
 from schemas.config import Settings
 from schemas.logic.model_inputs import Vocabulary
-from schemas.logic.pipeline import retrieve
+from schemas.logic.pipeline import candidates_of, pool_of, retrieve
 from schemas.sources.synthetic import SyntheticWorld
 from training.counts import TrainingCounts
 from training.data import Query, Split
@@ -49,6 +48,8 @@ if TYPE_CHECKING:
 SERVED = "served: sequential retrieval + DIN"
 PREVIOUS = "previous design: mean two-tower + like-DIN"
 ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
+EXPORT_CHECK_CANDIDATES = 60
+"""Candidates per query on which the exported ranker is compared with the trained one."""
 
 
 class Baselines:
@@ -156,8 +157,15 @@ def run_summary(
     """The report's whole: data, each split's part, the index's recall on `sample`'s users, the
     exported models' sizes and agreement with the trained ones, and every model's training history;
     `holdout`: the split whose validation queries the run held out from training (and the gate judged)."""
-    sequences, vectors, _ = retrieve(final, Moments(sample[:ANN_CHECK_QUERIES], run.trending).requests(1, 1))
-    exported = bundle.user_vectors(sequences)
+    requests = Moments(sample[:ANN_CHECK_QUERIES], run.trending).requests(1, EXPORT_CHECK_CANDIDATES)
+    sequences, vectors, retrieved = retrieve(final, requests)
+    pools = [pool_of(request, items) for request, items in zip(requests, retrieved, strict=True)]
+    batch = candidates_of(final, requests, sequences, vectors, pools)
+    scores = [model.score(sequences, batch.indices, batch.features, batch.pairs)[0] for model in (final, bundle)]
+    served = {
+        model: sum(array.nbytes for array in arrays.values())
+        for model, arrays in served_arrays(bundle.directory).items()
+    }
     return {
         "version": bundle.version,
         "data": _data_summary(run, holdout),
@@ -167,14 +175,12 @@ def run_summary(
             "items": len(final.index),
             "k": ANN_CHECK_K,
             "recall": ann_recall(final.index, final.embeddings, list(run.vocabulary.item_ids), vectors, ANN_CHECK_K),
-            "exported_user_tower_max_difference": float(np.abs(exported - vectors).max()),
+            "exported_user_tower_max_difference": float(np.abs(bundle.user_vectors(sequences) - vectors).max()),
+            "exported_ranker_max_difference": float(np.abs(scores[1] - scores[0]).max()),
         },
         "model_sizes": {
-            "sequential retrieval": {
-                "parameters": final.retrieval.count_params(),
-                "bytes": _directory_bytes(bundle.directory / USER_TOWER),
-            },
-            "DIN": {"parameters": final.ranker.count_params(), "bytes": _directory_bytes(bundle.directory / RANKER)},
+            "sequential retrieval": {"parameters": final.retrieval.count_params(), "bytes": served["user_tower"]},
+            "DIN": {"parameters": final.ranker.count_params(), "bytes": served["ranker"]},
         },
         "training": {name: asdict(history) for name, history in run.histories.items()},
     }
@@ -196,7 +202,3 @@ def _data_summary(run: "TrainingRun", holdout: Split) -> dict[str, Any]:
 def utc_text(ms: int) -> str:
     """Epoch milliseconds as ISO 8601 in UTC, to the second."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
-
-
-def _directory_bytes(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())

@@ -1,58 +1,71 @@
-"""Exported serving signatures (TensorFlow SavedModels, no Python code needed to load them).
+"""The served models as arrays: what `schemas.logic.served_models` runs (no TensorFlow needed to serve).
 
-user_tower.embed(items [B, L] int32, kinds [B, L] int32, ages [B, L] float32) -> {"embedding": [B, d]}
-ranker.score(items, kinds, ages, candidates [B, M] int32, features [B, M, F] float32, pairs [B, M, N] float32)
-    -> {"score": [B, M] the served score, "attention": [B, M, N] DIN weights over the newest N behaviours}
-with N = min(the ranker's behaviours, L)
+`served_arrays(retrieval, ranker)` -> {"user_tower/<name>": array, "ranker/<name>": array}, saved
+uncompressed in a bundle's `served_models.npz`. Item embeddings are exported as tables over the
+whole vocabulary [items + reserved, D]: the user tower's already scaled as its encoder scales them.
 """
 
-from pathlib import Path
-
 import keras
-import tensorflow as tf
+import numpy as np
 
-from schemas.logic.model_inputs import RANKER_FEATURES
-from training.models import Ranker, SequentialRetrieval
-
-
-def _sequence_specs(length: int) -> list[tf.TensorSpec]:
-    return [
-        tf.TensorSpec([None, length], tf.int32, name="items"),
-        tf.TensorSpec([None, length], tf.int32, name="kinds"),
-        tf.TensorSpec([None, length], tf.float32, name="ages"),
-    ]
+from training.models import DeepInterestNetwork, SequentialRetrieval
 
 
-def export_user_tower(model: SequentialRetrieval, path: Path, length: int) -> None:
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "embed",
-        lambda items, kinds, ages: {"embedding": model.user_vectors(items, kinds, ages)},
-        input_signature=_sequence_specs(length),
-    )
-    archive.write_out(str(path), verbose=False)
+def _values(pairs: dict) -> dict[str, np.ndarray]:
+    return {name: np.asarray(keras.ops.convert_to_numpy(value), np.float32) for name, value in pairs.items()}
 
 
-def export_ranker(model: Ranker, path: Path, length: int) -> None:
-    behaviours = min(model.behaviours, length)
+def _dense(prefix: str, layer) -> dict:
+    return {f"{prefix}/kernel": layer.kernel, f"{prefix}/bias": layer.bias}
 
-    def score(items, kinds, ages, candidates, features, pairs):
-        scores, attention = model.served_scores(items, kinds, ages, candidates, features, pairs)
-        if attention is None:
-            attention = tf.zeros(tf.concat([tf.shape(candidates), [behaviours]], 0))
-        return {"score": scores, "attention": attention}
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "score",
-        score,
-        input_signature=[
-            *_sequence_specs(length),
-            tf.TensorSpec([None, None], tf.int32, name="candidates"),
-            tf.TensorSpec([None, None, len(RANKER_FEATURES)], tf.float32, name="features"),
-            tf.TensorSpec([None, None, behaviours], tf.float32, name="pairs"),
-        ],
-    )
-    archive.write_out(str(path), verbose=False)
+def _norm(prefix: str, layer) -> dict:
+    return {f"{prefix}/gamma": layer.gamma, f"{prefix}/beta": layer.beta}
+
+
+def user_tower_arrays(model: SequentialRetrieval) -> dict[str, np.ndarray]:
+    arrays = {
+        "items": model.items(np.arange(model.items.vocabulary_size)) * np.sqrt(model.dim),
+        "kinds": model.kinds.embeddings,
+        "positions": model.positions.embeddings,
+        **_norm("norm", model.norm),
+    }
+    for n, block in enumerate(model.blocks):
+        arrays |= _norm(f"block_{n}/norm_attention", block.norm_attention)
+        arrays |= _norm(f"block_{n}/norm_feed_forward", block.norm_feed_forward)
+        for name in ("query_key_value", "project", "feed_forward", "feed_forward_out"):
+            arrays |= _dense(f"block_{n}/{name}", getattr(block, name))
+        arrays[f"block_{n}/gap_bias/embeddings"] = block.gap_bias.embeddings
+    return _values(arrays)
+
+
+def ranker_arrays(model: DeepInterestNetwork) -> dict[str, np.ndarray]:
+    unit = model.attention
+    arrays = {
+        "items": model.items(np.arange(model.items.vocabulary_size)),
+        "kinds": model.kinds.embeddings,
+        "ages": model.ages.embeddings,
+        "standardise/mean": model.standardise.mean,
+        "standardise/std": model.standardise.std,
+        **_dense("next_logit", model.next_logit),
+        **_dense("like_logit", model.like_logit),
+        **{f"attention/{name}": getattr(unit, name) for name in ("w_query", "w_key", "w_product", "bias", "w_pair")},
+        "attention/dice/alpha": unit.activation.alpha,
+        "attention/dice/normalise/moving_mean": unit.activation.normalise.moving_mean,
+        "attention/dice/normalise/moving_variance": unit.activation.normalise.moving_variance,
+        "attention/dice/epsilon": np.float32(unit.activation.normalise.epsilon),
+        **_dense("attention/weight", unit.out),
+    }
+    for layer in model.mlp.layers:
+        if isinstance(layer, keras.layers.Dense):
+            arrays |= _dense(f"mlp/{layer.name}", layer)
+        else:
+            arrays[f"mlp/{layer.name}/alpha"] = layer.alpha
+    return _values(arrays)
+
+
+def served_arrays(retrieval: SequentialRetrieval, ranker: DeepInterestNetwork) -> dict[str, np.ndarray]:
+    """Both models' arrays, named `user_tower/...` and `ranker/...`."""
+    return {f"user_tower/{name}": array for name, array in user_tower_arrays(retrieval).items()} | {
+        f"ranker/{name}": array for name, array in ranker_arrays(ranker).items()
+    }

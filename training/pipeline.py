@@ -30,8 +30,7 @@ from schemas.bundle import (
     ITEM_INDEX,
     POPULAR,
     POPULARITY,
-    RANKER,
-    USER_TOWER,
+    SERVED_MODELS,
     VOCABULARY,
     LoadedBundle,
     Manifest,
@@ -63,7 +62,7 @@ from training.evaluate import (
     served,
 )
 from training.evaluation import Evaluation, train_previous_design
-from training.export import export_ranker, export_user_tower
+from training.export import served_arrays
 from training.fit import History, Schedule, fit, progress_bar
 from training.gate import Gate, Verdict
 from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, Ranker, SequentialRetrieval, ranking_loss
@@ -391,8 +390,7 @@ class TrainingRun:
     def stage(self, staging: Path, version: int, offer: "Offer") -> LoadedBundle:
         """Export the offered models into `staging`, seal it and load it back as serving will."""
         final = offer.final
-        export_user_tower(final.retrieval, staging / USER_TOWER, self.length)
-        export_ranker(final.ranker, staging / RANKER, self.length)
+        np.savez(staging / SERVED_MODELS, **served_arrays(final.retrieval, final.ranker))
         np.save(staging / ITEM_EMBEDDINGS, final.embeddings, allow_pickle=False)
         final.index.save(staging / ITEM_INDEX, staging / INDEX_IDS)
         (staging / VOCABULARY).write_bytes(self.vocabulary.to_json())

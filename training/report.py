@@ -105,8 +105,9 @@ def markdown(report: dict[str, Any]) -> str:
         *([f"![pipelines]({PIPELINE_PLOT})"] if report["splits"] else []),
         "## Index, time, size",
         f"Faiss index: {index['kind']}, {index['items']} items, recall@{index['k']} against exact search "
-        f"{index['recall']:.4f}; exported user tower against the model in memory: largest difference "
-        f"{index['exported_user_tower_max_difference']:.2e}.",
+        f"{index['recall']:.4f}; exported models against the models in memory, largest difference: user "
+        f"vectors {index['exported_user_tower_max_difference']:.2e}, "
+        f"DIN scores {index['exported_ranker_max_difference']:.2e}.",
         table(["stage", "seconds"], [[name, f"{value:.1f}"] for name, value in report["timings_s"].items()]),
         table(
             ["model", "parameters", "exported bytes"],

@@ -25,7 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from schemas.bundle import CURRENT, MANIFEST, RANKER, Manifest, Registry, seal, version_name
+from schemas.bundle import CURRENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
 from schemas.config import Settings
 from schemas.events import validate_event
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
@@ -251,7 +251,7 @@ class OpenLoopLoad:
 
 def republished(registry: Registry, source: int, version: int, corrupt: bool = False) -> None:
     """Version `source`'s files as version `version`, made current; `corrupt` flips one byte of the
-    ranker after sealing, as a bad copy or disk would (Registry.publish would refuse such a bundle)."""
+    served models after sealing, as a bad copy or disk would (Registry.publish would refuse such a bundle)."""
     staging = registry.staging(version)
     shutil.copytree(registry.path(source), staging, dirs_exist_ok=True)
     manifest = Manifest.model_validate_json((staging / MANIFEST).read_bytes())
@@ -259,7 +259,7 @@ def republished(registry: Registry, source: int, version: int, corrupt: bool = F
     if not corrupt:
         registry.publish(staging, version)
         return
-    model = staging / RANKER / "saved_model.pb"
+    model = staging / SERVED_MODELS
     model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
     staging.rename(registry.path(version))
     (registry.root / CURRENT).write_text(version_name(version) + "\n")

@@ -1,0 +1,164 @@
+"""The served models' forward passes in NumPy, from the arrays training exports (`served_models.npz`
+in a bundle): the SASRec user tower and the DIN ranker of `training.models`, at inference.
+
+The service runs these instead of TensorFlow: a TensorFlow call costs a fixed fraction of a
+millisecond before any arithmetic and XLA keeps every loaded version's programs, while the work per
+request is a few small matrix products. Where inference allows, work moves from the request to the
+export, once per model version (README, Serving):
+- Item embeddings (id, genres, year) are tables over the whole vocabulary.
+- DIN's activation unit takes [q, k, q - k, q ⊙ k] into its first layer, which is
+  q·W_q + k·W_k + (q ⊙ k)·W_p + b (the q - k block folds into W_q and W_k). Per request that is one
+  product of the candidates [M, D + 1] (a ones column appended) with a [D + 1, N·H] matrix built from
+  the behaviours: q·(k ⊙ W_p + W_q) plus a row of k·W_k + b.
+- Dice's inference-time normalisation is folded into those weights, and its sigmoid is written as
+  tanh, so the unit's output layer becomes three matrix-vector products (see `DinRanker._weights`).
+
+Shapes: B rows, L sequence length, M candidates, N the ranker's newest behaviours, D widths.
+`tests/unit/test_served_models.py` checks both against the Keras models.
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+
+AGE_BUCKETS = 32
+"""Ages and time gaps in log2 buckets of seconds (as `training.layers.age_buckets`)."""
+LAYER_NORM_EPSILON = 1e-6
+MASKED_LOGIT = -1e9
+
+
+def age_buckets(seconds: np.ndarray) -> np.ndarray:
+    """[...] float32 seconds (negative counts as 0) -> [...] int32: round(log2(1 + seconds)), clipped."""
+    buckets = np.round(np.log1p(np.maximum(seconds, np.float32(0))) / np.float32(np.log(2.0)))
+    return np.clip(buckets, 0, AGE_BUCKETS - 1).astype(np.int32)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    # np.add.reduce, not x.mean: the method's bookkeeping costs more than these rows' arithmetic
+    width = np.float32(x.shape[-1])
+    centred = x - np.add.reduce(x, axis=-1, keepdims=True) / width
+    variance = np.add.reduce(centred * centred, axis=-1, keepdims=True) / width
+    return centred / np.sqrt(variance + np.float32(LAYER_NORM_EPSILON)) * gamma + beta
+
+
+def _prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0) + alpha * np.minimum(x, 0)
+
+
+class UserTower:
+    """`SequentialRetrieval.user_vectors`: items, kinds [B, L] int32, ages [B, L] float32 -> [B, d]."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], heads: int):
+        self.items, self.kinds, self.positions = arrays["items"], arrays["kinds"], arrays["positions"]
+        self.norm = arrays["norm/gamma"], arrays["norm/beta"]
+        self.blocks = [
+            {name[len(prefix) :]: array for name, array in arrays.items() if name.startswith(prefix)}
+            for prefix in sorted({name.split("/")[0] + "/" for name in arrays if name.startswith("block_")})
+        ]
+        self.heads, self.length = heads, len(self.positions)
+        self.causal = np.tril(np.ones((self.length, self.length), bool))
+
+    def __call__(self, items: np.ndarray, kinds: np.ndarray, ages: np.ndarray) -> np.ndarray:
+        present = items > 0
+        x = (self.items[items] + self.kinds[kinds] + self.positions) * present[..., None]
+        moments = np.concatenate([ages[:, 1:], np.zeros_like(ages[:, :1])], axis=1)
+        gaps = age_buckets(ages[:, None, :] - moments[:, :, None])  # [B, query L, key L]
+        allowed = self.causal & present[:, None, :]
+        for n, block in enumerate(self.blocks):
+            queries = 1 if n == len(self.blocks) - 1 else self.length  # the last block: the newest position only
+            x = self._block(block, x, allowed[:, -queries:], gaps[:, -queries:]) * present[:, -queries:, None]
+        return layer_norm(x[:, -1], *self.norm)
+
+    def _block(self, weights: dict, x: np.ndarray, allowed: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+        """`training.layers.CausalSelfAttention` at inference: x [B, L, d] -> [B, Q, d] for the last Q positions."""
+        batch, length, dim = x.shape
+        queries, width = allowed.shape[1], dim // self.heads
+        normed = layer_norm(x, weights["norm_attention/gamma"], weights["norm_attention/beta"])
+        mixed = normed @ weights["query_key_value/kernel"] + weights["query_key_value/bias"]
+        heads = mixed.reshape(batch, length, 3, self.heads, width).transpose(2, 0, 3, 1, 4)  # [3, B, heads, L, w]
+        query, key, value = heads[0][:, :, -queries:], heads[1], heads[2]
+        logits = query @ key.transpose(0, 1, 3, 2) / np.float32(np.sqrt(width))
+        logits += weights["gap_bias/embeddings"][gaps].transpose(0, 3, 1, 2)
+        logits = np.where(allowed[:, None], logits, np.float32(MASKED_LOGIT))
+        logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        attended = (logits / logits.sum(axis=-1, keepdims=True)) @ value  # [B, heads, Q, w]
+        attended = attended.transpose(0, 2, 1, 3).reshape(batch, queries, dim)
+        x = x[:, -queries:] + attended @ weights["project/kernel"] + weights["project/bias"]
+        normed = layer_norm(x, weights["norm_feed_forward/gamma"], weights["norm_feed_forward/beta"])
+        hidden = np.maximum(normed @ weights["feed_forward/kernel"] + weights["feed_forward/bias"], 0)
+        return x + hidden @ weights["feed_forward_out/kernel"] + weights["feed_forward_out/bias"]
+
+
+class DinRanker:
+    """`Ranker.served_scores` of `training.models.DeepInterestNetwork`: sequences [B, L], candidates
+    [B, M] int32, features [B, M, F], pairs [B, M, N] float32 -> (scores [B, M], attention [B, M, N])."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], behaviours: int, like_weight: float):
+        self.behaviours, self.like_weight = behaviours, np.float32(like_weight)
+        self.items, self.kinds, self.ages = arrays["items"], arrays["kinds"], arrays["ages"]
+        self.mlp = [(arrays[f"mlp/dense_{n}/kernel"], arrays[f"mlp/dense_{n}/bias"], arrays[f"mlp/prelu_{n}/alpha"])
+                    for n in range(sum(name.startswith("mlp/dense_") for name in arrays) // 2)]  # fmt: skip
+        self.next_logit = arrays["next_logit/kernel"][:, 0], arrays["next_logit/bias"][0]
+        self.like_logit = arrays["like_logit/kernel"][:, 0], arrays["like_logit/bias"][0]
+        self.feature_mean, self.feature_std = arrays["standardise/mean"], arrays["standardise/std"]
+        self._fold_attention_unit(arrays)
+
+    def _fold_attention_unit(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The unit's first layer yields y = z / 2, z Dice's normalised input (z = (x - mean) · s,
+        s = 1 / sqrt(variance + ε)), so that sigmoid(z) = (1 + tanh(y)) / 2. Dice's output
+        a = x·(alpha + (1 - alpha)·sigmoid(z)) then enters the output layer w as
+        Σ_h a_h·w_h = y·A + (y ⊙ tanh y)·B + tanh(y)·C + c (`_weights`)."""
+        unit = {
+            name.removeprefix("attention/"): array for name, array in arrays.items() if name.startswith("attention/")
+        }
+        half_scale = 0.5 / np.sqrt(unit["dice/normalise/moving_variance"] + np.float32(unit["dice/epsilon"]))
+        mean, alpha, out = unit["dice/normalise/moving_mean"], unit["dice/alpha"], unit["weight/kernel"][:, 0]
+        self.w_query, self.w_key = unit["w_query"] * half_scale, unit["w_key"] * half_scale
+        self.w_product, self.w_pair = unit["w_product"] * half_scale, unit["w_pair"] * half_scale
+        self.shift = (unit["bias"] - mean) * half_scale
+        through_x = out / half_scale  # x = y / half_scale + mean
+        self.y_weight = through_x * (1 + alpha) / 2
+        self.y_tanh_weight = through_x * (1 - alpha) / 2
+        self.tanh_weight = out * (1 - alpha) / 2 * mean
+        self.constant = np.float32(out @ ((1 + alpha) / 2 * mean) + unit["weight/bias"][0])
+        # Each candidate's q·W_q, appended to the candidate table as a ones column's weight row (see
+        # `_hidden`): the query side of the first layer is a table lookup.
+        self.queries = np.concatenate([self.items, np.ones((len(self.items), 1), np.float32)], axis=1)
+
+    def __call__(self, items, kinds, ages, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
+        items, kinds, ages = (array[:, -self.behaviours :] for array in (items, kinds, ages))
+        keys = self.items[items] + self.kinds[kinds] + self.ages[age_buckets(ages)]  # [B, N, D]
+        # Row by row: a row's [M, N, H] pairs stay in the cache through the unit's passes over them.
+        unit = [self._weights(self._hidden(*row)) for row in zip(keys, candidates, pairs, strict=True)]
+        weights = np.stack(unit) * (items > 0)[:, None, :]  # [B, M, N]
+        interest = weights @ keys  # [B, M, D]
+        query = self.items[candidates]
+        hidden = np.concatenate(
+            [interest, query, interest * query, (features - self.feature_mean) / self.feature_std], -1
+        )
+        for kernel, bias, alpha in self.mlp:
+            hidden = _prelu(hidden @ kernel + bias, alpha)
+        next_logits = hidden @ self.next_logit[0] + self.next_logit[1]
+        like_logits = hidden @ self.like_logit[0] + self.like_logit[1]
+        log_sigmoid = -np.logaddexp(np.float32(0), -like_logits)
+        return next_logits + self.like_weight * log_sigmoid, weights
+
+    def _hidden(self, keys: np.ndarray, candidates: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """keys [N, D], candidates [M], pairs [M, N] of one row -> y [M, N, H], the folded first
+        layer of the activation unit for every pair, as one product: [q, 1, pairs] [M, D + 1 + N]
+        times [D + 1 + N, N·H], whose rows are k ⊙ W_p + W_q, then k·W_k + b, then w_pair on the
+        diagonal blocks (pair l adds w_pair to behaviour l's block only)."""
+        length, width = keys.shape
+        hidden = self.w_key.shape[1]
+        rows = np.zeros((width + 1 + length, length, hidden), np.float32)
+        np.multiply(keys.T[:, :, None], self.w_product[:, None, :], out=rows[:width])
+        rows[:width] += self.w_query[:, None, :]
+        rows[width] = keys @ self.w_key + self.shift
+        rows[width + 1 + np.arange(length), np.arange(length)] = self.w_pair
+        inputs = np.concatenate([self.queries[candidates], pairs], axis=1)
+        return (inputs @ rows.reshape(len(rows), length * hidden)).reshape(len(candidates), length, hidden)
+
+    def _weights(self, y: np.ndarray) -> np.ndarray:
+        """y [..., H] -> the unit's output [...]."""
+        tanh = np.tanh(y)
+        return y @ self.y_weight + tanh @ self.tanh_weight + (y * tanh) @ self.y_tanh_weight + self.constant
