@@ -2,11 +2,11 @@
 
 Each collection holds the GIL: every thread and the event loop wait it out, and a request waiting
 through it can miss its Redis or model budget and fall back. So:
-- at start, everything imported (TensorFlow's objects, most of the heap) is frozen out of the
-  collector's reach: full collections then walk only the live bundles and what requests leave;
-- after a model swap, the swapped-out bundle (TensorFlow objects hold reference cycles) is freed
-  by one collection run at a moment when no request is in flight, so it delays only requests that
-  arrive during it, and their budgets start after it.
+- at start, everything imported (the libraries' objects) is frozen out of the collector's reach:
+  full collections then walk only the live bundles and what requests leave;
+- after a model swap, the swapped-out bundle is freed by one collection run at a moment when no
+  request is in flight, so it delays only requests that arrive during it, and their budgets start
+  after it.
 """
 
 import asyncio
@@ -19,6 +19,10 @@ import time
 from collections.abc import Iterator
 
 log = logging.getLogger("kingfisher.serving")
+COLLECTION_THRESHOLDS = (20_000, 20, 20)
+"""gc.set_threshold after the freeze: a request leaves a few hundred short-lived containers, so
+Python's default (700, 10, 10) collected the young generation every few requests, each time under
+the GIL every thread waits for (README, Garbage collection)."""
 
 
 class InFlight:
@@ -59,6 +63,7 @@ def freeze_imports() -> None:
     clock = time.perf_counter()
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*COLLECTION_THRESHOLDS)
     log.info("%d objects frozen out of garbage collection in %.0f ms", gc.get_freeze_count(), _ms_since(clock))
 
 
