@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -52,8 +53,7 @@ class Vocabulary:
 
     def item_indices(self, item_ids: Iterable[str]) -> np.ndarray:
         """[N] int32 indices; an item outside the vocabulary is UNKNOWN_ITEM."""
-        lookup = self._lookup
-        return np.fromiter((lookup.get(item_id, UNKNOWN_ITEM) for item_id in item_ids), dtype=np.int32)
+        return np.fromiter(map(self._lookup.get, item_ids, repeat(UNKNOWN_ITEM)), dtype=np.int32)
 
     def item_id(self, index: int) -> str:
         return self.item_ids[index - FIRST_ITEM]
