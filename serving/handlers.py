@@ -127,7 +127,7 @@ async def recommendations(request: web.Request) -> web.Response:
 
 def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], seen: set[str], k: int):
     """The answer without DIN: trending, then the bundle's popularity list, seen items left out."""
-    popular = trending + ([item for item in bundle.popular if item not in trending] if bundle else [])
+    popular = dict.fromkeys(trending + (bundle.popular if bundle else []))  # each once, trending first
     chosen = [item for item in popular if item not in seen][:k]
     return [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
 
