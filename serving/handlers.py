@@ -6,6 +6,7 @@ answers from trending/popularity with `fallback` set.
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict
@@ -24,6 +25,7 @@ from schemas.events import Event, validate_event
 from schemas.feature_store import UserRead
 from schemas.logic.pipeline import Ranked, RankRequest
 from schemas.validation import InvalidRecord
+from serving.metrics import MULTIPROCESS_DIR, Metrics
 from serving.parameters import (
     BadRequest,
     ItemPath,
@@ -261,6 +263,10 @@ async def readyz(request: web.Request) -> web.Response:
     bundle, problems = request.app[MODELS].bundle, []
     if bundle is None:
         problems.append(request.app[MODELS].last_error or "no model loaded")
+    elif MULTIPROCESS_DIR in os.environ:  # under the supervisor: the port's next answer may come from another worker
+        workers, ready = request.app[SETTINGS].serving.serve_workers, Metrics.workers_with_a_model()
+        if ready < workers:
+            problems.append(f"{ready} of {workers} workers have a model")
     try:
         await asyncio.wait_for(request.app[STORE].store.ping(), 1.0)
     except (TimeoutError, aioredis.RedisError, OSError) as error:

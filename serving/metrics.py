@@ -80,6 +80,16 @@ class Metrics:
         MultiProcessCollector(everyone)
         return generate_latest(everyone)
 
+    @staticmethod
+    def workers_with_a_model() -> int:
+        """How many of the supervisor's workers have a model live: their model-version series in the
+        shared directory (only under the supervisor, where MULTIPROCESS_DIR is set)."""
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)
+        live = [sample.value for family in everyone.collect() for sample in family.samples
+                if sample.name == "kingfisher_model_version"]  # fmt: skip
+        return sum(version > 0 for version in live)
+
     def observe_batch(self, waits_s: list[float]) -> None:
         """One model call's batch: its size, and how long each of its requests queued."""
         self.batch_size.observe(len(waits_s))

@@ -51,7 +51,7 @@ ROUTES = (
           {200: Answer("Reload result."), 401: Answer("Wrong or missing token."),
            403: Answer("Admin routes are off.")}),
     Route("GET", "/healthz", handlers.healthz, "Liveness.", {200: Answer("Alive.")}),
-    Route("GET", "/readyz", handlers.readyz, "Readiness: a model is loaded and Redis answers.",
+    Route("GET", "/readyz", handlers.readyz, "Readiness: every worker has a model loaded and Redis answers.",
           {200: Answer("Ready."), 503: Answer("Not ready, with problems.")}),
     Route("GET", "/metrics", handlers.metrics, "Prometheus metrics.",
           {200: Answer("Prometheus text format.", media_type="text/plain")}),

@@ -52,7 +52,9 @@ class Supervisor:
         return 0
 
     def _start(self) -> subprocess.Popen:
-        worker = subprocess.Popen(self.command, env=os.environ | {MULTIPROCESS_DIR: str(self.metrics_dir)})
+        # KF_SERVE_WORKERS: each worker's /readyz waits for as many workers with a model as there are.
+        environment = {MULTIPROCESS_DIR: str(self.metrics_dir), "KF_SERVE_WORKERS": str(self.count)}
+        worker = subprocess.Popen(self.command, env=os.environ | environment)
         log.info("worker %d started", worker.pid)
         return worker
 
