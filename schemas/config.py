@@ -272,11 +272,11 @@ class ServingSettings(Section):
 
     serve_port: Port = Field(8080, description="Port of the recommendation service (on KF_BIND_HOST).")
     serve_workers: int = Field(
-        2,
+        1,
         ge=1,
         description="Service processes sharing KF_SERVE_PORT (SO_REUSEPORT), each loading and hot-swapping the "
-        "models itself; /metrics of any one covers all (Prometheus multiprocess mode). One per core: a process's "
-        "Python runs on one core at a time.",
+        "models itself; /metrics of any one covers all (Prometheus multiprocess mode). Above 300 requests/s on two "
+        "cores, 2: a process's Python runs on one core at a time (README, Serving performance).",
     )
     request_budget_ms: int = Field(
         100, ge=1, description="Time a request may wait for Redis before answering from trending/popularity."
