@@ -98,8 +98,8 @@ def start_service(stack: Stack, log: Path) -> tuple[Process, str]:
 
 
 # Budgets a machine shared with the other test worker keeps: the swap tests check that every answer
-# comes from the models, which a swap that blocks requests or leaves a graph to trace on a request
-# breaks (a trace takes longer); latency under load is make bench-swap's and make soak's to measure.
+# comes from the models, which a swap that blocks requests breaks; latency under load is make
+# bench-serve's and make soak's to measure.
 SHARED_MACHINE_BUDGETS = {"KF_MODEL_BUDGET_MS": "500", "KF_REQUEST_BUDGET_MS": "500"}
 
 
