@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from schemas.logic.model_inputs import BEHAVIOUR_KINDS, MAX_GENRES, YEAR_BUCKETS
+from schemas.logic.model_inputs import AGE_BUCKETS, BEHAVIOUR_KINDS, MAX_GENRES, YEAR_BUCKETS
 
 GENRE_DIM, YEAR_DIM, HOUR_DIM = 8, 4, 4
 
@@ -154,10 +154,6 @@ class AttentionPooling(keras.layers.Layer):
 
     def call(self, weights, keys):
         return ops.einsum("bml,bld->bmd", weights, keys)
-
-
-AGE_BUCKETS = 32
-"""Ages and time gaps in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ... up to about 68 years."""
 
 
 def age_buckets(seconds):

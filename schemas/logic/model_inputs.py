@@ -25,6 +25,9 @@ FIRST_ITEM = 2
 MAX_GENRES = 8
 YEAR_BUCKETS = 32
 """Release years in 5-year buckets from 1900 (bucket 0: unknown year)."""
+AGE_BUCKETS = 32
+"""Ages and time gaps in log2 buckets of seconds: 0 s, 1 s, 2-3 s, ... up to about 68 years (the
+models' `age_buckets`, in TensorFlow for training and in NumPy for serving)."""
 EVENT_TYPES = tuple(EventType)
 RATING_BUCKETS = int((MAX_RATING - MIN_RATING) * 2) + 1
 BEHAVIOUR_KINDS = 1 + len(EVENT_TYPES) + RATING_BUCKETS

@@ -7,9 +7,9 @@ request is a few small matrix products. Where inference allows, work moves from 
 export, once per model version (README, Serving):
 - Item embeddings (id, genres, year) are tables over the whole vocabulary.
 - DIN's activation unit takes [q, k, q - k, q ⊙ k] into its first layer, which is
-  q·W_q + k·W_k + (q ⊙ k)·W_p + b (the q - k block folds into W_q and W_k). Per request that is one
-  product of the candidates [M, D + 1] (a ones column appended) with a [D + 1, N·H] matrix built from
-  the behaviours: q·(k ⊙ W_p + W_q) plus a row of k·W_k + b.
+  q·W_q + k·W_k + (q ⊙ k)·W_p + b (the q - k block folds into W_q and W_k), plus the pair's
+  co-visitation term. Per request row that is one product of [q, 1, pairs] [M, D + 1 + N] with a
+  [D + 1 + N, N·H] matrix built from the behaviours (`DinRanker._hidden`).
 - Dice's inference-time normalisation is folded into those weights, and its sigmoid is written as
   tanh, so the unit's output layer becomes three matrix-vector products (see `DinRanker._weights`).
 
@@ -21,8 +21,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-AGE_BUCKETS = 32
-"""Ages and time gaps in log2 buckets of seconds (as `training.layers.age_buckets`)."""
+from schemas.logic.model_inputs import AGE_BUCKETS
+
 LAYER_NORM_EPSILON = 1e-6
 MASKED_LOGIT = -1e9
 
@@ -121,8 +121,7 @@ class DinRanker:
         self.y_tanh_weight = through_x * (1 - alpha) / 2
         self.tanh_weight = out * (1 - alpha) / 2 * mean
         self.constant = np.float32(out @ ((1 + alpha) / 2 * mean) + unit["weight/bias"][0])
-        # Each candidate's q·W_q, appended to the candidate table as a ones column's weight row (see
-        # `_hidden`): the query side of the first layer is a table lookup.
+        # The candidate table with a ones column, whose row in `_hidden`'s matrix carries k·W_k + b.
         self.queries = np.concatenate([self.items, np.ones((len(self.items), 1), np.float32)], axis=1)
 
     def __call__(self, items, kinds, ages, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
