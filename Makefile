@@ -107,7 +107,7 @@ bench-incremental: setup ## incremental retraining against from scratch on the s
 bench-serve: up ## service latency p50/p95/p99, errors and CPU per request at 50, 100, 200, 500 req/s (60 s each), with a new click before every request and with unchanged states
 	$(PY) -m serving.bench $(BENCH_ARGS)
 
-bench-swap: setup ## the service's resident memory across 6 hot swaps, XLA-compiled model calls beside uncompiled (needs a trained model)
+bench-swap: setup ## the service's resident memory across 6 hot swaps of the live version (needs a trained model)
 	$(PY) -m serving.swap_memory $(BENCH_ARGS)
 
 soak: demo ## 30 min of events and requests on the demo stack with a retraining and hot swap midway (SOAK_ARGS="--minutes 5")
