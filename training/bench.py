@@ -63,6 +63,24 @@ def ratios(split: dict) -> str:
     return "; ".join(parts)
 
 
+def candidate_curve_table(title: str, split: dict) -> Table:
+    """The served pipeline over (M, T): each part's NDCG@10 and HitRate@10 minus the configured
+    pipeline's on the same queries, ± the paired standard error; choose on validation."""
+    table = Table(title=title)
+    for column in ("M", "T", "ranked per query", "validation ΔNDCG@10", "validation ΔHitRate@10", "test ΔNDCG@10",
+                   "test ΔHitRate@10", "test NDCG@10"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for validation, test in zip(split["validation"]["candidate_curve"], split["test"]["candidate_curve"], strict=True):
+        cells = [
+            f"{part['difference'][key]:+.4f} ± {part['difference'][key + '_se']:.4f}"
+            for part in (validation, test)
+            for key in ("ndcg@10", "hitrate@10")
+        ]
+        table.add_row(str(test["candidates"]), str(test["trending"]), f"{test['ranked_per_query']:.0f}", *cells,
+                      f"{test['ndcg@10']:.4f}")  # fmt: skip
+    return table
+
+
 def print_split(console: Console, name: str, split: dict) -> None:
     console.print(
         pipelines_table(f"the {name} split, test queries ({split['test']['queries']}), full catalogue", split)
@@ -72,6 +90,9 @@ def print_split(console: Console, name: str, split: dict) -> None:
         rankers = ", ".join(f"{ranker} {value['pool_auc']:.4f}" for ranker, value in split[part]["rankers"].items())
         console.print(f"  {part}: AUC within the pools {rankers}; identical reasons in the top 10 "
                       f"{split[part]['identical_reasons_top10']:.3f}")  # fmt: skip
+    if "candidate_curve" in split["test"]:
+        title = f"the {name} split: M Faiss + T trending candidates against the configured"
+        console.print(candidate_curve_table(title, split))
     if shares := split["test"].get("true_click_share_top10"):
         console.print("  true click probability of the top 10 as a share of the best possible: "
                       + ", ".join(f"{pipeline} {share:.3f}" for pipeline, share in shares.items()))  # fmt: skip

@@ -18,7 +18,7 @@ from schemas.logic.pipeline import Ranked, Recommender, rank_batch, retrieve
 from schemas.sources.synthetic import SyntheticWorld
 from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of
-from training.metrics import gauc, ranking_metrics
+from training.metrics import gauc, paired_difference, ranking_metrics
 
 FUTURE_ITEMS = 5
 """A query's relevant items: the next 5 items the user takes (as the leave-last-5 split's)."""
@@ -32,6 +32,10 @@ EASE_REGULARISATION = (50.0, 200.0)
 """EASE's lambda: the better of these on the validation queries."""
 EVERYTHING = 10**9
 EXPLAINED = 10
+CANDIDATE_GRID = (50, 100, 150, 200)
+"""Faiss candidates (M) the candidate curve measures the served pipeline with."""
+TRENDING_GRID = (0, 25, 50)
+"""Trending candidates the candidate curve measures the served pipeline with, at each M."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,36 @@ def served(recommender: Recommender, moments: Moments, candidates: int, drop_new
         for start in range(0, len(requests), REQUEST_BATCH)
         for ranked in rank_batch(recommender, requests[start : start + REQUEST_BATCH])
     ]
+
+
+def candidate_curve(recommender: Recommender, moments: Moments, candidates: int, trending: int) -> list[dict]:
+    """The served pipeline with M Faiss and T trending candidates, for each (M, T) of the grids: its
+    NDCG@10 and HitRate@10, the difference from the configured (`candidates`, `trending`) on the same
+    queries with the paired standard error, and how many items DIN ranked per query (what a
+    request's ranking CPU grows with)."""
+    relevant = [query.relevant for query in moments.queries]
+    answers: dict[tuple[int, int], list[Ranked]] = {}
+
+    def answer(m: int, t: int) -> list[Ranked]:
+        if (m, t) not in answers:
+            shorter = {order: listed[:t] for order, listed in moments.trending.items()}
+            answers[m, t] = served(recommender, Moments(moments.queries, shorter), m)
+        return answers[m, t]
+
+    configured = item_lists(answer(candidates, trending))
+    points = []
+    for m in CANDIDATE_GRID:
+        for t in TRENDING_GRID:
+            ranked = answer(m, t)
+            lists = item_lists(ranked)
+            points.append({
+                "candidates": m,
+                "trending": t,
+                "ranked_per_query": float(np.mean([len(each.items) for each in ranked])),
+                **ranking_metrics(lists, relevant, 10),
+                "difference": paired_difference(lists, configured, relevant, 10),
+            })  # fmt: skip
+    return points
 
 
 def retrieved(recommender: Recommender, moments: Moments, count: int) -> list[list[str]]:

@@ -28,6 +28,7 @@ from training.evaluate import (
     Ease,
     Moments,
     ann_recall,
+    candidate_curve,
     click_probability_share,
     cooccurrence_lists,
     identical_reasons_share,
@@ -139,6 +140,9 @@ class Evaluation:
             "rankers": {name: {"pool_auc": pool_auc(ranked, queries)} for name, ranked in answers.items()},
             "identical_reasons_top10": identical_reasons_share(answers["DIN"]),
         }
+        if baselines is not None:
+            din, trending = plain.with_ranker(rankers["DIN"]), self.settings.pipeline.trending_candidates
+            part["candidate_curve"] = candidate_curve(din, moments, candidates, trending)
         if isinstance(self.world, SyntheticWorld):
             part["true_click_share_top10"] = {
                 name: click_probability_share(self.world, queries, items) for name, items in lists.items()

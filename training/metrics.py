@@ -48,9 +48,10 @@ def gauc(users: Sequence[str], labels: np.ndarray, scores: np.ndarray) -> float:
     return weighted / total if total else math.nan
 
 
-def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[frozenset[str]], k: int) -> dict[str, float]:
-    """Mean Recall@k, NDCG@k (binary relevance) and HitRate@k over queries with something relevant,
-    each with its standard error over those queries (`_se`: sample std / sqrt(n))."""
+def per_query_metrics(
+    ranked: Sequence[Sequence[str]], relevant: Sequence[frozenset[str]], k: int
+) -> dict[str, list[float]]:
+    """Recall@k, NDCG@k (binary relevance) and HitRate@k of each query with something relevant."""
     per_query: dict[str, list[float]] = {f"recall@{k}": [], f"ndcg@{k}": [], f"hitrate@{k}": []}
     for items, truth in zip(ranked, relevant, strict=True):
         if not truth:
@@ -63,6 +64,26 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[frozense
             sum(gain / math.log2(position + 2) for position, gain in enumerate(gains)) / ideal
         )
         per_query[f"hitrate@{k}"].append(float(found > 0))
+    return per_query
+
+
+def ranking_metrics(ranked: Sequence[Sequence[str]], relevant: Sequence[frozenset[str]], k: int) -> dict[str, float]:
+    """Mean Recall@k, NDCG@k (binary relevance) and HitRate@k over queries with something relevant,
+    each with its standard error over those queries (`_se`: sample std / sqrt(n))."""
+    return _means(per_query_metrics(ranked, relevant, k))
+
+
+def paired_difference(
+    ranked: Sequence[Sequence[str]], baseline: Sequence[Sequence[str]], relevant: Sequence[frozenset[str]], k: int
+) -> dict[str, float]:
+    """Each metric of `ranked` minus that of `baseline` on the same queries, averaged, with the
+    standard error of the per-query differences (far smaller than either list's own when the two
+    answers mostly agree)."""
+    ours, theirs = per_query_metrics(ranked, relevant, k), per_query_metrics(baseline, relevant, k)
+    return _means({name: list(np.subtract(values, theirs[name])) for name, values in ours.items()})
+
+
+def _means(per_query: dict[str, list[float]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, values in per_query.items():
         count = len(values)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import auc, gauc, ranking_metrics
+from training.metrics import auc, gauc, paired_difference, ranking_metrics
 
 
 def test_auc_counts_correctly_ordered_pairs_and_ties_as_half():
@@ -41,3 +41,18 @@ def test_ranking_metrics_by_hand():
 
 def test_ranking_metrics_skip_queries_with_nothing_relevant():
     assert ranking_metrics([["a"], ["b"]], [frozenset({"a"}), frozenset()], k=1)["recall@1"] == 1.0
+
+
+def test_paired_difference_subtracts_per_query_and_takes_the_differences_standard_error():
+    relevant = [frozenset({"a"}), frozenset({"b"}), frozenset({"c"})]
+    ours = [["a", "x"], ["x", "b"], ["x", "y"]]
+    theirs = [["x", "a"], ["x", "b"], ["c", "y"]]
+
+    difference = paired_difference(ours, theirs, relevant, k=2)
+
+    # per-query hit-rate differences 0, 0, -1: mean -1/3, sample std sqrt(1/3), standard error 1/3
+    assert difference["hitrate@2"] == pytest.approx(-1 / 3) and difference["hitrate@2_se"] == pytest.approx(1 / 3)
+    # NDCG@2 differences: 1 - 1/log2(3), 0, -1
+    ndcg = [1 - 1 / math.log2(3), 0.0, -1.0]
+    assert difference["ndcg@2"] == pytest.approx(np.mean(ndcg))
+    assert difference["ndcg@2_se"] == pytest.approx(np.std(ndcg, ddof=1) / math.sqrt(3))
