@@ -16,6 +16,7 @@ same run, beside it the job with --no-samples (and with --compare-with, a previo
 """
 
 import argparse
+import itertools
 import os
 import re
 import shutil
@@ -55,6 +56,11 @@ FRESHNESS_LINE = re.compile(
 REPLAY_LINE = re.compile(r"replayed (?P<events>[\d,]+) events in (?P<seconds>[\d.]+) s")
 BENCH_ITEMS = 10_000
 POLL_S = 0.2
+SESSION_MEAN = 20
+ACTIVE_SESSIONS = 32
+HISTORY_KINDS = (EventType.CLICK, EventType.RATING, EventType.PLAY)
+HISTORY_SHARES = (0.6, 0.2, 0.2)
+WORKLOADS = ("real", "short")
 CATCH_UP_S = 600.0
 
 
@@ -139,6 +145,49 @@ def population(users: int, per_user: int, seed: int) -> Iterator[Event]:
                 value=rating if rated else None,
                 ts=ts,
             )
+
+
+def histories(users: int, count: int, seed: int) -> Iterator[Event]:
+    """`count` events that change users' sequences and seen sets (clicks, ratings, plays), in
+    sessions as real users make them: a session's user drawn by Zipf's law over `users` (activity
+    rank r with weight 1/r, so the heaviest users fill their sequences and see thousands of items
+    while most add a few events), its length geometric (mean SESSION_MEAN), ACTIVE_SESSIONS
+    sessions interleaved event by event; items by popularity."""
+    world = SyntheticWorld(WorldSpec(users=users, items=BENCH_ITEMS, seed=seed))
+    rng, ts = np.random.default_rng(seed), world.spec.start_ts
+    items = np.searchsorted(world.popularity_cdf, rng.random(count)).clip(0, BENCH_ITEMS - 1)
+    kinds = rng.choice(len(HISTORY_KINDS), size=count, p=HISTORY_SHARES)
+    values = rng.integers(1, 11, count) / 2
+    sessions: list[list[int]] = [[0, 0] for _ in range(ACTIVE_SESSIONS)]
+    """Each active session's [user, events left]."""
+    for n in range(count):
+        session = sessions[n % ACTIVE_SESSIONS]
+        if session[1] == 0:
+            user = min(int(np.searchsorted(world.activity_cdf, rng.random(), side="right")), users - 1)
+            session[:] = [user, int(rng.geometric(1 / SESSION_MEAN))]
+        session[1] -= 1
+        kind, ts = HISTORY_KINDS[kinds[n]], ts + 1
+        yield Event(
+            event_id=f"history:{seed}:{n}",
+            user_id=user_id(session[0]),
+            item_id=item_id(int(items[n])),
+            type=kind,
+            value=None if kind == EventType.CLICK else float(values[n]) * (1 if kind == EventType.RATING else 60),
+            ts=ts,
+        )
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The shape of the events measured (WORKLOADS) over the same `users` the job holds."""
+
+    name: str
+    users: int
+
+    def events(self, count: int, seed: int) -> Iterator[Event]:
+        if self.name == "real":
+            return histories(self.users, count, seed)
+        return SyntheticWorld(WorldSpec(users=self.users, items=BENCH_ITEMS, seed=seed)).events(count)
 
 
 def serialized(events: Iterator[Event]) -> list[tuple[bytes, bytes]]:
@@ -274,9 +323,9 @@ def wait_until_logged(directory: Path, count: int, job: Job) -> float:
     return wait_until(lambda: committed_event_lines(directory, counted) >= count, job, f"{count:,} events logged")
 
 
-def live_events(users: int, limit: int, seed: int) -> Iterator[Event]:
-    """Synthetic events of the same users, stamped with the time they are sent."""
-    for event in SyntheticWorld(WorldSpec(users=users, items=BENCH_ITEMS, seed=seed)).events(limit):
+def live_events(workload: Workload, limit: int, seed: int) -> Iterator[Event]:
+    """The workload's events, stamped with the time they are sent."""
+    for event in workload.events(limit, seed):
         yield event.model_copy(update={"ts": int(time.time() * 1000)})
 
 
@@ -284,7 +333,7 @@ def freshness(
     job: Job,
     producer: Producer,
     topic: str,
-    users: int,
+    workload: Workload,
     rate: int,
     seconds: float,
     warmup_s: float,
@@ -294,13 +343,13 @@ def freshness(
     """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are not counted."""
     before = processed(store, namespace)
     with Progress(disable=True) as quiet:
-        warm = publish(live_events(users, int(rate * warmup_s), seed=rate), producer, topic, Pacer(rate=rate), quiet)
+        warm = publish(live_events(workload, int(rate * warmup_s), seed=rate), producer, topic, Pacer(rate=rate), quiet)
     # The writer's first report after the warm-up still covers some of it: counted from the next one.
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
     # The writer reports when a batch arrives: the input goes on for one more report, which covers the end.
     measured = int(rate * (seconds + REPORT_EVERY_S + 2))
     with Progress(disable=True) as quiet:
-        summary = publish(live_events(users, measured, seed=rate + 1), producer, topic, Pacer(rate=rate), quiet)
+        summary = publish(live_events(workload, measured, seed=rate + 1), producer, topic, Pacer(rate=rate), quiet)
     target = before + warm.sent + summary.sent
     catch_up_until = time.monotonic() + 30
     while processed(store, namespace) < target and time.monotonic() < catch_up_until:
@@ -331,12 +380,14 @@ def freshness(
 def measure(
     settings: Settings,
     configuration: Configuration,
+    workload: Workload,
     records: list[tuple[bytes, bytes]],
     state_count: int,
     arguments: argparse.Namespace,
     store: FeatureStore,
 ) -> tuple[Result, str]:
-    """One configuration on its own topic and namespace; returns its result and its topic."""
+    """One configuration on its own topic and namespace, `records` its state events (the first
+    `state_count`) and `workload`'s burst; returns its result and its topic."""
     topic, namespace = fresh_topic(settings, "bench"), f"bench-{uuid.uuid4().hex[:8]}"
     console.print(f"[bold]{configuration.label}[/]: publishing {len(records):,} events to {topic} ...")
     produce_all(settings, topic, records)
@@ -372,7 +423,7 @@ def measure(
                     job,
                     producer,
                     topic,
-                    arguments.users,
+                    workload,
                     rate,
                     arguments.seconds,
                     arguments.warmup_seconds,
@@ -503,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000, help="users whose state the job holds (default 100000)")
     parser.add_argument("--events-per-user", type=int, default=5, help="events of each of them first (default 5)")
     parser.add_argument("--events", type=int, default=300_000, help="events of the measured burst (default 300000)")
+    parser.add_argument(
+        "--workloads",
+        default="real,short",
+        help="bursts to measure, each on its own topic (default real,short): real, sessions of users with Zipf-"
+        "distributed activity whose sequences fill and seen sets grow into the thousands; short, the synthetic "
+        "world's mostly-impression sessions over users of a few events each",
+    )
     parser.add_argument("--rates", default="1000,5000", help="input rates for freshness, events/s (default 1000,5000)")
     parser.add_argument("--seconds", type=float, default=30, help="how long each rate is measured (default 30)")
     parser.add_argument(
@@ -531,16 +589,18 @@ def main(argv: list[str] | None = None) -> int:
             Configuration(f"{name}: sample log on", True, arguments.compare_with.resolve()),
             Configuration(f"{name}: --no-samples", False, arguments.compare_with.resolve()),
         ]
-    console.print(f"generating {arguments.users * arguments.events_per_user + arguments.events:,} events ...")
+    workloads = [Workload(name, arguments.users) for name in arguments.workloads.split(",")]
+    if unknown := {workload.name for workload in workloads} - set(WORKLOADS):
+        parser.error(f"unknown workloads {sorted(unknown)}: choose from {', '.join(WORKLOADS)}")
+    console.print(f"generating {arguments.users * arguments.events_per_user:,} events and {len(workloads)} bursts ...")
     state = serialized(population(arguments.users, arguments.events_per_user, seed=5))
-    burst = serialized(
-        SyntheticWorld(WorldSpec(users=arguments.users, items=BENCH_ITEMS, seed=3)).events(arguments.events)
-    )
+    bursts = {workload: serialized(workload.events(arguments.events, seed=3)) for workload in workloads}
     results, topics = [], []
     for repetition in range(arguments.repeat):  # interleaved: the machine's speed drifts within minutes
-        for configuration in configurations:
-            result, topic = measure(settings, configuration, state + burst, len(state), arguments, store)
-            result.label += f" #{repetition + 1}" if arguments.repeat > 1 else ""
+        for workload, configuration in itertools.product(workloads, configurations):
+            records = state + bursts[workload]
+            result, topic = measure(settings, configuration, workload, records, len(state), arguments, store)
+            result.label = f"{workload.name}: {result.label}" + (f" #{repetition + 1}" if arguments.repeat > 1 else "")
             results.append(result)
             topics.append(topic)
     replayed = replay(settings, topics[0], store) if arguments.replay else None
