@@ -47,6 +47,12 @@ class Hyperparameters(BaseModel):
     ranker_queries: int = Field(
         25_000, ge=1, description="The ranker learns from the newest this many interactions of a split."
     )
+    ranker_pool_candidates: int = Field(
+        200,
+        ge=1,
+        description="Faiss candidates in each of the ranker's training pools, besides the trending ones: deeper "
+        "than the service ranks (KF_CANDIDATES), since DIN trained on deeper pools ranks the served ones better.",
+    )
     like_weight: float = Field(
         0.5,
         ge=0,

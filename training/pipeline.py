@@ -308,8 +308,8 @@ class TrainingRun:
 
     def ranker_rows_by(self, queries: list[Query], retrieval: InMemoryRecommender) -> RankerRows:
         """Ranker rows of `queries`, each with candidates from `retrieval`."""
-        pipeline = self.settings.pipeline
-        return ranker_rows(queries, lambda _: retrieval, self.trending, pipeline.candidates, pipeline.label_threshold)
+        pool, threshold = self.hyperparameters.ranker_pool_candidates, self.settings.pipeline.label_threshold
+        return ranker_rows(queries, lambda _: retrieval, self.trending, pool, threshold)
 
     # -- one split -----------------------------------------------------------------------------------------
 
@@ -332,7 +332,7 @@ class TrainingRun:
                 self.ranker_queries(split.train),
                 other_fold(folds),
                 self.trending,
-                settings.pipeline.candidates,
+                self.hyperparameters.ranker_pool_candidates,
                 settings.pipeline.label_threshold,
             )
         if not len(rows):
