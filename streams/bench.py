@@ -575,6 +575,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CHECKOUT",
         help="also run a previous checkout's job (e.g. a `git worktree`), in the same run",
     )
+    parser.add_argument(
+        "--with-setting",
+        action="append",
+        default=[],
+        metavar="KF_NAME=VALUE",
+        help="also run the job (sample log on) with this setting, in the same run; repeatable",
+    )
     parser.add_argument("--no-replay", dest="replay", action="store_false", help="skip the replay measurement")
     parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
     arguments = parser.parse_args(argv)
@@ -583,6 +590,11 @@ def main(argv: list[str] | None = None) -> int:
     configurations = [Configuration("as make demo runs it (sample log on)", True)]
     if arguments.beside:
         configurations.append(Configuration("--no-samples", False))
+    for setting in arguments.with_setting:
+        name, _, value = setting.partition("=")
+        if not name.startswith("KF_") or not value:
+            parser.error(f"--with-setting takes KF_NAME=VALUE, not {setting!r}")
+        configurations.append(Configuration(f"{setting} (sample log on)", True, environment={name: value}))
     if arguments.compare_with:
         name = arguments.compare_with.name
         configurations += [
