@@ -32,7 +32,10 @@ ranker's candidate features and co-visitation pairs; 1 had a mean-pooled user to
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 SERVED_MODELS = "served_models.npz"
-"""The user tower's and the ranker's arrays (`training.export`), run by `schemas.logic.served_models`."""
+"""The user tower's and the ranker's arrays (`training.export`), run by `schemas.logic.served_models`,
+each stored as `<model>/<array name>`."""
+USER_TOWER, RANKER = "user_tower", "ranker"
+"""The served models' names in `SERVED_MODELS`."""
 ITEM_EMBEDDINGS, ITEM_INDEX, INDEX_IDS, VOCABULARY = (
     "item_embeddings.npy",
     "items.faiss",
@@ -197,8 +200,14 @@ class Registry:
         return doomed
 
 
-def served_arrays(directory: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The bundle's `SERVED_MODELS` by model: {"user_tower": {name: array}, "ranker": {...}}."""
+def write_served_models(directory: Path, models: dict[str, dict[str, np.ndarray]]) -> None:
+    """Save {model: {name: array}} (models: USER_TOWER, RANKER) as the bundle's `SERVED_MODELS`."""
+    flat = {f"{model}/{name}": array for model, arrays in models.items() for name, array in arrays.items()}
+    np.savez(directory / SERVED_MODELS, **flat)
+
+
+def read_served_models(directory: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The bundle's `SERVED_MODELS` as `write_served_models` took them: {model: {name: array}}."""
     models: dict[str, dict[str, np.ndarray]] = {}
     with np.load(directory / SERVED_MODELS, allow_pickle=False) as stored:
         for name in stored.files:
@@ -234,9 +243,9 @@ class LoadedBundle:
         """[items, d]: row i is item vocabulary.item_ids[i]."""
         self.score_scale = ScoreScale.of(self.embeddings)
         self._unit_vectors = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
-        models = served_arrays(directory)
-        self._user_tower = UserTower(models["user_tower"], hyperparameters.retrieval_heads)
-        self._ranker = DinRanker(models["ranker"], self.ranker_behaviours, hyperparameters.like_weight)
+        models = read_served_models(directory)
+        self._user_tower = UserTower(models[USER_TOWER], hyperparameters.retrieval_heads)
+        self._ranker = DinRanker(models[RANKER], self.ranker_behaviours, hyperparameters.like_weight)
 
     @property
     def version(self) -> int:

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
@@ -130,7 +131,7 @@ async def recommendations(request: web.Request) -> web.Response:
 def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], seen: set[str], k: int):
     """The answer without DIN: trending, then the bundle's popularity list, seen items left out."""
     popular = dict.fromkeys(trending + (bundle.popular if bundle else []))  # each once, trending first
-    chosen = [item for item in popular if item not in seen][:k]
+    chosen = list(islice((item for item in popular if item not in seen), k))
     return [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
 
 

@@ -43,7 +43,7 @@ from schemas.config import Settings
 from schemas.events import Event, EventType
 from schemas.feature_store import FeatureStore
 from schemas.redis_format import TRENDING_ENTITY, KeyKind
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec, item_id, user_id
+from schemas.sources.synthetic import SyntheticWorld, WorldSpec, item_id, sample_index, user_id
 from streams.publish import Pacer, make_producer, publish
 from streams.redis_writer import REPORT_EVERY_S
 
@@ -163,8 +163,7 @@ def histories(users: int, count: int, seed: int) -> Iterator[Event]:
     for n in range(count):
         session = sessions[n % ACTIVE_SESSIONS]
         if session[1] == 0:
-            user = min(int(np.searchsorted(world.activity_cdf, rng.random(), side="right")), users - 1)
-            session[:] = [user, int(rng.geometric(1 / SESSION_MEAN))]
+            session[:] = [sample_index(world.activity_cdf, rng), int(rng.geometric(1 / SESSION_MEAN))]
         session[1] -= 1
         kind, ts = HISTORY_KINDS[kinds[n]], ts + 1
         yield Event(

@@ -62,13 +62,15 @@ def served(recommender: Recommender, moments: Moments, candidates: int, drop_new
     ]
 
 
-def candidate_curve(recommender: Recommender, moments: Moments, candidates: int, trending: int) -> list[dict]:
+def candidate_curve(
+    recommender: Recommender, moments: Moments, candidates: int, trending: int, configured: list[Ranked]
+) -> list[dict]:
     """The served pipeline with M Faiss and T trending candidates, for each (M, T) of the grids: its
-    NDCG@10 and HitRate@10, the difference from the configured (`candidates`, `trending`) on the same
-    queries with the paired standard error, and how many items DIN ranked per query (what a
-    request's ranking CPU grows with)."""
+    NDCG@10 and HitRate@10, the difference from `configured` (the answers with `candidates` and
+    `trending`, the length of the moments' trending lists) on the same queries with the paired
+    standard error, and how many items DIN ranked per query (what a request's ranking CPU grows with)."""
     relevant = [query.relevant for query in moments.queries]
-    answers: dict[tuple[int, int], list[Ranked]] = {}
+    answers: dict[tuple[int, int], list[Ranked]] = {(candidates, trending): configured}
 
     def answer(m: int, t: int) -> list[Ranked]:
         if (m, t) not in answers:
@@ -76,7 +78,7 @@ def candidate_curve(recommender: Recommender, moments: Moments, candidates: int,
             answers[m, t] = served(recommender, Moments(moments.queries, shorter), m)
         return answers[m, t]
 
-    configured = item_lists(answer(candidates, trending))
+    reference = item_lists(configured)
     points = []
     for m in CANDIDATE_GRID:
         for t in TRENDING_GRID:
@@ -87,7 +89,7 @@ def candidate_curve(recommender: Recommender, moments: Moments, candidates: int,
                 "trending": t,
                 "ranked_per_query": float(np.mean([len(each.items) for each in ranked])),
                 **ranking_metrics(lists, relevant, 10),
-                "difference": paired_difference(lists, configured, relevant, 10),
+                "difference": paired_difference(lists, reference, relevant, 10),
             })  # fmt: skip
     return points
 

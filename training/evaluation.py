@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.progress import Progress
 
-from schemas.bundle import LoadedBundle, served_arrays
+from schemas.bundle import RANKER, USER_TOWER, LoadedBundle, read_served_models
 from schemas.config import Settings
 from schemas.logic.model_inputs import Vocabulary
 from schemas.logic.pipeline import candidates_of, pool_of, retrieve
@@ -142,7 +142,7 @@ class Evaluation:
         }
         if baselines is not None:
             din, trending = plain.with_ranker(rankers["DIN"]), self.settings.pipeline.trending_candidates
-            part["candidate_curve"] = candidate_curve(din, moments, candidates, trending)
+            part["candidate_curve"] = candidate_curve(din, moments, candidates, trending, answers["DIN"])
         if isinstance(self.world, SyntheticWorld):
             part["true_click_share_top10"] = {
                 name: click_probability_share(self.world, queries, items) for name, items in lists.items()
@@ -168,7 +168,7 @@ def run_summary(
     scores = [model.score(sequences, batch.indices, batch.features, batch.pairs)[0] for model in (final, bundle)]
     served = {
         model: sum(array.nbytes for array in arrays.values())
-        for model, arrays in served_arrays(bundle.directory).items()
+        for model, arrays in read_served_models(bundle.directory).items()
     }
     return {
         "version": bundle.version,
@@ -183,8 +183,8 @@ def run_summary(
             "exported_ranker_max_difference": float(np.abs(scores[1] - scores[0]).max()),
         },
         "model_sizes": {
-            "sequential retrieval": {"parameters": final.retrieval.count_params(), "bytes": served["user_tower"]},
-            "DIN": {"parameters": final.ranker.count_params(), "bytes": served["ranker"]},
+            "sequential retrieval": {"parameters": final.retrieval.count_params(), "bytes": served[USER_TOWER]},
+            "DIN": {"parameters": final.ranker.count_params(), "bytes": served[RANKER]},
         },
         "training": {name: asdict(history) for name, history in run.histories.items()},
     }

@@ -1,13 +1,14 @@
 """The served models as arrays: what `schemas.logic.served_models` runs (no TensorFlow needed to serve).
 
-`served_arrays(retrieval, ranker)` -> {"user_tower/<name>": array, "ranker/<name>": array}, saved
-uncompressed in a bundle's `served_models.npz`. Item embeddings are exported as tables over the
+`served_models(retrieval, ranker)` -> {USER_TOWER: {name: array}, RANKER: {name: array}}, which
+`schemas.bundle.write_served_models` saves in a bundle. Item embeddings are exported as tables over the
 whole vocabulary [items + reserved, D]: the user tower's already scaled as its encoder scales them.
 """
 
 import keras
 import numpy as np
 
+from schemas.bundle import RANKER, USER_TOWER
 from training.models import DeepInterestNetwork, SequentialRetrieval
 
 
@@ -64,8 +65,5 @@ def ranker_arrays(model: DeepInterestNetwork) -> dict[str, np.ndarray]:
     return _values(arrays)
 
 
-def served_arrays(retrieval: SequentialRetrieval, ranker: DeepInterestNetwork) -> dict[str, np.ndarray]:
-    """Both models' arrays, named `user_tower/...` and `ranker/...`."""
-    return {f"user_tower/{name}": array for name, array in user_tower_arrays(retrieval).items()} | {
-        f"ranker/{name}": array for name, array in ranker_arrays(ranker).items()
-    }
+def served_models(retrieval: SequentialRetrieval, ranker: DeepInterestNetwork) -> dict[str, dict[str, np.ndarray]]:
+    return {USER_TOWER: user_tower_arrays(retrieval), RANKER: ranker_arrays(ranker)}

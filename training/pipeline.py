@@ -30,12 +30,12 @@ from schemas.bundle import (
     ITEM_INDEX,
     POPULAR,
     POPULARITY,
-    SERVED_MODELS,
     VOCABULARY,
     LoadedBundle,
     Manifest,
     Registry,
     seal,
+    write_served_models,
 )
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary, item_tables
@@ -62,7 +62,7 @@ from training.evaluate import (
     served,
 )
 from training.evaluation import Evaluation, train_previous_design
-from training.export import served_arrays
+from training.export import served_models
 from training.fit import History, Schedule, fit, progress_bar
 from training.gate import Gate, Verdict
 from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, Ranker, SequentialRetrieval, ranking_loss
@@ -390,7 +390,7 @@ class TrainingRun:
     def stage(self, staging: Path, version: int, offer: "Offer") -> LoadedBundle:
         """Export the offered models into `staging`, seal it and load it back as serving will."""
         final = offer.final
-        np.savez(staging / SERVED_MODELS, **served_arrays(final.retrieval, final.ranker))
+        write_served_models(staging, served_models(final.retrieval, final.ranker))
         np.save(staging / ITEM_EMBEDDINGS, final.embeddings, allow_pickle=False)
         final.index.save(staging / ITEM_INDEX, staging / INDEX_IDS)
         (staging / VOCABULARY).write_bytes(self.vocabulary.to_json())

@@ -130,7 +130,7 @@ class SyntheticWorld:
         picks = rng.choice(liked, size=min(from_interests, len(liked)), replace=False) if len(liked) else []
         slate = list(dict.fromkeys(int(i) for i in picks))
         while len(slate) < spec.slate_size:
-            candidate = _sample(self.popularity_cdf, rng)
+            candidate = sample_index(self.popularity_cdf, rng)
             if candidate not in slate:
                 slate.append(candidate)
         return np.array(slate)
@@ -169,7 +169,7 @@ class SyntheticWorld:
         """The first `limit` events of the world, in event-time order."""
         produced, session, ts = 0, 0, self.spec.start_ts
         while True:
-            user = _sample(self.activity_cdf, self.rng)
+            user = sample_index(self.activity_cdf, self.rng)
             last_ts = ts
             for payload in self._session(session, user, ts):
                 if produced >= limit:
@@ -182,7 +182,7 @@ class SyntheticWorld:
             ts = last_ts + 1 + int(self.rng.exponential(self.spec.mean_session_gap_ms))
 
 
-def _sample(cdf: np.ndarray, rng: np.random.Generator) -> int:
+def sample_index(cdf: np.ndarray, rng: np.random.Generator) -> int:
     """One index drawn with the probabilities whose cumulative sums are `cdf`."""
     return min(int(np.searchsorted(cdf, rng.random(), side="right")), len(cdf) - 1)
 
