@@ -36,25 +36,40 @@ from schemas.redis_format import (
 )
 
 SCAN_BATCH = 1000
-UPSERT_KEYS_PER_CALL = 500
-"""Keys per call of the compare-and-set script: a script blocks Redis while it runs."""
+KEYS_PER_CALL = 500
+"""Keys per call of `WRITE_FEATURES`: a script blocks Redis while it runs."""
+MEMBERS_PER_ZADD = 500
+"""Seen items per ZADD inside the script: Lua's unpack() takes a few thousand values at most."""
 
-# KEYS = the keys; ARGV = version, value, ttl in ms (0: none) of each key in turn. Writes each key
-# unless its stored version is newer; returns how many it wrote. One call takes many keys, so a
-# writer pays one round trip and one script run for a whole batch.
-UPSERT_IF_NOT_OLDER = """
-local written = 0
-for i, key in ipairs(KEYS) do
-  local version, ttl = ARGV[3 * i - 2], tonumber(ARGV[3 * i])
-  local stored = redis.call('HGET', key, 'version')
+# KEYS = the versioned keys, then the seen sets. ARGV[1] = how many keys are versioned; then the
+# version, value and ttl in ms (0: none) of each versioned key in turn; then for each seen set its
+# capacity, ttl, number of items and (time, item_id) pairs. Writes each versioned key unless its
+# stored version is newer (returns how many it wrote), and adds to each seen set as
+# `update_seen` does. One call takes a whole batch: one round trip and one script run, where a
+# command per seen set cost the writer more than everything else it sends.
+WRITE_FEATURES = """
+local versioned, written = tonumber(ARGV[1]), 0
+for i = 1, versioned do
+  local version, ttl = ARGV[3 * i - 1], tonumber(ARGV[3 * i + 1])
+  local stored = redis.call('HGET', KEYS[i], 'version')
   if not stored or tonumber(stored) <= tonumber(version) then
-    redis.call('HSET', key, 'version', version, 'value', ARGV[3 * i - 1])
-    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+    redis.call('HSET', KEYS[i], 'version', version, 'value', ARGV[3 * i])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
     written = written + 1
   end
 end
+local at = 3 * versioned + 2
+for i = versioned + 1, #KEYS do
+  local capacity, ttl, last = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), at + 2 + 2 * tonumber(ARGV[at + 2])
+  for first = at + 3, last, 2 * MEMBERS_PER_ZADD do
+    redis.call('ZADD', KEYS[i], 'GT', unpack(ARGV, first, math.min(first + 2 * MEMBERS_PER_ZADD - 1, last)))
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(capacity + 1))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  at = last + 1
+end
 return written
-"""
+""".replace("MEMBERS_PER_ZADD", str(MEMBERS_PER_ZADD))
 
 
 class VersionedWrite(NamedTuple):
@@ -82,34 +97,39 @@ class SeenAddition:
         self.entries[item_id] = max(ts, self.entries.get(item_id, ts))
 
 
-def upsert_calls(
-    writes: Sequence[VersionedWrite], slot_of: Callable[[str], int] | None = None
-) -> Iterator[tuple[list[str], list[int | bytes]]]:
-    """The (KEYS, ARGV) of the `UPSERT_IF_NOT_OLDER` calls that make `writes`, at most
-    UPSERT_KEYS_PER_CALL keys per call; with `slot_of` (a Redis Cluster), the keys of a call share
-    one hash slot."""
-    for group in [writes] if slot_of is None else _by_slot(writes, slot_of):
-        for start in range(0, len(group), UPSERT_KEYS_PER_CALL):
-            chunk = group[start : start + UPSERT_KEYS_PER_CALL]
-            yield [w.key for w in chunk], [part for w in chunk for part in (w.version, w.value, w.ttl_ms)]
+def write_calls(
+    writes: Sequence[VersionedWrite],
+    seen: Mapping[str, SeenAddition],
+    slot_of: Callable[[str], int] | None = None,
+) -> Iterator[tuple[list[str], list[int | str | bytes]]]:
+    """The (KEYS, ARGV) of the `WRITE_FEATURES` calls that make `writes` and the seen sets'
+    additions, at most KEYS_PER_CALL keys per call; with `slot_of` (a Redis Cluster), the keys of a
+    call share one hash slot. A seen set adds each item with ZADD GT and keeps the newest
+    `capacity` (ties: the smaller item_id first), so writing the same entries again, or late,
+    changes nothing."""
+    keyed = [*writes, *seen.items()]
+    for group in [keyed] if slot_of is None else _by_slot(keyed, slot_of):
+        for start in range(0, len(group), KEYS_PER_CALL):
+            chunk = group[start : start + KEYS_PER_CALL]
+            versioned = [w for w in chunk if isinstance(w, VersionedWrite)]
+            arguments: list[int | str | bytes] = [len(versioned)]
+            for write in versioned:
+                arguments += (write.version, write.value, write.ttl_ms)
+            for _, addition in chunk[len(versioned) :]:
+                arguments += (addition.capacity, addition.ttl_ms, len(addition.entries))
+                for item_id, ts in addition.entries.items():
+                    arguments += (ts, item_id)
+            yield [entry[0] for entry in chunk], arguments
 
 
-def _by_slot(writes: Sequence[VersionedWrite], slot_of: Callable[[str], int]) -> list[list[VersionedWrite]]:
-    groups: dict[int, list[VersionedWrite]] = {}
-    for write in writes:
-        groups.setdefault(slot_of(write.key), []).append(write)
+def _by_slot(
+    keyed: list[VersionedWrite | tuple[str, SeenAddition]], slot_of: Callable[[str], int]
+) -> list[list[VersionedWrite | tuple[str, SeenAddition]]]:
+    """Versioned writes stay ahead of seen sets within each group, as a call takes them."""
+    groups: dict[int, list] = {}
+    for entry in keyed:
+        groups.setdefault(slot_of(entry[0]), []).append(entry)
     return list(groups.values())
-
-
-def _queue_seen(pipeline: Any, key: str, addition: SeenAddition) -> int:
-    """`schemas.logic.features.update_seen` in Redis. ZADD GT keeps each item's newest time and
-    ZREMRANGEBYRANK drops the oldest (ties: the smaller item_id first, as `update_seen`), so writing
-    the same entries again, or late, changes nothing."""
-    pipeline.zadd(key, dict(addition.entries), gt=True)
-    pipeline.zremrangebyrank(key, 0, -(addition.capacity + 1))
-    if addition.ttl_ms > 0:
-        pipeline.pexpire(key, addition.ttl_ms)
-    return 3 if addition.ttl_ms > 0 else 2
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -126,7 +146,7 @@ class FeatureStore:
     def __init__(self, client: redis.Redis | RedisCluster):
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
-        self._upsert_sha: str | None = None
+        self._write_sha: str | None = None
 
     @classmethod
     def connect(cls, host: str, port: int, timeout_s: float | None = None, cluster: bool = False) -> "FeatureStore":
@@ -148,7 +168,7 @@ class FeatureStore:
         try:
             return self._write(writes, seen or {})
         except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
-            self._upsert_sha = None
+            self._write_sha = None
             return self._write(writes, seen or {})
         except CLUSTER_CHANGED:
             self.client.nodes_manager.initialize()
@@ -157,29 +177,19 @@ class FeatureStore:
     def _write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition]) -> int:
         # EVALSHA of a script loaded once (on every master of a cluster): redis-py's Script object
         # asks SCRIPT EXISTS before every pipeline.
-        if self._upsert_sha is None:
-            self._upsert_sha = self.client.script_load(UPSERT_IF_NOT_OLDER)
-        pipelines: dict[int, tuple[Any, list[bool]]] = {}
-        for keys, arguments in upsert_calls(writes, self.client.keyslot if self.cluster else None):
-            pipeline, counted = self._pipeline_of(keys[0], pipelines)
-            pipeline.evalsha(self._upsert_sha, len(keys), *keys, *arguments)
-            counted.append(True)
-        for key, addition in seen.items():
-            pipeline, counted = self._pipeline_of(key, pipelines)
-            counted.extend([False] * _queue_seen(pipeline, key, addition))
-        return sum(
-            result
-            for pipeline, counted in pipelines.values()
-            for result, is_call in zip(pipeline.execute(), counted, strict=True)
-            if is_call
-        )
+        if self._write_sha is None:
+            self._write_sha = self.client.script_load(WRITE_FEATURES)
+        pipelines: dict[int, Any] = {}
+        for keys, arguments in write_calls(writes, seen, self.client.keyslot if self.cluster else None):
+            self._pipeline_of(keys[0], pipelines).evalsha(self._write_sha, len(keys), *keys, *arguments)
+        return sum(sum(pipeline.execute()) for pipeline in pipelines.values())
 
-    def _pipeline_of(self, key: str, pipelines: dict[int, tuple[Any, list[bool]]]) -> tuple[Any, list[bool]]:
-        """The pipeline to the server that holds `key`, and whether each of its commands is a script call.
-        redis-py's cluster pipeline refuses EVALSHA, so a cluster gets a plain pipeline per master."""
+    def _pipeline_of(self, key: str, pipelines: dict[int, Any]) -> Any:
+        """The pipeline to the server that holds `key`. redis-py's cluster pipeline refuses EVALSHA,
+        so a cluster gets a plain pipeline per master."""
         node = self.client.get_redis_connection(self.client.get_node_from_key(key)) if self.cluster else self.client
         if id(node) not in pipelines:
-            pipelines[id(node)] = (node.pipeline(transaction=False), [])
+            pipelines[id(node)] = node.pipeline(transaction=False)
         return pipelines[id(node)]
 
     def read(self, kind: KeyKind, entity_id: str, namespace: str) -> tuple[int, StoredValue] | None:

@@ -6,7 +6,7 @@ hash tag, so every key of one user or item lives in one hash slot. A replay rebu
 fresh namespace beside the live one; the control namespace holds which one is active.
 Feature keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 3, "as_of": <newest
 event time, ms>, "data": {...}}`` and `version` counts the events applied to the key, so a write
-that would move the key backwards (a restart, a replay) is refused by `UPSERT_IF_NOT_OLDER`.
+that would move the key backwards (a restart, a replay) is refused by `WRITE_FEATURES`.
 A user's seen set is a sorted set (item -> newest interaction time) whose writes are idempotent.
 """
 

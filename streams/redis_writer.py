@@ -3,7 +3,7 @@
 Operators `put` a key's newest state with its version and `add_seen` a user's new seen items while
 they work through a batch, note each event they applied, and `flush` before the batch ends: per key
 only the newest state is encoded and written, all in one round trip, through the
-`UPSERT_IF_NOT_OLDER` compare-and-set (and the seen sets' idempotent commands). Flushing
+`WRITE_FEATURES` script (compare-and-set, and the seen sets' idempotent additions). Flushing
 inside the batch means a checkpoint (taken between batches) never covers an event whose Redis
 write is still pending, so a restart can only rewrite, never lose; the version check makes the
 rewrite harmless.

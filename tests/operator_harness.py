@@ -47,7 +47,7 @@ class FakeValueState:
 
 
 class MemoryWriter:
-    """Keeps the newest (version, value) per key, as UPSERT_IF_NOT_OLDER leaves Redis."""
+    """Keeps the newest (version, value) per key, as WRITE_FEATURES leaves Redis."""
 
     def __init__(self) -> None:
         self.stored: dict[str, tuple[int, Any]] = {}

@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import EventType
-from schemas.feature_store import UPSERT_KEYS_PER_CALL, AsyncFeatureStore, FeatureStore, SeenAddition, VersionedWrite
+from schemas.feature_store import (
+    KEYS_PER_CALL,
+    MEMBERS_PER_ZADD,
+    AsyncFeatureStore,
+    FeatureStore,
+    SeenAddition,
+    VersionedWrite,
+)
 from schemas.logic.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence, update_seen
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, encode_value, redis_key
 from tests.conftest import Stack
@@ -85,13 +92,28 @@ def test_a_write_with_a_ttl_expires_and_one_without_does_not(store: FeatureStore
 
 
 def test_more_writes_than_one_script_call_takes_all_land_with_their_own_values(store: FeatureStore, namespace: str):
-    count = 2 * UPSERT_KEYS_PER_CALL + 7
+    count = 2 * KEYS_PER_CALL + 7
     writes = [write_of(KeyKind.USER_FEATURES, f"u{n}", namespace, n + 1, features(n)) for n in range(count)]
 
     assert store.write(writes) == count
-    version, stored = store.read(KeyKind.USER_FEATURES, f"u{UPSERT_KEYS_PER_CALL + 3}", namespace)
-    assert (version, stored.data) == (UPSERT_KEYS_PER_CALL + 4, features(UPSERT_KEYS_PER_CALL + 3))
+    version, stored = store.read(KeyKind.USER_FEATURES, f"u{KEYS_PER_CALL + 3}", namespace)
+    assert (version, stored.data) == (KEYS_PER_CALL + 4, features(KEYS_PER_CALL + 3))
     assert sorted(store.entities(namespace, KeyKind.USER_FEATURES)) == sorted(f"u{n}" for n in range(count))
+
+
+def test_more_seen_sets_and_items_than_one_call_and_one_zadd_take_all_land(store: FeatureStore, namespace: str):
+    users = [f"u{n}" for n in range(KEYS_PER_CALL + 7)]
+    heavy = {f"i{n}": 10_000 + n for n in range(3 * MEMBERS_PER_ZADD + 1)}
+    seen = {
+        redis_key(KeyKind.USER_SEEN, user, namespace): SeenAddition({"i1": 5, "i2": 7}, capacity=10) for user in users
+    }
+    seen[redis_key(KeyKind.USER_SEEN, "heavy", namespace)] = SeenAddition(dict(heavy), capacity=len(heavy) - 1)
+    writes = [write_of(KeyKind.USER_FEATURES, user, namespace, 1, features(1)) for user in users]
+
+    assert store.write(writes, seen) == len(users)
+    assert store.read_seen(users[KEYS_PER_CALL + 3], namespace) == {"i1": 5, "i2": 7}
+    assert store.read_seen("heavy", namespace) == {item: ts for item, ts in heavy.items() if item != "i0"}
+    assert store.read(KeyKind.USER_FEATURES, users[-1], namespace)[0] == 1
 
 
 def test_writes_go_on_after_redis_forgets_the_script(store: FeatureStore, namespace: str):
