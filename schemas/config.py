@@ -177,6 +177,12 @@ class StreamSettings(Section):
     stream_batch_ms: int = Field(
         100, ge=1, description="The feature job hands Python its records in batches gathered this long."
     )
+    replay_batch_ms: int = Field(
+        5000,
+        ge=1,
+        description="`kingfisher replay` runs its job with batches gathered this long: a key is written once "
+        "per batch, and a backfill needs only each key's last state.",
+    )
     stream_key_buckets: int = Field(
         4, ge=1, description="Users and items are keyed into this many buckets; about 4x the parallelism spreads them."
     )

@@ -1,8 +1,10 @@
 """Replay the events topic into a fresh Redis namespace, then point serving at it.
 
 The replay is the feature job itself, bounded to the offsets that are latest when it starts and
-without a checkpoint to restore, so it rebuilds every key from the topic. Progress comes from the
-offsets the job commits to Kafka on each checkpoint.
+without a checkpoint to restore, so it rebuilds every key from the topic. Nobody reads the new
+namespace before it ends, so only each key's last state matters: the job gathers its batches for
+KF_REPLAY_BATCH_MS instead of the live job's KF_STREAM_BATCH_MS and writes each key once per
+batch. Progress comes from the offsets the job commits to Kafka on each checkpoint.
 """
 
 import os
@@ -73,7 +75,8 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
     if from_ms is not None:
         command += ["--from-timestamp", str(from_ms)]
     env = os.environ | {
-        "KF_CHECKPOINT_INTERVAL_S": os.environ.get("KF_CHECKPOINT_INTERVAL_S", REPLAY_CHECKPOINT_INTERVAL_S)
+        "KF_CHECKPOINT_INTERVAL_S": os.environ.get("KF_CHECKPOINT_INTERVAL_S", REPLAY_CHECKPOINT_INTERVAL_S),
+        "KF_STREAM_BATCH_MS": str(settings.stream.replay_batch_ms),
     }
     log_path = settings.stack.logs_dir / f"replay-{replay.namespace}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
