@@ -6,7 +6,7 @@ matters, how often two recommendations carry the same reasons, and on the synthe
 click probability of what is recommended."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,8 +28,8 @@ COOCCURRENCE_RECENT = 5
 """The item co-occurrence baseline sums what followed the user's newest 5 items."""
 EASE_ITEMS = 5000
 """EASE's closed form inverts an items x items matrix: it takes the most interacted items only."""
-EASE_REGULARISATION = (50.0, 200.0)
-"""EASE's lambda: the better of these on the validation queries."""
+EASE_REGULARISATION = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)
+"""EASE's lambda: the best of these on the validation queries."""
 EVERYTHING = 10**9
 EXPLAINED = 10
 CANDIDATE_GRID = (50, 100, 150, 200)
@@ -159,11 +159,13 @@ def cooccurrence_lists(
 
 class Ease:
     """EASE (Steck, 2019): an item-item weight matrix in closed form, B = I - P / diag(P) with
-    P = (XᵀX + λI)⁻¹ over users' interaction vectors X, zero diagonal; a user scores items by x·B."""
+    P = (XᵀX + λI)⁻¹ over users' interaction vectors X, zero diagonal; a user scores items by x·B.
+    Over the EASE_ITEMS most popular items; `fit` or `tune` chooses λ."""
 
-    def __init__(self, train: Sequence[Row], vocabulary: Vocabulary, popularity: np.ndarray, regularisation: float):
-        self.vocabulary, self.regularisation = vocabulary, regularisation
+    def __init__(self, train: Sequence[Row], vocabulary: Vocabulary, popularity: np.ndarray):
+        self.vocabulary = vocabulary
         self.items = np.argsort(-popularity, kind="stable")[: min(EASE_ITEMS, int((popularity > 0).sum()))]
+        """[I] the vocabulary rows of the weights' rows and columns, most popular first."""
         column = np.full(vocabulary.size, -1, np.int64)
         column[self.items] = np.arange(len(self.items))
         self.column = column
@@ -171,11 +173,23 @@ class Ease:
         users = np.zeros((len(sequences), len(self.items)), np.float32)
         for row, items in enumerate(sequences):
             users[row, column[items][column[items] >= 0]] = 1.0
-        gram = users.T @ users
-        gram[np.diag_indices_from(gram)] += regularisation
-        inverse = np.linalg.inv(gram)
+        self.gram = users.T @ users
+        """[I, I] XᵀX"""
+        self.regularisation = math.nan
+        self.weights = np.zeros_like(self.gram)
+        self.scores: dict[float, float] = {}
+
+    def fit(self, regularisation: float) -> "Ease":
+        self.regularisation = regularisation
+        inverse = np.linalg.inv(self.gram + regularisation * np.eye(len(self.gram), dtype=self.gram.dtype))
         self.weights = -inverse / np.diag(inverse)[None, :]
         self.weights[np.diag_indices_from(self.weights)] = 0.0
+        return self
+
+    def tune(self, regularisations: Sequence[float], score: Callable[["Ease"], float]) -> "Ease":
+        """Fitted with the λ whose model `score` rates highest; `scores` keeps each λ's score."""
+        self.scores = {regularisation: score(self.fit(regularisation)) for regularisation in regularisations}
+        return self.fit(max(self.scores, key=self.scores.__getitem__))
 
     def lists(self, queries: Sequence[Query], count: int) -> list[list[str]]:
         lists = []

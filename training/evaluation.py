@@ -60,12 +60,8 @@ class Baselines:
     def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
         self.split, self.counts, self.vocabulary = split, counts, vocabulary
         validation, count = split.validation, max(CUTOFFS)
-        self.ease = max(
-            (
-                Ease(split.train, vocabulary, counts.popularity, regularisation)
-                for regularisation in EASE_REGULARISATION
-            ),
-            key=lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"],
+        self.ease = Ease(split.train, vocabulary, counts.popularity).tune(
+            EASE_REGULARISATION, lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
         )
 
     def lists(self, queries: list[Query], count: int) -> dict[str, list[list[str]]]:
@@ -116,6 +112,7 @@ class Evaluation:
         report: dict[str, Any] = {"train_rows": len(split.train), "ranker_rows": rows}
         if baselines is not None:
             report["ease_lambda"] = baselines.ease.regularisation
+            report["ease_validation_ndcg@10"] = {f"{lam:g}": ndcg for lam, ndcg in baselines.ease.scores.items()}
         for part, moments in (("validation", validation), ("test", test)):
             report[part] = self._part(plain, rankers, baselines, moments, previous if part == "test" else None)
         return report

@@ -52,7 +52,9 @@ def split_section(name: str, split: dict[str, Any]) -> list[str]:
         f"{split['train_rows']} training rows, {split['ranker_rows']} ranker rows; "
         f"{validation['queries']} validation and {test['queries']} test queries"
         + (
-            f"; EASE's lambda {split['ease_lambda']}."
+            f"; EASE's lambda {split['ease_lambda']}, chosen on validation NDCG@10 "
+            + ", ".join(f"{lam}: {ndcg:.4f}" for lam, ndcg in split.get("ease_validation_ndcg@10", {}).items())
+            + "."
             if "ease_lambda" in split
             else " (no comparisons: --full-report)."
         ),

@@ -19,6 +19,7 @@ from training.data import (
     trending_before,
     windows,
 )
+from training.evaluate import Ease
 from training.previous import labels, like_rows
 
 VOCABULARY = Vocabulary.of(
@@ -159,3 +160,25 @@ def test_bootstrap_rows_are_the_sample_rows_of_the_events_in_time_order():
         r.event.event_id for r in sample_rows(reversed(events), FeatureSpec())
     )
     assert [r.event.ts for r in rows] == sorted(r.event.ts for r in rows)
+
+
+def test_ease_weights_are_the_hand_computed_closed_form():
+    train = history("u1", "ab") + history("u2", "a")
+    popularity = np.zeros(VOCABULARY.size)
+    popularity[VOCABULARY.item_indices("ab")] = [2, 1]
+    # X = [[1, 1], [1, 0]] over (a, b): XᵀX + I = [[3, 1], [1, 2]], P = [[2, -1], [-1, 3]] / 5 and
+    # B_ij = -P_ij / P_jj: b from a 1/3, a from b 1/2.
+    ease = Ease(train, VOCABULARY, popularity).fit(1.0)
+
+    np.testing.assert_allclose(ease.weights, [[0.0, 1 / 3], [1 / 2, 0.0]], rtol=1e-6)
+
+
+def test_tuned_ease_keeps_the_weights_of_the_lambda_its_score_prefers():
+    train = history("u1", "abc") + history("u2", "ab") + history("u3", "ca")
+    popularity = np.zeros(VOCABULARY.size)
+    popularity[VOCABULARY.item_indices("abc")] = [3, 2, 2]
+
+    tuned = Ease(train, VOCABULARY, popularity).tune([1.0, 10.0, 100.0], lambda model: -abs(model.regularisation - 10))
+
+    assert tuned.regularisation == 10.0
+    np.testing.assert_allclose(tuned.weights, Ease(train, VOCABULARY, popularity).fit(10.0).weights)
