@@ -10,7 +10,6 @@ import os
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict
-from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,7 +23,7 @@ from schemas.bundle import LoadedBundle
 from schemas.config import Settings
 from schemas.events import Event, validate_event
 from schemas.feature_store import UserRead
-from schemas.logic.pipeline import Ranked, RankRequest
+from schemas.logic.pipeline import Ranked, RankRequest, fallback_items
 from schemas.validation import InvalidRecord
 from serving.metrics import MULTIPROCESS_DIR, Metrics
 from serving.parameters import (
@@ -130,8 +129,7 @@ async def recommendations(request: web.Request) -> web.Response:
 
 def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], seen: set[str], k: int):
     """The answer without DIN: trending, then the bundle's popularity list, seen items left out."""
-    popular = dict.fromkeys(trending + (bundle.popular if bundle else []))  # each once, trending first
-    chosen = list(islice((item for item in popular if item not in seen), k))
+    chosen = fallback_items(trending, bundle.popular if bundle else [], seen, k)
     return [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
 
 

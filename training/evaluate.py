@@ -14,7 +14,7 @@ import numpy as np
 from schemas.logic.ann import ItemIndex
 from schemas.logic.covisitation import CoVisitation
 from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
-from schemas.logic.pipeline import Ranked, Recommender, rank_batch, retrieve
+from schemas.logic.pipeline import Ranked, Recommender, fallback_items, rank_batch, retrieve
 from schemas.sources.synthetic import SyntheticWorld
 from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of
@@ -141,6 +141,17 @@ def popularity_lists(popularity: np.ndarray, vocabulary: Vocabulary, queries: Se
     """Most interacted items of the training data first, seen items left out."""
     head = _ordered(popularity[FIRST_ITEM:], vocabulary, count + max((len(q.seen) for q in queries), default=0))
     return [[item for item in head if item not in query.seen][:count] for query in queries]
+
+
+def fallback_lists(popularity: np.ndarray, vocabulary: Vocabulary, moments: Moments, count: int) -> list[list[str]]:
+    """The service's answer without its models at each query: the trending list of that moment,
+    then the most interacted items of the training data, seen items left out."""
+    queries = moments.queries
+    popular = _ordered(popularity[FIRST_ITEM:], vocabulary, count + max((len(q.seen) for q in queries), default=0))
+    return [
+        fallback_items([item for item, _ in moments.trending[query.row.order]], popular, query.seen, count)
+        for query in queries
+    ]
 
 
 def cooccurrence_lists(

@@ -31,6 +31,7 @@ from training.evaluate import (
     candidate_curve,
     click_probability_share,
     cooccurrence_lists,
+    fallback_lists,
     identical_reasons_share,
     item_lists,
     pipeline_metrics,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 SERVED = "served: sequential retrieval + DIN"
 PREVIOUS = "previous design: mean two-tower + like-DIN"
+FALLBACK = "the service's fallback: trending, then popularity"
 ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
 EXPORT_CHECK_CANDIDATES = 60
 """Candidates per query on which the exported ranker is compared with the trained one."""
@@ -64,10 +66,11 @@ class Baselines:
             EASE_REGULARISATION, lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
         )
 
-    def lists(self, queries: list[Query], count: int) -> dict[str, list[list[str]]]:
-        popularity, train = self.counts.popularity, self.split.train
+    def lists(self, moments: Moments, count: int) -> dict[str, list[list[str]]]:
+        popularity, train, queries = self.counts.popularity, self.split.train, moments.queries
         return {
             "popularity": popularity_lists(popularity, self.vocabulary, queries, count),
+            FALLBACK: fallback_lists(popularity, self.vocabulary, moments, count),
             "item co-occurrence": cooccurrence_lists(train, self.vocabulary, popularity, queries, count),
             "EASE": self.ease.lists(queries, count),
         }
@@ -125,7 +128,7 @@ class Evaluation:
             lists |= {
                 "sequential retrieval + Embedding+MLP": item_lists(answers["Embedding+MLP"]),
                 "sequential retrieval alone": retrieved(plain, moments, count),
-            } | baselines.lists(queries, count)
+            } | baselines.lists(moments, count)
         pipelines = {name: pipeline_metrics(items, queries) for name, items in lists.items()}
         if previous is not None:  # what only the full report reads, on the test queries only
             pipelines[PREVIOUS] = previous.metrics(moments, candidates, count)

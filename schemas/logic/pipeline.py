@@ -8,8 +8,9 @@ A `Recommender` is what it runs on: a loaded bundle in the service, models in me
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 import numpy as np
@@ -104,6 +105,13 @@ class Candidates:
     """[B, M, len(RANKER_FEATURES)] float32."""
     pairs: np.ndarray
     """[B, M, N] float32: the ranker's newest N behaviours."""
+
+
+def fallback_items(trending: Sequence[str], popular: Sequence[str], seen: Collection[str], k: int) -> list[str]:
+    """The answer without the models: trending first, then the most popular, each item once, seen
+    items left out."""
+    ranked = dict.fromkeys([*trending, *popular])
+    return list(islice((item for item in ranked if item not in seen), k))
 
 
 def retrieve(recommender: Recommender, requests: Sequence[RankRequest]) -> tuple[SequenceArrays, np.ndarray, list]:

@@ -11,7 +11,7 @@ from schemas.logic.ann import ItemIndex
 from schemas.logic.covisitation import CoVisitation
 from schemas.logic.features import SequenceEntry
 from schemas.logic.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
-from schemas.logic.pipeline import RankRequest, rank_batch
+from schemas.logic.pipeline import RankRequest, fallback_items, rank_batch
 
 ITEMS = ["a", "b", "c", "d", "e"]
 
@@ -124,3 +124,8 @@ def test_the_ranker_gets_the_pair_counts_of_its_newest_behaviours_and_its_featur
     column = {name: n for n, name in enumerate(RANKER_FEATURES)}
     assert recommender.features[0][0, 1, column["covisitation_newest_1"]] == pytest.approx(np.log(6.0))  # c: 5
     assert recommender.features[0][0, 1, column["covisitation_newest_5"]] == pytest.approx(np.log(9.0))  # a + c: 8
+
+
+def test_the_fallback_answers_trending_then_popular_each_item_once_and_nothing_seen():
+    assert fallback_items(["t1", "b", "t2"], ["b", "p1", "t1", "p2", "p3"], {"t2", "p1"}, 4) == ["t1", "b", "p2", "p3"]
+    assert fallback_items([], ["p1"], set(), 3) == ["p1"]
