@@ -30,14 +30,14 @@ from rich.table import Table
 
 from schemas.bundle import REPORT
 from schemas.config import Settings
-from training.evaluation import SERVED
+from training.evaluation import SERVED, TUNED_COOCCURRENCE
 from training.pipeline import TrainingRun
 from training.retraining import train_once
 from training.sources import Source, load
 
 TARGET_S = 600
 METRICS = ("hitrate@10", "recall@10", "ndcg@10")
-BASELINES = ("item co-occurrence", "EASE")
+BASELINES = ("item co-occurrence", TUNED_COOCCURRENCE, "EASE")
 
 
 def pipelines_table(title: str, split: dict) -> Table:
@@ -53,12 +53,12 @@ def pipelines_table(title: str, split: dict) -> Table:
 
 
 def ratios(split: dict) -> str:
-    """The served pipeline's test metrics over the better baseline's and popularity's."""
+    """The served pipeline's test metrics over the best baseline's and popularity's."""
     test = split["test"]["pipelines"]
     parts = []
     for key in ("hitrate@10", "ndcg@10"):
         best = max(test[name][key] for name in BASELINES)
-        parts.append(f"{key}: {test[SERVED][key] / best:.2f}x the better of co-occurrence and EASE, "
+        parts.append(f"{key}: {test[SERVED][key] / best:.2f}x the best of the co-occurrences and EASE, "
                      f"{test[SERVED][key] / test['popularity'][key]:.2f}x popularity")  # fmt: skip
     return "; ".join(parts)
 

@@ -1,10 +1,12 @@
 """Holdout evaluation over the full catalogue: the served pipeline exactly as the service runs it
 (`schemas.logic.pipeline.rank_batch`: the same pool, trending merged in, the seen set left out), retrieval
-alone, and the baselines popularity, item co-occurrence and EASE, all on the same queries; with
+alone, and the baselines popularity, item co-occurrence (plain and weighted), EASE and the
+service's fallback, all on the same queries; with
 Recall, NDCG and HitRate at K, the rankers' AUC within their pools, how much the newest behaviour
 matters, how often two recommendations carry the same reasons, and on the synthetic world the true
 click probability of what is recommended."""
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +27,12 @@ FUTURE_ITEMS = 5
 CUTOFFS = (10, 50)
 REQUEST_BATCH = 64
 COOCCURRENCE_RECENT = 5
-"""The item co-occurrence baseline sums what followed the user's newest 5 items."""
+"""The plain item co-occurrence baseline sums what followed the user's newest 5 items."""
+COOCCURRENCE_TUNED_RECENT = 20
+COOCCURRENCE_DECAYS = (1.0, 0.8, 0.6, 0.4)
+"""The tuned co-occurrence baseline weighs each of the newest 20 items this much of the next newer one."""
+COOCCURRENCE_POWERS = (0.0, 0.25, 0.5)
+"""... and divides each candidate's sum by its popularity to one of these powers."""
 EASE_ITEMS = 5000
 """EASE's closed form inverts an items x items matrix: it takes the most interacted items only."""
 EASE_REGULARISATION = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)
@@ -154,18 +161,41 @@ def fallback_lists(popularity: np.ndarray, vocabulary: Vocabulary, moments: Mome
     ]
 
 
-def cooccurrence_lists(
-    train: Sequence[Row], vocabulary: Vocabulary, popularity: np.ndarray, queries: Sequence[Query], count: int
-) -> list[list[str]]:
-    """Item co-occurrence: the items that followed the user's newest COOCCURRENCE_RECENT items within
-    COOCCURRENCE_WINDOW interactions in the training histories, summed; popularity breaks ties and fills the rest."""
-    table = CoVisitation.of(item_sequences(train, vocabulary).values(), vocabulary.size, COVISITATION_WINDOW, None)
-    tie_break = popularity / (popularity.max() + 1.0)
-    lists = []
-    for query in queries:
-        newest = vocabulary.item_indices([entry.item_id for entry in query.row.sequence[-COOCCURRENCE_RECENT:]])
-        lists.append(_best(table.following(newest) + tie_break, vocabulary, query.seen, count))
-    return lists
+class CoOccurrence:
+    """Item co-occurrence: the items that followed the user's newest items within COVISITATION_WINDOW
+    interactions in the training histories. Plain (the defaults): the newest COOCCURRENCE_RECENT
+    items' counts, summed. `weighted`: the newest `recent` items, each `decay` times as strong as
+    the next newer one, and each candidate's sum divided by (its popularity + 1) ** `power`.
+    Popularity breaks ties and fills the rest."""
+
+    def __init__(self, train: Sequence[Row], vocabulary: Vocabulary, popularity: np.ndarray):
+        self.vocabulary, self.popularity = vocabulary, popularity.astype(np.float64)
+        sequences = item_sequences(train, vocabulary).values()
+        self.table = CoVisitation.of(sequences, vocabulary.size, COVISITATION_WINDOW, None)
+        # Far below any difference of two sums, so it only orders ties (and the items nothing followed).
+        self.tie_break = self.popularity / (self.popularity.max() + 1.0) * 1e-6
+        self.recent, self.decay, self.power = COOCCURRENCE_RECENT, 1.0, 0.0
+
+    def weighted(self, recent: int, decay: float, power: float) -> "CoOccurrence":
+        self.recent, self.decay, self.power = recent, decay, power
+        return self
+
+    def tune(self, score: Callable[["CoOccurrence"], float]) -> "CoOccurrence":
+        """Weighted with the decay and power (over the newest COOCCURRENCE_TUNED_RECENT items) that
+        `score` rates highest."""
+        grid = itertools.product([COOCCURRENCE_TUNED_RECENT], COOCCURRENCE_DECAYS, COOCCURRENCE_POWERS)
+        return self.weighted(*max(grid, key=lambda weighting: score(self.weighted(*weighting))))
+
+    def lists(self, queries: Sequence[Query], count: int) -> list[list[str]]:
+        lists = []
+        for query in queries:
+            newest = self.vocabulary.item_indices([entry.item_id for entry in query.row.sequence[-self.recent :]])
+            scores = np.zeros(self.vocabulary.size)
+            for age, item in enumerate(reversed(newest)):
+                scores += self.decay**age * self.table.following([item])
+            scores /= (self.popularity + 1.0) ** self.power
+            lists.append(_best(scores + self.tie_break, self.vocabulary, query.seen, count))
+        return lists
 
 
 class Ease:
@@ -223,7 +253,7 @@ def _ordered(scores: np.ndarray, vocabulary: Vocabulary, count: int) -> list[str
 
 def _best(scores: np.ndarray, vocabulary: Vocabulary, seen: frozenset[str], count: int) -> list[str]:
     """The `count` best unseen items of scores over item indices."""
-    scores = scores.astype(np.float32).copy()
+    scores = np.array(scores, dtype=np.float64)  # a copy; float64 keeps the co-occurrence tie-break
     scores[vocabulary.item_indices(seen)] = -np.inf
     return [item for item in _ordered(scores[FIRST_ITEM:], vocabulary, count + len(seen)) if item not in seen][:count]
 

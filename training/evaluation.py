@@ -25,12 +25,12 @@ from training.evaluate import (
     CUTOFFS,
     EASE_REGULARISATION,
     FUTURE_ITEMS,
+    CoOccurrence,
     Ease,
     Moments,
     ann_recall,
     candidate_curve,
     click_probability_share,
-    cooccurrence_lists,
     fallback_lists,
     identical_reasons_share,
     item_lists,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 SERVED = "served: sequential retrieval + DIN"
 PREVIOUS = "previous design: mean two-tower + like-DIN"
 FALLBACK = "the service's fallback: trending, then popularity"
+TUNED_COOCCURRENCE = "item co-occurrence, recency-weighted and popularity-normalised"
 ANN_CHECK_QUERIES, ANN_CHECK_K = 500, 50
 EXPORT_CHECK_CANDIDATES = 60
 """Candidates per query on which the exported ranker is compared with the trained one."""
@@ -57,11 +58,15 @@ EXPORT_CHECK_CANDIDATES = 60
 
 class Baselines:
     """What the full report compares the served pipeline with, from a split's training rows: popularity,
-    item co-occurrence and EASE (its regularisation chosen on the validation queries)."""
+    item co-occurrence plain and recency-weighted (its weighting chosen on the validation queries), EASE
+    (its regularisation chosen likewise) and the service's fallback."""
 
     def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
         self.split, self.counts, self.vocabulary = split, counts, vocabulary
         validation, count = split.validation, max(CUTOFFS)
+        self.cooccurrence = CoOccurrence(split.train, vocabulary, counts.popularity).tune(
+            lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
+        )
         self.ease = Ease(split.train, vocabulary, counts.popularity).tune(
             EASE_REGULARISATION, lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
         )
@@ -71,7 +76,8 @@ class Baselines:
         return {
             "popularity": popularity_lists(popularity, self.vocabulary, queries, count),
             FALLBACK: fallback_lists(popularity, self.vocabulary, moments, count),
-            "item co-occurrence": cooccurrence_lists(train, self.vocabulary, popularity, queries, count),
+            "item co-occurrence": CoOccurrence(train, self.vocabulary, popularity).lists(queries, count),
+            TUNED_COOCCURRENCE: self.cooccurrence.lists(queries, count),
             "EASE": self.ease.lists(queries, count),
         }
 
@@ -115,6 +121,8 @@ class Evaluation:
         report: dict[str, Any] = {"train_rows": len(split.train), "ranker_rows": rows}
         if baselines is not None:
             report["ease_lambda"] = baselines.ease.regularisation
+            cooccurrence = baselines.cooccurrence
+            report["cooccurrence_weighting"] = {"decay": cooccurrence.decay, "power": cooccurrence.power}
             report["ease_validation_ndcg@10"] = {f"{lam:g}": ndcg for lam, ndcg in baselines.ease.scores.items()}
         for part, moments in (("validation", validation), ("test", test)):
             report[part] = self._part(plain, rankers, baselines, moments, previous if part == "test" else None)

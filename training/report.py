@@ -54,6 +54,8 @@ def split_section(name: str, split: dict[str, Any]) -> list[str]:
         + (
             f"; EASE's lambda {split['ease_lambda']}, chosen on validation NDCG@10 "
             + ", ".join(f"{lam}: {ndcg:.4f}" for lam, ndcg in split.get("ease_validation_ndcg@10", {}).items())
+            + "; co-occurrence weighting chosen on validation: "
+            + ", ".join(f"{name} {value:g}" for name, value in split.get("cooccurrence_weighting", {}).items())
             + "."
             if "ease_lambda" in split
             else " (no comparisons: --full-report)."

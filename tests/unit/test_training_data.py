@@ -19,7 +19,7 @@ from training.data import (
     trending_before,
     windows,
 )
-from training.evaluate import Ease
+from training.evaluate import CoOccurrence, Ease
 from training.previous import labels, like_rows
 
 VOCABULARY = Vocabulary.of(
@@ -182,3 +182,22 @@ def test_tuned_ease_keeps_the_weights_of_the_lambda_its_score_prefers():
 
     assert tuned.regularisation == 10.0
     np.testing.assert_allclose(tuned.weights, Ease(train, VOCABULARY, popularity).fit(10.0).weights)
+
+
+def test_co_occurrence_plain_and_weighted_rank_as_computed_by_hand():
+    train = [row for n in range(3) for row in history(f"a{n}", "eh")] + [
+        row for n in range(2) for row in history(f"b{n}", "fi")
+    ]
+    popularity = np.zeros(VOCABULARY.size)
+    popularity[VOCABULARY.item_indices("ehfi")] = [3, 5, 2, 2]
+    query = Histories(history("u", "efg")).queries("u", future=1)[2]  # behaviours e, then f (the newest)
+    cooccurrence = CoOccurrence(train, VOCABULARY, popularity)
+
+    # Sums of what followed e and f: h 3 (after e), i 2 (after f); nothing else followed them.
+    assert cooccurrence.lists([query], 2) == [["h", "i"]]
+    # e one step older at decay 0.5: h 1.5, i 2.
+    assert cooccurrence.weighted(20, 0.5, 0.0).lists([query], 2) == [["i", "h"]]
+    # Divided by sqrt(popularity + 1): h 3 / sqrt(6) = 1.22, i 2 / sqrt(3) = 1.15 (by popularity + 1,
+    # i would lead: 0.5 against 0.67); with the decay too, h 0.61.
+    assert cooccurrence.weighted(20, 1.0, 0.5).lists([query], 2) == [["h", "i"]]
+    assert cooccurrence.weighted(20, 0.5, 0.5).lists([query], 2) == [["i", "h"]]
