@@ -190,10 +190,8 @@ class CoOccurrence:
         lists = []
         for query in queries:
             newest = self.vocabulary.item_indices([entry.item_id for entry in query.row.sequence[-self.recent :]])
-            scores = np.zeros(self.vocabulary.size)
-            for age, item in enumerate(reversed(newest)):
-                scores += self.decay**age * self.table.following([item])
-            scores /= (self.popularity + 1.0) ** self.power
+            weights = self.decay ** np.arange(len(newest))[::-1]  # the newest last, weight 1
+            scores = self.table.following(newest, weights) / (self.popularity + 1.0) ** self.power
             lists.append(_best(scores + self.tie_break, self.vocabulary, query.seen, count))
         return lists
 
@@ -233,14 +231,14 @@ class Ease:
         return self.fit(max(self.scores, key=self.scores.__getitem__))
 
     def lists(self, queries: Sequence[Query], count: int) -> list[list[str]]:
-        lists = []
-        for query in queries:
+        histories = np.zeros((len(queries), len(self.items)), np.float32)
+        for row, query in enumerate(queries):
             seen = self.column[self.vocabulary.item_indices(query.seen)]
-            history = np.zeros(len(self.items), np.float32)
-            history[seen[seen >= 0]] = 1.0
-            scores = np.full(self.vocabulary.size - FIRST_ITEM, -np.inf, np.float32)
-            scores[self.items - FIRST_ITEM] = history @ self.weights
-            lists.append(_best(np.concatenate([[-np.inf] * FIRST_ITEM, scores]), self.vocabulary, query.seen, count))
+            histories[row, seen[seen >= 0]] = 1.0
+        lists, scores = [], np.full(self.vocabulary.size, -np.inf, np.float32)
+        for query, item_scores in zip(queries, histories @ self.weights, strict=True):  # one product for all
+            scores[self.items] = item_scores
+            lists.append(_best(scores, self.vocabulary, query.seen, count))
         return lists
 
 

@@ -94,12 +94,13 @@ class CoVisitation:
         counts[found[hit], behaviour[hit]] = self.counts[entry[hit]]
         return counts[place]
 
-    def following(self, items: Iterable[int]) -> np.ndarray:
-        """[size] float32: for every item b, the sum over `items` a of counts[a, b]."""
-        scores = np.zeros(self.size, np.float32)
-        for item in items:
+    def following(self, items: Iterable[int], weights: Iterable[float] | None = None) -> np.ndarray:
+        """[size] float32: for every item b, the sum over `items` a of counts[a, b], each times a's
+        weight (1 without `weights`)."""
+        scores, items = np.zeros(self.size, np.float32), list(items)
+        for item, weight in zip(items, [1.0] * len(items) if weights is None else weights, strict=True):
             start, end = self._row_starts[item], self._row_starts[item + 1]
-            np.add.at(scores, self.keys[start:end] - item * self.size, self.counts[start:end])
+            np.add.at(scores, self.keys[start:end] - item * self.size, self.counts[start:end] * np.float32(weight))
         return scores
 
     @cached_property
