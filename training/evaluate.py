@@ -172,7 +172,8 @@ class CoOccurrence:
         self.vocabulary, self.popularity = vocabulary, popularity.astype(np.float64)
         sequences = item_sequences(train, vocabulary).values()
         self.table = CoVisitation.of(sequences, vocabulary.size, COVISITATION_WINDOW, None)
-        # Far below any difference of two sums, so it only orders ties (and the items nothing followed).
+        # Far below 1, the least difference of two plain sums, so there it only orders ties (and the
+        # items nothing followed); weighted sums this close are as good as tied.
         self.tie_break = self.popularity / (self.popularity.max() + 1.0) * 1e-6
         self.recent, self.decay, self.power = COOCCURRENCE_RECENT, 1.0, 0.0
 

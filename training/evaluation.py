@@ -64,6 +64,7 @@ class Baselines:
     def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
         self.split, self.counts, self.vocabulary = split, counts, vocabulary
         validation, count = split.validation, max(CUTOFFS)
+        self.plain_cooccurrence = CoOccurrence(split.train, vocabulary, counts.popularity)
         self.cooccurrence = CoOccurrence(split.train, vocabulary, counts.popularity).tune(
             lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
         )
@@ -72,11 +73,11 @@ class Baselines:
         )
 
     def lists(self, moments: Moments, count: int) -> dict[str, list[list[str]]]:
-        popularity, train, queries = self.counts.popularity, self.split.train, moments.queries
+        popularity, queries = self.counts.popularity, moments.queries
         return {
             "popularity": popularity_lists(popularity, self.vocabulary, queries, count),
             FALLBACK: fallback_lists(popularity, self.vocabulary, moments, count),
-            "item co-occurrence": CoOccurrence(train, self.vocabulary, popularity).lists(queries, count),
+            "item co-occurrence": self.plain_cooccurrence.lists(queries, count),
             TUNED_COOCCURRENCE: self.cooccurrence.lists(queries, count),
             "EASE": self.ease.lists(queries, count),
         }
