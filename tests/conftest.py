@@ -37,10 +37,33 @@ hypothesis.settings.register_profile("kingfisher", deadline=None)
 hypothesis.settings.load_profile("kingfisher")
 
 
+def ephemeral_ports_start() -> int:
+    """The first port the kernel hands to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port that is free now and below the kernel's ephemeral range: a port the kernel picked
+    could be taken by any process's outgoing connection (CI saw a JVM's) before the service binds it."""
+    top = ephemeral_ports_start()
+    low, high = (top - 6_000, top) if top > 16_000 else (26_000, 32_000)
+    while True:
+        port = random.randrange(low, high)
+        if port in HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        HANDED_OUT.add(port)
+        return port
 
 
 @dataclass(frozen=True)
@@ -100,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def free_cluster_ports(masters: int) -> int:
     """A base port such that it, the next `masters - 1` ports and their cluster-bus ports (+10000) are free."""
     while True:
-        base = random.randrange(20_000, 45_000)
+        base = random.randrange(10_000, 16_000)  # its bus ports too stay below free_port's and the kernel's ranges
         try:
             for port in (p + bus for p in range(base, base + masters) for bus in (0, CLUSTER_BUS_OFFSET)):
                 with socket.socket() as probe:
