@@ -144,9 +144,14 @@ def identical_reasons_share(ranked: Sequence[Ranked], k: int = 10) -> float:
     return shared / total if total else math.nan
 
 
+def _popular(popularity: np.ndarray, vocabulary: Vocabulary, queries: Sequence[Query], count: int) -> list[str]:
+    """The most interacted items of the training data, most first: enough for `count` unseen at every query."""
+    return _ordered(popularity[FIRST_ITEM:], vocabulary, count + max((len(q.seen) for q in queries), default=0))
+
+
 def popularity_lists(popularity: np.ndarray, vocabulary: Vocabulary, queries: Sequence[Query], count: int):
     """Most interacted items of the training data first, seen items left out."""
-    head = _ordered(popularity[FIRST_ITEM:], vocabulary, count + max((len(q.seen) for q in queries), default=0))
+    head = _popular(popularity, vocabulary, queries, count)
     return [[item for item in head if item not in query.seen][:count] for query in queries]
 
 
@@ -154,7 +159,7 @@ def fallback_lists(popularity: np.ndarray, vocabulary: Vocabulary, moments: Mome
     """The service's answer without its models at each query: the trending list of that moment,
     then the most interacted items of the training data, seen items left out."""
     queries = moments.queries
-    popular = _ordered(popularity[FIRST_ITEM:], vocabulary, count + max((len(q.seen) for q in queries), default=0))
+    popular = _popular(popularity, vocabulary, queries, count)
     return [
         fallback_items([item for item, _ in moments.trending[query.row.order]], popular, query.seen, count)
         for query in queries

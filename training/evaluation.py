@@ -64,13 +64,13 @@ class Baselines:
     def __init__(self, split: Split, counts: TrainingCounts, vocabulary: Vocabulary):
         self.split, self.counts, self.vocabulary = split, counts, vocabulary
         validation, count = split.validation, max(CUTOFFS)
+
+        def validation_ndcg(model: CoOccurrence | Ease) -> float:
+            return pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
+
         self.plain_cooccurrence = CoOccurrence(split.train, vocabulary, counts.popularity)
-        self.cooccurrence = CoOccurrence(split.train, vocabulary, counts.popularity).tune(
-            lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
-        )
-        self.ease = Ease(split.train, vocabulary, counts.popularity).tune(
-            EASE_REGULARISATION, lambda model: pipeline_metrics(model.lists(validation, count), validation)["ndcg@10"]
-        )
+        self.cooccurrence = CoOccurrence(split.train, vocabulary, counts.popularity).tune(validation_ndcg)
+        self.ease = Ease(split.train, vocabulary, counts.popularity).tune(EASE_REGULARISATION, validation_ndcg)
 
     def lists(self, moments: Moments, count: int) -> dict[str, list[list[str]]]:
         popularity, queries = self.counts.popularity, moments.queries
