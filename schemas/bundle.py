@@ -9,9 +9,11 @@ the versions and a `CURRENT` file naming the live one, replaced atomically. Publ
 `ModelUpdate` on the `model-updates` topic; serving follows that and polls `CURRENT` as a backstop.
 """
 
+import copy
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -19,16 +21,19 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.catalogue import CatalogueItem
 from schemas.hyperparameters import Hyperparameters
 from schemas.logic.features import FeatureSpec
 from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
 
-BUNDLE_FORMAT = 4
-"""4: the served models are arrays (`SERVED_MODELS`) that NumPy runs, not TensorFlow SavedModels
-(3: the ranker attends over the newest `Hyperparameters.ranker_behaviours` behaviours; 2 attended
-over the whole sequence and brought the sequential user tower over items, kinds and ages and the
-ranker's candidate features and co-visitation pairs; 1 had a mean-pooled user tower)."""
+BUNDLE_FORMAT = 5
+"""5: the served models carry their item embeddings' genre and year tables, from which the service
+embeds items published after training (4: the served models are arrays (`SERVED_MODELS`) that
+NumPy runs, not TensorFlow SavedModels; 3: the ranker attends over the newest
+`Hyperparameters.ranker_behaviours` behaviours; 2 attended over the whole sequence and brought the
+sequential user tower over items, kinds and ages and the ranker's candidate features and
+co-visitation pairs; 1 had a mean-pooled user tower)."""
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 SERVED_MODELS = "served_models.npz"
@@ -57,7 +62,7 @@ class BundleError(Exception):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle_format: Literal[4] = BUNDLE_FORMAT
+    bundle_format: Literal[5] = BUNDLE_FORMAT
     version: int = Field(ge=1)
     parent_version: int | None = None
     created_at: int = Field(description="Epoch milliseconds.")
@@ -246,10 +251,55 @@ class LoadedBundle:
         models = read_served_models(directory)
         self._user_tower = UserTower(models[USER_TOWER], hyperparameters.retrieval_heads)
         self._ranker = DinRanker(models[RANKER], self.ranker_behaviours, hyperparameters.like_weight)
+        self.added_index: ItemIndex | None = None
+        """The items of the catalogue added since training (`with_items`); None: none."""
+        self.withdrawn: frozenset[str] = frozenset()
+        """Items withdrawn from the catalogue (`with_items`): no answer holds them."""
 
     @property
     def version(self) -> int:
         return self.manifest.version
+
+    @property
+    def added_items(self) -> int:
+        return len(self.added_index) if self.added_index else 0
+
+    def with_items(self, catalogue: Iterable[CatalogueItem], withdrawn: Iterable[str] = ()) -> "LoadedBundle":
+        """This bundle with the catalogue's items it does not know yet, embedded from their content
+        (`schemas.logic.served_models`) and added to the index: retrievable, rankable (no
+        interactions, no co-visitation) and with similar items; and with `withdrawn` items left out
+        of every answer (`withdrawn`), those in `catalogue` published again. Returns self when
+        nothing changes; otherwise a copy: requests in flight keep this one."""
+        from schemas.logic.ann import ItemIndex
+        from schemas.logic.model_inputs import item_content
+
+        published = {item.item_id: item for item in catalogue}
+        newest = {item_id: item for item_id, item in published.items() if item_id not in self.vocabulary}
+        still_withdrawn = (self.withdrawn - published.keys()) | {
+            item_id for item_id in withdrawn if item_id in self.vocabulary
+        }
+        if not newest and still_withdrawn == self.withdrawn:
+            return self
+        grown = copy.copy(self)
+        grown.withdrawn = frozenset(still_withdrawn)
+        if not newest:
+            return grown
+        ids, new = list(newest), list(newest.values())
+        genres, years = item_content(self.vocabulary, new)
+        grown._user_tower, vectors = self._user_tower.with_items(genres, years)
+        grown._ranker = self._ranker.with_items(genres, years)
+        grown.vocabulary = self.vocabulary.extended(ids)
+        grown.index = self.index.with_items(vectors, ids)
+        grown.added_index = (
+            self.added_index.with_items(vectors, ids)
+            if self.added_index
+            else ItemIndex(self.index.exact_max_items).index(vectors, ids)
+        )
+        grown.embeddings = np.concatenate([self.embeddings, vectors])
+        units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        grown._unit_vectors = np.concatenate([self._unit_vectors, units])
+        grown.popularity = np.concatenate([self.popularity, np.zeros(len(new), self.popularity.dtype)])
+        return grown
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""
@@ -262,13 +312,15 @@ class LoadedBundle:
 
     def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
         """The k items whose retrieval vectors point most nearly the way `item_id`'s does (cosine),
-        best first; None for an unknown item. Cosine rather than the inner product retrieval uses:
-        the vectors' lengths carry popularity, which would put the most popular items next to every item."""
+        best first, withdrawn items left out; None for an unknown or withdrawn item. Cosine rather
+        than the inner product retrieval uses: the vectors' lengths carry popularity, which would
+        put the most popular items next to every item."""
         row = int(self.vocabulary.item_indices([item_id])[0]) - FIRST_ITEM
-        if row < 0:
+        if row < 0 or item_id in self.withdrawn:
             return None
         similarity = self._unit_vectors @ self._unit_vectors[row]
         similarity[row] = -np.inf
+        similarity[self.vocabulary.item_indices(self.withdrawn) - FIRST_ITEM] = -np.inf
         best = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]
         best = best[np.argsort(-similarity[best], kind="stable")]
         return [(self.vocabulary.item_ids[n], float(similarity[n])) for n in best if np.isfinite(similarity[n])]

@@ -1,4 +1,5 @@
-"""Catalogue v1: item records on the compacted `items` topic, keyed by item_id."""
+"""Catalogue v1: item records on the compacted `items` topic, keyed by item_id. A record with the
+item's key and no value (a tombstone) withdraws the item; a later record of it publishes it again."""
 
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -42,3 +43,8 @@ def validate_catalogue_item(payload: Mapping[str, Any]) -> CatalogueItem:
 
 def parse_catalogue_item(data: bytes) -> CatalogueItem:
     return parse_record(CatalogueItem, data, MAX_ITEM_BYTES)
+
+
+def withdrawn_item(key: bytes | None, value: bytes | None) -> str | None:
+    """The item_id a catalogue record withdraws: a tombstone's key; None for a record with a value."""
+    return key.decode() if value is None and key else None

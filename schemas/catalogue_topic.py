@@ -5,7 +5,7 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
-from schemas.catalogue import CatalogueItem, parse_catalogue_item
+from schemas.catalogue import CatalogueItem, parse_catalogue_item, withdrawn_item
 from schemas.config import Settings
 from schemas.validation import InvalidRecord
 
@@ -14,7 +14,8 @@ CATALOGUE_READ_TIMEOUT_S = 60
 
 
 def read_catalogue_topic(settings: Settings) -> dict[str, CatalogueItem]:
-    """The compacted items topic from its start to its end at call time; the newest record per item wins."""
+    """The compacted items topic from its start to its end at call time; the newest record per item
+    wins, and an item whose newest record is a tombstone is left out."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.stack.kafka_bootstrap,
@@ -38,8 +39,11 @@ def read_catalogue_topic(settings: Settings) -> dict[str, CatalogueItem]:
             if message is None or message.error():
                 continue
             try:
-                item = parse_catalogue_item(message.value())
-                items[item.item_id] = item
+                if (withdrawn := withdrawn_item(message.key(), message.value())) is not None:
+                    items.pop(withdrawn, None)
+                else:
+                    item = parse_catalogue_item(message.value())
+                    items[item.item_id] = item
             except InvalidRecord as invalid:
                 log.warning("skipping catalogue record at offset %d: %s", message.offset(), invalid)
             if message.offset() + 1 >= ends[message.partition()]:

@@ -131,6 +131,12 @@ class PipelineSettings(Section):
     trending_candidates: int = Field(
         50, ge=0, description="Top trending items ranked by DIN besides the M Faiss candidates (fresh items' way in)."
     )
+    new_item_candidates: int = Field(
+        10,
+        ge=0,
+        description="Items published since the live model's training ranked besides the others: the user's nearest "
+        "of them by retrieval score (new items' way in before they have interactions).",
+    )
     faiss_exact_max_items: int = Field(
         50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
     )

@@ -35,7 +35,7 @@ from serving.parameters import (
     UserPath,
     UsersQuery,
 )
-from serving.resources import BATCHER, EXECUTOR, METRICS, MODELS, PRODUCER, SETTINGS, STORE, TITLES
+from serving.resources import BATCHER, CATALOGUE, EXECUTOR, METRICS, MODELS, PRODUCER, SETTINGS, STORE
 
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
@@ -78,10 +78,10 @@ async def _live_state(app: web.Application, user_id: str, seen: bool) -> tuple[U
 
 
 def _item(app: web.Application, item_id: str, score: float, reasons: tuple[str, ...] = ()) -> dict:
-    titles = app[TITLES]
-    item = {"item_id": item_id, "score": score, "title": titles.get(item_id)}
+    catalogue = app[CATALOGUE]
+    item = {"item_id": item_id, "score": score, "title": catalogue.title(item_id)}
     if reasons:
-        item["reasons"] = [{"item_id": reason, "title": titles.get(reason)} for reason in reasons]
+        item["reasons"] = [{"item_id": reason, "title": catalogue.title(reason)} for reason in reasons]
     return item
 
 
@@ -91,7 +91,9 @@ async def recommendations(request: web.Request) -> web.Response:
     user_id, k, exclude_seen, explain = query.user_id, query.k, query.exclude_seen, query.explain
     bundle = app[MODELS].bundle  # this request's models, whatever swaps meanwhile
     state, problem = await _live_state(app, user_id, exclude_seen)
-    seen = state.seen if exclude_seen else set()
+    left_out = state.seen if exclude_seen else set()
+    if bundle is not None and bundle.withdrawn:
+        left_out = left_out | bundle.withdrawn
     trending = list(state.trending.data.items) if state.trending else []
     reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else COLD_START)
     ranked = None
@@ -102,10 +104,11 @@ async def recommendations(request: web.Request) -> web.Response:
             state.user_features,
             now_ms=int(time.time() * 1000),
             trending=trending[: app[SETTINGS].pipeline.trending_candidates],
-            exclude=seen,
+            exclude=left_out,
             k=k,
             candidates=app[SETTINGS].pipeline.candidates,
             explain=k if explain else 0,
+            new_items=app[SETTINGS].pipeline.new_item_candidates,
         )
         ranked = await _ranked(app, bundle, asked)
         reason = None if ranked is not None else MODELS_BUSY
@@ -113,7 +116,7 @@ async def recommendations(request: web.Request) -> web.Response:
         items = [_item(app, s.item_id, s.score, s.reasons) for s in ranked.items]
     else:
         app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
-        items = _popular_items(app, bundle, [item for item, _ in trending], seen, k)
+        items = _popular_items(app, bundle, [item for item, _ in trending], left_out, k)
     return json_response(
         {
             "user_id": user_id,
@@ -127,9 +130,9 @@ async def recommendations(request: web.Request) -> web.Response:
     )
 
 
-def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], seen: set[str], k: int):
-    """The answer without DIN: trending, then the bundle's popularity list, seen items left out."""
-    chosen = fallback_items(trending, bundle.popular if bundle else [], seen, k)
+def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], left_out: set[str], k: int):
+    """The answer without DIN: trending, then the bundle's popularity list, without `left_out` (seen, withdrawn)."""
+    chosen = fallback_items(trending, bundle.popular if bundle else [], left_out, k)
     return [_item(app, item, 1.0 / (rank + 1)) for rank, item in enumerate(chosen)]
 
 
@@ -165,12 +168,12 @@ async def similar_items(request: web.Request) -> web.Response:
 async def profile(request: web.Request) -> web.Response:
     user_id = UserPath.parse(request.match_info, request.app[SETTINGS]).user_id
     state = await _from_store(request.app, request.app[STORE].read(user_id))
-    titles = request.app[TITLES]
+    catalogue = request.app[CATALOGUE]
     return json_response(
         {
             "user_id": user_id,
             "namespace": request.app[STORE].namespace,
-            "sequence": [asdict(entry) | {"title": titles.get(entry.item_id)} for entry in state.behaviours],
+            "sequence": [asdict(entry) | {"title": catalogue.title(entry.item_id)} for entry in state.behaviours],
             "features": asdict(state.user_features) if state.user_features else None,
             "features_as_of": state.as_of,
         }

@@ -2,7 +2,9 @@
 
 A request takes `holder.bundle` once and uses that object to the end, so a swap never changes the
 models under a request in flight. New versions are noticed from the `model-updates` topic and,
-as a backstop, by polling the registry's CURRENT pointer.
+as a backstop, by polling the registry's CURRENT pointer. Items of the catalogue newer than a
+bundle's training, and withdrawals, reach it the same way: a copy of the bundle with them swaps in
+(`apply`).
 """
 
 import asyncio
@@ -10,17 +12,17 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer
 
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
+from schemas.catalogue import CatalogueItem
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
+from serving.catalogue import CatalogueChanges, LiveCatalogue, private_consumer
 from serving.heap import InFlight, collect_when_quiet
 
 log = logging.getLogger("kingfisher.serving")
@@ -35,9 +37,11 @@ class ModelHolder:
         settings: Settings,
         executor: Executor,
         in_flight: InFlight,
+        catalogue: LiveCatalogue,
         on_live: Callable[[int], None] = lambda version: None,
     ):
         self.settings, self.executor, self.in_flight, self.on_live = settings, executor, in_flight, on_live
+        self.catalogue = catalogue
         self.registry = Registry(settings.stack.models_dir)
         self.bundle: LoadedBundle | None = None
         self.last_error: str | None = None
@@ -51,28 +55,50 @@ class ModelHolder:
             current = self.registry.current()
             if current is None or (self.bundle is not None and self.bundle.version == current):
                 return False
-            loop = asyncio.get_running_loop()
+            loop, known, withdrawn = (
+                asyncio.get_running_loop(),
+                list(self.catalogue.items.values()),
+                set(self.catalogue.withdrawn),
+            )
             try:
-                loaded = await loop.run_in_executor(self.executor, self._load, current)
+                loaded = await loop.run_in_executor(self.executor, self._load, current, known, withdrawn)
             except (BundleError, OSError, ValueError) as error:
                 self.last_error = f"version {current}: {error}"
                 log.error("not loading model %s", self.last_error)
                 return False
             previous, self.bundle, self.last_error = self.bundle, loaded, None
             self.on_live(loaded.version)
-            log.info("model version %d live (was %s)", loaded.version, previous.version if previous else "none")
+            log.info(
+                "model version %d live (was %s), %d catalogue items newer than its training added",
+                loaded.version,
+                previous.version if previous else "none",
+                loaded.added_items,
+            )
             if previous is not None:
                 del previous  # requests in flight may still hold it: it is collected once they are done
                 self._collect_when_quiet()
             return True
+
+    async def apply(self, changes: CatalogueChanges) -> None:
+        """Swap in a copy of the live bundle with the items of `changes` it does not know and its withdrawals."""
+        async with self._lock:
+            if self.bundle is None:
+                return
+            grown = await asyncio.get_running_loop().run_in_executor(
+                None, self.bundle.with_items, changes.published.values(), changes.withdrawn
+            )  # not on the model threads: requests do not queue behind it
+            if grown is not self.bundle:
+                log.info("model v%d: %d items added, %d withdrawn (since its training)", grown.version,
+                         grown.added_items, len(grown.withdrawn))  # fmt: skip
+                self.bundle = grown
 
     def _collect_when_quiet(self) -> None:
         collection = asyncio.create_task(collect_when_quiet(self.in_flight, QUIET_PATIENCE_S), name="collection")
         self._collections.add(collection)  # a task nobody references may vanish before it runs
         collection.add_done_callback(self._collections.discard)
 
-    def _load(self, version: int) -> LoadedBundle:
-        return load_tried(self.settings, self.registry.path(version))
+    def _load(self, version: int, catalogue: list[CatalogueItem], withdrawn: set[str]) -> LoadedBundle:
+        return load_tried(self.settings, self.registry.path(version)).with_items(catalogue, withdrawn)
 
     async def follow(self, wake: asyncio.Event) -> None:
         """Refresh on each announcement (`wake`) and every KF_MODEL_POLL_S."""
@@ -112,7 +138,8 @@ def load_tried(settings: Settings, directory: Path) -> LoadedBundle:
     clock = time.perf_counter()
     bundle = LoadedBundle(directory, settings.pipeline.faiss_exact_max_items)
     rows, length = settings.serving.serve_max_batch, bundle.sequence_length
-    most_candidates = settings.pipeline.candidates + settings.pipeline.trending_candidates
+    pipeline = settings.pipeline
+    most_candidates = pipeline.candidates + pipeline.new_item_candidates + pipeline.trending_candidates
     items = np.full((rows, length), FIRST_ITEM, np.int32)
     sequences = SequenceArrays(items, items, np.zeros((rows, length), np.float32))
     bundle.index.search(bundle.user_vectors(sequences), most_candidates)
@@ -131,14 +158,7 @@ def listen_for_updates(
     """A thread that sets `wake` on every message of the model-updates topic."""
 
     def run() -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.stack.kafka_bootstrap,
-                "group.id": f"serving-{uuid.uuid4().hex}",
-                "auto.offset.reset": "latest",
-                "enable.auto.commit": False,
-            }
-        )
+        consumer = private_consumer(settings, "serving", "latest")
         consumer.subscribe([settings.stack.topic_model_updates])
         try:
             while not stop.is_set():

@@ -1,7 +1,7 @@
 """What the service holds while it runs, under typed application keys, and the `cleanup_ctx` that
 opens and closes it: the thread pool for model calls, the feature store, the Kafka producer, the
-model holder, the micro-batcher, catalogue titles and the background tasks that follow the active
-namespace and model updates."""
+model holder, the micro-batcher, the catalogue and the background tasks that follow the active
+namespace, model updates and the catalogue."""
 
 import asyncio
 import gc
@@ -13,24 +13,25 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from confluent_kafka import Producer
 
-from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
 from schemas.feature_store import AsyncFeatureStore
 from schemas.logic.pipeline import rank_batch
 from serving.batcher import MicroBatcher
+from serving.catalogue import LiveCatalogue, follow_catalogue
 from serving.heap import InFlight, freeze_imports
 from serving.live import LiveStore
 from serving.metrics import GcPauseProbe, Metrics
 from serving.models import ModelHolder, listen_for_updates
 
 log = logging.getLogger("kingfisher.serving")
+CATALOGUE_READ_TIMEOUT_S = 60
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", LiveStore)
 MODELS = web.AppKey("models", ModelHolder)
 METRICS = web.AppKey("metrics", Metrics)
 PRODUCER = web.AppKey("producer", Producer)
-TITLES = web.AppKey("titles", dict)
+CATALOGUE = web.AppKey("catalogue", LiveCatalogue)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 BATCHER = web.AppKey("batcher", MicroBatcher)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
@@ -44,13 +45,17 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     app[PRODUCER] = Producer(
         {"bootstrap.servers": settings.stack.kafka_bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
     )
-    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[METRICS].model_version.set)
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+    app[CATALOGUE], batches = LiveCatalogue(), asyncio.Queue()
+    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], app[METRICS].model_version.set)
+    catalogue = follow_catalogue(settings, loop, batches, caught_up := asyncio.Event(), stop)
     try:
-        app[TITLES] = await loop.run_in_executor(app[EXECUTOR], _titles, settings)
-    except Exception as error:  # a missing catalogue costs titles only
-        log.warning("no catalogue titles: %s", error)
-        app[TITLES] = {}
+        await asyncio.wait_for(caught_up.wait(), CATALOGUE_READ_TIMEOUT_S)
+    except TimeoutError:  # a catalogue read late costs titles and new items until it is read
+        log.warning("catalogue topic not read to its end in %d s: following it meanwhile", CATALOGUE_READ_TIMEOUT_S)
+    while not batches.empty():
+        app[CATALOGUE].apply(batches.get_nowait())
+    log.info("%d catalogue items read", len(app[CATALOGUE].items))
     listener = listen_for_updates(settings, loop, wake, stop)
     deliveries = threading.Thread(target=_serve_deliveries, args=(app[PRODUCER], stop), name="kafka deliveries")
     deliveries.start()
@@ -67,6 +72,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[BATCHER].run(), name="batcher"),
         asyncio.create_task(app[STORE].follow_namespace(), name="namespace"),
         asyncio.create_task(app[MODELS].follow(wake), name="models"),
+        asyncio.create_task(_apply_catalogue(app, batches), name="catalogue"),
     ]
     yield
     for task in tasks:
@@ -74,6 +80,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     gc.callbacks.remove(probe)
     stop.set()
     await loop.run_in_executor(None, listener.join, 5)
+    await loop.run_in_executor(None, catalogue.join, 5)
     await loop.run_in_executor(None, deliveries.join, 5)
     await loop.run_in_executor(None, app[PRODUCER].flush, 10)
     await store.close()
@@ -86,5 +93,11 @@ def _serve_deliveries(producer: Producer, stop: threading.Event) -> None:
         producer.poll(0.1)
 
 
-def _titles(settings: Settings) -> dict[str, str]:
-    return {item_id: item.title for item_id, item in read_catalogue_topic(settings).items()}
+async def _apply_catalogue(app: web.Application, batches: asyncio.Queue) -> None:
+    """Each batch of catalogue changes, with those queued behind it: into the catalogue, then the models."""
+    while True:
+        changes = await batches.get()
+        while not batches.empty():
+            changes.then(batches.get_nowait())
+        app[CATALOGUE].apply(changes)
+        await app[MODELS].apply(changes)

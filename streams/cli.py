@@ -3,6 +3,7 @@
 kingfisher publish events movielens [--path DIR] [--rate N | --speedup K]
 kingfisher publish events synthetic --limit 1000000 --rate 5000
 kingfisher publish catalogue movielens
+kingfisher withdraw ITEM_ID [ITEM_ID ...]
 """
 
 import argparse
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     catalogue = what.add_parser("catalogue", help="publish catalogue items to the compacted items topic")
     add_source_options(catalogue)
 
+    withdraw = commands.add_parser(
+        "withdraw", help="withdraw catalogue items: a tombstone per item on the items topic (the service drops them)"
+    )
+    withdraw.add_argument("item_ids", nargs="+", metavar="ITEM_ID")
+    withdraw.add_argument("--topic", help="items topic (default: KF_TOPIC_ITEMS)")
+
     replay = commands.add_parser(
         "replay", help="rebuild state: replay the events topic into a fresh Redis namespace, then switch serving to it"
     )
@@ -122,6 +129,17 @@ def run_publish(arguments: argparse.Namespace, settings: Settings) -> int:
     return 1 if summary.failed else 0
 
 
+def run_withdraw(arguments: argparse.Namespace, settings: Settings) -> int:
+    topic, producer = arguments.topic or settings.stack.topic_items, make_producer(settings)
+    for item_id in arguments.item_ids:
+        producer.produce(topic, key=item_id.encode(), value=None)
+    if unsent := producer.flush(30):
+        console.print(f"[red]{unsent} of {len(arguments.item_ids)} withdrawals not acknowledged by Kafka in 30 s")
+        return 1
+    console.print(f"withdrew {len(arguments.item_ids):,} item(s) on {topic!r}")
+    return 0
+
+
 def run_namespace(arguments: argparse.Namespace, settings: Settings) -> int:
     store = FeatureStore.for_stack(settings.stack)
     current = store.active_namespace(settings.stack.namespace)
@@ -146,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_publish(arguments, settings)
         if arguments.command == "namespace":
             return run_namespace(arguments, settings)
+        if arguments.command == "withdraw":
+            return run_withdraw(arguments, settings)
         return replay_command(settings, arguments.topic or settings.stack.topic_events, arguments.namespace,
                               arguments.from_timestamp, dry_run=arguments.dry_run, switch=not arguments.no_switch,
                               show_progress=not arguments.no_progress, console=console)  # fmt: skip

@@ -19,9 +19,10 @@ from schemas.logic.streaming import fold_stream, seen_sets, trending_list
 from schemas.redis_format import StoredValue
 from serving.app import init_app
 from serving.batcher import MicroBatcher
+from serving.catalogue import LiveCatalogue
 from serving.live import LiveStore
 from serving.models import ModelHolder
-from serving.resources import BATCHER, EXECUTOR, IN_FLIGHT, METRICS, MODELS, PRODUCER, SETTINGS, STORE, TITLES
+from serving.resources import BATCHER, CATALOGUE, EXECUTOR, IN_FLIGHT, METRICS, MODELS, PRODUCER, SETTINGS, STORE
 
 
 class MemoryFeatureStore:
@@ -81,7 +82,7 @@ class RecordingProducer:
         return 0
 
 
-def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, titles: dict[str, str]):
+def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, catalogue: LiveCatalogue):
     """A `cleanup_ctx` like `serving.resources.resources`, with the store and producer given and the
     registry's current bundle loaded before the first request."""
 
@@ -90,8 +91,8 @@ def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, 
         app[EXECUTOR] = ThreadPoolExecutor(1, thread_name_prefix="models")
         app[STORE] = LiveStore(store, settings.stack.namespace)
         app[PRODUCER] = producer
-        app[TITLES] = titles
-        app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT])
+        app[CATALOGUE] = catalogue
+        app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue)
         await app[MODELS].refresh()
         app[BATCHER] = MicroBatcher(
             rank_batch, app[EXECUTOR], 1, settings.serving.serve_max_batch, app[METRICS].observe_batch

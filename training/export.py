@@ -24,9 +24,15 @@ def _norm(prefix: str, layer) -> dict:
     return {f"{prefix}/gamma": layer.gamma, f"{prefix}/beta": layer.beta}
 
 
+def _content(items) -> dict:
+    """The item embedding's genre and year tables, from which the service embeds items newer than the models."""
+    return {"content/genres": items.genres.embeddings, "content/years": items.years.embeddings}
+
+
 def user_tower_arrays(model: SequentialRetrieval) -> dict[str, np.ndarray]:
     arrays = {
         "items": model.items(np.arange(model.items.vocabulary_size)) * np.sqrt(model.dim),
+        **_content(model.items),
         "kinds": model.kinds.embeddings,
         "positions": model.positions.embeddings,
         **_norm("norm", model.norm),
@@ -44,6 +50,7 @@ def ranker_arrays(model: DeepInterestNetwork) -> dict[str, np.ndarray]:
     unit = model.attention
     arrays = {
         "items": model.items(np.arange(model.items.vocabulary_size)),
+        **_content(model.items),
         "kinds": model.kinds.embeddings,
         "ages": model.ages.embeddings,
         "standardise/mean": model.standardise.mean,

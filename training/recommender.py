@@ -24,6 +24,7 @@ class InMemoryRecommender:
         exact_max_items: int,
     ):
         self.retrieval, self.vocabulary = retrieval, vocabulary
+        self.added_index = None  # training's vocabulary holds every item it evaluates
         self._user_vectors = tf.function(retrieval.user_vectors, reduce_retracing=True)
         self.sequence_length, self.exact_max_items = retrieval.length, exact_max_items
         self._use(ranker)

@@ -50,6 +50,21 @@ class ItemIndex:
         self.__dict__.pop("_rows", None)
         return self
 
+    def with_items(self, embeddings: np.ndarray, ids: list[str]) -> "ItemIndex":
+        """A copy that also holds `ids` (embeddings [N, d], row i is item ids[i]), added in place of a
+        rebuild (HNSW too); this index is unchanged, so searches in flight on it go on. The kind stays."""
+        vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if len(vectors) != len(ids):
+            raise ValueError(f"{len(vectors)} embeddings for {len(ids)} ids")
+        grown = ItemIndex(self.exact_max_items)
+        grown._index = faiss.clone_index(self._index)
+        grown._index.add(vectors)
+        grown._ids = np.concatenate([self._ids, np.array(ids, dtype=object)])
+        grown._vectors = np.concatenate([self._vectors, vectors]) if self.kind == "exact" else self._vectors
+        # its row lookup from this one's, now rather than in the first search to need it
+        grown.__dict__["_rows"] = self._rows | dict(zip(ids, range(len(self), len(grown)), strict=True))
+        return grown
+
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -73,7 +73,9 @@ class CoVisitation:
 
     def pair_counts(self, behaviours: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """behaviours [B, L] and candidates [B, M] item indices -> [B, M, L] float32: how often each
-        candidate followed each behaviour (0 where the behaviour is padding)."""
+        candidate followed each behaviour (0 where the behaviour is padding, and for items added
+        after the counts: indices from `size` on)."""
+        behaviours = np.where(behaviours < self.size, behaviours, PADDING)
         counts = np.empty((len(behaviours), candidates.shape[1], behaviours.shape[1]), np.float32)
         for row, (items, pool) in enumerate(zip(behaviours, candidates, strict=True)):
             counts[row] = self._pool_counts(items, pool)
@@ -86,7 +88,7 @@ class CoVisitation:
         behaviour = np.repeat(np.arange(len(items)), lengths)
         entry = np.arange(len(behaviour)) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         distinct, place = np.unique(pool, return_inverse=True)
-        slot = np.full(self.size, -1, np.int64)
+        slot = np.full(max(self.size, distinct[-1] + 1), -1, np.int64)  # added items follow none
         slot[distinct] = np.arange(len(distinct))
         found = slot[self._followers[entry]]
         hit = found >= 0

@@ -61,6 +61,16 @@ class Vocabulary:
     def item_id(self, index: int) -> str:
         return self.item_ids[index - FIRST_ITEM]
 
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._lookup
+
+    def extended(self, item_ids: Sequence[str]) -> "Vocabulary":
+        """This vocabulary with `item_ids` after its items (items new since training): every index it had stays."""
+        grown = Vocabulary((*self.item_ids, *item_ids), self.genres)
+        # its lookup from this one's, now rather than in the first request to need it
+        grown.__dict__["_lookup"] = self._lookup | dict(zip(item_ids, range(self.size, grown.size), strict=True))
+        return grown
+
     @cached_property
     def _lookup(self) -> dict[str, int]:
         return {item_id: index for index, item_id in enumerate(self.item_ids, start=FIRST_ITEM)}
@@ -83,16 +93,21 @@ def year_bucket(year: int | None) -> int:
 def item_tables(vocabulary: Vocabulary, catalogue: Mapping[str, CatalogueItem]) -> tuple[np.ndarray, np.ndarray]:
     """The models' constant item attributes, one row per item index:
     genre indices [vocabulary.size, MAX_GENRES] int32 (1-based, 0 pads) and year buckets [vocabulary.size] int32."""
+    return item_content(vocabulary, [None] * FIRST_ITEM + [catalogue.get(item_id) for item_id in vocabulary.item_ids])
+
+
+def item_content(vocabulary: Vocabulary, items: Sequence[CatalogueItem | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows `item_tables` holds for `items` (None: nothing known): genre indices [N, MAX_GENRES]
+    int32, genres outside the vocabulary left out, and year buckets [N] int32."""
     genre_index = {genre: index for index, genre in enumerate(vocabulary.genres, start=1)}
-    genres = np.zeros((vocabulary.size, MAX_GENRES), dtype=np.int32)
-    years = np.zeros(vocabulary.size, dtype=np.int32)
-    for index, item_id in enumerate(vocabulary.item_ids, start=FIRST_ITEM):
-        item = catalogue.get(item_id)
+    genres = np.zeros((len(items), MAX_GENRES), dtype=np.int32)
+    years = np.zeros(len(items), dtype=np.int32)
+    for row, item in enumerate(items):
         if item is None:
             continue
         known = [genre_index[genre] for genre in item.genres if genre in genre_index][:MAX_GENRES]
-        genres[index, : len(known)] = known
-        years[index] = year_bucket(item.year)
+        genres[row, : len(known)] = known
+        years[row] = year_bucket(item.year)
     return genres, years
 
 

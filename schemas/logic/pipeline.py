@@ -1,6 +1,7 @@
 """The served pipeline, written once: the service runs it on every request and training evaluates
-exactly it. Live sequence -> user vector -> Faiss top-M (seen items left out) + trending -> ranker
-features -> DIN scores -> top-k, with the behaviours DIN attended to most as reasons.
+exactly it. Live sequence -> user vector -> Faiss top-M (seen items left out) + the best new items
+(published since training) + trending -> ranker features -> DIN scores -> top-k, with the
+behaviours DIN attended to most as reasons.
 
 `rank_batch` ranks several requests with one user-tower call, one Faiss search and one ranker
 call: the service batches concurrent requests, and training evaluates thousands at a time.
@@ -36,9 +37,10 @@ REASONS = 3
 
 @dataclass(frozen=True)
 class RankRequest:
-    """One user's request: the top `k` of the user's `candidates` Faiss neighbours merged with
-    `trending` (item, popularity), `exclude` left out, by ranker score; the first `explain` of
-    them with the behaviours the ranker attended to most."""
+    """One user's request: the top `k` of the user's `candidates` Faiss neighbours merged with its
+    `new_items` nearest items newer than the models and `trending` (item, popularity), `exclude`
+    left out, by ranker score; the first `explain` of them with the behaviours the ranker attended
+    to most."""
 
     user_id: str
     behaviours: Sequence[SequenceEntry]
@@ -50,6 +52,7 @@ class RankRequest:
     k: int
     candidates: int
     explain: int = 0
+    new_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Recommender(Protocol):
     ranker_behaviours: int
     """N: the ranker attends over the newest N behaviours of the sequence (N <= sequence_length)."""
     index: ItemIndex
+    added_index: ItemIndex | None
+    """The items added since training (`schemas.bundle.LoadedBundle.with_items`); None: none."""
     embeddings: np.ndarray
     """[items, d]: row i is the retrieval vector of vocabulary.item_ids[i]."""
     score_scale: ScoreScale
@@ -116,7 +121,8 @@ def fallback_items(trending: Sequence[str], popular: Sequence[str], seen: Collec
 
 def retrieve(recommender: Recommender, requests: Sequence[RankRequest]) -> tuple[SequenceArrays, np.ndarray, list]:
     """-> (the requests' sequences, user vectors [B, d], each request's retrieved items: its
-    `candidates` nearest items, excluded items left out, nearest first)."""
+    `candidates` nearest items, excluded items left out, nearest first, then its `new_items`
+    nearest new items)."""
     sequences = sequence_arrays(
         recommender.vocabulary,
         [request.behaviours for request in requests],
@@ -130,7 +136,21 @@ def retrieve(recommender: Recommender, requests: Sequence[RankRequest]) -> tuple
         [item for item in row if item is not None][: request.candidates]
         for request, row in zip(requests, neighbours, strict=True)
     ]
-    return sequences, vectors, retrieved
+    return sequences, vectors, _with_new_items(recommender.added_index, requests, vectors, retrieved)
+
+
+def _with_new_items(added: ItemIndex | None, requests: Sequence[RankRequest], vectors, retrieved: list) -> list:
+    """Each request's retrieved items, then its `new_items` nearest of the items added since training
+    not among them: new items have no interactions to lift them among the others, and this is how
+    they reach the ranker before the next retraining."""
+    deepest = max(request.new_items for request in requests)
+    if added is None or not deepest:
+        return retrieved
+    _, nearest = added.search(vectors, min(deepest, len(added)), [request.exclude for request in requests])
+    return [
+        list(dict.fromkeys(items + [item for item in row[: request.new_items] if item is not None]))
+        for request, items, row in zip(requests, retrieved, nearest, strict=True)
+    ]
 
 
 def pool_of(request: RankRequest, retrieved: list[str]) -> list[str]:

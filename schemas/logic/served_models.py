@@ -13,10 +13,14 @@ export, once per model version (README, Serving):
 - Dice's inference-time normalisation is folded into those weights, and its sigmoid is written as
   tanh, so the unit's output layer becomes three matrix-vector products (see `DinRanker._weights`).
 
+Items published after training (`with_items`) get rows built as the item embedding builds them,
+from their genres and year (`new_item_rows`).
+
 Shapes: B rows, L sequence length, M candidates, N the ranker's newest behaviours, D widths.
 `tests/unit/test_served_models.py` checks both against the Keras models.
 """
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,6 +45,33 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray
     return centred / np.sqrt(variance + np.float32(LAYER_NORM_EPSILON)) * gamma + beta
 
 
+def content_rows(
+    id_parts: np.ndarray,
+    genre_embeddings: np.ndarray,
+    year_embeddings: np.ndarray,
+    genres: np.ndarray,
+    years: np.ndarray,
+) -> np.ndarray:
+    """`training.layers.ItemEmbedding`'s output for N items: id_parts [N, I] (their id embeddings),
+    genres [N, MAX_GENRES] (1-based genre indices, 0 pads) and years [N] (buckets), with the genre
+    [genres + 1, G] and year [buckets, Y] embeddings -> [N, I + G + Y]: [id embedding | mean of the
+    genres' embeddings (0 without genres) | the year's embedding]."""
+    present = (genres > 0)[..., None].astype(np.float32)
+    genre_mean = (genre_embeddings[genres] * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    return np.concatenate([id_parts, genre_mean, year_embeddings[years]], axis=1).astype(np.float32)
+
+
+def new_item_rows(arrays: Mapping[str, np.ndarray], genres: np.ndarray, years: np.ndarray) -> np.ndarray:
+    """Rows of a model's item table (`arrays["items"]` [V, D], unscaled) for new items of `genres`,
+    `years`: their content, and zeros for the id embedding no training has seen (README, New items:
+    zeros placed new items nearer their users than the never-trained unknown id's row or the mean of
+    similar items' ids)."""
+    genre_embeddings, year_embeddings = arrays["content/genres"], arrays["content/years"]
+    id_width = arrays["items"].shape[1] - genre_embeddings.shape[1] - year_embeddings.shape[1]
+    no_id = np.zeros((len(years), id_width), np.float32)
+    return content_rows(no_id, genre_embeddings, year_embeddings, genres, years)
+
+
 def _prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.maximum(x, 0) + alpha * np.minimum(x, 0)
 
@@ -49,6 +80,7 @@ class UserTower:
     """`SequentialRetrieval.user_vectors`: items, kinds [B, L] int32, ages [B, L] float32 -> [B, d]."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], heads: int):
+        self.arrays = arrays
         self.items, self.kinds, self.positions = arrays["items"], arrays["kinds"], arrays["positions"]
         self.norm = arrays["norm/gamma"], arrays["norm/beta"]
         self.blocks = [
@@ -57,6 +89,16 @@ class UserTower:
         ]
         self.heads, self.length = heads, len(self.positions)
         self.causal = np.tril(np.ones((self.length, self.length), bool))
+        self.scale = np.float32(np.sqrt(self.items.shape[1]))
+        """The encoder scales item embeddings by sqrt(d): `items` holds them scaled, the retrieval vectors are not."""
+
+    def with_items(self, genres: np.ndarray, years: np.ndarray) -> tuple["UserTower", np.ndarray]:
+        """genres [N, MAX_GENRES], years [N] of new items -> (a tower whose item table has their rows
+        after its own, their retrieval vectors [N, d]); this tower is unchanged."""
+        vectors = new_item_rows(self.arrays, genres, years)
+        grown = copy.copy(self)
+        grown.items = np.concatenate([self.items, vectors * self.scale])
+        return grown, vectors
 
     def __call__(self, items: np.ndarray, kinds: np.ndarray, ages: np.ndarray) -> np.ndarray:
         present = items > 0
@@ -94,7 +136,7 @@ class DinRanker:
     [B, M] int32, features [B, M, F], pairs [B, M, N] float32 -> (scores [B, M], attention [B, M, N])."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], behaviours: int, like_weight: float):
-        self.behaviours, self.like_weight = behaviours, np.float32(like_weight)
+        self.arrays, self.behaviours, self.like_weight = arrays, behaviours, np.float32(like_weight)
         self.items, self.kinds, self.ages = arrays["items"], arrays["kinds"], arrays["ages"]
         self.mlp = [(arrays[f"mlp/dense_{n}/kernel"], arrays[f"mlp/dense_{n}/bias"], arrays[f"mlp/prelu_{n}/alpha"])
                     for n in range(sum(name.startswith("mlp/dense_") for name in arrays) // 2)]  # fmt: skip
@@ -121,8 +163,21 @@ class DinRanker:
         self.y_tanh_weight = through_x * (1 - alpha) / 2
         self.tanh_weight = out * (1 - alpha) / 2 * mean
         self.constant = np.float32(out @ ((1 + alpha) / 2 * mean) + unit["weight/bias"][0])
-        # The candidate table with a ones column, whose row in `_hidden`'s matrix carries k·W_k + b.
-        self.queries = np.concatenate([self.items, np.ones((len(self.items), 1), np.float32)], axis=1)
+        self.queries = self._queries(self.items)
+
+    @staticmethod
+    def _queries(items: np.ndarray) -> np.ndarray:
+        """The candidate table with a ones column, whose row in `_hidden`'s matrix carries k·W_k + b."""
+        return np.concatenate([items, np.ones((len(items), 1), np.float32)], axis=1)
+
+    def with_items(self, genres: np.ndarray, years: np.ndarray) -> "DinRanker":
+        """genres [N, MAX_GENRES], years [N] of new items -> a ranker whose item table has their rows
+        after its own; this ranker is unchanged."""
+        rows = new_item_rows(self.arrays, genres, years)
+        grown = copy.copy(self)
+        grown.items = np.concatenate([self.items, rows])
+        grown.queries = np.concatenate([self.queries, self._queries(rows)])
+        return grown
 
     def __call__(self, items, kinds, ages, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
         items, kinds, ages = (array[:, -self.behaviours :] for array in (items, kinds, ages))

@@ -1,5 +1,7 @@
+import orjson
 from confluent_kafka import Producer
 
+from schemas.catalogue_topic import read_catalogue_topic
 from tests.conftest import Stack, consume_all
 
 
@@ -22,3 +24,20 @@ def test_produced_records_are_consumed_back_with_keys_and_per_key_order(stack: S
     assert {message.partition() for message in acknowledged} == {0, 1, 2}
     for key in {key for key, _ in sent}:
         assert [value for k, value in received if k == key] == [value for k, value in sent if k == key]
+
+
+def test_training_reads_the_newest_record_of_each_catalogue_item_and_leaves_out_withdrawn_ones(stack, new_topic):
+    producer = Producer({"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "acks": "all"})
+    records = [(b"m1", film("m1", "One")), (b"m2", film("m2", "Two")), (b"m3", film("m3", "Three")),
+               (b"m1", film("m1", "One, renamed")), (b"m3", None)]  # fmt: skip
+    for key, value in records:
+        producer.produce(new_topic, key=key, value=value)
+    producer.flush(30)
+
+    items = read_catalogue_topic(stack.with_env(KF_TOPIC_ITEMS=new_topic).settings)
+
+    assert {item_id: item.title for item_id, item in items.items()} == {"m1": "One, renamed", "m2": "Two"}
+
+
+def film(item_id: str, title: str) -> bytes:
+    return orjson.dumps({"item_id": item_id, "title": title, "updated_at": 1_735_689_600_000})

@@ -26,16 +26,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
 from schemas.bundle import CURRENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
+from schemas.catalogue import CatalogueItem
 from schemas.config import Settings
 from schemas.events import validate_event
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
+from serving.catalogue import CatalogueChanges, LiveCatalogue
+from serving.resources import MODELS
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.in_process import MemoryFeatureStore, RecordingProducer, in_memory_resources, with_client
 from tests.integration.test_feature_job import PrivateRedis, new_topic_named, publish
 from tests.integration.test_training import TINY, train_tiny
 
 START_TIMEOUT_S = 180
+PUBLISHED = 1_735_689_600_000
+"""When the test catalogue was published (epoch ms)."""
 APPLY_TIMEOUT_S = 120
 
 
@@ -109,7 +114,7 @@ def system(stack: Stack, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("serving")
     items, events = new_topic_named(stack, "items", 1), new_topic_named(stack, "events", 2)
     world = SyntheticWorld(WorldSpec(seed=7))
-    publish(stack, items, [(item.kafka_key, item.to_json()) for item in world.catalogue(1_735_689_600_000)])
+    publish(stack, items, [(item.kafka_key, item.to_json()) for item in world.catalogue(PUBLISHED)])
     configured = stack.with_env(
         KF_RUN_DIR=str(run_dir),
         KF_TOPIC_ITEMS=items,
@@ -118,6 +123,7 @@ def system(stack: Stack, tmp_path_factory):
         KF_ADMIN_TOKEN="secret",
         KF_MODEL_POLL_S="1",
         KF_GATE_MARGIN="1.0",
+        KF_MAX_K="200",  # a whole pool of candidates in one answer
         **TINY,
         **SHARED_MACHINE_BUDGETS,
     )
@@ -179,6 +185,48 @@ def test_2_exclude_seen_leaves_out_every_item_the_user_ever_interacted_with(syst
     assert answer["fallback"] is False and len(answer["items"]) == 100
     assert len(set(SEEN) - {entry["item_id"] for entry in profile["sequence"]}) == 30  # no longer in the sequence
     assert not {item["item_id"] for item in answer["items"]} & set(SEEN)
+
+
+NEW_ITEM_TIMEOUT_S = 30
+
+
+def test_10_an_item_published_after_training_is_served_and_ranked_within_seconds_and_leaves_when_withdrawn(system):
+    configured, base, _ = system
+    catalogue = list(SyntheticWorld(WorldSpec(seed=7)).catalogue(PUBLISHED))
+    genre = catalogue[0].genres[0]
+    of_genre = [item.item_id for item in catalogue if item.genres == [genre]][:5]
+    call(base, "/v1/events", [click("newcomer", item, 1_735_700_000_000 + n, n) for n, item in enumerate(of_genre)])
+    applied(base, "newcomer", len(of_genre))
+    film = {
+        "item_id": "brand-new",
+        "title": "A brand new film",
+        "genres": [genre],
+        "year": 2024,
+        "updated_at": PUBLISHED,
+    }
+    assert call(base, "/v1/items/brand-new/similar")[0] == 404
+
+    publish(configured, configured.settings.stack.topic_items, [(b"brand-new", orjson.dumps(film))])
+    similar = wait_until(
+        lambda: (answer := call(base, "/v1/items/brand-new/similar?k=10"))[0] == 200 and answer[1],
+        NEW_ITEM_TIMEOUT_S,
+        "the new item's similar items",
+    )
+    _, ranked = call(base, "/v1/recommendations?user_id=newcomer&k=200")
+
+    genres = {item.item_id: item.genres for item in catalogue}
+    by_chance = sum(genre in item.genres for item in catalogue) / len(catalogue)  # 0.13: 1 or 2 of 10
+    assert sum(genre in genres[item["item_id"]] for item in similar["items"]) >= 6 > 10 * by_chance, similar
+    assert ranked["fallback"] is False and "brand-new" in [item["item_id"] for item in ranked["items"]], ranked
+    assert next(item for item in ranked["items"] if item["item_id"] == "brand-new")["title"] == "A brand new film"
+
+    withdrawn = configured.kingfisher("withdraw", "brand-new", of_genre[0])
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    wait_until(lambda: call(base, "/v1/items/brand-new/similar")[0] == 404, NEW_ITEM_TIMEOUT_S, "the withdrawal")
+    _, after = call(base, "/v1/recommendations?user_id=newcomer&k=200")
+    _, similar_after = call(base, f"/v1/items/{of_genre[1]}/similar?k=200")
+    answered = {item["item_id"] for item in after["items"] + similar_after["items"]}
+    assert after["fallback"] is False and not answered & {"brand-new", of_genre[0]}
 
 
 def test_8_on_a_redis_cluster_the_stream_writes_and_the_service_reads_and_ranks(system, redis_cluster, tmp_path):
@@ -350,8 +398,8 @@ def test_4_models_slower_than_their_budget_shed_the_request_to_fallbacks(system,
     ("path", "body", "reason"),
     [
         ("/v1/recommendations?k=5", None, "user_id: required"),
-        ("/v1/recommendations?user_id=u1&k=0", None, "k: must be an integer from 1 to 100, got '0'"),
-        ("/v1/recommendations?user_id=u1&k=x", None, "k: must be an integer from 1 to 100, got 'x'"),
+        ("/v1/recommendations?user_id=u1&k=0", None, "k: must be an integer from 1 to 200, got '0'"),
+        ("/v1/recommendations?user_id=u1&k=x", None, "k: must be an integer from 1 to 200, got 'x'"),
         ("/v1/recommendations?user_id=a%20b", None, "user_id: must match"),
         ("/v1/recommendations?user_id=u1&explain=maybe", None, "explain: must be true or false"),
         (
@@ -441,7 +489,14 @@ def in_process(system) -> tuple[Settings, MemoryFeatureStore, RecordingProducer,
         MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS], settings.pipeline.feature_spec()),
         RecordingProducer(),
     )
-    return settings, store, producer, in_memory_resources(store, producer, {"i1": "Item one"})
+    return (
+        settings,
+        store,
+        producer,
+        in_memory_resources(
+            store, producer, LiveCatalogue([CatalogueItem(item_id="i1", title="Item one", updated_at=PUBLISHED)])
+        ),
+    )
 
 
 def conforms(answer: dict, document: dict, name: str) -> None:
@@ -493,7 +548,7 @@ def test_in_process_recommendations_are_ranked_by_the_models_and_answer_as_docum
         False,
         trending[:3],
     )
-    reasons = ["k: must be an integer from 1 to 100, got '0'", "explain: must be true or false, got 'maybe'"]
+    reasons = ["k: must be an integer from 1 to 200, got '0'", "explain: must be true or false, got 'maybe'"]
     assert bad == (400, {"error": "bad request", "reasons": reasons})
     assert down["fallback"] and down["reason"].startswith("redis unavailable")
     for answer in (known, cold, down):
@@ -526,6 +581,33 @@ def test_in_process_similar_trending_users_and_profile_answer_from_the_bundle_an
     assert (page_status, page_type) == (200, "text/html")
     for answer in (similar[1], trending[1]):
         conforms(answer, document, "ItemList")
+
+
+def film(item_id: str, title: str) -> CatalogueItem:
+    return CatalogueItem(item_id=item_id, title=title, genres=["Comedy"], year=2020, updated_at=PUBLISHED)
+
+
+def test_in_process_a_model_goes_live_with_the_catalogues_changes_since_its_training_and_follows_more(system):
+    settings, store, producer, _ = in_process(system)
+    catalogue = LiveCatalogue([film("late", "A late film"), film("gone", "A withdrawn film")])
+    catalogue.apply(CatalogueChanges(withdrawn={"i2"}))
+    resources = in_memory_resources(store, producer, catalogue)
+
+    async def calls(client):
+        similar = lambda item_id: client.get(f"/v1/items/{item_id}/similar?k=100")  # noqa: E731
+        answers = [await json_of(await similar(item_id)) for item_id in ("late", "later", "i2")]
+        await client.app[MODELS].apply(CatalogueChanges({"later": film("later", "A later film")}, {"late", "gone"}))
+        answers += [await json_of(await similar(item_id)) for item_id in ("later", "late")]
+        ranked = await json_of(await client.get("/v1/recommendations", params={"user_id": "u1", "k": "100"}))
+        return answers, ranked, client.app[MODELS].bundle
+
+    (late, later_before, withdrawn, later, late_after), ranked, bundle = with_client(settings, resources, calls)
+
+    assert late[0] == 200 and "i2" not in {item["item_id"] for item in late[1]["items"]}
+    assert later_before == (404, {"error": "unknown item later"}) and withdrawn[0] == 404
+    assert later[0] == 200 and late_after[0] == 404 and bundle.added_items == 3
+    assert not {"late", "gone", "i2"} & {item["item_id"] for item in later[1]["items"] + ranked[1]["items"]}
+    assert bundle.withdrawn == {"late", "gone", "i2"} and len(ranked[1]["items"]) == 100
 
 
 def test_in_process_events_are_acknowledged_all_or_none(system):

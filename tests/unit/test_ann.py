@@ -68,3 +68,20 @@ def test_excluded_items_are_left_out_and_the_next_best_take_their_places(items):
 
     assert found[0].tolist() == [ids[n] for n in best[0, 5:15]]  # brute force without the excluded five
     assert found[1].tolist() == [ids[n] for n in best[1, :10]]
+
+
+@pytest.mark.parametrize("exact_max_items", [1000, 100], ids=["exact", "hnsw"])
+def test_items_added_are_found_by_search_and_the_index_they_were_added_to_is_unchanged(exact_max_items):
+    rng = np.random.default_rng(3)
+    items, added, queries = normalised(rng, 300), normalised(rng, 4), normalised(rng, 6)
+    index = ItemIndex(exact_max_items).index(items, [f"i{n}" for n in range(300)])
+    before = index.search(queries, 5)[1].tolist()
+
+    grown = index.with_items(added, ["new-0", "new-1", "new-2", "new-3"])
+
+    assert grown.kind == index.kind and len(grown) == 304 and len(index) == 300
+    assert grown.search(added, 1)[1][:, 0].tolist() == ["new-0", "new-1", "new-2", "new-3"]
+    assert grown.search(added, 1, [{"new-0"}, (), (), ()])[1][0, 0] != "new-0"
+    assert index.search(queries, 5)[1].tolist() == before
+    with pytest.raises(ValueError, match="4 embeddings for 3 ids"):
+        index.with_items(added, ["a", "b", "c"])

@@ -10,24 +10,28 @@ from schemas.logic.covisitation import CoVisitation
 from schemas.logic.model_inputs import PADDING
 
 SIZE = 12
+ADDED = 3
+"""Item indices SIZE .. SIZE + ADDED - 1: items added after the counts (new in the catalogue)."""
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     pairs=st.lists(st.tuples(st.integers(0, SIZE - 1), st.integers(0, SIZE - 1)), max_size=60),
-    behaviours=st.lists(st.lists(st.integers(0, SIZE - 1), min_size=5, max_size=5), min_size=1, max_size=3),
+    behaviours=st.lists(st.lists(st.integers(0, SIZE + ADDED - 1), min_size=5, max_size=5), min_size=1, max_size=3),
     seed=st.integers(0, 2**16),
 )
-def test_pair_counts_are_each_candidates_count_after_each_behaviour_zero_for_padding(pairs, behaviours, seed):
+def test_pair_counts_are_each_candidates_count_after_each_behaviour_zero_for_padding_and_added_items(
+    pairs, behaviours, seed
+):
     counted = Counter(first * SIZE + second for first, second in pairs)
     covisitation = CoVisitation.of_counts(SIZE, counted)
     behaviours = np.array(behaviours, np.int32)
-    candidates = np.random.default_rng(seed).integers(0, SIZE, (len(behaviours), 7)).astype(np.int32)
+    candidates = np.random.default_rng(seed).integers(0, SIZE + ADDED, (len(behaviours), 7)).astype(np.int32)
 
     found = covisitation.pair_counts(behaviours, candidates)
 
     expected = [
-        [[0 if b == PADDING else counted[b * SIZE + c] for b in row] for c in pool]
+        [[0 if b == PADDING or max(b, c) >= SIZE else counted[b * SIZE + c] for b in row] for c in pool]
         for row, pool in zip(behaviours.tolist(), candidates.tolist(), strict=True)
     ]
     assert found.tolist() == expected

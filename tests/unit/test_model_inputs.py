@@ -17,6 +17,7 @@ from schemas.logic.model_inputs import (
     Vocabulary,
     behaviour_kind,
     hour_of_day,
+    item_content,
     item_tables,
     ranker_features,
     sequence_arrays,
@@ -49,6 +50,24 @@ def test_item_tables_hold_genre_indices_and_year_buckets_per_item_index():
     assert genres[FIRST_ITEM + 1, :2].tolist() == [2, 0]  # m2: Drama
     assert years[FIRST_ITEM + 1] == year_bucket(1999) == (1999 - 1900) // 5 + 1
     assert years[FIRST_ITEM] == 0 and not genres[PADDING].any()
+
+
+def test_an_extended_vocabulary_keeps_every_index_and_puts_new_items_after_them():
+    VOCABULARY.item_indices(["m1"])  # its lookup built, which the extended one starts from
+    grown = VOCABULARY.extended(["n1", "n2"])
+
+    assert grown.item_indices(["m1", "m3", "n1", "n2", "nope"]).tolist() == [2, 4, 5, 6, UNKNOWN_ITEM]
+    assert grown.size == VOCABULARY.size + 2 and grown.item_id(6) == "n2" and grown.genres == VOCABULARY.genres
+    assert "n1" in grown and "n1" not in VOCABULARY and VOCABULARY.item_indices(["n1"]).tolist() == [UNKNOWN_ITEM]
+
+
+def test_new_items_content_rows_equal_the_item_tables_rows_and_leave_out_unknown_genres():
+    genres, years = item_content(VOCABULARY, [CATALOGUE["m1"], item("n1", ["Western", "Drama"], 1999), None])
+    table_genres, table_years = item_tables(VOCABULARY, CATALOGUE)
+
+    assert genres[0].tolist() == table_genres[FIRST_ITEM].tolist() and years[0] == table_years[FIRST_ITEM]
+    assert genres[1, :2].tolist() == [2, 0] and years[1] == year_bucket(1999)  # Western: not in the vocabulary
+    assert not genres[2].any() and years[2] == 0
 
 
 def entry(item: str, kind: str, ts: int, value: float | None = None) -> SequenceEntry:

@@ -14,6 +14,9 @@ from schemas.logic.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
 from schemas.logic.pipeline import RankRequest, fallback_items, rank_batch
 
 ITEMS = ["a", "b", "c", "d", "e"]
+NEW = ["n1", "n2", "n3"]
+NEW_VECTORS = np.array([[0.2, 0.8], [0.65, 0.35], [0.4, 0.6]], np.float32)
+"""Items added since training, scored 0.2, 0.65 and 0.4 by the user vector [1, 0]."""
 
 
 class HandMadeRecommender:
@@ -30,6 +33,7 @@ class HandMadeRecommender:
         self.score_scale = ScoreScale.of(self.embeddings)
         self.covisitation = CoVisitation(self.vocabulary.size, np.zeros(0, np.int64), np.zeros(0, np.float32))
         self.popularity = np.zeros(self.vocabulary.size, np.float32)
+        self.added_index: ItemIndex | None = None
         self.scored: list[list[str]] = []
         self.features: list[np.ndarray] = []
         self.pairs: list[np.ndarray] = []
@@ -42,7 +46,9 @@ class HandMadeRecommender:
         self.scored.extend(rows)
         self.features.append(features)
         self.pairs.append(pairs)
-        scores = np.array([[ITEMS.index(item) / 10 if item else 9.0 for item in ids] for ids in rows], np.float32)
+        scores = np.array(
+            [[(ITEMS + NEW).index(item) / 10 if item else 9.0 for item in ids] for ids in rows], np.float32
+        )
         attention = np.zeros((*candidates.shape, 4), np.float32)
         attention[:, :, 3] = 0.9  # the newest behaviour, as much for every candidate
         attention[:, :, 2] = 0.2 + 0.3 * np.arange(candidates.shape[1])  # the one before: more for each next candidate
@@ -55,8 +61,34 @@ def clicks(*items: str) -> list[SequenceEntry]:
     return [SequenceEntry(f"e{n}", item, EventType.CLICK, 1_000 * n) for n, item in enumerate(items)]
 
 
-def request(behaviours, trending=(), exclude=(), k=2, candidates=2, explain=0) -> RankRequest:
-    return RankRequest("u", behaviours, None, 10_000, list(trending), set(exclude), k, candidates, explain)
+def request(behaviours, trending=(), exclude=(), k=2, candidates=2, explain=0, new_items=0) -> RankRequest:
+    return RankRequest("u", behaviours, None, 10_000, list(trending), set(exclude), k, candidates, explain, new_items)
+
+
+def with_new_items(recommender: HandMadeRecommender) -> HandMadeRecommender:
+    """The new items added as `schemas.bundle.LoadedBundle.with_items` adds them: everywhere, and in `added_index`."""
+    recommender.vocabulary = recommender.vocabulary.extended(NEW)
+    recommender.embeddings = np.concatenate([recommender.embeddings, NEW_VECTORS])
+    recommender.index = recommender.index.with_items(NEW_VECTORS, NEW)
+    recommender.added_index = ItemIndex(100).index(NEW_VECTORS, NEW)
+    recommender.popularity = np.zeros(recommender.vocabulary.size, np.float32)
+    return recommender
+
+
+def test_each_request_ranks_its_nearest_new_items_besides_its_neighbours_each_once_excluded_ones_left_out():
+    recommender = with_new_items(HandMadeRecommender())
+    sequence = clicks("a")
+    asked = [request(sequence, candidates=2, new_items=2, exclude={"n2"}), request(sequence, candidates=2),
+             request(sequence, candidates=7, new_items=2), request(sequence, candidates=2, new_items=1)]  # fmt: skip
+
+    rank_batch(recommender, asked)
+
+    assert recommender.scored == [
+        ["a", "b", "n3", "n1", "", "", ""],  # n2 excluded: the next two new items
+        ["a", "b", "", "", "", "", ""],  # new_items 0
+        ["a", "b", "c", "d", "n2", "e", "n3"],  # the two nearest new items are neighbours already
+        ["a", "b", "n2", "", "", "", ""],
+    ]
 
 
 def test_candidates_merge_neighbours_and_trending_without_excluded_items_and_rank_by_score():

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
+from schemas.logic import served_models
+from schemas.logic.model_inputs import FIRST_ITEM, UNKNOWN_ITEM
 from schemas.logic.served_models import DinRanker, UserTower, age_buckets
 from tests.unit.test_layers import small_tables
 from training.export import ranker_arrays, user_tower_arrays
 from training.layers import age_buckets as keras_age_buckets
-from training.models import DeepInterestNetwork, SequentialRetrieval
+from training.models import DeepInterestNetwork, ItemTables, SequentialRetrieval
 
 ROWS, LENGTH, CANDIDATES, BEHAVIOURS = 3, 6, 7, 4
 
@@ -69,3 +71,84 @@ def test_the_ranker_equals_the_keras_din_scores_and_attention(like_weight):
     np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
     assert np.all(attention[2, :, :-1] == 0.0)  # padding gets no attention
+
+
+def test_a_new_items_row_is_no_id_beside_the_mean_of_its_genres_and_its_years_embedding():
+    # rows: [id, id | genre mean | year]; genre embeddings 1 -> [1, 2], 2 -> [5, 0]; years 0 -> 0, 1 -> 0.5
+    arrays = {"items": np.ones((4, 5), np.float32), "content/genres": np.array([[0, 0], [1, 2], [5, 0]], np.float32),
+              "content/years": np.array([[0], [0.5]], np.float32)}  # fmt: skip
+    genres, years = np.array([[2, 0], [1, 2], [0, 0]], np.int32), np.array([1, 0, 1], np.int32)
+
+    rows = served_models.new_item_rows(arrays, genres, years)
+
+    np.testing.assert_allclose(rows, [[0, 0, 5, 0, 0.5], [0, 0, 3, 1, 0], [0, 0, 0, 0, 0.5]])
+
+
+def tables_whose_unknown_id_has_the_content_of(item: int) -> ItemTables:
+    """small_tables() with the out-of-vocabulary row given `item`'s genres and year."""
+    tables = small_tables()
+    genres, years = tables.genre_table.copy(), tables.year_table.copy()
+    genres[UNKNOWN_ITEM], years[UNKNOWN_ITEM] = genres[item], years[item]
+    return ItemTables(genres, years, tables.genre_count)
+
+
+NEW_CONTENT_OF = 5  # the known item whose genres and year the new item gets
+
+
+def known_items_only(items, kinds, ages):
+    """The sequences with UNKNOWN_ITEM behaviours made FIRST_ITEM: `as_a_new_item` changes its embedding."""
+    return np.where(items == UNKNOWN_ITEM, FIRST_ITEM, items), kinds, ages
+
+
+def as_a_new_item(item_embedding) -> None:
+    """Keras then embeds UNKNOWN_ITEM as the service embeds a new item of its content: no id embedding."""
+    ids = item_embedding.ids.embeddings
+    ids.assign(np.concatenate([ids[:UNKNOWN_ITEM], np.zeros_like(ids[:1]), ids[FIRST_ITEM:]]))
+
+
+def test_a_new_item_embeds_in_the_user_tower_as_keras_embeds_the_unknown_id_with_its_content():
+    tables = tables_whose_unknown_id_has_the_content_of(NEW_CONTENT_OF)
+    model = SequentialRetrieval(tables, dim=16, length=LENGTH, blocks=2, heads=2, dropout=0.0)
+    items, kinds, ages = known_items_only(*sequences(1))
+    model.user_vectors(items, kinds, ages)  # built
+    randomised(model, 2)
+    content = tables.genre_table[[NEW_CONTENT_OF]], tables.year_table[[NEW_CONTENT_OF]]
+
+    grown, vectors = UserTower(user_tower_arrays(model), heads=2).with_items(*content)
+
+    as_a_new_item(model.items)
+    new_index = len(tables.year_table)
+    np.testing.assert_allclose(vectors, model.item_vectors(np.array([UNKNOWN_ITEM])).numpy(), rtol=1e-5, atol=1e-6)
+    with_new, as_unknown = items.copy(), items.copy()
+    with_new[:, -1], as_unknown[:, -1] = new_index, UNKNOWN_ITEM
+    expected = model.user_vectors(as_unknown, kinds, ages).numpy()
+    np.testing.assert_allclose(grown(with_new, kinds, ages), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_new_item_ranks_in_din_as_keras_ranks_the_unknown_id_with_its_content():
+    tables = tables_whose_unknown_id_has_the_content_of(NEW_CONTENT_OF)
+    model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS)
+    items, kinds, ages = known_items_only(*sequences(3))
+    rng = np.random.default_rng(4)
+    candidates = rng.integers(2, 12, (ROWS, CANDIDATES)).astype(np.int32)
+    features = rng.normal(size=(ROWS, CANDIDATES, 10)).astype(np.float32)
+    pairs = rng.random((ROWS, CANDIDATES, BEHAVIOURS)).astype(np.float32)
+    model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
+    randomised(model, 5)
+    content = tables.genre_table[[NEW_CONTENT_OF]], tables.year_table[[NEW_CONTENT_OF]]
+    original = DinRanker(ranker_arrays(model), BEHAVIOURS, 0.5)
+
+    grown = original.with_items(*content)
+
+    as_a_new_item(model.items)
+    new_index = len(tables.year_table)
+    with_new, as_unknown = (candidates.copy(), items.copy()), (candidates.copy(), items.copy())
+    with_new[0][:, 0], with_new[1][:, -1] = new_index, new_index
+    as_unknown[0][:, 0], as_unknown[1][:, -1] = UNKNOWN_ITEM, UNKNOWN_ITEM
+    scores, attention = grown(with_new[1], kinds, ages, with_new[0], features, pairs)
+    expected_scores, expected_attention = model.served_scores(
+        as_unknown[1], kinds, ages, as_unknown[0], features, pairs
+    )
+    np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
+    assert len(original.items) == new_index  # the live ranker is left as it was
