@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-incremental bench-serve bench-swap soak train serve
+.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -90,7 +90,7 @@ train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source m
 serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 (KF_SERVE_PORT)
 	$(PY) -m serving
 
-bench: bench-stream bench-state bench-train bench-incremental bench-serve bench-swap ## every benchmark (numbers in README.md)
+bench: bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap ## every benchmark (numbers in README.md)
 
 bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
 	$(PY) -m streams.bench $(BENCH_ARGS)
@@ -106,6 +106,9 @@ bench-incremental: setup ## incremental retraining against from scratch on the s
 
 bench-serve: up ## service latency p50/p95/p99, errors and CPU per request at 50, 100, 200, 500 req/s (60 s each), with a new click before every request and with unchanged states
 	$(PY) -m serving.bench $(BENCH_ARGS)
+
+bench-catalogue: up ## new items: catalogue publish -> served by the live service (one by one and 10,000 at once), requests' p99 meanwhile
+	$(PY) -m serving.catalogue_bench $(BENCH_ARGS)
 
 bench-swap: setup ## the service's resident memory across 6 hot swaps of the live version (needs a trained model)
 	$(PY) -m serving.swap_memory $(BENCH_ARGS)
