@@ -271,6 +271,7 @@ class LoadedBundle:
         of every answer (`withdrawn`), those in `catalogue` published again. Returns self when
         nothing changes; otherwise a copy: requests in flight keep this one."""
         from schemas.logic.ann import ItemIndex
+        from schemas.logic.growing import appended
         from schemas.logic.model_inputs import item_content
 
         published = {item.item_id: item for item in catalogue}
@@ -295,10 +296,10 @@ class LoadedBundle:
             if self.added_index
             else ItemIndex(self.index.exact_max_items).index(vectors, ids)
         )
-        grown.embeddings = np.concatenate([self.embeddings, vectors])
+        grown.embeddings = appended(self.embeddings, vectors)
         units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        grown._unit_vectors = np.concatenate([self._unit_vectors, units])
-        grown.popularity = np.concatenate([self.popularity, np.zeros(len(new), self.popularity.dtype)])
+        grown._unit_vectors = appended(self._unit_vectors, units)
+        grown.popularity = appended(self.popularity, np.zeros(len(new), self.popularity.dtype))
         return grown
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:

@@ -10,7 +10,8 @@ open-loop load of recommendations (`--rate`, a new click of the user before ever
 (`--burst` new items published at once). An item counts as served when
 `GET /v1/items/{id}/similar` answers it (the same swap makes it a retrieval candidate). Reports
 publish -> served p50/p99/max per phase (the burst: over every `--burst-sample`th item and the
-last) and the recommendations' p50/p99 in each phase. Deletes its topic at the end.
+last) and, in each phase, the recommendations' p50/p99, the service's CPU per request (the adds'
+and the polls' work included) and its collector pauses. Deletes its topic at the end.
 
 First, where items embedded from their content alone land in retrieval (`placement`, offline on
 the same model): each MovieLens user's newest interaction X is added as a new item (X's genres and
@@ -45,7 +46,17 @@ from schemas.config import Settings
 from schemas.logic.features import SequenceEntry
 from schemas.logic.pipeline import RankRequest, retrieve
 from schemas.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
-from serving.bench import FRESH, NAMESPACE, BenchState, drive, ensure_model, wait_ready
+from serving.bench import (
+    FRESH,
+    NAMESPACE,
+    BenchState,
+    drive,
+    ensure_model,
+    service_cpu_s,
+    service_totals,
+    wait_ready,
+    where_time_went,
+)
 
 log = logging.getLogger("kingfisher.bench")
 POLL_S = 0.05
@@ -115,10 +126,20 @@ async def burst(base: str, producer: Producer, topic: str, new: NewItems, count:
 
 
 async def phase(base: str, state: BenchState, arguments: argparse.Namespace, adds) -> tuple[dict, list[float]]:
-    """The recommendations load for the phase's length (at least the adds' own), with `adds` beside it."""
+    """The recommendations load for the phase's length (at least the adds' own), with `adds` beside
+    it; the load's numbers with the service's collector pauses (ms) in the phase."""
+    before = await service_totals(base)
     load = asyncio.create_task(drive(base, state, arguments.rate, arguments.seconds, arguments.k, FRESH))
     waits = await adds if adds is not None else []
-    return await load, waits
+    measured = await load
+    return measured | {"gc": where_time_went(before, await service_totals(base))["gc"]}, waits
+
+
+def measured_phase(service: subprocess.Popen, base: str, state, arguments, adds) -> tuple[dict, list[float]]:
+    """`phase`, with the service's CPU per request sent (ms)."""
+    cpu_s = service_cpu_s(service)
+    load, waits = uvloop.run(phase(base, state, arguments, adds))
+    return load | {"cpu_ms": 1000 * (service_cpu_s(service) - cpu_s) / load["sent"]}, waits
 
 
 def placement(settings: Settings, version: int) -> dict[str, np.ndarray]:
@@ -200,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             "singles": singles(base, producer, topic, new, arguments.singles, arguments.every_s),
             "burst": burst(base, producer, topic, new, arguments.burst, arguments.burst_sample),
         }
-        results = {name: uvloop.run(phase(base, state, arguments, added)) for name, added in adds.items()}
+        results = {name: measured_phase(service, base, state, arguments, added) for name, added in adds.items()}
     finally:
         service.terminate()
         service.wait(timeout=30)
@@ -223,14 +244,14 @@ def report(results, placed, version: int, catalogue: int, arguments: argparse.Na
         title=f"bench-catalogue: model v{version}, {catalogue} MovieLens items, {settings.serving.serve_workers} "
         f"worker(s), {arguments.rate:.0f} recommendations/s (fresh mix, k={arguments.k}) in every phase"
     )
-    for column in ("phase", "items watched", "served p50 s", "served p99 s", "served max s",
-                   "requests", "errors", "fallbacks", "request p50 ms", "request p99 ms"):  # fmt: skip
+    for column in ("phase", "items watched", "served p50 s", "served p99 s", "served max s", "requests", "errors",
+                   "fallbacks", "request p50 ms", "request p99 ms", "CPU ms/req", "gc ms"):  # fmt: skip
         table.add_column(column, justify="right")
     for name, (load, waits) in results.items():
         served = [f"{np.percentile(waits, q):.2f}" for q in (50, 99, 100)] if waits else ["-"] * 3
         table.add_row(
             name, str(len(waits)), *served, str(load["sent"]), str(load["errors"]), str(load["fallbacks"]),
-            f"{load['p50']:.1f}", f"{load['p99']:.1f}",
+            f"{load['p50']:.1f}", f"{load['p99']:.1f}", f"{load['cpu_ms']:.2f}", f"{load['gc']:.0f}",
         )  # fmt: skip
     console.print(table)
 

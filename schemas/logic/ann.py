@@ -12,6 +12,8 @@ import faiss
 import numpy as np
 import orjson
 
+from schemas.logic.growing import appended
+
 HNSW_NEIGHBOURS = 32
 HNSW_SEARCH_DEPTH = 128
 
@@ -51,16 +53,19 @@ class ItemIndex:
         return self
 
     def with_items(self, embeddings: np.ndarray, ids: list[str]) -> "ItemIndex":
-        """A copy that also holds `ids` (embeddings [N, d], row i is item ids[i]), added in place of a
-        rebuild (HNSW too); this index is unchanged, so searches in flight on it go on. The kind stays."""
+        """A copy that also holds `ids` (embeddings [N, d], row i is item ids[i]); this index is
+        unchanged, so searches in flight on it go on. The kind stays: an exact index grows its
+        vectors in place (`schemas.logic.growing`), an HNSW one is cloned and added to."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         if len(vectors) != len(ids):
             raise ValueError(f"{len(vectors)} embeddings for {len(ids)} ids")
         grown = ItemIndex(self.exact_max_items)
-        grown._index = faiss.clone_index(self._index)
-        grown._index.add(vectors)
-        grown._ids = np.concatenate([self._ids, np.array(ids, dtype=object)])
-        grown._vectors = np.concatenate([self._vectors, vectors]) if self.kind == "exact" else self._vectors
+        if self.kind == "exact":  # searched in NumPy: the Faiss index is only what `save` writes
+            grown._index, grown._vectors = self._index, appended(self._vectors, vectors)
+        else:
+            grown._index, grown._vectors = faiss.clone_index(self._index), self._vectors
+            grown._index.add(vectors)
+        grown._ids = appended(self._ids, np.array(ids, dtype=object))
         # its row lookup from this one's, now rather than in the first search to need it
         grown.__dict__["_rows"] = self._rows | dict(zip(ids, range(len(self), len(grown)), strict=True))
         return grown
@@ -130,7 +135,12 @@ class ItemIndex:
         return {item_id: row for row, item_id in enumerate(self._ids)}
 
     def save(self, index_path: Path, ids_path: Path) -> None:
-        faiss.write_index(self._index, str(index_path))
+        if self.kind == "exact":  # the vectors are what an exact index holds (`with_items` grows them alone)
+            exact = faiss.IndexFlatIP(self._vectors.shape[1])
+            exact.add(self._vectors)
+            faiss.write_index(exact, str(index_path))
+        else:
+            faiss.write_index(self._index, str(index_path))
         ids_path.write_bytes(orjson.dumps(self._ids.tolist()))
 
     @classmethod

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from schemas.logic.growing import appended
 from schemas.logic.model_inputs import AGE_BUCKETS
 
 LAYER_NORM_EPSILON = 1e-6
@@ -97,7 +98,7 @@ class UserTower:
         after its own, their retrieval vectors [N, d]); this tower is unchanged."""
         vectors = new_item_rows(self.arrays, genres, years)
         grown = copy.copy(self)
-        grown.items = np.concatenate([self.items, vectors * self.scale])
+        grown.items = appended(self.items, vectors * self.scale)
         return grown, vectors
 
     def __call__(self, items: np.ndarray, kinds: np.ndarray, ages: np.ndarray) -> np.ndarray:
@@ -175,8 +176,8 @@ class DinRanker:
         after its own; this ranker is unchanged."""
         rows = new_item_rows(self.arrays, genres, years)
         grown = copy.copy(self)
-        grown.items = np.concatenate([self.items, rows])
-        grown.queries = np.concatenate([self.queries, self._queries(rows)])
+        grown.items = appended(self.items, rows)
+        grown.queries = appended(self.queries, self._queries(rows))
         return grown
 
     def __call__(self, items, kinds, ages, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:

@@ -71,7 +71,7 @@ def test_excluded_items_are_left_out_and_the_next_best_take_their_places(items):
 
 
 @pytest.mark.parametrize("exact_max_items", [1000, 100], ids=["exact", "hnsw"])
-def test_items_added_are_found_by_search_and_the_index_they_were_added_to_is_unchanged(exact_max_items):
+def test_items_added_are_found_by_search_and_the_index_they_were_added_to_is_unchanged(exact_max_items, tmp_path):
     rng = np.random.default_rng(3)
     items, added, queries = normalised(rng, 300), normalised(rng, 4), normalised(rng, 6)
     index = ItemIndex(exact_max_items).index(items, [f"i{n}" for n in range(300)])
@@ -85,3 +85,6 @@ def test_items_added_are_found_by_search_and_the_index_they_were_added_to_is_unc
     assert index.search(queries, 5)[1].tolist() == before
     with pytest.raises(ValueError, match="4 embeddings for 3 ids"):
         index.with_items(added, ["a", "b", "c"])
+    grown.save(tmp_path / "items.faiss", tmp_path / "ids.json")
+    loaded = ItemIndex.load(tmp_path / "items.faiss", tmp_path / "ids.json", exact_max_items)
+    assert loaded.search(queries, 10)[1].tolist() == grown.search(queries, 10)[1].tolist() and len(loaded) == 304
