@@ -61,6 +61,14 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="liveall",
         )
+        self.catalogue_items = Gauge(
+            "kingfisher_catalogue_items",
+            "Items of the live model's catalogue changed since its training: added (embedded from their content) "
+            "and withdrawn.",
+            ["change"],
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
         self.gc_pauses = Histogram(
             "kingfisher_gc_pause_seconds",
             "Collections of Python's cyclic garbage collector by generation: every thread waits them out.",
@@ -71,6 +79,12 @@ class Metrics:
         self.events = Counter(
             "kingfisher_events_accepted_total", "Events accepted by POST /v1/events.", registry=self.registry
         )
+
+    def model_live(self, version: int, added: int, withdrawn: int) -> None:
+        """The live bundle's version and its catalogue changes since training (`serving.models.ModelHolder`)."""
+        self.model_version.set(version)
+        self.catalogue_items.labels("added").set(added)
+        self.catalogue_items.labels("withdrawn").set(withdrawn)
 
     def exposition(self) -> bytes:
         """The text format of this process's metrics, or of every service process's."""

@@ -38,7 +38,7 @@ class ModelHolder:
         executor: Executor,
         in_flight: InFlight,
         catalogue: LiveCatalogue,
-        on_live: Callable[[int], None] = lambda version: None,
+        on_live: Callable[[int, int, int], None] = lambda version, added, withdrawn: None,
     ):
         self.settings, self.executor, self.in_flight, self.on_live = settings, executor, in_flight, on_live
         self.catalogue = catalogue
@@ -67,7 +67,7 @@ class ModelHolder:
                 log.error("not loading model %s", self.last_error)
                 return False
             previous, self.bundle, self.last_error = self.bundle, loaded, None
-            self.on_live(loaded.version)
+            self._live(loaded)
             log.info(
                 "model version %d live (was %s), %d catalogue items newer than its training added",
                 loaded.version,
@@ -91,6 +91,10 @@ class ModelHolder:
                 log.info("model v%d: %d items added, %d withdrawn (since its training)", grown.version,
                          grown.added_items, len(grown.withdrawn))  # fmt: skip
                 self.bundle = grown
+                self._live(grown)
+
+    def _live(self, bundle: LoadedBundle) -> None:
+        self.on_live(bundle.version, bundle.added_items, len(bundle.withdrawn))
 
     def _collect_when_quiet(self) -> None:
         collection = asyncio.create_task(collect_when_quiet(self.in_flight, QUIET_PATIENCE_S), name="collection")

@@ -47,7 +47,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     )
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
     app[CATALOGUE], batches = LiveCatalogue(), asyncio.Queue()
-    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], app[METRICS].model_version.set)
+    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], app[METRICS].model_live)
     catalogue = follow_catalogue(settings, loop, batches, caught_up := asyncio.Event(), stop)
     try:
         await asyncio.wait_for(caught_up.wait(), CATALOGUE_READ_TIMEOUT_S)

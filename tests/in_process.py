@@ -92,7 +92,7 @@ def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, 
         app[STORE] = LiveStore(store, settings.stack.namespace)
         app[PRODUCER] = producer
         app[CATALOGUE] = catalogue
-        app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue)
+        app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, app[METRICS].model_live)
         await app[MODELS].refresh()
         app[BATCHER] = MicroBatcher(
             rank_batch, app[EXECUTOR], 1, settings.serving.serve_max_batch, app[METRICS].observe_batch

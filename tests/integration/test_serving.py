@@ -599,15 +599,19 @@ def test_in_process_a_model_goes_live_with_the_catalogues_changes_since_its_trai
         await client.app[MODELS].apply(CatalogueChanges({"later": film("later", "A later film")}, {"late", "gone"}))
         answers += [await json_of(await similar(item_id)) for item_id in ("later", "late")]
         ranked = await json_of(await client.get("/v1/recommendations", params={"user_id": "u1", "k": "100"}))
-        return answers, ranked, client.app[MODELS].bundle
+        return answers, ranked, client.app[MODELS].bundle, await (await client.get("/metrics")).text()
 
-    (late, later_before, withdrawn, later, late_after), ranked, bundle = with_client(settings, resources, calls)
+    (late, later_before, withdrawn, later, late_after), ranked, bundle, metrics = with_client(
+        settings, resources, calls
+    )
 
     assert late[0] == 200 and "i2" not in {item["item_id"] for item in late[1]["items"]}
     assert later_before == (404, {"error": "unknown item later"}) and withdrawn[0] == 404
     assert later[0] == 200 and late_after[0] == 404 and bundle.added_items == 3
     assert not {"late", "gone", "i2"} & {item["item_id"] for item in later[1]["items"] + ranked[1]["items"]}
     assert bundle.withdrawn == {"late", "gone", "i2"} and len(ranked[1]["items"]) == 100
+    assert 'kingfisher_catalogue_items{change="added"} 3.0' in metrics
+    assert 'kingfisher_catalogue_items{change="withdrawn"} 3.0' in metrics
 
 
 def test_in_process_events_are_acknowledged_all_or_none(system):
