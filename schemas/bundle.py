@@ -267,9 +267,9 @@ class LoadedBundle:
     def with_items(self, catalogue: Iterable[CatalogueItem], withdrawn: Iterable[str] = ()) -> "LoadedBundle":
         """This bundle with the catalogue's items it does not know yet, embedded from their content
         (`schemas.logic.served_models`) and added to the index: retrievable, rankable (no
-        interactions, no co-visitation) and with similar items; and with `withdrawn` items left out
-        of every answer (`withdrawn`), those in `catalogue` published again. Returns self when
-        nothing changes; otherwise a copy: requests in flight keep this one."""
+        interactions, no co-visitation) and with similar items; and with the `withdrawn` items it
+        knows added to `self.withdrawn` (left out of every answer), less those `catalogue` publishes
+        again. Returns self when nothing changes; otherwise a copy: requests in flight keep this one."""
         from schemas.logic.ann import ItemIndex
         from schemas.logic.growing import appended
         from schemas.logic.model_inputs import item_content

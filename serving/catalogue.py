@@ -4,49 +4,18 @@ catalogue within a poll instead of waiting for the next retraining: items publis
 join the models, withdrawn ones (tombstones) leave the answers."""
 
 import asyncio
-import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
-from schemas.catalogue import CatalogueItem, parse_catalogue_item, withdrawn_item
+from schemas.catalogue import CatalogueItem
+from schemas.catalogue_topic import CatalogueChanges, end_offsets
 from schemas.config import Settings
-from schemas.validation import InvalidRecord
 
-log = logging.getLogger("kingfisher.serving.catalogue")
 POLL_S = 0.1
 BATCH_RECORDS = 5_000
 """Records read in one poll at most: a burst of new items reaches the models in batches this big."""
-
-
-@dataclass
-class CatalogueChanges:
-    """Catalogue records in the order they were read: the items published (the newest record per
-    item) and the items withdrawn, each item in one of the two as its last record says."""
-
-    published: dict[str, CatalogueItem] = field(default_factory=dict)
-    withdrawn: set[str] = field(default_factory=set)
-
-    def publish(self, item: CatalogueItem) -> None:
-        self.published[item.item_id] = item
-        self.withdrawn.discard(item.item_id)
-
-    def withdraw(self, item_id: str) -> None:
-        self.published.pop(item_id, None)
-        self.withdrawn.add(item_id)
-
-    def then(self, later: "CatalogueChanges") -> "CatalogueChanges":
-        """These changes followed by `later` ones."""
-        for item_id in later.withdrawn:
-            self.withdraw(item_id)
-        for item in later.published.values():
-            self.publish(item)
-        return self
-
-    def __bool__(self) -> bool:
-        return bool(self.published or self.withdrawn)
 
 
 class LiveCatalogue:
@@ -85,14 +54,14 @@ def follow_catalogue(
     def run() -> None:
         consumer = private_consumer(settings, "serving-catalogue", "earliest")
         try:
-            unread = _end_offsets(consumer, topic)
+            unread = end_offsets(consumer, topic)
             consumer.subscribe([topic])
             while not stop.is_set():
                 changes = CatalogueChanges()
                 for message in consumer.consume(BATCH_RECORDS, POLL_S):
                     if message.error():
                         continue
-                    _record(changes, message)
+                    changes.record(message)
                     if message.offset() + 1 >= unread.get(message.partition(), 0):
                         unread.pop(message.partition(), None)
                 if changes:
@@ -118,20 +87,3 @@ def private_consumer(settings: Settings, name: str, start: str) -> Consumer:
             "enable.auto.commit": False,
         }
     )
-
-
-def _end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
-    """Each partition's end offset now, for the partitions that hold records (none: the topic does not exist)."""
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions or {}
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-    return {partition: end for partition, end in ends.items() if end > 0}
-
-
-def _record(changes: CatalogueChanges, message) -> None:
-    if (withdrawn := withdrawn_item(message.key(), message.value())) is not None:
-        changes.withdraw(withdrawn)
-        return
-    try:
-        changes.publish(parse_catalogue_item(message.value()))
-    except InvalidRecord as invalid:
-        log.warning("skipping catalogue record at offset %d: %s", message.offset(), invalid)

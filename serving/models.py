@@ -20,9 +20,10 @@ import numpy as np
 
 from schemas.bundle import BundleError, LoadedBundle, Registry, verify
 from schemas.catalogue import CatalogueItem
+from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
-from serving.catalogue import CatalogueChanges, LiveCatalogue, private_consumer
+from serving.catalogue import LiveCatalogue, private_consumer
 from serving.heap import InFlight, collect_when_quiet
 
 log = logging.getLogger("kingfisher.serving")

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from confluent_kafka import Producer
 
+from schemas.catalogue_topic import CATALOGUE_READ_TIMEOUT_S
 from schemas.config import Settings
 from schemas.feature_store import AsyncFeatureStore
 from schemas.logic.pipeline import rank_batch
@@ -24,7 +25,6 @@ from serving.metrics import GcPauseProbe, Metrics
 from serving.models import ModelHolder, listen_for_updates
 
 log = logging.getLogger("kingfisher.serving")
-CATALOGUE_READ_TIMEOUT_S = 60
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", LiveStore)

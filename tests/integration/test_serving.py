@@ -27,11 +27,12 @@ from schemathesis import GenerationMode
 
 from schemas.bundle import CURRENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
 from schemas.catalogue import CatalogueItem
+from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.events import validate_event
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
-from serving.catalogue import CatalogueChanges, LiveCatalogue
+from serving.catalogue import LiveCatalogue
 from serving.resources import MODELS
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.in_process import MemoryFeatureStore, RecordingProducer, in_memory_resources, with_client
