@@ -28,8 +28,9 @@ from infra.stack import (
     up,
 )
 from schemas import sample_log
-from schemas.bundle import Registry
+from schemas.bundle import EXPERIMENT, Registry
 from schemas.config import Settings
+from schemas.experiments import Arm, Experiment
 from schemas.sources.movielens import SHARED_DATASET
 from streams.publish import progress_bar
 from streams.replay import group_consumer, plan, replayed_so_far
@@ -155,6 +156,7 @@ def wait_for_sample_log(settings: Settings) -> None:
 
 
 GATE_REFUSED = 2
+DEMO_EXPERIMENT = Experiment(name="demo-aa", arms=(Arm(name="a", share=0.5), Arm(name="b", share=0.5)))
 """`python -m training`'s exit code when the gate refuses the new models."""
 
 
@@ -173,6 +175,16 @@ def train_first_models(settings: Settings) -> int:
     return registry.current()
 
 
+def start_demo_experiment(settings: Settings) -> None:
+    """An A/A test between two arms of the live model, unless an experiment was configured or set before:
+    the page shows each user's arm and the stream's counts, and both arms should agree."""
+    registry = Registry(settings.stack.models_dir)
+    if settings.serving.experiment is None and not (registry.root / EXPERIMENT).exists():
+        registry.set_experiment(DEMO_EXPERIMENT)
+        console.print(f"experiment {DEMO_EXPERIMENT.name}: an A/A test, both arms serve the live model "
+                      "(schemas/EXPERIMENTS.md to try a challenger)")  # fmt: skip
+
+
 def demo(settings: Settings) -> str:
     """Bring everything up; returns the page's URL."""
     started = time.monotonic()
@@ -186,6 +198,7 @@ def demo(settings: Settings) -> str:
     start_all(settings, [job])
     wait_for_stream(settings, job)
     version = train_first_models(settings)
+    start_demo_experiment(settings)
     service = RecommendationService(settings)
     start_all(settings, [service, Retrainer(settings)])
     console.print(

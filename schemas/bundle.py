@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.catalogue import CatalogueItem
+from schemas.experiments import Experiment
 from schemas.hyperparameters import Hyperparameters
 from schemas.logic.features import FeatureSpec
 from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
@@ -36,6 +37,7 @@ sequential user tower over items, kinds and ages and the ranker's candidate feat
 co-visitation pairs; 1 had a mean-pooled user tower)."""
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+EXPERIMENT = "EXPERIMENT.json"
 SERVED_MODELS = "served_models.npz"
 """The user tower's and the ranker's arrays (`training.export`), run by `schemas.logic.served_models`,
 each stored as `<model>/<array name>`."""
@@ -191,10 +193,28 @@ class Registry:
         if manifest.version != version:
             raise BundleError(f"{staging}: manifest says version {manifest.version}, expected {version}")
         staging.rename(self.path(version))
-        pointer = self.root / f".{CURRENT}.tmp"
-        pointer.write_text(version_name(version) + "\n")
-        pointer.replace(self.root / CURRENT)
+        self.make_current(version)
         return manifest
+
+    def make_current(self, version: int) -> None:
+        """Point CURRENT at a published version, in one atomic rename."""
+        if version not in self.versions():
+            raise BundleError(f"{self.root}: no version {version}")
+        _replace_atomically(self.root / CURRENT, (version_name(version) + "\n").encode())
+
+    def experiment(self, default: Experiment | None) -> Experiment | None:
+        """The experiment an operator set (`set_experiment`), or `default` (KF_EXPERIMENT) while none was."""
+        try:
+            stored = orjson.loads((self.root / EXPERIMENT).read_bytes())
+        except FileNotFoundError:
+            return default
+        return None if stored["experiment"] is None else Experiment.model_validate(stored["experiment"])
+
+    def set_experiment(self, experiment: Experiment | None) -> None:
+        """Run `experiment` (None: none, whatever KF_EXPERIMENT says) in every service following this registry."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stored = {"experiment": experiment.model_dump() if experiment else None}
+        _replace_atomically(self.root / EXPERIMENT, orjson.dumps(stored, option=orjson.OPT_INDENT_2))
 
     def prune(self, keep: int) -> list[int]:
         """Delete all but the newest `keep` versions (never the current one); returns the deleted ones."""
@@ -203,6 +223,12 @@ class Registry:
         for version in doomed:
             shutil.rmtree(self.path(version))
         return doomed
+
+
+def _replace_atomically(path: Path, content: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(content)
+    temporary.replace(path)
 
 
 def write_served_models(directory: Path, models: dict[str, dict[str, np.ndarray]]) -> None:

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.experiments import Experiment
 from schemas.hyperparameters import Hyperparameters
 from schemas.logic.features import HOUR_MS, FeatureSpec
 
@@ -35,6 +37,11 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 CONFIG_FILE_VARIABLE = "KF_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "kingfisher.toml"
+
+
+def _json_text(raw: Any) -> Any:
+    """A setting given as text (an environment variable) holding JSON; tables (TOML) pass as they are."""
+    return orjson.loads(raw) if isinstance(raw, str | bytes) else raw
 
 
 class Section(BaseModel):
@@ -308,6 +315,12 @@ class ServingSettings(Section):
     serve_model_threads: int = Field(2, ge=1, description="Threads of the service that run model and Faiss calls.")
     serve_max_batch: int = Field(
         4, ge=1, le=64, description="Most concurrent recommendation requests ranked in one model call."
+    )
+    experiment: Annotated[Experiment | None, BeforeValidator(_json_text)] = Field(
+        None,
+        description="The experiment the service starts with, as JSON (schemas/EXPERIMENTS.md), e.g. "
+        '{"name": "v2-vs-v1", "arms": [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": 2, '
+        '"share": 0.5}]}; one set by POST /v1/admin/experiments (kept in the registry) takes its place. Unset: none.',
     )
 
 

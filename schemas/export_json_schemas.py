@@ -15,9 +15,14 @@ from pydantic import BaseModel
 
 from schemas.catalogue import CatalogueItem
 from schemas.events import Event
+from schemas.experiments import Experiment
 
 SCHEMA_DIR = Path(__file__).parent / "json"
-CONTRACTS: dict[str, type[BaseModel]] = {"event-v1": Event, "catalogue-item-v1": CatalogueItem}
+CONTRACTS: dict[str, type[BaseModel]] = {
+    "event-v1": Event,
+    "catalogue-item-v1": CatalogueItem,
+    "experiment-v1": Experiment,
+}
 
 
 def rendered_schemas() -> dict[Path, str]:

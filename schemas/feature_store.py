@@ -310,6 +310,10 @@ class AsyncFeatureStore:
         raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace), VALUE_FIELD)
         return decode_value(KeyKind.TRENDING, raw) if raw is not None else None
 
+    async def experiment_tallies(self, experiment: str, namespace: str) -> StoredValue | None:
+        raw = await self.client.hget(redis_key(KeyKind.EXPERIMENT, experiment, namespace), VALUE_FIELD)
+        return decode_value(KeyKind.EXPERIMENT, raw) if raw is not None else None
+
     async def users(self, namespace: str, limit: int) -> list[str]:
         """Up to `limit` users that have a live sequence, shortest ids first (for a picker, not a census)."""
         users = []

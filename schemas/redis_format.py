@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from schemas.events import EventType
+from schemas.experiments import ArmTally, ExperimentTallies
 from schemas.logic.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 
 FORMAT_VERSION = 3
@@ -33,6 +34,7 @@ class KeyKind(StrEnum):
     USER_FEATURES = "user_feat"
     ITEM_FEATURES = "item_feat"
     TRENDING = "trending"
+    EXPERIMENT = "experiment"
     USER_SEEN = "user_seen"
     ACTIVE_NAMESPACE = "active_ns"
     TOOLCHAIN_CHECK = "toolchain_check"
@@ -102,7 +104,7 @@ class FormatError(ValueError):
     """A stored value is not in the format this code reads."""
 
 
-def encode_value(data: UserSequence | UserFeatures | ItemFeatures | Trending, as_of: int) -> bytes:
+def encode_value(data: UserSequence | UserFeatures | ItemFeatures | Trending | ExperimentTallies, as_of: int) -> bytes:
     return orjson.dumps({"format_version": FORMAT_VERSION, "as_of": as_of, "data": data})
 
 
@@ -118,11 +120,17 @@ def _trending(data: dict[str, Any]) -> Trending:
     return Trending(items=tuple((item_id, score) for item_id, score in data["items"]), at_ts=data["at_ts"])
 
 
+def _tallies(data: dict[str, Any]) -> ExperimentTallies:
+    arms = {arm: ArmTally(**tally) for arm, tally in data["arms"].items()}
+    return ExperimentTallies(arms, data["version"], data["at_ts"])
+
+
 DECODERS: dict[KeyKind, Callable[[dict[str, Any]], Any]] = {
     KeyKind.USER_SEQUENCE: _sequence,
     KeyKind.USER_FEATURES: lambda data: UserFeatures(**data),
     KeyKind.ITEM_FEATURES: _item,
     KeyKind.TRENDING: _trending,
+    KeyKind.EXPERIMENT: _tallies,
 }
 
 

@@ -22,20 +22,33 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from schemas.bundle import LoadedBundle
 from schemas.config import Settings
 from schemas.events import Event, validate_event
+from schemas.experiments import Experiment, experiment_report, new_request_id
 from schemas.feature_store import UserRead
 from schemas.logic.pipeline import Ranked, RankRequest, fallback_items
-from schemas.validation import InvalidRecord
+from schemas.validation import InvalidRecord, validate_record
+from serving.experiments import ExperimentError
 from serving.metrics import MULTIPROCESS_DIR, Metrics
 from serving.parameters import (
     BadRequest,
     ItemPath,
+    Promotion,
     RecommendationsQuery,
     SimilarQuery,
     TrendingQuery,
     UserPath,
     UsersQuery,
 )
-from serving.resources import BATCHER, CATALOGUE, EXECUTOR, METRICS, MODELS, PRODUCER, SETTINGS, STORE
+from serving.resources import (
+    BATCHER,
+    CATALOGUE,
+    EXECUTOR,
+    EXPERIMENTS,
+    METRICS,
+    MODELS,
+    PRODUCER,
+    SETTINGS,
+    STORE,
+)
 
 log = logging.getLogger("kingfisher.serving")
 MAX_BATCH = 500
@@ -89,7 +102,8 @@ async def recommendations(request: web.Request) -> web.Response:
     app, clock = request.app, time.perf_counter()
     query = RecommendationsQuery.parse(request.query, app[SETTINGS])
     user_id, k, exclude_seen, explain = query.user_id, query.k, query.exclude_seen, query.explain
-    bundle = app[MODELS].bundle  # this request's models, whatever swaps meanwhile
+    assignment = app[EXPERIMENTS].assign(user_id)
+    bundle = assignment.holder.bundle  # this request's models, whatever swaps meanwhile
     state, problem = await _live_state(app, user_id, exclude_seen)
     left_out = state.seen if exclude_seen else set()
     if bundle is not None and bundle.withdrawn:
@@ -117,10 +131,14 @@ async def recommendations(request: web.Request) -> web.Response:
     else:
         app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
         items = _popular_items(app, bundle, [item for item, _ in trending], left_out, k)
+    if assignment.arm is not None:
+        app[METRICS].arm_answers.labels(assignment.experiment, assignment.arm).inc()
     return json_response(
         {
             "user_id": user_id,
             "items": items,
+            "request_id": new_request_id(assignment.experiment, assignment.arm),
+            "arm": assignment.arm,
             "model_version": bundle.version if bundle else None,
             "features_as_of": state.as_of,
             "fallback": reason not in (None, COLD_START),
@@ -202,12 +220,7 @@ async def page(_request: web.Request) -> web.FileResponse:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise BadRequest(f"body: at most {MAX_BODY_BYTES} bytes")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as error:
-        raise BadRequest(f"body: not JSON ({error})") from None
+    body = await _json_body(request)
     payloads = body if isinstance(body, list) else [body]
     if not 1 <= len(payloads) <= MAX_BATCH:
         raise BadRequest(f"body: one event or a list of 1 to {MAX_BATCH}, got {len(payloads)}")
@@ -290,7 +303,7 @@ async def models(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-async def reload_models(request: web.Request) -> web.Response:
+def _require_admin(request: web.Request) -> None:
     token = request.app[SETTINGS].serving.admin_token
     if token is None:
         raise web.HTTPForbidden(
@@ -298,6 +311,10 @@ async def reload_models(request: web.Request) -> web.Response:
         )
     if request.headers.get("Authorization") != f"Bearer {token}":
         raise web.HTTPUnauthorized(text='{"error": "admin token required"}', content_type="application/json")
+
+
+async def reload_models(request: web.Request) -> web.Response:
+    _require_admin(request)
     swapped = await request.app[MODELS].refresh()
     bundle = request.app[MODELS].bundle
     return json_response(
@@ -307,3 +324,70 @@ async def reload_models(request: web.Request) -> web.Response:
             "error": request.app[MODELS].last_error,
         }
     )
+
+
+async def experiments(request: web.Request) -> web.Response:
+    """The running experiment: each arm's impressions, clicks and CTR as the stream counted them, with intervals."""
+    running = request.app[EXPERIMENTS].running.experiment
+    if running is None:
+        return json_response({"experiment": None, "error": request.app[EXPERIMENTS].last_error})
+    stored = await _from_store(request.app, request.app[STORE].experiment_tallies(running.name))
+    report = experiment_report(running, stored.data if stored else None)
+    request.app[METRICS].experiment_report(report)
+    return json_response({"experiment": report, "error": request.app[EXPERIMENTS].last_error})
+
+
+async def start_experiment(request: web.Request) -> web.Response:
+    """Run the experiment of the body in every worker (its pinned versions loaded first, in this one)."""
+    _require_admin(request)
+    experiment = _validated(Experiment, await _json_body(request))
+    await _run_experiment(request.app, experiment)
+    return await experiments(request)
+
+
+async def stop_experiment(request: web.Request) -> web.Response:
+    _require_admin(request)
+    await _run_experiment(request.app, None)
+    return json_response({"experiment": None})
+
+
+async def promote_arm(request: web.Request) -> web.Response:
+    """Make the arm's version the registry's live one and end the experiment: every worker serves it to everyone."""
+    _require_admin(request)
+    arm_name = _validated(Promotion, await _json_body(request)).arm
+    running = request.app[EXPERIMENTS].running.experiment
+    arm = next((arm for arm in running.arms if arm.name == arm_name), None) if running else None
+    if arm is None:
+        raise BadRequest(f"arm: no arm {arm_name!r} in the running experiment")
+    if arm.version is not None:
+        request.app[MODELS].registry.make_current(arm.version)
+        await request.app[MODELS].refresh()
+    await _run_experiment(request.app, None)
+    bundle = request.app[MODELS].bundle
+    return json_response({"promoted": arm.name, "live_version": bundle.version if bundle else None})
+
+
+async def _run_experiment(app: web.Application, experiment: Experiment | None) -> None:
+    try:
+        await app[EXPERIMENTS].start(experiment)
+    except ExperimentError as error:
+        raise BadRequest(f"arms: {error}") from None
+    app[MODELS].registry.set_experiment(experiment)
+
+
+async def _json_body(request: web.Request):
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise BadRequest(f"body: at most {MAX_BODY_BYTES} bytes")
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise BadRequest(f"body: not JSON ({error})") from None
+
+
+def _validated(model: type[T], body) -> T:
+    if not isinstance(body, dict):
+        raise BadRequest("$: must be a JSON object")
+    try:
+        return validate_record(model, body)
+    except InvalidRecord as invalid:
+        raise BadRequest(*map(str, invalid.problems)) from None

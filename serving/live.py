@@ -36,6 +36,9 @@ class LiveStore:
     async def trending(self) -> StoredValue | None:
         return await self.store.trending(self.namespace)
 
+    async def experiment_tallies(self, experiment: str) -> StoredValue | None:
+        return await self.store.experiment_tallies(experiment, self.namespace)
+
     async def some_users(self, limit: int) -> list[str]:
         """Up to `limit` users that have a live sequence, shortest ids first (for a picker, not a census)."""
         return await self.store.users(self.namespace, limit)

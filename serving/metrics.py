@@ -76,6 +76,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.arm_answers = Counter(
+            "kingfisher_experiment_answers_total",
+            "Recommendation answers by experiment and arm.",
+            ["experiment", "arm"],
+            registry=self.registry,
+        )
+        self.arm_tallies = Gauge(
+            "kingfisher_experiment_events",
+            "Impressions and clicks the stream attributed to each arm (as of the last GET /v1/experiments).",
+            ["experiment", "arm", "type"],
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.arm_ctr = Gauge(
+            "kingfisher_experiment_ctr",
+            "Each arm's clicks per impression (bound=estimate) and its 95 % Wilson interval (bound=low, high).",
+            ["experiment", "arm", "bound"],
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
         self.events = Counter(
             "kingfisher_events_accepted_total", "Events accepted by POST /v1/events.", registry=self.registry
         )
@@ -85,6 +105,17 @@ class Metrics:
         self.model_version.set(version)
         self.catalogue_items.labels("added").set(added)
         self.catalogue_items.labels("withdrawn").set(withdrawn)
+
+    def experiment_report(self, report: dict) -> None:
+        """The tallies and intervals of `schemas.experiments.experiment_report`."""
+        for arm in report["arms"]:
+            labels = (report["name"], arm["name"])
+            self.arm_tallies.labels(*labels, "impression").set(arm["impressions"])
+            self.arm_tallies.labels(*labels, "click").set(arm["clicks"])
+            if arm["ctr"] is not None:
+                low, high = arm["ctr_interval"]
+                for bound, value in (("estimate", arm["ctr"]), ("low", low), ("high", high)):
+                    self.arm_ctr.labels(*labels, bound).set(value)
 
     def exposition(self) -> bytes:
         """The text format of this process's metrics, or of every service process's."""

@@ -40,8 +40,11 @@ class ModelHolder:
         in_flight: InFlight,
         catalogue: LiveCatalogue,
         on_live: Callable[[int, int, int], None] = lambda version, added, withdrawn: None,
+        pinned: int | None = None,
     ):
+        """Holds the registry's current version, or with `pinned`, that version only (an experiment's arm)."""
         self.settings, self.executor, self.in_flight, self.on_live = settings, executor, in_flight, on_live
+        self.pinned = pinned
         self.catalogue = catalogue
         self.registry = Registry(settings.stack.models_dir)
         self.bundle: LoadedBundle | None = None
@@ -51,9 +54,9 @@ class ModelHolder:
         self._collections: set[asyncio.Task] = set()
 
     async def refresh(self) -> bool:
-        """Load the registry's current version if it is not the live one; True if a new one went live."""
+        """Load the registry's current (or the pinned) version unless it is live; True if a new one went live."""
         async with self._lock:
-            current = self.registry.current()
+            current = self.pinned or self.registry.current()
             if current is None or (self.bundle is not None and self.bundle.version == current):
                 return False
             loop, known, withdrawn = (

@@ -35,6 +35,10 @@ class ScoredItem(BaseModel):
 class Recommendations(BaseModel):
     user_id: str
     items: list[ScoredItem]
+    request_id: str
+    """Put it in the `context.request_id` of these items' impressions and clicks: an experiment counts them."""
+    arm: str | None
+    """The experiment's arm that answered; null outside an experiment."""
     model_version: int | None
     features_as_of: int | None = None
     """Event time (ms) of the newest event used."""
@@ -43,6 +47,31 @@ class Recommendations(BaseModel):
     reason: str | None
     """Why not ranked by DIN: the fallback's or cold start."""
     took_ms: float
+
+
+class ArmReport(BaseModel):
+    name: str
+    version: int | None
+    share: float
+    impressions: int
+    clicks: int
+    ctr: float | None
+    ctr_interval: tuple[float, float] | None
+    """95 % Wilson interval of the CTR."""
+    difference_interval: tuple[float, float] | None
+    """95 % interval of this arm's CTR minus the first arm's."""
+
+
+class ExperimentReport(BaseModel):
+    name: str
+    arms: list[ArmReport]
+    as_of: int | None
+
+
+class ExperimentAnswer(BaseModel):
+    experiment: ExperimentReport | None
+    error: str | None = None
+    """Why the configured experiment is not running, if it is not."""
 
 
 class ItemList(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from schemas.config import Settings
 from schemas.events import ID_PATTERN
+from schemas.experiments import Name
 
 
 class BadRequest(ValueError):
@@ -137,3 +138,10 @@ class ItemPath(Parameters):
 class UserPath(Parameters):
     location: ClassVar[str] = "path"
     user_id: Identifier = Field(description="The user.")
+
+
+class Promotion(BaseModel):
+    """The body of POST /v1/admin/experiments/promote."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    arm: Name = Field(description="The arm whose version goes live for everyone.")

@@ -1,7 +1,7 @@
 """What the service holds while it runs, under typed application keys, and the `cleanup_ctx` that
 opens and closes it: the thread pool for model calls, the feature store, the Kafka producer, the
-model holder, the micro-batcher, the catalogue and the background tasks that follow the active
-namespace, model updates and the catalogue."""
+model holder, the experiment's arms, the micro-batcher, the catalogue and the background tasks that
+follow the active namespace, model updates, the experiment and the catalogue."""
 
 import asyncio
 import gc
@@ -19,6 +19,7 @@ from schemas.feature_store import AsyncFeatureStore
 from schemas.logic.pipeline import rank_batch
 from serving.batcher import MicroBatcher
 from serving.catalogue import LiveCatalogue, follow_catalogue
+from serving.experiments import Experiments
 from serving.heap import InFlight, freeze_imports
 from serving.live import LiveStore
 from serving.metrics import GcPauseProbe, Metrics
@@ -29,6 +30,7 @@ log = logging.getLogger("kingfisher.serving")
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", LiveStore)
 MODELS = web.AppKey("models", ModelHolder)
+EXPERIMENTS = web.AppKey("experiments", Experiments)
 METRICS = web.AppKey("metrics", Metrics)
 PRODUCER = web.AppKey("producer", Producer)
 CATALOGUE = web.AppKey("catalogue", LiveCatalogue)
@@ -48,6 +50,11 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
     app[CATALOGUE], batches = LiveCatalogue(), asyncio.Queue()
     app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], app[METRICS].model_live)
+    app[EXPERIMENTS] = Experiments(
+        app[MODELS],
+        lambda version: ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], pinned=version),
+        settings.serving.experiment,
+    )
     catalogue = follow_catalogue(settings, loop, batches, caught_up := asyncio.Event(), stop)
     try:
         await asyncio.wait_for(caught_up.wait(), CATALOGUE_READ_TIMEOUT_S)
@@ -72,6 +79,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[BATCHER].run(), name="batcher"),
         asyncio.create_task(app[STORE].follow_namespace(), name="namespace"),
         asyncio.create_task(app[MODELS].follow(wake), name="models"),
+        asyncio.create_task(app[EXPERIMENTS].follow(settings.serving.model_poll_s), name="experiment"),
         asyncio.create_task(_apply_catalogue(app, batches), name="catalogue"),
     ]
     yield
@@ -101,3 +109,4 @@ async def _apply_catalogue(app: web.Application, batches: asyncio.Queue) -> None
             changes.then(batches.get_nowait())
         app[CATALOGUE].apply(changes)
         await app[MODELS].apply(changes)
+        await app[EXPERIMENTS].apply(changes)

@@ -4,13 +4,32 @@
 from aiohttp import web
 
 from schemas.config import Settings
+from schemas.experiments import Experiment
 from serving import handlers
 from serving.handlers import MAX_BATCH, WEB_DIR, json_response
-from serving.openapi import Answer, BadRequestAnswer, ItemList, Recommendations, Route, openapi_document
-from serving.parameters import ItemPath, RecommendationsQuery, SimilarQuery, TrendingQuery, UserPath, UsersQuery
+from serving.openapi import (
+    Answer,
+    BadRequestAnswer,
+    ExperimentAnswer,
+    ItemList,
+    Recommendations,
+    Route,
+    openapi_document,
+)
+from serving.parameters import (
+    ItemPath,
+    Promotion,
+    RecommendationsQuery,
+    SimilarQuery,
+    TrendingQuery,
+    UserPath,
+    UsersQuery,
+)
 from serving.resources import SETTINGS
 
 BAD_REQUEST = Answer("Invalid input: `reasons` lists each problem.", BadRequestAnswer)
+UNAUTHORIZED = Answer("Wrong or missing token.")
+FORBIDDEN = Answer("Admin routes are off.")
 UNAVAILABLE = Answer("Redis did not answer within the request budget.")
 
 
@@ -48,8 +67,21 @@ ROUTES = (
           {200: Answer("Model versions.")}),
     Route("POST", "/v1/admin/models/reload", handlers.reload_models,
           "Load the registry's current version now (Authorization: Bearer KF_ADMIN_TOKEN).",
-          {200: Answer("Reload result."), 401: Answer("Wrong or missing token."),
-           403: Answer("Admin routes are off.")}),
+          {200: Answer("Reload result."), 401: UNAUTHORIZED, 403: FORBIDDEN}),
+    Route("GET", "/v1/experiments", handlers.experiments,
+          "The running experiment: each arm's impressions, clicks and CTR counted by the stream, with 95 % intervals.",
+          {200: Answer("The experiment, or null.", ExperimentAnswer), 503: UNAVAILABLE}),
+    Route("POST", "/v1/admin/experiments", handlers.start_experiment,
+          "Run this experiment in every worker, replacing the running one (Authorization: Bearer KF_ADMIN_TOKEN).",
+          {200: Answer("The experiment, running.", ExperimentAnswer), 400: BAD_REQUEST, 401: UNAUTHORIZED,
+           403: FORBIDDEN, 503: UNAVAILABLE}, body=lambda _settings: Experiment.model_json_schema()),
+    Route("DELETE", "/v1/admin/experiments", handlers.stop_experiment,
+          "Stop the running experiment: everyone gets the live version (Authorization: Bearer KF_ADMIN_TOKEN).",
+          {200: Answer("Stopped."), 401: UNAUTHORIZED, 403: FORBIDDEN}),
+    Route("POST", "/v1/admin/experiments/promote", handlers.promote_arm,
+          "Make an arm's version the live one and end the experiment (Authorization: Bearer KF_ADMIN_TOKEN).",
+          {200: Answer("The promoted arm and the live version."), 400: BAD_REQUEST, 401: UNAUTHORIZED,
+           403: FORBIDDEN}, body=lambda _settings: Promotion.model_json_schema()),
     Route("GET", "/healthz", handlers.healthz, "Liveness.", {200: Answer("Alive.")}),
     Route("GET", "/readyz", handlers.readyz, "Readiness: every worker has a model loaded and Redis answers.",
           {200: Answer("Ready."), 503: Answer("Not ready, with problems.")}),

@@ -12,6 +12,7 @@ Operators (each named; stateful ones with a stable uid, so a checkpoint maps bac
                         sequence, aggregates -> Redis; training samples
     item-features       keyed by item bucket: aggregates, decayed popularity, windows -> Redis
     trending            one instance: the top-K -> Redis
+    experiments         keyed by experiment: each arm's impressions and clicks -> Redis
     training-samples    the sample log (schemas/SAMPLE_LOG.md): files per UTC day, committed on every checkpoint
 """
 
@@ -40,8 +41,10 @@ from streams.flink_env import (
     restore_location,
 )
 from streams.operators import (
+    ARM_EVENTS,
     DEAD_LETTERS,
     SAMPLES,
+    ExperimentTalliesFunction,
     ItemFeaturesFunction,
     JobParameters,
     TrendingFunction,
@@ -78,6 +81,15 @@ def build(batches: DataStream, settings: Settings, namespace: str, log_samples: 
         .set_parallelism(1)
         .sink_to(discarding_sink())
         .name("end")
+    )
+    (
+        users.get_side_output(ARM_EVENTS)
+        .key_by(lambda counted: counted[0], key_type=Types.STRING())
+        .process(ExperimentTalliesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("experiments")
+        .uid("experiments")
+        .sink_to(discarding_sink())
+        .name("experiments-end")
     )
     return users.get_side_output(DEAD_LETTERS), users.get_side_output(SAMPLES)
 

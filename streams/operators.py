@@ -18,7 +18,8 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 
 from schemas.config import Settings
 from schemas.dead_letters import dead_letter
-from schemas.events import Event, parse_event
+from schemas.events import Event, EventType, parse_event
+from schemas.experiments import ExperimentTallies, counted_arm
 from schemas.feature_store import FeatureStore
 from schemas.logic.features import FeatureSpec, ItemEvent, seen_entry
 from schemas.logic.streaming import (
@@ -44,6 +45,7 @@ from streams.sample_log import SampleLogLines
 GC_THRESHOLDS = (50_000, 20, 100)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLES = OutputTag("training-samples", Types.STRING())
+ARM_EVENTS = OutputTag("arm-events", Types.PICKLED_BYTE_ARRAY())
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -141,7 +143,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
     """Keyed by user bucket; one call per batch of raw Kafka records: each is parsed and validated
     (invalid ones become dead letters), redeliveries are dropped, and each event is applied to its
     user in Kafka order, added to the user's seen set and logged for training. Passes the events on
-    to the item buckets, one list per bucket and batch, and the batch's sample-log lines as one text."""
+    to the item buckets, one list per bucket and batch, the batch's sample-log lines as one text, and
+    its impressions and clicks of experiments' answers, one list per experiment: (arm, type, ts)."""
 
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
@@ -167,6 +170,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         if self.sample_log is not None:
             self.sample_log.start_batch()
         by_item_bucket: dict[int, list[tuple]] = defaultdict(list)
+        by_experiment: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
         event_times, append_times = [], []
         for raw, partition, offset, append_ms in in_kafka_order(batch):
             try:
@@ -179,6 +183,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
                 continue
             self._apply(event, partition, offset)
             by_item_bucket[self.parameters.item_bucket(event.item_id)].append((ItemEvent.row_of(event), append_ms))
+            if (arm := counted_arm(event)) is not None:
+                by_experiment[arm[0]].append((arm[1], event.type._value_, event.ts))
             event_times.append(event.ts)
             append_times.append(append_ms)
         self._write(self.users.commit())
@@ -187,6 +193,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
         self.writer.flush()
         if self.sample_log is not None and (lines := self.sample_log.take()) is not None:
             yield SAMPLES, lines
+        for counted in by_experiment.items():
+            yield ARM_EVENTS, counted
         yield from by_item_bucket.items()
 
     def _is_new(self, event: Event) -> bool:
@@ -269,6 +277,32 @@ class TrendingFunction(KeyedProcessFunction):
         self.state.update(state)
         self.writer.put(p.key(KeyKind.TRENDING, TRENDING_ENTITY), state.version, trending_list(state, p.spec),
                         state.at_ts, 0)  # fmt: skip
+        self.writer.flush()
+        return iter(())
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ExperimentTalliesFunction(KeyedProcessFunction):
+    """Keyed by experiment; counts each arm's impressions and clicks (`schemas.experiments`) and
+    writes the tallies once per message."""
+
+    def __init__(self, parameters: JobParameters):
+        self.parameters = parameters
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(ValueStateDescriptor("tallies", Types.PICKLED_BYTE_ARRAY()))
+        self.writer = self.parameters.writer("experiments")
+
+    def process_element(self, message: tuple, ctx: KeyedProcessFunction.Context):
+        experiment, counted = message
+        tallies = self.state.value() or ExperimentTallies()
+        for arm, event_type, ts in counted:
+            tallies = tallies.counted(arm, EventType(event_type), ts)
+        self.state.update(tallies)
+        p = self.parameters
+        self.writer.put(p.key(KeyKind.EXPERIMENT, experiment), tallies.version, tallies, tallies.at_ts, 0)
         self.writer.flush()
         return iter(())
 

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.config import Settings
 from schemas.events import Event
+from schemas.experiments import tallies_of
 from schemas.feature_store import UserRead
 from schemas.logic.features import FeatureSpec
 from schemas.logic.pipeline import rank_batch
@@ -20,9 +21,21 @@ from schemas.redis_format import StoredValue
 from serving.app import init_app
 from serving.batcher import MicroBatcher
 from serving.catalogue import LiveCatalogue
+from serving.experiments import Experiments
 from serving.live import LiveStore
 from serving.models import ModelHolder
-from serving.resources import BATCHER, CATALOGUE, EXECUTOR, IN_FLIGHT, METRICS, MODELS, PRODUCER, SETTINGS, STORE
+from serving.resources import (
+    BATCHER,
+    CATALOGUE,
+    EXECUTOR,
+    EXPERIMENTS,
+    IN_FLIGHT,
+    METRICS,
+    MODELS,
+    PRODUCER,
+    SETTINGS,
+    STORE,
+)
 
 
 class MemoryFeatureStore:
@@ -34,6 +47,7 @@ class MemoryFeatureStore:
         self.seen = seen_sets(events, spec)
         listed = trending_list(trending, spec)
         self.trending_list = StoredValue(listed, listed.at_ts) if events else None
+        self.tallies = tallies_of(events)
         self.down = False
 
     def _check(self) -> None:
@@ -61,6 +75,11 @@ class MemoryFeatureStore:
         self._check()
         return self.trending_list
 
+    async def experiment_tallies(self, experiment: str, namespace: str) -> StoredValue | None:
+        self._check()
+        tallies = self.tallies.get(experiment)
+        return StoredValue(tallies, tallies.at_ts) if tallies else None
+
     async def users(self, namespace: str, limit: int) -> list[str]:
         self._check()
         return sorted(self.states, key=lambda user: (len(user), user))[:limit]
@@ -84,7 +103,7 @@ class RecordingProducer:
 
 def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, catalogue: LiveCatalogue):
     """A `cleanup_ctx` like `serving.resources.resources`, with the store and producer given and the
-    registry's current bundle loaded before the first request."""
+    registry's current bundle and experiment (KF_EXPERIMENT) loaded before the first request."""
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -94,6 +113,12 @@ def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, 
         app[CATALOGUE] = catalogue
         app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, app[METRICS].model_live)
         await app[MODELS].refresh()
+        app[EXPERIMENTS] = Experiments(
+            app[MODELS],
+            lambda version: ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, pinned=version),
+            settings.serving.experiment,
+        )
+        await app[EXPERIMENTS].start(app[EXPERIMENTS].registry.experiment(settings.serving.experiment))
         app[BATCHER] = MicroBatcher(
             rank_batch, app[EXECUTOR], 1, settings.serving.serve_max_batch, app[METRICS].observe_batch
         )

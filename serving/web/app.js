@@ -1,5 +1,7 @@
 // The demo page: one user's live sequence, recommendations and trending, all from the service's API.
 // A click is posted as an event; the page then polls the profile until the stream has applied it.
+// Recommendations shown are posted as impressions, and clicks on them carry the answer's request_id:
+// within an experiment the stream counts both for the user's arm (schemas/EXPERIMENTS.md).
 "use strict";
 
 const RECOMMENDATIONS = 12;
@@ -52,7 +54,7 @@ function itemRow(item, { score, reasons, onClick } = {}) {
   }
   if (onClick) {
     row.title = "click: publish a click event for this item";
-    row.addEventListener("click", () => clickItem(item.item_id));
+    row.addEventListener("click", () => clickItem(item.item_id, onClick.requestId));
   }
   return row;
 }
@@ -75,9 +77,12 @@ function renderSequence(profile) {
 async function loadRecommendations() {
   const query = new URLSearchParams({ user_id: page.user, k: RECOMMENDATIONS, exclude_seen: true, explain: true });
   const answer = await api(`/v1/recommendations?${query}`);
+  const onClick = { requestId: answer.request_id };
   $("recommendations").replaceChildren(
-    ...answer.items.map((item) => itemRow(item, { score: item.score, reasons: item.reasons, onClick: true })),
+    ...answer.items.map((item) => itemRow(item, { score: item.score, reasons: item.reasons, onClick })),
   );
+  $("arm").textContent = answer.arm ?? "none";
+  await publish(answer.items.map((item) => shownEvent(item.item_id, answer.request_id)));
   const asOf = answer.features_as_of ? new Date(answer.features_as_of).toLocaleString() : "no events";
   const fallback = answer.fallback || answer.reason ? ` · fallback: ${answer.reason}` : "";
   $("recommendation-meta").textContent = `features as of ${asOf} · ${answer.took_ms} ms${fallback}`;
@@ -88,7 +93,7 @@ async function loadRecommendations() {
 async function loadTrending() {
   const answer = await api(`/v1/trending?k=${TRENDING}`);
   // Ranked by decayed popularity; the scores themselves mean little next to each other, so only the order shows.
-  $("trending").replaceChildren(...answer.items.map((item) => itemRow(item, { onClick: true })));
+  $("trending").replaceChildren(...answer.items.map((item) => itemRow(item, { onClick: {} })));
 }
 
 function noticeModel(version) {
@@ -131,12 +136,23 @@ async function waitUntilApplied(eventId, since) {
   return null;
 }
 
-async function clickItem(itemId) {
-  const event = { event_id: newEventId(), user_id: page.user, item_id: itemId, type: "click", ts: Date.now() };
+function shownEvent(itemId, requestId, type = "impression") {
+  const event = { event_id: newEventId(), user_id: page.user, item_id: itemId, type, ts: Date.now() };
+  if (requestId) event.context = { request_id: requestId };
+  return event;
+}
+
+async function publish(events) {
+  if (!events.length) return;
+  await api("/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(events) });
+}
+
+async function clickItem(itemId, requestId) {
+  const event = shownEvent(itemId, requestId, "click");
   const clickedAt = performance.now();
   try {
     say(`click on ${itemId} sent; waiting for the stream to apply it…`);
-    await api("/v1/events", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(event) });
+    await publish([event]);
     const profile = await waitUntilApplied(event.event_id, clickedAt);
     if (profile === null) {
       say(`the click was not applied within ${APPLY_GIVE_UP_MS / 1000} s: is the feature job running?`, true);
@@ -147,6 +163,7 @@ async function clickItem(itemId) {
     await loadRecommendations();
     const totalMs = performance.now() - clickedAt;
     $("click-latency").textContent = `${Math.round(totalMs)} ms (in Redis after ${Math.round(appliedMs)} ms)`;
+    await loadExperiment();
     say(`click on ${itemId} applied; recommendations updated ${Math.round(totalMs)} ms after the click.`);
   } catch (error) {
     say(error.message, true);
@@ -166,9 +183,31 @@ async function showSuggestions() {
   return users;
 }
 
+function interval(bounds) {
+  return bounds ? `${(100 * bounds[0]).toFixed(1)}–${(100 * bounds[1]).toFixed(1)} %` : "–";
+}
+
+async function loadExperiment() {
+  const { experiment } = await api("/v1/experiments");
+  $("experiment").hidden = !experiment;
+  if (!experiment) return;
+  $("experiment-name").textContent = experiment.name;
+  $("experiment-arms").replaceChildren(
+    ...experiment.arms.map((arm) => {
+      const row = element("tr");
+      row.dataset.arm = arm.name;
+      const cells = [arm.name, arm.version ? `v${arm.version}` : "live", `${Math.round(100 * arm.share)} %`,
+        arm.impressions, arm.clicks, arm.ctr == null ? "–" : `${(100 * arm.ctr).toFixed(1)} %`,
+        interval(arm.ctr_interval), interval(arm.difference_interval)];
+      row.append(...cells.map((cell) => element("td", "", String(cell))));
+      return row;
+    }),
+  );
+}
+
 async function refresh() {
   try {
-    await loadTrending();
+    await Promise.all([loadTrending(), loadExperiment()]);
     const { live_version: live } = await api("/v1/models");
     if (page.user && live !== page.modelVersion) await loadRecommendations();
     noticeModel(live);

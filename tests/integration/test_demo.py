@@ -10,7 +10,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from schemas.bundle import Registry
 from tests.conftest import REPO_ROOT, Stack, free_port, settings_of, stack_environment
-from tests.integration.test_serving import SHARED_MACHINE_BUDGETS, call, republished
+from tests.integration.test_serving import SHARED_MACHINE_BUDGETS, call, republished, wait_until
 from tests.integration.test_training import TINY
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -128,6 +128,41 @@ def test_3_the_page_notices_a_new_model(demo, browser):
 
     expect(page.get_by_test_id("swap-notice")).to_contain_text("New model v2", timeout=SWAP_TIMEOUT_MS)
     expect(page.get_by_test_id("model-version")).to_have_text("v2")
+
+
+def arm_counts(base: str) -> dict[str, tuple[int, int]]:
+    """arm -> (impressions, clicks), as GET /v1/experiments reports the stream's counts."""
+    return {
+        arm["name"]: (arm["impressions"], arm["clicks"])
+        for arm in call(base, "/v1/experiments")[1]["experiment"]["arms"]
+    }
+
+
+def test_3_the_page_shows_each_users_arm_and_clicks_in_both_arms_move_that_arms_counts(demo, browser):
+    stack, output = demo
+    base = f"http://127.0.0.1:{stack.settings.serving.serve_port}"
+    experiment = Registry(stack.settings.stack.models_dir).experiment(None)
+    users = call(base, "/v1/users?limit=100")[1]["users"]
+    page = open_page(browser, stack)
+    expect(page.get_by_test_id("experiment-name")).to_have_text("demo-aa", timeout=FIRST_RENDER_TIMEOUT_MS)
+
+    for arm in experiment.arms:
+        user = next(user for user in users if experiment.arm_of(user) == arm)
+        page.get_by_test_id("user-input").fill(user)
+        page.get_by_test_id("user-submit").click()
+        expect(page.get_by_test_id("status")).to_contain_text(f"user {user}:")
+        expect(page.get_by_test_id("arm")).to_have_text(arm.name)
+        impressions, clicks = arm_counts(base)[arm.name]
+        page.get_by_test_id("recommendations").locator("li").first.click()
+        expect(page.get_by_test_id("status")).to_contain_text("applied", timeout=APPLY_TIMEOUT_MS)
+        clicks_cell = page.get_by_test_id("experiment-arms").locator(f"tr[data-arm={arm.name}] td").nth(4)
+        expect(clicks_cell).to_have_text(str(clicks + 1), timeout=APPLY_TIMEOUT_MS)
+        # The page publishes each answer's items as impressions: the one after the click, at least.
+        grown = lambda name=arm.name, before=impressions: arm_counts(base)[name][0] > before  # noqa: E731
+        wait_until(grown, APPLY_TIMEOUT_MS / 1000, f"more impressions of arm {arm.name}")
+
+    assert "experiment demo-aa: an A/A test" in output
+    page.screenshot(path=ARTIFACTS / "demo-experiment.png", full_page=True)
 
 
 def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event(demo):

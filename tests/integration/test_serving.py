@@ -25,11 +25,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from schemas.bundle import CURRENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
+from schemas.bundle import CURRENT, EXPERIMENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
 from schemas.catalogue import CatalogueItem
 from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.events import validate_event
+from schemas.experiments import Experiment, attributed_arm
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from serving.catalogue import LiveCatalogue
@@ -45,9 +46,12 @@ PUBLISHED = 1_735_689_600_000
 APPLY_TIMEOUT_S = 120
 
 
-def call(base: str, path: str, body: object | None = None, headers: dict | None = None) -> tuple[int, dict]:
+def call(
+    base: str, path: str, body: object | None = None, headers: dict | None = None, method: str | None = None
+) -> tuple[int, dict]:
     data = orjson.dumps(body) if body is not None else None
-    request = urllib.request.Request(base + path, data=data, headers=headers or {}, method="POST" if data else "GET")
+    method = method or ("POST" if data else "GET")
+    request = urllib.request.Request(base + path, data=data, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, orjson.loads(response.read())
@@ -228,6 +232,42 @@ def test_10_an_item_published_after_training_is_served_and_ranked_within_seconds
     _, similar_after = call(base, f"/v1/items/{of_genre[1]}/similar?k=200")
     answered = {item["item_id"] for item in after["items"] + similar_after["items"]}
     assert after["fallback"] is False and not answered & {"brand-new", of_genre[0]}
+
+
+def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_stream_for_that_arm(system):
+    _, base, run_dir = system
+    current = Registry(run_dir / "models").current()
+    arms = [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": current, "share": 0.5}]
+    admin = {"Authorization": "Bearer secret"}
+    assert call(base, "/v1/admin/experiments", {"name": "it", "arms": arms}, admin)[0] == 200
+    experiment = Experiment.model_validate({"name": "it", "arms": arms})
+    candidates = [f"arm-{n}" for n in range(64)]
+    users = [[u for u in candidates if experiment.arm_of(u).name == arm["name"]][:3] for arm in arms]
+    expected = {"champion": [0, 0], "challenger": [0, 0]}
+    try:
+        for n, user in enumerate(users[0] + users[1]):
+            _, answer = call(base, f"/v1/recommendations?user_id={user}&k=3")
+            assert answer["arm"] == experiment.arm_of(user).name
+            context = {"request_id": answer["request_id"]}
+            shown = [{**click(user, item["item_id"], 1_735_700_000_000 + rank, 10 * n + rank), "type": "impression",
+                      "context": context} for rank, item in enumerate(answer["items"])]  # fmt: skip
+            clicked = {**click(user, answer["items"][0]["item_id"], 1_735_700_001_000, 10 * n + 9), "context": context}
+            assert call(base, "/v1/events", [*shown, clicked])[0] == 202
+            expected[answer["arm"]][0] += len(shown)
+            expected[answer["arm"]][1] += 1
+
+        def counted():
+            report = call(base, "/v1/experiments")[1]["experiment"]
+            tallies = {arm["name"]: [arm["impressions"], arm["clicks"]] for arm in report["arms"]}
+            return report if tallies == expected else None
+
+        report = wait_until(counted, APPLY_TIMEOUT_S, f"the stream's tallies to reach {expected}")
+    finally:
+        assert call(base, "/v1/admin/experiments", headers=admin, method="DELETE")[0] == 200
+
+    assert [clicks for _, clicks in expected.values()] == [3, 3]
+    assert all(arm["ctr_interval"] is not None for arm in report["arms"])
+    assert call(base, f"/v1/recommendations?user_id={users[1][0]}")[1]["arm"] is None
 
 
 def test_8_on_a_redis_cluster_the_stream_writes_and_the_service_reads_and_ranks(system, redis_cluster, tmp_path):
@@ -660,6 +700,78 @@ def test_in_process_operator_routes_and_the_document_list_every_route(system):
     )
     documented = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
     assert documented == served_routes(settings)
+
+
+def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_streams_counts_and_promotes(
+    system, tmp_path
+):
+    shutil.copytree(system[2] / "models", tmp_path / "models")  # the experiment is written into the registry
+    (tmp_path / "models" / EXPERIMENT).unlink(missing_ok=True)  # test_11's ended one: KF_EXPERIMENT applies
+    current = Registry(tmp_path / "models").current()
+    arms = [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": current, "share": 0.5}]
+    settings = system[0].settings.updated(run_dir=tmp_path, experiment={"name": "ab", "arms": arms})
+    experiment = settings.serving.experiment
+    users = [f"u{n}" for n in range(1, 9)]
+    answered_with = [("impression", "ab:champion:r1"), ("impression", "ab:champion:r1"), ("click", "ab:champion:r1"),
+                     ("impression", "ab:challenger:r2")]  # fmt: skip
+    shown = [
+        {**click("u1", "i9", 1_735_700_900_000 + n, 100 + n), "type": kind, "context": {"request_id": request_id}}
+        for n, (kind, request_id) in enumerate(answered_with)
+    ]
+    store = MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS + shown], settings.pipeline.feature_spec())
+    resources = in_memory_resources(store, RecordingProducer(), LiveCatalogue([]))
+    admin = {"Authorization": "Bearer secret"}
+
+    async def calls(client):
+        answers = [await json_of(await client.get("/v1/recommendations", params={"user_id": u})) for u in users]
+        report = await json_of(await client.get("/v1/experiments"))
+        metrics = await (await client.get("/metrics")).text()
+        post = lambda body, headers=admin: client.post("/v1/admin/experiments", json=body, headers=headers)  # noqa: E731
+        refused = [await json_of(await post({"name": "ab", "arms": arms[:1]})),
+                   await json_of(await post({"name": "ab", "arms": [arms[0], {**arms[1], "version": 999}]})),
+                   (await post({"name": "ab2", "arms": arms}, {})).status]  # fmt: skip
+        started = await json_of(await post({"name": "ab2", "arms": arms}))
+        promote = lambda arm: client.post("/v1/admin/experiments/promote", json={"arm": arm}, headers=admin)  # noqa: E731
+        unknown_arm = await json_of(await promote("nobody"))
+        promoted = await json_of(await promote("challenger"))
+        after = await json_of(await client.get("/v1/recommendations", params={"user_id": "u1"}))
+        document = await (await client.get("/openapi.json")).json()
+        return answers, report, metrics, refused, started, unknown_arm, promoted, after, document
+
+    answers, report, metrics, refused, started, unknown_arm, promoted, after, document = with_client(
+        settings, resources, calls
+    )
+
+    assert {answer["arm"] for _, answer in answers} == {"champion", "challenger"}  # 8 users, both arms
+    for user, (status, answer) in zip(users, answers, strict=True):
+        assert status == 200 and answer["arm"] == experiment.arm_of(user).name and answer["model_version"] == current
+        assert attributed_arm(answer["request_id"]) == ("ab", answer["arm"])
+        conforms(answer, document, "Recommendations")
+    assert len({answer["request_id"] for _, answer in answers}) == len(users)
+    champion, challenger = report[1]["experiment"]["arms"]
+    assert (champion["impressions"], champion["clicks"], challenger["impressions"], challenger["clicks"]) == (
+        2,
+        1,
+        1,
+        0,
+    )
+    assert champion["ctr"] == 0.5 and champion["ctr_interval"][0] < 0.5 < champion["ctr_interval"][1]
+    conforms(report[1], document, "ExperimentAnswer")
+    assert 'kingfisher_experiment_events{arm="champion",experiment="ab",type="impression"} 2.0' in metrics
+    assert 'kingfisher_experiment_ctr{arm="champion",bound="estimate",experiment="ab"} 0.5' in metrics
+    answered = sum(
+        f'kingfisher_experiment_answers_total{{arm="{arm}",experiment="ab"}}' in metrics
+        for arm in ("champion", "challenger")
+    )
+    assert answered == 2
+    assert refused[0][0] == 400 and "arms: Tuple should have at least 2 items" in refused[0][1]["reasons"][0]
+    assert refused[1][0] == 400 and "version 999 does not load" in refused[1][1]["reasons"][0]
+    assert refused[2] == 401
+    assert started[0] == 200 and started[1]["experiment"]["name"] == "ab2"
+    assert unknown_arm[0] == 400
+    assert promoted == (200, {"promoted": "challenger", "live_version": current})
+    assert (after[1]["arm"], attributed_arm(after[1]["request_id"]), after[1]["model_version"]) == (None, None, current)
+    assert Registry(tmp_path / "models").experiment(experiment) is None  # ended for every worker, KF_EXPERIMENT too
 
 
 def request_counts(families) -> float:

@@ -1,4 +1,4 @@
-"""The feature job's three operators wired as the job wires them, without Flink: fake keyed state
+"""The feature job's operators wired as the job wires them, without Flink: fake keyed state
 that pickles (as Flink's does), a writer in memory. Their Redis writes must equal what
 `fold_stream` computes, through batches, duplicates, bad records and a restore from a checkpoint."""
 
@@ -6,9 +6,18 @@ import orjson
 
 from schemas.config import Settings
 from schemas.events import Event, EventType
+from schemas.experiments import ArmTally, ExperimentTallies
 from schemas.logic.streaming import fold_stream, seen_sets, trending_list
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
-from streams.operators import DEAD_LETTERS, SAMPLES, ItemFeaturesFunction, TrendingFunction, UserFeaturesFunction
+from streams.operators import (
+    ARM_EVENTS,
+    DEAD_LETTERS,
+    SAMPLES,
+    ExperimentTalliesFunction,
+    ItemFeaturesFunction,
+    TrendingFunction,
+    UserFeaturesFunction,
+)
 from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
 
 SETTINGS = Settings()
@@ -28,32 +37,55 @@ EVENTS = [
     event(5, "u2", "i2"),
     event(6, "u1", "i3"),
     event(7, "u3", "i1"),
+    # Answers of an experiment's arms: impressions and clicks count for the arm their request_id names.
+    event(8, "u4", "i1", EventType.IMPRESSION, context={"request_id": "ab:champion:r1"}),
+    event(9, "u4", "i2", EventType.IMPRESSION, context={"request_id": "ab:champion:r1"}),
+    event(10, "u4", "i2", context={"request_id": "ab:champion:r1"}),
+    event(11, "u5", "i3", EventType.IMPRESSION, context={"request_id": "ab:challenger:r2"}),
+    event(12, "u5", "i3", EventType.RATING, value=3.0, context={"request_id": "ab:challenger:r2"}),
+    event(13, "u5", "i1", context={"request_id": "not-an-experiment"}),
 ]
+# Counted by hand from the events above: a rating and a request id naming no arm count for nothing.
+AB_TALLIES = ExperimentTallies(
+    {"champion": ArmTally(2, 1), "challenger": ArmTally(1, 0)}, version=4, at_ts=START + 11_000
+)
 
 
 class Job:
-    """The three stages over one keyed state each, writing to one memory writer (one Redis)."""
+    """The stages over one keyed state each (the experiments stage: one per experiment, its key),
+    writing to one memory writer (one Redis)."""
 
-    def __init__(self, states: tuple[KeyedState, KeyedState, KeyedState] | None = None):
-        self.states = states or (KeyedState(), KeyedState(), KeyedState())
+    def __init__(self, states: tuple[KeyedState, KeyedState, KeyedState, dict[str, KeyedState]] | None = None):
+        self.states = states or (KeyedState(), KeyedState(), KeyedState(), {})
         self.writer = MemoryWriter()
         kinds = (UserFeaturesFunction, ItemFeaturesFunction, TrendingFunction)
         self.users, self.items, self.trending = (
-            opened(kind, state, self.writer, SETTINGS) for kind, state in zip(kinds, self.states, strict=True)
+            opened(kind, state, self.writer, SETTINGS) for kind, state in zip(kinds, self.states[:3], strict=True)
         )
+        self.experiments: dict[str, ExperimentTalliesFunction] = {}
         self.dead_letters: list[dict] = []
 
     def run(self, records: list[tuple[bytes, int, int]]) -> None:
-        """One batch of raw records through the three stages, as the job's keyed streams pass them on."""
+        """One batch of raw records through the stages, as the job's keyed streams pass them on."""
         for output in list(self.users.process_element(batch_of(records), None)):
             if output[0] is DEAD_LETTERS:
                 self.dead_letters.append(orjson.loads(output[1]))
+            elif output[0] is ARM_EVENTS:
+                list(self._experiment(output[1][0]).process_element(output[1], None))
             elif output[0] is not SAMPLES:
                 for updates in list(self.items.process_element(output, None)):
                     list(self.trending.process_element(updates, None))
 
-    def checkpoint(self) -> tuple[KeyedState, KeyedState, KeyedState]:
-        return tuple(state.checkpoint() for state in self.states)
+    def _experiment(self, name: str) -> ExperimentTalliesFunction:
+        if name not in self.experiments:
+            state = self.states[3].setdefault(name, KeyedState())
+            self.experiments[name] = opened(ExperimentTalliesFunction, state, self.writer, SETTINGS)
+        return self.experiments[name]
+
+    def checkpoint(self) -> tuple[KeyedState, KeyedState, KeyedState, dict[str, KeyedState]]:
+        users, items, trending, experiments = self.states
+        return (users.checkpoint(), items.checkpoint(), trending.checkpoint(),
+                {name: state.checkpoint() for name, state in experiments.items()})  # fmt: skip
 
 
 def reference(events: list[Event]) -> dict[str, object]:
@@ -65,6 +97,7 @@ def reference(events: list[Event]) -> dict[str, object]:
         expected[redis_key(KeyKind.USER_FEATURES, user_id, "test")] = state.features
     for item_id, state in items.items():
         expected[redis_key(KeyKind.ITEM_FEATURES, item_id, "test")] = state.features
+    expected[redis_key(KeyKind.EXPERIMENT, "ab", "test")] = AB_TALLIES
     return expected
 
 

@@ -1,0 +1,95 @@
+"""The experiment the service runs (schemas/EXPERIMENTS.md): each arm's models and each request's arm.
+
+An arm serving the registry's live version shares the live holder, hot swaps included; an arm pinned
+to a version has a holder of its own, loaded before the experiment starts, so no request meets an arm
+without models. Every worker runs the registry's experiment (set by POST /v1/admin/experiments on
+any worker), checked every KF_MODEL_POLL_S; while none was set, KF_EXPERIMENT.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from schemas.catalogue_topic import CatalogueChanges
+from schemas.experiments import Experiment
+from serving.models import ModelHolder
+
+log = logging.getLogger("kingfisher.serving")
+
+
+class ExperimentError(RuntimeError):
+    """An experiment that cannot run: one of its arms' versions does not load."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A request's arm (None outside an experiment) and the models that answer it."""
+
+    experiment: str | None
+    arm: str | None
+    holder: ModelHolder
+
+
+@dataclass(frozen=True)
+class Running:
+    experiment: Experiment | None = None
+    holders: Mapping[str, ModelHolder] = field(default_factory=dict)
+    """Arm name -> its models."""
+
+
+class Experiments:
+    def __init__(self, live: ModelHolder, pinned_holder: Callable[[int], ModelHolder], default: Experiment | None):
+        """`pinned_holder(version)` makes a holder of one version; `default` is KF_EXPERIMENT."""
+        self.live, self.pinned_holder, self.default = live, pinned_holder, default
+        self.registry = live.registry
+        self.running = Running()
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+
+    def assign(self, user_id: str) -> Assignment:
+        running = self.running  # one read: an experiment switching meanwhile cannot mix two
+        if running.experiment is None:
+            return Assignment(None, None, self.live)
+        arm = running.experiment.arm_of(user_id)
+        return Assignment(running.experiment.name, arm.name, running.holders[arm.name])
+
+    async def start(self, experiment: Experiment | None) -> None:
+        """Load the versions `experiment`'s arms are pinned to, then run it (None: stop the one running).
+        Raises ExperimentError, and the running experiment stays, when a version does not load."""
+        async with self._lock:
+            if experiment == self.running.experiment:
+                return
+            holders = {}
+            for arm in experiment.arms if experiment else ():
+                holders[arm.name] = self.live if arm.version is None else await self._loaded(arm.version)
+            previous, self.running, self.last_error = self.running.experiment, Running(experiment, holders), None
+            log.info("experiment %s running (was %s)", experiment.name if experiment else "none",
+                     previous.name if previous else "none")  # fmt: skip
+
+    async def _loaded(self, version: int) -> ModelHolder:
+        """The running holder of `version` if there is one, else a new one, loaded."""
+        for holder in self.running.holders.values():
+            if holder.pinned == version:
+                return holder
+        holder = self.pinned_holder(version)
+        await holder.refresh()
+        if holder.bundle is None:
+            raise ExperimentError(f"version {version} does not load: {holder.last_error}")
+        return holder
+
+    async def apply(self, changes: CatalogueChanges) -> None:
+        """The catalogue's changes into every pinned arm's models (the live holder takes them itself)."""
+        for holder in {id(h): h for h in self.running.holders.values() if h is not self.live}.values():
+            await holder.apply(changes)
+
+    async def follow(self, poll_s: float) -> None:
+        """Run the registry's experiment, checked every `poll_s`."""
+        while True:
+            try:
+                await self.start(self.registry.experiment(self.default))
+            except (ExperimentError, OSError, ValueError) as error:
+                if str(error) != self.last_error:
+                    log.error("experiment not started: %s", error)
+                self.last_error = str(error)
+            await asyncio.sleep(poll_s)
