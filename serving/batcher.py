@@ -47,6 +47,11 @@ class MicroBatcher(Generic[K, Q, R]):
         self._waiting: deque[_Waiting[K, Q, R]] = deque()
         self._arrived = asyncio.Event()
 
+    @property
+    def idle(self) -> bool:
+        """No request waits for a model thread."""
+        return not self._waiting
+
     async def submit(self, key: K, request: Q) -> R:
         waiting = _Waiting(key, request, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)

@@ -8,6 +8,7 @@ any worker), checked every KF_MODEL_POLL_S; while none was set, KF_EXPERIMENT.
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -24,11 +25,13 @@ class ExperimentError(RuntimeError):
 
 @dataclass(frozen=True)
 class Assignment:
-    """A request's arm (None outside an experiment) and the models that answer it."""
+    """A request's arm (None outside an experiment), the models that answer it, and the shadow arms
+    that rank it too (each for its share of requests), by name."""
 
     experiment: str | None
     arm: str | None
     holder: ModelHolder
+    shadows: tuple[tuple[str, ModelHolder], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,11 @@ class Experiments:
         running = self.running  # one read: an experiment switching meanwhile cannot mix two
         if running.experiment is None:
             return Assignment(None, None, self.live)
-        arm = running.experiment.arm_of(user_id)
-        return Assignment(running.experiment.name, arm.name, running.holders[arm.name])
+        experiment, holders = running.experiment, running.holders
+        arm = experiment.arm_of(user_id)
+        shadows = tuple((shadow.name, holders[shadow.name]) for shadow in experiment.shadows
+                        if random.random() < shadow.share)  # fmt: skip
+        return Assignment(experiment.name, arm.name, holders[arm.name], shadows)
 
     async def start(self, experiment: Experiment | None) -> None:
         """Load the versions `experiment`'s arms are pinned to, then run it (None: stop the one running).

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,6 +28,7 @@ from schemas.logic.pipeline import Ranked, RankRequest, fallback_items
 from schemas.validation import InvalidRecord, validate_record
 from serving.experiments import ExperimentError
 from serving.metrics import MULTIPROCESS_DIR, Metrics
+from serving.models import ModelHolder
 from serving.parameters import (
     BadRequest,
     ItemPath,
@@ -110,7 +111,7 @@ async def recommendations(request: web.Request) -> web.Response:
         left_out = left_out | bundle.withdrawn
     trending = list(state.trending.data.items) if state.trending else []
     reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else COLD_START)
-    ranked = None
+    ranked, shadow_lists = None, {}
     if reason is None:
         asked = RankRequest(
             user_id,
@@ -124,7 +125,7 @@ async def recommendations(request: web.Request) -> web.Response:
             explain=k if explain else 0,
             new_items=app[SETTINGS].pipeline.new_item_candidates,
         )
-        ranked = await _ranked(app, bundle, asked)
+        ranked, shadow_lists = await _ranked_with_shadows(app, bundle, asked, assignment.shadows)
         reason = None if ranked is not None else MODELS_BUSY
     if ranked is not None:
         items = [_item(app, s.item_id, s.score, s.reasons) for s in ranked.items]
@@ -132,12 +133,13 @@ async def recommendations(request: web.Request) -> web.Response:
         app[METRICS].fallbacks.labels(reason.split(":")[0]).inc()
         items = _popular_items(app, bundle, [item for item, _ in trending], left_out, k)
     if assignment.arm is not None:
-        app[METRICS].arm_answers.labels(assignment.experiment, assignment.arm).inc()
+        for arm in (assignment.arm, *shadow_lists):
+            app[METRICS].arm_answers.labels(assignment.experiment, arm).inc()
     return json_response(
         {
             "user_id": user_id,
             "items": items,
-            "request_id": new_request_id(assignment.experiment, assignment.arm),
+            "request_id": new_request_id(assignment.experiment, assignment.arm, shadow_lists),
             "arm": assignment.arm,
             "model_version": bundle.version if bundle else None,
             "features_as_of": state.as_of,
@@ -146,6 +148,24 @@ async def recommendations(request: web.Request) -> web.Response:
             "took_ms": round((time.perf_counter() - clock) * 1000, 2),
         }
     )
+
+
+async def _ranked_with_shadows(
+    app: web.Application, bundle: LoadedBundle, asked: RankRequest, shadows: tuple[tuple[str, ModelHolder], ...]
+) -> tuple[Ranked | None, dict[str, list[str]]]:
+    """The answer's ranking, and beside it (concurrently) each shadow arm's items for the same request.
+    Shadow rankings are best effort: none while requests wait for the model threads (they would take
+    those requests' time), and a shadow arm with no models yet or over the budget is left out."""
+    ranked_by = [(name, holder.bundle) for name, holder in shadows if holder.bundle is not None]
+    if not app[BATCHER].idle:
+        ranked_by = []
+    unexplained = replace(asked, explain=0)
+    ranked, *shadow_ranked = await asyncio.gather(
+        _ranked(app, bundle, asked), *(_ranked(app, shadow, unexplained) for _, shadow in ranked_by)
+    )
+    lists = {name: [scored.item_id for scored in result.items]
+             for (name, _), result in zip(ranked_by, shadow_ranked, strict=True) if result is not None}  # fmt: skip
+    return ranked, lists
 
 
 def _popular_items(app: web.Application, bundle: LoadedBundle | None, trending: list[str], left_out: set[str], k: int):

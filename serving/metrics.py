@@ -78,7 +78,7 @@ class Metrics:
         )
         self.arm_answers = Counter(
             "kingfisher_experiment_answers_total",
-            "Recommendation answers by experiment and arm.",
+            "Recommendation answers by experiment and arm (a shadow arm: the requests it ranked beside the answer).",
             ["experiment", "arm"],
             registry=self.registry,
         )

@@ -53,13 +53,19 @@ class ArmReport(BaseModel):
     name: str
     version: int | None
     share: float
+    shadow: bool
     impressions: int
     clicks: int
+    """A shadow arm's: clicks on the answers of the requests it ranked."""
     ctr: float | None
     ctr_interval: tuple[float, float] | None
     """95 % Wilson interval of the CTR."""
     difference_interval: tuple[float, float] | None
     """95 % interval of this arm's CTR minus the first arm's."""
+    would_have_shown: int | None
+    """A shadow arm's: of the clicked items, how many it would have shown."""
+    shown_interval: tuple[float, float] | None
+    """95 % Wilson interval of would_have_shown / clicks."""
 
 
 class ExperimentReport(BaseModel):

@@ -144,7 +144,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
     (invalid ones become dead letters), redeliveries are dropped, and each event is applied to its
     user in Kafka order, added to the user's seen set and logged for training. Passes the events on
     to the item buckets, one list per bucket and batch, the batch's sample-log lines as one text, and
-    its impressions and clicks of experiments' answers, one list per experiment: (arm, type, ts)."""
+    its impressions and clicks of experiments' answers, one list per experiment: (arm, type, ts, and
+    for a click each shadow arm with whether it would have shown the item)."""
 
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
@@ -170,7 +171,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         if self.sample_log is not None:
             self.sample_log.start_batch()
         by_item_bucket: dict[int, list[tuple]] = defaultdict(list)
-        by_experiment: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+        by_experiment: dict[str, list[tuple]] = defaultdict(list)
         event_times, append_times = [], []
         for raw, partition, offset, append_ms in in_kafka_order(batch):
             try:
@@ -183,8 +184,9 @@ class UserFeaturesFunction(KeyedProcessFunction):
                 continue
             self._apply(event, partition, offset)
             by_item_bucket[self.parameters.item_bucket(event.item_id)].append((ItemEvent.row_of(event), append_ms))
-            if (arm := counted_arm(event)) is not None:
-                by_experiment[arm[0]].append((arm[1], event.type._value_, event.ts))
+            if (counted := counted_arm(event)) is not None:
+                experiment, arm, shadows_shown = counted
+                by_experiment[experiment].append((arm, event.type._value_, event.ts, shadows_shown))
             event_times.append(event.ts)
             append_times.append(append_ms)
         self._write(self.users.commit())
@@ -298,8 +300,8 @@ class ExperimentTalliesFunction(KeyedProcessFunction):
     def process_element(self, message: tuple, ctx: KeyedProcessFunction.Context):
         experiment, counted = message
         tallies = self.state.value() or ExperimentTallies()
-        for arm, event_type, ts in counted:
-            tallies = tallies.counted(arm, EventType(event_type), ts)
+        for arm, event_type, ts, shadows_shown in counted:
+            tallies = tallies.counted(arm, EventType(event_type), ts, shadows_shown)
         self.state.update(tallies)
         p = self.parameters
         self.writer.put(p.key(KeyKind.EXPERIMENT, experiment), tallies.version, tallies, tallies.at_ts, 0)

@@ -196,9 +196,10 @@ async function loadExperiment() {
     ...experiment.arms.map((arm) => {
       const row = element("tr");
       row.dataset.arm = arm.name;
-      const cells = [arm.name, arm.version ? `v${arm.version}` : "live", `${Math.round(100 * arm.share)} %`,
-        arm.impressions, arm.clicks, arm.ctr == null ? "–" : `${(100 * arm.ctr).toFixed(1)} %`,
-        interval(arm.ctr_interval), interval(arm.difference_interval)];
+      const share = `${Math.round(100 * arm.share)} % of ${arm.shadow ? "requests (shadow)" : "users"}`;
+      const cells = [arm.name, arm.version ? `v${arm.version}` : "live", share, arm.impressions, arm.clicks,
+        arm.ctr == null ? "–" : `${(100 * arm.ctr).toFixed(1)} %`, interval(arm.ctr_interval),
+        interval(arm.difference_interval), arm.shadow ? `${arm.would_have_shown} (${interval(arm.shown_interval)})` : "–"];
       row.append(...cells.map((cell) => element("td", "", String(cell))));
       return row;
     }),

@@ -30,7 +30,7 @@ from schemas.catalogue import CatalogueItem
 from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.events import validate_event
-from schemas.experiments import Experiment, attributed_arm
+from schemas.experiments import Experiment, attributed_arm, item_digest
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from serving.catalogue import LiveCatalogue
@@ -237,13 +237,22 @@ def test_10_an_item_published_after_training_is_served_and_ranked_within_seconds
 def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_stream_for_that_arm(system):
     _, base, run_dir = system
     current = Registry(run_dir / "models").current()
-    arms = [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": current, "share": 0.5}]
+    arms = [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": current, "share": 0.5},
+            {"name": "shadow", "version": current, "share": 1.0, "shadow": True}]  # fmt: skip
     admin = {"Authorization": "Bearer secret"}
     assert call(base, "/v1/admin/experiments", {"name": "it", "arms": arms}, admin)[0] == 200
     experiment = Experiment.model_validate({"name": "it", "arms": arms})
     candidates = [f"arm-{n}" for n in range(64)]
-    users = [[u for u in candidates if experiment.arm_of(u).name == arm["name"]][:3] for arm in arms]
-    expected = {"champion": [0, 0], "challenger": [0, 0]}
+    users = [[u for u in candidates if experiment.arm_of(u).name == arm["name"]][:3] for arm in arms[:2]]
+    # A history each, so that the models (and the shadow arm) rank their answers.
+    call(
+        base,
+        "/v1/events",
+        [click(user, "i1", 1_735_600_000_000, 1000 + n) for n, user in enumerate(users[0] + users[1])],
+    )
+    for user in users[0] + users[1]:
+        applied(base, user, 1)
+    expected = {"champion": [0, 0], "challenger": [0, 0], "shadow": [0, 0]}
     try:
         for n, user in enumerate(users[0] + users[1]):
             _, answer = call(base, f"/v1/recommendations?user_id={user}&k=3")
@@ -255,6 +264,7 @@ def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_strea
             assert call(base, "/v1/events", [*shown, clicked])[0] == 202
             expected[answer["arm"]][0] += len(shown)
             expected[answer["arm"]][1] += 1
+            expected["shadow"][1] += 1  # a click on an answer the shadow arm ranked too
 
         def counted():
             report = call(base, "/v1/experiments")[1]["experiment"]
@@ -265,8 +275,10 @@ def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_strea
     finally:
         assert call(base, "/v1/admin/experiments", headers=admin, method="DELETE")[0] == 200
 
-    assert [clicks for _, clicks in expected.values()] == [3, 3]
-    assert all(arm["ctr_interval"] is not None for arm in report["arms"])
+    assert [clicks for _, clicks in expected.values()] == [3, 3, 6]
+    shadow = report["arms"][2]
+    assert shadow["would_have_shown"] == 6  # the same model would have shown every clicked item
+    assert all(arm["ctr_interval"] is not None for arm in report["arms"][:2])
     assert call(base, f"/v1/recommendations?user_id={users[1][0]}")[1]["arm"] is None
 
 
@@ -708,7 +720,8 @@ def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_str
     shutil.copytree(system[2] / "models", tmp_path / "models")  # the experiment is written into the registry
     (tmp_path / "models" / EXPERIMENT).unlink(missing_ok=True)  # test_11's ended one: KF_EXPERIMENT applies
     current = Registry(tmp_path / "models").current()
-    arms = [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": current, "share": 0.5}]
+    arms = [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": current, "share": 0.5},
+            {"name": "shadow", "version": current, "share": 1.0, "shadow": True}]  # fmt: skip
     settings = system[0].settings.updated(run_dir=tmp_path, experiment={"name": "ab", "arms": arms})
     experiment = settings.serving.experiment
     users = [f"u{n}" for n in range(1, 9)]
@@ -745,10 +758,16 @@ def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_str
     assert {answer["arm"] for _, answer in answers} == {"champion", "challenger"}  # 8 users, both arms
     for user, (status, answer) in zip(users, answers, strict=True):
         assert status == 200 and answer["arm"] == experiment.arm_of(user).name and answer["model_version"] == current
-        assert attributed_arm(answer["request_id"]) == ("ab", answer["arm"])
+        attribution = attributed_arm(answer["request_id"])
+        assert (attribution.experiment, attribution.arm) == ("ab", answer["arm"])
+        # The shadow arm ranks every request the models rank (u1 and u2 have a history), with the same model here.
+        ranked = answer["reason"] is None
+        shown = {item_digest(item["item_id"]) for item in answer["items"]}
+        assert attribution.shadows == ({"shadow": shown} if ranked else {}) and ranked == (user in ("u1", "u2"))
         conforms(answer, document, "Recommendations")
     assert len({answer["request_id"] for _, answer in answers}) == len(users)
-    champion, challenger = report[1]["experiment"]["arms"]
+    champion, challenger, shadow = report[1]["experiment"]["arms"]
+    assert (shadow["shadow"], shadow["clicks"], shadow["would_have_shown"], shadow["ctr"]) == (True, 0, 0, None)
     assert (champion["impressions"], champion["clicks"], challenger["impressions"], challenger["clicks"]) == (
         2,
         1,

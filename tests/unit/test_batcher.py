@@ -112,3 +112,26 @@ def test_once_answered_a_batch_leaves_no_reference_to_its_key():
             await asyncio.gather(runner, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_the_batcher_is_idle_only_while_no_request_waits_for_a_model_thread():
+    async def run() -> list[bool]:
+        work, seen = Work(), []
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(work, executor, workers=1, max_batch=3)
+            runner = asyncio.create_task(batcher.run())
+            seen.append(batcher.idle)
+            first = asyncio.create_task(batcher.submit("v1", 1))
+            await asyncio.get_running_loop().run_in_executor(None, work.first_started.wait, 5)
+            seen.append(batcher.idle)  # the one request runs: none waits
+            second = asyncio.create_task(batcher.submit("v1", 2))
+            await asyncio.sleep(0.01)
+            seen.append(batcher.idle)  # the second waits for the busy thread
+            work.release.set()
+            await asyncio.gather(first, second)
+            seen.append(batcher.idle)
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        return seen
+
+    assert asyncio.run(run()) == [True, True, False, True]

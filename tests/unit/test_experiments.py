@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from schemas.events import Event, EventType
 from schemas.experiments import (
     ArmTally,
+    Attribution,
     Experiment,
     ExperimentTallies,
     attributed_arm,
@@ -58,7 +59,9 @@ def test_every_user_gets_one_of_the_experiments_arms(user_id):
     ("arms", "problem"),
     [
         ([{"name": "a", "share": 0.5}, {"name": "a", "share": 0.5}], "names must be unique"),
-        ([{"name": "a", "share": 0.5}, {"name": "b", "share": 0.4}], "shares must add up to 1, got 0.9"),
+        ([{"name": "a", "share": 0.5}, {"name": "b", "share": 0.4}], "serve must add up to 1, got 0.9"),
+        ([{"name": "a", "share": 1.0}, {"name": "b", "share": 0.5}], "serve must add up to 1, got 1.5"),
+        ([{"name": "a", "share": 0.5, "shadow": True}, {"name": "b", "share": 1.0}], "the champion, must serve"),
         ([{"name": "a", "share": 1.0}], "at least 2 items"),
         ([{"name": "a:b", "share": 0.5}, {"name": "b", "share": 0.5}], "should match pattern"),
         ([{"name": "a", "share": 0.5}, {"name": "b", "share": 0.5, "version": 0}], "greater than or equal to 1"),
@@ -72,15 +75,24 @@ def test_an_experiment_whose_arms_cannot_split_users_is_refused_with_the_reason(
 def test_a_request_id_names_the_experiment_and_arm_that_answered_and_nothing_else_does():
     made = new_request_id("ab", "challenger")
 
-    assert attributed_arm(made) == ("ab", "challenger") and made != new_request_id("ab", "challenger")
+    assert attributed_arm(made) == Attribution("ab", "challenger") and made != new_request_id("ab", "challenger")
     assert attributed_arm(new_request_id()) is None
-    for other in (None, "", "ab:challenger", "a:b:c:d", ":arm:token", "ab::token", "a b:arm:token"):
+    for other in (None, "", "ab:challenger", "a:b:c:d", ":arm:token", "ab::token", "a b:arm:token", "a:b:c:s=123",
+                  "a:b:c:s=0000000g", "a:b:c:=00000000"):  # fmt: skip
         assert attributed_arm(other) is None, other
 
 
+def test_a_request_id_carries_what_each_shadow_arm_would_have_shown():
+    made = new_request_id("ab", "champion", {"shadow": ["i1", "i2"], "empty": []})
+
+    # crc32("i1") = 0xa438c22b and crc32("i2") = 0x3d319391 (zlib.crc32, by hand: `printf i1 | gzip -c | tail -c8`).
+    assert made.endswith(":shadow=a438c22b3d319391:empty=")
+    assert attributed_arm(made) == Attribution("ab", "champion", {"shadow": {0xA438C22B, 0x3D319391}, "empty": set()})
+
+
 def test_only_impressions_and_clicks_with_an_arms_request_id_count():
-    assert counted_arm(event(1, EventType.IMPRESSION, "ab:champion:x")) == ("ab", "champion")
-    assert counted_arm(event(2, EventType.CLICK, "ab:challenger:y")) == ("ab", "challenger")
+    assert counted_arm(event(1, EventType.IMPRESSION, "ab:champion:x")) == ("ab", "champion", ())
+    assert counted_arm(event(2, EventType.CLICK, "ab:challenger:y")) == ("ab", "challenger", ())
     assert counted_arm(event(3, EventType.RATING, "ab:champion:x")) is None
     assert counted_arm(event(4, EventType.CLICK, None)) is None
     assert counted_arm(event(5, EventType.CLICK, 17)) is None
@@ -102,6 +114,18 @@ def test_tallies_count_each_arms_impressions_and_clicks_and_every_counted_event_
         {"champion": ArmTally(2, 1), "challenger": ArmTally(1, 0)}, version=4, at_ts=1_735_700_000_004
     )
     assert tallies["other"].arms == {"a": ArmTally(1, 0)}
+
+
+def test_a_click_counts_for_each_shadow_arm_that_ranked_its_request_and_would_have_shown_the_item():
+    shown_i = new_request_id("ab", "champion", {"shadow": ["i", "j"]})
+    shown_other = new_request_id("ab", "champion", {"shadow": ["j", "k"]})
+    events = [event(1, EventType.IMPRESSION, shown_i), event(2, EventType.CLICK, shown_i),
+              event(3, EventType.CLICK, shown_other), event(4, EventType.CLICK, "ab:champion:no-shadow")]  # fmt: skip
+
+    tallies = tallies_of(events)["ab"]
+
+    # Every event is about item "i": the shadow would have shown it for the first click, not the second.
+    assert tallies.arms == {"champion": ArmTally(1, 3), "shadow": ArmTally(0, 2, would_have_shown=1)}
 
 
 def test_the_wilson_interval_matches_hand_computed_values():

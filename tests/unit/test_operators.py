@@ -44,10 +44,14 @@ EVENTS = [
     event(11, "u5", "i3", EventType.IMPRESSION, context={"request_id": "ab:challenger:r2"}),
     event(12, "u5", "i3", EventType.RATING, value=3.0, context={"request_id": "ab:challenger:r2"}),
     event(13, "u5", "i1", context={"request_id": "not-an-experiment"}),
+    # A shadow arm ranked this request and would have shown i2 (crc32 0x3d319391) and i3 (0x4a36a307).
+    event(14, "u4", "i2", context={"request_id": "ab:champion:r3:shadow=3d3193914a36a307"}),
 ]
 # Counted by hand from the events above: a rating and a request id naming no arm count for nothing.
 AB_TALLIES = ExperimentTallies(
-    {"champion": ArmTally(2, 1), "challenger": ArmTally(1, 0)}, version=4, at_ts=START + 11_000
+    {"champion": ArmTally(2, 2), "challenger": ArmTally(1, 0), "shadow": ArmTally(0, 1, would_have_shown=1)},
+    version=5,
+    at_ts=START + 14_000,
 )
 
 
