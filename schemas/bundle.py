@@ -225,6 +225,10 @@ class Registry:
         return doomed
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 def _replace_atomically(path: Path, content: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_bytes(content)
@@ -273,7 +277,7 @@ class LoadedBundle:
         self.embeddings = np.load(directory / ITEM_EMBEDDINGS, allow_pickle=False)
         """[items, d]: row i is item vocabulary.item_ids[i]."""
         self.score_scale = ScoreScale.of(self.embeddings)
-        self._unit_vectors = self.embeddings / np.maximum(np.linalg.norm(self.embeddings, axis=1, keepdims=True), 1e-12)
+        self._unit_vectors = _unit(self.embeddings)
         models = read_served_models(directory)
         self._user_tower = UserTower(models[USER_TOWER], hyperparameters.retrieval_heads)
         self._ranker = DinRanker(models[RANKER], self.ranker_behaviours, hyperparameters.like_weight)
@@ -293,40 +297,77 @@ class LoadedBundle:
     def with_items(self, catalogue: Iterable[CatalogueItem], withdrawn: Iterable[str] = ()) -> "LoadedBundle":
         """This bundle with the catalogue's items it does not know yet, embedded from their content
         (`schemas.logic.served_models`) and added to the index: retrievable, rankable (no
-        interactions, no co-visitation) and with similar items; and with the `withdrawn` items it
-        knows added to `self.withdrawn` (left out of every answer), less those `catalogue` publishes
-        again. Returns self when nothing changes; otherwise a copy: requests in flight keep this one."""
+        interactions, no co-visitation) and with similar items; with the items it knows whose
+        content differs from the one their rows were built from given the new content beside their
+        id embeddings; and with the `withdrawn` items it knows added to `self.withdrawn` (left out of
+        every answer), less those `catalogue` publishes again. Returns self when nothing changes;
+        otherwise a copy: requests in flight keep this one."""
+        published = {item.item_id: item for item in catalogue}
+        newest = [item for item_id, item in published.items() if item_id not in self.vocabulary]
+        changed = self._changed([item for item_id, item in published.items() if item_id in self.vocabulary])
+        still_withdrawn = (self.withdrawn - published.keys()) | {
+            item_id for item_id in withdrawn if item_id in self.vocabulary
+        }
+        if not newest and not changed and still_withdrawn == self.withdrawn:
+            return self
+        grown = copy.copy(self)
+        grown.withdrawn = frozenset(still_withdrawn)
+        if changed:
+            grown._change_content(changed)
+        if newest:
+            grown._add(newest)
+        return grown
+
+    def _changed(self, known: list[CatalogueItem]) -> list[CatalogueItem]:
+        """The items of `known` whose rows were built from other content than theirs now."""
+        from schemas.logic.model_inputs import item_content
+
+        if not known:
+            return []
+        genres, years = item_content(self.vocabulary, known)
+        differs = self._user_tower.content_differs(
+            self.vocabulary.item_indices(i.item_id for i in known), genres, years
+        )
+        return [item for item, changed in zip(known, differs, strict=True) if changed]
+
+    def _change_content(self, changed: list[CatalogueItem]) -> None:
+        """Give the items of `changed` their new content (only on a fresh copy: this writes it)."""
+        from schemas.logic.model_inputs import FIRST_ITEM, item_content
+
+        ids = [item.item_id for item in changed]
+        genres, years = item_content(self.vocabulary, changed)
+        indices = self.vocabulary.item_indices(ids)
+        self._user_tower, vectors = self._user_tower.with_content(indices, genres, years)
+        self._ranker = self._ranker.with_content(indices, genres, years)
+        self.index = self.index.with_vectors(vectors, ids)
+        if self.added_index is not None and (
+            added := [n for n, item_id in enumerate(ids) if item_id in self.added_index]
+        ):
+            self.added_index = self.added_index.with_vectors(vectors[added], [ids[n] for n in added])
+        rows = indices - FIRST_ITEM
+        self.embeddings, self._unit_vectors = self.embeddings.copy(), self._unit_vectors.copy()
+        self.embeddings[rows], self._unit_vectors[rows] = vectors, _unit(vectors)
+
+    def _add(self, newest: list[CatalogueItem]) -> None:
+        """Add the items of `newest` (only on a fresh copy: this writes it)."""
         from schemas.logic.ann import ItemIndex
         from schemas.logic.growing import appended
         from schemas.logic.model_inputs import item_content
 
-        published = {item.item_id: item for item in catalogue}
-        newest = {item_id: item for item_id, item in published.items() if item_id not in self.vocabulary}
-        still_withdrawn = (self.withdrawn - published.keys()) | {
-            item_id for item_id in withdrawn if item_id in self.vocabulary
-        }
-        if not newest and still_withdrawn == self.withdrawn:
-            return self
-        grown = copy.copy(self)
-        grown.withdrawn = frozenset(still_withdrawn)
-        if not newest:
-            return grown
-        ids, new = list(newest), list(newest.values())
-        genres, years = item_content(self.vocabulary, new)
-        grown._user_tower, vectors = self._user_tower.with_items(genres, years)
-        grown._ranker = self._ranker.with_items(genres, years)
-        grown.vocabulary = self.vocabulary.extended(ids)
-        grown.index = self.index.with_items(vectors, ids)
-        grown.added_index = (
+        ids = [item.item_id for item in newest]
+        genres, years = item_content(self.vocabulary, newest)
+        self._user_tower, vectors = self._user_tower.with_items(genres, years)
+        self._ranker = self._ranker.with_items(genres, years)
+        self.vocabulary = self.vocabulary.extended(ids)
+        self.index = self.index.with_items(vectors, ids)
+        self.added_index = (
             self.added_index.with_items(vectors, ids)
             if self.added_index
             else ItemIndex(self.index.exact_max_items).index(vectors, ids)
         )
-        grown.embeddings = appended(self.embeddings, vectors)
-        units = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        grown._unit_vectors = appended(self._unit_vectors, units)
-        grown.popularity = appended(self.popularity, np.zeros(len(new), self.popularity.dtype))
-        return grown
+        self.embeddings = appended(self.embeddings, vectors)
+        self._unit_vectors = appended(self._unit_vectors, _unit(vectors))
+        self.popularity = appended(self.popularity, np.zeros(len(newest), self.popularity.dtype))
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""

@@ -35,6 +35,9 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._rows
+
     def index(self, embeddings: np.ndarray, ids: list[str]) -> "ItemIndex":
         """embeddings: [N, d] float32, ids: N item ids (row i is item ids[i])."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -69,6 +72,18 @@ class ItemIndex:
         # its row lookup from this one's, now rather than in the first search to need it
         grown.__dict__["_rows"] = self._rows | dict(zip(ids, range(len(self), len(grown)), strict=True))
         return grown
+
+    def with_vectors(self, embeddings: np.ndarray, ids: list[str]) -> "ItemIndex":
+        """A copy in which the held items `ids` have new vectors (embeddings [N, d], row i is item
+        ids[i]); this index is unchanged. HNSW cannot move a vector: it is built again."""
+        vectors = self._vectors.copy() if self.kind == "exact" else self._index.reconstruct_n(0, self._index.ntotal)
+        vectors[[self._rows[item_id] for item_id in ids]] = embeddings
+        changed = ItemIndex(self.exact_max_items)
+        if self.kind == "exact":  # searched in NumPy, as in `with_items`
+            changed._index, changed._vectors, changed._ids = self._index, vectors, self._ids
+            changed.__dict__["_rows"] = self._rows
+            return changed
+        return changed.index(vectors, list(self._ids))
 
     def search(
         self, queries: np.ndarray, k: int, exclude: Sequence[Collection[str]] | None = None

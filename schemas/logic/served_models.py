@@ -62,15 +62,25 @@ def content_rows(
     return np.concatenate([id_parts, genre_mean, year_embeddings[years]], axis=1).astype(np.float32)
 
 
+def id_width(arrays: Mapping[str, np.ndarray]) -> int:
+    """Columns of a model's item table that hold the id embedding (the rest: the content's)."""
+    return arrays["items"].shape[1] - arrays["content/genres"].shape[1] - arrays["content/years"].shape[1]
+
+
 def new_item_rows(arrays: Mapping[str, np.ndarray], genres: np.ndarray, years: np.ndarray) -> np.ndarray:
     """Rows of a model's item table (`arrays["items"]` [V, D], unscaled) for new items of `genres`,
     `years`: their content, and zeros for the id embedding no training has seen (README, New items:
     zeros placed new items nearer their users than the never-trained unknown id's row or the mean of
     similar items' ids)."""
-    genre_embeddings, year_embeddings = arrays["content/genres"], arrays["content/years"]
-    id_width = arrays["items"].shape[1] - genre_embeddings.shape[1] - year_embeddings.shape[1]
-    no_id = np.zeros((len(years), id_width), np.float32)
-    return content_rows(no_id, genre_embeddings, year_embeddings, genres, years)
+    return rows_with_content(arrays, np.zeros((len(years), id_width(arrays)), np.float32), genres, years)
+
+
+def rows_with_content(
+    arrays: Mapping[str, np.ndarray], id_parts: np.ndarray, genres: np.ndarray, years: np.ndarray
+) -> np.ndarray:
+    """Rows of a model's item table (unscaled) for items with id embeddings id_parts [N, I] and the
+    content `genres` [N, MAX_GENRES], `years` [N]."""
+    return content_rows(id_parts, arrays["content/genres"], arrays["content/years"], genres, years)
 
 
 def _prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -100,6 +110,26 @@ class UserTower:
         grown = copy.copy(self)
         grown.items = appended(self.items, vectors * self.scale)
         return grown, vectors
+
+    def content_differs(self, indices: np.ndarray, genres: np.ndarray, years: np.ndarray) -> np.ndarray:
+        """indices [N] of items in the table, and their content now -> [N] bool: whether their rows
+        were built from other content (an item changed since training, or since it was added)."""
+        width = id_width(self.arrays)
+        now = rows_with_content(self.arrays, np.zeros((len(indices), width), np.float32), genres, years)
+        built = self.items[indices] / self.scale
+        return ~np.isclose(built[:, width:], now[:, width:], rtol=1e-4, atol=1e-5).all(axis=1)
+
+    def with_content(
+        self, indices: np.ndarray, genres: np.ndarray, years: np.ndarray
+    ) -> tuple["UserTower", np.ndarray]:
+        """indices [N] of items in the table and their new content -> (a tower whose rows for them hold
+        it beside their id embeddings, their new retrieval vectors [N, d]); this tower is unchanged."""
+        ids = self.items[indices][:, : id_width(self.arrays)] / self.scale
+        vectors = rows_with_content(self.arrays, ids, genres, years)
+        changed = copy.copy(self)
+        changed.items = self.items.copy()
+        changed.items[indices] = vectors * self.scale
+        return changed, vectors
 
     def __call__(self, items: np.ndarray, kinds: np.ndarray, ages: np.ndarray) -> np.ndarray:
         present = items > 0
@@ -179,6 +209,15 @@ class DinRanker:
         grown.items = appended(self.items, rows)
         grown.queries = appended(self.queries, self._queries(rows))
         return grown
+
+    def with_content(self, indices: np.ndarray, genres: np.ndarray, years: np.ndarray) -> "DinRanker":
+        """indices [N] of items in the table and their new content -> a ranker whose rows for them hold
+        it beside their id embeddings; this ranker is unchanged."""
+        rows = rows_with_content(self.arrays, self.items[indices][:, : id_width(self.arrays)], genres, years)
+        changed = copy.copy(self)
+        changed.items, changed.queries = self.items.copy(), self.queries.copy()
+        changed.items[indices], changed.queries[indices] = rows, self._queries(rows)
+        return changed
 
     def __call__(self, items, kinds, ages, candidates, features, pairs) -> tuple[np.ndarray, np.ndarray]:
         items, kinds, ages = (array[:, -self.behaviours :] for array in (items, kinds, ages))

@@ -234,6 +234,27 @@ def test_10_an_item_published_after_training_is_served_and_ranked_within_seconds
     assert after["fallback"] is False and not answered & {"brand-new", of_genre[0]}
 
 
+def test_12_an_item_whose_content_changes_moves_to_its_new_genre_within_seconds(system):
+    configured, base, _ = system
+    catalogue = list(SyntheticWorld(WorldSpec(seed=7)).catalogue(PUBLISHED))
+    genres = {item.item_id: item.genres for item in catalogue}
+    film = next(item for item in catalogue if len(item.genres) == 1)
+    new_genre = next(item.genres[0] for item in catalogue if item.genres[0] != film.genres[0])
+    of_new_genre = lambda answer: sum(new_genre in genres.get(item["item_id"], ()) for item in answer["items"])  # noqa: E731
+    before = call(base, f"/v1/items/{film.item_id}/similar?k=200")[1]
+    changed = film.model_copy(update={"genres": [new_genre], "updated_at": PUBLISHED + 1})
+
+    publish(configured, configured.settings.stack.topic_items, [(changed.kafka_key, changed.to_json())])
+    after = wait_until(
+        lambda: (answer := call(base, f"/v1/items/{film.item_id}/similar?k=200")[1]) != before and answer,
+        NEW_ITEM_TIMEOUT_S,
+        "the changed item's similar items",
+    )
+
+    print(f"{film.item_id}: {of_new_genre(before)} -> {of_new_genre(after)} of 200 similar items of {new_genre}")
+    assert of_new_genre(after) > of_new_genre(before), (before, after)
+
+
 def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_stream_for_that_arm(system):
     _, base, run_dir = system
     current = Registry(run_dir / "models").current()

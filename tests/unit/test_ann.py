@@ -88,3 +88,17 @@ def test_items_added_are_found_by_search_and_the_index_they_were_added_to_is_unc
     grown.save(tmp_path / "items.faiss", tmp_path / "ids.json")
     loaded = ItemIndex.load(tmp_path / "items.faiss", tmp_path / "ids.json", exact_max_items)
     assert loaded.search(queries, 10)[1].tolist() == grown.search(queries, 10)[1].tolist() and len(loaded) == 304
+
+
+@pytest.mark.parametrize("exact_max_items", [1000, 100], ids=["exact", "hnsw"])
+def test_items_given_new_vectors_are_found_by_them_and_the_index_they_changed_in_is_unchanged(exact_max_items):
+    rng = np.random.default_rng(5)
+    items, queries = normalised(rng, 300), normalised(rng, 3)
+    index = ItemIndex(exact_max_items).index(items, [f"i{n}" for n in range(300)])
+    before = index.search(queries, 5)[1].tolist()
+
+    changed = index.with_vectors(queries[:2], ["i7", "i8"])  # i7 and i8 now point where the first queries do
+
+    assert changed.kind == index.kind and len(changed) == 300 and "i7" in changed and "new" not in changed
+    assert changed.search(queries[:2], 1)[1][:, 0].tolist() == ["i7", "i8"]
+    assert index.search(queries, 5)[1].tolist() == before

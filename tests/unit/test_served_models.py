@@ -152,3 +152,64 @@ def test_a_new_item_ranks_in_din_as_keras_ranks_the_unknown_id_with_its_content(
     np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
     assert len(original.items) == new_index  # the live ranker is left as it was
+
+
+CHANGED, CONTENT_FROM = 5, 7  # the catalogue gives item 5 the genres and year of item 7
+
+
+def given_new_content(item_embedding, tables) -> None:
+    """Keras's item embedding with CHANGED's lookup rows set to CONTENT_FROM's, as a catalogue change would."""
+    genres, years = tables.genre_table.copy(), tables.year_table.copy()
+    genres[CHANGED], years[CHANGED] = genres[CONTENT_FROM], years[CONTENT_FROM]
+    item_embedding.genre_lookup.assign(genres)
+    item_embedding.year_lookup.assign(years)
+
+
+def test_a_changed_items_rows_in_the_user_tower_equal_keras_with_its_new_content():
+    tables = small_tables()
+    model = SequentialRetrieval(tables, dim=16, length=LENGTH, blocks=2, heads=2, dropout=0.0)
+    items, kinds, ages = sequences(1)
+    items[:, -1] = CHANGED
+    model.user_vectors(items, kinds, ages)  # built
+    randomised(model, 2)
+    tower, indices = UserTower(user_tower_arrays(model), heads=2), np.array([CHANGED])
+    old, new = [(tables.genre_table[[n]], tables.year_table[[n]]) for n in (CHANGED, CONTENT_FROM)]
+    before = tower(items, kinds, ages)
+
+    changed, vectors = tower.with_content(indices, *new)
+
+    assert tower.content_differs(indices, *new).tolist() == [True] and not tower.content_differs(indices, *old).any()
+    given_new_content(model.items, tables)
+    np.testing.assert_allclose(vectors, model.item_vectors(indices).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        changed(items, kinds, ages), model.user_vectors(items, kinds, ages), rtol=1e-4, atol=1e-5
+    )
+    assert not changed.content_differs(indices, *new).any()
+    np.testing.assert_array_equal(tower(items, kinds, ages), before)  # the live tower is left as it was
+
+
+def test_a_changed_items_rows_in_din_equal_keras_with_its_new_content():
+    tables = small_tables()
+    model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS)
+    items, kinds, ages = sequences(3)
+    items[:, -1] = CHANGED
+    rng = np.random.default_rng(4)
+    candidates = rng.integers(1, 12, (ROWS, CANDIDATES)).astype(np.int32)
+    candidates[:, 0] = CHANGED
+    features = rng.normal(size=(ROWS, CANDIDATES, 10)).astype(np.float32)
+    pairs = rng.random((ROWS, CANDIDATES, BEHAVIOURS)).astype(np.float32)
+    model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
+    randomised(model, 5)
+    original = DinRanker(ranker_arrays(model), BEHAVIOURS, 0.5)
+    before = original(items, kinds, ages, candidates, features, pairs)[0]
+
+    changed = original.with_content(np.array([CHANGED]), tables.genre_table[[CONTENT_FROM]],
+                                    tables.year_table[[CONTENT_FROM]])  # fmt: skip
+
+    given_new_content(model.items, tables)
+    scores, attention = changed(items, kinds, ages, candidates, features, pairs)
+    expected_scores, expected_attention = model.served_scores(items, kinds, ages, candidates, features, pairs)
+    np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(scores, before, rtol=1e-4, atol=1e-4)  # the change moved the scores
+    np.testing.assert_array_equal(original(items, kinds, ages, candidates, features, pairs)[0], before)
