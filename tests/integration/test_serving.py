@@ -11,10 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from statistics import NormalDist
 
 import aiohttp
 import hypothesis
 import jsonschema
+import numpy as np
 import orjson
 import psutil
 import pytest
@@ -25,12 +27,23 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from schemas.bundle import CURRENT, EXPERIMENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
+from schemas.bundle import (
+    CURRENT,
+    EXPERIMENT,
+    MANIFEST,
+    SERVED_MODELS,
+    Manifest,
+    Registry,
+    read_served_models,
+    seal,
+    version_name,
+    write_served_models,
+)
 from schemas.catalogue import CatalogueItem
 from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.events import validate_event
-from schemas.experiments import Experiment, attributed_arm, item_digest
+from schemas.experiments import Z_95, Experiment, attributed_arm, item_digest
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from serving.catalogue import LiveCatalogue
@@ -255,6 +268,17 @@ def test_12_an_item_whose_content_changes_moves_to_its_new_genre_within_seconds(
     assert of_new_genre(after) > of_new_genre(before), (before, after)
 
 
+def tallies_reached(base: str, expected: dict[str, list[int]]) -> dict:
+    """The experiment's report once the stream's counts are `expected`: arm -> [impressions, clicks]."""
+
+    def counted():
+        report = call(base, "/v1/experiments")[1]["experiment"]
+        tallies = {arm["name"]: [arm["impressions"], arm["clicks"]] for arm in report["arms"]}
+        return report if tallies == expected else None
+
+    return wait_until(counted, APPLY_TIMEOUT_S, f"the stream's tallies to reach {expected}")
+
+
 def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_stream_for_that_arm(system):
     _, base, run_dir = system
     current = Registry(run_dir / "models").current()
@@ -287,12 +311,7 @@ def test_11_impressions_and_clicks_of_each_arms_answers_are_counted_by_the_strea
             expected[answer["arm"]][1] += 1
             expected["shadow"][1] += 1  # a click on an answer the shadow arm ranked too
 
-        def counted():
-            report = call(base, "/v1/experiments")[1]["experiment"]
-            tallies = {arm["name"]: [arm["impressions"], arm["clicks"]] for arm in report["arms"]}
-            return report if tallies == expected else None
-
-        report = wait_until(counted, APPLY_TIMEOUT_S, f"the stream's tallies to reach {expected}")
+        report = tallies_reached(base, expected)
     finally:
         assert call(base, "/v1/admin/experiments", headers=admin, method="DELETE")[0] == 200
 
@@ -869,3 +888,83 @@ def test_9_worker_processes_share_the_port_swap_models_each_and_count_metrics_to
     assert answers == [200] * 200 and total == 200
     assert sum(each) == 200 and min(each) > 0  # both workers answered, and /metrics summed them
     assert during == [200] * 20 and pids[1] in replacement and pids[0] not in replacement and len(replacement) == 2
+
+
+AB_USERS, AB_ROUNDS, AB_K = 60, 2, 10
+AB_REQUIRED_POWER = 0.99
+
+
+def reversed_copy(registry: Registry, source: int, version: int) -> None:
+    """Version `source` as version `version`, not made current, with its user vectors and its ranker's
+    logits negated: a deliberately worse model (a sign bug), which retrieves the items farthest from
+    the user and ranks the least likely first."""
+    staging = registry.staging(version)
+    shutil.copytree(registry.path(source), staging, dirs_exist_ok=True)
+    models = read_served_models(staging)
+    for model, name in [
+        ("user_tower", "norm/gamma"),
+        ("user_tower", "norm/beta"),
+        ("ranker", "next_logit/kernel"),
+        ("ranker", "next_logit/bias"),
+        ("ranker", "like_logit/kernel"),
+        ("ranker", "like_logit/bias"),
+    ]:
+        models[model][name] = -models[model][name]  # fmt: skip
+    write_served_models(staging, models)
+    manifest = Manifest.model_validate_json((staging / MANIFEST).read_bytes())
+    seal(staging, manifest.model_copy(update={"version": version, "parent_version": source}))
+    staging.rename(registry.path(version))
+
+
+def test_13_simulated_users_clicking_by_the_worlds_true_probabilities_find_a_worse_challenger_worse(system):
+    """The synthetic world's users, with histories of their interests, ask the real service and click
+    what it shows with the world's click probabilities; the stream's counts must show the reversed
+    challenger's CTR significantly lower (its 95 % interval of the difference below 0). The power of
+    that check, from the true probabilities of what each arm showed, is asserted first."""
+    _, base, run_dir = system
+    registry, world = Registry(run_dir / "models"), SyntheticWorld(WorldSpec(seed=7))
+    current, worse = registry.current(), registry.next_version()
+    reversed_copy(registry, current, worse)
+    arms = [{"name": "champion", "share": 0.5}, {"name": "reversed", "version": worse, "share": 0.5}]
+    admin, rng = {"Authorization": "Bearer secret"}, np.random.default_rng(11)
+    users = [f"u{n}" for n in range(AB_USERS)]
+    for n, user in enumerate(users):  # five clicks on items of the user's interests, a day before
+        liked = np.flatnonzero(world.item_genres[:, world.user_interests[n]].any(axis=1))
+        history = [click(user, f"i{item}", 1_735_600_000_000 + step, 2000 + step)
+                   for step, item in enumerate(rng.choice(liked, 5, replace=False))]  # fmt: skip
+        assert call(base, "/v1/events", history)[0] == 202
+    for user in users:
+        applied(base, user, 5)
+    assert call(base, "/v1/admin/experiments", {"name": "worse", "arms": arms}, admin)[0] == 200
+    published = {"champion": [0, 0], "reversed": [0, 0]}
+    truth: dict[str, list[float]] = {"champion": [], "reversed": []}
+    try:
+        for round_number in range(AB_ROUNDS):
+            for n, user in enumerate(users):
+                _, answer = call(base, f"/v1/recommendations?user_id={user}&k={AB_K}")
+                shown = [item["item_id"] for item in answer["items"] if item["item_id"].removeprefix("i").isdigit()]
+                chance = world.click_probability(n, np.array([int(i[1:]) for i in shown]), np.arange(len(shown)))
+                clicked = rng.random(len(shown)) < chance
+                context = {"request_id": answer["request_id"]}
+                ts, stem = 1_735_700_000_000 + round_number * 1000, f"{user}-ab{round_number}"
+                events = [{"event_id": f"{stem}-{kind}{p}", "user_id": user, "item_id": item, "type": kind,
+                           "ts": ts + p, "context": context}
+                          for p, item in enumerate(shown)
+                          for kind in ("impression", *(["click"] if clicked[p] else []))]  # fmt: skip
+                assert call(base, "/v1/events", events)[0] == 202
+                published[answer["arm"]][0] += len(shown)
+                published[answer["arm"]][1] += int(clicked.sum())
+                truth[answer["arm"]] += chance.tolist()
+
+        report = tallies_reached(base, published)
+    finally:
+        assert call(base, "/v1/admin/experiments", headers=admin, method="DELETE")[0] == 200
+
+    (p1, n1), (p2, n2) = [(float(np.mean(truth[arm])), len(truth[arm])) for arm in ("champion", "reversed")]
+    spread = np.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    power = float(NormalDist().cdf((p1 - p2) / spread - Z_95))  # of a one-sided 2.5 % test, at the true CTRs
+    print(f"true CTR champion {p1:.3f} (n={n1}), reversed {p2:.3f} (n={n2}): power {power:.4f}; "
+          f"observed {report['arms'][0]['ctr']:.3f} vs {report['arms'][1]['ctr']:.3f}, "
+          f"difference interval {report['arms'][1]['difference_interval']}")  # fmt: skip
+    assert power >= AB_REQUIRED_POWER
+    assert report["arms"][1]["difference_interval"][1] < 0
