@@ -353,7 +353,6 @@ async def experiments(request: web.Request) -> web.Response:
         return json_response({"experiment": None, "error": request.app[EXPERIMENTS].last_error})
     stored = await _from_store(request.app, request.app[STORE].experiment_tallies(running.name))
     report = experiment_report(running, stored.data if stored else None)
-    request.app[METRICS].experiment_report(report)
     return json_response({"experiment": report, "error": request.app[EXPERIMENTS].last_error})
 
 

@@ -84,7 +84,7 @@ class Metrics:
         )
         self.arm_tallies = Gauge(
             "kingfisher_experiment_events",
-            "Impressions and clicks the stream attributed to each arm (as of the last GET /v1/experiments).",
+            "Impressions and clicks the stream attributed to each arm (read from Redis every KF_MODEL_POLL_S).",
             ["experiment", "arm", "type"],
             registry=self.registry,
             multiprocess_mode="mostrecent",

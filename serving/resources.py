@@ -10,11 +10,13 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from confluent_kafka import Producer
 
 from schemas.catalogue_topic import CATALOGUE_READ_TIMEOUT_S
 from schemas.config import Settings
+from schemas.experiments import experiment_report
 from schemas.feature_store import AsyncFeatureStore
 from schemas.logic.pipeline import rank_batch
 from serving.batcher import MicroBatcher
@@ -81,6 +83,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[MODELS].follow(wake), name="models"),
         asyncio.create_task(app[EXPERIMENTS].follow(settings.serving.model_poll_s), name="experiment"),
         asyncio.create_task(_apply_catalogue(app, batches), name="catalogue"),
+        asyncio.create_task(_report_experiment(app), name="experiment report"),
     ]
     yield
     for task in tasks:
@@ -99,6 +102,20 @@ def _serve_deliveries(producer: Producer, stop: threading.Event) -> None:
     """Run the producer's delivery callbacks (they settle POST /v1/events' acknowledgements)."""
     while not stop.is_set():
         producer.poll(0.1)
+
+
+async def _report_experiment(app: web.Application) -> None:
+    """The running experiment's counts into Prometheus every KF_MODEL_POLL_S, whoever reads them."""
+    while True:
+        await asyncio.sleep(app[SETTINGS].serving.model_poll_s)
+        if (running := app[EXPERIMENTS].running.experiment) is None:
+            continue
+        try:
+            stored = await app[STORE].experiment_tallies(running.name)
+        except (aioredis.RedisError, OSError) as error:
+            log.debug("experiment counts not read: %s", error)
+            continue
+        app[METRICS].experiment_report(experiment_report(running, stored.data if stored else None))
 
 
 async def _apply_catalogue(app: web.Application, batches: asyncio.Queue) -> None:
