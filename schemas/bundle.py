@@ -232,7 +232,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 def _replace_atomically(path: Path, content: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_bytes(content)
-    temporary.replace(path)
+    try:
+        temporary.replace(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_served_models(directory: Path, models: dict[str, dict[str, np.ndarray]]) -> None:

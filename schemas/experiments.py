@@ -28,6 +28,10 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 REQUEST_ID_SEPARATOR = ":"
 SHADOW_SEPARATOR = "="
 DIGEST_HEX = 8
+# A request id rides in an event's context (at most 2 KiB as JSON): two shadow arms of 100 digests
+# each, with the longest names, take 1,750 characters.
+MAX_SHADOW_ARMS = 2
+MAX_SHADOW_DIGESTS = 100
 SHARE_TOLERANCE = 1e-9
 Z_95 = 1.959963984540054
 COUNTED = (EventType.IMPRESSION, EventType.CLICK)
@@ -68,6 +72,8 @@ class Experiment(BaseModel):
             raise ValueError(f"arms: names must be unique, got {names}")
         if self.arms[0].shadow:
             raise ValueError("arms: the first arm, the champion, must serve")
+        if len(self.shadows) > MAX_SHADOW_ARMS:
+            raise ValueError(f"arms: at most {MAX_SHADOW_ARMS} shadow arms (request ids carry what each would show)")
         if abs(sum(arm.share for arm in self.serving) - 1) > SHARE_TOLERANCE:
             shares = sum(arm.share for arm in self.serving)
             raise ValueError(f"arms: the shares of the arms that serve must add up to 1, got {shares:g}")
@@ -102,12 +108,14 @@ def new_request_id(
     experiment: str | None = None, arm: str | None = None, shadows: Mapping[str, Sequence[str]] | None = None
 ) -> str:
     """A fresh request id; within an experiment it names the experiment and the arm that answered,
-    and each shadow arm that ranked the request with the digests of the items it would have shown."""
+    and each shadow arm that ranked the request with the digests of the items it would have shown
+    (its first MAX_SHADOW_DIGESTS)."""
     token = secrets.token_hex(8)
     if not (experiment and arm):
         return token
     shadow_parts = [
-        f"{shadow}{SHADOW_SEPARATOR}" + "".join(f"{item_digest(item):0{DIGEST_HEX}x}" for item in items)
+        f"{shadow}{SHADOW_SEPARATOR}"
+        + "".join(f"{item_digest(item):0{DIGEST_HEX}x}" for item in items[:MAX_SHADOW_DIGESTS])
         for shadow, items in (shadows or {}).items()
     ]
     return REQUEST_ID_SEPARATOR.join((experiment, arm, token, *shadow_parts))

@@ -379,7 +379,10 @@ async def promote_arm(request: web.Request) -> web.Response:
     if arm is None:
         raise BadRequest(f"arm: no arm {arm_name!r} in the running experiment")
     if arm.version is not None:
-        request.app[MODELS].registry.make_current(arm.version)
+        try:
+            request.app[MODELS].registry.make_current(arm.version)
+        except OSError as error:
+            raise Unavailable(f"the model registry is not writable ({error}): nothing changed") from None
         await request.app[MODELS].refresh()
     await _run_experiment(request.app, None)
     bundle = request.app[MODELS].bundle
@@ -387,11 +390,18 @@ async def promote_arm(request: web.Request) -> web.Response:
 
 
 async def _run_experiment(app: web.Application, experiment: Experiment | None) -> None:
+    """Run `experiment` here (its versions loaded), then in the registry for every worker; if the
+    registry cannot be written, this worker goes back to the experiment it ran."""
+    previous = app[EXPERIMENTS].running.experiment
     try:
         await app[EXPERIMENTS].start(experiment)
     except ExperimentError as error:
         raise BadRequest(f"arms: {error}") from None
-    app[MODELS].registry.set_experiment(experiment)
+    try:
+        app[MODELS].registry.set_experiment(experiment)
+    except OSError as error:
+        await app[EXPERIMENTS].start(previous)
+        raise Unavailable(f"the model registry is not writable ({error}): nothing changed") from None
 
 
 async def _json_body(request: web.Request):

@@ -788,15 +788,20 @@ def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_str
                    await json_of(await post({"name": "ab", "arms": [arms[0], {**arms[1], "version": 999}]})),
                    (await post({"name": "ab2", "arms": arms}, {})).status]  # fmt: skip
         started = await json_of(await post({"name": "ab2", "arms": arms}))
+        (tmp_path / "models" / EXPERIMENT).unlink()
+        (tmp_path / "models" / EXPERIMENT / "in-the-way").mkdir(parents=True)  # the registry cannot be written
+        unwritable = await json_of(await post({"name": "ab3", "arms": arms}))
+        still = (await json_of(await client.get("/v1/experiments")))[1]["experiment"]["name"]
+        shutil.rmtree(tmp_path / "models" / EXPERIMENT)
         promote = lambda arm: client.post("/v1/admin/experiments/promote", json={"arm": arm}, headers=admin)  # noqa: E731
         unknown_arm = await json_of(await promote("nobody"))
         promoted = await json_of(await promote("challenger"))
         after = await json_of(await client.get("/v1/recommendations", params={"user_id": "u1"}))
         document = await (await client.get("/openapi.json")).json()
-        return answers, report, metrics, refused, started, unknown_arm, promoted, after, document
+        return answers, report, metrics, refused, (started, unwritable, still), unknown_arm, promoted, after, document
 
-    answers, report, metrics, refused, started, unknown_arm, promoted, after, document = with_client(
-        settings, resources, calls
+    answers, report, metrics, refused, (started, unwritable, still), unknown_arm, promoted, after, document = (
+        with_client(settings, resources, calls)
     )
 
     assert {answer["arm"] for _, answer in answers} == {"champion", "challenger"}  # 8 users, both arms
@@ -829,6 +834,7 @@ def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_str
     assert refused[1][0] == 400 and "version 999 does not load" in refused[1][1]["reasons"][0]
     assert refused[2] == 401
     assert started[0] == 200 and started[1]["experiment"]["name"] == "ab2"
+    assert unwritable[0] == 503 and "not writable" in unwritable[1]["error"] and still == "ab2"
     assert unknown_arm[0] == 400
     assert promoted == (200, {"promoted": "challenger", "live_version": current})
     assert (after[1]["arm"], attributed_arm(after[1]["request_id"]), after[1]["model_version"]) == (None, None, current)

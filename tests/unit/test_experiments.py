@@ -5,6 +5,8 @@ from pydantic import ValidationError
 
 from schemas.events import Event, EventType
 from schemas.experiments import (
+    MAX_SHADOW_ARMS,
+    MAX_SHADOW_DIGESTS,
     ArmTally,
     Attribution,
     Experiment,
@@ -62,6 +64,10 @@ def test_every_user_gets_one_of_the_experiments_arms(user_id):
         ([{"name": "a", "share": 0.5}, {"name": "b", "share": 0.4}], "serve must add up to 1, got 0.9"),
         ([{"name": "a", "share": 1.0}, {"name": "b", "share": 0.5}], "serve must add up to 1, got 1.5"),
         ([{"name": "a", "share": 0.5, "shadow": True}, {"name": "b", "share": 1.0}], "the champion, must serve"),
+        (
+            [{"name": "a", "share": 1.0}, *({"name": f"s{n}", "share": 0.1, "shadow": True} for n in range(3))],
+            "at most 2 shadow arms",
+        ),
         ([{"name": "a", "share": 1.0}], "at least 2 items"),
         ([{"name": "a:b", "share": 0.5}, {"name": "b", "share": 0.5}], "should match pattern"),
         ([{"name": "a", "share": 0.5}, {"name": "b", "share": 0.5, "version": 0}], "greater than or equal to 1"),
@@ -88,6 +94,15 @@ def test_a_request_id_carries_what_each_shadow_arm_would_have_shown():
     # crc32("i1") = 0xa438c22b and crc32("i2") = 0x3d319391 (zlib.crc32, by hand: `printf i1 | gzip -c | tail -c8`).
     assert made.endswith(":shadow=a438c22b3d319391:empty=")
     assert attributed_arm(made) == Attribution("ab", "champion", {"shadow": {0xA438C22B, 0x3D319391}, "empty": set()})
+
+
+def test_the_longest_request_id_fits_an_events_context():
+    long = "x" * 32
+    shadows = {f"{long[:-1]}{n}": [f"item-{i}" for i in range(500)] for n in range(MAX_SHADOW_ARMS)}
+    request_id = new_request_id(long, long, shadows)
+
+    event(1, EventType.CLICK, request_id)  # valid: context within MAX_CONTEXT_BYTES
+    assert len(attributed_arm(request_id).shadows[f"{long[:-1]}0"]) == MAX_SHADOW_DIGESTS
 
 
 def test_only_impressions_and_clicks_with_an_arms_request_id_count():

@@ -128,8 +128,11 @@ def written_directories(container: dict, settings: Settings) -> dict[str, list[P
     """What the container's program writes, by where it must live: 'shared' (other pods read it) or
     'own' (this pod's processes only), as the code names the directories."""
     module = " ".join(container.get("command", []) + container.get("args", []))
-    if "-m serving" in module:
-        return {"own": [metrics_directory(settings, settings.serving.serve_port)]}
+    if "-m serving" in module:  # the registry: the experiment, and CURRENT on a promotion
+        return {
+            "own": [metrics_directory(settings, settings.serving.serve_port)],
+            "shared": [settings.stack.models_dir],
+        }
     if "-m training.scheduler" in module:
         return {"shared": [settings.stack.models_dir]}
     configured = kind("FlinkDeployment")["spec"]["flinkConfiguration"]["state.backend.rocksdb.localdir"]
