@@ -404,6 +404,12 @@ SETTING_PATHS: Mapping[str, tuple[str, ...]] = setting_paths(Settings)
 """Each setting's flat name -> the sections it sits in, e.g. ``ranker_width -> (training, model)``."""
 
 
+def environment_variable(name: str) -> str:
+    """The variable that sets a setting, by its flat name, over every other environment variable:
+    its sectioned form (``stream_batch_ms`` -> ``KF_STREAM__STREAM_BATCH_MS``)."""
+    return "KF_" + "__".join(part.upper() for part in (*SETTING_PATHS[name], name))
+
+
 def sectioned(values: Mapping[str, Any]) -> dict[str, Any]:
     """`values` with every flat name moved into its section; a flat value wins over its section's.
     Unknown names stay where they are, for validation to reject by name."""

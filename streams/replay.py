@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.progress import Progress
 
-from schemas.config import Settings
+from schemas.config import Settings, environment_variable
 from schemas.feature_store import FeatureStore
 from streams.publish import progress_bar
 
@@ -68,16 +68,22 @@ def replayed_so_far(consumer: Consumer, replay: ReplayPlan) -> int:
     return sum(max(0, tp.offset - replay.start[tp.partition]) for tp in committed if tp.offset >= 0)
 
 
-def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: Progress) -> int:
-    """Run the bounded job with a progress bar; returns its exit code."""
+def job_command(settings: Settings, replay: ReplayPlan, from_ms: int | None) -> tuple[list[str], dict[str, str]]:
+    """The bounded feature job's command line and environment: its batches gather for KF_REPLAY_BATCH_MS."""
     command = [sys.executable, "-m", "streams.feature_job", "--namespace", replay.namespace, "--topic", replay.topic,
                "--bounded", "--fresh", "--no-samples"]  # fmt: skip
     if from_ms is not None:
         command += ["--from-timestamp", str(from_ms)]
     env = os.environ | {
         "KF_CHECKPOINT_INTERVAL_S": os.environ.get("KF_CHECKPOINT_INTERVAL_S", REPLAY_CHECKPOINT_INTERVAL_S),
-        "KF_STREAM_BATCH_MS": str(settings.stream.replay_batch_ms),
+        environment_variable("stream_batch_ms"): str(settings.stream.replay_batch_ms),
     }
+    return command, env
+
+
+def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: Progress) -> int:
+    """Run the bounded job with a progress bar; returns its exit code."""
+    command, env = job_command(settings, replay, from_ms)
     log_path = settings.stack.logs_dir / f"replay-{replay.namespace}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
