@@ -228,6 +228,13 @@ class FeatureStore:
                 dropped, batch = dropped + self.client.unlink(*batch), []
         return dropped + (self.client.unlink(*batch) if batch else 0)
 
+    def add_toolchain_records(self, topic: str, namespace: str, *records: str) -> None:
+        """The toolchain check's copy of `topic` (`streams.smoke`): a set, so a re-run adds nothing twice."""
+        self.client.sadd(redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace), *records)
+
+    def toolchain_records(self, topic: str, namespace: str) -> set[str]:
+        return {_text(record) for record in self.client.smembers(redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace))}
+
     def close(self) -> None:
         self.client.close()
 

@@ -8,37 +8,38 @@ had when it started. Operators can run it on a new deployment before the real jo
 import argparse
 import sys
 
-import redis
 from pyflink.common import WatermarkStrategy
 from pyflink.datastream import DataStream, ProcessFunction, RuntimeContext
 
 from schemas.config import Settings
+from schemas.feature_store import FeatureStore
 from schemas.redis_format import KeyKind, redis_key
 from streams.flink_env import discarding_sink, execution_environment, kafka_text_source
 
 
 class AddToRedisSet(ProcessFunction):
-    """Adds each record to one Redis set; SADD makes a re-run idempotent."""
+    """Adds each record to the topic's toolchain-check set in the feature store; a re-run adds nothing twice."""
 
-    def __init__(self, host: str, port: int, key: str):
-        self.host, self.port, self.key = host, port, key
-        self.client: redis.Redis | None = None
+    def __init__(self, host: str, port: int, cluster: bool, topic: str, namespace: str):
+        self.host, self.port, self.cluster, self.topic, self.namespace = host, port, cluster, topic, namespace
+        self.store: FeatureStore | None = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.client = redis.Redis(host=self.host, port=self.port)
+        self.store = FeatureStore.connect(self.host, self.port, cluster=self.cluster)
 
     def process_element(self, value: str, ctx: ProcessFunction.Context):
-        self.client.sadd(self.key, value)
+        self.store.add_toolchain_records(self.topic, self.namespace, value)
         return iter(())
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        if self.store is not None:
+            self.store.close()
 
 
-def build(records: DataStream, settings: Settings, key: str) -> None:
+def build(records: DataStream, settings: Settings, topic: str, namespace: str) -> None:
+    stack = settings.stack
     (
-        records.process(AddToRedisSet(settings.stack.redis_address, settings.stack.redis_port, key))
+        records.process(AddToRedisSet(stack.redis_address, stack.redis_port, stack.redis_cluster, topic, namespace))
         .name("add-to-redis-set")
         .sink_to(discarding_sink())
         .name("end")
@@ -47,13 +48,15 @@ def build(records: DataStream, settings: Settings, key: str) -> None:
 
 def run(settings: Settings, topic: str, namespace: str) -> int:
     """Copy `topic` into Redis and return the size of the resulting set."""
-    key = redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace)
     env = execution_environment(settings, parallelism=1)
     source = kafka_text_source(settings, topic, group_id=f"kingfisher-smoke-{namespace}", bounded=True)
-    build(env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka-source"), settings, key)
+    build(env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka-source"), settings, topic, namespace)
     env.execute(f"kingfisher-smoke-{topic}")
-    with redis.Redis(host=settings.stack.redis_address, port=settings.stack.redis_port) as client:
-        return client.scard(key)
+    store = FeatureStore.for_stack(settings.stack)
+    try:
+        return len(store.toolchain_records(topic, namespace))
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

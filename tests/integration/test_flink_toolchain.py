@@ -1,13 +1,12 @@
 """The smoke test of the whole toolchain: Kafka -> PyFlink (KafkaSource, Python operator) -> Redis."""
 
-import redis
 from confluent_kafka import Producer
 
-from schemas.redis_format import KeyKind, redis_key
+from schemas.feature_store import FeatureStore
 from tests.conftest import Stack
 
 
-def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str, redis_client: redis.Redis):
+def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str):
     records = [f'{{"n": {i}, "text": "récord {i}"}}' for i in range(500)]
     producer = Producer({"bootstrap.servers": stack.settings.stack.kafka_bootstrap, "acks": "all"})
     for i, record in enumerate(records):
@@ -18,4 +17,4 @@ def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str,
 
     assert job.returncode == 0, job.stdout + job.stderr
     assert f"{len(records)} distinct records" in job.stdout
-    assert redis_client.smembers(redis_key(KeyKind.TOOLCHAIN_CHECK, new_topic, "flinktest")) == set(records)
+    assert FeatureStore.for_stack(stack.settings.stack).toolchain_records(new_topic, "flinktest") == set(records)

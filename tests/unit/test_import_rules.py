@@ -40,3 +40,31 @@ def test_each_package_imports_only_what_its_room_may(package):
     }
 
     assert crossings == {}
+
+
+REDIS_CLIENTS = {"Redis", "RedisCluster", "StrictRedis", "from_url"}
+STORE = REPO_ROOT / "schemas" / "feature_store.py"
+
+
+def redis_clients_made(path: Path) -> list[int]:
+    """Lines of `path` that construct a Redis client (`redis.Redis(...)`, `RedisCluster(...)`, `from_url(...)`)."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call)
+        and (node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None))
+        in REDIS_CLIENTS
+    ]
+
+
+def test_only_the_feature_store_opens_redis_in_the_deployed_processes():
+    """REDIS_FORMAT.md: the feature store is the one module that writes and reads Kingfisher's keys;
+    `infra/` may open Redis to start and check the local server."""
+    opened = {
+        str(path.relative_to(REPO_ROOT)): lines
+        for package in ("schemas", *PROCESSES)
+        for path in sorted((REPO_ROOT / package).rglob("*.py"))
+        if path != STORE and (lines := redis_clients_made(path))
+    }
+
+    assert redis_clients_made(STORE) and opened == {}
