@@ -289,6 +289,8 @@ class LoadedBundle:
         """The items of the catalogue added since training (`with_items`); None: none."""
         self.withdrawn: frozenset[str] = frozenset()
         """Items withdrawn from the catalogue (`with_items`): no answer holds them."""
+        self._withdrawn_rows = np.empty(0, np.int64)
+        """Their rows of `embeddings`, for `similar`."""
 
     @property
     def version(self) -> int:
@@ -316,6 +318,7 @@ class LoadedBundle:
             return self
         grown = copy.copy(self)
         grown.withdrawn = frozenset(still_withdrawn)
+        grown._withdrawn_rows = self.vocabulary.item_indices(grown.withdrawn) - FIRST_ITEM  # known items only
         if changed:
             grown._change_content(changed)
         if newest:
@@ -392,7 +395,7 @@ class LoadedBundle:
             return None
         similarity = self._unit_vectors @ self._unit_vectors[row]
         similarity[row] = -np.inf
-        similarity[self.vocabulary.item_indices(self.withdrawn) - FIRST_ITEM] = -np.inf
+        similarity[self._withdrawn_rows] = -np.inf
         best = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]
         best = best[np.argsort(-similarity[best], kind="stable")]
         return [(self.vocabulary.item_ids[n], float(similarity[n])) for n in best if np.isfinite(similarity[n])]

@@ -157,8 +157,8 @@ async def _ranked_with_shadows(
     Shadow rankings are best effort: none while requests wait for the model threads (they would take
     those requests' time), and a shadow arm with no models yet or over the budget is left out."""
     ranked_by = [(name, holder.bundle) for name, holder in shadows if holder.bundle is not None]
-    if not app[BATCHER].idle:
-        ranked_by = []
+    if not ranked_by or not app[BATCHER].idle:  # most requests: no task of their own, as before experiments
+        return await _ranked(app, bundle, asked), {}
     unexplained = replace(asked, explain=0)
     ranked, *shadow_ranked = await asyncio.gather(
         _ranked(app, bundle, asked), *(_ranked(app, shadow, unexplained) for _, shadow in ranked_by)

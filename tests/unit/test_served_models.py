@@ -35,6 +35,15 @@ def sequences(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return items, kinds, ages
 
 
+def ranker_inputs(first_candidate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates [ROWS, CANDIDATES] from `first_candidate` to 11, their features and co-visitation pairs."""
+    rng = np.random.default_rng(4)
+    candidates = rng.integers(first_candidate, 12, (ROWS, CANDIDATES)).astype(np.int32)
+    features = rng.normal(size=(ROWS, CANDIDATES, 10)).astype(np.float32)
+    pairs = rng.random((ROWS, CANDIDATES, BEHAVIOURS)).astype(np.float32)
+    return candidates, features, pairs
+
+
 def test_age_buckets_equal_the_models():
     seconds = np.array([-5.0, 0.0, 0.4, 1.0, 2.9, 3.0, 1e3, 86_400.0, 2.6e8, 1e12], np.float32)
 
@@ -56,10 +65,7 @@ def test_the_user_tower_equals_the_keras_user_vectors():
 def test_the_ranker_equals_the_keras_din_scores_and_attention(like_weight):
     model = DeepInterestNetwork(small_tables(), width=16, like_weight=like_weight, behaviours=BEHAVIOURS)
     items, kinds, ages = sequences(3)
-    rng = np.random.default_rng(4)
-    candidates = rng.integers(1, 12, (ROWS, CANDIDATES)).astype(np.int32)
-    features = rng.normal(size=(ROWS, CANDIDATES, 10)).astype(np.float32)
-    pairs = rng.random((ROWS, CANDIDATES, BEHAVIOURS)).astype(np.float32)
+    candidates, features, pairs = ranker_inputs(first_candidate=1)
     model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
     randomised(model, 5)
 
@@ -129,10 +135,7 @@ def test_a_new_item_ranks_in_din_as_keras_ranks_the_unknown_id_with_its_content(
     tables = tables_whose_unknown_id_has_the_content_of(NEW_CONTENT_OF)
     model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS)
     items, kinds, ages = known_items_only(*sequences(3))
-    rng = np.random.default_rng(4)
-    candidates = rng.integers(2, 12, (ROWS, CANDIDATES)).astype(np.int32)
-    features = rng.normal(size=(ROWS, CANDIDATES, 10)).astype(np.float32)
-    pairs = rng.random((ROWS, CANDIDATES, BEHAVIOURS)).astype(np.float32)
+    candidates, features, pairs = ranker_inputs(first_candidate=2)
     model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
     randomised(model, 5)
     content = tables.genre_table[[NEW_CONTENT_OF]], tables.year_table[[NEW_CONTENT_OF]]
@@ -193,11 +196,8 @@ def test_a_changed_items_rows_in_din_equal_keras_with_its_new_content():
     model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS)
     items, kinds, ages = sequences(3)
     items[:, -1] = CHANGED
-    rng = np.random.default_rng(4)
-    candidates = rng.integers(1, 12, (ROWS, CANDIDATES)).astype(np.int32)
+    candidates, features, pairs = ranker_inputs(first_candidate=1)
     candidates[:, 0] = CHANGED
-    features = rng.normal(size=(ROWS, CANDIDATES, 10)).astype(np.float32)
-    pairs = rng.random((ROWS, CANDIDATES, BEHAVIOURS)).astype(np.float32)
     model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
     randomised(model, 5)
     original = DinRanker(ranker_arrays(model), BEHAVIOURS, 0.5)
