@@ -117,7 +117,7 @@ async def recommendations(request: web.Request) -> web.Response:
             user_id,
             state.behaviours,
             state.user_features,
-            now_ms=int(time.time() * 1000),
+            now_ms=app[STORE].clock.now_ms(),
             trending=trending[: app[SETTINGS].pipeline.trending_candidates],
             exclude=left_out,
             k=k,

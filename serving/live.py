@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 
 from schemas.feature_store import AsyncFeatureStore, UserRead
 from schemas.redis_format import StoredValue
+from serving.clock import EventClock
 
 log = logging.getLogger("kingfisher.serving")
 NAMESPACE_REFRESH_S = 1.0
@@ -14,12 +15,13 @@ NAMESPACE_REFRESH_S = 1.0
 
 class LiveStore:
     """The feature store's reads in the namespace serving follows: the active one (switched by
-    replays), looked up once a second."""
+    replays), looked up once a second; and the stream's event-time clock, which every read moves."""
 
-    def __init__(self, store: AsyncFeatureStore, default_namespace: str):
+    def __init__(self, store: AsyncFeatureStore, default_namespace: str, clock: EventClock | None = None):
         self.store = store
         self.namespace = default_namespace
         self._default = default_namespace
+        self.clock = clock or EventClock()
 
     async def follow_namespace(self) -> None:
         while True:
@@ -31,7 +33,11 @@ class LiveStore:
 
     async def read(self, user_id: str, seen: bool = False) -> UserRead:
         """The user's state in one round trip; with `seen`, also the user's whole seen set."""
-        return await self.store.read_user(user_id, self.namespace, seen)
+        state = await self.store.read_user(user_id, self.namespace, seen)
+        for stored in (state.trending, state.sequence):  # the user's own events may be newer than the list's
+            if stored is not None:
+                self.clock.observe(stored.as_of)
+        return state
 
     async def trending(self) -> StoredValue | None:
         return await self.store.trending(self.namespace)

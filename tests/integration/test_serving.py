@@ -44,10 +44,11 @@ from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.events import validate_event
 from schemas.experiments import Z_95, Experiment, attributed_arm, item_digest
+from schemas.logic.pipeline import RankRequest, rank_batch
 from schemas.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from serving.catalogue import LiveCatalogue
-from serving.resources import MODELS
+from serving.resources import MODELS, STORE
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.in_process import MemoryFeatureStore, RecordingProducer, in_memory_resources, with_client
 from tests.integration.test_feature_job import PrivateRedis, new_topic_named, publish
@@ -651,6 +652,29 @@ def test_in_process_recommendations_are_ranked_by_the_models_and_answer_as_docum
     for answer in (known, cold, down):
         conforms(answer, document, "Recommendations")
     conforms(bad[1], document, "BadRequestAnswer")
+
+
+def test_in_process_a_request_is_ranked_at_the_streams_event_time_not_the_wall_clock(system):
+    settings, _, _, resources = in_process(system)
+    newest_event = max(event["ts"] for event in IN_PROCESS_EVENTS)
+
+    async def calls(client):
+        answer = await json_of(await client.get("/v1/recommendations", params={"user_id": "u1", "k": "20"}))
+        state = await client.app[STORE].read("u1")
+        at = lambda now_ms: RankRequest(  # noqa: E731
+            "u1", state.behaviours, state.user_features, now_ms, list(state.trending.data.items), set(), 20,
+            settings.pipeline.candidates, new_items=settings.pipeline.new_item_candidates,
+        )  # fmt: skip
+        bundle = client.app[MODELS].bundle
+        return answer, [rank_batch(bundle, [at(now)])[0] for now in (newest_event, int(time.time() * 1000))]
+
+    (_, answer), (at_event_time, at_wall_clock) = with_client(settings, resources, calls)
+
+    assert [item["item_id"] for item in answer["items"]] == [each.item_id for each in at_event_time.items]
+    assert [item["score"] for item in answer["items"]] == pytest.approx([e.score for e in at_event_time.items], 1e-5)
+    assert [each.score for each in at_event_time.items] != pytest.approx(
+        [each.score for each in at_wall_clock.items], rel=1e-5
+    )  # the behaviours' ages matter to these models, so the clock the answer used is seen
 
 
 def test_in_process_similar_trending_users_and_profile_answer_from_the_bundle_and_the_store(system):
