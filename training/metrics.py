@@ -90,3 +90,12 @@ def _means(per_query: dict[str, list[float]]) -> dict[str, float]:
         metrics[name] = float(np.mean(values)) if count else math.nan
         metrics[f"{name}_se"] = float(np.std(values, ddof=1) / math.sqrt(count)) if count > 1 else math.nan
     return metrics
+
+
+def bootstrap_interval(values: Sequence[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The 95 % percentile-bootstrap interval of the mean of `values`, one per user: users are what
+    is resampled (with replacement), so a user's several queries would count together."""
+    values = np.asarray(values, np.float64)
+    indices = np.random.default_rng(seed).integers(0, len(values), (rounds, len(values)))
+    low, high = np.quantile(values[indices].mean(axis=1), [0.025, 0.975])
+    return float(low), float(high)

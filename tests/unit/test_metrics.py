@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from training.metrics import auc, gauc, paired_difference, ranking_metrics
+from training.metrics import auc, bootstrap_interval, gauc, paired_difference, ranking_metrics
 
 
 def test_auc_counts_correctly_ordered_pairs_and_ties_as_half():
@@ -56,3 +56,14 @@ def test_paired_difference_subtracts_per_query_and_takes_the_differences_standar
     ndcg = [1 - 1 / math.log2(3), 0.0, -1.0]
     assert difference["ndcg@2"] == pytest.approx(np.mean(ndcg))
     assert difference["ndcg@2_se"] == pytest.approx(np.std(ndcg, ddof=1) / math.sqrt(3))
+
+
+def test_the_bootstrap_interval_of_a_constant_is_the_constant():
+    assert bootstrap_interval([0.25] * 40) == (0.25, 0.25)
+
+
+def test_the_bootstrap_interval_of_hits_matches_the_normal_one_by_hand():
+    hits = [1.0] * 100 + [0.0] * 300  # mean 0.25; by hand 1.96 · sqrt(0.25 · 0.75 / 400) = 0.0424
+    low, high = bootstrap_interval(hits, rounds=4000)
+
+    assert low == pytest.approx(0.25 - 0.0424, abs=0.006) and high == pytest.approx(0.25 + 0.0424, abs=0.006)
