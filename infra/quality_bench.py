@@ -178,7 +178,11 @@ def in_process_answers(
     """The bundle's top K for each test query as `make bench-train` asks its models (`trending`: the
     list before each query); with `clock`, at that time; with `trending_list`, with that list."""
     test = withheld.split.test
-    requests = [request_of(query, trending[query.row.order], K, settings.pipeline.candidates) for query in test]
+    pipeline = settings.pipeline
+    requests = [
+        request_of(query, trending[query.row.order], K, pipeline.candidates, covisited=pipeline.covisitation_candidates)
+        for query in test
+    ]
     if clock is not None:
         requests = [replace(request, now_ms=clock) for request in requests]
     if trending_list is not None:

@@ -144,6 +144,12 @@ class PipelineSettings(Section):
         description="Items published since the live model's training ranked besides the others: the user's nearest "
         "of them by retrieval score (new items' way in before they have interactions).",
     )
+    covisitation_candidates: int = Field(
+        20,
+        ge=0,
+        description="Items that most often followed the user's newest behaviours in the training data, ranked besides "
+        "the others (those not already candidates).",
+    )
     faiss_exact_max_items: int = Field(
         50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
     )

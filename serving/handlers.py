@@ -124,6 +124,7 @@ async def recommendations(request: web.Request) -> web.Response:
             candidates=app[SETTINGS].pipeline.candidates,
             explain=k if explain else 0,
             new_items=app[SETTINGS].pipeline.new_item_candidates,
+            covisited=app[SETTINGS].pipeline.covisitation_candidates,
         )
         ranked, shadow_lists = await _ranked_with_shadows(app, bundle, asked, assignment.shadows)
         reason = None if ranked is not None else MODELS_BUSY

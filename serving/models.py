@@ -147,7 +147,8 @@ def load_tried(settings: Settings, directory: Path) -> LoadedBundle:
     bundle = LoadedBundle(directory, settings.pipeline.faiss_exact_max_items)
     rows, length = settings.serving.serve_max_batch, bundle.sequence_length
     pipeline = settings.pipeline
-    most_candidates = pipeline.candidates + pipeline.new_item_candidates + pipeline.trending_candidates
+    most_candidates = sum((pipeline.candidates, pipeline.new_item_candidates, pipeline.covisitation_candidates,
+                           pipeline.trending_candidates))  # fmt: skip
     items = np.full((rows, length), FIRST_ITEM, np.int32)
     sequences = SequenceArrays(items, items, np.zeros((rows, length), np.float32))
     bundle.index.search(bundle.user_vectors(sequences), most_candidates)

@@ -75,11 +75,7 @@ class TrainingCounts:
                 if items[first] != items[second]:
                     pair_keys.append(int(items[first]) * size + int(items[second]))
                     pair_times.append(times[second])
-        sequences = item_sequences(rows, vocabulary)
-        covisitation = CoVisitation.of(sequences.values(), size, COVISITATION_WINDOW, COVISITATION_NEIGHBOURS)
-        popularity = np.zeros(size, np.float32)
-        for items in sequences.values():
-            np.add.at(popularity, items, 1)
+        covisitation, popularity = item_counts(rows, vocabulary)
         empty = np.zeros(0, np.int64)
         return cls(
             covisitation,
@@ -101,3 +97,13 @@ def _following_positions(count: int, window: int):
     for first in range(count):
         for second in range(first + 1, min(count, first + 1 + window)):
             yield first, second
+
+
+def item_counts(rows: Sequence[Row], vocabulary: Vocabulary) -> tuple[CoVisitation, np.ndarray]:
+    """The co-visitation table and the interactions per item index of `rows`, as a bundle holds them."""
+    sequences = item_sequences(rows, vocabulary)
+    covisitation = CoVisitation.of(sequences.values(), vocabulary.size, COVISITATION_WINDOW, COVISITATION_NEIGHBOURS)
+    popularity = np.zeros(vocabulary.size, np.float32)
+    for items in sequences.values():
+        np.add.at(popularity, items, 1)
+    return covisitation, popularity

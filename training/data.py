@@ -281,11 +281,12 @@ def trending_before(rows: Sequence[Row], moments: Iterable[Row], spec: FeatureSp
 
 
 def request_of(
-    query: Query, trending: Sequence[tuple[str, float]], k: int, candidates: int, explain: int = 0
+    query: Query, trending: Sequence[tuple[str, float]], k: int, candidates: int, explain: int = 0, covisited: int = 0
 ) -> RankRequest:
     """The request the service would get at the query's moment, with exclude_seen, and reasons for
     the top `explain`."""
     row = query.row
     return RankRequest(
-        row.event.user_id, row.sequence, row.features, row.event.ts, trending, set(query.seen), k, candidates, explain
-    )
+        row.event.user_id, row.sequence, row.features, row.event.ts, trending, set(query.seen), k, candidates, explain,
+        covisited=covisited,
+    )  # fmt: skip

@@ -51,9 +51,14 @@ class Moments:
 
     queries: list[Query]
     trending: dict[tuple, Trending]
+    covisited: int = 0
+    """Co-visitation candidates per request (KF_COVISITATION_CANDIDATES)."""
 
     def requests(self, k: int, candidates: int, drop_newest: bool = False, explain: int = 0):
-        requests = [request_of(query, self.trending[query.row.order], k, candidates, explain) for query in self.queries]
+        requests = [
+            request_of(query, self.trending[query.row.order], k, candidates, explain, self.covisited)
+            for query in self.queries
+        ]
         if drop_newest:
             requests = [replace(request, behaviours=request.behaviours[:-1]) for request in requests]
         return requests
@@ -82,7 +87,7 @@ def candidate_curve(
     def answer(m: int, t: int) -> list[Ranked]:
         if (m, t) not in answers:
             shorter = {order: listed[:t] for order, listed in moments.trending.items()}
-            answers[m, t] = served(recommender, Moments(moments.queries, shorter), m)
+            answers[m, t] = served(recommender, Moments(moments.queries, shorter, moments.covisited), m)
         return answers[m, t]
 
     reference = item_lists(configured)

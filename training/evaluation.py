@@ -172,7 +172,7 @@ def run_summary(
     `holdout`: the split whose validation queries the run held out from training (and the gate judged)."""
     requests = Moments(sample[:ANN_CHECK_QUERIES], run.trending).requests(1, EXPORT_CHECK_CANDIDATES)
     sequences, vectors, retrieved = retrieve(final, requests)
-    pools = [pool_of(request, items) for request, items in zip(requests, retrieved, strict=True)]
+    pools = [pool_of(final, request, items) for request, items in zip(requests, retrieved, strict=True)]
     batch = candidates_of(final, requests, sequences, vectors, pools)
     scores = [model.score(sequences, batch.indices, batch.features, batch.pairs)[0] for model in (final, bundle)]
     served = {

@@ -24,7 +24,7 @@ from schemas.bundle import VOCABULARY, Manifest, Registry
 from schemas.catalogue import CatalogueItem
 from schemas.config import Settings
 from schemas.logic.model_inputs import Vocabulary, item_tables
-from training.counts import TrainingCounts
+from training.counts import TrainingCounts, item_counts
 from training.data import Row, Split, Windows, fresh_split
 from training.data import windows as next_item_windows
 from training.evaluate import FUTURE_ITEMS
@@ -103,7 +103,10 @@ class Continuation:
         sequences = self._sequences(run, new, older)
         schedule = run.retrieval_schedule(settings.incremental_epochs, run.hyperparameters.final_learning_rate)
         run.train_retrieval(retrieval, sequences.windows, schedule, counts, "incremental: retrieval", split.validation)
-        ranker = self._ranker_rows(run, split, run.recommender(live_retrieval, None, counts))
+        # The pools' co-visitation candidates from the rows the live model learnt from: the new rows'
+        # own pairs would hold each row's next item.
+        live = run.recommender(live_retrieval, None, counts).with_item_counts(*item_counts(older, run.vocabulary))
+        ranker = self._ranker_rows(run, split, live)
         din = run.new_ranker(DeepInterestNetwork, ranker, counts, "din")
         continue_from(din, self._trained_ranker(run, ranker, counts), self.vocabulary.size)
         final = run.recommender(retrieval, din, counts)

@@ -39,7 +39,7 @@ from schemas.bundle import (
 )
 from schemas.config import Settings
 from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary, item_tables
-from training.counts import TrainingCounts
+from training.counts import TrainingCounts, item_counts
 from training.data import (
     Histories,
     Query,
@@ -66,7 +66,7 @@ from training.export import served_models
 from training.fit import History, Schedule, fit, progress_bar
 from training.gate import Gate, Verdict
 from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, Ranker, SequentialRetrieval, ranking_loss
-from training.ranker_data import RankerRows, ranker_rows
+from training.ranker_data import PoolShape, RankerRows, ranker_rows
 from training.recommender import InMemoryRecommender
 from training.sources import TrainingData
 
@@ -190,7 +190,7 @@ class TrainingRun:
         )
 
     def moments(self, queries: list[Query]) -> Moments:
-        return Moments(queries, self.trending)
+        return Moments(queries, self.trending, self.settings.pipeline.covisitation_candidates)
 
     # -- retrieval -----------------------------------------------------------------------------------------
 
@@ -308,8 +308,13 @@ class TrainingRun:
 
     def ranker_rows_by(self, queries: list[Query], retrieval: InMemoryRecommender) -> RankerRows:
         """Ranker rows of `queries`, each with candidates from `retrieval`."""
-        pool, threshold = self.hyperparameters.ranker_pool_candidates, self.settings.pipeline.label_threshold
-        return ranker_rows(queries, lambda _: retrieval, self.trending, pool, threshold)
+        return ranker_rows(queries, lambda _: retrieval, self.trending, self.pool_shape)
+
+    @property
+    def pool_shape(self) -> PoolShape:
+        pipeline = self.settings.pipeline
+        return PoolShape(self.hyperparameters.ranker_pool_candidates, pipeline.covisitation_candidates,
+                         pipeline.label_threshold)  # fmt: skip
 
     # -- one split -----------------------------------------------------------------------------------------
 
@@ -326,15 +331,11 @@ class TrainingRun:
         for fold in range(FOLDS):
             rows = [row for row in split.train if fold_of(row.event.user_id, FOLDS) == fold]
             model = self.fit_retrieval(rows, counts, f"{split.name}: retrieval of fold {fold}", epochs=epochs)
-            folds.append(self.recommender(model, None, counts))
+            # Its pools' co-visitation candidates too come from its own users only: counted over every
+            # user's rows, the pairs would hold the row's own next item.
+            folds.append(self.recommender(model, None, counts).with_item_counts(*item_counts(rows, vocabulary)))
         with self.timed(f"{split.name}: ranker rows"):
-            rows = ranker_rows(
-                self.ranker_queries(split.train),
-                other_fold(folds),
-                self.trending,
-                self.hyperparameters.ranker_pool_candidates,
-                settings.pipeline.label_threshold,
-            )
+            rows = ranker_rows(self.ranker_queries(split.train), other_fold(folds), self.trending, self.pool_shape)
         if not len(rows):
             raise TrainingError(f"{split.name} split: retrieval found no training row's real item among its candidates")
         plain = self.recommender(retrieval, None, counts)

@@ -82,12 +82,21 @@ class RankerRows:
         return len(self) // batch_size
 
 
+@dataclass(frozen=True)
+class PoolShape:
+    """How a training row's pool is drawn: `candidates` retrieved, `covisited` co-visitation
+    candidates (the service's KF_COVISITATION_CANDIDATES), and which rating is a like."""
+
+    candidates: int
+    covisited: int
+    label_threshold: float
+
+
 def ranker_rows(
     queries: Sequence[Query],
     recommender_of: Callable[[Query], Recommender],
     trending: dict[tuple, Trending],
-    candidates: int,
-    label_threshold: float,
+    shape: PoolShape,
 ) -> RankerRows:
     """Rows for the `queries` (one per interaction with an unseen item), each with its user's recommender."""
     groups: dict[int, tuple[Recommender, list[Query]]] = {}
@@ -95,7 +104,7 @@ def ranker_rows(
         recommender = recommender_of(query)
         groups.setdefault(id(recommender), (recommender, []))[1].append(query)
     parts = [
-        _rows(recommender, group[start : start + BATCH], trending, candidates, label_threshold)
+        _rows(recommender, group[start : start + BATCH], trending, shape)
         for recommender, group in groups.values()
         for start in range(0, len(group), BATCH)
     ]
@@ -103,12 +112,15 @@ def ranker_rows(
     return RankerRows.concatenate(kept) if kept else RankerRows({})
 
 
-def _rows(recommender, queries, trending, candidates, label_threshold) -> RankerRows:
-    requests = [request_of(query, trending[query.row.order], 0, candidates) for query in queries]
+def _rows(recommender, queries, trending, shape: PoolShape) -> RankerRows:
+    requests = [
+        request_of(query, trending[query.row.order], 0, shape.candidates, covisited=shape.covisited)
+        for query in queries
+    ]
     sequences, vectors, retrieved = retrieve(recommender, requests)
     kept, pools = [], []
     for n, (query, request, items) in enumerate(zip(queries, requests, retrieved, strict=True)):
-        pool, answer = pool_of(request, items), query.row.event.item_id
+        pool, answer = pool_of(recommender, request, items), query.row.event.item_id
         others = [item for item in pool if item not in query.relevant]
         if answer in pool and len(others) >= NEGATIVES:
             kept.append(n)
@@ -120,7 +132,7 @@ def _rows(recommender, queries, trending, candidates, label_threshold) -> Ranker
     indices, retrieval, trending_scores = scored_pools(recommender, chosen, vectors[rows], pools)
     events = [queries[n].row.event for n in kept]
     rated = np.array([event.type is EventType.RATING for event in events], np.float32)
-    liked = np.array([event.type is EventType.RATING and event.value >= label_threshold for event in events],
+    liked = np.array([event.type is EventType.RATING and event.value >= shape.label_threshold for event in events],
                      np.float32)  # fmt: skip
     return RankerRows({
         "moments": np.array([request.now_ms for request in chosen], np.int64),

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from schemas.logic.ann import ItemIndex
+from schemas.logic.covisitation import CoVisitation
 from schemas.logic.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
 from training.counts import TrainingCounts
 from training.models import Ranker, SequentialRetrieval
@@ -49,6 +50,14 @@ class InMemoryRecommender:
         other = object.__new__(InMemoryRecommender)
         other.__dict__ = dict(self.__dict__)
         other._use(ranker)
+        return other
+
+    def with_item_counts(self, covisitation: CoVisitation, popularity: np.ndarray) -> "InMemoryRecommender":
+        """The same models with other counts for the pools' co-visitation candidates and the served
+        ranker's features: e.g. other users' only, as the ranker's training pools need."""
+        other = object.__new__(InMemoryRecommender)
+        other.__dict__ = dict(self.__dict__)
+        other.covisitation, other.popularity = covisitation, popularity
         return other
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:

@@ -99,11 +99,13 @@ class CoVisitation:
     def following(self, items: Iterable[int], weights: Iterable[float] | None = None) -> np.ndarray:
         """[size] float32: for every item b, the sum over `items` a of counts[a, b], each times a's
         weight (1 without `weights`)."""
-        scores, items = np.zeros(self.size, np.float32), list(items)
-        for item, weight in zip(items, [1.0] * len(items) if weights is None else weights, strict=True):
-            start, end = self._row_starts[item], self._row_starts[item + 1]
-            np.add.at(scores, self.keys[start:end] - item * self.size, self.counts[start:end] * np.float32(weight))
-        return scores
+        items = np.fromiter(items, np.int64)
+        weights = np.ones(len(items), np.float32) if weights is None else np.fromiter(weights, np.float32)
+        starts, ends = self._row_starts[items], self._row_starts[items + 1]
+        lengths = ends - starts
+        entry = np.arange(lengths.sum()) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        weighted = self.counts[entry] * np.repeat(weights, lengths)
+        return np.bincount(self._followers[entry], weighted, minlength=self.size).astype(np.float32)
 
     @cached_property
     def _row_starts(self) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The served pipeline, written once: the service runs it on every request and training evaluates
 exactly it. Live sequence -> user vector -> Faiss top-M (seen items left out) + the best new items
-(published since training) + trending -> ranker features -> DIN scores -> top-k, with the
-behaviours DIN attended to most as reasons.
+(published since training) + the items that most often followed the newest behaviours
+(co-visitation) + trending -> ranker features -> DIN scores -> top-k, with the behaviours DIN
+attended to most as reasons.
 
 `rank_batch` ranks several requests with one user-tower call, one Faiss search and one ranker
 call: the service batches concurrent requests, and training evaluates thousands at a time.
@@ -33,14 +34,18 @@ from schemas.logic.model_inputs import (
 )
 
 REASONS = 3
+COVISITED_RECENT, COVISITED_DECAY, COVISITED_POWER = 20, 0.8, 0.25
+"""Co-visitation candidates weigh the newest 20 behaviours, each 0.8 times as strong as the next newer
+one, and divide each item's sum by (its popularity + 1) ** 0.25: the weighting validation chose for
+the recency-weighted co-occurrence baseline on both MovieLens splits (README, Training)."""
 
 
 @dataclass(frozen=True)
 class RankRequest:
     """One user's request: the top `k` of the user's `candidates` Faiss neighbours merged with its
-    `new_items` nearest items newer than the models and `trending` (item, popularity), `exclude`
-    left out, by ranker score; the first `explain` of them with the behaviours the ranker attended
-    to most."""
+    `new_items` nearest items newer than the models, its `covisited` items that most often followed
+    its newest behaviours, and `trending` (item, popularity), `exclude` left out, by ranker score;
+    the first `explain` of them with the behaviours the ranker attended to most."""
 
     user_id: str
     behaviours: Sequence[SequenceEntry]
@@ -53,6 +58,7 @@ class RankRequest:
     candidates: int
     explain: int = 0
     new_items: int = 0
+    covisited: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,10 +159,33 @@ def _with_new_items(added: ItemIndex | None, requests: Sequence[RankRequest], ve
     ]
 
 
-def pool_of(request: RankRequest, retrieved: list[str]) -> list[str]:
-    """The retrieved items, then the trending ones not excluded, each once."""
+def pool_of(recommender: Recommender, request: RankRequest, retrieved: list[str]) -> list[str]:
+    """The retrieved items, then the co-visited ones, then the trending ones, excluded items left
+    out, each once."""
     trending = [item for item, _ in request.trending if item not in request.exclude]
-    return list(dict.fromkeys(retrieved + trending))
+    return list(dict.fromkeys(retrieved + covisited(recommender, request) + trending))
+
+
+def covisited(recommender: Recommender, request: RankRequest) -> list[str]:
+    """The request's `covisited` items that most often followed its newest behaviours in the
+    training data (COVISITED_RECENT, _DECAY and _POWER), excluded items left out, strongest first."""
+    if not request.covisited:
+        return []
+    table = recommender.covisitation
+    newest = recommender.vocabulary.item_indices([entry.item_id for entry in request.behaviours[-COVISITED_RECENT:]])
+    weights = np.float32(COVISITED_DECAY) ** np.arange(len(newest), dtype=np.float32)[::-1]  # the newest: 1
+    counted = (newest >= FIRST_ITEM) & (newest < table.size)  # items added since training followed nothing
+    scores = table.following(newest[counted], weights[counted])
+    scores /= (recommender.popularity[: table.size] + np.float32(1)) ** np.float32(COVISITED_POWER)
+    # The strongest few first (a partial sort); all of them only when exclusions leave too few.
+    for depth in (min(3 * request.covisited, len(scores) - 1), len(scores) - 1):
+        strongest = np.argpartition(-scores, depth)[: depth + 1]
+        strongest = strongest[np.lexsort((strongest, -scores[strongest]))]  # ties: the smaller index
+        ranked = (recommender.vocabulary.item_id(index) for index in strongest if scores[index] > 0)
+        found = list(islice((item for item in ranked if item not in request.exclude), request.covisited))
+        if len(found) == request.covisited or scores[strongest[-1]] <= 0:
+            return found
+    return found
 
 
 class ItemCounts(Protocol):
@@ -250,7 +279,7 @@ def rank_batch(recommender: Recommender, requests: list[RankRequest]) -> list[Ra
     """One Ranked per request, in order; a request ranks the same alone or in a batch."""
     clock = time.perf_counter()
     sequences, vectors, retrieved = retrieve(recommender, requests)
-    pools = [pool_of(request, items) for request, items in zip(requests, retrieved, strict=True)]
+    pools = [pool_of(recommender, request, items) for request, items in zip(requests, retrieved, strict=True)]
     timings = {"retrieval": time.perf_counter() - clock}
     if not max(map(len, pools)):
         return [Ranked([], 0, timings) for _ in requests]

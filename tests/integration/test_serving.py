@@ -664,6 +664,7 @@ def test_in_process_a_request_is_ranked_at_the_streams_event_time_not_the_wall_c
         at = lambda now_ms: RankRequest(  # noqa: E731
             "u1", state.behaviours, state.user_features, now_ms, list(state.trending.data.items), set(), 20,
             settings.pipeline.candidates, new_items=settings.pipeline.new_item_candidates,
+            covisited=settings.pipeline.covisitation_candidates,
         )  # fmt: skip
         bundle = client.app[MODELS].bundle
         return answer, [rank_batch(bundle, [at(now)])[0] for now in (newest_event, int(time.time() * 1000))]

@@ -35,3 +35,19 @@ def test_pair_counts_are_each_candidates_count_after_each_behaviour_zero_for_pad
         for row, pool in zip(behaviours.tolist(), candidates.tolist(), strict=True)
     ]
     assert found.tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, SIZE - 1), st.integers(0, SIZE - 1)), max_size=60),
+    items=st.lists(st.integers(0, SIZE - 1), max_size=6),
+    data=st.data(),
+)
+def test_following_sums_each_items_followers_counts_times_its_weight(pairs, items, data):
+    counted = Counter(first * SIZE + second for first, second in pairs)
+    weights = data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=len(items), max_size=len(items)))
+
+    found = CoVisitation.of_counts(SIZE, counted).following(items, weights)
+
+    expected = [sum(counted[a * SIZE + b] * w for a, w in zip(items, weights, strict=True)) for b in range(SIZE)]
+    assert found.tolist() == expected

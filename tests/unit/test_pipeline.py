@@ -61,8 +61,10 @@ def clicks(*items: str) -> list[SequenceEntry]:
     return [SequenceEntry(f"e{n}", item, EventType.CLICK, 1_000 * n) for n, item in enumerate(items)]
 
 
-def request(behaviours, trending=(), exclude=(), k=2, candidates=2, explain=0, new_items=0) -> RankRequest:
-    return RankRequest("u", behaviours, None, 10_000, list(trending), set(exclude), k, candidates, explain, new_items)
+def request(behaviours, trending=(), exclude=(), k=2, candidates=2, explain=0, new_items=0, covisited=0):
+    return RankRequest(
+        "u", behaviours, None, 10_000, list(trending), set(exclude), k, candidates, explain, new_items, covisited
+    )
 
 
 def with_new_items(recommender: HandMadeRecommender) -> HandMadeRecommender:
@@ -89,6 +91,26 @@ def test_each_request_ranks_its_nearest_new_items_besides_its_neighbours_each_on
         ["a", "b", "c", "d", "n2", "e", "n3"],  # the two nearest new items are neighbours already
         ["a", "b", "n2", "", "", "", ""],
     ]
+
+
+def with_covisitation(recommender: HandMadeRecommender, counts: dict[tuple[str, str], float]) -> HandMadeRecommender:
+    size, index = recommender.vocabulary.size, recommender.vocabulary.item_indices
+    keys = Counter({int(index([a])[0]) * size + int(index([b])[0]): count for (a, b), count in counts.items()})
+    recommender.covisitation = CoVisitation.of_counts(size, keys)
+    return recommender
+
+
+def test_the_pool_adds_the_items_that_most_often_followed_the_newest_behaviours_weighted_as_documented():
+    # a then b (the newest): a's followers count 0.8 times theirs, b's once, each sum divided by
+    # (popularity + 1) ** 0.25. d: 0.8 · 5 = 4.0, e: 4.5, c: 0.8 · 10 = 8.0 but excluded.
+    recommender = with_covisitation(HandMadeRecommender(), {("a", "d"): 5, ("b", "e"): 4.5, ("a", "c"): 10})
+    asked = request(clicks("a", "b"), exclude={"a", "b", "c"}, candidates=1, covisited=1)
+
+    rank_batch(recommender, [asked, request(clicks("a", "b"), exclude={"a", "b", "c"}, candidates=1)])
+    recommender.popularity[recommender.vocabulary.item_indices(["e"])] = 15  # e: 4.5 / 16 ** 0.25 = 2.25 < 4.0
+    rank_batch(recommender, [asked])
+
+    assert recommender.scored == [["d", "e"], ["d", ""], ["d"]]  # d: the neighbour; e: co-visited, then not
 
 
 def test_candidates_merge_neighbours_and_trending_without_excluded_items_and_rank_by_score():
