@@ -134,7 +134,7 @@ class PipelineSettings(Section):
         2000, ge=1, description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions."
     )
     label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")
-    candidates: int = Field(100, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
+    candidates: int = Field(80, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
     trending_candidates: int = Field(
         50, ge=0, description="Top trending items ranked by DIN besides the M Faiss candidates (fresh items' way in)."
     )

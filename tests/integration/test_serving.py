@@ -194,14 +194,15 @@ SEEN = [f"i{n}" for n in range(0, 160, 2)]
 
 
 def test_2_exclude_seen_leaves_out_every_item_the_user_ever_interacted_with(system):
-    _, base, _ = system
+    stack, base, _ = system
     call(base, "/v1/events", [click("seer", item, 1_735_700_000_000 + n, n) for n, item in enumerate(SEEN)])
     wait_until(lambda: clicks_applied(base, "seer") == len(SEEN), APPLY_TIMEOUT_S, "every click of seer in Redis")
 
-    _, answer = call(base, "/v1/recommendations?user_id=seer&k=100&exclude_seen=true")
+    retrieved = stack.settings.pipeline.candidates  # all unseen: the seen items are left out inside the search
+    _, answer = call(base, f"/v1/recommendations?user_id=seer&k={retrieved}&exclude_seen=true")
     _, profile = call(base, "/v1/users/seer/profile")
 
-    assert answer["fallback"] is False and len(answer["items"]) == 100
+    assert answer["fallback"] is False and len(answer["items"]) == retrieved
     assert len(set(SEEN) - {entry["item_id"] for entry in profile["sequence"]}) == 30  # no longer in the sequence
     assert not {item["item_id"] for item in answer["items"]} & set(SEEN)
 
