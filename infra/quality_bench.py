@@ -55,12 +55,19 @@ from schemas.bundle import LoadedBundle, Registry
 from schemas.config import Settings
 from schemas.events import Event
 from schemas.logic.model_inputs import Vocabulary
-from schemas.logic.pipeline import rank_batch
 from schemas.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
 from streams.publish import Pacer, make_producer, progress_bar, publish
 from training.counts import TrainingCounts
-from training.data import Row, Split, bootstrap_rows, last_n_split, request_of, trending_before
-from training.evaluate import REQUEST_BATCH, CoOccurrence, Ease, Moments, fallback_lists, popularity_lists
+from training.data import Row, Split, bootstrap_rows, last_n_split, trending_before
+from training.evaluate import (
+    CoOccurrence,
+    Ease,
+    Moments,
+    fallback_lists,
+    item_lists,
+    popularity_lists,
+    ranked_in_batches,
+)
 from training.evaluation import FALLBACK, TUNED_COOCCURRENCE, Baselines
 from training.metrics import bootstrap_interval, per_query_metrics
 
@@ -177,22 +184,14 @@ def in_process_answers(
 ) -> list[list[str]]:
     """The bundle's top K for each test query as `make bench-train` asks its models (`trending`: the
     list before each query); with `clock`, at that time; with `trending_list`, with that list."""
-    test = withheld.split.test
     pipeline = settings.pipeline
-    requests = [
-        request_of(query, trending[query.row.order], K, pipeline.candidates, covisited=pipeline.covisitation_candidates)
-        for query in test
-    ]
+    moments = Moments(withheld.split.test, trending, pipeline.covisitation_candidates)
+    requests = moments.requests(K, pipeline.candidates)
     if clock is not None:
         requests = [replace(request, now_ms=clock) for request in requests]
     if trending_list is not None:
         requests = [replace(request, trending=trending_list) for request in requests]
-    ranked = [
-        answer
-        for n in range(0, len(requests), REQUEST_BATCH)
-        for answer in rank_batch(bundle, requests[n : n + REQUEST_BATCH])
-    ]
-    return [[scored.item_id for scored in answer.items] for answer in ranked]
+    return item_lists(ranked_in_batches(bundle, requests))
 
 
 def queries_trending(settings: Settings, withheld: Withheld) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from schemas.logic.ann import ItemIndex
 from schemas.logic.covisitation import CoVisitation
 from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
-from schemas.logic.pipeline import Ranked, Recommender, fallback_items, rank_batch, retrieve
+from schemas.logic.pipeline import Ranked, RankRequest, Recommender, fallback_items, rank_batch, retrieve
 from schemas.sources.synthetic import SyntheticWorld
 from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of
@@ -66,7 +66,11 @@ class Moments:
 
 def served(recommender: Recommender, moments: Moments, candidates: int, drop_newest: bool = False) -> list[Ranked]:
     """The service's answer at each query (exclude_seen, the top 10 explained): every pool item, best first."""
-    requests = moments.requests(EVERYTHING, candidates, drop_newest, EXPLAINED)
+    return ranked_in_batches(recommender, moments.requests(EVERYTHING, candidates, drop_newest, EXPLAINED))
+
+
+def ranked_in_batches(recommender: Recommender, requests: list[RankRequest]) -> list[Ranked]:
+    """`rank_batch` over `requests`, REQUEST_BATCH at a time: one Ranked per request, in order."""
     return [
         ranked
         for start in range(0, len(requests), REQUEST_BATCH)
