@@ -31,7 +31,7 @@ from schemas import sample_log
 from schemas.bundle import EXPERIMENT, Registry
 from schemas.config import Settings
 from schemas.experiments import Arm, Experiment
-from schemas.sources.movielens import SHARED_DATASET
+from schemas.runtime.sources.movielens import SHARED_DATASET
 from streams.publish import progress_bar
 from streams.replay import group_consumer, plan, replayed_so_far
 

@@ -51,11 +51,12 @@ from infra.stack import (
     start_all,
     up,
 )
-from schemas.bundle import LoadedBundle, Registry
+from schemas.bundle import Registry
 from schemas.config import Settings
 from schemas.events import Event
-from schemas.logic.model_inputs import Vocabulary
-from schemas.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
+from schemas.runtime.loaded_bundle import LoadedBundle
+from schemas.runtime.model_inputs import Vocabulary
+from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
 from streams.publish import Pacer, make_producer, progress_bar, publish
 from training.counts import TrainingCounts
 from training.data import Row, Split, bootstrap_rows, last_n_split, trending_before

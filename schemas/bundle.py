@@ -9,23 +9,18 @@ the versions and a `CURRENT` file naming the live one, replaced atomically. Publ
 `ModelUpdate` on the `model-updates` topic; serving follows that and polls `CURRENT` as a backstop.
 """
 
-import copy
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.catalogue import CatalogueItem
 from schemas.experiments import Experiment
+from schemas.features import FeatureSpec
 from schemas.hyperparameters import Hyperparameters
-from schemas.logic.features import FeatureSpec
-from schemas.logic.model_inputs import FIRST_ITEM, SequenceArrays
 from schemas.validation import ContractRecord
 
 BUNDLE_FORMAT = 5
@@ -39,7 +34,7 @@ MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 EXPERIMENT = "EXPERIMENT.json"
 SERVED_MODELS = "served_models.npz"
-"""The user tower's and the ranker's arrays (`training.export`), run by `schemas.logic.served_models`,
+"""The user tower's and the ranker's arrays (`training.export`), run by `schemas.runtime.served_models`,
 each stored as `<model>/<array name>`."""
 USER_TOWER, RANKER = "user_tower", "ranker"
 """The served models' names in `SERVED_MODELS`."""
@@ -225,10 +220,6 @@ class Registry:
         return doomed
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
 def _replace_atomically(path: Path, content: bytes) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_bytes(content)
@@ -237,165 +228,3 @@ def _replace_atomically(path: Path, content: bytes) -> None:
     except OSError:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def write_served_models(directory: Path, models: dict[str, dict[str, np.ndarray]]) -> None:
-    """Save {model: {name: array}} (models: USER_TOWER, RANKER) as the bundle's `SERVED_MODELS`."""
-    flat = {f"{model}/{name}": array for model, arrays in models.items() for name, array in arrays.items()}
-    np.savez(directory / SERVED_MODELS, **flat)
-
-
-def read_served_models(directory: Path) -> dict[str, dict[str, np.ndarray]]:
-    """The bundle's `SERVED_MODELS` as `write_served_models` took them: {model: {name: array}}."""
-    models: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(directory / SERVED_MODELS, allow_pickle=False) as stored:
-        for name in stored.files:
-            model, _, array = name.partition("/")
-            models.setdefault(model, {})[array] = stored[name]
-    return models
-
-
-class LoadedBundle:
-    """A verified bundle in memory: the vocabulary, the Faiss index, the ranker's tables and the
-    served models (`schemas.logic.served_models`, NumPy); the `schemas.logic.pipeline.Recommender`
-    that training's gate evaluates and the service runs."""
-
-    def __init__(self, directory: Path, exact_max_items: int):
-        from schemas.logic.ann import ItemIndex
-        from schemas.logic.covisitation import CoVisitation
-        from schemas.logic.model_inputs import ScoreScale, Vocabulary
-        from schemas.logic.served_models import DinRanker, UserTower
-
-        self.directory = directory
-        self.manifest = verify(directory)
-        hyperparameters = self.manifest.hyperparameters
-        if hyperparameters is None:
-            raise BundleError(f"{directory}: the manifest records no hyperparameters")
-        self.sequence_length = self.manifest.feature_spec.sequence_length
-        self.ranker_behaviours = min(hyperparameters.ranker_behaviours, self.sequence_length)
-        self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
-        self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
-        self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
-        self.popularity = np.load(directory / POPULARITY, allow_pickle=False)
-        self.covisitation = CoVisitation.load(directory, self.vocabulary.size)
-        self.embeddings = np.load(directory / ITEM_EMBEDDINGS, allow_pickle=False)
-        """[items, d]: row i is item vocabulary.item_ids[i]."""
-        self.score_scale = ScoreScale.of(self.embeddings)
-        self._unit_vectors = _unit(self.embeddings)
-        models = read_served_models(directory)
-        self._user_tower = UserTower(models[USER_TOWER], hyperparameters.retrieval_heads)
-        self._ranker = DinRanker(models[RANKER], self.ranker_behaviours, hyperparameters.like_weight)
-        self.added_index: ItemIndex | None = None
-        """The items of the catalogue added since training (`with_items`); None: none."""
-        self.withdrawn: frozenset[str] = frozenset()
-        """Items withdrawn from the catalogue (`with_items`): no answer holds them."""
-        self._withdrawn_rows = np.empty(0, np.int64)
-        """Their rows of `embeddings`, for `similar`."""
-
-    @property
-    def version(self) -> int:
-        return self.manifest.version
-
-    @property
-    def added_items(self) -> int:
-        return len(self.added_index) if self.added_index else 0
-
-    def with_items(self, catalogue: Iterable[CatalogueItem], withdrawn: Iterable[str] = ()) -> "LoadedBundle":
-        """This bundle with the catalogue's items it does not know yet, embedded from their content
-        (`schemas.logic.served_models`) and added to the index: retrievable, rankable (no
-        interactions, no co-visitation) and with similar items; with the items it knows whose
-        content differs from the one their rows were built from given the new content beside their
-        id embeddings; and with the `withdrawn` items it knows added to `self.withdrawn` (left out of
-        every answer), less those `catalogue` publishes again. Returns self when nothing changes;
-        otherwise a copy: requests in flight keep this one."""
-        published = {item.item_id: item for item in catalogue}
-        newest = [item for item_id, item in published.items() if item_id not in self.vocabulary]
-        changed = self._changed([item for item_id, item in published.items() if item_id in self.vocabulary])
-        still_withdrawn = (self.withdrawn - published.keys()) | {
-            item_id for item_id in withdrawn if item_id in self.vocabulary
-        }
-        if not newest and not changed and still_withdrawn == self.withdrawn:
-            return self
-        grown = copy.copy(self)
-        grown.withdrawn = frozenset(still_withdrawn)
-        grown._withdrawn_rows = self.vocabulary.item_indices(grown.withdrawn) - FIRST_ITEM  # known items only
-        if changed:
-            grown._change_content(changed)
-        if newest:
-            grown._add(newest)
-        return grown
-
-    def _changed(self, known: list[CatalogueItem]) -> list[CatalogueItem]:
-        """The items of `known` whose rows were built from other content than theirs now."""
-        from schemas.logic.model_inputs import item_content
-
-        if not known:
-            return []
-        genres, years = item_content(self.vocabulary, known)
-        differs = self._user_tower.content_differs(
-            self.vocabulary.item_indices(i.item_id for i in known), genres, years
-        )
-        return [item for item, changed in zip(known, differs, strict=True) if changed]
-
-    def _change_content(self, changed: list[CatalogueItem]) -> None:
-        """Give the items of `changed` their new content (only on a fresh copy: this writes it)."""
-        from schemas.logic.model_inputs import FIRST_ITEM, item_content
-
-        ids = [item.item_id for item in changed]
-        genres, years = item_content(self.vocabulary, changed)
-        indices = self.vocabulary.item_indices(ids)
-        self._user_tower, vectors = self._user_tower.with_content(indices, genres, years)
-        self._ranker = self._ranker.with_content(indices, genres, years)
-        self.index = self.index.with_vectors(vectors, ids)
-        if self.added_index is not None and (
-            added := [n for n, item_id in enumerate(ids) if item_id in self.added_index]
-        ):
-            self.added_index = self.added_index.with_vectors(vectors[added], [ids[n] for n in added])
-        rows = indices - FIRST_ITEM
-        self.embeddings, self._unit_vectors = self.embeddings.copy(), self._unit_vectors.copy()
-        self.embeddings[rows], self._unit_vectors[rows] = vectors, _unit(vectors)
-
-    def _add(self, newest: list[CatalogueItem]) -> None:
-        """Add the items of `newest` (only on a fresh copy: this writes it)."""
-        from schemas.logic.ann import ItemIndex
-        from schemas.logic.growing import appended
-        from schemas.logic.model_inputs import item_content
-
-        ids = [item.item_id for item in newest]
-        genres, years = item_content(self.vocabulary, newest)
-        self._user_tower, vectors = self._user_tower.with_items(genres, years)
-        self._ranker = self._ranker.with_items(genres, years)
-        self.vocabulary = self.vocabulary.extended(ids)
-        self.index = self.index.with_items(vectors, ids)
-        self.added_index = (
-            self.added_index.with_items(vectors, ids)
-            if self.added_index
-            else ItemIndex(self.index.exact_max_items).index(vectors, ids)
-        )
-        self.embeddings = appended(self.embeddings, vectors)
-        self._unit_vectors = appended(self._unit_vectors, _unit(vectors))
-        self.popularity = appended(self.popularity, np.zeros(len(newest), self.popularity.dtype))
-
-    def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
-        """-> [B, d] float32."""
-        return self._user_tower(sequences.items, sequences.kinds, sequences.ages)
-
-    def score(self, sequences: SequenceArrays, candidates, features, pairs):
-        """candidates [B, M] int32, features [B, M, F], pairs [B, M, N] float32 ->
-        (scores [B, M], attention [B, M, N] over the newest N = ranker_behaviours behaviours)."""
-        return self._ranker(sequences.items, sequences.kinds, sequences.ages, candidates, features, pairs)
-
-    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
-        """The k items whose retrieval vectors point most nearly the way `item_id`'s does (cosine),
-        best first, withdrawn items left out; None for an unknown or withdrawn item. Cosine rather
-        than the inner product retrieval uses: the vectors' lengths carry popularity, which would
-        put the most popular items next to every item."""
-        row = int(self.vocabulary.item_indices([item_id])[0]) - FIRST_ITEM
-        if row < 0 or item_id in self.withdrawn:
-            return None
-        similarity = self._unit_vectors @ self._unit_vectors[row]
-        similarity[row] = -np.inf
-        similarity[self._withdrawn_rows] = -np.inf
-        best = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]
-        best = best[np.argsort(-similarity[best], kind="stable")]
-        return [(self.vocabulary.item_ids[n], float(similarity[n])) for n in best if np.isfinite(similarity[n])]

@@ -30,8 +30,8 @@ from pydantic_settings import (
 )
 
 from schemas.experiments import Experiment
+from schemas.features import HOUR_MS, FeatureSpec
 from schemas.hyperparameters import Hyperparameters
-from schemas.logic.features import HOUR_MS, FeatureSpec
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

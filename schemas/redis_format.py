@@ -1,5 +1,5 @@
 """Redis format version 3: the one key builder and the value codecs. Specified in REDIS_FORMAT.md;
-`schemas.feature_store` is the one module that writes and reads them.
+`schemas.runtime.feature_store` is the one module that writes and reads them.
 
 Keys are ``kf:v<FORMAT_VERSION>:<namespace>:<kind>:{<entity_id>}``: the braces are a Redis Cluster
 hash tag, so every key of one user or item lives in one hash slot. A replay rebuilds state in a
@@ -20,7 +20,7 @@ import orjson
 
 from schemas.events import EventType
 from schemas.experiments import ArmTally, ExperimentTallies
-from schemas.logic.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
+from schemas.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 
 FORMAT_VERSION = 3
 KEY_PREFIX = "kf"

@@ -1,9 +1,10 @@
-"""The training-sample log, format 2: the stream's record of what it applied, for training.
+"""The training-sample log, format 3: the stream's record of what it applied, for training.
 Specified in SAMPLE_LOG.md; this module is the only code that writes, reads or lays out its files.
 
 The stream writes one line per event it applied, and before a user's first event of each UTC day
-(and after a restart) one snapshot of that user's state. `fold_sample_log` turns the lines back
-into `SampleRow`s with the feature functions the stream ran, starting each user at a snapshot: a
+(and after a restart) one snapshot of that user's state and the feature spec it runs with.
+`schemas.runtime.samples.fold_sample_log` turns the lines back into `SampleRow`s with the feature
+functions the stream ran, starting each user at a snapshot: a
 day's lines need no earlier day, so retention deletes whole days and training reads any window of
 them. Every line carries the user's version (events applied), so a missing line shows as a gap.
 """
@@ -11,19 +12,17 @@ them. Every line carries the user's version (events applied), so a missing line 
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
+from typing import NamedTuple
 
 import orjson
 
 from schemas.events import Event, EventType
-from schemas.logic.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures, UserSequence
-from schemas.logic.samples import SampleRow, training_sample
-from schemas.logic.streaming import UserState, apply_user_event
+from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures, UserSequence, UserState
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 EVENT, SNAPSHOT = "e", "s"
 PART_PREFIX, PART_SUFFIX = "events", ".jsonl"
 DAY_PREFIX = "dt="
@@ -43,84 +42,59 @@ def event_line(event: Event, partition: int, offset: int, version: int) -> bytes
                          event.type, event.value, event.ts, event.request_id, event.position))  # fmt: skip
 
 
-def snapshot_line(
-    user_id: str, state: UserState, partition: int, offset: int, day: date, sequence_length: int
-) -> bytes:
+def snapshot_line(user_id: str, state: UserState, partition: int, offset: int, day: date, spec: FeatureSpec) -> bytes:
     """The state of `user_id` just before the event at (`partition`, `offset`), the first of the
-    user's events the stream applied on the UTC `day`."""
+    user's events the stream applied on the UTC `day`, and the feature spec the stream applies."""
     entries = [(e.event_id, e.item_id, e.type, e.ts, e.value) for e in state.sequence.entries]
-    return orjson.dumps((SNAPSHOT, partition, offset, state.version, user_id, day, sequence_length, entries,
+    spec_fields = spec.model_dump(mode="json")
+    return orjson.dumps((SNAPSHOT, partition, offset, state.version, user_id, day, spec_fields, entries,
                          state.features))  # fmt: skip
 
 
-@dataclass
-class FoldReport:
-    """What a fold met besides rows; all but `rows` and `before_window` are zero for a whole log."""
-
-    rows: int = 0
-    before_window: int = 0
-    """Event lines that belong to a day before the window (or whose day's snapshot is not among the lines)."""
-    gaps: int = 0
-    """Event lines whose version does not follow the user's: a line before them is missing."""
-    mismatched_snapshots: int = 0
-    """Snapshots that differ from the state folded up to them (e.g. one after a restart)."""
+_SPECS: dict[bytes, FeatureSpec] = {}
 
 
-def fold_sample_log(lines: Iterable[bytes], since: date = date.min) -> tuple[list[SampleRow], FoldReport]:
-    """The rows of every labelled event in `lines` that the stream applied on a UTC day from
-    `since` on, each user folded in its Kafka order."""
+class Snapshot(NamedTuple):
+    state: UserState
+    spec: FeatureSpec
+    day: str
+    """The UTC day, ISO format."""
+
+
+def lines_by_user(lines: Iterable[bytes]) -> Iterable[list[list]]:
+    """Each user's records (decoded lines), in the order the stream applied them: a user's events
+    come from one partition in offset order, and a snapshot precedes the event it was taken before."""
     by_user: dict[str, list[list]] = defaultdict(list)
     for line in lines:
         record = orjson.loads(line)
         by_user[record[4]].append(record)
-    rows: list[SampleRow] = []
-    report = FoldReport()
     for records in by_user.values():
-        # A user's events come from one partition in offset order; its snapshot precedes its event.
         records.sort(key=lambda record: (record[1], record[2], record[0] == EVENT))
-        _fold_user(records, since.isoformat(), rows, report)
-    report.rows = len(rows)
-    return rows, report
+        yield records
 
 
-def _fold_user(records: list[list], since: str, rows: list[SampleRow], report: FoldReport) -> None:
-    state: UserState | None = None
-    spec, in_window = FeatureSpec(), False
-    for record in records:
-        if record[0] == SNAPSHOT:
-            snapshot, spec, in_window = _snapshot(record), _spec(record[6]), record[5] >= since
-            report.mismatched_snapshots += state is not None and state != snapshot
-            state = snapshot
-            continue
-        if state is None:
-            report.before_window += 1
-            continue
-        _, _, _, version, user_id, event_id, item_id, kind, value, ts, request_id, position = record
-        event = UserEvent(event_id, user_id, item_id, _EVENT_TYPES[kind], value, ts, request_id, position)
-        if not in_window:
-            report.before_window += 1
-        elif (row := training_sample(state, event)) is not None:
-            rows.append(row)
-        state = apply_user_event(state, event, spec)
-        report.gaps += state.version != version
-
-
-def _snapshot(record: list) -> UserState:
-    _, _, _, version, _, _, _, entries, features = record
+def snapshot_of(record: list) -> Snapshot | None:
+    """The snapshot a record holds; None for an event's record."""
+    if record[0] != SNAPSHOT:
+        return None
+    _, _, _, version, _, day, spec, entries, features = record
     sequence = UserSequence(
         tuple(SequenceEntry(e, item, _EVENT_TYPES[kind], ts, value) for e, item, kind, ts, value in entries)
     )
-    return UserState(sequence, UserFeatures(**features), version)
+    return Snapshot(UserState(sequence, UserFeatures(**features), version), _spec_of(spec), day)
 
 
-_SPECS: dict[int, FeatureSpec] = {}
+def _spec_of(stored: dict) -> FeatureSpec:
+    key = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS)
+    if key not in _SPECS:
+        _SPECS[key] = FeatureSpec.model_validate(stored)
+    return _SPECS[key]
 
 
-def _spec(sequence_length: int) -> FeatureSpec:
-    """The feature spec the stream ran with: of its fields only the sequence length shapes a user's state."""
-    if sequence_length not in _SPECS:
-        _SPECS[sequence_length] = FeatureSpec(sequence_length=sequence_length)
-    return _SPECS[sequence_length]
+def event_of(record: list) -> tuple[UserEvent, int]:
+    """The event an event's record holds and the user's version after it."""
+    _, _, _, version, user_id, event_id, item_id, kind, value, ts, request_id, position = record
+    return UserEvent(event_id, user_id, item_id, _EVENT_TYPES[kind], value, ts, request_id, position), version
 
 
 def today() -> date:
@@ -151,16 +125,6 @@ def committed_files(directory: Path, since: date) -> list[Path]:
 
 def in_progress_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"{DAY_PREFIX}*/.{PART_PREFIX}*"))
-
-
-def read_window(directory: Path, days: int) -> tuple[list[SampleRow], FoldReport, int]:
-    """The rows of the newest `days` UTC days of the log (today included), and how many files held them.
-    The day before is read too: a file is named by the sink's clock, a snapshot's day by the operator's."""
-    since = today() - timedelta(days=days - 1)
-    files = committed_files(directory, since - timedelta(days=1))
-    lines = (line for path in files for line in path.read_bytes().splitlines() if line)
-    rows, report = fold_sample_log(lines, since)
-    return rows, report, len(files)
 
 
 def prune(directory: Path, keep_days: int) -> list[date]:

@@ -44,11 +44,11 @@ from rich.table import Table
 from schemas.bundle import Registry
 from schemas.config import Settings
 from schemas.events import Event, EventType
-from schemas.feature_store import FeatureStore, SeenAddition, VersionedWrite
-from schemas.logic.features import update_seen
-from schemas.logic.streaming import apply_user_event, fold_stream, seen_sets, trending_list
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, encode_value, redis_key
-from schemas.sources.movielens import LoadReport, locate_dataset, rating_events
+from schemas.runtime.feature_store import FeatureStore, SeenAddition, VersionedWrite
+from schemas.runtime.features import update_seen
+from schemas.runtime.sources.movielens import LoadReport, locate_dataset, rating_events
+from schemas.runtime.streaming import apply_user_event, fold_stream, seen_sets, trending_list
 
 log = logging.getLogger("kingfisher.bench")
 NAMESPACE = "bench"

@@ -10,8 +10,8 @@ import uuid
 from confluent_kafka import Consumer
 
 from schemas.catalogue import CatalogueItem
-from schemas.catalogue_topic import CatalogueChanges, end_offsets
 from schemas.config import Settings
+from schemas.runtime.catalogue_topic import CatalogueChanges, end_offsets
 
 POLL_S = 0.1
 BATCH_RECORDS = 5_000

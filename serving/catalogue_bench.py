@@ -40,12 +40,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from schemas.bundle import LoadedBundle, Registry
+from schemas.bundle import Registry
 from schemas.catalogue import CatalogueItem
 from schemas.config import Settings
-from schemas.logic.features import SequenceEntry
-from schemas.logic.pipeline import RankRequest, retrieve
-from schemas.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
+from schemas.features import SequenceEntry
+from schemas.runtime.loaded_bundle import LoadedBundle
+from schemas.runtime.pipeline import RankRequest, retrieve
+from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
 from serving.bench import (
     FRESH,
     NAMESPACE,

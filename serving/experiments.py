@@ -12,8 +12,8 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from schemas.catalogue_topic import CatalogueChanges
 from schemas.experiments import Experiment
+from schemas.runtime.catalogue_topic import CatalogueChanges
 from serving.models import ModelHolder
 
 log = logging.getLogger("kingfisher.serving")

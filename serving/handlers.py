@@ -19,12 +19,12 @@ from aiohttp import web
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from schemas.bundle import LoadedBundle
 from schemas.config import Settings
 from schemas.events import Event, validate_event
 from schemas.experiments import Experiment, experiment_report, new_request_id
-from schemas.feature_store import UserRead
-from schemas.logic.pipeline import Ranked, RankRequest, fallback_items
+from schemas.runtime.feature_store import UserRead
+from schemas.runtime.loaded_bundle import LoadedBundle
+from schemas.runtime.pipeline import Ranked, RankRequest, fallback_items
 from schemas.validation import InvalidRecord, validate_record
 from serving.experiments import ExperimentError
 from serving.metrics import MULTIPROCESS_DIR, Metrics

@@ -5,8 +5,8 @@ import logging
 
 import redis.asyncio as aioredis
 
-from schemas.feature_store import AsyncFeatureStore, UserRead
 from schemas.redis_format import StoredValue
+from schemas.runtime.feature_store import AsyncFeatureStore, UserRead
 from serving.clock import EventClock
 
 log = logging.getLogger("kingfisher.serving")

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.bundle import BundleError, LoadedBundle, Registry, verify
+from schemas.bundle import BundleError, Registry, verify
 from schemas.catalogue import CatalogueItem
-from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
-from schemas.logic.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
+from schemas.runtime.catalogue_topic import CatalogueChanges
+from schemas.runtime.loaded_bundle import LoadedBundle
+from schemas.runtime.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
 from serving.catalogue import LiveCatalogue, private_consumer
 from serving.heap import InFlight, collect_when_quiet
 

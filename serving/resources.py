@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from confluent_kafka import Producer
 
-from schemas.catalogue_topic import CATALOGUE_READ_TIMEOUT_S
 from schemas.config import Settings
 from schemas.experiments import experiment_report
-from schemas.feature_store import AsyncFeatureStore
-from schemas.logic.pipeline import rank_batch
+from schemas.runtime.catalogue_topic import CATALOGUE_READ_TIMEOUT_S
+from schemas.runtime.feature_store import AsyncFeatureStore
+from schemas.runtime.pipeline import rank_batch
 from serving.batcher import MicroBatcher
 from serving.catalogue import LiveCatalogue, follow_catalogue
 from serving.experiments import Experiments

@@ -41,9 +41,9 @@ from rich.table import Table
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event, EventType
-from schemas.feature_store import FeatureStore
 from schemas.redis_format import TRENDING_ENTITY, KeyKind
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec, item_id, sample_index, user_id
+from schemas.runtime.feature_store import FeatureStore
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec, item_id, sample_index, user_id
 from streams.publish import Pacer, make_producer, publish
 from streams.redis_writer import REPORT_EVERY_S
 

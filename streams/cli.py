@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from schemas.config import Settings
-from schemas.feature_store import FeatureStore
-from schemas.sources import movielens, synthetic
+from schemas.runtime.feature_store import FeatureStore
+from schemas.runtime.sources import movielens, synthetic
 from schemas.validation import ContractRecord
 from streams.publish import Pacer, make_producer, progress_bar, publish
 from streams.replay import replay_command

@@ -1,5 +1,5 @@
 """The feature job's Python operators. Each takes one batch per call and only calls the pure
-functions of `schemas.logic.streaming`, `schemas.events` and `schemas.logic.samples`.
+functions of `schemas.runtime.streaming`, `schemas.events` and `schemas.runtime.samples`.
 
 They live in a module of their own, not in the job's entry point, so that they pickle by reference
 to `streams.operators`: under `python -m streams.feature_job` the entry point is `__main__`, which
@@ -20,20 +20,17 @@ from schemas.config import Settings
 from schemas.dead_letters import dead_letter
 from schemas.events import Event, EventType, parse_event
 from schemas.experiments import ExperimentTallies, counted_arm
-from schemas.feature_store import FeatureStore
-from schemas.logic.features import FeatureSpec, ItemEvent, seen_entry
-from schemas.logic.streaming import (
-    ItemState,
-    RecentEventIds,
-    TrendingState,
+from schemas.features import FeatureSpec, ItemEvent, ItemState, RecentEventIds, TrendingState, UserState
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
+from schemas.runtime.feature_store import FeatureStore
+from schemas.runtime.features import seen_entry
+from schemas.runtime.streaming import (
     TrendingUpdate,
-    UserState,
     apply_item_event,
     apply_trending_updates,
     apply_user_event,
     trending_list,
 )
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
 from streams.redis_writer import RedisWriter
@@ -157,7 +154,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         # A duplicate carries the same user_id, so it meets the ids remembered for that user here.
         self.recent_ids = p.entity_states(runtime_context, "recent-event-ids", p.dedupe_ttl_ms)
         self.writer = p.writer("users")
-        self.sample_log = SampleLogLines(p.spec.sequence_length) if p.log_samples else None
+        self.sample_log = SampleLogLines(p.spec) if p.log_samples else None
         metrics = runtime_context.get_metrics_group()
         self.dead_letters = metrics.counter("dead_letters")
         self.duplicates = metrics.counter("duplicates")

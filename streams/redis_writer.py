@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from schemas.feature_store import FeatureStore, SeenAddition, VersionedWrite
 from schemas.redis_format import encode_value
+from schemas.runtime.feature_store import FeatureStore, SeenAddition, VersionedWrite
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from schemas.config import Settings, environment_variable
-from schemas.feature_store import FeatureStore
+from schemas.runtime.feature_store import FeatureStore
 from streams.publish import progress_bar
 
 REPLAY_CHECKPOINT_INTERVAL_S = "2"

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from schemas.events import Event
-from schemas.logic.streaming import UserState
+from schemas.features import FeatureSpec, UserState
 from schemas.sample_log import event_line, in_progress_files, prune, snapshot_line
 from streams.flink_env import completed_checkpoints
 
@@ -33,8 +33,8 @@ POLL_S = 1.0
 
 
 class SampleLogLines:
-    def __init__(self, sequence_length: int, clock: Callable[[], float] = time.time):
-        self.sequence_length, self.clock = sequence_length, clock
+    def __init__(self, spec: FeatureSpec, clock: Callable[[], float] = time.time):
+        self.spec, self.clock = spec, clock
         self.day: date | None = None
         self.snapshotted: set[str] = set()
         self.lines: list[bytes] = []
@@ -50,7 +50,7 @@ class SampleLogLines:
         # A user without state (new, or expired in Flink) always starts from a snapshot of it.
         if before.version == 0 or user_id not in self.snapshotted:
             self.snapshotted.add(user_id)
-            self.lines.append(snapshot_line(user_id, before, partition, offset, self.day, self.sequence_length))
+            self.lines.append(snapshot_line(user_id, before, partition, offset, self.day, self.spec))
         self.lines.append(event_line(event, partition, offset, version))
 
     def take(self) -> str | None:

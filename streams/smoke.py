@@ -12,8 +12,8 @@ from pyflink.common import WatermarkStrategy
 from pyflink.datastream import DataStream, ProcessFunction, RuntimeContext
 
 from schemas.config import Settings
-from schemas.feature_store import FeatureStore
 from schemas.redis_format import KeyKind, redis_key
+from schemas.runtime.feature_store import FeatureStore
 from streams.flink_env import discarding_sink, execution_environment, kafka_text_source
 
 

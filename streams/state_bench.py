@@ -31,8 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.config import Settings
-from schemas.feature_store import FeatureStore
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.feature_store import FeatureStore
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from streams.bench import (
     BENCH_ITEMS,
     Configuration,

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from schemas.feature_store import FeatureStore, SeenAddition, VersionedWrite
-from schemas.logic.features import UserFeatures
+from schemas.features import UserFeatures
 from schemas.redis_format import KeyKind, encode_value, redis_key
+from schemas.runtime.feature_store import FeatureStore, SeenAddition, VersionedWrite
 
 NAMESPACE = "storebench"
 VALUE = encode_value(UserFeatures(event_counts={"click": 3}, last_ts=5), 5)
@@ -38,7 +38,7 @@ def batch(users: int, round_: int) -> tuple[list[VersionedWrite], dict[str, Seen
 def store_class_at(revision: str) -> type:
     """`FeatureStore` as it was at `revision` (its module loaded from `git show`)."""
     source = subprocess.run(
-        ["git", "show", f"{revision}:schemas/feature_store.py"], capture_output=True, text=True, check=True
+        ["git", "show", f"{revision}:schemas/runtime/feature_store.py"], capture_output=True, text=True, check=True
     ).stdout
     path = Path(tempfile.mkdtemp()) / "feature_store_then.py"
     path.write_text(source)

@@ -3,7 +3,7 @@
 import random
 
 from schemas.events import Event
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 
 
 def messy_stream(seed: int, count: int, users: int = 30, items: int = 60, block: int = 5) -> list[Event]:

@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from schemas.config import Settings
 from schemas.events import Event
 from schemas.experiments import tallies_of
-from schemas.feature_store import UserRead
-from schemas.logic.features import FeatureSpec
-from schemas.logic.pipeline import rank_batch
-from schemas.logic.streaming import fold_stream, seen_sets, trending_list
+from schemas.features import FeatureSpec
 from schemas.redis_format import StoredValue
+from schemas.runtime.feature_store import UserRead
+from schemas.runtime.pipeline import rank_batch
+from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
 from serving.app import init_app
 from serving.batcher import MicroBatcher
 from serving.catalogue import LiveCatalogue

@@ -16,7 +16,8 @@ from pyflink.common import Row
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event
-from schemas.logic.features import FeatureSpec, update_seen
+from schemas.features import FeatureSpec
+from schemas.runtime.features import update_seen
 from streams.operators import SAMPLES, JobParameters, UserFeaturesFunction
 
 

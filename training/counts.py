@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.logic.covisitation import CoVisitation
-from schemas.logic.model_inputs import Vocabulary
+from schemas.runtime.covisitation import CoVisitation
+from schemas.runtime.model_inputs import Vocabulary
 from training.data import Histories, Row
 
 COVISITATION_WINDOW = 5

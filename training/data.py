@@ -1,7 +1,7 @@
 """Training data: sample rows (from the stream's log, or from a dataset through the same feature
 functions), the two splits models are measured on, their queries, and the sequences retrieval learns from.
 
-A row is a `schemas.logic.samples.SampleRow`: the event, and the user's sequence and features just before
+A row is a `schemas.runtime.samples.SampleRow`: the event, and the user's sequence and features just before
 it (point in time). Everything here is ordered by event time.
 """
 
@@ -16,21 +16,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from schemas import sample_log
 from schemas.catalogue import CatalogueItem
 from schemas.events import Event
-from schemas.logic.features import FeatureSpec, ItemEvent
-from schemas.logic.model_inputs import Vocabulary, behaviour_kind
-from schemas.logic.pipeline import RankRequest
-from schemas.logic.samples import SampleRow, sample_rows
-from schemas.logic.streaming import (
-    ItemState,
-    TrendingState,
-    TrendingUpdate,
-    apply_item_event,
-    apply_trending_update,
-    trending_list,
-)
+from schemas.features import FeatureSpec, ItemEvent, ItemState, TrendingState
+from schemas.runtime import samples
+from schemas.runtime.model_inputs import Vocabulary, behaviour_kind
+from schemas.runtime.pipeline import RankRequest
+from schemas.runtime.samples import SampleRow, sample_rows
+from schemas.runtime.streaming import TrendingUpdate, apply_item_event, apply_trending_update, trending_list
 
 log = logging.getLogger("kingfisher.training")
 Row = SampleRow
@@ -40,7 +33,7 @@ def read_sample_log(directory: Path, window_days: int, max_rows: int) -> list[Ro
     """The rows of the sample log's newest `window_days` days, at most the newest `max_rows`."""
     gc.disable()  # a fold allocates millions of objects that all stay alive: collections only slow it
     try:
-        rows, report, files = sample_log.read_window(directory, window_days)
+        rows, report, files = samples.read_window(directory, window_days)
     finally:
         gc.enable()
     log.info(

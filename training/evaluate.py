@@ -1,5 +1,5 @@
 """Holdout evaluation over the full catalogue: the served pipeline exactly as the service runs it
-(`schemas.logic.pipeline.rank_batch`: the same pool, trending merged in, the seen set left out), retrieval
+(`schemas.runtime.pipeline.rank_batch`: the same pool, trending merged in, the seen set left out), retrieval
 alone, and the baselines popularity, item co-occurrence (plain and weighted), EASE and the
 service's fallback, all on the same queries; with
 Recall, NDCG and HitRate at K, the rankers' AUC within their pools, how much the newest behaviour
@@ -13,11 +13,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from schemas.logic.ann import ItemIndex
-from schemas.logic.covisitation import CoVisitation
-from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
-from schemas.logic.pipeline import Ranked, RankRequest, Recommender, fallback_items, rank_batch, retrieve
-from schemas.sources.synthetic import SyntheticWorld
+from schemas.runtime.ann import ItemIndex
+from schemas.runtime.covisitation import CoVisitation
+from schemas.runtime.model_inputs import FIRST_ITEM, Vocabulary
+from schemas.runtime.pipeline import Ranked, RankRequest, Recommender, fallback_items, rank_batch, retrieve
+from schemas.runtime.sources.synthetic import SyntheticWorld
 from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of
 from training.metrics import gauc, paired_difference, ranking_metrics

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rich.progress import Progress
 
-from schemas.bundle import RANKER, USER_TOWER, LoadedBundle, read_served_models
+from schemas.bundle import RANKER, USER_TOWER
 from schemas.config import Settings
-from schemas.logic.model_inputs import Vocabulary
-from schemas.logic.pipeline import candidates_of, pool_of, retrieve
-from schemas.sources.synthetic import SyntheticWorld
+from schemas.runtime.loaded_bundle import LoadedBundle, read_served_models
+from schemas.runtime.model_inputs import Vocabulary
+from schemas.runtime.pipeline import candidates_of, pool_of, retrieve
+from schemas.runtime.sources.synthetic import SyntheticWorld
 from training.counts import TrainingCounts
 from training.data import Query, Split
 from training.evaluate import (

@@ -1,7 +1,7 @@
-"""The served models as arrays: what `schemas.logic.served_models` runs (no TensorFlow needed to serve).
+"""The served models as arrays: what `schemas.runtime.served_models` runs (no TensorFlow needed to serve).
 
 `served_models(retrieval, ranker)` -> {USER_TOWER: {name: array}, RANKER: {name: array}}, which
-`schemas.bundle.write_served_models` saves in a bundle. Item embeddings are exported as tables over the
+`schemas.runtime.loaded_bundle.write_served_models` saves in a bundle. Item embeddings are exported as tables over the
 whole vocabulary [items + reserved, D]: the user tower's already scaled as its encoder scales them.
 """
 

@@ -10,9 +10,10 @@ holdout), popularity is the one the new models may not trail.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from schemas.bundle import BundleError, LoadedBundle, Registry
+from schemas.bundle import BundleError, Registry
 from schemas.config import Settings
-from schemas.logic.model_inputs import Vocabulary
+from schemas.runtime.loaded_bundle import LoadedBundle
+from schemas.runtime.model_inputs import Vocabulary
 from training.counts import TrainingCounts
 from training.data import Query
 from training.evaluate import CUTOFFS, Moments, item_lists, pipeline_metrics, pool_auc, popularity_lists, served

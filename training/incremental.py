@@ -23,7 +23,7 @@ import numpy as np
 from schemas.bundle import VOCABULARY, Manifest, Registry
 from schemas.catalogue import CatalogueItem
 from schemas.config import Settings
-from schemas.logic.model_inputs import Vocabulary, item_tables
+from schemas.runtime.model_inputs import Vocabulary, item_tables
 from training.counts import TrainingCounts, item_counts
 from training.data import Row, Split, Windows, fresh_split
 from training.data import windows as next_item_windows

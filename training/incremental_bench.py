@@ -22,8 +22,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from schemas.bundle import LoadedBundle, Registry
+from schemas.bundle import Registry
 from schemas.config import Settings
+from schemas.runtime.loaded_bundle import LoadedBundle
 from training.data import Row, is_interaction, queries_between, trending_before
 from training.evaluate import FUTURE_ITEMS, Moments, item_lists, pipeline_metrics, served
 from training.retraining import Outcome, train_once

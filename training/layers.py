@@ -1,14 +1,14 @@
 """Small Keras layers the sequential retrieval model and the DIN ranker are built from.
 
 Shapes: B batch, M candidates per row, L sequence length, D item-embedding width, H hidden units.
-Item index 0 is padding (schemas.logic.model_inputs.PADDING).
+Item index 0 is padding (schemas.runtime.model_inputs.PADDING).
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from schemas.logic.model_inputs import AGE_BUCKETS, BEHAVIOUR_KINDS, MAX_GENRES, YEAR_BUCKETS
+from schemas.runtime.model_inputs import AGE_BUCKETS, BEHAVIOUR_KINDS, MAX_GENRES, YEAR_BUCKETS
 
 GENRE_DIM, YEAR_DIM, HOUR_DIM = 8, 4, 4
 

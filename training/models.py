@@ -2,7 +2,7 @@
 id and content) and two rankers trained on the candidates that retrieval produces: DIN, and the
 Embedding+MLP baseline.
 
-Inputs are the arrays of `schemas.logic.model_inputs`: items [B, L] item indices (0 pads) with their
+Inputs are the arrays of `schemas.runtime.model_inputs`: items [B, L] item indices (0 pads) with their
 behaviour kinds [B, L] and ages [B, L] (seconds before the request), candidates [B, M], candidate
 features [B, M, F] (RANKER_FEATURES) and co-visitation pairs [B, M, N] of the ranker's newest N behaviours.
 """
@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from schemas.logic.model_inputs import BEHAVIOUR_KINDS, FIRST_ITEM
+from schemas.runtime.model_inputs import BEHAVIOUR_KINDS, FIRST_ITEM
 from training.layers import (
     AGE_BUCKETS,
     GENRE_DIM,

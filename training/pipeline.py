@@ -31,14 +31,13 @@ from schemas.bundle import (
     POPULAR,
     POPULARITY,
     VOCABULARY,
-    LoadedBundle,
     Manifest,
     Registry,
     seal,
-    write_served_models,
 )
 from schemas.config import Settings
-from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary, item_tables
+from schemas.runtime.loaded_bundle import LoadedBundle, write_served_models
+from schemas.runtime.model_inputs import FIRST_ITEM, Vocabulary, item_tables
 from training.counts import TrainingCounts, item_counts
 from training.data import (
     Histories,

@@ -14,8 +14,8 @@ import tensorflow as tf
 from keras import ops
 
 from schemas.events import EventType
-from schemas.logic.ann import ItemIndex
-from schemas.logic.model_inputs import (
+from schemas.runtime.ann import ItemIndex
+from schemas.runtime.model_inputs import (
     FIRST_ITEM,
     PADDING,
     Vocabulary,

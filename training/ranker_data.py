@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from schemas.events import EventType
-from schemas.logic.model_inputs import PADDING, user_feature_matrix
-from schemas.logic.pipeline import ItemCounts, Recommender, pool_of, ranker_inputs, retrieve, scored_pools
+from schemas.runtime.model_inputs import PADDING, user_feature_matrix
+from schemas.runtime.pipeline import ItemCounts, Recommender, pool_of, ranker_inputs, retrieve, scored_pools
 from training.data import Query, Trending, request_of
 
 NEGATIVES = 15

@@ -5,9 +5,9 @@ pipeline the service runs."""
 import numpy as np
 import tensorflow as tf
 
-from schemas.logic.ann import ItemIndex
-from schemas.logic.covisitation import CoVisitation
-from schemas.logic.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
+from schemas.runtime.ann import ItemIndex
+from schemas.runtime.covisitation import CoVisitation
+from schemas.runtime.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
 from training.counts import TrainingCounts
 from training.models import Ranker, SequentialRetrieval
 

@@ -8,10 +8,10 @@ from enum import StrEnum
 
 from schemas import sample_log
 from schemas.catalogue import CatalogueItem
-from schemas.catalogue_topic import read_catalogue_topic
 from schemas.config import Settings
-from schemas.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.catalogue_topic import read_catalogue_topic
+from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from training.data import Row, bootstrap_rows, catalogue_by_id, read_sample_log
 
 log = logging.getLogger("kingfisher.training")

@@ -13,7 +13,7 @@ import redis
 
 from schemas.events import parse_event
 from schemas.redis_format import KeyKind, redis_key
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import Stack, consume_to_end, free_port, settings_of, stack_environment
 from tests.integration.test_feature_job import assert_state_equals_reference, start_job, version_of, wait_for
 from tests.integration.test_serving import Process, call

@@ -23,11 +23,11 @@ from infra.stack import kafka_admin
 from schemas import sample_log
 from schemas.dead_letters import original_payload
 from schemas.events import Event
-from schemas.logic.features import FeatureSpec
-from schemas.logic.samples import LABELLED_TYPES
-from schemas.logic.streaming import fold_stream, seen_sets, trending_list
+from schemas.features import FeatureSpec
 from schemas.redis_format import KeyKind, active_namespace_key, decode_value, entity_of, key_pattern, redis_key
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.samples import LABELLED_TYPES
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
 from streams.bench import freshness_reports
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events

@@ -1,7 +1,7 @@
 """The feature store's contract, run against each Redis deployment it supports: one Redis server
 and a Redis Cluster of three masters.
 
-Every way Kingfisher reaches Redis goes through `schemas.feature_store`, so these tests are the
+Every way Kingfisher reaches Redis goes through `schemas.runtime.feature_store`, so these tests are the
 guarantees the job, replay, serving and the benchmarks rely on."""
 
 import asyncio
@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import EventType
-from schemas.feature_store import (
+from schemas.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, encode_value, redis_key
+from schemas.runtime.feature_store import (
     KEYS_PER_CALL,
     MEMBERS_PER_ZADD,
     AsyncFeatureStore,
@@ -21,8 +23,7 @@ from schemas.feature_store import (
     SeenAddition,
     VersionedWrite,
 )
-from schemas.logic.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence, update_seen
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, encode_value, redis_key
+from schemas.runtime.features import update_seen
 from tests.conftest import Stack
 
 DEPLOYMENTS = ["single", "cluster"]

@@ -26,8 +26,8 @@ from infra.stack import (
 )
 from schemas import sample_log
 from schemas.events import Event
-from schemas.logic.samples import LABELLED_TYPES
 from schemas.redis_format import KeyKind, redis_key
+from schemas.runtime.samples import LABELLED_TYPES
 from streams.replay import plan
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.event_streams import messy_stream

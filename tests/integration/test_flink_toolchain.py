@@ -2,7 +2,7 @@
 
 from confluent_kafka import Producer
 
-from schemas.feature_store import FeatureStore
+from schemas.runtime.feature_store import FeatureStore
 from tests.conftest import Stack
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from schemas.logic.streaming import fold_stream
 from schemas.redis_format import KeyKind, decode_value, redis_key
+from schemas.runtime.streaming import fold_stream
 from tests.conftest import REPO_ROOT, Stack, free_port
 from tests.event_streams import messy_stream
 from tests.integration.test_feature_job import JOB_TIMEOUT_S, new_topic_named, publish
@@ -55,7 +55,7 @@ def installed(stack: Stack, tmp_path_factory) -> tuple[Path, Path, dict]:
 
 def test_the_installed_modules_come_from_the_wheel_not_the_checkout(installed):
     python, workdir, env = installed
-    where = run([python, "-c", "import schemas.logic, serving, streams, training; print(schemas.logic.__file__)"],
+    where = run([python, "-c", "import schemas.runtime, serving, streams, training; print(schemas.runtime.__file__)"],
                 workdir, env)  # fmt: skip
 
     assert where.returncode == 0, where.stderr

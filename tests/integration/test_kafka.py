@@ -1,7 +1,7 @@
 import orjson
 from confluent_kafka import Producer
 
-from schemas.catalogue_topic import read_catalogue_topic
+from schemas.runtime.catalogue_topic import read_catalogue_topic
 from tests.conftest import Stack, consume_all
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from schemas.catalogue import parse_catalogue_item
 from schemas.events import parse_event
-from schemas.sources import movielens, synthetic
+from schemas.runtime.sources import movielens, synthetic
 from tests.conftest import Stack, consume_all
 from tests.movielens_files import write_csv_layout
 

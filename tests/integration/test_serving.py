@@ -27,25 +27,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 
-from schemas.bundle import (
-    CURRENT,
-    EXPERIMENT,
-    MANIFEST,
-    SERVED_MODELS,
-    Manifest,
-    Registry,
-    read_served_models,
-    seal,
-    version_name,
-    write_served_models,
-)
+from schemas.bundle import CURRENT, EXPERIMENT, MANIFEST, SERVED_MODELS, Manifest, Registry, seal, version_name
 from schemas.catalogue import CatalogueItem
-from schemas.catalogue_topic import CatalogueChanges
 from schemas.config import Settings
 from schemas.events import validate_event
 from schemas.experiments import Z_95, Experiment, attributed_arm, item_digest
-from schemas.logic.pipeline import RankRequest, rank_batch
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.catalogue_topic import CatalogueChanges
+from schemas.runtime.loaded_bundle import read_served_models, write_served_models
+from schemas.runtime.pipeline import RankRequest, rank_batch
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
 from serving.catalogue import LiveCatalogue
 from serving.resources import MODELS, STORE

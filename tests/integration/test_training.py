@@ -14,8 +14,8 @@ from schemas import sample_log
 from schemas.bundle import MANIFEST, REPORT, SERVED_MODELS, Registry
 from schemas.config import Settings
 from schemas.hyperparameters import Hyperparameters
-from schemas.logic.ann import ItemIndex
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.ann import ItemIndex
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end
 from tests.integration.test_feature_job import new_topic_named, publish
 from tests.operator_harness import write_sample_log
@@ -29,10 +29,10 @@ SCHEDULER_TIMEOUT_S = 420
 LOAD_AND_SCORE = """
 import sys, numpy as np
 from pathlib import Path
-from schemas.bundle import LoadedBundle
+from schemas.runtime.loaded_bundle import LoadedBundle
 from schemas.events import EventType
-from schemas.logic.features import SequenceEntry
-from schemas.logic.pipeline import RankRequest, rank_batch
+from schemas.features import SequenceEntry
+from schemas.runtime.pipeline import RankRequest, rank_batch
 bundle = LoadedBundle(Path(sys.argv[1]), 50_000)
 sequence = [SequenceEntry("e1", "i2", EventType.CLICK, 1_735_700_000_000),
             SequenceEntry("e2", "i3", EventType.CLICK, 1_735_700_060_000)]

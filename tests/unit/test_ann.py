@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from schemas.logic.ann import ItemIndex
+from schemas.runtime.ann import ItemIndex
 
 
 def normalised(rng, rows: int, dimension: int = 8) -> np.ndarray:

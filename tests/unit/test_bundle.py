@@ -3,7 +3,7 @@
 import pytest
 
 from schemas.bundle import CURRENT, MANIFEST, BundleError, Manifest, Registry, seal, verify
-from schemas.logic.features import FeatureSpec
+from schemas.features import FeatureSpec
 
 
 def manifest(version: int) -> Manifest:

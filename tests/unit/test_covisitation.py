@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.logic.covisitation import CoVisitation
-from schemas.logic.model_inputs import PADDING
+from schemas.runtime.covisitation import CoVisitation
+from schemas.runtime.model_inputs import PADDING
 
 SIZE = 12
 ADDED = 3

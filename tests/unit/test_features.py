@@ -3,18 +3,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.events import Event, EventType
-from schemas.logic.features import (
-    FeatureSpec,
-    ItemFeatures,
-    UserFeatures,
-    UserSequence,
+from schemas.features import FeatureSpec, ItemFeatures, UserFeatures, UserSequence
+from schemas.runtime.features import (
     popularity_at,
     trending,
     update_item_features,
     update_sequence,
     update_user_features,
 )
-from schemas.logic.streaming import fold_stream, seen_sets
+from schemas.runtime.streaming import fold_stream, seen_sets
 from tests.strategies import event_payloads
 
 T0 = 1_700_000_000_000

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from schemas.logic.growing import appended
+from schemas.runtime.growing import appended
 
 
 def test_appended_rows_follow_the_table_and_no_earlier_view_changes():

@@ -1,49 +1,89 @@
-"""The rooms' import rules (README, Architecture): `schemas/` is the contract everyone imports and
-that imports none of them; `streams/`, `training/` and `serving/` never import each other, nor
-`infra/` (which may import them all, as the processes' launcher)."""
+"""The rooms' import rules (ARCHITECTURE.md): the contract (`schemas/` outside `schemas/runtime/`)
+imports no other room and no library heavier than pydantic and orjson; the shared runtime
+(`schemas/runtime/`) imports the contract only; `streams/`, `training/` and `serving/` import the
+floor and never each other, nor `infra/` (which may import them all, as the processes' launcher)."""
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CONTRACT, RUNTIME = "schemas", "schemas.runtime"
 PROCESSES = ("streams", "training", "serving")
-ALLOWED = {"schemas": set(), **{process: {"schemas"} for process in PROCESSES}}
-PROJECT_PACKAGES = {"schemas", "infra", *PROCESSES}
+ALLOWED = {CONTRACT: set(), RUNTIME: {CONTRACT}, **{process: {CONTRACT, RUNTIME} for process in PROCESSES}}
+CONTRACT_LIBRARIES = {"pydantic", "pydantic_settings", "orjson"}
 
 
-def imported_packages(path: Path) -> set[str]:
-    """The project's top-level packages a module imports, at any depth of the file."""
+def room_of(module: str) -> str | None:
+    """The room a dotted module name belongs to; None: not the project's."""
+    if module == RUNTIME or module.startswith(RUNTIME + "."):
+        return RUNTIME
+    top = module.split(".")[0]
+    return top if top in {CONTRACT, "infra", *PROCESSES} else None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The dotted names of every module `path` imports, at any depth of the file."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
-    return found & PROJECT_PACKAGES
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def imported_rooms(path: Path) -> set[str]:
+    """The rooms a module imports (`from schemas import runtime` imports the runtime)."""
+    return {room_of(module) for module in imported_modules(path)} - {None}
+
+
+def files_of(room: str) -> list[Path]:
+    if room == CONTRACT:
+        return sorted(path for path in (REPO_ROOT / "schemas").rglob("*.py") if "runtime" not in path.parts)
+    return sorted((REPO_ROOT / room.replace(".", "/")).rglob("*.py"))
 
 
 def test_the_parser_sees_nested_and_from_imports(tmp_path):
     module = tmp_path / "module.py"
-    module.write_text("import os, serving.app\nfrom schemas import events\ndef f():\n    from infra.stack import up\n")
+    module.write_text(
+        "import os, serving.app\nfrom schemas import events\nfrom schemas.runtime.ann import ItemIndex\n"
+        "def f():\n    from infra.stack import up\n"
+    )
 
-    assert imported_packages(module) == {"serving", "schemas", "infra"}
+    assert imported_rooms(module) == {"serving", CONTRACT, RUNTIME, "infra"}
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_each_package_imports_only_what_its_room_may(package):
+@pytest.mark.parametrize("room", sorted(ALLOWED))
+def test_each_room_imports_only_what_it_may(room):
     crossings = {
-        str(path.relative_to(REPO_ROOT)): sorted(imported - ALLOWED[package] - {package})
-        for path in sorted((REPO_ROOT / package).rglob("*.py"))
-        if (imported := imported_packages(path)) - ALLOWED[package] - {package}
+        str(path.relative_to(REPO_ROOT)): sorted(imported - ALLOWED[room] - {room})
+        for path in files_of(room)
+        if (imported := imported_rooms(path)) - ALLOWED[room] - {room}
     }
 
     assert crossings == {}
 
 
+def test_the_contract_needs_no_library_heavier_than_pydantic_and_orjson():
+    libraries = {
+        str(path.relative_to(REPO_ROOT)): sorted(outside)
+        for path in files_of(CONTRACT)
+        if (
+            outside := {module.split(".")[0] for module in imported_modules(path)}
+            - set(sys.stdlib_module_names)
+            - CONTRACT_LIBRARIES
+            - {CONTRACT}
+        )
+    }
+
+    assert libraries == {}
+
+
 REDIS_CLIENTS = {"Redis", "RedisCluster", "StrictRedis", "from_url"}
-STORE = REPO_ROOT / "schemas" / "feature_store.py"
+STORE = REPO_ROOT / "schemas" / "runtime" / "feature_store.py"
 
 
 def redis_clients_made(path: Path) -> list[int]:

@@ -7,7 +7,7 @@ import pytest
 from schemas.bundle import CURRENT, MANIFEST, VOCABULARY, Manifest, Registry
 from schemas.catalogue import validate_catalogue_item
 from schemas.config import Settings
-from schemas.logic.model_inputs import MAX_GENRES, Vocabulary
+from schemas.runtime.model_inputs import MAX_GENRES, Vocabulary
 from training import __main__ as trainer
 from training.incremental import Continuation, continuable
 from training.layers import ItemEmbedding

@@ -7,8 +7,8 @@ import pytest
 
 from schemas.catalogue import validate_catalogue_item
 from schemas.events import EventType
-from schemas.logic.features import SequenceEntry, UserFeatures
-from schemas.logic.model_inputs import (
+from schemas.features import SequenceEntry, UserFeatures
+from schemas.runtime.model_inputs import (
     EVENT_TYPES,
     FIRST_ITEM,
     PADDING,

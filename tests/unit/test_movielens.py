@@ -1,7 +1,7 @@
 import pytest
 
 from schemas.events import EventType
-from schemas.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events, split_title
+from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events, split_title
 from tests.movielens_files import write_csv_layout, write_dat_layout
 
 MOVIES = [
@@ -115,7 +115,7 @@ def test_titles_and_years_are_split(raw, expected):
 
 
 def test_a_missing_dataset_names_the_setting_to_use(tmp_path, monkeypatch):
-    monkeypatch.setattr("schemas.sources.movielens.SHARED_DATASET", tmp_path / "absent")
+    monkeypatch.setattr("schemas.runtime.sources.movielens.SHARED_DATASET", tmp_path / "absent")
 
     with pytest.raises(FileNotFoundError, match="KF_MOVIELENS_PATH"):
         locate_dataset(None)
@@ -123,7 +123,7 @@ def test_a_missing_dataset_names_the_setting_to_use(tmp_path, monkeypatch):
 
 
 def test_a_configured_path_that_does_not_exist_is_an_error_not_a_fallback(tmp_path, monkeypatch):
-    monkeypatch.setattr("schemas.sources.movielens.SHARED_DATASET", tmp_path)
+    monkeypatch.setattr("schemas.runtime.sources.movielens.SHARED_DATASET", tmp_path)
 
     with pytest.raises(FileNotFoundError, match="absent"):
         locate_dataset(tmp_path / "absent")

@@ -7,8 +7,8 @@ import orjson
 from schemas.config import Settings
 from schemas.events import Event, EventType
 from schemas.experiments import ArmTally, ExperimentTallies
-from schemas.logic.streaming import fold_stream, seen_sets, trending_list
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
+from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
 from streams.operators import (
     ARM_EVENTS,
     DEAD_LETTERS,

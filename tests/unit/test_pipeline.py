@@ -7,11 +7,11 @@ import pytest
 
 from schemas.catalogue import validate_catalogue_item
 from schemas.events import EventType
-from schemas.logic.ann import ItemIndex
-from schemas.logic.covisitation import CoVisitation
-from schemas.logic.features import SequenceEntry
-from schemas.logic.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
-from schemas.logic.pipeline import RankRequest, fallback_items, rank_batch
+from schemas.features import SequenceEntry
+from schemas.runtime.ann import ItemIndex
+from schemas.runtime.covisitation import CoVisitation
+from schemas.runtime.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
+from schemas.runtime.pipeline import RankRequest, fallback_items, rank_batch
 
 ITEMS = ["a", "b", "c", "d", "e"]
 NEW = ["n1", "n2", "n3"]
@@ -68,7 +68,7 @@ def request(behaviours, trending=(), exclude=(), k=2, candidates=2, explain=0, n
 
 
 def with_new_items(recommender: HandMadeRecommender) -> HandMadeRecommender:
-    """The new items added as `schemas.bundle.LoadedBundle.with_items` adds them: everywhere, and in `added_index`."""
+    """The new items added as `LoadedBundle.with_items` adds them: everywhere, and in `added_index`."""
     recommender.vocabulary = recommender.vocabulary.extended(NEW)
     recommender.embeddings = np.concatenate([recommender.embeddings, NEW_VECTORS])
     recommender.index = recommender.index.with_items(NEW_VECTORS, NEW)

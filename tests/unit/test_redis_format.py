@@ -3,8 +3,7 @@ import pytest
 from redis.crc import key_slot
 
 from schemas.events import Event
-from schemas.logic.features import FeatureSpec
-from schemas.logic.streaming import fold_stream
+from schemas.features import FeatureSpec
 from schemas.redis_format import (
     FormatError,
     KeyKind,
@@ -16,6 +15,7 @@ from schemas.redis_format import (
     key_pattern,
     redis_key,
 )
+from schemas.runtime.streaming import fold_stream
 
 
 def test_key_layout_is_prefix_version_namespace_kind_and_the_entity_as_hash_tag():

@@ -2,8 +2,8 @@
 
 import redis
 
-from schemas.feature_store import SeenAddition, VersionedWrite
 from schemas.redis_format import encode_value
+from schemas.runtime.feature_store import SeenAddition, VersionedWrite
 from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter
 
 

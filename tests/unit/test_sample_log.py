@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import sample_log
-from schemas.logic.features import FeatureSpec
-from schemas.logic.samples import sample_rows
-from schemas.sample_log import fold_sample_log
+from schemas.features import FeatureSpec
+from schemas.runtime import samples
+from schemas.runtime.samples import fold_sample_log, sample_rows
 from streams.flink_env import completed_checkpoints
 from streams.sample_log import OrphanWatch, SampleLogKeeper
 from tests.event_streams import messy_stream
@@ -138,7 +138,7 @@ def test_reading_a_window_finds_a_snapshot_the_sink_put_in_the_day_before_and_sk
     write_day(tmp_path, today, "events-a-0-1.jsonl", rest)
     write_day(tmp_path, today, ".events-a-0-2.jsonl.inprogress.x", [b"not even json"])
 
-    rows, report, files = sample_log.read_window(tmp_path, days=1)
+    rows, report, files = samples.read_window(tmp_path, days=1)
 
     assert files == 2 and report.gaps == 0
     assert in_order(rows) == in_order(sample_rows(events, FeatureSpec()))
@@ -254,11 +254,11 @@ def test_the_keeper_keeps_the_retention_and_after_a_finished_job_deletes_whateve
 
 @pytest.mark.parametrize("before_version", [0, 3])
 def test_a_user_without_state_is_snapshotted_even_when_seen_today(before_version):
-    from schemas.logic.streaming import UserState
+    from schemas.features import UserState
     from streams.sample_log import SampleLogLines
     from tests.unit.test_streaming import event
 
-    lines = SampleLogLines(50, clock=lambda: DAY0_S)
+    lines = SampleLogLines(FeatureSpec(), clock=lambda: DAY0_S)
     lines.start_batch()
     lines.add(UserState(version=2), event("a", DAY0_S * 1000), 0, 1, 3)
     lines.add(UserState(version=before_version), event("b", DAY0_S * 1000), 0, 2, before_version + 1)

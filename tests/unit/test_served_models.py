@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from schemas.logic import served_models
-from schemas.logic.model_inputs import FIRST_ITEM, UNKNOWN_ITEM
-from schemas.logic.served_models import DinRanker, UserTower, age_buckets
+from schemas.runtime import served_models
+from schemas.runtime.model_inputs import FIRST_ITEM, UNKNOWN_ITEM
+from schemas.runtime.served_models import DinRanker, UserTower, age_buckets
 from tests.unit.test_layers import small_tables
 from training.export import ranker_arrays, user_tower_arrays
 from training.layers import age_buckets as keras_age_buckets

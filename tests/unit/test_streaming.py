@@ -1,3 +1,4 @@
+import io
 import math
 import pickle
 import random
@@ -9,13 +10,12 @@ from hypothesis import strategies as st
 
 from schemas.dead_letters import dead_letter, original_payload
 from schemas.events import Event
-from schemas.logic.features import HOUR_MS, FeatureSpec, ItemFeatures, popularity_at
-from schemas.logic.samples import training_sample
-from schemas.logic.streaming import (
-    RecentEventIds,
-    TrendingState,
+from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures, ItemState, RecentEventIds, TrendingState, UserState
+from schemas.runtime.features import popularity_at
+from schemas.runtime.samples import training_sample
+from schemas.runtime.streaming import (
     TrendingUpdate,
-    UserState,
+    apply_item_event,
     apply_trending_update,
     apply_trending_updates,
     apply_user_event,
@@ -49,6 +49,35 @@ def test_remembered_ids_survive_a_checkpoint():
 
     assert [restored.remember(event_id) for event_id in ["b", "c", "d", "a"]] == [False, False, False, True]
     assert restored.remember("b")  # "a" pushed the oldest out, as before the checkpoint
+
+
+class ClassesNamed(pickle.Unpickler):
+    """Unpickles, and records the (module, name) of every class and function the pickle names."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.named: set[tuple[str, str]] = set()
+
+    def find_class(self, module, name):
+        self.named.add((module, name))
+        return super().find_class(module, name)
+
+
+def test_every_class_the_checkpoints_pickle_lives_in_the_features_contract():
+    """Flink's checkpoints name each state class by module, so a move of one is a state migration:
+    they all stay in `schemas.features`, where the README's upgrade note points."""
+    spec = FeatureSpec()
+    user = UserState()
+    for n, kind in enumerate(["click", "rating", "like"]):
+        user = apply_user_event(user, event(f"e{n}", T0 + n, kind=kind, value=4.0 if kind == "rating" else None), spec)
+    item = apply_item_event(ItemState(), event("e9", T0, kind="click"), spec)
+    trending = apply_trending_update(TrendingState(), TrendingUpdate.of("i1", item.features, spec), spec)
+    recent = RecentEventIds(capacity=2)
+    recent.remember("e1")
+    unpickler = ClassesNamed(pickle.dumps([(T0, user), (T0, item), trending, recent]))
+
+    assert unpickler.load() is not None
+    assert {module for module, _ in unpickler.named if module.split(".")[0] == "schemas"} == {"schemas.features"}
 
 
 def test_user_versions_count_applied_events():

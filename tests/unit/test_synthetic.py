@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from schemas.events import EventType
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 
 SMALL = WorldSpec(users=50, items=80, genres=6, slate_size=8, seed=3)
 

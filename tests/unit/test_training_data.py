@@ -5,10 +5,10 @@ import numpy as np
 
 from schemas.catalogue import validate_catalogue_item
 from schemas.events import EventType
-from schemas.logic.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures
-from schemas.logic.model_inputs import FIRST_ITEM, Vocabulary
-from schemas.logic.samples import SampleRow, sample_rows
-from schemas.sources.synthetic import SyntheticWorld, WorldSpec
+from schemas.features import FeatureSpec, SequenceEntry, UserEvent, UserFeatures
+from schemas.runtime.model_inputs import FIRST_ITEM, Vocabulary
+from schemas.runtime.samples import SampleRow, sample_rows
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from training.counts import TrainingCounts
 from training.data import (
     Histories,

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from schemas.logic.growing import appended
-from schemas.logic.model_inputs import AGE_BUCKETS
+from schemas.runtime.growing import appended
+from schemas.runtime.model_inputs import AGE_BUCKETS
 
 LAYER_NORM_EPSILON = 1e-6
 MASKED_LOGIT = -1e9

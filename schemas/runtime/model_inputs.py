@@ -17,7 +17,7 @@ import orjson
 
 from schemas.catalogue import CatalogueItem
 from schemas.events import MAX_RATING, MIN_RATING, EventType
-from schemas.logic.features import SequenceEntry, UserFeatures
+from schemas.features import SequenceEntry, UserFeatures
 
 PADDING, UNKNOWN_ITEM = 0, 1
 """Reserved item indices: padding of short sequences, and items the model has not seen."""

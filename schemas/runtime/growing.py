@@ -1,6 +1,6 @@
 """Tables that grow at their end without copying what they hold.
 
-A bundle that takes new items (`schemas.bundle.LoadedBundle.with_items`) is a copy whose tables have
+A bundle that takes new items (`schemas.runtime.loaded_bundle.LoadedBundle.with_items`) is a copy whose tables have
 rows the live bundle's lack; requests in flight keep reading the live one. Copying every table for
 every new item costs milliseconds that requests wait for. `appended` instead writes the new rows
 into spare rows after a table's last one and returns a longer view of the same buffer: a view

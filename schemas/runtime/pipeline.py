@@ -17,10 +17,10 @@ from typing import Protocol
 
 import numpy as np
 
-from schemas.logic.ann import ItemIndex
-from schemas.logic.covisitation import CoVisitation
-from schemas.logic.features import SequenceEntry, UserFeatures
-from schemas.logic.model_inputs import (
+from schemas.features import SequenceEntry, UserFeatures
+from schemas.runtime.ann import ItemIndex
+from schemas.runtime.covisitation import CoVisitation
+from schemas.runtime.model_inputs import (
     COVISITATION_SPANS,
     FIRST_ITEM,
     PADDING,
@@ -78,7 +78,7 @@ class Ranked:
 
 
 class Recommender(Protocol):
-    """The models and tables the pipeline runs on (`schemas.bundle.LoadedBundle` in the service)."""
+    """The models and tables the pipeline runs on (`schemas.runtime.loaded_bundle.LoadedBundle` in the service)."""
 
     vocabulary: Vocabulary
     sequence_length: int
@@ -86,7 +86,7 @@ class Recommender(Protocol):
     """N: the ranker attends over the newest N behaviours of the sequence (N <= sequence_length)."""
     index: ItemIndex
     added_index: ItemIndex | None
-    """The items added since training (`schemas.bundle.LoadedBundle.with_items`); None: none."""
+    """The items added since training (`schemas.runtime.loaded_bundle.LoadedBundle.with_items`); None: none."""
     embeddings: np.ndarray
     """[items, d]: row i is the retrieval vector of vocabulary.item_ids[i]."""
     score_scale: ScoreScale

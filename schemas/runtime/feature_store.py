@@ -21,7 +21,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from schemas.config import StackSettings
-from schemas.logic.features import SequenceEntry, UserFeatures
+from schemas.features import SequenceEntry, UserFeatures
 from schemas.redis_format import (
     TRENDING_ENTITY,
     VALUE_FIELD,

@@ -1,27 +1,26 @@
 """The stream's per-key state machines, as pure `apply(state, input, spec) -> state` functions.
 
 The Flink job keeps one `UserState` per user, one `ItemState` per item and one `TrendingState`
-in all; its operators only call these functions. `version` counts the events applied to a key:
+in all (`schemas.features`); its operators only call these functions. `version` counts the events applied to a key:
 it only grows, so a Redis write carrying it can be refused when it would move state backwards.
 """
 
-import hashlib
 import math
-from array import array
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from schemas.events import Event
-from schemas.logic.features import (
+from schemas.features import (
     FeatureSpec,
     ItemEvent,
     ItemFeatures,
-    PicklesAsFields,
+    ItemState,
+    TrendingState,
     UserEvent,
-    UserFeatures,
-    UserSequence,
+    UserState,
+)
+from schemas.redis_format import Trending
+from schemas.runtime.features import (
     seen_entry,
     unique_events,
     update_item_features,
@@ -29,14 +28,6 @@ from schemas.logic.features import (
     update_sequence,
     update_user_features,
 )
-from schemas.redis_format import Trending
-
-
-@dataclass(slots=True)
-class UserState(PicklesAsFields):
-    sequence: UserSequence = field(default_factory=UserSequence)
-    features: UserFeatures = field(default_factory=UserFeatures)
-    version: int = 0
 
 
 def apply_user_event(state: UserState, event: Event | UserEvent, spec: FeatureSpec) -> UserState:
@@ -46,39 +37,6 @@ def apply_user_event(state: UserState, event: Event | UserEvent, spec: FeatureSp
         features=update_user_features(state.features, event, spec),
         version=state.version + 1,
     )
-
-
-class RecentEventIds:
-    """A user's newest `capacity` event ids, to drop redeliveries, which arrive close behind the
-    original in the user's partition. Kept as 64-bit digests (a false match is a 1 in 2^64 / capacity
-    chance): the stream checkpoints them with each changed user, as one string of 8 bytes per id."""
-
-    __slots__ = ("_members", "_order", "capacity")
-
-    def __init__(self, capacity: int, digests: bytes = b""):
-        self.capacity = capacity
-        self._order = deque(array("Q", digests), maxlen=capacity)
-        self._members = set(self._order)
-
-    def remember(self, event_id: str) -> bool:
-        """Remember `event_id`; False if it is already remembered (a redelivery)."""
-        digest = int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
-        if digest in self._members:
-            return False
-        if len(self._order) == self.capacity:
-            self._members.discard(self._order[0])
-        self._order.append(digest)
-        self._members.add(digest)
-        return True
-
-    def __reduce__(self):
-        return RecentEventIds, (self.capacity, array("Q", self._order).tobytes())
-
-
-@dataclass(slots=True)
-class ItemState(PicklesAsFields):
-    features: ItemFeatures = field(default_factory=ItemFeatures)
-    version: int = 0
 
 
 def apply_item_event(state: ItemState, event: Event | ItemEvent, spec: FeatureSpec) -> ItemState:
@@ -91,16 +49,6 @@ def rank_key(features: ItemFeatures, spec: FeatureSpec) -> float:
     if features.popularity <= 0 or features.popularity_ts is None:
         return -math.inf
     return math.log2(features.popularity) + features.popularity_ts / spec.popularity_half_life_ms
-
-
-@dataclass(slots=True)
-class TrendingState(PicklesAsFields):
-    candidates: dict[str, float] = field(default_factory=dict)
-    """item_id -> rank key of the current top `spec.trending_size`."""
-    floor: float = -math.inf
-    """At most the lowest rank key among the candidates once they are full: an item ranked no higher cannot enter."""
-    at_ts: int = 0
-    version: int = 0
 
 
 class TrendingUpdate(NamedTuple):

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import orjson
 
-from schemas.logic.growing import appended
+from schemas.runtime.growing import appended
 
 HNSW_NEIGHBOURS = 32
 HNSW_SEARCH_DEPTH = 128
@@ -58,7 +58,7 @@ class ItemIndex:
     def with_items(self, embeddings: np.ndarray, ids: list[str]) -> "ItemIndex":
         """A copy that also holds `ids` (embeddings [N, d], row i is item ids[i]); this index is
         unchanged, so searches in flight on it go on. The kind stays: an exact index grows its
-        vectors in place (`schemas.logic.growing`), an HNSW one is cloned and added to."""
+        vectors in place (`schemas.runtime.growing`), an HNSW one is cloned and added to."""
         vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
         if len(vectors) != len(ids):
             raise ValueError(f"{len(vectors)} embeddings for {len(ids)} ids")

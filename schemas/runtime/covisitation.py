@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.logic.model_inputs import PADDING
+from schemas.runtime.model_inputs import PADDING
 
 KEYS_FILE, COUNTS_FILE = "covisitation_keys.npy", "covisitation_counts.npy"
 
