@@ -93,31 +93,31 @@ serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 
 bench: bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap bench-quality ## every benchmark (numbers in README.md)
 
 bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
-	$(PY) -m streams.bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.stream $(BENCH_ARGS)
 
 bench-state: up ## the job holding 1,000,000 users' state, RocksDB beside the heap: events/s, checkpoint sizes and durations, restore after kill -9
-	$(PY) -m streams.state_bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.state $(BENCH_ARGS)
 
 bench-train: setup ## one retraining on MovieLens as scheduled, timed; then the full report (baselines, Embedding+MLP, previous design), the last-5 split and a synthetic world
-	$(PY) -m training.bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.train $(BENCH_ARGS)
 
 bench-incremental: setup ## incremental retraining against from scratch on the same MovieLens rows: quality on later queries, wall and CPU time
-	$(PY) -m training.incremental_bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.incremental $(BENCH_ARGS)
 
 bench-serve: up ## service latency p50/p95/p99, errors and CPU per request at 50, 100, 200, 500 req/s (60 s each), with a new click before every request and with unchanged states
-	$(PY) -m serving.bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.serve $(BENCH_ARGS)
 
 bench-catalogue: up ## new items: catalogue publish -> served by the live service (one by one and 10,000 at once), requests' p99 meanwhile
-	$(PY) -m serving.catalogue_bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.catalogue $(BENCH_ARGS)
 
 bench-swap: setup ## the service's resident memory across 6 hot swaps of the live version (needs a trained model)
-	$(PY) -m serving.swap_memory $(BENCH_ARGS)
+	$(PY) -m infra.benches.swap_memory $(BENCH_ARGS)
 
 bench-quality: setup ## quality through the live system: each MovieLens user's newest 5 ratings withheld, the rest through a private stack as make demo runs it, the service's answers over HTTP scored beside the baselines and the same bundle in-process
-	$(PY) -m infra.quality_bench $(BENCH_ARGS)
+	$(PY) -m infra.benches.quality $(BENCH_ARGS)
 
 soak: demo ## 30 min of events and requests on the demo stack with a retraining and hot swap midway (SOAK_ARGS="--minutes 5")
-	$(PY) -m infra.soak $(SOAK_ARGS)
+	$(PY) -m infra.benches.soak $(SOAK_ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,6 @@ import argparse
 import base64
 import errno
 import importlib.util
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import psutil
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -260,7 +260,7 @@ class FlinkProcess(Service):
     def overview(self) -> dict | None:
         """The JobManager's /overview (task managers, slots, jobs), None while it does not answer."""
         try:
-            return flink_rest(self.settings, "/overview", timeout_s=2)
+            return cluster_rest(self.settings).call("/overview", timeout_s=2)
         except (OSError, ValueError):
             return None
 
@@ -348,12 +348,54 @@ def flink_rest_url(settings: Settings) -> str:
     return f"http://{flink_rest_address(settings)}"
 
 
-def flink_rest(settings: Settings, path: str, method: str = "GET", timeout_s: float = 10.0) -> dict:
-    """One call of the Flink cluster's REST API, e.g. `/jobs/overview`; raises OSError when it does not answer."""
-    request = urllib.request.Request(flink_rest_url(settings) + path, method=method)
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
-        body = response.read()
-    return json.loads(body) if body else {}
+class FlinkRest:
+    """Flink's REST API, the one client of it: a session cluster's JobManager (`make cluster-up`) or a
+    job's MiniCluster (the benchmarks), each at its own address."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def call(self, path: str, method: str = "GET", timeout_s: float = 10.0) -> dict:
+        """One call, e.g. `/jobs/overview`; OSError when the API does not answer or refuses."""
+        request = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            body = response.read()
+        return orjson.loads(body) if body else {}
+
+    def get(self, path: str) -> dict | None:
+        """The answer to GET `path`; None while the cluster is starting (5xx, refused). A 4xx is a
+        wrong request and raises."""
+        try:
+            return self.call(path)
+        except urllib.error.HTTPError as error:
+            if error.code < 500:
+                raise
+            return None
+        except OSError:
+            return None
+
+    def job_ids(self) -> list[str]:
+        """The ids of the jobs the cluster has, running or not; empty while it does not answer."""
+        return [job["id"] for job in (self.get("/jobs") or {}).get("jobs", [])]
+
+    def all_tasks_running(self, job_id: str) -> bool:
+        job = self.get(f"/jobs/{job_id}")
+        return job is not None and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
+
+    def completed_checkpoints(self, job_id: str) -> list[dict]:
+        """The job's completed checkpoints in Flink's history (which keeps only the newest few)."""
+        checkpoints = self.get(f"/jobs/{job_id}/checkpoints")
+        return [c for c in checkpoints["history"] if c["status"] == "COMPLETED"] if checkpoints else []
+
+    def restored_checkpoint(self, job_id: str) -> int | None:
+        """The id of the checkpoint the job restored from; None: it started without one."""
+        restored = self.call(f"/jobs/{job_id}/checkpoints")["latest"].get("restored")
+        return restored["id"] if restored else None
+
+
+def cluster_rest(settings: Settings) -> FlinkRest:
+    """The REST API of the local Flink session cluster (`make cluster-up`)."""
+    return FlinkRest(flink_rest_url(settings))
 
 
 class RecommendationService(Application):
@@ -675,7 +717,7 @@ def status(settings: Settings) -> bool:
 def flink_jobs(settings: Settings) -> list[dict]:
     """The Flink cluster's jobs, newest first; none when no JobManager answers."""
     try:
-        jobs = flink_rest(settings, "/jobs/overview", timeout_s=2)["jobs"]
+        jobs = cluster_rest(settings).call("/jobs/overview", timeout_s=2)["jobs"]
     except (OSError, ValueError):
         return []
     return sorted(jobs, key=lambda job: -job["start-time"])

@@ -23,9 +23,10 @@ from schemas.features import FeatureSpec
 from schemas.hyperparameters import Hyperparameters
 from schemas.validation import ContractRecord
 
-BUNDLE_FORMAT = 5
-"""5: the served models carry their item embeddings' genre and year tables, from which the service
-embeds items published after training (4: the served models are arrays (`SERVED_MODELS`) that
+BUNDLE_FORMAT = 6
+"""6: the manifest's feature spec is the stream's, with the settings' fields (no version of its
+own); 5: the served models carry their item embeddings' genre and year tables, from which the
+service embeds items published after training (4: the served models are arrays (`SERVED_MODELS`) that
 NumPy runs, not TensorFlow SavedModels; 3: the ranker attends over the newest
 `Hyperparameters.ranker_behaviours` behaviours; 2 attended over the whole sequence and brought the
 sequential user tower over items, kinds and ages and the ranker's candidate features and
@@ -59,7 +60,7 @@ class BundleError(Exception):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bundle_format: Literal[5] = BUNDLE_FORMAT
+    bundle_format: Literal[6] = BUNDLE_FORMAT
     version: int = Field(ge=1)
     parent_version: int | None = None
     created_at: int = Field(description="Epoch milliseconds.")

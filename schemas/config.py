@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_settings import (
     BaseSettings,
@@ -30,18 +29,14 @@ from pydantic_settings import (
 )
 
 from schemas.experiments import Experiment
-from schemas.features import HOUR_MS, FeatureSpec
+from schemas.features import FeatureSpec
 from schemas.hyperparameters import Hyperparameters
+from schemas.validation import json_text
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 CONFIG_FILE_VARIABLE = "KF_CONFIG_FILE"
 DEFAULT_CONFIG_FILE = "kingfisher.toml"
-
-
-def _json_text(raw: Any) -> Any:
-    """A setting given as text (an environment variable) holding JSON; tables (TOML) pass as they are."""
-    return orjson.loads(raw) if isinstance(raw, str | bytes) else raw
 
 
 class Section(BaseModel):
@@ -128,10 +123,8 @@ class StackSettings(Section):
 class PipelineSettings(Section):
     """What the stream keeps per user and item and what a recommendation considers (all processes)."""
 
-    sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept in each user's live sequence.")
-    popularity_half_life_h: float = Field(24.0, gt=0, description="Half-life of an item's decayed popularity.")
-    seen_capacity: int = Field(
-        2000, ge=1, description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions."
+    features: FeatureSpec = Field(
+        FeatureSpec(), description="What the stream keeps per user and item: the feature spec (`schemas/features.py`)."
     )
     label_threshold: float = Field(3.5, description="A rating at least this is a positive label (as SparrowRecSys).")
     candidates: int = Field(80, ge=1, description="Candidates retrieved by Faiss and ranked by DIN (M).")
@@ -153,13 +146,6 @@ class PipelineSettings(Section):
     faiss_exact_max_items: int = Field(
         50_000, ge=1, description="Catalogues up to this size get an exact Faiss index; larger ones HNSW."
     )
-
-    def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec(
-            sequence_length=self.sequence_length,
-            popularity_half_life_ms=round(self.popularity_half_life_h * HOUR_MS),
-            seen_capacity=self.seen_capacity,
-        )
 
 
 class StreamSettings(Section):
@@ -322,7 +308,7 @@ class ServingSettings(Section):
     serve_max_batch: int = Field(
         4, ge=1, le=64, description="Most concurrent recommendation requests ranked in one model call."
     )
-    experiment: Annotated[Experiment | None, BeforeValidator(_json_text)] = Field(
+    experiment: Annotated[Experiment | None, BeforeValidator(json_text)] = Field(
         None,
         description="The experiment the service starts with, as JSON (schemas/EXPERIMENTS.md), e.g. "
         '{"name": "v2-vs-v1", "arms": [{"name": "champion", "share": 0.5}, {"name": "challenger", "version": 2, '

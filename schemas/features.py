@@ -17,16 +17,15 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from schemas.events import Event, EventType
+from schemas.validation import json_text
 
-FEATURE_SPEC_VERSION = 1
 HOUR_MS = 3_600_000
 WINDOW_BUCKET_MS = 5 * 60_000
-WINDOWS_MS = MappingProxyType({"1h": HOUR_MS, "24h": 24 * HOUR_MS})
 
 DEFAULT_INTERACTION_WEIGHTS = MappingProxyType(
     {
@@ -42,21 +41,43 @@ DEFAULT_INTERACTION_WEIGHTS = MappingProxyType(
 
 
 class FeatureSpec(BaseModel):
-    """The parameters of the features; recorded in every model bundle so training and serving agree."""
+    """The parameters of the features, each in one unit, set once (the settings' `pipeline.features`).
+
+    The stream records the spec it runs with beside its checkpoints, in Redis and in every
+    sample-log snapshot; training builds rows with the log's spec and records it in the bundle's
+    manifest; the service refuses a bundle whose spec is not the stream's."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: int = FEATURE_SPEC_VERSION
-    sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept per user (newest N).")
-    popularity_half_life_ms: int = Field(24 * HOUR_MS, gt=0, description="Half-life of an item's popularity.")
-    interaction_weights: dict[EventType, float] = Field(
+    sequence_length: int = Field(50, ge=1, le=1000, description="Interactions kept in each user's live sequence.")
+    popularity_half_life_ms: int = Field(
+        24 * HOUR_MS, gt=0, description="Half-life of an item's decayed popularity, in milliseconds."
+    )
+    interaction_weights: Annotated[dict[EventType, float], BeforeValidator(json_text)] = Field(
         default_factory=lambda: dict(DEFAULT_INTERACTION_WEIGHTS),
         description="How much one event of each type adds to an item's popularity.",
     )
     trending_size: int = Field(100, ge=1, description="Items in the trending list.")
-    seen_capacity: int = Field(
-        2000, ge=1, description="Items kept per user in the seen set (those of the newest interactions)."
+    recent_window_ms: int = Field(
+        24 * HOUR_MS,
+        ge=WINDOW_BUCKET_MS,
+        description="How far back an item's interactions per 5-minute bucket are kept, in milliseconds.",
     )
+    seen_capacity: int = Field(
+        2000, ge=1, description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions."
+    )
+
+    @field_validator("interaction_weights")
+    @classmethod
+    def _weighs_every_type(cls, weights: dict[EventType, float]) -> dict[EventType, float]:
+        if missing := sorted(set(EventType) - set(weights)):
+            raise ValueError(f"no weight for {', '.join(missing)}")
+        return weights
+
+    def differences(self, other: "FeatureSpec") -> str:
+        """The fields in which `other` differs, as `name this -> other`; empty when equal."""
+        mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
+        return ", ".join(f"{name} {mine[name]} -> {theirs[name]}" for name in mine if mine[name] != theirs[name])
 
 
 class PicklesAsFields:
@@ -137,7 +158,7 @@ class ItemFeatures(InteractionStats):
     """Exponentially decayed, weighted interaction count as of `popularity_ts`."""
     popularity_ts: int | None = None
     recent: tuple[tuple[int, int], ...] = ()
-    """Interactions per 5-minute bucket (bucket start, count), for the 24 hours up to `last_ts`."""
+    """Interactions per 5-minute bucket (bucket start, count), for `FeatureSpec.recent_window_ms` up to `last_ts`."""
 
     def interactions_within(self, window_ms: int) -> int:
         """Interactions in the `window_ms` up to `last_ts` (in whole 5-minute buckets)."""

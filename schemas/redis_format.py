@@ -20,7 +20,7 @@ import orjson
 
 from schemas.events import EventType
 from schemas.experiments import ArmTally, ExperimentTallies
-from schemas.features import ItemFeatures, SequenceEntry, UserFeatures, UserSequence
+from schemas.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 
 FORMAT_VERSION = 3
 KEY_PREFIX = "kf"
@@ -36,6 +36,7 @@ class KeyKind(StrEnum):
     TRENDING = "trending"
     EXPERIMENT = "experiment"
     USER_SEEN = "user_seen"
+    FEATURE_SPEC = "feature_spec"
     ACTIVE_NAMESPACE = "active_ns"
     TOOLCHAIN_CHECK = "toolchain_check"
 
@@ -79,6 +80,8 @@ def entity_of(key: str, kind: KeyKind, namespace: str) -> str:
 VERSION_FIELD, VALUE_FIELD = "version", "value"
 TRENDING_ENTITY = "global"
 """Entity id of the one trending list of a namespace."""
+FEATURE_SPEC_ENTITY = "stream"
+"""Entity id of the feature spec the stream writing a namespace runs with."""
 
 
 def active_namespace_key() -> str:
@@ -142,3 +145,18 @@ def decode_value(kind: KeyKind, raw: bytes) -> StoredValue:
         return StoredValue(DECODERS[kind](stored["data"]), stored["as_of"])
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise FormatError(f"{kind} value is not in Redis format v{FORMAT_VERSION}: {error!r}") from None
+
+
+def feature_spec_key(namespace: str) -> str:
+    return redis_key(KeyKind.FEATURE_SPEC, FEATURE_SPEC_ENTITY, namespace)
+
+
+def encode_feature_spec(spec: FeatureSpec) -> bytes:
+    return orjson.dumps(spec.model_dump(mode="json"))
+
+
+def decode_feature_spec(raw: bytes) -> FeatureSpec:
+    try:
+        return FeatureSpec.model_validate_json(raw)
+    except ValueError as error:
+        raise FormatError(f"{KeyKind.FEATURE_SPEC} value is not a feature spec: {error}") from None

@@ -84,3 +84,8 @@ def parse_record(model: type[Record], data: bytes, max_bytes: int) -> Record:
     if not isinstance(payload, dict):
         raise InvalidRecord([Problem(field="$", rule=f"must be a JSON object, not {type(payload).__name__}")])
     return validate_record(model, payload)
+
+
+def json_text(raw: Any) -> Any:
+    """A setting given as text (an environment variable) holding JSON; tables (TOML) pass as they are."""
+    return orjson.loads(raw) if isinstance(raw, str | bytes) else raw

@@ -5,6 +5,7 @@ import logging
 
 import redis.asyncio as aioredis
 
+from schemas.features import FeatureSpec
 from schemas.redis_format import StoredValue
 from schemas.runtime.feature_store import AsyncFeatureStore, UserRead
 from serving.clock import EventClock
@@ -38,6 +39,15 @@ class LiveStore:
             if stored is not None:
                 self.clock.observe(stored.as_of)
         return state
+
+    async def stream_feature_spec(self) -> FeatureSpec | None:
+        """The feature spec the stream writing the namespace runs with (None: none recorded, or Redis
+        does not answer: then nothing can be checked)."""
+        try:
+            return await self.store.feature_spec(self.namespace)
+        except (aioredis.RedisError, OSError) as error:
+            log.warning("the stream's feature spec could not be read: %s", error)
+            return None
 
     async def trending(self) -> StoredValue | None:
         return await self.store.trending(self.namespace)

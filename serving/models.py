@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 from schemas.bundle import BundleError, Registry, verify
 from schemas.catalogue import CatalogueItem
 from schemas.config import Settings
+from schemas.features import FeatureSpec
 from schemas.runtime.catalogue_topic import CatalogueChanges
 from schemas.runtime.loaded_bundle import LoadedBundle
 from schemas.runtime.model_inputs import FIRST_ITEM, RANKER_FEATURES, SequenceArrays
@@ -40,13 +41,16 @@ class ModelHolder:
         executor: Executor,
         in_flight: InFlight,
         catalogue: LiveCatalogue,
+        stream_spec: Callable[[], Awaitable[FeatureSpec | None]],
         on_live: Callable[[int, int, int], None] = lambda version, added, withdrawn: None,
         pinned: int | None = None,
     ):
-        """Holds the registry's current version, or with `pinned`, that version only (an experiment's arm)."""
+        """Holds the registry's current version, or with `pinned`, that version only (an experiment's
+        arm). `stream_spec`: the feature spec the stream writing the served namespace runs with; a
+        version trained with another is refused."""
         self.settings, self.executor, self.in_flight, self.on_live = settings, executor, in_flight, on_live
         self.pinned = pinned
-        self.catalogue = catalogue
+        self.catalogue, self.stream_spec = catalogue, stream_spec
         self.registry = Registry(settings.stack.models_dir)
         self.bundle: LoadedBundle | None = None
         self.last_error: str | None = None
@@ -66,10 +70,12 @@ class ModelHolder:
                 set(self.catalogue.withdrawn),
             )
             try:
+                await self._check_feature_spec(current)
                 loaded = await loop.run_in_executor(self.executor, self._load, current, known, withdrawn)
             except (BundleError, OSError, ValueError) as error:
-                self.last_error = f"version {current}: {error}"
-                log.error("not loading model %s", self.last_error)
+                if self.last_error != (refusal := f"version {current}: {error}"):
+                    log.error("not loading model %s", refusal)
+                self.last_error = refusal
                 return False
             previous, self.bundle, self.last_error = self.bundle, loaded, None
             self._live(loaded)
@@ -97,6 +103,15 @@ class ModelHolder:
                          grown.added_items, len(grown.withdrawn))  # fmt: skip
                 self.bundle = grown
                 self._live(grown)
+
+    async def _check_feature_spec(self, version: int) -> None:
+        """BundleError when `version` was trained on features the stream does not compute (another spec)."""
+        trained, stream = self.registry.manifest(version).feature_spec, await self.stream_spec()
+        if stream is not None and trained != stream:
+            raise BundleError(
+                f"trained with another feature spec than the stream's ({trained.differences(stream)}): "
+                "retrain on the stream's sample log, or run the stream with the model's spec"
+            )
 
     def _live(self, bundle: LoadedBundle) -> None:
         self.on_live(bundle.version, bundle.added_items, len(bundle.withdrawn))

@@ -51,10 +51,15 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     )
     loop, wake, stop = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
     app[CATALOGUE], batches = LiveCatalogue(), asyncio.Queue()
-    app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], app[METRICS].model_live)
+    stream_spec = app[STORE].stream_feature_spec
+    app[MODELS] = ModelHolder(
+        settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], stream_spec, app[METRICS].model_live
+    )
     app[EXPERIMENTS] = Experiments(
         app[MODELS],
-        lambda version: ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], pinned=version),
+        lambda version: ModelHolder(
+            settings, app[EXECUTOR], app[IN_FLIGHT], app[CATALOGUE], stream_spec, pinned=version
+        ),
         settings.serving.experiment,
     )
     catalogue = follow_catalogue(settings, loop, batches, caught_up := asyncio.Event(), stop)

@@ -33,7 +33,10 @@ from pyflink.table import StreamTableEnvironment
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.redis_format import TRENDING_ENTITY
+from schemas.runtime.feature_store import FeatureStore
 from streams.flink_env import (
+    FeatureSpecChanged,
+    check_feature_spec,
     checkpoint_uri,
     discarding_sink,
     execution_environment,
@@ -248,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = checkpoint_uri(settings, arguments.namespace)
     local_checkpoints = local_directory(checkpoints)
     restore = restore_location(arguments.restore, None if arguments.fresh else local_checkpoints)
+    try:
+        check_feature_spec(checkpoints, settings.pipeline.features, resuming=restore is not None)
+    except FeatureSpecChanged as changed:
+        log.error("%s", changed)
+        return 2
+    store = FeatureStore.for_stack(settings.stack)
+    store.record_feature_spec(arguments.namespace, settings.pipeline.features)
+    store.close()
     env = execution_environment(settings, settings.stream.flink_parallelism, checkpoints, restore)
     samples = (
         None if arguments.no_samples else sample_log.log_directory(settings.stack.samples_dir, arguments.namespace)

@@ -16,6 +16,7 @@ from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSo
 from pyflink.java_gateway import get_gateway
 
 from schemas.config import Settings
+from schemas.features import FeatureSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +73,38 @@ def completed_checkpoints(uri: str) -> dict[str, float]:
         for path, info in zip(checkpoints, metadata, strict=True)
         if info.type == pyarrow.fs.FileType.File
     }
+
+
+FEATURE_SPEC_FILE = "feature_spec.json"
+
+
+class FeatureSpecChanged(RuntimeError):
+    """The job's checkpoints hold state built with another feature spec than its settings'."""
+
+
+def check_feature_spec(checkpoints: str, spec: FeatureSpec, resuming: bool) -> None:
+    """Record `spec` beside the job's checkpoints, which hold state built with it; when `resuming`,
+    first refuse checkpoints recorded with another spec (their sequences, seen sets and popularity
+    were kept by other rules) or with none: those are of a version before the state classes moved
+    into `schemas.features`, and their pickles name modules that are no more."""
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(checkpoints)
+    path = f"{root}/{FEATURE_SPEC_FILE}"
+    remedy = "start the job with --fresh, or rebuild the namespace with `kingfisher replay`"
+    if resuming and filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        raise FeatureSpecChanged(
+            f"the checkpoints under {checkpoints} are of an earlier version (README, Upgrading): {remedy}"
+        )
+    if resuming:
+        with filesystem.open_input_stream(path) as stream:
+            recorded = FeatureSpec.model_validate_json(stream.read())
+        if recorded != spec:
+            raise FeatureSpecChanged(
+                f"the checkpoints under {checkpoints} hold state built with another feature spec "
+                f"({recorded.differences(spec)}): {remedy}, to apply the new one"
+            )
+    filesystem.create_dir(root, recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(spec.model_dump_json().encode())
 
 
 def restore_location(requested: str | None, checkpoints: Path | None) -> str | None:

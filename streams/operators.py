@@ -6,7 +6,6 @@ to `streams.operators`: under `python -m streams.feature_job` the entry point is
 the interpreter embedded in Flink's JVM (thread mode) cannot import.
 """
 
-import functools
 import gc
 import zlib
 from collections import defaultdict
@@ -21,7 +20,7 @@ from schemas.dead_letters import dead_letter
 from schemas.events import Event, EventType, parse_event
 from schemas.experiments import ExperimentTallies, counted_arm
 from schemas.features import FeatureSpec, ItemEvent, ItemState, RecentEventIds, TrendingState, UserState
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
+from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
@@ -43,12 +42,6 @@ GC_THRESHOLDS = (50_000, 20, 100)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLES = OutputTag("training-samples", Types.STRING())
 ARM_EVENTS = OutputTag("arm-events", Types.PICKLED_BYTE_ARRAY())
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _redis_key(kind: KeyKind, entity_id: str, namespace: str) -> str:
-    """Building and checking a key costs more than the rest of a Redis write; active entities repeat."""
-    return redis_key(kind, entity_id, namespace)
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ class JobParameters:
             redis_cluster=settings.stack.redis_cluster,
             redis_timeout_s=settings.stream.redis_write_timeout_s,
             namespace=namespace,
-            spec=settings.pipeline.feature_spec(),
+            spec=settings.pipeline.features,
             entity_ttl_ms=round(settings.stream.entity_ttl_h * 3_600_000),
             dedupe_ttl_ms=round(settings.stream.dedupe_ttl_h * 3_600_000),
             dedupe_capacity=settings.stream.dedupe_capacity,
@@ -87,12 +80,9 @@ class JobParameters:
             log_samples=log_samples,
         )
 
-    def key(self, kind: KeyKind, entity_id: str) -> str:
-        return _redis_key(kind, entity_id, self.namespace)
-
     def writer(self, name: str) -> RedisWriter:
         store = FeatureStore.connect(self.redis_host, self.redis_port, self.redis_timeout_s, self.redis_cluster)
-        return RedisWriter(store, name)
+        return RedisWriter(store, name, self.namespace)
 
     def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
         # Inactive entities expire with their Redis keys (EntityStates decides); Flink's TTL frees their storage.
@@ -213,7 +203,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         after = apply_user_event(before, event, p.spec)
         self.users.put(event.user_id, after)
         if (entry := seen_entry(event)) is not None:
-            self.writer.add_seen(p.key(KeyKind.USER_SEEN, event.user_id), *entry, p.spec.seen_capacity, p.entity_ttl_ms)
+            self.writer.add_seen(event.user_id, *entry, p.spec.seen_capacity, p.entity_ttl_ms)
         if self.sample_log is not None:
             self.sample_log.add(before, event, partition, offset, after.version)
 
@@ -222,7 +212,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         p = self.parameters
         for user_id, state in changed:
             for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
-                self.writer.put(p.key(kind, user_id), state.version, value, state.features.last_ts, p.entity_ttl_ms)
+                self.writer.put(kind, user_id, state.version, value, state.features.last_ts, p.entity_ttl_ms)
 
     def close(self) -> None:
         self.writer.close()
@@ -251,8 +241,8 @@ class ItemFeaturesFunction(KeyedProcessFunction):
             event_times.append(event.ts)
             append_times.append(append_ms)
         for item_id, state in self.items.commit():
-            key = p.key(KeyKind.ITEM_FEATURES, item_id)
-            self.writer.put(key, state.version, state.features, state.features.last_ts, p.entity_ttl_ms)
+            self.writer.put(KeyKind.ITEM_FEATURES, item_id, state.version, state.features, state.features.last_ts,
+                            p.entity_ttl_ms)  # fmt: skip
         self.writer.applied(event_times, append_times)
         self.writer.flush()
         yield updates, event_times, append_times
@@ -274,7 +264,7 @@ class TrendingFunction(KeyedProcessFunction):
         state = apply_trending_updates(self.state.value() or TrendingState(), updates, p.spec)
         self.writer.applied(event_times, append_times)
         self.state.update(state)
-        self.writer.put(p.key(KeyKind.TRENDING, TRENDING_ENTITY), state.version, trending_list(state, p.spec),
+        self.writer.put(KeyKind.TRENDING, TRENDING_ENTITY, state.version, trending_list(state, p.spec),
                         state.at_ts, 0)  # fmt: skip
         self.writer.flush()
         return iter(())
@@ -300,8 +290,7 @@ class ExperimentTalliesFunction(KeyedProcessFunction):
         for arm, event_type, ts, shadows_shown in counted:
             tallies = tallies.counted(arm, EventType(event_type), ts, shadows_shown)
         self.state.update(tallies)
-        p = self.parameters
-        self.writer.put(p.key(KeyKind.EXPERIMENT, experiment), tallies.version, tallies, tallies.at_ts, 0)
+        self.writer.put(KeyKind.EXPERIMENT, experiment, tallies.version, tallies, tallies.at_ts, 0)
         self.writer.flush()
         return iter(())
 

@@ -1,8 +1,9 @@
 """Writing feature state to Redis from inside Flink operators: coalesced, pipelined, never backwards.
 
-Operators `put` a key's newest state with its version and `add_seen` a user's new seen items while
-they work through a batch, note each event they applied, and `flush` before the batch ends: per key
-only the newest state is encoded and written, all in one round trip, through the
+Operators `put` an entity's newest state with its version and `add_seen` a user's new seen items
+while they work through a batch, note each event they applied, and `flush` before the batch ends:
+per key only the newest state goes to the feature store, which builds the keys, encodes the values
+and writes them all in one round trip, through the
 `WRITE_FEATURES` script (compare-and-set, and the seen sets' idempotent additions). Flushing
 inside the batch means a checkpoint (taken between batches) never covers an event whose Redis
 write is still pending, so a restart can only rewrite, never lose; the version check makes the
@@ -20,8 +21,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from schemas.redis_format import encode_value
-from schemas.runtime.feature_store import FeatureStore, SeenAddition, VersionedWrite
+from schemas.redis_format import KeyKind
+from schemas.runtime.feature_store import EntityWrite, FeatureStore, SeenAddition
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
@@ -47,31 +48,33 @@ class Freshness:
 
 
 class RedisWriter:
-    def __init__(self, store: FeatureStore, name: str, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, store: FeatureStore, name: str, namespace: str, sleep: Callable[[float], None] = time.sleep):
         # The store's writes are idempotent (a version no older, ZADD GT), so one that timed out is simply sent again.
         self.store = store
-        self.name = name
+        self.name, self.namespace = name, namespace
         self.sleep = sleep
-        self.pending: dict[str, tuple[int, Any, int, int]] = {}
-        """key -> (version, value, as_of, ttl_ms) of its newest queued state."""
+        self.pending: dict[tuple[KeyKind, str], EntityWrite] = {}
+        """(kind, entity_id) -> its newest queued state."""
         self.pending_seen: dict[str, SeenAddition] = {}
+        """user_id -> the items to add to the user's seen set."""
         self.event_times: list[int] = []
         self.append_times: list[int] = []
         self.freshness = Freshness()
         self.last_report = time.monotonic()
         self.latest: dict[str, float] = {}
 
-    def put(self, key: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
-        """Queue the newest state of `key`, a value `encode_value` takes; it is encoded when flushed."""
-        queued = self.pending.get(key)
-        if queued is None or version >= queued[0]:
-            self.pending[key] = (version, value, as_of, ttl_ms)
+    def put(self, kind: KeyKind, entity_id: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
+        """Queue the newest state of the entity's key of `kind`, a value `encode_value` takes; it is
+        encoded when flushed."""
+        queued = self.pending.get((kind, entity_id))
+        if queued is None or version >= queued.version:
+            self.pending[kind, entity_id] = EntityWrite(kind, entity_id, version, value, as_of, ttl_ms)
 
-    def add_seen(self, key: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
-        """Queue an item interacted with at `ts` for the seen set `key` (of at most `capacity` items)."""
-        queued = self.pending_seen.get(key)
+    def add_seen(self, user_id: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
+        """Queue an item interacted with at `ts` for the user's seen set (of at most `capacity` items)."""
+        queued = self.pending_seen.get(user_id)
         if queued is None:
-            queued = self.pending_seen[key] = SeenAddition({}, capacity, ttl_ms)
+            queued = self.pending_seen[user_id] = SeenAddition({}, capacity, ttl_ms)
         queued.add(item_id, ts)
 
     def applied(self, event_times: Iterable[int], append_times: Iterable[int | None]) -> None:
@@ -84,12 +87,8 @@ class RedisWriter:
         """Write every queued key; retries while Redis is unreachable and returns only once written."""
         if not self.pending and not self.pending_seen:
             return
-        batch, seen, self.pending, self.pending_seen = self.pending, self.pending_seen, {}, {}
-        encoded = [
-            VersionedWrite(key, version, encode_value(value, as_of), ttl)
-            for key, (version, value, as_of, ttl) in batch.items()
-        ]
-        written = self._execute(encoded, seen)
+        batch, seen, self.pending, self.pending_seen = list(self.pending.values()), self.pending_seen, {}, {}
+        written = self._execute(batch, seen)
         now_ms = int(time.time() * 1000)
         self.freshness.writes += written
         self.freshness.refused += len(batch) - written
@@ -98,13 +97,13 @@ class RedisWriter:
         self.event_times, self.append_times = [], []
         self._report()
 
-    def _execute(self, encoded: list[VersionedWrite], seen: dict[str, SeenAddition]) -> int:
+    def _execute(self, batch: list[EntityWrite], seen: dict[str, SeenAddition]) -> int:
         attempt = 0
         while True:
             try:
-                return self.store.write(encoded, seen)
+                return self.store.write(self.namespace, batch, seen)
             except (redis.ConnectionError, redis.TimeoutError) as error:
-                log.warning("redis writer %s: %d writes failed (%s); retrying", self.name, len(encoded), error)
+                log.warning("redis writer %s: %d writes failed (%s); retrying", self.name, len(batch), error)
                 self.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
                 attempt += 1
 

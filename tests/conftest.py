@@ -72,7 +72,7 @@ class Stack:
     env: dict[str, str]
 
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """Run a Python command of the project (e.g. `-m streams.smoke`) configured for this stack."""
+        """Run a Python command of the project (e.g. `-m infra.benches.smoke`) configured for this stack."""
         return self.run_program(sys.executable, *args, timeout=timeout)
 
     def kingfisher(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -43,6 +43,7 @@ class MemoryFeatureStore:
     makes every read fail as an unreachable Redis does."""
 
     def __init__(self, events: list[Event], spec: FeatureSpec):
+        self.spec = spec
         self.states, _, trending = fold_stream(events, spec)
         self.seen = seen_sets(events, spec)
         listed = trending_list(trending, spec)
@@ -60,6 +61,10 @@ class MemoryFeatureStore:
     async def active_namespace(self, default: str) -> str:
         self._check()
         return default
+
+    async def feature_spec(self, namespace: str) -> FeatureSpec | None:
+        self._check()
+        return self.spec
 
     async def read_user(self, user_id: str, namespace: str, seen: bool = False) -> UserRead:
         self._check()
@@ -111,11 +116,16 @@ def in_memory_resources(store: MemoryFeatureStore, producer: RecordingProducer, 
         app[STORE] = LiveStore(store, settings.stack.namespace)
         app[PRODUCER] = producer
         app[CATALOGUE] = catalogue
-        app[MODELS] = ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, app[METRICS].model_live)
+        stream_spec = app[STORE].stream_feature_spec
+        app[MODELS] = ModelHolder(
+            settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, stream_spec, app[METRICS].model_live
+        )
         await app[MODELS].refresh()
         app[EXPERIMENTS] = Experiments(
             app[MODELS],
-            lambda version: ModelHolder(settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, pinned=version),
+            lambda version: ModelHolder(
+                settings, app[EXECUTOR], app[IN_FLIGHT], catalogue, stream_spec, pinned=version
+            ),
             settings.serving.experiment,
         )
         await app[EXPERIMENTS].start(app[EXPERIMENTS].registry.experiment(settings.serving.experiment))

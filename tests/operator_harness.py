@@ -17,6 +17,7 @@ from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event
 from schemas.features import FeatureSpec
+from schemas.redis_format import KeyKind, redis_key
 from schemas.runtime.features import update_seen
 from streams.operators import SAMPLES, JobParameters, UserFeaturesFunction
 
@@ -48,19 +49,22 @@ class FakeValueState:
 
 
 class MemoryWriter:
-    """Keeps the newest (version, value) per key, as WRITE_FEATURES leaves Redis."""
+    """Keeps the newest (version, value) per key, as WRITE_FEATURES leaves Redis, under the keys the
+    feature store builds in the operators' namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = "test") -> None:
+        self.namespace = namespace
         self.stored: dict[str, tuple[int, Any]] = {}
         self.pending: dict[str, tuple[int, Any]] = {}
         self.latest: dict[str, float] = {}
         self.seen: dict[str, dict[str, int]] = {}
         """The seen sets, as ZADD GT and the trim leave them."""
 
-    def put(self, key: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
-        self.pending[key] = (version, value)
+    def put(self, kind: KeyKind, entity_id: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
+        self.pending[redis_key(kind, entity_id, self.namespace)] = (version, value)
 
-    def add_seen(self, key: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
+    def add_seen(self, user_id: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
+        key = redis_key(KeyKind.USER_SEEN, user_id, self.namespace)
         self.seen[key] = update_seen(self.seen.get(key, {}), (item_id, ts), FeatureSpec(seen_capacity=capacity))
 
     def applied(self, event_times, append_times) -> None:

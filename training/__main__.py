@@ -5,6 +5,7 @@ import logging
 import sys
 
 from schemas.config import Settings
+from training.data import FeatureSpecsMixed
 from training.pipeline import QUICK_EPOCHS, TrainingError, quick
 from training.retraining import train_once
 from training.sources import Source, load
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             full_report=arguments.full_report,
             incremental=arguments.incremental,
         )
-    except TrainingError as error:
+    except (TrainingError, FeatureSpecsMixed) as error:
         logging.getLogger("kingfisher.training").error("%s", error)
         return 1
     print(outcome.verdict)

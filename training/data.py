@@ -29,8 +29,13 @@ log = logging.getLogger("kingfisher.training")
 Row = SampleRow
 
 
-def read_sample_log(directory: Path, window_days: int, max_rows: int) -> list[Row]:
-    """The rows of the sample log's newest `window_days` days, at most the newest `max_rows`."""
+class FeatureSpecsMixed(ValueError):
+    """The sample log's window holds rows the stream built with different feature specs."""
+
+
+def read_sample_log(directory: Path, window_days: int, max_rows: int) -> tuple[list[Row], FeatureSpec | None]:
+    """The rows of the sample log's newest `window_days` days, at most the newest `max_rows`, and
+    the feature spec the stream built them with (None: the window is empty)."""
     gc.disable()  # a fold allocates millions of objects that all stay alive: collections only slow it
     try:
         rows, report, files = samples.read_window(directory, window_days)
@@ -50,7 +55,14 @@ def read_sample_log(directory: Path, window_days: int, max_rows: int) -> list[Ro
             report.gaps,
             report.mismatched_snapshots,
         )
-    return in_time_order(rows)[-max_rows:]
+    if len(report.feature_specs) > 1:
+        first, *others = report.feature_specs
+        raise FeatureSpecsMixed(
+            f"the sample log's newest {window_days} days under {directory} were written with "
+            f"{len(report.feature_specs)} feature specs ({'; '.join(first.differences(o) for o in others)}): "
+            "train once the window holds one (KF_TRAINING_WINDOW_DAYS), or from a dataset"
+        )
+    return in_time_order(rows)[-max_rows:], next(iter(report.feature_specs), None)
 
 
 def bootstrap_rows(events: Iterable[Event], spec: FeatureSpec) -> list[Row]:

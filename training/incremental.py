@@ -52,7 +52,7 @@ def continuable(settings: Settings, registry: Registry, now_ms: int | None = Non
         return f"live v{current} cannot be read: {error}"
     if manifest.hyperparameters != settings.training.model:
         return f"live v{current} was trained with other hyperparameters"
-    if manifest.feature_spec != settings.pipeline.feature_spec():
+    if manifest.feature_spec != settings.pipeline.features:
         return f"live v{current} was trained with another feature spec"
     if missing := [name for name in (RETRIEVAL_WEIGHTS, RANKER_WEIGHTS) if not (directory / name).is_file()]:
         return f"live v{current} has no {', '.join(missing)}"

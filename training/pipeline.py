@@ -140,9 +140,9 @@ class TrainingRun:
         (Embedding+MLP, the previous design, EASE, co-occurrence, popularity, the newest-behaviour
         ablation); a scheduled retraining trains only what it serves. `vocabulary`: the models'
         (default: the catalogue's)."""
-        self.settings, self.data, self.length = settings, data, settings.pipeline.sequence_length
+        self.settings, self.data, self.length = settings, data, data.spec.sequence_length
         self.comparisons = comparisons
-        self.spec = settings.pipeline.feature_spec()
+        self.spec = data.spec
         self.hyperparameters = settings.training.model
         self.registry = Registry(settings.stack.models_dir)
         self.timings: dict[str, float] = {}

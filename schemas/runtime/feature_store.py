@@ -2,14 +2,17 @@
 
 `schemas.redis_format` says what is stored (keys, value codecs); this module is the one place that
 sends it to Redis and reads it back: versioned writes that never move a key backwards, the seen
-sets, the namespaces, and the reads serving makes per request. `FeatureStore` (redis-py) serves the
+sets, the namespaces, and the reads serving makes per request. Callers name entities and hand over
+values: the store builds every key and encodes every value. `FeatureStore` (redis-py) serves the
 stream's writers, replay, the CLIs and the benchmarks; `AsyncFeatureStore` (redis.asyncio) serves
-the service. Both work with a single Redis server or a Redis Cluster: every key of one entity
-shares a hash slot (the key builder's hash tag), and a cluster gets one script call per slot, as
-it requires of a script's keys. One contract test suite (tests/integration/test_feature_store.py)
-runs against each deployment.
+the service; their reads are one method set, defined once (`_Reads`). Both work with a single
+Redis server or a Redis Cluster: every key of one entity shares a hash slot (the key builder's hash
+tag), and a cluster gets one script call per slot, as it requires of a script's keys. One contract
+test suite (tests/integration/test_feature_store.py) runs against each deployment.
 """
 
+import functools
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -21,16 +24,22 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterDownError, TryAgainError
 
 from schemas.config import StackSettings
-from schemas.features import SequenceEntry, UserFeatures
+from schemas.experiments import ExperimentTallies
+from schemas.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 from schemas.redis_format import (
     TRENDING_ENTITY,
     VALUE_FIELD,
     VERSION_FIELD,
     KeyKind,
     StoredValue,
+    Trending,
     active_namespace_key,
+    decode_feature_spec,
     decode_value,
+    encode_feature_spec,
+    encode_value,
     entity_of,
+    feature_spec_key,
     key_pattern,
     redis_key,
 )
@@ -72,9 +81,28 @@ return written
 """.replace("MEMBERS_PER_ZADD", str(MEMBERS_PER_ZADD))
 
 
+class EntityWrite(NamedTuple):
+    """The new state of one entity's key of `kind`: written unless the stored version is newer. A
+    named tuple: the stream makes one per written key, and a tuple is made in half a dataclass's time."""
+
+    kind: KeyKind
+    entity_id: str
+    version: int
+    data: UserSequence | UserFeatures | ItemFeatures | Trending | ExperimentTallies
+    as_of: int
+    """Event time (epoch ms) of the newest event the value includes."""
+    ttl_ms: int = 0
+    """0: the key never expires."""
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _key(kind: KeyKind, entity_id: str, namespace: str) -> str:
+    """Building and checking a key costs more than the rest of a Redis write; active entities repeat."""
+    return redis_key(kind, entity_id, namespace)
+
+
 class VersionedWrite(NamedTuple):
-    """The new state of one feature key: written unless the stored version is newer. A named tuple:
-    the stream makes one per written key, and a tuple is made in half a dataclass's time."""
+    """An `EntityWrite` as the store sends it: its key built and its value encoded."""
 
     key: str
     version: int
@@ -140,105 +168,6 @@ CLUSTER_CHANGED = (AskError, TryAgainError, ClusterDownError)
 """A cluster moving slots or failing over; the store refreshes its slot map and writes again."""
 
 
-class FeatureStore:
-    """Blocking access for the stream, replay, the CLIs and the benchmarks."""
-
-    def __init__(self, client: redis.Redis | RedisCluster):
-        self.client = client
-        self.cluster = isinstance(client, RedisCluster)
-        self._write_sha: str | None = None
-
-    @classmethod
-    def connect(cls, host: str, port: int, timeout_s: float | None = None, cluster: bool = False) -> "FeatureStore":
-        """A store on the Redis server at host:port, or, with `cluster`, on the Redis Cluster that
-        node belongs to (the client learns the others from it)."""
-        options = {"host": host, "port": port, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        return cls(RedisCluster(**options) if cluster else redis.Redis(**options))
-
-    @classmethod
-    def for_stack(cls, stack: StackSettings, timeout_s: float | None = None) -> "FeatureStore":
-        """The store of the Redis the settings name (KF_REDIS_HOST, KF_REDIS_PORT, KF_REDIS_CLUSTER)."""
-        return cls.connect(stack.redis_address, stack.redis_port, timeout_s, stack.redis_cluster)
-
-    def write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition] | None = None) -> int:
-        """Make `writes` and the seen sets' additions (seen-set key -> addition) in one round trip
-        (to each cluster node that holds some); returns how many versioned keys were written (the
-        rest were older than what is stored). Every write is idempotent, so a caller may simply
-        send again what failed."""
-        try:
-            return self._write(writes, seen or {})
-        except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
-            self._write_sha = None
-            return self._write(writes, seen or {})
-        except CLUSTER_CHANGED:
-            self.client.nodes_manager.initialize()
-            return self._write(writes, seen or {})
-
-    def _write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition]) -> int:
-        # EVALSHA of a script loaded once (on every master of a cluster): redis-py's Script object
-        # asks SCRIPT EXISTS before every pipeline.
-        if self._write_sha is None:
-            self._write_sha = self.client.script_load(WRITE_FEATURES)
-        pipelines: dict[int, Any] = {}
-        for keys, arguments in write_calls(writes, seen, self.client.keyslot if self.cluster else None):
-            self._pipeline_of(keys[0], pipelines).evalsha(self._write_sha, len(keys), *keys, *arguments)
-        return sum(sum(pipeline.execute()) for pipeline in pipelines.values())
-
-    def _pipeline_of(self, key: str, pipelines: dict[int, Any]) -> Any:
-        """The pipeline to the server that holds `key`. redis-py's cluster pipeline refuses EVALSHA,
-        so a cluster gets a plain pipeline per master."""
-        node = self.client.get_redis_connection(self.client.get_node_from_key(key)) if self.cluster else self.client
-        if id(node) not in pipelines:
-            pipelines[id(node)] = node.pipeline(transaction=False)
-        return pipelines[id(node)]
-
-    def read(self, kind: KeyKind, entity_id: str, namespace: str) -> tuple[int, StoredValue] | None:
-        """A feature key's (version, decoded value), None when absent."""
-        version, value = self.client.hmget(redis_key(kind, entity_id, namespace), VERSION_FIELD, VALUE_FIELD)
-        return None if value is None else (int(version), decode_value(kind, value))
-
-    def read_seen(self, user_id: str, namespace: str) -> dict[str, int]:
-        """A user's seen set: item_id -> newest interaction time, oldest first."""
-        raw = self.client.zrange(redis_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1, withscores=True)
-        return {_text(item): int(ts) for item, ts in raw}
-
-    def entities(self, namespace: str, kind: KeyKind) -> Iterator[str]:
-        """The entity ids that have a key of `kind` in `namespace`, in no particular order."""
-        for key in self.client.scan_iter(match=key_pattern(namespace, kind), count=SCAN_BATCH):
-            yield entity_of(_text(key), kind, namespace)
-
-    def active_namespace(self, default: str) -> str:
-        """The namespace serving reads: the control key, or `default` (KF_NAMESPACE) while none was set."""
-        return _text(self.client.get(active_namespace_key())) or default
-
-    def switch_namespace(self, namespace: str) -> str | None:
-        """Point serving at `namespace` in one atomic SET; returns the namespace it pointed at before."""
-        key_pattern(namespace)  # refuses an invalid name before the switch
-        return _text(self.client.set(active_namespace_key(), namespace, get=True))
-
-    def count_keys(self, namespace: str) -> int:
-        return sum(1 for _ in self.client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH))
-
-    def drop_namespace(self, namespace: str) -> int:
-        """Delete every key of `namespace`; returns how many."""
-        dropped, batch = 0, []
-        for key in self.client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH):
-            batch.append(key)
-            if len(batch) >= SCAN_BATCH:
-                dropped, batch = dropped + self.client.unlink(*batch), []
-        return dropped + (self.client.unlink(*batch) if batch else 0)
-
-    def add_toolchain_records(self, topic: str, namespace: str, *records: str) -> None:
-        """The toolchain check's copy of `topic` (`streams.smoke`): a set, so a re-run adds nothing twice."""
-        self.client.sadd(redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace), *records)
-
-    def toolchain_records(self, topic: str, namespace: str) -> set[str]:
-        return {_text(record) for record in self.client.smembers(redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace))}
-
-    def close(self) -> None:
-        self.client.close()
-
-
 @dataclass(frozen=True, slots=True)
 class UserRead:
     """What serving reads for one request: the user's stored sequence and features, the trending
@@ -273,7 +202,184 @@ class UserRead:
         return max(times) if times else None
 
 
-class AsyncFeatureStore:
+class _Read(NamedTuple):
+    """One read: the commands of its pipelined round trip, and what their replies answer."""
+
+    commands: tuple[tuple[str, tuple], ...]
+    answer: Callable[[list], Any]
+
+
+def _decoded(kind: KeyKind, raw: bytes | None) -> StoredValue | None:
+    return decode_value(kind, raw) if raw is not None else None
+
+
+def _user_read(user_id: str, namespace: str, seen: bool) -> _Read:
+    kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
+    entities = (user_id, user_id, TRENDING_ENTITY)
+    commands = tuple(
+        ("hget", (_key(kind, entity, namespace), VALUE_FIELD)) for kind, entity in zip(kinds, entities, strict=True)
+    )
+    if seen:
+        commands += (("zrange", (_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1)),)
+
+    def answer(raw: list) -> UserRead:
+        values = [_decoded(kind, value) for kind, value in zip(kinds, raw[: len(kinds)], strict=True)]
+        seen_set = frozenset(map(bytes.decode, raw[len(kinds)])) if seen else frozenset()  # thousands for heavy users
+        return UserRead(*values, seen_set=seen_set)
+
+    return _Read(commands, answer)
+
+
+class _Reads(ABC):
+    """The reads both stores make, each one pipelined round trip, defined once: a method returns
+    its answer from `FeatureStore` and an awaitable of it from `AsyncFeatureStore`, whose `_run`
+    is a coroutine."""
+
+    @abstractmethod
+    def _run(self, read: _Read) -> Any:
+        """Send the read's commands in one pipeline and return (or, async, resolve to) its answer."""
+
+    def read(self, kind: KeyKind, entity_id: str, namespace: str) -> tuple[int, StoredValue] | None:
+        """A feature key's (version, decoded value), None when absent."""
+
+        def answer(raw: list) -> tuple[int, StoredValue] | None:
+            version, value = raw[0]
+            return None if value is None else (int(version), decode_value(kind, value))
+
+        return self._run(_Read((("hmget", (_key(kind, entity_id, namespace), VERSION_FIELD, VALUE_FIELD)),), answer))
+
+    def read_user(self, user_id: str, namespace: str, seen: bool = False) -> UserRead:
+        """What serving reads per request: the user's sequence and features, the trending list and,
+        with `seen`, the user's whole seen set."""
+        return self._run(_user_read(user_id, namespace, seen))
+
+    def read_seen(self, user_id: str, namespace: str) -> dict[str, int]:
+        """A user's seen set: item_id -> newest interaction time, oldest first."""
+        key = _key(KeyKind.USER_SEEN, user_id, namespace)
+        answer = lambda raw: {_text(item): int(ts) for item, ts in raw[0]}  # noqa: E731
+        return self._run(_Read((("zrange", (key, 0, -1, False, True)),), answer))
+
+    def trending(self, namespace: str) -> StoredValue | None:
+        key = _key(KeyKind.TRENDING, TRENDING_ENTITY, namespace)
+        return self._run(_Read((("hget", (key, VALUE_FIELD)),), lambda raw: _decoded(KeyKind.TRENDING, raw[0])))
+
+    def experiment_tallies(self, experiment: str, namespace: str) -> StoredValue | None:
+        key = _key(KeyKind.EXPERIMENT, experiment, namespace)
+        return self._run(_Read((("hget", (key, VALUE_FIELD)),), lambda raw: _decoded(KeyKind.EXPERIMENT, raw[0])))
+
+    def feature_spec(self, namespace: str) -> FeatureSpec | None:
+        """The feature spec the stream writing `namespace` runs with; None before it first started."""
+        answer = lambda raw: decode_feature_spec(raw[0]) if raw[0] is not None else None  # noqa: E731
+        return self._run(_Read((("get", (feature_spec_key(namespace),)),), answer))
+
+    def active_namespace(self, default: str) -> str:
+        """The namespace serving reads: the control key, or `default` (KF_NAMESPACE) while none was set."""
+        return self._run(_Read((("get", (active_namespace_key(),)),), lambda raw: _text(raw[0]) or default))
+
+
+class FeatureStore(_Reads):
+    """Blocking access for the stream, replay, the CLIs and the benchmarks."""
+
+    def __init__(self, client: redis.Redis | RedisCluster):
+        self.client = client
+        self.cluster = isinstance(client, RedisCluster)
+        self._write_sha: str | None = None
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout_s: float | None = None, cluster: bool = False) -> "FeatureStore":
+        """A store on the Redis server at host:port, or, with `cluster`, on the Redis Cluster that
+        node belongs to (the client learns the others from it)."""
+        options = {"host": host, "port": port, "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+        return cls(RedisCluster(**options) if cluster else redis.Redis(**options))
+
+    @classmethod
+    def for_stack(cls, stack: StackSettings, timeout_s: float | None = None) -> "FeatureStore":
+        """The store of the Redis the settings name (KF_REDIS_HOST, KF_REDIS_PORT, KF_REDIS_CLUSTER)."""
+        return cls.connect(stack.redis_address, stack.redis_port, timeout_s, stack.redis_cluster)
+
+    def _run(self, read: _Read) -> Any:
+        with self.client.pipeline(transaction=False) as pipe:
+            for command, arguments in read.commands:
+                getattr(pipe, command)(*arguments)
+            return read.answer(pipe.execute())
+
+    def write(
+        self, namespace: str, writes: Sequence[EntityWrite], seen: Mapping[str, SeenAddition] | None = None
+    ) -> int:
+        """Make `writes` and the seen sets' additions (user_id -> addition) in `namespace`, in one
+        round trip (to each cluster node that holds some); returns how many versioned keys were
+        written (the rest were older than what is stored). Every write is idempotent, so a caller
+        may simply send again what failed."""
+        encoded = [
+            VersionedWrite(_key(w.kind, w.entity_id, namespace), w.version, encode_value(w.data, w.as_of), w.ttl_ms)
+            for w in writes
+        ]
+        additions = {_key(KeyKind.USER_SEEN, user_id, namespace): added for user_id, added in (seen or {}).items()}
+        try:
+            return self._write(encoded, additions)
+        except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
+            self._write_sha = None
+            return self._write(encoded, additions)
+        except CLUSTER_CHANGED:
+            self.client.nodes_manager.initialize()
+            return self._write(encoded, additions)
+
+    def _write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition]) -> int:
+        # EVALSHA of a script loaded once (on every master of a cluster): redis-py's Script object
+        # asks SCRIPT EXISTS before every pipeline.
+        if self._write_sha is None:
+            self._write_sha = self.client.script_load(WRITE_FEATURES)
+        pipelines: dict[int, Any] = {}
+        for keys, arguments in write_calls(writes, seen, self.client.keyslot if self.cluster else None):
+            self._pipeline_of(keys[0], pipelines).evalsha(self._write_sha, len(keys), *keys, *arguments)
+        return sum(sum(pipeline.execute()) for pipeline in pipelines.values())
+
+    def _pipeline_of(self, key: str, pipelines: dict[int, Any]) -> Any:
+        """The pipeline to the server that holds `key`. redis-py's cluster pipeline refuses EVALSHA,
+        so a cluster gets a plain pipeline per master."""
+        node = self.client.get_redis_connection(self.client.get_node_from_key(key)) if self.cluster else self.client
+        if id(node) not in pipelines:
+            pipelines[id(node)] = node.pipeline(transaction=False)
+        return pipelines[id(node)]
+
+    def entities(self, namespace: str, kind: KeyKind) -> Iterator[str]:
+        """The entity ids that have a key of `kind` in `namespace`, in no particular order."""
+        for key in self.client.scan_iter(match=key_pattern(namespace, kind), count=SCAN_BATCH):
+            yield entity_of(_text(key), kind, namespace)
+
+    def switch_namespace(self, namespace: str) -> str | None:
+        """Point serving at `namespace` in one atomic SET; returns the namespace it pointed at before."""
+        key_pattern(namespace)  # refuses an invalid name before the switch
+        return _text(self.client.set(active_namespace_key(), namespace, get=True))
+
+    def count_keys(self, namespace: str) -> int:
+        return sum(1 for _ in self.client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH))
+
+    def drop_namespace(self, namespace: str) -> int:
+        """Delete every key of `namespace`; returns how many."""
+        dropped, batch = 0, []
+        for key in self.client.scan_iter(match=key_pattern(namespace), count=SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= SCAN_BATCH:
+                dropped, batch = dropped + self.client.unlink(*batch), []
+        return dropped + (self.client.unlink(*batch) if batch else 0)
+
+    def record_feature_spec(self, namespace: str, spec: FeatureSpec) -> None:
+        """Record the feature spec the stream writing `namespace` runs with (REDIS_FORMAT.md, `feature_spec`)."""
+        self.client.set(feature_spec_key(namespace), encode_feature_spec(spec))
+
+    def add_toolchain_records(self, topic: str, namespace: str, *records: str) -> None:
+        """The toolchain check's copy of `topic` (`infra.benches.smoke`): a set, so a re-run adds nothing twice."""
+        self.client.sadd(redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace), *records)
+
+    def toolchain_records(self, topic: str, namespace: str) -> set[str]:
+        return {_text(record) for record in self.client.smembers(redis_key(KeyKind.TOOLCHAIN_CHECK, topic, namespace))}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncFeatureStore(_Reads):
     """The service's reads, each one pipelined round trip (to each cluster node the keys are on)."""
 
     def __init__(self, client: aioredis.Redis | AsyncRedisCluster):
@@ -288,38 +394,17 @@ class AsyncFeatureStore:
     def for_stack(cls, stack: StackSettings, timeout_s: float) -> "AsyncFeatureStore":
         return cls.connect(stack.redis_address, stack.redis_port, timeout_s, stack.redis_cluster)
 
+    async def _run(self, read: _Read) -> Any:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for command, arguments in read.commands:
+                getattr(pipe, command)(*arguments)
+            return read.answer(await pipe.execute())
+
     async def close(self) -> None:
         await self.client.aclose()
 
     async def ping(self) -> None:
         await self.client.ping()
-
-    async def active_namespace(self, default: str) -> str:
-        return _text(await self.client.get(active_namespace_key())) or default
-
-    async def read_user(self, user_id: str, namespace: str, seen: bool = False) -> UserRead:
-        kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
-        entities = (user_id, user_id, TRENDING_ENTITY)
-        async with self.client.pipeline(transaction=False) as pipe:
-            for kind, entity in zip(kinds, entities, strict=True):
-                pipe.hget(redis_key(kind, entity, namespace), VALUE_FIELD)
-            if seen:
-                pipe.zrange(redis_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1)
-            raw = await pipe.execute()
-        values = [
-            decode_value(kind, value) if value is not None else None
-            for kind, value in zip(kinds, raw[: len(kinds)], strict=True)
-        ]
-        seen_set = frozenset(map(bytes.decode, raw[len(kinds)])) if seen else frozenset()  # thousands for heavy users
-        return UserRead(*values, seen_set=seen_set)
-
-    async def trending(self, namespace: str) -> StoredValue | None:
-        raw = await self.client.hget(redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace), VALUE_FIELD)
-        return decode_value(KeyKind.TRENDING, raw) if raw is not None else None
-
-    async def experiment_tallies(self, experiment: str, namespace: str) -> StoredValue | None:
-        raw = await self.client.hget(redis_key(KeyKind.EXPERIMENT, experiment, namespace), VALUE_FIELD)
-        return decode_value(KeyKind.EXPERIMENT, raw) if raw is not None else None
 
     async def users(self, namespace: str, limit: int) -> list[str]:
         """Up to `limit` users that have a live sequence, shortest ids first (for a picker, not a census)."""

@@ -16,7 +16,6 @@ from collections.abc import Iterable
 from schemas.events import Event, EventType
 from schemas.features import (
     WINDOW_BUCKET_MS,
-    WINDOWS_MS,
     FeatureSpec,
     ItemEvent,
     ItemFeatures,
@@ -70,10 +69,12 @@ def decay(score: float, from_ts: int, to_ts: int, spec: FeatureSpec) -> float:
     return score * 2.0 ** (-(to_ts - from_ts) / spec.popularity_half_life_ms)
 
 
-def _recent(recent: tuple[tuple[int, int], ...], event: Event | ItemEvent, last_ts: int) -> tuple[tuple[int, int], ...]:
-    """The interaction counts per bucket of the 24 hours up to `last_ts`. Every event prunes (an
+def _recent(
+    recent: tuple[tuple[int, int], ...], event: Event | ItemEvent, last_ts: int, window_ms: int
+) -> tuple[tuple[int, int], ...]:
+    """The interaction counts per bucket of the `window_ms` up to `last_ts`. Every event prunes (an
     impression moves `last_ts` too), so the buckets depend on which events came, not their order."""
-    oldest = bucket_start(last_ts) - max(WINDOWS_MS.values()) + WINDOW_BUCKET_MS
+    oldest = bucket_start(last_ts) - window_ms + WINDOW_BUCKET_MS
     bucket = bucket_start(event.ts)
     counted = event.type.is_interaction and bucket >= oldest
     if recent and recent[0][0] >= oldest:
@@ -102,7 +103,7 @@ def update_item_features(features: ItemFeatures, event: Event | ItemEvent, spec:
         last_ts=last_ts,
         popularity=popularity,
         popularity_ts=anchor,
-        recent=_recent(features.recent, event, last_ts),
+        recent=_recent(features.recent, event, last_ts, spec.recent_window_ms),
     )
 
 

@@ -85,7 +85,7 @@ def test_3_a_broker_killed_under_publishers_loses_no_acknowledged_event_and_repo
         client = redis.Redis(host=settings.stack.bind_host, port=settings.stack.redis_port)
         trending_key = redis_key(KeyKind.TRENDING, "global", "broker")
         wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in in_topic}), "the topic in Redis")
-        assert_state_equals_reference(client, "broker", in_topic, settings.pipeline.feature_spec())
+        assert_state_equals_reference(client, "broker", in_topic, settings.pipeline.features)
     finally:
         service.stop()
         os.killpg(job.pid, signal.SIGKILL)

@@ -173,7 +173,7 @@ def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event
     soak = ["--minutes", "2", "--retrain-at", "0.1", "--warm-up-minutes", "0.1", "--sample-every", "5"]
     load = ["--event-rate", "50", "--request-rate", "10", "--users", "50"]
 
-    soaked = stack.run("-m", "infra.soak", *soak, *load, timeout=900)
+    soaked = stack.run("-m", "infra.benches.soak", *soak, *load, timeout=900)
 
     [summary_file] = (stack.settings.stack.run_dir / "soak").glob("*/summary.json")
     summary = orjson.loads(summary_file.read_bytes())

@@ -19,16 +19,24 @@ from confluent_kafka.admin import NewTopic
 from redis.cluster import RedisCluster
 from rich.progress import Progress
 
+from infra.benches.stream import freshness_reports
 from infra.stack import kafka_admin
 from schemas import sample_log
 from schemas.dead_letters import original_payload
 from schemas.events import Event
 from schemas.features import FeatureSpec
-from schemas.redis_format import KeyKind, active_namespace_key, decode_value, entity_of, key_pattern, redis_key
+from schemas.redis_format import (
+    FEATURE_SPEC_ENTITY,
+    KeyKind,
+    active_namespace_key,
+    decode_value,
+    entity_of,
+    key_pattern,
+    redis_key,
+)
 from schemas.runtime.samples import LABELLED_TYPES
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
-from streams.bench import freshness_reports
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
@@ -78,6 +86,8 @@ def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int | N
         kind, entity = kind_and_entity(key, namespace)
         if kind is KeyKind.USER_SEEN:
             stored = (None, {item.decode(): int(ts) for item, ts in client.zrange(key, 0, -1, withscores=True)})
+        elif kind is KeyKind.FEATURE_SPEC:
+            stored = (None, FeatureSpec.model_validate_json(client.get(key)))
         else:
             version, value = client.hmget(key, "version", "value")
             stored = (int(version), decode_value(kind, value))
@@ -89,7 +99,8 @@ def assert_state_equals_reference(client: redis.Redis, namespace: str, events: l
     users, items, trending = fold_stream(events, spec)
     seen = seen_sets(events, spec)
     stored = stored_state(client, namespace)
-    assert len(stored) == 2 * len(users) + len(items) + 1 + len(seen)
+    assert len(stored) == 2 * len(users) + len(items) + 1 + len(seen) + 1
+    assert stored[f"{KeyKind.FEATURE_SPEC}:{FEATURE_SPEC_ENTITY}"] == (None, spec)  # the job recorded the spec it ran
     assert {user_id: stored[f"{KeyKind.USER_SEEN}:{user_id}"][1] for user_id in seen} == seen
     for user_id, expected in users.items():
         version, sequence = stored[f"{KeyKind.USER_SEQUENCE}:{user_id}"]
@@ -134,7 +145,7 @@ def test_1_redis_equals_the_pure_feature_functions_despite_disorder_and_duplicat
     assert job.returncode == 0, job.stdout + job.stderr
     assert len({e.event_id for e in events}) < len(events)  # the input did hold duplicates
     assert any(a.ts > b.ts for a, b in itertools.pairwise(events))  # and disorder
-    assert_state_equals_reference(raw_client, "bounded", events, stack.settings.pipeline.feature_spec())
+    assert_state_equals_reference(raw_client, "bounded", events, stack.settings.pipeline.features)
     assert raw_client.pttl(redis_key(KeyKind.USER_SEQUENCE, events[0].user_id, "bounded")) > 0  # inactive users expire
 
 
@@ -157,10 +168,13 @@ def test_4_every_bad_record_is_a_dead_letter_with_its_reason_and_the_job_went_on
 
 
 def logged_rows(stack: Stack, namespace: str) -> list:
+    """The rows of the job's sample log, whose snapshots record the feature spec the job ran with."""
     directory = sample_log.log_directory(stack.settings.stack.samples_dir, namespace)
-    return read_sample_log(
+    rows, spec = read_sample_log(
         directory, stack.settings.training.training_window_days, stack.settings.training.training_max_rows
     )
+    assert spec == stack.settings.pipeline.features
+    return rows
 
 
 def test_the_sample_log_holds_one_committed_row_per_labelled_event_and_nothing_in_progress(bounded_run):
@@ -181,7 +195,7 @@ def test_the_sample_log_is_what_training_bootstraps_from_the_same_events(bounded
 
     logged = logged_rows(stack, "bounded")
 
-    assert logged == bootstrap_rows(events, stack.settings.pipeline.feature_spec())
+    assert logged == bootstrap_rows(events, stack.settings.pipeline.features)
 
 
 def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_and_value_by_value(bounded_run):
@@ -220,7 +234,7 @@ def test_a_replay_onto_a_redis_cluster_equals_the_pure_feature_functions_and_swi
                                 timeout=JOB_TIMEOUT_S)  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert_state_equals_reference(client, "on-cluster", events, stack.settings.pipeline.feature_spec())
+    assert_state_equals_reference(client, "on-cluster", events, stack.settings.pipeline.features)
     assert client.get(active_namespace_key()) == b"on-cluster"
     client.close()
 
@@ -231,6 +245,8 @@ def stored_json(client: redis.Redis, namespace: str) -> dict[str, object]:
     for key in client.scan_iter(match=key_pattern(namespace), count=1000):
         if client.type(key) == b"zset":
             state[key.decode().split(":", 3)[3]] = client.zrange(key, 0, -1, withscores=True)
+        elif client.type(key) == b"string":
+            state[key.decode().split(":", 3)[3]] = orjson.loads(client.get(key))
         else:
             version, value = client.hmget(key, "version", "value")
             state[key.decode().split(":", 3)[3]] = {"version": int(version), "value": orjson.loads(value)}
@@ -263,7 +279,7 @@ def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_r
                            "--fresh", "--no-samples", timeout=JOB_TIMEOUT_S)  # fmt: skip
 
     assert job.returncode == 0, job.stdout + job.stderr
-    assert_state_equals_reference(client, "process-mode", events, stack.settings.pipeline.feature_spec())
+    assert_state_equals_reference(client, "process-mode", events, stack.settings.pipeline.features)
 
 
 def committed_offsets(stack: Stack, topic: str, namespace: str) -> dict[int, int]:
@@ -316,9 +332,9 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
     try:
         # Each operator writes Redis before it passes a batch on: trending counting every event means all are written.
         wait_for(lambda: version_of(client, trending_key) >= applied(events), "every event in Redis")
-        assert_state_equals_reference(client, "crash", events, stack.settings.pipeline.feature_spec())
+        assert_state_equals_reference(client, "crash", events, stack.settings.pipeline.features)
         wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
-        assert logged_rows(job_stack, "crash") == bootstrap_rows(events, stack.settings.pipeline.feature_spec())
+        assert logged_rows(job_stack, "crash") == bootstrap_rows(events, stack.settings.pipeline.features)
         letters = [orjson.loads(m.value()) for m in consume_to_end(stack, dlq)]
         assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(r for _, r in bad)
     finally:
@@ -348,7 +364,7 @@ def test_an_idle_user_expires_in_flink_state_and_redis_alike_and_stays_expired_a
                                KF_CHECKPOINT_INTERVAL_S="1", KF_RUN_DIR=str(tmp_path / "run"),
                                KF_TOPIC_DLQ=new_topic_named(stack, f"dlq-ttl-{backend}", 1))  # fmt: skip
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
-    spec = stack.settings.pipeline.feature_spec()
+    spec = stack.settings.pipeline.features
     first = clicks("a", ["i1", "i2", "i3"], 0) + clicks("b", ["i1", "i4"], 0)
     second, third = clicks("a", ["i2", "i5"], 10), clicks("b", ["i6"], 20)
     key = lambda kind, entity: redis_key(kind, entity, namespace)  # noqa: E731
@@ -546,10 +562,10 @@ def test_2_redis_hung_then_stopped_under_the_live_job_loses_and_doubles_nothing(
         server.restart()
         wait_for(lambda: version_of(server.client(), trending_key) >= len({e.event_id for e in events}), "all events")
         directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "down")
-        expected_rows = bootstrap_rows(events, stack.settings.pipeline.feature_spec())
+        expected_rows = bootstrap_rows(events, stack.settings.pipeline.features)
         wait_for(lambda: len(logged_rows(job_stack, "down")) >= len(expected_rows), "every row committed")
         wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
-        assert_state_equals_reference(server.client(), "down", events, stack.settings.pipeline.feature_spec())
+        assert_state_equals_reference(server.client(), "down", events, stack.settings.pipeline.features)
         assert logged_rows(job_stack, "down") == expected_rows
         letters = [orjson.loads(m.value()) for m in consume_to_end(stack, dlq)]
         assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(r for _, r in bad)

@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 
 from schemas.events import EventType
 from schemas.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, encode_value, redis_key
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, redis_key
 from schemas.runtime.feature_store import (
     KEYS_PER_CALL,
     MEMBERS_PER_ZADD,
     AsyncFeatureStore,
+    EntityWrite,
     FeatureStore,
     SeenAddition,
-    VersionedWrite,
 )
 from schemas.runtime.features import update_seen
 from tests.conftest import Stack
@@ -57,10 +57,8 @@ def namespace(store: FeatureStore) -> Iterator[str]:
     store.drop_namespace(name)
 
 
-def write_of(kind: KeyKind, entity: str, namespace: str, version: int, data, ttl_ms: int = 0) -> VersionedWrite:
-    return VersionedWrite(
-        redis_key(kind, entity, namespace), version, encode_value(data, as_of=1_000 + version), ttl_ms
-    )
+def write_of(kind: KeyKind, entity: str, version: int, data, ttl_ms: int = 0) -> EntityWrite:
+    return EntityWrite(kind, entity, version, data, 1_000 + version, ttl_ms)
 
 
 def features(clicks: int) -> UserFeatures:
@@ -68,13 +66,13 @@ def features(clicks: int) -> UserFeatures:
 
 
 def test_a_write_lands_unless_the_stored_version_is_newer(store: FeatureStore, namespace: str):
-    first = [write_of(KeyKind.USER_FEATURES, "a", namespace, 2, features(2)),
-             write_of(KeyKind.USER_FEATURES, "b", namespace, 5, features(5))]  # fmt: skip
-    second = [write_of(KeyKind.USER_FEATURES, "a", namespace, 1, features(1)),
-              write_of(KeyKind.USER_FEATURES, "b", namespace, 5, features(50)),
-              write_of(KeyKind.USER_FEATURES, "c", namespace, 1, features(1))]  # fmt: skip
+    first = [write_of(KeyKind.USER_FEATURES, "a", 2, features(2)),
+             write_of(KeyKind.USER_FEATURES, "b", 5, features(5))]  # fmt: skip
+    second = [write_of(KeyKind.USER_FEATURES, "a", 1, features(1)),
+              write_of(KeyKind.USER_FEATURES, "b", 5, features(50)),
+              write_of(KeyKind.USER_FEATURES, "c", 1, features(1))]  # fmt: skip
 
-    written = [store.write(first), store.write(second)]
+    written = [store.write(namespace, first), store.write(namespace, second)]
 
     assert written == [2, 2]  # a's version 1 is older than the stored 2; b's equal version is rewritten
     assert store.read(KeyKind.USER_FEATURES, "a", namespace)[0] == 2
@@ -85,8 +83,8 @@ def test_a_write_lands_unless_the_stored_version_is_newer(store: FeatureStore, n
 
 
 def test_a_write_with_a_ttl_expires_and_one_without_does_not(store: FeatureStore, namespace: str):
-    store.write([write_of(KeyKind.ITEM_FEATURES, "x", namespace, 1, ItemFeatures(), ttl_ms=60_000),
-                 write_of(KeyKind.ITEM_FEATURES, "y", namespace, 1, ItemFeatures())])  # fmt: skip
+    store.write(namespace, [write_of(KeyKind.ITEM_FEATURES, "x", 1, ItemFeatures(), ttl_ms=60_000),
+                 write_of(KeyKind.ITEM_FEATURES, "y", 1, ItemFeatures())])  # fmt: skip
 
     assert 0 < store.client.pttl(redis_key(KeyKind.ITEM_FEATURES, "x", namespace)) <= 60_000
     assert store.client.pttl(redis_key(KeyKind.ITEM_FEATURES, "y", namespace)) == -1
@@ -94,9 +92,9 @@ def test_a_write_with_a_ttl_expires_and_one_without_does_not(store: FeatureStore
 
 def test_more_writes_than_one_script_call_takes_all_land_with_their_own_values(store: FeatureStore, namespace: str):
     count = 2 * KEYS_PER_CALL + 7
-    writes = [write_of(KeyKind.USER_FEATURES, f"u{n}", namespace, n + 1, features(n)) for n in range(count)]
+    writes = [write_of(KeyKind.USER_FEATURES, f"u{n}", n + 1, features(n)) for n in range(count)]
 
-    assert store.write(writes) == count
+    assert store.write(namespace, writes) == count
     version, stored = store.read(KeyKind.USER_FEATURES, f"u{KEYS_PER_CALL + 3}", namespace)
     assert (version, stored.data) == (KEYS_PER_CALL + 4, features(KEYS_PER_CALL + 3))
     assert sorted(store.entities(namespace, KeyKind.USER_FEATURES)) == sorted(f"u{n}" for n in range(count))
@@ -105,23 +103,21 @@ def test_more_writes_than_one_script_call_takes_all_land_with_their_own_values(s
 def test_more_seen_sets_and_items_than_one_call_and_one_zadd_take_all_land(store: FeatureStore, namespace: str):
     users = [f"u{n}" for n in range(KEYS_PER_CALL + 7)]
     heavy = {f"i{n}": 10_000 + n for n in range(3 * MEMBERS_PER_ZADD + 1)}
-    seen = {
-        redis_key(KeyKind.USER_SEEN, user, namespace): SeenAddition({"i1": 5, "i2": 7}, capacity=10) for user in users
-    }
-    seen[redis_key(KeyKind.USER_SEEN, "heavy", namespace)] = SeenAddition(dict(heavy), capacity=len(heavy) - 1)
-    writes = [write_of(KeyKind.USER_FEATURES, user, namespace, 1, features(1)) for user in users]
+    seen = {user: SeenAddition({"i1": 5, "i2": 7}, capacity=10) for user in users}
+    seen["heavy"] = SeenAddition(dict(heavy), capacity=len(heavy) - 1)
+    writes = [write_of(KeyKind.USER_FEATURES, user, 1, features(1)) for user in users]
 
-    assert store.write(writes, seen) == len(users)
+    assert store.write(namespace, writes, seen) == len(users)
     assert store.read_seen(users[KEYS_PER_CALL + 3], namespace) == {"i1": 5, "i2": 7}
     assert store.read_seen("heavy", namespace) == {item: ts for item, ts in heavy.items() if item != "i0"}
     assert store.read(KeyKind.USER_FEATURES, users[-1], namespace)[0] == 1
 
 
 def test_writes_go_on_after_redis_forgets_the_script(store: FeatureStore, namespace: str):
-    store.write([write_of(KeyKind.USER_FEATURES, "a", namespace, 1, features(1))])
+    store.write(namespace, [write_of(KeyKind.USER_FEATURES, "a", 1, features(1))])
     store.client.script_flush()  # as a restarted Redis without its script cache
 
-    assert store.write([write_of(KeyKind.USER_FEATURES, "a", namespace, 2, features(2))]) == 1
+    assert store.write(namespace, [write_of(KeyKind.USER_FEATURES, "a", 2, features(2))]) == 1
     assert store.read(KeyKind.USER_FEATURES, "a", namespace)[0] == 2
 
 
@@ -142,7 +138,7 @@ def test_seen_additions_in_any_batches_and_order_equal_update_seen(
         addition = SeenAddition({}, capacity, ttl_ms=60_000)
         for item, ts in replayed[start : start + 4]:
             addition.add(item, ts)
-        store.write([], {key: addition})
+        store.write(namespace, [], {user: addition})
 
     assert store.read_seen(user, namespace) == expected
     assert not entries or 0 < store.client.pttl(key) <= 60_000
@@ -152,8 +148,8 @@ def test_switching_namespaces_is_what_serving_follows_and_dropping_one_leaves_th
     store: FeatureStore, namespace: str
 ):
     other = f"{namespace}-b"
-    store.write([write_of(KeyKind.USER_FEATURES, "a", namespace, 1, features(1))])
-    store.write([write_of(KeyKind.USER_FEATURES, n, other, 1, features(1)) for n in ("a", "b")])
+    store.write(namespace, [write_of(KeyKind.USER_FEATURES, "a", 1, features(1))])
+    store.write(other, [write_of(KeyKind.USER_FEATURES, n, 1, features(1)) for n in ("a", "b")])
     before = store.active_namespace("fallback")
 
     try:
@@ -177,12 +173,13 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(deployment: Stack
     )
     trending = Trending(items=(("i2", 3.0), ("i1", 1.5)), at_ts=2_000)
     store.write(
+        namespace,
         [
-            write_of(KeyKind.USER_SEQUENCE, "u1", namespace, 2, sequence),
-            write_of(KeyKind.USER_FEATURES, "u1", namespace, 2, features(2)),
-            write_of(KeyKind.TRENDING, TRENDING_ENTITY, namespace, 7, trending),
+            write_of(KeyKind.USER_SEQUENCE, "u1", 2, sequence),
+            write_of(KeyKind.USER_FEATURES, "u1", 2, features(2)),
+            write_of(KeyKind.TRENDING, TRENDING_ENTITY, 7, trending),
         ],
-        {redis_key(KeyKind.USER_SEEN, "u1", namespace): SeenAddition({"i1": 1_000, "i9": 500}, capacity=10)},
+        {"u1": SeenAddition({"i1": 1_000, "i9": 500}, capacity=10)},
     )
 
     async def read():
@@ -202,14 +199,60 @@ def test_serving_reads_what_the_stream_wrote_in_one_round_trip(deployment: Stack
     assert users == ["u1"]
 
 
+def test_the_blocking_and_the_async_store_answer_every_read_alike(
+    deployment: Stack, store: FeatureStore, namespace: str
+):
+    sequence = UserSequence((SequenceEntry("e1", "i1", EventType.CLICK, 1_000),))
+    store.write(
+        namespace,
+        [
+            write_of(KeyKind.USER_SEQUENCE, "u1", 1, sequence),
+            write_of(KeyKind.TRENDING, TRENDING_ENTITY, 4, Trending((("i1", 1.0),), 1_000)),
+        ],
+        {"u1": SeenAddition({"i1": 1_000, "i2": 900}, capacity=10)},
+    )
+    store.record_feature_spec(namespace, FeatureSpec(sequence_length=7))
+    reads = [
+        ("read", (KeyKind.USER_SEQUENCE, "u1", namespace)),
+        ("read", (KeyKind.USER_FEATURES, "u1", namespace)),
+        ("read_user", ("u1", namespace, True)),
+        ("read_user", ("nobody", namespace)),
+        ("read_seen", ("u1", namespace)),
+        ("trending", (namespace,)),
+        ("experiment_tallies", ("absent", namespace)),
+        ("feature_spec", (namespace,)),
+        ("feature_spec", (f"{namespace}-none",)),
+        ("active_namespace", ("fallback-of-the-test",)),
+    ]
+
+    async def read_async():
+        stack = deployment.settings.stack
+        reader = AsyncFeatureStore.connect(stack.bind_host, stack.redis_port, timeout_s=5, cluster=stack.redis_cluster)
+        try:
+            return [await getattr(reader, name)(*arguments) for name, arguments in reads]
+        finally:
+            await reader.close()
+
+    blocking = [getattr(store, name)(*arguments) for name, arguments in reads]
+
+    assert blocking == asyncio.run(read_async())
+    assert blocking[0][0] == 1 and blocking[0][1].data == sequence and blocking[1] is None
+    assert (
+        blocking[4] == {"i2": 900, "i1": 1_000}
+        and blocking[7] == FeatureSpec(sequence_length=7)
+        and blocking[8] is None
+    )
+
+
 def test_on_a_cluster_one_entitys_keys_share_a_master_and_a_batch_spreads_over_all(redis_cluster: Stack):
     store, namespace = connected(redis_cluster), f"contract-{uuid.uuid4().hex[:12]}"
     users = [f"u{n}" for n in range(60)]
     kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES)
     try:
         store.write(
-            [write_of(kind, user, namespace, 1, features(1)) for user in users for kind in kinds],
-            {redis_key(KeyKind.USER_SEEN, user, namespace): SeenAddition({"i1": 1}, capacity=5) for user in users},
+            namespace,
+            [write_of(kind, user, 1, features(1)) for user in users for kind in kinds],
+            {user: SeenAddition({"i1": 1}, capacity=5) for user in users},
         )
         masters = {
             node.port: set(node.redis_connection.scan_iter(match=f"*{namespace}*"))
@@ -236,11 +279,11 @@ def test_on_a_cluster_a_write_after_its_slot_moved_to_another_master_lands(redis
     target = next(node for node in store.client.get_primaries() if node.name != owner.name)
     target_id = target.redis_connection.cluster("myid")
     try:
-        store.write([write_of(KeyKind.USER_FEATURES, "other", namespace, 1, features(1))])  # the old slot map is cached
+        store.write(namespace, [write_of(KeyKind.USER_FEATURES, "other", 1, features(1))])  # the old slot map is cached
         for node in store.client.get_primaries():  # the slot is empty, so it moves without migrating keys
             node.redis_connection.cluster("setslot", slot, "node", target_id)
 
-        assert store.write([write_of(KeyKind.USER_FEATURES, "mover", namespace, 3, features(3))]) == 1
+        assert store.write(namespace, [write_of(KeyKind.USER_FEATURES, "mover", 3, features(3))]) == 1
         assert target.redis_connection.exists(key) == 1
         assert store.read(KeyKind.USER_FEATURES, "mover", namespace)[1].data == features(3)
     finally:

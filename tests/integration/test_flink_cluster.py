@@ -15,10 +15,10 @@ from infra.stack import (
     FLINK_HOME,
     FlinkTaskManager,
     StackError,
+    cluster_rest,
     feature_job_command,
     flink_cluster,
     flink_jobs,
-    flink_rest,
     flink_rest_address,
     start,
     start_all,
@@ -87,7 +87,7 @@ def submitted(cluster: Stack, log: Path, *arguments: str) -> subprocess.Popen:
 def equal_to_reference(cluster: Stack, namespace: str, events: list[Event]) -> bool:
     client = redis.Redis(host=cluster.settings.stack.bind_host, port=cluster.settings.stack.redis_port)
     try:
-        assert_state_equals_reference(client, namespace, events, cluster.settings.pipeline.feature_spec())
+        assert_state_equals_reference(client, namespace, events, cluster.settings.pipeline.features)
         return True
     except (AssertionError, KeyError):
         return False
@@ -101,20 +101,20 @@ def labelled_once(cluster: Stack, namespace: str, events: list[Event]) -> bool:
 
 
 def completed_checkpoints(cluster: Stack, job_id: str) -> int:
-    return flink_rest(cluster.settings, f"/jobs/{job_id}/checkpoints")["counts"]["completed"]
+    return cluster_rest(cluster.settings).call(f"/jobs/{job_id}/checkpoints")["counts"]["completed"]
 
 
 def cancel(cluster: Stack, namespace: str, client: subprocess.Popen) -> None:
     job = job_of(cluster, namespace)
     if job is not None and job["state"] == "RUNNING":
-        flink_rest(cluster.settings, f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
+        cluster_rest(cluster.settings).call(f"/jobs/{job['jid']}?mode=cancel", method="PATCH")
     client.terminate()
     client.wait(timeout=60)
 
 
 def busy_taskmanager(cluster: Stack) -> FlinkTaskManager:
     """A TaskManager running some of the job's tasks (the only job on the cluster then)."""
-    reported = flink_rest(cluster.settings, "/taskmanagers")["taskmanagers"]
+    reported = cluster_rest(cluster.settings).call("/taskmanagers")["taskmanagers"]
     busy = [m["id"] for m in reported if m["freeSlots"] < m["slotsNumber"]]
     managers = [manager for manager in flink_cluster(cluster.settings) if isinstance(manager, FlinkTaskManager)]
     return next(manager for manager in managers if any(id_ in manager.log_file.read_text() for id_ in busy))
@@ -150,7 +150,7 @@ def test_the_job_at_parallelism_2_on_the_cluster_leaves_redis_equal_to_fold_stre
                          text=True, timeout=JOB_TIMEOUT_S)  # fmt: skip
 
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    vertices = flink_rest(cluster.settings, f"/jobs/{job_of(cluster, namespace)['jid']}")["vertices"]
+    vertices = cluster_rest(cluster.settings).call(f"/jobs/{job_of(cluster, namespace)['jid']}")["vertices"]
     assert max(vertex["parallelism"] for vertex in vertices) == 2
     assert equal_to_reference(cluster, namespace, events)
     assert labelled_once(cluster, namespace, events)
@@ -162,7 +162,7 @@ def first_applied(events: list[Event]) -> int:
 
 
 def latest_completed_checkpoint(cluster: Stack, job_id: str) -> int | None:
-    completed = flink_rest(cluster.settings, f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
+    completed = cluster_rest(cluster.settings).call(f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
     return completed["id"] if completed else None
 
 
@@ -196,9 +196,9 @@ def test_a_taskmanager_killed_between_checkpoints_restarts_the_job_from_the_last
         wait_until(lambda: labelled_once(cluster, namespace, first + second), 60, "the sample log's commit")
         # The keeper deletes the killed tasks' files three checkpoints on; the idle job has none of its own.
         wait_until(lambda: not sample_log.in_progress_files(directory), 120, "no sample-log file in progress")
-        failures = flink_rest(cluster.settings, f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-        checkpoint_stats = flink_rest(cluster.settings, f"/jobs/{job_id}/checkpoints")["latest"]
-        state = flink_rest(cluster.settings, f"/jobs/{job_id}")["state"]
+        failures = cluster_rest(cluster.settings).call(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        checkpoint_stats = cluster_rest(cluster.settings).call(f"/jobs/{job_id}/checkpoints")["latest"]
+        state = cluster_rest(cluster.settings).call(f"/jobs/{job_id}")["state"]
     finally:
         trending.close()
         cancel(cluster, namespace, client)

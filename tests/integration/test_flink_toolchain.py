@@ -13,7 +13,7 @@ def test_flink_job_copies_a_kafka_topic_into_redis(stack: Stack, new_topic: str)
         producer.produce(new_topic, key=str(i % 11).encode(), value=record.encode())
     assert producer.flush(30) == 0
 
-    job = stack.run("-m", "streams.smoke", "--topic", new_topic, "--namespace", "flinktest")
+    job = stack.run("-m", "infra.benches.smoke", "--topic", new_topic, "--namespace", "flinktest")
 
     assert job.returncode == 0, job.stdout + job.stderr
     assert f"{len(records)} distinct records" in job.stdout

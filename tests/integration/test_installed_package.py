@@ -62,6 +62,24 @@ def test_the_installed_modules_come_from_the_wheel_not_the_checkout(installed):
     assert "site-packages" in where.stdout and str(REPO_ROOT) not in where.stdout
 
 
+LIST_MODULES = """
+import importlib.util, pkgutil, schemas, serving, streams, training
+print(importlib.util.find_spec("infra"))
+for package in (schemas, serving, streams, training):
+    print(*(module.name for module in pkgutil.walk_packages(package.__path__, package.__name__ + ".")))
+"""
+
+
+def test_the_wheel_ships_the_product_and_none_of_the_benchmarks(installed):
+    python, workdir, env = installed
+    listed = run([python, "-c", LIST_MODULES], workdir, env)
+
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    infra, *modules = listed.stdout.split()
+    assert infra == "None" and {"schemas.runtime.feature_store", "streams.feature_job", "serving.app"} <= set(modules)
+    assert [module for module in modules if any(word in module for word in ("bench", "soak", "smoke"))] == []
+
+
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda program: program[-1])
 def test_every_program_of_the_wheel_answers_help(installed, program):
     python, workdir, env = installed
@@ -86,7 +104,7 @@ def test_the_installed_feature_job_writes_what_the_feature_functions_compute(ins
     publish(stack, topic, [(event.kafka_key, event.to_json()) for event in events])
     job = run([python, "-m", "streams.feature_job", "--topic", topic, "--namespace", "installed", "--bounded",
                "--fresh", "--no-samples"], workdir, env, timeout=JOB_TIMEOUT_S)  # fmt: skip
-    users, _, _ = fold_stream(events, stack.settings.pipeline.feature_spec())
+    users, _, _ = fold_stream(events, stack.settings.pipeline.features)
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     keys = {user_id: redis_key(KeyKind.USER_SEQUENCE, user_id, "installed") for user_id in users}
     stored = {user: decode_value(KeyKind.USER_SEQUENCE, client.hget(key, "value")).data for user, key in keys.items()}

@@ -575,7 +575,7 @@ IN_PROCESS_EVENTS.append(click("u2", "i6", 1_735_700_600_000, 6))
 def in_process(system) -> tuple[Settings, MemoryFeatureStore, RecordingProducer, object]:
     settings = system[0].settings
     store, producer = (
-        MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS], settings.pipeline.feature_spec()),
+        MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS], settings.pipeline.features),
         RecordingProducer(),
     )
     return (
@@ -774,6 +774,27 @@ def test_in_process_operator_routes_and_the_document_list_every_route(system):
     assert documented == served_routes(settings)
 
 
+def test_in_process_a_model_trained_with_another_feature_spec_than_the_streams_is_refused_until_they_agree(system):
+    settings, store, _, resources = in_process(system)
+    trained = Registry(settings.stack.models_dir).manifest(Registry(settings.stack.models_dir).current()).feature_spec
+    store.spec = trained.model_copy(update={"sequence_length": trained.sequence_length + 1})
+    admin = {"Authorization": "Bearer secret"}
+
+    async def calls(client):
+        refused = await json_of(await client.get("/v1/models"))
+        answer = await json_of(await client.get("/v1/recommendations", params={"user_id": "u1", "k": "3"}))
+        store.spec = trained
+        reload = await json_of(await client.post("/v1/admin/models/reload", headers=admin))
+        return refused, answer, reload
+
+    (_, refused), (_, answer), (_, reload) = with_client(settings, resources, calls)
+
+    assert refused["live_version"] is None
+    assert f"sequence_length {trained.sequence_length} -> {trained.sequence_length + 1}" in refused["load_error"]
+    assert answer["fallback"] and answer["model_version"] is None
+    assert reload["swapped"] and reload["live_version"] == Registry(settings.stack.models_dir).current()
+
+
 def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_streams_counts_and_promotes(
     system, tmp_path
 ):
@@ -791,7 +812,7 @@ def test_in_process_an_experiment_answers_each_user_from_its_arm_reports_the_str
         {**click("u1", "i9", 1_735_700_900_000 + n, 100 + n), "type": kind, "context": {"request_id": request_id}}
         for n, (kind, request_id) in enumerate(answered_with)
     ]
-    store = MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS + shown], settings.pipeline.feature_spec())
+    store = MemoryFeatureStore([validate_event(e) for e in IN_PROCESS_EVENTS + shown], settings.pipeline.features)
     resources = in_memory_resources(store, RecordingProducer(), LiveCatalogue([]))
     admin = {"Authorization": "Bearer secret"}
 

@@ -256,7 +256,7 @@ def test_the_scheduler_survives_a_failed_run_skips_while_little_is_new_and_conti
     assert (v2.parent_version, v2.from_scratch_at) == (1, v1.created_at)
     assert v1.trained_until == events[3999].ts < v2.trained_until < events[-1].ts
     incremental = orjson.loads((registry.path(2) / REPORT / "report.json").read_bytes())["incremental"]
-    rows = bootstrap_rows(events, configured.settings.pipeline.feature_spec())  # the log: a row per labelled event
+    rows = bootstrap_rows(events, configured.settings.pipeline.features)  # the log: a row per labelled event
     assert incremental["new_rows"] == len([row for row in rows if v1.trained_until < row.event.ts <= v2.trained_until])
     # Every item keeps its index; the film published since is appended to the vocabulary.
     old_ids = orjson.loads((registry.path(1) / "vocabulary.json").read_bytes())["item_ids"]

@@ -3,8 +3,8 @@
 from collections import Counter, defaultdict
 from itertools import pairwise
 
+from infra.benches.stream import ACTIVE_SESSIONS, Workload
 from schemas.events import EventType
-from streams.bench import ACTIVE_SESSIONS, Workload
 
 SEQUENCE_LENGTH = 50
 

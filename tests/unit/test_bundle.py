@@ -38,7 +38,7 @@ def test_sealed_bundle_verifies_with_a_checksum_per_file(tmp_path):
         (lambda d: (d / "vocabulary.json").unlink(), "files missing: vocabulary.json"),
         (lambda d: (d / "extra.pkl").write_bytes(b"x"), "files not in the manifest: extra.pkl"),
         (lambda d: (d / MANIFEST).write_text("{}"), "not a bundle manifest"),
-        (lambda d: (d / MANIFEST).write_text('{"bundle_format": 2}'), "bundle format 2; this version reads 5"),
+        (lambda d: (d / MANIFEST).write_text('{"bundle_format": 2}'), "bundle format 2; this version reads 6"),
         (lambda d: (d / MANIFEST).unlink(), "no manifest.json"),
     ],
 )
@@ -79,5 +79,5 @@ def test_only_a_live_version_of_this_bundle_format_is_servable(tmp_path):
     assert registry.servable()
 
     older = registry.path(1) / MANIFEST  # as an upgrade finds a bundle of the format before
-    older.write_text(older.read_text().replace('"bundle_format": 5', '"bundle_format": 4'))
+    older.write_text(older.read_text().replace('"bundle_format": 6', '"bundle_format": 5'))
     assert not registry.servable()

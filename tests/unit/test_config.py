@@ -1,7 +1,8 @@
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from schemas.config import Settings, setting_paths
+from schemas.config import SETTING_PATHS, Settings, setting_paths
+from schemas.features import FeatureSpec
 
 
 def test_defaults_bind_every_service_to_loopback_on_the_documented_ports(monkeypatch, tmp_path):
@@ -48,13 +49,20 @@ def test_unknown_settings_in_the_config_file_are_rejected(monkeypatch, tmp_path)
         Settings()
 
 
-def test_the_feature_spec_follows_the_settings(monkeypatch):
+def test_the_feature_spec_is_a_section_of_the_settings_by_flat_and_sectioned_names(monkeypatch):
     monkeypatch.setenv("KF_SEQUENCE_LENGTH", "20")
-    monkeypatch.setenv("KF_POPULARITY_HALF_LIFE_H", "1.5")
+    monkeypatch.setenv("KF_PIPELINE__FEATURES__POPULARITY_HALF_LIFE_MS", "5400000")
 
-    spec = Settings().pipeline.feature_spec()
+    spec = Settings().pipeline.features
 
-    assert (spec.sequence_length, spec.popularity_half_life_ms) == (20, 5_400_000)
+    assert spec == FeatureSpec(sequence_length=20, popularity_half_life_ms=5_400_000)
+
+
+def test_a_feature_spec_names_its_differences():
+    assert FeatureSpec().differences(FeatureSpec(sequence_length=20, seen_capacity=9)) == (
+        "sequence_length 50 -> 20, seen_capacity 2000 -> 9"
+    )
+    assert FeatureSpec().differences(FeatureSpec()) == ""
 
 
 def test_sections_and_flat_names_mix_each_source_keeping_its_precedence(monkeypatch, tmp_path):
@@ -112,8 +120,9 @@ def test_flat_names_read_and_update_the_settings_in_their_sections(monkeypatch, 
 
 
 def leaves(tree: dict):
+    """The settings of a dumped tree: its leaves, and the settings that are tables (a spec's weights)."""
     for name, value in tree.items():
-        yield from leaves(value) if isinstance(value, dict) else [(name, value)]
+        yield from leaves(value) if isinstance(value, dict) and name not in SETTING_PATHS else [(name, value)]
 
 
 def test_programs_reach_external_kafka_and_redis_when_their_addresses_are_set(monkeypatch, tmp_path):

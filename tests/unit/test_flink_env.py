@@ -1,7 +1,17 @@
 import os
 
+import pytest
+
 from schemas.config import Settings
-from streams.flink_env import checkpoint_uri, latest_checkpoint, local_directory, restore_location
+from schemas.features import FeatureSpec
+from streams.flink_env import (
+    FeatureSpecChanged,
+    check_feature_spec,
+    checkpoint_uri,
+    latest_checkpoint,
+    local_directory,
+    restore_location,
+)
 
 
 def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
@@ -35,3 +45,18 @@ def test_a_job_resumes_from_what_was_asked_else_the_newest_local_checkpoint(tmp_
     assert restore_location("s3://bucket/savepoint-2", tmp_path) == "s3://bucket/savepoint-2"
     assert restore_location(None, None) is None
     assert restore_location(None, tmp_path / "empty") is None
+
+
+def test_a_job_resumes_only_checkpoints_recorded_with_its_feature_spec(tmp_path):
+    checkpoints, spec, longer = (tmp_path / "live").as_uri(), FeatureSpec(), FeatureSpec(sequence_length=80)
+    with pytest.raises(FeatureSpecChanged, match="of an earlier version"):  # none recorded: before the move
+        check_feature_spec(checkpoints, spec, resuming=True)
+    check_feature_spec(checkpoints, spec, resuming=False)
+
+    check_feature_spec(checkpoints, spec, resuming=True)
+    with pytest.raises(FeatureSpecChanged, match=r"sequence_length 50 -> 80.*--fresh"):
+        check_feature_spec(checkpoints, longer, resuming=True)
+    check_feature_spec(checkpoints, longer, resuming=False)  # --fresh: state rebuilt with the new spec
+    check_feature_spec(checkpoints, longer, resuming=True)
+    with pytest.raises(FeatureSpecChanged):
+        check_feature_spec(checkpoints, spec, resuming=True)

@@ -108,3 +108,22 @@ def test_only_the_feature_store_opens_redis_in_the_deployed_processes():
     }
 
     assert redis_clients_made(STORE) and opened == {}
+
+
+FORMAT_INTERNALS = {"redis_key", "key_pattern", "encode_value", "decode_value", "encode_feature_spec"}
+
+
+def test_only_the_feature_store_builds_keys_and_encodes_values_in_the_deployed_processes():
+    """REDIS_FORMAT.md: callers name an entity and hand over its value; the store builds the key and
+    encodes the value, so the format has one writer."""
+    used = {
+        str(path.relative_to(REPO_ROOT)): sorted(names)
+        for room in PROCESSES
+        for path in files_of(room)
+        if (
+            names := {m.rsplit(".", 1)[1] for m in imported_modules(path) if m.startswith("schemas.redis_format.")}
+            & FORMAT_INTERNALS
+        )
+    }
+
+    assert used == {}

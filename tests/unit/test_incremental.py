@@ -67,7 +67,7 @@ def live(settings: Settings, created_at: int, files=(RETRIEVAL_WEIGHTS, RANKER_W
     registry = Registry(settings.stack.models_dir)
     directory = registry.path(1)
     directory.mkdir(parents=True)
-    fields = {"hyperparameters": settings.training.model, "feature_spec": settings.pipeline.feature_spec()}
+    fields = {"hyperparameters": settings.training.model, "feature_spec": settings.pipeline.features}
     written = Manifest(version=1, created_at=created_at, trained_until=0, **(fields | manifest))
     (directory / MANIFEST).write_bytes(written.model_dump_json().encode())
     (directory / VOCABULARY).write_bytes(Vocabulary(("a",), ()).to_json())
@@ -90,7 +90,7 @@ def test_the_live_version_is_continued_until_its_from_scratch_run_is_a_day_old(t
     [
         ({"hyperparameters": quick(Settings()).training.model}, "other hyperparameters"),
         ({"files": (RETRIEVAL_WEIGHTS,)}, f"has no {RANKER_WEIGHTS}"),
-        ({"feature_spec": Settings().pipeline.feature_spec().model_copy(update={"sequence_length": 7})}, "feature"),
+        ({"feature_spec": Settings().pipeline.features.model_copy(update={"sequence_length": 7})}, "feature"),
     ],
 )
 def test_a_live_version_trained_otherwise_is_not_continued(tmp_path, change, reason):

@@ -21,7 +21,7 @@ from streams.operators import (
 from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
 
 SETTINGS = Settings()
-SPEC = SETTINGS.pipeline.feature_spec()
+SPEC = SETTINGS.pipeline.features
 START = 1_735_700_000_000
 
 

@@ -1,4 +1,4 @@
-from infra.quality_bench import withhold_newest
+from infra.benches.quality import withhold_newest
 from schemas.config import Settings
 from tests.movielens_files import write_csv_layout
 

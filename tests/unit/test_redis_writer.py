@@ -2,16 +2,21 @@
 
 import redis
 
-from schemas.redis_format import encode_value
-from schemas.runtime.feature_store import SeenAddition, VersionedWrite
+from schemas.redis_format import KeyKind
+from schemas.runtime.feature_store import EntityWrite, SeenAddition
 from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter
 
 
 class FakeStore:
-    """A feature store whose `write` is the test's function."""
+    """A feature store whose `write` is the test's function (of the writes and seen additions),
+    which must be in the writer's namespace."""
 
     def __init__(self, write):
-        self.write = write
+        self.written = write
+
+    def write(self, namespace, writes, seen):
+        assert namespace == "ns"
+        return self.written(writes, seen)
 
     def close(self) -> None:
         pass
@@ -19,24 +24,24 @@ class FakeStore:
 
 def writer_with(write) -> tuple[RedisWriter, list[float]]:
     slept: list[float] = []
-    return RedisWriter(FakeStore(write), "test", sleep=slept.append), slept
+    return RedisWriter(FakeStore(write), "test", "ns", sleep=slept.append), slept
 
 
 def test_a_flush_writes_each_key_once_with_its_newest_state():
     calls = []
     writer, _ = writer_with(lambda encoded, seen: calls.append(encoded) or len(encoded))
-    writer.put("k1", 1, {"n": 1}, 100, 0)
-    writer.put("k1", 3, {"n": 3}, 300, 0)
-    writer.put("k1", 2, {"n": 2}, 200, 0)  # older than what is queued: ignored
-    writer.put("k2", 1, {"n": 9}, 900, 5_000)
+    writer.put(KeyKind.USER_FEATURES, "u1", 1, {"n": 1}, 100, 0)
+    writer.put(KeyKind.USER_FEATURES, "u1", 3, {"n": 3}, 300, 0)
+    writer.put(KeyKind.USER_FEATURES, "u1", 2, {"n": 2}, 200, 0)  # older than what is queued: ignored
+    writer.put(KeyKind.USER_SEQUENCE, "u1", 1, {"n": 9}, 900, 5_000)
 
     writer.flush()
     writer.flush()  # nothing queued: no call
 
     assert calls == [
         [
-            VersionedWrite("k1", 3, encode_value({"n": 3}, 300), 0),
-            VersionedWrite("k2", 1, encode_value({"n": 9}, 900), 5_000),
+            EntityWrite(KeyKind.USER_FEATURES, "u1", 3, {"n": 3}, 300, 0),
+            EntityWrite(KeyKind.USER_SEQUENCE, "u1", 1, {"n": 9}, 900, 5_000),
         ]
     ]
 
@@ -52,7 +57,7 @@ def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
         return len(encoded)
 
     writer, slept = writer_with(upsert_all)
-    writer.put("k", 1, {"n": 1}, 100, 0)
+    writer.put(KeyKind.ITEM_FEATURES, "i", 1, {"n": 1}, 100, 0)
     writer.applied([100], [150])
 
     writer.flush()
@@ -66,11 +71,11 @@ def test_an_unreachable_redis_is_retried_with_backoff_until_the_writes_land():
 def test_seen_items_queued_in_a_batch_are_written_once_per_set_with_each_items_newest_time():
     calls = []
     writer, _ = writer_with(lambda encoded, seen: calls.append(seen) or 0)
-    writer.add_seen("s1", "i1", 100, 2000, 9)
-    writer.add_seen("s1", "i2", 300, 2000, 9)
-    writer.add_seen("s1", "i1", 50, 2000, 9)  # an older interaction with i1: its newest stays
-    writer.add_seen("s2", "i1", 70, 2000, 9)
+    writer.add_seen("u1", "i1", 100, 2000, 9)
+    writer.add_seen("u1", "i2", 300, 2000, 9)
+    writer.add_seen("u1", "i1", 50, 2000, 9)  # an older interaction with i1: its newest stays
+    writer.add_seen("u2", "i1", 70, 2000, 9)
 
     writer.flush()
 
-    assert calls == [{"s1": SeenAddition({"i1": 100, "i2": 300}, 2000, 9), "s2": SeenAddition({"i1": 70}, 2000, 9)}]
+    assert calls == [{"u1": SeenAddition({"i1": 100, "i2": 300}, 2000, 9), "u2": SeenAddition({"i1": 70}, 2000, 9)}]

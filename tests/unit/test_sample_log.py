@@ -2,6 +2,7 @@
 across batches, days and crashes; gaps show; windows and retention work by day."""
 
 import itertools
+import re
 import shutil
 import time
 from datetime import date, timedelta
@@ -20,6 +21,7 @@ from streams.flink_env import completed_checkpoints
 from streams.sample_log import OrphanWatch, SampleLogKeeper
 from tests.event_streams import messy_stream
 from tests.operator_harness import KeyedState, batch_of, kafka_records, sample_lines, user_stage
+from training.data import FeatureSpecsMixed, read_sample_log
 
 DAY_S = 86_400
 FIRST_DAY = date(2026, 1, 1)
@@ -142,6 +144,38 @@ def test_reading_a_window_finds_a_snapshot_the_sink_put_in_the_day_before_and_sk
 
     assert files == 2 and report.gaps == 0
     assert in_order(rows) == in_order(sample_rows(events, FeatureSpec()))
+
+
+def with_spec(line: bytes, spec: FeatureSpec) -> bytes:
+    """A snapshot's line as if the stream ran with `spec`; other lines as they are."""
+    record = orjson.loads(line)
+    if record[0] == sample_log.SNAPSHOT:
+        record[6] = spec.model_dump(mode="json")
+    return orjson.dumps(record)
+
+
+def test_each_user_is_folded_with_the_feature_spec_its_snapshot_records():
+    events, short = messy_events(5, count=120), FeatureSpec(sequence_length=3)
+    lines, _ = run_user_stage(kafka_records(events), [], [0], None)
+
+    rows, report = fold_sample_log([with_spec(line, short) for line in lines])
+
+    assert report.feature_specs == [short]
+    assert in_order(rows) == in_order(sample_rows(events, short)) != in_order(sample_rows(events, FeatureSpec()))
+
+
+def test_a_window_written_with_two_feature_specs_is_refused_for_training_by_name(tmp_path):
+    lines, _ = run_user_stage(kafka_records(messy_events(6, count=60)), [], [0], None)
+    today = sample_log.today().isoformat().encode()
+    first = next(n for n, line in enumerate(lines) if line.startswith(b'["s"'))
+    lines[first] = with_spec(lines[first], FeatureSpec(seen_capacity=7))
+    write_day(
+        tmp_path, sample_log.today(), "events-a-0-0.jsonl", [line.replace(b"2026-01-01", today) for line in lines]
+    )
+
+    with pytest.raises(FeatureSpecsMixed, match=re.escape("2 feature specs (seen_capacity 7 -> 2000)")):
+        read_sample_log(tmp_path, window_days=1, max_rows=1000)
+    assert read_sample_log(tmp_path.parent / "absent", 1, 1000) == ([], None)
 
 
 def test_prune_deletes_only_the_days_beyond_the_retention(tmp_path):

@@ -62,7 +62,7 @@ def live_version_trained_with(settings: Settings, hyperparameters: Hyperparamete
     """A registry whose live version's manifest records `hyperparameters` (the only file the scheduler reads)."""
     registry = Registry(settings.stack.models_dir)
     registry.path(1).mkdir(parents=True)
-    manifest = Manifest(version=1, parent_version=None, created_at=0, feature_spec=settings.pipeline.feature_spec(),
+    manifest = Manifest(version=1, parent_version=None, created_at=0, feature_spec=settings.pipeline.features,
                         hyperparameters=hyperparameters, trained_until=0)  # fmt: skip
     (registry.path(1) / MANIFEST).write_bytes(manifest.model_dump_json().encode())
     (registry.root / CURRENT).write_text("v000001\n")

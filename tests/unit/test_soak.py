@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from infra.soak import Retraining, Sample, Tally, misses, rss_growth, tally
+from infra.benches.soak import Retraining, Sample, Tally, misses, rss_growth, tally
 
 
 def sample(at_s: float, service_mb: float) -> Sample:

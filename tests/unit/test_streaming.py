@@ -166,6 +166,8 @@ def test_item_window_counts_cover_the_last_hour_and_day():
         )
         == 1
     )
+    hour_only = fold_stream(events, FeatureSpec(recent_window_ms=HOUR_MS))[1]["i1"].features
+    assert hour_only.interactions_within(24 * HOUR_MS) == 2  # the spec keeps one hour of buckets
 
 
 def test_training_samples_hold_the_state_just_before_the_event():

@@ -1,4 +1,4 @@
-"""`python -m serving.catalogue_bench` (make bench-catalogue): how soon an item published to the
+"""`python -m infra.benches.catalogue` (make bench-catalogue): how soon an item published to the
 catalogue is served, and what adding items costs the requests meanwhile.
 
 Copies the MovieLens catalogue into a topic of its own (the demo's items topic is compacted and
@@ -40,14 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from schemas.bundle import Registry
-from schemas.catalogue import CatalogueItem
-from schemas.config import Settings
-from schemas.features import SequenceEntry
-from schemas.runtime.loaded_bundle import LoadedBundle
-from schemas.runtime.pipeline import RankRequest, retrieve
-from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
-from serving.bench import (
+from infra.benches.serve import (
     FRESH,
     NAMESPACE,
     BenchState,
@@ -58,6 +51,13 @@ from serving.bench import (
     wait_ready,
     where_time_went,
 )
+from schemas.bundle import Registry
+from schemas.catalogue import CatalogueItem
+from schemas.config import Settings
+from schemas.features import SequenceEntry
+from schemas.runtime.loaded_bundle import LoadedBundle
+from schemas.runtime.pipeline import RankRequest, retrieve
+from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
 
 log = logging.getLogger("kingfisher.bench")
 POLL_S = 0.05
@@ -182,7 +182,7 @@ def copy_catalogue(settings: Settings, producer: Producer, topic: str) -> list[C
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.catalogue_bench",
+        prog="python -m infra.benches.catalogue",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

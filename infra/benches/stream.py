@@ -548,7 +548,7 @@ def report(results: list[Result], per_round: int, replayed: dict[str, float] | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streams.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.stream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", type=int, default=100_000, help="users whose state the job holds (default 100000)")
     parser.add_argument("--events-per-user", type=int, default=5, help="events of each of them first (default 5)")

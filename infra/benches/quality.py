@@ -1,4 +1,4 @@
-"""`make bench-quality` (`python -m infra.quality_bench`): recommendation quality measured through
+"""`make bench-quality` (`python -m infra.benches.quality`): recommendation quality measured through
 the live system, as `make demo` runs it.
 
 Each MovieLens user with at least 2N + 1 ratings has the newest N withheld (N = 5: the last-N split
@@ -100,7 +100,7 @@ class Withheld:
 
 
 def withhold_newest(settings: Settings, newest: int) -> Withheld:
-    spec = settings.pipeline.feature_spec()
+    spec = settings.pipeline.features
     events = list(rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()))
     rows = bootstrap_rows(events, spec)
     split = last_n_split(rows, newest)
@@ -198,9 +198,7 @@ def in_process_answers(
 def queries_trending(settings: Settings, withheld: Withheld) -> dict:
     """The trending list before each test query, from every rating (as `make bench-train` computes it)."""
     moments = [query.row for query in withheld.split.test]
-    return trending_before(
-        withheld.rows, moments, settings.pipeline.feature_spec(), settings.pipeline.trending_candidates
-    )
+    return trending_before(withheld.rows, moments, settings.pipeline.features, settings.pipeline.trending_candidates)
 
 
 def baseline_answers(withheld: Withheld, vocabulary: Vocabulary, trending: dict) -> dict[str, list[list[str]]]:
@@ -321,7 +319,9 @@ def bench(arguments: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.quality_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.quality",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--newest", type=int, default=5, metavar="N", help="ratings withheld per user (default 5)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""`python -m training.bench` (make bench-train): one retraining as the scheduler runs it, timed, then
+"""`python -m infra.benches.train` (make bench-train): one retraining as the scheduler runs it, timed, then
 the extra measurements the README reports, each labelled.
 
 1. The retraining users run (default settings): MovieLens from scratch — the time split's served
@@ -118,7 +118,7 @@ def last_n_split(settings: Settings, data, last_n: int) -> tuple[dict, dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--keep", type=Path, help="registry directory to train into (default: a new scratch directory)")
     parser.add_argument("--last-n", type=int, default=5, help="also measure the leave-last-N split (0: skip)")

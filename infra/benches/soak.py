@@ -1,4 +1,4 @@
-"""`make soak` (`python -m infra.soak`): the running `make demo` stack under fixed-rate mixed load for
+"""`make soak` (`python -m infra.benches.soak`): the running `make demo` stack under fixed-rate mixed load for
 30 minutes, with a retraining and a hot swap in the middle.
 
 New users ("soak-<start>-<n>", each repeating the items of one demo user's sequence) send events
@@ -41,11 +41,11 @@ import redis
 import uvloop
 from rich.table import Table
 
+from infra.benches.stream import freshness_reports
 from infra.demo import wait_for_stream
 from infra.stack import FeatureJob, Kafka, RecommendationService, Redis, Service, StackError, console, exit_code
 from schemas.bundle import Registry
 from schemas.config import Settings
-from streams.bench import freshness_reports
 from streams.replay import group_consumer, plan, replayed_so_far
 
 matplotlib.use("Agg")  # files only, no display
@@ -460,7 +460,7 @@ async def counted_after_stream(run: Soak) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m infra.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="duration of the load (default 30)")
     parser.add_argument("--event-rate", type=float, default=100.0, help="events/s, posted in batches of 10")

@@ -1,4 +1,4 @@
-"""`python -m serving.bench` (make bench-serve): latency of /v1/recommendations at fixed request rates.
+"""`python -m infra.benches.serve` (make bench-serve): latency of /v1/recommendations at fixed request rates.
 
 Sets up live state for MovieLens users in a Redis namespace of its own (through the same feature
 functions the stream uses), starts the service as a separate process on the live model (training
@@ -44,8 +44,8 @@ from rich.table import Table
 from schemas.bundle import Registry
 from schemas.config import Settings
 from schemas.events import Event, EventType
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, encode_value, redis_key
-from schemas.runtime.feature_store import FeatureStore, SeenAddition, VersionedWrite
+from schemas.redis_format import TRENDING_ENTITY, KeyKind
+from schemas.runtime.feature_store import EntityWrite, FeatureStore, SeenAddition
 from schemas.runtime.features import update_seen
 from schemas.runtime.sources.movielens import LoadReport, locate_dataset, rating_events
 from schemas.runtime.streaming import apply_user_event, fold_stream, seen_sets, trending_list
@@ -70,7 +70,7 @@ class BenchState:
     fresh mix calls it before every request, so each answer reflects a state no earlier request saw."""
 
     def __init__(self, settings: Settings, users: int):
-        self.spec = settings.pipeline.feature_spec()
+        self.spec = settings.pipeline.features
         events = list(rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()))
         self.states, _, trending = fold_stream(events, self.spec)
         self.seen = seen_sets(events, self.spec)
@@ -80,28 +80,23 @@ class BenchState:
         self._random = random.Random(0)
         self._lock = threading.Lock()
         listed = trending_list(trending, self.spec)
-        trending_write = VersionedWrite(
-            redis_key(KeyKind.TRENDING, TRENDING_ENTITY, NAMESPACE),
-            trending.version,
-            encode_value(listed, listed.at_ts),
-        )
+        trending_write = EntityWrite(KeyKind.TRENDING, TRENDING_ENTITY, trending.version, listed, listed.at_ts)
         self.store.write(
+            NAMESPACE,
             [trending_write, *(write for user_id in self.users for write in self._writes(user_id))],
-            {user_id_key: addition for user_id in self.users for user_id_key, addition in self._seen(user_id).items()},
+            {user_id: self._seen(user_id) for user_id in self.users},
         )
 
-    def _writes(self, user_id: str) -> list[VersionedWrite]:
+    def _writes(self, user_id: str) -> list[EntityWrite]:
         state = self.states[user_id]
         return [
-            VersionedWrite(
-                redis_key(kind, user_id, NAMESPACE), state.version, encode_value(value, state.features.last_ts)
-            )
+            EntityWrite(kind, user_id, state.version, value, state.features.last_ts)
             for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features))
         ]
 
-    def _seen(self, user_id: str, entries: dict[str, int] | None = None) -> dict[str, SeenAddition]:
+    def _seen(self, user_id: str, entries: dict[str, int] | None = None) -> SeenAddition:
         added = self.seen[user_id] if entries is None else entries
-        return {redis_key(KeyKind.USER_SEEN, user_id, NAMESPACE): SeenAddition(dict(added), self.spec.seen_capacity)}
+        return SeenAddition(dict(added), self.spec.seen_capacity)
 
     def change(self, user_id: str) -> None:
         """One new click of `user_id` now, applied and written (thread-safe: the load's writer threads call it)."""
@@ -120,7 +115,7 @@ class BenchState:
             self.states[user_id] = apply_user_event(self.states[user_id], click, self.spec)
             self.seen[user_id] = update_seen(seen, (item_id, click.ts), self.spec)
             writes = self._writes(user_id)
-        self.store.write(writes, self._seen(user_id, {item_id: click.ts}))
+        self.store.write(NAMESPACE, writes, {user_id: self._seen(user_id, {item_id: click.ts})})
 
 
 def ensure_model(settings: Settings) -> int:
@@ -301,7 +296,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rates", default="50,100,200,500", help="requests/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of each rate")

@@ -1,4 +1,4 @@
-"""`python -m serving.swap_memory` (make bench-swap): the service's resident memory across hot swaps.
+"""`python -m infra.benches.swap_memory` (make bench-swap): the service's resident memory across hot swaps.
 
 Loads the registry's live version again and again the way the service does at each swap (verify,
 load, try once, make live, collect the swapped-out bundle when no request is in flight, return
@@ -43,7 +43,9 @@ def measure_swaps(settings: Settings, swaps: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.swap_memory", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.swap_memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--swaps", type=int, default=6, help="swaps to measure")
     arguments = parser.parse_args(argv)

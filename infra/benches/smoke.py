@@ -61,7 +61,7 @@ def run(settings: Settings, topic: str, namespace: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streams.smoke",
+        prog="python -m infra.benches.smoke",
         description="Copy a Kafka topic into a Redis set with a bounded PyFlink job (toolchain check).",
     )
     parser.add_argument("--topic", required=True, help="Kafka topic to read from its earliest offset")

@@ -1,4 +1,4 @@
-"""`python -m training.incremental_bench` (make bench-incremental): incremental retraining against
+"""`python -m infra.benches.incremental` (make bench-incremental): incremental retraining against
 training from scratch on the same MovieLens data, timed and measured on queries neither learnt.
 
 The ratings in time order: a from-scratch version on the oldest `--base` share (the live version),
@@ -42,7 +42,7 @@ class Timed:
 
 def timed_run(settings: Settings, data: TrainingData, rows: int, incremental: bool) -> Timed:
     """One retraining on the oldest `rows` rows, forced (a refusal would end the chain), unannounced."""
-    part = TrainingData(data.source, data.rows[:rows], data.catalogue, data.world)
+    part = TrainingData(data.source, data.rows[:rows], data.catalogue, data.spec, data.world)
     wall, cpu = time.perf_counter(), _cpu_s()
     outcome = train_once(settings, part, force=True, announce=False, incremental=incremental)
     return Timed(outcome, time.perf_counter() - wall, _cpu_s() - cpu)
@@ -62,7 +62,7 @@ def test_moments(settings: Settings, rows: list[Row], learnt: int) -> Moments:
         chosen = np.random.default_rng(settings.training.train_seed).choice(len(queries), limit, replace=False)
         queries = [queries[n] for n in sorted(chosen)]
     moments = [row for row in rows if is_interaction(row)]
-    spec = settings.pipeline.feature_spec()
+    spec = settings.pipeline.features
     return Moments(queries, trending_before(rows, moments, spec, settings.pipeline.trending_candidates))
 
 
@@ -74,7 +74,7 @@ def measured(settings: Settings, registry: Registry, version: int, moments: Mome
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.incremental_bench",
+        prog="python -m infra.benches.incremental",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -19,8 +19,6 @@ import re
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +28,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from schemas.config import Settings
-from schemas.runtime.feature_store import FeatureStore
-from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
-from streams.bench import (
+from infra.benches.stream import (
     BENCH_ITEMS,
     Configuration,
     Job,
@@ -47,6 +42,10 @@ from streams.bench import (
     wait_until,
     wait_until_processed,
 )
+from infra.stack import FlinkRest
+from schemas.config import Settings
+from schemas.runtime.feature_store import FeatureStore
+from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 
 console = Console(stderr=True)
 REST_LINE = re.compile(r"Rest endpoint listening at (?P<address>\S+:\d+)")
@@ -78,55 +77,28 @@ class StateResult:
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
-class JobRest:
-    """The REST API of a job's MiniCluster, found in the job's Flink log."""
+def job_rest(job: Job) -> FlinkRest:
+    """The REST API of a job's MiniCluster, at the address the job's Flink log announces."""
 
-    def __init__(self, job: Job):
-        self.job = job
-        self.url: str | None = None
-
-    def announced(self) -> str | None:
-        text = "\n".join(path.read_text(errors="replace") for path in self.job.log_dir.glob("flink-*.log"))
+    def announced() -> str | None:
+        text = "\n".join(path.read_text(errors="replace") for path in job.log_dir.glob("flink-*.log"))
         match = REST_LINE.search(text)
         return match["address"] if match else None
 
-    def get(self, path: str) -> dict | None:
-        """The answer to GET `path`; None while the MiniCluster is starting the job (5xx, refused)."""
-        if self.url is None:
-            wait_until(lambda: self.announced() is not None, self.job, "REST is up")
-            self.url = f"http://{self.announced()}"
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
-                return orjson.loads(response.read())
-        except urllib.error.HTTPError as error:
-            if error.code < 500:
-                raise
-            return None
-        except OSError:
-            return None
+    wait_until(lambda: announced() is not None, job, "REST is up")
+    return FlinkRest(f"http://{announced()}")
 
-    def job_id(self) -> str:
-        wait_until(lambda: (self.get("/jobs") or {}).get("jobs"), self.job, "the job is submitted")
-        return self.get("/jobs")["jobs"][0]["id"]
 
-    def all_tasks_running(self, job_id: str) -> bool:
-        job = self.get(f"/jobs/{job_id}")
-        return job is not None and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
-
-    def completed_checkpoints(self, job_id: str) -> list[dict]:
-        checkpoints = self.get(f"/jobs/{job_id}/checkpoints")
-        return [c for c in checkpoints["history"] if c["status"] == "COMPLETED"] if checkpoints else []
-
-    def restored_checkpoint(self, job_id: str) -> int | None:
-        restored = self.get(f"/jobs/{job_id}/checkpoints")["latest"].get("restored")
-        return restored["id"] if restored else None
+def job_id_of(rest: FlinkRest, job: Job) -> str:
+    wait_until(lambda: bool(rest.job_ids()), job, "the job is submitted")
+    return rest.job_ids()[0]
 
 
 class CheckpointWatch:
     """Collects a job's completed checkpoints while waiting (Flink's history keeps only the newest few)."""
 
-    def __init__(self, rest: JobRest, job_id: str):
-        self.rest, self.job_id = rest, job_id
+    def __init__(self, rest: FlinkRest, job: Job, job_id: str):
+        self.rest, self.job, self.job_id = rest, job, job_id
         self.seen: dict[int, Checkpoint] = {}
         self.phase = "load"
 
@@ -142,7 +114,7 @@ class CheckpointWatch:
             self.poll()
             return condition()
 
-        return wait_until(polled, self.rest.job, what, within_s)
+        return wait_until(polled, self.job, what, within_s)
 
 
 def directory_bytes(directory: Path) -> int:
@@ -157,8 +129,8 @@ def measure(settings: Settings, backend: str, records: list[tuple[bytes, bytes]]
     produce_all(settings, topic, records)
     job = Job(settings, configuration, topic, namespace)
     try:
-        rest = JobRest(job)
-        watch = CheckpointWatch(rest, rest.job_id())
+        rest = job_rest(job)
+        watch = CheckpointWatch(rest, job, job_id_of(rest, job))
         console.print(f"  loading the state of {arguments.users:,} users ...")
         started = watch.until(lambda: processed(store, namespace) >= 1, "the first event")
         loaded = watch.until(lambda: processed(store, namespace) >= state_count, "the users' events")
@@ -177,8 +149,8 @@ def measure(settings: Settings, backend: str, records: list[tuple[bytes, bytes]]
             log.rename(log.with_suffix(".killed"))
         restarted_at = time.monotonic()
         job = Job(settings, configuration, topic, namespace, fresh=False)
-        rest = JobRest(job)
-        job_id = rest.job_id()
+        rest = job_rest(job)
+        job_id = job_id_of(rest, job)
         running = wait_until(lambda: rest.all_tasks_running(job_id), job, "every task runs", LOAD_WITHIN_S)
         total = len(records) + arguments.after_kill
         caught_up = wait_until_processed(store, namespace, total, job, LOAD_WITHIN_S)
@@ -232,7 +204,7 @@ def report(results: list[StateResult]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m streams.state_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m infra.benches.state", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", type=int, default=1_000_000, help="distinct users (default 1000000)")
     parser.add_argument("--events", type=int, default=300_000, help="events of the burst (default 300000)")
