@@ -48,7 +48,7 @@ from streams.publish import Pacer, make_producer, publish
 from streams.redis_writer import REPORT_EVERY_S
 
 console = Console(stderr=True)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FRESHNESS_LINE = re.compile(
     r"^(?P<time>\S+ \S+),\d+ .*redis writer users: .*event_p50_ms (?P<p50>[\d,.]+), event_p99_ms (?P<p99>[\d,.]+), "
     r"append_p50_ms (?P<ap50>[\d,.]+), append_p99_ms (?P<ap99>[\d,.]+)"

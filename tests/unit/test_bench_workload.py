@@ -2,8 +2,9 @@
 
 from collections import Counter, defaultdict
 from itertools import pairwise
+from pathlib import Path
 
-from infra.benches.stream import ACTIVE_SESSIONS, Workload
+from infra.benches.stream import ACTIVE_SESSIONS, PROJECT_ROOT, Workload
 from schemas.events import EventType
 
 SEQUENCE_LENGTH = 50
@@ -31,3 +32,7 @@ def test_real_histories_interleave_sessions_so_a_users_events_arrive_in_bursts_a
 
     assert same_user_in_a_row < len(events) * 0.1  # not one user's session after another
     assert every_active_later > len(events) * 0.8  # each slot keeps its user for a session
+
+
+def test_this_codes_job_runs_from_the_checkout_root():
+    assert Path(__file__).resolve().parents[2] == PROJECT_ROOT

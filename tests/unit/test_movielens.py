@@ -1,7 +1,16 @@
+from pathlib import Path
+
 import pytest
 
 from schemas.events import EventType
-from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events, split_title
+from schemas.runtime.sources.movielens import (
+    SHARED_DATASET,
+    LoadReport,
+    catalogue_items,
+    locate_dataset,
+    rating_events,
+    split_title,
+)
 from tests.movielens_files import write_csv_layout, write_dat_layout
 
 MOVIES = [
@@ -137,3 +146,9 @@ def test_all_malformed_lines_are_counted_but_only_the_first_twenty_logged(tmp_pa
     assert len(report.malformed) == 25
     assert len(caplog.records) == 21
     assert "counted, not logged" in caplog.records[-1].message
+
+
+def test_the_default_dataset_is_the_shared_folder_beside_the_checkout():
+    """The README's default, `../shared/datasets/ml-latest-small` from the checkout, wherever the
+    module sits in it (`make demo` falls back to other histories when it is not there)."""
+    assert Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ml-latest-small" == SHARED_DATASET

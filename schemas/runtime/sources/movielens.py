@@ -32,7 +32,7 @@ TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:[-\u2013]\d{0,4}
 NO_GENRES = "(no genres listed)"
 RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
 MOVIES_HEADER = ["movieId", "title", "genres"]
-SHARED_DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ml-latest-small"
+SHARED_DATASET = Path(__file__).resolve().parents[3].parent / "shared" / "datasets" / "ml-latest-small"
 
 
 @dataclass(frozen=True)
