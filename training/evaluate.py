@@ -20,7 +20,7 @@ from schemas.runtime.pipeline import Ranked, RankRequest, Recommender, fallback_
 from schemas.runtime.sources.synthetic import SyntheticWorld
 from training.counts import COVISITATION_WINDOW, item_sequences
 from training.data import Query, Row, Trending, request_of
-from training.metrics import gauc, paired_difference, ranking_metrics
+from training.metrics import bootstrap_interval, gauc, paired_difference, per_query_metrics, ranking_metrics
 
 FUTURE_ITEMS = 5
 """A query's relevant items: the next 5 items the user takes (as the leave-last-5 split's)."""
@@ -130,6 +130,32 @@ def pipeline_metrics(lists: Sequence[Sequence[str]], queries: Sequence[Query]) -
     for k in CUTOFFS:
         metrics |= ranking_metrics(lists, relevant, k)
     return metrics
+
+
+UNCERTAIN_METRICS = ("ndcg@10", "hitrate@10")
+
+
+def intervals(
+    lists: dict[str, Sequence[Sequence[str]]], queries: Sequence[Query], served: str
+) -> dict[str, dict[str, list[float]]]:
+    """For each pipeline, the 95 % bootstrap interval over users of NDCG@10 and HR@10, and of the
+    served pipeline's paired difference from it (`minus_<metric>`: served minus it, query by
+    query), each user drawn with all of their queries."""
+    kept = [n for n, query in enumerate(queries) if query.relevant]
+    users = [queries[n].row.event.user_id for n in kept]
+    relevant = [queries[n].relevant for n in kept]
+    per_query = {name: per_query_metrics([items[n] for n in kept], relevant, 10) for name, items in lists.items()}
+    report = {}
+    for name, metrics in per_query.items():
+        report[name] = {metric: list(bootstrap_interval(metrics[metric], users)) for metric in UNCERTAIN_METRICS}
+        if name != served:
+            report[name] |= {
+                f"minus_{metric}": list(
+                    bootstrap_interval(np.subtract(per_query[served][metric], metrics[metric]), users)
+                )
+                for metric in UNCERTAIN_METRICS
+            }
+    return report
 
 
 def pool_auc(ranked: Sequence[Ranked], queries: Sequence[Query]) -> float:

@@ -34,6 +34,7 @@ from training.evaluate import (
     click_probability_share,
     fallback_lists,
     identical_reasons_share,
+    intervals,
     item_lists,
     pipeline_metrics,
     pool_auc,
@@ -147,6 +148,7 @@ class Evaluation:
         part: dict[str, Any] = {
             "queries": len(queries),
             "pipelines": pipelines,
+            "intervals": intervals(lists, queries, SERVED),
             "rankers": {name: {"pool_auc": pool_auc(ranked, queries)} for name, ranked in answers.items()},
             "identical_reasons_top10": identical_reasons_share(answers["DIN"]),
         }

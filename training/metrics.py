@@ -92,10 +92,16 @@ def _means(per_query: dict[str, list[float]]) -> dict[str, float]:
     return metrics
 
 
-def bootstrap_interval(values: Sequence[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """The 95 % percentile-bootstrap interval of the mean of `values`, one per user: users are what
-    is resampled (with replacement), so a user's several queries would count together."""
+def bootstrap_interval(
+    values: Sequence[float], users: Sequence[str] | None = None, rounds: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """The 95 % percentile-bootstrap interval of the mean of `values`, resampling users with
+    replacement: each drawn user brings all of their values (`users[i]` is value i's user; None:
+    one value per user). A user's consecutive queries share most of their relevant items, so they
+    are drawn together rather than counted as independent."""
     values = np.asarray(values, np.float64)
-    indices = np.random.default_rng(seed).integers(0, len(values), (rounds, len(values)))
-    low, high = np.quantile(values[indices].mean(axis=1), [0.025, 0.975])
+    owner = np.unique(users, return_inverse=True)[1] if users is not None else np.arange(len(values))
+    sums, counts = np.bincount(owner, weights=values), np.bincount(owner)
+    drawn = np.random.default_rng(seed).integers(0, len(sums), (rounds, len(sums)))
+    low, high = np.quantile(sums[drawn].sum(axis=1) / counts[drawn].sum(axis=1), [0.025, 0.975])
     return float(low), float(high)

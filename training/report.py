@@ -44,6 +44,34 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows])
 
 
+def _interval(bounds: list[float] | None, signed: bool = False) -> str:
+    if bounds is None:
+        return ""
+    form = "+.4f" if signed else ".4f"
+    return f"[{bounds[0]:{form}}, {bounds[1]:{form}}]"
+
+
+def _intervals_table(intervals: dict[str, dict[str, list[float]]]) -> list[str]:
+    """95 % bootstrap intervals over users (test): each pipeline's, and the served one's lead over it."""
+    return [
+        "95 % bootstrap intervals over users (each drawn with all of their queries), test queries; "
+        "served minus a pipeline is paired query by query:",
+        table(
+            ["pipeline (test)", "NDCG@10", "HR@10", "served minus it, NDCG@10", "served minus it, HR@10"],
+            [
+                [
+                    name,
+                    _interval(bounds["ndcg@10"]),
+                    _interval(bounds["hitrate@10"]),
+                    _interval(bounds.get("minus_ndcg@10"), signed=True),
+                    _interval(bounds.get("minus_hitrate@10"), signed=True),
+                ]
+                for name, bounds in intervals.items()
+            ],
+        ),
+    ]
+
+
 def split_section(name: str, split: dict[str, Any]) -> list[str]:
     metric_names = [f"{metric}@{k}" for k in CUTOFFS for metric in ("hitrate", "recall", "ndcg")]
     test, validation = split["test"], split["validation"]
@@ -71,6 +99,7 @@ def split_section(name: str, split: dict[str, Any]) -> list[str]:
                 for pipeline, metrics in test["pipelines"].items()
             ],
         ),
+        *_intervals_table(test["intervals"]),
         table(
             ["ranker", "AUC within its pools (test)", "(validation)"],
             [

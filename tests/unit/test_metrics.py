@@ -67,3 +67,15 @@ def test_the_bootstrap_interval_of_hits_matches_the_normal_one_by_hand():
     low, high = bootstrap_interval(hits, rounds=4000)
 
     assert low == pytest.approx(0.25 - 0.0424, abs=0.006) and high == pytest.approx(0.25 + 0.0424, abs=0.006)
+
+
+def test_a_users_queries_are_drawn_together():
+    # Two users: one with 99 hits, one with a single miss. Drawn by query the mean stays near 0.99;
+    # drawn by user a resample is (light, light) = 0, a mix = 0.99 or (heavy, heavy) = 1, each pure
+    # pair a quarter of the time, so the 95 % interval is 0 to 1.
+    values, users = [1.0] * 99 + [0.0], ["heavy"] * 99 + ["light"]
+
+    by_query, by_user = bootstrap_interval(values), bootstrap_interval(values, users)
+
+    assert by_query[0] > 0.95
+    assert by_user == (0.0, 1.0)

@@ -19,7 +19,7 @@ from training.data import (
     trending_before,
     windows,
 )
-from training.evaluate import CoOccurrence, Ease
+from training.evaluate import CoOccurrence, Ease, intervals
 from training.previous import labels, like_rows
 
 VOCABULARY = Vocabulary.of(
@@ -201,3 +201,22 @@ def test_co_occurrence_plain_and_weighted_rank_as_computed_by_hand():
     # i would lead: 0.5 against 0.67); with the decay too, h 0.61.
     assert cooccurrence.weighted(20, 1.0, 0.5).lists([query], 2) == [["h", "i"]]
     assert cooccurrence.weighted(20, 0.5, 0.5).lists([query], 2) == [["i", "h"]]
+
+
+def test_intervals_draw_each_user_with_all_of_their_queries_and_pair_the_served_list_with_each():
+    # u asks three times (relevant: a; b; c), v once (relevant: x). The served lists catch every
+    # relevant item first (NDCG@10 1.0); the other catches only v's. Per user, served minus other is
+    # 1 for u and 0 for v: a resample of users means 1 (u twice), 0.75 (u and v: three queries of
+    # four) or 0 (v twice), so the paired interval is [0, 1], where queries drawn one by one would
+    # give about [0.25, 1].
+    queries = Histories(history("u", "abcd") + history("v", "xy")).queries("u", future=1)[:3]
+    queries += Histories(history("v", "xy")).queries("v", future=1)[:1]
+    served = [[*sorted(q.relevant)] for q in queries]
+    other = [["z"], ["z"], ["z"], ["x"]]
+
+    found = intervals({"served": served, "other": other}, queries, "served")
+
+    assert [sorted(q.relevant) for q in queries] == [["a"], ["b"], ["c"], ["x"]]
+    assert found["served"] == {"ndcg@10": [1.0, 1.0], "hitrate@10": [1.0, 1.0]}
+    assert found["other"]["minus_ndcg@10"] == [0.0, 1.0] and found["other"]["minus_hitrate@10"] == [0.0, 1.0]
+    assert found["other"]["ndcg@10"] == [0.0, 1.0]
