@@ -51,9 +51,6 @@ def snapshot_line(user_id: str, state: UserState, partition: int, offset: int, d
                          state.features))  # fmt: skip
 
 
-_SPECS: dict[bytes, FeatureSpec] = {}
-
-
 class Snapshot(NamedTuple):
     state: UserState
     spec: FeatureSpec
@@ -82,6 +79,10 @@ def snapshot_of(record: list) -> Snapshot | None:
         tuple(SequenceEntry(e, item, _EVENT_TYPES[kind], ts, value) for e, item, kind, ts, value in entries)
     )
     return Snapshot(UserState(sequence, UserFeatures(**features), version), _spec_of(spec), day)
+
+
+_SPECS: dict[bytes, FeatureSpec] = {}
+"""Each distinct spec parsed once: a log holds the same one in every snapshot."""
 
 
 def _spec_of(stored: dict) -> FeatureSpec:

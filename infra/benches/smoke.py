@@ -2,7 +2,8 @@
 
 It exercises what every streaming job here stands on (the Kafka connector jar, KafkaSource, the
 Python worker, a Redis client inside an operator) and ends once it has read the offsets the topic
-had when it started. Operators can run it on a new deployment before the real jobs.
+had when it started. Operators can run it from a checkout against a new deployment's Kafka and
+Redis (the KF_* settings) before the real jobs; it is not in the image.
 """
 
 import argparse
