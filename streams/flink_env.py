@@ -90,11 +90,11 @@ def check_feature_spec(checkpoints: str, spec: FeatureSpec, resuming: bool) -> N
     filesystem, root = pyarrow.fs.FileSystem.from_uri(checkpoints)
     path = f"{root}/{FEATURE_SPEC_FILE}"
     remedy = "start the job with --fresh, or rebuild the namespace with `kingfisher replay`"
-    if resuming and filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
-        raise FeatureSpecChanged(
-            f"the checkpoints under {checkpoints} are of an earlier version (README, Upgrading): {remedy}"
-        )
     if resuming:
+        if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+            raise FeatureSpecChanged(
+                f"the checkpoints under {checkpoints} are of an earlier version (README, Upgrading): {remedy}"
+            )
         with filesystem.open_input_stream(path) as stream:
             recorded = FeatureSpec.model_validate_json(stream.read())
         if recorded != spec:

@@ -213,12 +213,19 @@ def _decoded(kind: KeyKind, raw: bytes | None) -> StoredValue | None:
     return decode_value(kind, raw) if raw is not None else None
 
 
+def _value_command(kind: KeyKind, entity_id: str, namespace: str) -> tuple[str, tuple]:
+    return "hget", (_key(kind, entity_id, namespace), VALUE_FIELD)
+
+
+def _value_read(kind: KeyKind, entity_id: str, namespace: str) -> _Read:
+    """A feature key's decoded value, None when absent."""
+    return _Read((_value_command(kind, entity_id, namespace),), lambda raw: _decoded(kind, raw[0]))
+
+
 def _user_read(user_id: str, namespace: str, seen: bool) -> _Read:
     kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.TRENDING)
     entities = (user_id, user_id, TRENDING_ENTITY)
-    commands = tuple(
-        ("hget", (_key(kind, entity, namespace), VALUE_FIELD)) for kind, entity in zip(kinds, entities, strict=True)
-    )
+    commands = tuple(_value_command(kind, entity, namespace) for kind, entity in zip(kinds, entities, strict=True))
     if seen:
         commands += (("zrange", (_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1)),)
 
@@ -257,15 +264,13 @@ class _Reads(ABC):
         """A user's seen set: item_id -> newest interaction time, oldest first."""
         key = _key(KeyKind.USER_SEEN, user_id, namespace)
         answer = lambda raw: {_text(item): int(ts) for item, ts in raw[0]}  # noqa: E731
-        return self._run(_Read((("zrange", (key, 0, -1, False, True)),), answer))
+        return self._run(_Read((("zrange", (key, 0, -1, False, True)),), answer))  # desc False, withscores True
 
     def trending(self, namespace: str) -> StoredValue | None:
-        key = _key(KeyKind.TRENDING, TRENDING_ENTITY, namespace)
-        return self._run(_Read((("hget", (key, VALUE_FIELD)),), lambda raw: _decoded(KeyKind.TRENDING, raw[0])))
+        return self._run(_value_read(KeyKind.TRENDING, TRENDING_ENTITY, namespace))
 
     def experiment_tallies(self, experiment: str, namespace: str) -> StoredValue | None:
-        key = _key(KeyKind.EXPERIMENT, experiment, namespace)
-        return self._run(_Read((("hget", (key, VALUE_FIELD)),), lambda raw: _decoded(KeyKind.EXPERIMENT, raw[0])))
+        return self._run(_value_read(KeyKind.EXPERIMENT, experiment, namespace))
 
     def feature_spec(self, namespace: str) -> FeatureSpec | None:
         """The feature spec the stream writing `namespace` runs with; None before it first started."""
