@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import sample_log
+from schemas.config import Settings
 from schemas.features import FeatureSpec
 from schemas.runtime import samples
 from schemas.runtime.samples import fold_sample_log, sample_rows
@@ -162,6 +163,17 @@ def test_each_user_is_folded_with_the_feature_spec_its_snapshot_records():
 
     assert report.feature_specs == [short]
     assert in_order(rows) == in_order(sample_rows(events, short)) != in_order(sample_rows(events, FeatureSpec()))
+
+
+def test_the_user_stage_records_the_feature_spec_it_runs_with_and_the_fold_applies_it():
+    events, settings = messy_events(7, count=120), Settings(sequence_length=4, seen_capacity=9)
+    operator = user_stage(KeyedState(), settings)
+    operator.sample_log.clock = lambda: DAY0_S
+
+    rows, report = fold_sample_log(sample_lines(operator.process_element(batch_of(kafka_records(events)), None)))
+
+    assert report.feature_specs == [settings.pipeline.features] != [FeatureSpec()]
+    assert in_order(rows) == in_order(sample_rows(events, settings.pipeline.features))
 
 
 def test_a_window_written_with_two_feature_specs_is_refused_for_training_by_name(tmp_path):
