@@ -64,14 +64,30 @@ class Experiments:
         """Load the versions `experiment`'s arms are pinned to, then run it (None: stop the one running).
         Raises ExperimentError, and the running experiment stays, when a version does not load."""
         async with self._lock:
-            if experiment == self.running.experiment:
-                return
-            holders = {}
-            for arm in experiment.arms if experiment else ():
-                holders[arm.name] = self.live if arm.version is None else await self._loaded(arm.version)
-            previous, self.running, self.last_error = self.running.experiment, Running(experiment, holders), None
-            log.info("experiment %s running (was %s)", experiment.name if experiment else "none",
-                     previous.name if previous else "none")  # fmt: skip
+            await self._start(experiment)
+
+    async def run(self, experiment: Experiment | None) -> None:
+        """`start` it here, then write it into the registry for every worker, in one step: the
+        registry's poll (`follow`) cannot stop it in between. If the registry cannot be written
+        (OSError), the experiment that ran before runs again."""
+        async with self._lock:
+            previous = self.running.experiment
+            await self._start(experiment)
+            try:
+                self.registry.set_experiment(experiment)
+            except OSError:
+                await self._start(previous)
+                raise
+
+    async def _start(self, experiment: Experiment | None) -> None:
+        if experiment == self.running.experiment:
+            return
+        holders = {}
+        for arm in experiment.arms if experiment else ():
+            holders[arm.name] = self.live if arm.version is None else await self._loaded(arm.version)
+        previous, self.running, self.last_error = self.running.experiment, Running(experiment, holders), None
+        log.info("experiment %s running (was %s)", experiment.name if experiment else "none",
+                 previous.name if previous else "none")  # fmt: skip
 
     async def _loaded(self, version: int) -> ModelHolder:
         """The running holder of `version` if there is one, else a new one, loaded."""
@@ -93,7 +109,8 @@ class Experiments:
         """Run the registry's experiment, checked every `poll_s`."""
         while True:
             try:
-                await self.start(self.registry.experiment(self.default))
+                async with self._lock:  # the registry read and the start together: `run` cannot come between
+                    await self._start(self.registry.experiment(self.default))
             except (ExperimentError, OSError, ValueError) as error:
                 if str(error) != self.last_error:
                     log.error("experiment not started: %s", error)

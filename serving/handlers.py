@@ -391,17 +391,13 @@ async def promote_arm(request: web.Request) -> web.Response:
 
 
 async def _run_experiment(app: web.Application, experiment: Experiment | None) -> None:
-    """Run `experiment` here (its versions loaded), then in the registry for every worker; if the
+    """Run `experiment` here (its versions loaded) and in the registry for every worker; if the
     registry cannot be written, this worker goes back to the experiment it ran."""
-    previous = app[EXPERIMENTS].running.experiment
     try:
-        await app[EXPERIMENTS].start(experiment)
+        await app[EXPERIMENTS].run(experiment)
     except ExperimentError as error:
         raise BadRequest(f"arms: {error}") from None
-    try:
-        app[MODELS].registry.set_experiment(experiment)
     except OSError as error:
-        await app[EXPERIMENTS].start(previous)
         raise Unavailable(f"the model registry is not writable ({error}): nothing changed") from None
 
 
