@@ -64,7 +64,10 @@ class FeatureSpec(BaseModel):
         description="How far back an item's interactions per 5-minute bucket are kept, in milliseconds.",
     )
     seen_capacity: int = Field(
-        2000, ge=1, description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions."
+        2000,
+        ge=1,
+        description="Items kept in each user's seen set (`exclude_seen`): those of the newest interactions; a user "
+        "with more gets a seen filter of all of them beside it (schemas/REDIS_FORMAT.md).",
     )
 
     @field_validator("interaction_weights")

@@ -7,11 +7,14 @@ fresh namespace beside the live one; the control namespace holds which one is ac
 Feature keys are hashes ``{version, value}``: `value` is JSON ``{"format_version": 3, "as_of": <newest
 event time, ms>, "data": {...}}`` and `version` counts the events applied to the key, so a write
 that would move the key backwards (a restart, a replay) is refused by `WRITE_FEATURES`.
-A user's seen set is a sorted set (item -> newest interaction time) whose writes are idempotent.
+A user's seen set is a sorted set (item -> newest interaction time) whose writes are idempotent;
+once it has held more items than its capacity, a Bloom filter of every item the user interacted
+with stands beside it (`seen_filter_positions`).
 """
 
+import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -36,6 +39,7 @@ class KeyKind(StrEnum):
     TRENDING = "trending"
     EXPERIMENT = "experiment"
     USER_SEEN = "user_seen"
+    USER_SEEN_FILTER = "user_seen_filter"
     FEATURE_SPEC = "feature_spec"
     ACTIVE_NAMESPACE = "active_ns"
     TOOLCHAIN_CHECK = "toolchain_check"
@@ -82,6 +86,37 @@ TRENDING_ENTITY = "global"
 """Entity id of the one trending list of a namespace."""
 FEATURE_SPEC_ENTITY = "stream"
 """Entity id of the feature spec the stream writing a namespace runs with."""
+
+
+SEEN_FILTER_BITS = 1 << 17
+SEEN_FILTER_HASHES = 5
+"""A seen filter is a string of 2^17 bits (16 KiB) with 5 bits per item: one item in about 100,000
+passes for seen with 2,700 items in it (MovieLens's heaviest user), one in 23 with 20,000."""
+
+
+def seen_filter_positions(item_id: str) -> tuple[int, ...]:
+    """The bits of `item_id` in a seen filter: the first SEEN_FILTER_HASHES 32-bit words of the SHA-1
+    of its UTF-8 bytes, each modulo SEEN_FILTER_BITS (`WRITE_FEATURES` computes the same with
+    `redis.sha1hex`). Bit n is SETBIT's offset n: byte n // 8, most significant bit first."""
+    digest = hashlib.sha1(item_id.encode()).digest()
+    return tuple(int.from_bytes(digest[4 * n : 4 * n + 4], "big") % SEEN_FILTER_BITS for n in range(SEEN_FILTER_HASHES))
+
+
+def seen_filter_of(item_ids: Iterable[str]) -> bytes:
+    """The seen filter holding `item_ids`, as SETBIT leaves it: as long as its last set bit needs."""
+    positions = [position for item_id in item_ids for position in seen_filter_positions(item_id)]
+    bits = bytearray(max(positions, default=-1) // 8 + 1)
+    for position in positions:
+        bits[position // 8] |= 0x80 >> position % 8
+    return bytes(bits)
+
+
+def seen_filter_holds(seen_filter: bytes, item_id: str) -> bool:
+    """Whether `item_id` passes the filter: every one of its bits is set (false positives possible)."""
+    return all(
+        position // 8 < len(seen_filter) and seen_filter[position // 8] & 0x80 >> position % 8
+        for position in seen_filter_positions(item_id)
+    )
 
 
 def active_namespace_key() -> str:

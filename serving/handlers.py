@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from schemas.config import Settings
 from schemas.events import Event, validate_event
 from schemas.experiments import Experiment, experiment_report, new_request_id
+from schemas.redis_format import seen_filter_holds
 from schemas.runtime.feature_store import UserRead
 from schemas.runtime.loaded_bundle import LoadedBundle
 from schemas.runtime.pipeline import Ranked, RankRequest, fallback_items
@@ -91,6 +92,17 @@ async def _live_state(app: web.Application, user_id: str, seen: bool) -> tuple[U
         return UserRead(), str(unavailable)
 
 
+def _interacted(state: UserRead, bundle: LoadedBundle | None, trending: list[str]) -> set[str]:
+    """What `exclude_seen` leaves out: the seen set and the sequence and, for a user whose seen set
+    has overflowed, the items its filter holds (of the bundle's vocabulary; without a bundle, of
+    the trending items the fallback answers with)."""
+    if state.seen_filter is None:
+        return state.seen
+    if bundle is not None:
+        return state.seen | bundle.seen_before(state.seen_filter)
+    return state.seen | {item for item in trending if seen_filter_holds(state.seen_filter, item)}
+
+
 def _item(app: web.Application, item_id: str, score: float, reasons: tuple[str, ...] = ()) -> dict:
     catalogue = app[CATALOGUE]
     item = {"item_id": item_id, "score": score, "title": catalogue.title(item_id)}
@@ -106,10 +118,10 @@ async def recommendations(request: web.Request) -> web.Response:
     assignment = app[EXPERIMENTS].assign(user_id)
     bundle = assignment.holder.bundle  # this request's models, whatever swaps meanwhile
     state, problem = await _live_state(app, user_id, exclude_seen)
-    left_out = state.seen if exclude_seen else set()
+    trending = list(state.trending.data.items) if state.trending else []
+    left_out = _interacted(state, bundle, [item for item, _ in trending]) if exclude_seen else set()
     if bundle is not None and bundle.withdrawn:
         left_out = left_out | bundle.withdrawn
-    trending = list(state.trending.data.items) if state.trending else []
     reason = problem or (None if bundle else "no model loaded") or (None if state.known_user else COLD_START)
     ranked, shadow_lists = None, {}
     if reason is None:

@@ -17,7 +17,7 @@ from schemas.features import FeatureSpec
 from schemas.redis_format import StoredValue
 from schemas.runtime.feature_store import UserRead
 from schemas.runtime.pipeline import rank_batch
-from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
+from schemas.runtime.streaming import fold_stream, seen_filters, seen_sets, trending_list
 from serving.app import init_app
 from serving.batcher import MicroBatcher
 from serving.catalogue import LiveCatalogue
@@ -46,6 +46,7 @@ class MemoryFeatureStore:
         self.spec = spec
         self.states, _, trending = fold_stream(events, spec)
         self.seen = seen_sets(events, spec)
+        self.seen_filters = seen_filters(events, spec)
         listed = trending_list(trending, spec)
         self.trending_list = StoredValue(listed, listed.at_ts) if events else None
         self.tallies = tallies_of(events)
@@ -73,8 +74,9 @@ class MemoryFeatureStore:
             return UserRead(None, None, self.trending_list)
         as_of = state.features.last_ts
         seen_set = frozenset(self.seen.get(user_id, {})) if seen else frozenset()
+        seen_filter = self.seen_filters.get(user_id) if seen else None
         return UserRead(StoredValue(state.sequence, as_of), StoredValue(state.features, as_of), self.trending_list,
-                        seen_set)  # fmt: skip
+                        seen_set, seen_filter)  # fmt: skip
 
     async def trending(self, namespace: str) -> StoredValue | None:
         self._check()

@@ -166,6 +166,17 @@ def live_answers(service: RecommendationService, users: list[str], version: int)
         time.sleep(1.0)
 
 
+def already_interacted(answers: list[list[str]], users: list[str], withheld: Withheld) -> int:
+    """How many items of the users' answers they had interacted with in the history: with
+    exclude_seen none, heavy users' (more than KF_SEEN_CAPACITY items) included."""
+    interacted: dict[str, set[str]] = {}
+    for event in withheld.history:
+        if event.type.is_interaction:
+            interacted.setdefault(event.user_id, set()).add(event.item_id)
+    pairs = zip(users, answers, strict=True)
+    return sum(len(interacted.get(user, set()).intersection(answer)) for user, answer in pairs)
+
+
 def next_version(settings: Settings, after: int) -> int:
     registry, deadline = Registry(settings.stack.models_dir), time.monotonic() + NEW_VERSION_TIMEOUT_S
     while (current := registry.current() or 0) <= after:
@@ -252,6 +263,8 @@ def measure(
             with console.status(f"waiting for the retraining after v{version} …"):
                 version = next_version(settings, version)
         lists = {LIVE: live_answers(service, users, version)}
+        seen_again = already_interacted(lists[LIVE], users, withheld)
+        console.print(f"v{version}: {seen_again} items of the live answers were already interacted with (0 expected)")
         listed = ask(service.url, "v1/trending", k=str(settings.pipeline.trending_candidates))["items"]
         live_trending = [(item["item_id"], item["score"]) for item in listed]
         bundle = LoadedBundle(registry.path(version), settings.pipeline.faiss_exact_max_items)
@@ -259,6 +272,7 @@ def measure(
         lists[LIVE_CLOCK] = in_process_answers(settings, bundle, withheld, trending, withheld.end)
         lists[LIVE_INPUTS] = in_process_answers(settings, bundle, withheld, trending, withheld.end, live_trending)
         report[f"v{version}"] = {"manifest": registry.manifest(version).model_dump(mode="json"),
+                                 "already_interacted_in_live_answers": seen_again,
                                  "answers": scores(lists | baselines, withheld)}  # fmt: skip
         show(f"v{version}", report[f"v{version}"]["answers"])
     return report

@@ -27,6 +27,8 @@ from schemas.config import StackSettings
 from schemas.experiments import ExperimentTallies
 from schemas.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence
 from schemas.redis_format import (
+    SEEN_FILTER_BITS,
+    SEEN_FILTER_HASHES,
     TRENDING_ENTITY,
     VALUE_FIELD,
     VERSION_FIELD,
@@ -50,13 +52,22 @@ KEYS_PER_CALL = 500
 MEMBERS_PER_ZADD = 500
 """Seen items per ZADD inside the script: Lua's unpack() takes a few thousand values at most."""
 
-# KEYS = the versioned keys, then the seen sets. ARGV[1] = how many keys are versioned; then the
-# version, value and ttl in ms (0: none) of each versioned key in turn; then for each seen set its
-# capacity, ttl, number of items and (time, item_id) pairs. Writes each versioned key unless its
-# stored version is newer (returns how many it wrote), and adds to each seen set as
-# `update_seen` does. One call takes a whole batch: one round trip and one script run, where a
-# command per seen set cost the writer more than everything else it sends.
+# KEYS = the versioned keys, then each seen set followed by its filter. ARGV[1] = how many keys
+# are versioned; then the version, value and ttl in ms (0: none) of each versioned key in turn;
+# then for each seen set its capacity, ttl, number of items and (time, item_id) pairs. Writes each
+# versioned key unless its stored version is newer (returns how many it wrote), and adds to each
+# seen set as `update_seen` does. A set that overflows its capacity gets a Bloom filter of every
+# item the user interacted with: at the first overflow the set still holds every item ever
+# added, and after it each new item overflows the set again and is marked. So the filter depends
+# on the set of interactions only, like the set. One call takes a whole batch: one round trip and
+# one script run, where a command per seen set cost the writer more than everything else it sends.
 WRITE_FEATURES = """
+local function mark(filter, item)
+  local digest = redis.sha1hex(item)
+  for n = 0, SEEN_FILTER_HASHES - 1 do
+    redis.call('SETBIT', filter, tonumber(string.sub(digest, 8 * n + 1, 8 * n + 8), 16) % SEEN_FILTER_BITS, 1)
+  end
+end
 local versioned, written = tonumber(ARGV[1]), 0
 for i = 1, versioned do
   local version, ttl = ARGV[3 * i - 1], tonumber(ARGV[3 * i + 1])
@@ -68,17 +79,34 @@ for i = 1, versioned do
   end
 end
 local at = 3 * versioned + 2
-for i = versioned + 1, #KEYS do
+for i = versioned + 1, #KEYS, 2 do
+  local set, filter = KEYS[i], KEYS[i + 1]
   local capacity, ttl, last = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), at + 2 + 2 * tonumber(ARGV[at + 2])
   for first = at + 3, last, 2 * MEMBERS_PER_ZADD do
-    redis.call('ZADD', KEYS[i], 'GT', unpack(ARGV, first, math.min(first + 2 * MEMBERS_PER_ZADD - 1, last)))
+    redis.call('ZADD', set, 'GT', unpack(ARGV, first, math.min(first + 2 * MEMBERS_PER_ZADD - 1, last)))
   end
-  redis.call('ZREMRANGEBYRANK', KEYS[i], 0, -(capacity + 1))
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) end
+  if redis.call('ZCARD', set) > capacity then
+    if redis.call('EXISTS', filter) == 1 then
+      for item = at + 4, last, 2 do mark(filter, ARGV[item]) end
+    else
+      for _, item in ipairs(redis.call('ZRANGE', set, 0, -1)) do mark(filter, item) end
+    end
+    redis.call('ZREMRANGEBYRANK', set, 0, -(capacity + 1))
+  end
+  if ttl > 0 then
+    redis.call('PEXPIRE', set, ttl)
+    redis.call('PEXPIRE', filter, ttl)
+  end
   at = last + 1
 end
 return written
-""".replace("MEMBERS_PER_ZADD", str(MEMBERS_PER_ZADD))
+"""
+for name, value in (
+    ("MEMBERS_PER_ZADD", MEMBERS_PER_ZADD),
+    ("SEEN_FILTER_HASHES", SEEN_FILTER_HASHES),
+    ("SEEN_FILTER_BITS", SEEN_FILTER_BITS),
+):
+    WRITE_FEATURES = WRITE_FEATURES.replace(name, str(value))
 
 
 class EntityWrite(NamedTuple):
@@ -125,38 +153,47 @@ class SeenAddition:
         self.entries[item_id] = max(ts, self.entries.get(item_id, ts))
 
 
+class SeenWrite(NamedTuple):
+    """A `SeenAddition` as the store sends it: the keys of the user's seen set and of its filter."""
+
+    key: str
+    filter_key: str
+    addition: SeenAddition
+
+
 def write_calls(
     writes: Sequence[VersionedWrite],
-    seen: Mapping[str, SeenAddition],
+    seen: Sequence[SeenWrite],
     slot_of: Callable[[str], int] | None = None,
 ) -> Iterator[tuple[list[str], list[int | str | bytes]]]:
     """The (KEYS, ARGV) of the `WRITE_FEATURES` calls that make `writes` and the seen sets'
-    additions, at most KEYS_PER_CALL keys per call; with `slot_of` (a Redis Cluster), the keys of a
-    call share one hash slot. A seen set adds each item with ZADD GT and keeps the newest
-    `capacity` (ties: the smaller item_id first), so writing the same entries again, or late,
-    changes nothing."""
-    keyed = [*writes, *seen.items()]
+    additions, at most KEYS_PER_CALL entities per call; with `slot_of` (a Redis Cluster), the keys of
+    a call share one hash slot. A seen set adds each item with ZADD GT and keeps the newest
+    `capacity` (ties: the smaller item_id first), and its filter marks every item once the set has
+    overflowed, so writing the same entries again, or late, changes nothing."""
+    keyed = [*writes, *seen]
     for group in [keyed] if slot_of is None else _by_slot(keyed, slot_of):
         for start in range(0, len(group), KEYS_PER_CALL):
             chunk = group[start : start + KEYS_PER_CALL]
             versioned = [w for w in chunk if isinstance(w, VersionedWrite)]
-            arguments: list[int | str | bytes] = [len(versioned)]
+            keys, arguments = [w.key for w in versioned], [len(versioned)]
             for write in versioned:
                 arguments += (write.version, write.value, write.ttl_ms)
-            for _, addition in chunk[len(versioned) :]:
+            for key, filter_key, addition in chunk[len(versioned) :]:
+                keys += (key, filter_key)
                 arguments += (addition.capacity, addition.ttl_ms, len(addition.entries))
                 for item_id, ts in addition.entries.items():
                     arguments += (ts, item_id)
-            yield [entry[0] for entry in chunk], arguments
+            yield keys, arguments
 
 
 def _by_slot(
-    keyed: list[VersionedWrite | tuple[str, SeenAddition]], slot_of: Callable[[str], int]
-) -> list[list[VersionedWrite | tuple[str, SeenAddition]]]:
+    keyed: list[VersionedWrite | SeenWrite], slot_of: Callable[[str], int]
+) -> list[list[VersionedWrite | SeenWrite]]:
     """Versioned writes stay ahead of seen sets within each group, as a call takes them."""
     groups: dict[int, list] = {}
     for entry in keyed:
-        groups.setdefault(slot_of(entry[0]), []).append(entry)
+        groups.setdefault(slot_of(entry.key), []).append(entry)
     return list(groups.values())
 
 
@@ -171,16 +208,20 @@ CLUSTER_CHANGED = (AskError, TryAgainError, ClusterDownError)
 @dataclass(frozen=True, slots=True)
 class UserRead:
     """What serving reads for one request: the user's stored sequence and features, the trending
-    list (None where absent; all None: nothing could be read) and, when asked for, the seen set."""
+    list (None where absent; all None: nothing could be read) and, when asked for, the seen set and
+    its filter."""
 
     sequence: StoredValue | None = None
     features: StoredValue | None = None
     trending: StoredValue | None = None
     seen_set: frozenset[str] = frozenset()
+    seen_filter: bytes | None = None
+    """A Bloom filter of every item the user interacted with, once the seen set has overflowed its
+    capacity (REDIS_FORMAT.md); None before."""
 
     @property
     def seen(self) -> set[str]:
-        """Every item the user interacted with that the state holds: the seen set and the sequence."""
+        """The items of the seen set and the sequence (a filter's older items are not listed: see `seen_filter`)."""
         return set(self.seen_set).union(behaviour.item_id for behaviour in self.behaviours)
 
     @property
@@ -227,12 +268,17 @@ def _user_read(user_id: str, namespace: str, seen: bool) -> _Read:
     entities = (user_id, user_id, TRENDING_ENTITY)
     commands = tuple(_value_command(kind, entity, namespace) for kind, entity in zip(kinds, entities, strict=True))
     if seen:
-        commands += (("zrange", (_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1)),)
+        commands += (
+            ("zrange", (_key(KeyKind.USER_SEEN, user_id, namespace), 0, -1)),
+            ("get", (_key(KeyKind.USER_SEEN_FILTER, user_id, namespace),)),
+        )
 
     def answer(raw: list) -> UserRead:
         values = [_decoded(kind, value) for kind, value in zip(kinds, raw[: len(kinds)], strict=True)]
-        seen_set = frozenset(map(bytes.decode, raw[len(kinds)])) if seen else frozenset()  # thousands for heavy users
-        return UserRead(*values, seen_set=seen_set)
+        if not seen:
+            return UserRead(*values)
+        seen_set = frozenset(map(bytes.decode, raw[len(kinds)]))  # thousands for heavy users
+        return UserRead(*values, seen_set=seen_set, seen_filter=raw[len(kinds) + 1])
 
     return _Read(commands, answer)
 
@@ -265,6 +311,10 @@ class _Reads(ABC):
         key = _key(KeyKind.USER_SEEN, user_id, namespace)
         answer = lambda raw: {_text(item): int(ts) for item, ts in raw[0]}  # noqa: E731
         return self._run(_Read((("zrange", (key, 0, -1, False, True)),), answer))  # desc False, withscores True
+
+    def read_seen_filter(self, user_id: str, namespace: str) -> bytes | None:
+        """A user's seen filter (REDIS_FORMAT.md); None while the seen set has never overflowed."""
+        return self._run(_Read((("get", (_key(KeyKind.USER_SEEN_FILTER, user_id, namespace),)),), lambda raw: raw[0]))
 
     def trending(self, namespace: str) -> StoredValue | None:
         return self._run(_value_read(KeyKind.TRENDING, TRENDING_ENTITY, namespace))
@@ -319,7 +369,10 @@ class FeatureStore(_Reads):
             VersionedWrite(_key(w.kind, w.entity_id, namespace), w.version, encode_value(w.data, w.as_of), w.ttl_ms)
             for w in writes
         ]
-        additions = {_key(KeyKind.USER_SEEN, user_id, namespace): added for user_id, added in (seen or {}).items()}
+        additions = [
+            SeenWrite(_key(KeyKind.USER_SEEN, user, namespace), _key(KeyKind.USER_SEEN_FILTER, user, namespace), added)
+            for user, added in (seen or {}).items()
+        ]
         try:
             return self._write(encoded, additions)
         except redis.exceptions.NoScriptError:  # Redis restarted without its script cache
@@ -329,7 +382,7 @@ class FeatureStore(_Reads):
             self.client.nodes_manager.initialize()
             return self._write(encoded, additions)
 
-    def _write(self, writes: Sequence[VersionedWrite], seen: Mapping[str, SeenAddition]) -> int:
+    def _write(self, writes: Sequence[VersionedWrite], seen: Sequence[SeenWrite]) -> int:
         # EVALSHA of a script loaded once (on every master of a cluster): redis-py's Script object
         # asks SCRIPT EXISTS before every pipeline.
         if self._write_sha is None:

@@ -29,6 +29,7 @@ from schemas.runtime.ann import ItemIndex
 from schemas.runtime.covisitation import CoVisitation
 from schemas.runtime.growing import appended
 from schemas.runtime.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary, item_content
+from schemas.runtime.seen_filter import SeenFilterIndex
 from schemas.runtime.served_models import DinRanker, UserTower
 
 
@@ -69,6 +70,7 @@ class LoadedBundle:
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
         self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
+        self._seen_filter_index = SeenFilterIndex(self.vocabulary.item_ids)
         self.popularity = np.load(directory / POPULARITY, allow_pickle=False)
         self.covisitation = CoVisitation.load(directory, self.vocabulary.size)
         self.embeddings = np.load(directory / ITEM_EMBEDDINGS, allow_pickle=False)
@@ -154,6 +156,7 @@ class LoadedBundle:
         self._user_tower, vectors = self._user_tower.with_items(genres, years)
         self._ranker = self._ranker.with_items(genres, years)
         self.vocabulary = self.vocabulary.extended(ids)
+        self._seen_filter_index = self._seen_filter_index.with_items(ids)
         self.index = self.index.with_items(vectors, ids)
         self.added_index = (
             self.added_index.with_items(vectors, ids)
@@ -163,6 +166,10 @@ class LoadedBundle:
         self.embeddings = appended(self.embeddings, vectors)
         self._unit_vectors = appended(self._unit_vectors, _unit(vectors))
         self.popularity = appended(self.popularity, np.zeros(len(newest), self.popularity.dtype))
+
+    def seen_before(self, seen_filter: bytes | None) -> set[str]:
+        """The items of this bundle's vocabulary that a user's seen filter holds (none without one)."""
+        return set(self._seen_filter_index.held(seen_filter)) if seen_filter else set()
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""

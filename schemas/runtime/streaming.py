@@ -19,7 +19,7 @@ from schemas.features import (
     UserEvent,
     UserState,
 )
-from schemas.redis_format import Trending
+from schemas.redis_format import Trending, seen_filter_of
 from schemas.runtime.features import (
     seen_entry,
     unique_events,
@@ -106,6 +106,16 @@ def fold_stream(
         item = items[event.item_id] = apply_item_event(items.get(event.item_id, ItemState()), event, spec)
         trending = apply_trending_update(trending, TrendingUpdate.of(event.item_id, item.features, spec), spec)
     return users, items, trending
+
+
+def seen_filters(events: Iterable[Event], spec: FeatureSpec) -> dict[str, bytes]:
+    """The seen filter of each user who interacted with more items than `spec.seen_capacity`: every
+    such item (REDIS_FORMAT.md, `user_seen_filter`), the reference for tests and replays."""
+    interacted: dict[str, set[str]] = {}
+    for event in unique_events(events):
+        if (entry := seen_entry(event)) is not None:
+            interacted.setdefault(event.user_id, set()).add(entry[0])
+    return {user: seen_filter_of(items) for user, items in interacted.items() if len(items) > spec.seen_capacity}
 
 
 def seen_sets(events: Iterable[Event], spec: FeatureSpec) -> dict[str, dict[str, int]]:

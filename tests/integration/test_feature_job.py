@@ -36,7 +36,7 @@ from schemas.redis_format import (
 )
 from schemas.runtime.samples import LABELLED_TYPES
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
-from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
+from schemas.runtime.streaming import fold_stream, seen_filters, seen_sets, trending_list
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
@@ -86,6 +86,8 @@ def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int | N
         kind, entity = kind_and_entity(key, namespace)
         if kind is KeyKind.USER_SEEN:
             stored = (None, {item.decode(): int(ts) for item, ts in client.zrange(key, 0, -1, withscores=True)})
+        elif kind is KeyKind.USER_SEEN_FILTER:
+            stored = (None, client.get(key))
         elif kind is KeyKind.FEATURE_SPEC:
             stored = (None, FeatureSpec.model_validate_json(client.get(key)))
         else:
@@ -97,11 +99,12 @@ def stored_state(client: redis.Redis, namespace: str) -> dict[str, tuple[int | N
 
 def assert_state_equals_reference(client: redis.Redis, namespace: str, events: list[Event], spec: FeatureSpec):
     users, items, trending = fold_stream(events, spec)
-    seen = seen_sets(events, spec)
+    seen, filters = seen_sets(events, spec), seen_filters(events, spec)
     stored = stored_state(client, namespace)
-    assert len(stored) == 2 * len(users) + len(items) + 1 + len(seen) + 1
+    assert len(stored) == 2 * len(users) + len(items) + 1 + len(seen) + len(filters) + 1
     assert stored[f"{KeyKind.FEATURE_SPEC}:{FEATURE_SPEC_ENTITY}"] == (None, spec)  # the job recorded the spec it ran
     assert {user_id: stored[f"{KeyKind.USER_SEEN}:{user_id}"][1] for user_id in seen} == seen
+    assert {user_id: stored[f"{KeyKind.USER_SEEN_FILTER}:{user_id}"][1] for user_id in filters} == filters
     for user_id, expected in users.items():
         version, sequence = stored[f"{KeyKind.USER_SEQUENCE}:{user_id}"]
         _, features = stored[f"{KeyKind.USER_FEATURES}:{user_id}"]
@@ -132,7 +135,8 @@ def bounded_run(stack: Stack):
     for n, bad in enumerate(BAD_RECORDS):
         records.insert(150 * n + 75, (b"bad", bad))
     publish(stack, topic, records)
-    job_stack = stack.with_env(KF_TOPIC_DLQ=dlq)
+    # Seen sets of 6 items: most users interact with more, so their seen filters are written and compared too.
+    job_stack = stack.with_env(KF_TOPIC_DLQ=dlq, KF_SEEN_CAPACITY="6")
     job = job_stack.run("-m", "streams.feature_job", "--topic", topic, "--namespace", "bounded", "--bounded", "--fresh",
                         timeout=JOB_TIMEOUT_S)  # fmt: skip
     return job_stack, topic, dlq, events, job
@@ -240,11 +244,14 @@ def test_a_replay_onto_a_redis_cluster_equals_the_pure_feature_functions_and_swi
 
 
 def stored_json(client: redis.Redis, namespace: str) -> dict[str, object]:
-    """'kind:entity' -> the stored hash (version and value as JSON) or seen set of every data key."""
+    """'kind:entity' -> the stored hash (version and value as JSON), seen set or seen filter (bytes) of
+    every data key."""
     state = {}
     for key in client.scan_iter(match=key_pattern(namespace), count=1000):
         if client.type(key) == b"zset":
             state[key.decode().split(":", 3)[3]] = client.zrange(key, 0, -1, withscores=True)
+        elif kind_and_entity(key, namespace)[0] is KeyKind.USER_SEEN_FILTER:
+            state[key.decode().split(":", 3)[3]] = client.get(key)
         elif client.type(key) == b"string":
             state[key.decode().split(":", 3)[3]] = orjson.loads(client.get(key))
         else:

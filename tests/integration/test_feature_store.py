@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from schemas.events import EventType
 from schemas.features import FeatureSpec, ItemFeatures, SequenceEntry, UserFeatures, UserSequence
-from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, redis_key
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, Trending, redis_key, seen_filter_of
 from schemas.runtime.feature_store import (
     KEYS_PER_CALL,
     MEMBERS_PER_ZADD,
@@ -124,7 +124,7 @@ def test_writes_go_on_after_redis_forgets_the_script(store: FeatureStore, namesp
 # Each example writes a user of its own, so sharing the one store across examples is harmless.
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seen_entries, st.integers(min_value=1, max_value=4), st.randoms(use_true_random=False))
-def test_seen_additions_in_any_batches_and_order_equal_update_seen(
+def test_seen_additions_in_any_batches_and_order_equal_update_seen_and_an_overflowed_set_filters_every_item(
     store: FeatureStore, namespace: str, entries, capacity, rng
 ):
     user = uuid.uuid4().hex  # not random: Hypothesis seeds it per example
@@ -142,6 +142,11 @@ def test_seen_additions_in_any_batches_and_order_equal_update_seen(
 
     assert store.read_seen(user, namespace) == expected
     assert not entries or 0 < store.client.pttl(key) <= 60_000
+    interacted = {item for item, _ in entries}
+    overflowed = len(interacted) > capacity  # the script's SHA-1 bits (redis.sha1hex) equal Python's
+    assert store.read_seen_filter(user, namespace) == (seen_filter_of(interacted) if overflowed else None)
+    filter_key = redis_key(KeyKind.USER_SEEN_FILTER, user, namespace)
+    assert not overflowed or 0 < store.client.pttl(filter_key) <= 60_000
 
 
 def test_switching_namespaces_is_what_serving_follows_and_dropping_one_leaves_the_others(
@@ -209,7 +214,7 @@ def test_the_blocking_and_the_async_store_answer_every_read_alike(
             write_of(KeyKind.USER_SEQUENCE, "u1", 1, sequence),
             write_of(KeyKind.TRENDING, TRENDING_ENTITY, 4, Trending((("i1", 1.0),), 1_000)),
         ],
-        {"u1": SeenAddition({"i1": 1_000, "i2": 900}, capacity=10)},
+        {"u1": SeenAddition({"i1": 1_000, "i2": 900, "i3": 800}, capacity=2)},  # overflowed: a filter
     )
     store.record_feature_spec(namespace, FeatureSpec(sequence_length=7))
     reads = [
@@ -218,6 +223,7 @@ def test_the_blocking_and_the_async_store_answer_every_read_alike(
         ("read_user", ("u1", namespace, True)),
         ("read_user", ("nobody", namespace)),
         ("read_seen", ("u1", namespace)),
+        ("read_seen_filter", ("u1", namespace)),
         ("trending", (namespace,)),
         ("experiment_tallies", ("absent", namespace)),
         ("feature_spec", (namespace,)),
@@ -239,8 +245,9 @@ def test_the_blocking_and_the_async_store_answer_every_read_alike(
     assert blocking[0][0] == 1 and blocking[0][1].data == sequence and blocking[1] is None
     assert (
         blocking[4] == {"i2": 900, "i1": 1_000}
-        and blocking[7] == FeatureSpec(sequence_length=7)
-        and blocking[8] is None
+        and blocking[5] == blocking[2].seen_filter == seen_filter_of(["i1", "i2", "i3"])
+        and blocking[8] == FeatureSpec(sequence_length=7)
+        and blocking[9] is None
     )
 
 
@@ -252,7 +259,7 @@ def test_on_a_cluster_one_entitys_keys_share_a_master_and_a_batch_spreads_over_a
         store.write(
             namespace,
             [write_of(kind, user, 1, features(1)) for user in users for kind in kinds],
-            {user: SeenAddition({"i1": 1}, capacity=5) for user in users},
+            {user: SeenAddition({"i1": 1, "i2": 2}, capacity=1) for user in users},  # and a seen filter each
         )
         masters = {
             node.port: set(node.redis_connection.scan_iter(match=f"*{namespace}*"))
@@ -261,10 +268,10 @@ def test_on_a_cluster_one_entitys_keys_share_a_master_and_a_batch_spreads_over_a
         holders = [
             {port for port, keys in masters.items() if redis_key(kind, user, namespace).encode() in keys}
             for user in users
-            for kind in (*kinds, KeyKind.USER_SEEN)
+            for kind in (*kinds, KeyKind.USER_SEEN, KeyKind.USER_SEEN_FILTER)
         ]
         assert all(len(holder) == 1 for holder in holders)  # every key is on exactly one master
-        assert all(holders[n] == holders[n + 1] == holders[n + 2] for n in range(0, len(holders), 3))
+        assert all(len({*map(frozenset, holders[n : n + 4])}) == 1 for n in range(0, len(holders), 4))
         assert len(masters) == 3 and all(len(keys) > 0 for keys in masters.values())
     finally:
         store.drop_namespace(namespace)

@@ -33,6 +33,7 @@ from schemas.config import Settings
 from schemas.events import validate_event
 from schemas.experiments import Z_95, Experiment, attributed_arm, item_digest
 from schemas.runtime.catalogue_topic import CatalogueChanges
+from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.loaded_bundle import read_served_models, write_served_models
 from schemas.runtime.pipeline import RankRequest, rank_batch
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
@@ -133,6 +134,7 @@ def system(stack: Stack, tmp_path_factory):
         KF_MODEL_POLL_S="1",
         KF_GATE_MARGIN="1.0",
         KF_MAX_K="200",  # a whole pool of candidates in one answer
+        KF_SEEN_CAPACITY="40",  # seer's 80 clicks overflow it: half of them are left out by the seen filter
         **TINY,
         **SHARED_MACHINE_BUDGETS,
     )
@@ -180,7 +182,8 @@ def test_1_recommendations_follow_new_events_through_kafka_and_the_stream(system
 
 
 SEEN = [f"i{n}" for n in range(0, 160, 2)]
-"""The items user `seer` clicks: 80, more than the 50 interactions of a live sequence."""
+"""The items user `seer` clicks: 80, more than the 50 interactions of a live sequence and the 40 of
+the system's seen sets."""
 
 
 def test_2_exclude_seen_leaves_out_every_item_the_user_ever_interacted_with(system):
@@ -194,6 +197,7 @@ def test_2_exclude_seen_leaves_out_every_item_the_user_ever_interacted_with(syst
 
     assert answer["fallback"] is False and len(answer["items"]) == retrieved
     assert len(set(SEEN) - {entry["item_id"] for entry in profile["sequence"]}) == 30  # no longer in the sequence
+    assert len(FeatureStore.for_stack(stack.settings.stack).read_seen("seer", "serving")) == 40  # older: filtered
     assert not {item["item_id"] for item in answer["items"]} & set(SEEN)
 
 

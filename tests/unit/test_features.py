@@ -4,6 +4,7 @@ from hypothesis import strategies as st
 
 from schemas.events import Event, EventType
 from schemas.features import FeatureSpec, ItemFeatures, UserFeatures, UserSequence
+from schemas.redis_format import seen_filter_of
 from schemas.runtime.features import (
     popularity_at,
     trending,
@@ -11,7 +12,7 @@ from schemas.runtime.features import (
     update_sequence,
     update_user_features,
 )
-from schemas.runtime.streaming import fold_stream, seen_sets
+from schemas.runtime.streaming import fold_stream, seen_filters, seen_sets
 from tests.strategies import event_payloads
 
 T0 = 1_700_000_000_000
@@ -164,6 +165,16 @@ def test_the_seen_set_keeps_each_items_newest_time_and_drops_the_oldest_beyond_c
     assert seen_sets(tied, spec) == {"u1": {"i11": T0, "i9": T0}}  # equal times: the smaller id ("i10") leaves first
 
 
+def test_a_user_who_interacted_with_more_items_than_the_seen_capacity_gets_a_filter_of_all_of_them():
+    spec = FeatureSpec(seen_capacity=2)
+    twice = [event("a", T0, item="i1"), event("b", T0 + 1, item="i2"), event("c", T0 + 2, item="i1"),
+             event("d", T0 + 3, item="i3", kind="impression")]  # fmt: skip
+    thrice = [*twice, event("e", T0 + 4, item="i3"), event("e", T0 + 5, item="i4")]  # the second "e": a redelivery
+
+    assert seen_filters(twice, spec) == {}  # two items (the impression is no interaction)
+    assert seen_filters(thrice, spec) == {"u1": seen_filter_of(["i1", "i2", "i3"])}
+
+
 @given(one_users_events, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=5))
 def test_the_seen_set_does_not_depend_on_arrival_order_or_duplicates(events, random, capacity):
     shuffled = events + random.sample(events, k=len(events) // 2)
@@ -171,3 +182,4 @@ def test_the_seen_set_does_not_depend_on_arrival_order_or_duplicates(events, ran
     spec = FeatureSpec(seen_capacity=capacity)
 
     assert seen_sets(shuffled, spec) == seen_sets(events, spec)
+    assert seen_filters(shuffled, spec) == seen_filters(events, spec)

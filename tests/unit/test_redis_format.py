@@ -5,6 +5,7 @@ from redis.crc import key_slot
 from schemas.events import Event
 from schemas.features import FeatureSpec
 from schemas.redis_format import (
+    SEEN_FILTER_BITS,
     FormatError,
     KeyKind,
     Trending,
@@ -14,6 +15,9 @@ from schemas.redis_format import (
     entity_of,
     key_pattern,
     redis_key,
+    seen_filter_holds,
+    seen_filter_of,
+    seen_filter_positions,
 )
 from schemas.runtime.streaming import fold_stream
 
@@ -25,7 +29,7 @@ def test_key_layout_is_prefix_version_namespace_kind_and_the_entity_as_hash_tag(
 
 
 def test_every_key_of_one_entity_is_in_one_cluster_slot():
-    kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.USER_SEEN)
+    kinds = (KeyKind.USER_SEQUENCE, KeyKind.USER_FEATURES, KeyKind.USER_SEEN, KeyKind.USER_SEEN_FILTER)
     slots = {key_slot(redis_key(kind, "u-42", namespace).encode()) for kind in kinds for namespace in ("live", "r-1")}
 
     assert slots == {key_slot(b"u-42")}
@@ -94,3 +98,30 @@ def test_the_stored_json_is_the_documented_envelope():
 def test_values_in_another_format_are_refused(raw):
     with pytest.raises(FormatError):
         decode_value(KeyKind.USER_FEATURES, raw)
+
+
+def test_an_items_seen_filter_bits_are_words_of_its_sha1_modulo_the_filters_size():
+    # `echo -n i1 | sha1sum` = 3795b54c 5ba62df5 2f7f5132 a3c17a21 91fc7f74..., each word mod 2^17
+    assert seen_filter_positions("i1") == (0x3795B54C % 2**17, 0x5BA62DF5 % 2**17, 0x2F7F5132 % 2**17,
+                                           0xA3C17A21 % 2**17, 0x91FC7F74 % 2**17)  # fmt: skip
+    assert seen_filter_positions("i1") == (111948, 11765, 86322, 96801, 32628)
+
+
+def test_a_seen_filter_is_as_long_as_its_last_bit_needs_and_sets_bits_most_significant_first():
+    assert seen_filter_of([]) == b""
+    single = seen_filter_of(["i1"])
+    assert len(single) == 111948 // 8 + 1
+    assert single[111948 // 8] == 0x80 >> (111948 % 8) == 0x08  # bit 4 of byte 13993
+    assert single[11765 // 8] == 0x80 >> (11765 % 8) == 0x04
+    assert sum(bin(byte).count("1") for byte in single) == 5
+
+
+def test_a_seen_filter_holds_its_items_and_about_as_few_others_as_its_size_promises():
+    items = [f"m{n}" for n in range(2_700)]  # MovieLens's heaviest user
+    seen_filter = seen_filter_of(items)
+    others = [f"other-{n}" for n in range(50_000)]
+
+    assert all(seen_filter_holds(seen_filter, item) for item in items)
+    # (1 - e^(-5 * 2,700 / 2^17))^5 = 9.0e-6: 0.45 expected among 50,000
+    assert sum(seen_filter_holds(seen_filter, item) for item in others) <= 3
+    assert not seen_filter_holds(b"", "m1") and len(seen_filter) <= SEEN_FILTER_BITS // 8
