@@ -107,6 +107,18 @@ class CoVisitation:
         weighted = self.counts[entry] * np.repeat(weights, lengths)
         return np.bincount(self._followers[entry], weighted, minlength=self.size).astype(np.float32)
 
+    def co_watched(self, item: int) -> np.ndarray:
+        """[size] float32: for every item b, counts[item, b] + counts[b, item] (of the counts kept:
+        each item's strongest followers)."""
+        return self.following([item]) + self._transposed.following([item])
+
+    @cached_property
+    def _transposed(self) -> "CoVisitation":
+        """counts[b, a] at key a * size + b: the items each item followed."""
+        keys = self._followers * self.size + self.keys // self.size
+        order = np.argsort(keys, kind="stable")
+        return CoVisitation(self.size, keys[order], self.counts[order])
+
     @cached_property
     def _row_starts(self) -> np.ndarray:
         """[size + 1]: item a's followers are keys[_row_starts[a]:_row_starts[a + 1]]."""

@@ -53,6 +53,23 @@ def read_served_models(directory: Path) -> dict[str, dict[str, np.ndarray]]:
     return models
 
 
+CO_WATCHED_WEIGHT, CO_WATCHED_POWER = 0.5, 1.0
+"""How much co-watching counts beside the retrieval vectors' cosine in `similar`, and how much an
+item's popularity damps it: the most series found on half of MovieLens's film series while the
+popular films' similar items keep their genres (`make bench-similar`; README, Similar items)."""
+
+
+def similarity_to(unit_vectors: np.ndarray, row: int, co_watched: np.ndarray, weight: float) -> np.ndarray:
+    """unit_vectors [N, d] (retrieval vectors of unit length), co_watched [N] (how often each item was
+    watched next to row's, popularity-damped) -> [N] float32: the cosine with row's vector plus
+    `weight` times co_watched scaled to at most 1. Cosine rather than the inner product retrieval
+    uses: the vectors' lengths carry popularity, which would put the most popular items next to
+    every item; co-watching finds what the vectors miss (a film's sequel, watched by few)."""
+    strongest = co_watched.max(initial=0.0)
+    scaled = co_watched / strongest if strongest > 0 else co_watched
+    return (unit_vectors @ unit_vectors[row] + np.float32(weight) * scaled).astype(np.float32)
+
+
 class LoadedBundle:
     """A verified bundle in memory: the vocabulary, the Faiss index, the ranker's tables and the
     served models (`schemas.runtime.served_models`, NumPy); the `schemas.runtime.pipeline.Recommender`
@@ -171,6 +188,17 @@ class LoadedBundle:
         """The items of this bundle's vocabulary that a user's seen filter holds (none without one)."""
         return set(self._seen_filter_index.held(seen_filter)) if seen_filter else set()
 
+    def _co_watched(self, index: int) -> np.ndarray:
+        """[rows of the retrieval vectors]: how often each item was watched next to item `index`
+        (co-visitation both ways), divided by (its popularity + 1) ** CO_WATCHED_POWER; 0 for items
+        added since training, which were watched with none."""
+        co_watched = np.zeros(len(self._unit_vectors), np.float32)
+        if index < self.covisitation.size:
+            counted = self.covisitation.co_watched(index)[FIRST_ITEM:]
+            damping = (self.popularity[FIRST_ITEM : FIRST_ITEM + len(counted)] + 1) ** np.float32(CO_WATCHED_POWER)
+            co_watched[: len(counted)] = counted / damping
+        return co_watched
+
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""
         return self._user_tower(sequences.items, sequences.kinds, sequences.ages)
@@ -180,15 +208,14 @@ class LoadedBundle:
         (scores [B, M], attention [B, M, N] over the newest N = ranker_behaviours behaviours)."""
         return self._ranker(sequences.items, sequences.kinds, sequences.ages, candidates, features, pairs)
 
-    def similar(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
-        """The k items whose retrieval vectors point most nearly the way `item_id`'s does (cosine),
-        best first, withdrawn items left out; None for an unknown or withdrawn item. Cosine rather
-        than the inner product retrieval uses: the vectors' lengths carry popularity, which would
-        put the most popular items next to every item."""
-        row = int(self.vocabulary.item_indices([item_id])[0]) - FIRST_ITEM
+    def similar(self, item_id: str, k: int, weight: float = CO_WATCHED_WEIGHT) -> list[tuple[str, float]] | None:
+        """The k most similar items to `item_id` by `similarity_to` (co-watching counting `weight`),
+        best first, withdrawn items left out; None for an unknown or withdrawn item."""
+        index = int(self.vocabulary.item_indices([item_id])[0])
+        row = index - FIRST_ITEM
         if row < 0 or item_id in self.withdrawn:
             return None
-        similarity = self._unit_vectors @ self._unit_vectors[row]
+        similarity = similarity_to(self._unit_vectors, row, self._co_watched(index), weight)
         similarity[row] = -np.inf
         similarity[self._withdrawn_rows] = -np.inf
         best = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]

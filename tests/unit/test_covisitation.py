@@ -51,3 +51,13 @@ def test_following_sums_each_items_followers_counts_times_its_weight(pairs, item
 
     expected = [sum(counted[a * SIZE + b] * w for a, w in zip(items, weights, strict=True)) for b in range(SIZE)]
     assert found.tolist() == expected
+
+
+def test_co_watched_adds_the_counts_after_and_before_an_item():
+    # 1 -> 2 three times, 2 -> 1 once, 3 -> 2 twice, 2 -> 3 once, 1 -> 4 once
+    covisitation = CoVisitation.of([[1, 2, 1, 2], [1, 2], [3, 2, 3, 2], [1, 4]], SIZE, window=1, neighbours=None)
+
+    watched = covisitation.co_watched(2)
+
+    assert watched[1] == 3 + 1 and watched[3] == 2 + 1 and watched[4] == 0 and watched[2] == 0
+    assert covisitation.co_watched(1)[[2, 4]].tolist() == [3 + 1, 1]
