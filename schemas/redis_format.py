@@ -146,8 +146,17 @@ def encode_value(data: UserSequence | UserFeatures | ItemFeatures | Trending | E
     return orjson.dumps({"format_version": FORMAT_VERSION, "as_of": as_of, "data": data})
 
 
+_EVENT_TYPES = {event_type.value: event_type for event_type in EventType}
+"""A dict lookup instead of calling the enum: the service decodes a sequence of 50 entries per request."""
+
+
 def _sequence(data: dict[str, Any]) -> UserSequence:
-    return UserSequence(tuple(SequenceEntry(**{**e, "type": EventType(e["type"])}) for e in data["entries"]))
+    return UserSequence(
+        tuple(
+            SequenceEntry(e["event_id"], e["item_id"], _EVENT_TYPES[e["type"]], e["ts"], e["value"])
+            for e in data["entries"]
+        )
+    )
 
 
 def _item(data: dict[str, Any]) -> ItemFeatures:

@@ -100,6 +100,15 @@ def test_values_in_another_format_are_refused(raw):
         decode_value(KeyKind.USER_FEATURES, raw)
 
 
+@pytest.mark.parametrize("entry", [{"event_id": "e", "item_id": "i", "type": "teleport", "ts": 1, "value": None},
+                                   {"event_id": "e", "item_id": "i", "type": "click", "ts": 1}])  # fmt: skip
+def test_a_sequence_with_an_unknown_event_type_or_a_missing_field_is_refused(entry):
+    raw = orjson.dumps({"format_version": 3, "as_of": 1, "data": {"entries": [entry]}})
+
+    with pytest.raises(FormatError):
+        decode_value(KeyKind.USER_SEQUENCE, raw)
+
+
 def test_an_items_seen_filter_bits_are_words_of_its_sha1_modulo_the_filters_size():
     # `echo -n i1 | sha1sum` = 3795b54c 5ba62df5 2f7f5132 a3c17a21 91fc7f74..., each word mod 2^17
     assert seen_filter_positions("i1") == (0x3795B54C % 2**17, 0x5BA62DF5 % 2**17, 0x2F7F5132 % 2**17,
