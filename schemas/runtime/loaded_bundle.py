@@ -85,9 +85,10 @@ class LoadedBundle:
         self.sequence_length = self.manifest.feature_spec.sequence_length
         self.ranker_behaviours = min(hyperparameters.ranker_behaviours, self.sequence_length)
         self.vocabulary = Vocabulary.from_json((directory / VOCABULARY).read_bytes())
+        self._seen_filter_index = SeenFilterIndex(self.vocabulary.item_ids)
+        """Every vocabulary item's bits in a seen filter (`seen_before`)."""
         self.index = ItemIndex.load(directory / ITEM_INDEX, directory / INDEX_IDS, exact_max_items)
         self.popular: list[str] = orjson.loads((directory / POPULAR).read_bytes())
-        self._seen_filter_index = SeenFilterIndex(self.vocabulary.item_ids)
         self.popularity = np.load(directory / POPULARITY, allow_pickle=False)
         self.covisitation = CoVisitation.load(directory, self.vocabulary.size)
         self.embeddings = np.load(directory / ITEM_EMBEDDINGS, allow_pickle=False)
