@@ -57,6 +57,7 @@ from schemas.events import Event
 from schemas.runtime.loaded_bundle import LoadedBundle
 from schemas.runtime.model_inputs import Vocabulary
 from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset, rating_events
+from schemas.runtime.streaming import interacted_items
 from streams.publish import Pacer, make_producer, progress_bar, publish
 from training.counts import TrainingCounts
 from training.data import Row, Split, bootstrap_rows, last_n_split, trending_before
@@ -169,10 +170,7 @@ def live_answers(service: RecommendationService, users: list[str], version: int)
 def already_interacted(answers: list[list[str]], users: list[str], withheld: Withheld) -> int:
     """How many items of the users' answers they had interacted with in the history: with
     exclude_seen none, heavy users' (more than KF_SEEN_CAPACITY items) included."""
-    interacted: dict[str, set[str]] = {}
-    for event in withheld.history:
-        if event.type.is_interaction:
-            interacted.setdefault(event.user_id, set()).add(event.item_id)
+    interacted = interacted_items(withheld.history)
     pairs = zip(users, answers, strict=True)
     return sum(len(interacted.get(user, set()).intersection(answer)) for user, answer in pairs)
 

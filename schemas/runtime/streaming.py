@@ -108,13 +108,19 @@ def fold_stream(
     return users, items, trending
 
 
-def seen_filters(events: Iterable[Event], spec: FeatureSpec) -> dict[str, bytes]:
-    """The seen filter of each user who interacted with more items than `spec.seen_capacity`: every
-    such item (REDIS_FORMAT.md, `user_seen_filter`), the reference for tests and replays."""
+def interacted_items(events: Iterable[Event]) -> dict[str, set[str]]:
+    """Every item each user interacted with (what a seen set would hold without its capacity)."""
     interacted: dict[str, set[str]] = {}
     for event in unique_events(events):
         if (entry := seen_entry(event)) is not None:
             interacted.setdefault(event.user_id, set()).add(entry[0])
+    return interacted
+
+
+def seen_filters(events: Iterable[Event], spec: FeatureSpec) -> dict[str, bytes]:
+    """The seen filter of each user who interacted with more items than `spec.seen_capacity`: every
+    such item (REDIS_FORMAT.md, `user_seen_filter`), the reference for tests and replays."""
+    interacted = interacted_items(events)
     return {user: seen_filter_of(items) for user, items in interacted.items() if len(items) > spec.seen_capacity}
 
 
