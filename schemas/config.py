@@ -185,8 +185,11 @@ class StreamSettings(Section):
     replay_batch_ms: int = Field(
         5000,
         ge=1,
-        description="`kingfisher replay` runs its job with batches gathered this long: a key is written once "
-        "per batch, and a backfill needs only each key's last state.",
+        description="`kingfisher replay` writes a changed user once per this long (with `--flink`, its job "
+        "gathers batches this long): a backfill needs only each key's last state.",
+    )
+    backfill_workers: int = Field(
+        2, ge=1, description="Processes `kingfisher replay` folds users in (each reads the whole topic)."
     )
     stream_key_buckets: int = Field(
         4, ge=1, description="Users and items are keyed into this many buckets; about 4x the parallelism spreads them."

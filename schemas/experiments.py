@@ -200,6 +200,15 @@ class ExperimentTallies:
             arms[shadow] = ArmTally(tally.impressions, tally.clicks + 1, tally.would_have_shown + shown)
         return ExperimentTallies(arms, self.version + 1, max(self.at_ts, ts))
 
+    def merged(self, other: "ExperimentTallies") -> "ExperimentTallies":
+        """The tallies of two disjoint sets of events, from the tallies of each."""
+        arms = dict(self.arms)
+        for arm, theirs in other.arms.items():
+            ours = arms.get(arm, ArmTally())
+            arms[arm] = ArmTally(ours.impressions + theirs.impressions, ours.clicks + theirs.clicks,
+                                 ours.would_have_shown + theirs.would_have_shown)  # fmt: skip
+        return ExperimentTallies(arms, self.version + other.version, max(self.at_ts, other.at_ts))
+
 
 def tallies_of(events: Iterable[Event]) -> dict[str, ExperimentTallies]:
     """Each experiment's tallies after `events` (distinct, in order), as the stream counts them."""

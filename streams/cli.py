@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--dry-run", action="store_true", help="only show what would be replayed")
     replay.add_argument("--no-switch", action="store_true", help="leave serving on the current namespace")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument(
+        "--flink", action="store_true", help="run the bounded Flink feature job instead of the backfill (slower)"
+    )
 
     namespace = commands.add_parser("namespace", help="show, switch or drop Redis namespaces")
     namespace_commands = namespace.add_subparsers(dest="action", required=True)
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_withdraw(arguments, settings)
         return replay_command(settings, arguments.topic or settings.stack.topic_events, arguments.namespace,
                               arguments.from_timestamp, dry_run=arguments.dry_run, switch=not arguments.no_switch,
-                              show_progress=not arguments.no_progress, console=console)  # fmt: skip
+                              show_progress=not arguments.no_progress, console=console,
+                              flink=arguments.flink)  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2

@@ -32,6 +32,7 @@ from pyflink.table import StreamTableEnvironment
 
 from schemas import sample_log
 from schemas.config import Settings
+from schemas.dead_letters import MAX_DEAD_LETTER_BYTES
 from schemas.redis_format import TRENDING_ENTITY
 from schemas.runtime.feature_store import FeatureStore
 from streams.flink_env import (
@@ -56,8 +57,6 @@ from streams.operators import (
 from streams.sample_log import SampleLogKeeper
 
 log = logging.getLogger("kingfisher.features")
-# A dead letter carries the rejected record in base64 (4/3 of its size): the broker allows 4 MiB records.
-MAX_RECORD_BYTES = 4 * 1024 * 1024
 DLQ_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
 
 
@@ -112,7 +111,7 @@ def dead_letter_sink(settings: Settings, namespace: str) -> KafkaSink:
         .set_record_serializer(serializer)
         .set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE)
         .set_transactional_id_prefix(f"{settings.feature_job_name(namespace)}-dlq")
-        .set_property("max.request.size", str(MAX_RECORD_BYTES))
+        .set_property("max.request.size", str(MAX_DEAD_LETTER_BYTES))
         # The broker's largest: a transaction a checkpoint covered must outlive the job being down
         # until its restart commits it.
         .set_property("transaction.timeout.ms", str(DLQ_TRANSACTION_TIMEOUT_MS))

@@ -1,26 +1,30 @@
 """Replay the events topic into a fresh Redis namespace, then point serving at it.
 
-The replay is the feature job itself, bounded to the offsets that are latest when it starts and
-without a checkpoint to restore, so it rebuilds every key from the topic. Nobody reads the new
-namespace before it ends, so only each key's last state matters: the job gathers its batches for
-KF_REPLAY_BATCH_MS instead of the live job's KF_STREAM_BATCH_MS and writes each key once per
-batch. Progress comes from the offsets the job commits to Kafka on each checkpoint.
+The replay reads the topic up to the offsets that are latest when it starts and rebuilds every key
+from it. By default it is a backfill (`streams.backfill`): the job's fold in worker processes
+without Flink, each key written once per KF_REPLAY_BATCH_MS or once at the end. With `--flink` it
+is the feature job itself, bounded and without a checkpoint to restore, gathering its batches for
+KF_REPLAY_BATCH_MS instead of the live job's KF_STREAM_BATCH_MS (checkpointed, slower); its
+progress comes from the offsets the job commits to Kafka on each checkpoint.
 """
 
+import logging
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
 from rich.progress import Progress
 
 from schemas.config import Settings, environment_variable
 from schemas.runtime.feature_store import FeatureStore
+from streams.backfill import backfill
 from streams.publish import progress_bar
 
+log = logging.getLogger(__name__)
 REPLAY_CHECKPOINT_INTERVAL_S = "2"
 POLL_INTERVAL_S = 1.0
 
@@ -81,7 +85,7 @@ def job_command(settings: Settings, replay: ReplayPlan, from_ms: int | None) -> 
     return command, env
 
 
-def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: Progress) -> int:
+def run_flink(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: Progress) -> int:
     """Run the bounded job with a progress bar; returns its exit code."""
     command, env = job_command(settings, replay, from_ms)
     log_path = settings.stack.logs_dir / f"replay-{replay.namespace}.log"
@@ -89,8 +93,8 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
     task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
     # One consumer of the job's group reads its committed offsets for the whole run.
     offsets = group_consumer(settings, replay.group_id)
-    with log_path.open("ab") as log:
-        job = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with log_path.open("ab") as job_log:
+        job = subprocess.Popen(command, stdout=job_log, stderr=subprocess.STDOUT, env=env)
         while job.poll() is None:
             progress.update(task, completed=min(replayed_so_far(offsets, replay), replay.events))
             time.sleep(POLL_INTERVAL_S)
@@ -100,8 +104,24 @@ def run(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: P
     return job.returncode
 
 
+def run_backfill(settings: Settings, replay: ReplayPlan, progress: Progress) -> int:
+    """Backfill with a progress bar; returns 0, or 1 when it failed (logged)."""
+    task = progress.add_task(f"backfilling {replay.namespace}", total=replay.events)
+    store = FeatureStore.for_stack(settings.stack)
+    store.record_feature_spec(replay.namespace, settings.pipeline.features)
+    store.close()
+    try:
+        share = backfill(settings, replay, lambda read: progress.update(task, completed=min(read, replay.events)))
+    except (RuntimeError, KafkaException) as failure:
+        log.error("%s", failure)
+        return 1
+    log.info("backfill of %s: %s events applied, %s duplicates dropped, %s dead letters",
+             replay.namespace, f"{share.applied:,}", f"{share.duplicates:,}", f"{share.invalid:,}")  # fmt: skip
+    return 0
+
+
 def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int | None, *, dry_run: bool,
-                   switch: bool, show_progress: bool, console: Console) -> int:  # fmt: skip
+                   switch: bool, show_progress: bool, console: Console, flink: bool = False) -> int:  # fmt: skip
     store = FeatureStore.for_stack(settings.stack)
     current = store.active_namespace(settings.stack.namespace)
     if namespace == current:
@@ -120,12 +140,11 @@ def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int 
         return 0
     started = time.monotonic()
     with progress_bar(enabled=show_progress) as progress:
-        code = run(settings, replay, from_ms, progress)
+        code = run_flink(settings, replay, from_ms, progress) if flink else run_backfill(settings, replay, progress)
     seconds = time.monotonic() - started
     if code != 0:
-        console.print(
-            f"[red]the replay job failed (exit {code}); see {settings.stack.logs_dir / f'replay-{namespace}.log'}"
-        )
+        where = f"see {settings.stack.logs_dir / f'replay-{namespace}.log'}" if flink else "see the log above"
+        console.print(f"[red]the replay failed (exit {code}); {where}; drop {namespace!r} before replaying again")
         return 1
     console.print(f"replayed {replay.events:,} events in {seconds:.1f} s ({replay.events / seconds:,.0f}/s); "
                   f"{store.count_keys(namespace):,} keys in {namespace!r}")  # fmt: skip

@@ -12,13 +12,15 @@ same run, beside it the job with --no-samples (and with --compare-with, a previo
 3. Freshness: events stamped with the current time at each fixed rate (--rates) over the same
    users, after a warm-up at that rate that is not counted; the job's Redis writer measures write
    time - event time (and - Kafka append time) for every event and logs percentiles every 10 s.
-4. Replay: `kingfisher replay` of the first topic into a fresh namespace, as an operator runs it.
+4. Replay: `kingfisher replay` of the first topic into a fresh namespace, as an operator runs it
+   (a backfill), then the same with `--flink` (the bounded feature job) beside it.
 """
 
 import argparse
 import itertools
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -449,23 +451,14 @@ def forget_topic(settings: Settings, topic: str) -> None:
     admin.delete_topics([topic])[topic].result(timeout=60)
 
 
-def replay(settings: Settings, topic: str, store: FeatureStore) -> dict[str, float]:
-    """`kingfisher replay` of `topic` into a fresh namespace: the operator's wall time, and events/s
-    from its first Redis write to its last."""
+def replay(settings: Settings, topic: str, store: FeatureStore, engine: str) -> dict[str, float | str]:
+    """`kingfisher replay` of `topic` into a fresh namespace (`engine` "flink": with `--flink`): the
+    operator's wall time and events/s as the command reports them, its CPU (every process it
+    started) per 1,000 events, and for the Flink job, events/s from its first Redis write to its last."""
     namespace = f"bench-replay-{uuid.uuid4().hex[:6]}"
-    command = [
-        sys.executable,
-        "-m",
-        "streams.cli",
-        "replay",
-        "--namespace",
-        namespace,
-        "--topic",
-        topic,
-        "--no-switch",
-        "--no-progress",
-    ]
-    started = time.monotonic()
+    command = [sys.executable, "-m", "streams.cli", "replay", "--namespace", namespace, "--topic", topic,
+               "--no-switch", "--no-progress"] + (["--flink"] if engine == "flink" else [])  # fmt: skip
+    cpu_before, started = _children_cpu_seconds(), time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = last = None
     while process.poll() is None:
@@ -476,20 +469,31 @@ def replay(settings: Settings, topic: str, store: FeatureStore) -> dict[str, flo
             last = (now, count)
         time.sleep(POLL_S)
     output = process.stdout.read()
+    cpu_seconds = _children_cpu_seconds() - cpu_before
     forget(settings, store, namespace)
     match = REPLAY_LINE.search(" ".join(output.split()))
-    if process.returncode != 0 or match is None or first is None or last is None:
+    if process.returncode != 0 or match is None:
         raise RuntimeError(f"the replay failed:\n{output[-3000:]}")
     events = int(match["events"].replace(",", ""))
-    return {
+    result = {
+        "engine": engine,
         "events": events,
         "wall_seconds": time.monotonic() - started,
         "cli_events_per_s": events / float(match["seconds"]),
-        "processing_events_per_s": (last[1] - first[1]) / (last[0] - first[0]),
+        "cpu_ms_per_1000_events": cpu_seconds * 1e6 / events,
     }
+    if first and last and last[0] > first[0]:  # a backfill writes the trending key once, at its end
+        result["processing_events_per_s"] = (last[1] - first[1]) / (last[0] - first[0])
+    return result
 
 
-def report(results: list[Result], per_round: int, replayed: dict[str, float] | None) -> None:
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's finished children and their waited-for descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def report(results: list[Result], per_round: int, replays: list[dict[str, float | str]]) -> None:
     table = Table(
         "configuration",
         "burst events/s",
@@ -538,11 +542,13 @@ def report(results: list[Result], per_round: int, replayed: dict[str, float] | N
                 ),
             )
     Console().print(fresh)
-    if replayed:
+    for replayed in replays:
+        between = replayed.get("processing_events_per_s")
         Console().print(
-            f"replay: {replayed['events']:,} events in {replayed['wall_seconds']:.1f} s wall "
-            f"({replayed['cli_events_per_s']:,.0f}/s as `kingfisher replay` reports it, start-up included; "
-            f"{replayed['processing_events_per_s']:,.0f}/s from its first Redis write to its last)"
+            f"replay ({replayed['engine']}): {replayed['events']:,} events in {replayed['wall_seconds']:.1f} s wall, "
+            f"{replayed['cli_events_per_s']:,.0f}/s as `kingfisher replay` reports it (start-up included), "
+            f"{replayed['cpu_ms_per_1000_events']:,.0f} ms CPU per 1,000 events"
+            + ("" if between is None else f"; {between:,.0f}/s from its first Redis write to its last")
         )
 
 
@@ -581,7 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KF_NAME=VALUE",
         help="also run the job (sample log on) with this setting, in the same run; repeatable",
     )
-    parser.add_argument("--no-replay", dest="replay", action="store_false", help="skip the replay measurement")
+    parser.add_argument(
+        "--replay-engines",
+        default="backfill,flink",
+        help="replay the first topic with each in turn (default backfill,flink: `kingfisher replay`, then --flink)",
+    )
+    parser.add_argument("--no-replay", dest="replay", action="store_false", help="skip the replay measurements")
     parser.add_argument("--repeat", type=int, default=1, help="run the configurations this many times, interleaved")
     arguments = parser.parse_args(argv)
     settings = Settings()
@@ -614,7 +625,10 @@ def main(argv: list[str] | None = None) -> int:
             result.label = f"{workload.name}: {result.label}" + (f" #{repetition + 1}" if arguments.repeat > 1 else "")
             results.append(result)
             topics.append(topic)
-    replayed = replay(settings, topics[0], store) if arguments.replay else None
+    engines = arguments.replay_engines.split(",") if arguments.replay else []
+    if unknown_engines := set(engines) - {"backfill", "flink"}:
+        parser.error(f"unknown replay engines {sorted(unknown_engines)}: choose from backfill, flink")
+    replayed = [replay(settings, topics[0], store, engine) for engine in engines]
     for topic in topics:
         forget_topic(settings, topic)
     report(results, len(configurations), replayed)

@@ -107,6 +107,35 @@ def update_item_features(features: ItemFeatures, event: Event | ItemEvent, spec:
     )
 
 
+def merge_item_features(a: ItemFeatures, b: ItemFeatures, spec: FeatureSpec) -> ItemFeatures:
+    """The features of an item after two disjoint sets of its events, from the features of each:
+    what `update_item_features` reaches over all of them, in any order (floats to rounding). Sums
+    add, maxima take the larger, popularity decays both to the newer anchor, and the window keeps
+    the buckets within `recent_window_ms` of the newer `last_ts` (what pruning at every event leaves)."""
+    if a.popularity_ts is None or b.popularity_ts is None:
+        return b if a.popularity_ts is None else a
+    anchor = max(a.popularity_ts, b.popularity_ts)
+    last_ts = max(a.last_ts, b.last_ts)
+    counts = dict(a.event_counts)
+    for name, count in b.event_counts.items():
+        counts[name] = counts.get(name, 0) + count
+    oldest = bucket_start(last_ts) - spec.recent_window_ms + WINDOW_BUCKET_MS
+    recent: dict[int, int] = {}
+    for start, count in (*a.recent, *b.recent):
+        if start >= oldest:
+            recent[start] = recent.get(start, 0) + count
+    popularity = decay(a.popularity, a.popularity_ts, anchor, spec) + decay(b.popularity, b.popularity_ts, anchor, spec)
+    return ItemFeatures(
+        event_counts=counts,
+        rating_count=a.rating_count + b.rating_count,
+        rating_sum=a.rating_sum + b.rating_sum,
+        last_ts=last_ts,
+        popularity=popularity,
+        popularity_ts=anchor,
+        recent=tuple(sorted(recent.items())),
+    )
+
+
 def popularity_at(features: ItemFeatures, ts: int, spec: FeatureSpec) -> float:
     """The item's popularity at time `ts` (not before its newest event)."""
     if features.popularity_ts is None:

@@ -5,8 +5,9 @@ in all (`schemas.features`); its operators only call these functions. `version` 
 it only grows, so a Redis write carrying it can be refused when it would move state backwards.
 """
 
+import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from schemas.events import Event
@@ -21,6 +22,7 @@ from schemas.features import (
 )
 from schemas.redis_format import Trending, seen_filter_of
 from schemas.runtime.features import (
+    merge_item_features,
     seen_entry,
     unique_events,
     update_item_features,
@@ -92,6 +94,27 @@ def trending_list(state: TrendingState, spec: FeatureSpec) -> Trending:
     ranked = sorted(state.candidates.items(), key=lambda pair: (-pair[1], pair[0]))
     offset = state.at_ts / spec.popularity_half_life_ms
     return Trending(items=tuple((item_id, 2.0 ** (rank - offset)) for item_id, rank in ranked), at_ts=state.at_ts)
+
+
+def merge_item_states(a: ItemState, b: ItemState, spec: FeatureSpec) -> ItemState:
+    """An item's state after two disjoint sets of its events, from the state after each (any order)."""
+    return ItemState(merge_item_features(a.features, b.features, spec), a.version + b.version)
+
+
+def trending_of(items: Mapping[str, ItemState], spec: FeatureSpec) -> TrendingState:
+    """What `apply_trending_updates` reaches over every event of `items` (each item's state after all
+    of its events), in any order: rank keys never decrease, so the top-K ends as the items of the K
+    highest final keys (for a tie at the K-th place, the order of arrival chooses). An item whose
+    key is -inf never enters."""
+    ranks = [(rank_key(state.features, spec), item_id) for item_id, state in items.items()]
+    ranks = [(rank, item_id) for rank, item_id in ranks if rank > -math.inf]
+    top = heapq.nlargest(spec.trending_size, ranks)
+    return TrendingState(
+        candidates={item_id: rank for rank, item_id in top},
+        floor=top[-1][0] if len(ranks) > spec.trending_size else -math.inf,
+        at_ts=max((state.features.last_ts or 0 for state in items.values()), default=0),
+        version=sum(state.version for state in items.values()),
+    )
 
 
 def fold_stream(

@@ -226,7 +226,7 @@ def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_a
     assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(BAD_RECORDS)
 
 
-def test_a_replay_onto_a_redis_cluster_equals_the_pure_feature_functions_and_switches_serving(
+def test_a_replay_with_the_flink_job_onto_a_redis_cluster_equals_the_pure_feature_functions_and_switches_serving(
     bounded_run, redis_cluster
 ):
     stack, topic, _, events, _ = bounded_run
@@ -234,7 +234,7 @@ def test_a_replay_onto_a_redis_cluster_equals_the_pure_feature_functions_and_swi
                              KF_TOPIC_DLQ=new_topic_named(stack, "dlq-cluster", partitions=1))  # fmt: skip
     client = RedisCluster(host=cluster.settings.stack.bind_host, port=cluster.settings.stack.redis_port)
 
-    result = cluster.kingfisher("replay", "--namespace", "on-cluster", "--topic", topic, "--no-progress",
+    result = cluster.kingfisher("replay", "--namespace", "on-cluster", "--topic", topic, "--no-progress", "--flink",
                                 timeout=JOB_TIMEOUT_S)  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,304 @@
+"""Backfill: the feature job's fold of a bounded topic, in worker processes, each key written rarely.
+
+A replay fills a fresh namespace nobody reads before it ends, so only each key's state at the end
+matters. The live job pays per batch for what a replay does not need: records crossing from the JVM
+to Python, states pickled into Flink's MapState, a Redis round trip per stage and batch. The
+backfill applies the same functions of `schemas.runtime.streaming` to the same records in the same
+per-partition order (parse and validate, dedupe by event id, users, seen sets, items, experiments)
+with its state in dictionaries, so every key and value equals the live job's.
+
+`KF_BACKFILL_WORKERS` processes each read the whole topic and fold the users whose id hashes to
+them, so each user's events meet one worker, in order. A worker writes its changed users once per
+`KF_REPLAY_BATCH_MS` and hands back its share of the items and experiment tallies, which are sums
+and maxima of their events: the parent merges the shares, derives trending from the items, and
+writes them once at the end.
+
+What it gives up is the job's checkpoints: a backfill that fails leaves a partial namespace, to drop
+and replay again. Dead letters go to the DLQ through an idempotent producer (at least once).
+"""
+
+import logging
+import multiprocessing
+import time
+import traceback
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+import orjson
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Producer, TopicPartition
+
+from schemas.config import Settings
+from schemas.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter
+from schemas.events import Event, parse_event
+from schemas.experiments import ExperimentTallies, counted_arm
+from schemas.features import FeatureSpec, ItemState, RecentEventIds, UserState
+from schemas.redis_format import TRENDING_ENTITY, KeyKind
+from schemas.runtime.feature_store import FeatureStore
+from schemas.runtime.features import seen_entry
+from schemas.runtime.streaming import (
+    apply_item_event,
+    apply_user_event,
+    merge_item_states,
+    trending_list,
+    trending_of,
+)
+from schemas.validation import InvalidRecord
+from streams.redis_writer import RedisWriter
+
+if TYPE_CHECKING:
+    from streams.replay import ReplayPlan
+
+log = logging.getLogger(__name__)
+CONSUME_BATCH = 10_000
+CONSUME_TIMEOUT_S = 0.5
+PROGRESS_POLL_S = 0.2
+
+
+RawRecord = tuple[bytes, int, int, int | None]
+"""One Kafka record of the events topic as the job's source reads it: payload, partition, offset,
+and the Kafka append time (epoch ms; None when the broker gave none)."""
+
+
+@dataclass
+class Share:
+    """What one worker folded beyond its users: its part of every item's events and of each
+    experiment's, and its counts of records."""
+
+    items: dict[str, ItemState] = field(default_factory=dict)
+    tallies: dict[str, ExperimentTallies] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+
+    def merged(self, other: "Share", spec: FeatureSpec) -> "Share":
+        items = dict(self.items)
+        for item_id, state in other.items.items():
+            items[item_id] = merge_item_states(items[item_id], state, spec) if item_id in items else state
+        tallies = dict(self.tallies)
+        for experiment, counted in other.tallies.items():
+            tallies[experiment] = tallies[experiment].merged(counted) if experiment in tallies else counted
+        return Share(items, tallies, self.applied + other.applied, self.duplicates + other.duplicates,
+                     self.invalid + other.invalid)  # fmt: skip
+
+
+class BackfillFold:
+    """The users' states after the records taken so far, and this fold's share of the items and
+    experiments; `flush_users` writes the users changed since the last flush.
+
+    Records must come in offset order within each partition (a user's events share one), as Kafka
+    delivers them; partitions may interleave, as they do in the live job."""
+
+    def __init__(self, spec: FeatureSpec, writer: RedisWriter, entity_ttl_ms: int, dedupe_capacity: int):
+        self.spec, self.writer = spec, writer
+        self.entity_ttl_ms, self.dedupe_capacity = entity_ttl_ms, dedupe_capacity
+        self.users: dict[str, UserState] = {}
+        self.recent_ids: dict[str, RecentEventIds] = {}
+        self.share = Share()
+        self.changed_users: set[str] = set()
+
+    def take(self, records: Iterable[RawRecord], send_dead_letter: Callable[[bytes], None]) -> None:
+        """Apply `records`; each invalid one becomes a dead letter handed to `send_dead_letter`."""
+        counted_by_experiment: dict[str, list[tuple]] = defaultdict(list)
+        for payload, partition, offset, append_ms in records:
+            try:
+                event = parse_event(payload)
+            except InvalidRecord as invalid:
+                self.share.invalid += 1
+                send_dead_letter(dead_letter(payload, invalid.problems, partition, offset, append_ms))
+                continue
+            if not self._is_new(event.user_id, event.event_id):
+                continue
+            self._apply(event)
+            if (counted := counted_arm(event)) is not None:
+                experiment, arm, shadows_shown = counted
+                counted_by_experiment[experiment].append((arm, event.type, event.ts, shadows_shown))
+        tallies = self.share.tallies
+        for experiment, counted in counted_by_experiment.items():
+            experiment_tallies = tallies.get(experiment) or ExperimentTallies()
+            for arm, event_type, ts, shadows_shown in counted:
+                experiment_tallies = experiment_tallies.counted(arm, event_type, ts, shadows_shown)
+            tallies[experiment] = experiment_tallies
+
+    def _is_new(self, user_id: str, event_id: str) -> bool:
+        recent = self.recent_ids.get(user_id)
+        if recent is None:
+            recent = self.recent_ids[user_id] = RecentEventIds(self.dedupe_capacity)
+        if recent.remember(event_id):
+            return True
+        self.share.duplicates += 1
+        return False
+
+    def _apply(self, event: Event) -> None:
+        spec, user_id, item_id, items = self.spec, event.user_id, event.item_id, self.share.items
+        self.users[user_id] = apply_user_event(self.users.get(user_id) or UserState(), event, spec)
+        items[item_id] = apply_item_event(items.get(item_id) or ItemState(), event, spec)
+        self.changed_users.add(user_id)
+        if (entry := seen_entry(event)) is not None:
+            self.writer.add_seen(user_id, *entry, spec.seen_capacity, self.entity_ttl_ms)
+        self.share.applied += 1
+
+    def flush_users(self) -> None:
+        """Write every user changed since the last flush (sequence, features, seen set), each once."""
+        put, ttl_ms = self.writer.put, self.entity_ttl_ms
+        for user_id in self.changed_users:
+            state = self.users[user_id]
+            put(KeyKind.USER_SEQUENCE, user_id, state.version, state.sequence, state.features.last_ts, ttl_ms)
+            put(KeyKind.USER_FEATURES, user_id, state.version, state.features, state.features.last_ts, ttl_ms)
+        self.writer.flush()
+        self.changed_users = set()
+
+
+def write_shared(writer: RedisWriter, share: Share, spec: FeatureSpec, entity_ttl_ms: int) -> None:
+    """Write the items, trending and experiment tallies of the whole topic, each key once."""
+    for item_id, state in share.items.items():
+        writer.put(KeyKind.ITEM_FEATURES, item_id, state.version, state.features, state.features.last_ts,
+                   entity_ttl_ms)  # fmt: skip
+    if share.items:
+        trending = trending_of(share.items, spec)
+        writer.put(KeyKind.TRENDING, TRENDING_ENTITY, trending.version, trending_list(trending, spec),
+                   trending.at_ts, 0)  # fmt: skip
+    for experiment, tallies in share.tallies.items():
+        writer.put(KeyKind.EXPERIMENT, experiment, tallies.version, tallies, tallies.at_ts, 0)
+    writer.flush()
+
+
+def owner(payload: bytes, workers: int) -> int:
+    """The worker that folds a record: by its user_id, so each user's events meet one worker in
+    order. A record without a readable user_id goes where the empty one does, and becomes a dead
+    letter there (as the live job puts it in the empty user_id's bucket)."""
+    try:
+        user_id = orjson.loads(payload).get("user_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        user_id = None
+    return zlib.crc32(user_id.encode() if isinstance(user_id, str) else b"") % workers
+
+
+def topic_batches(
+    consumer: Consumer, replay: "ReplayPlan", worker: int, workers: int
+) -> Iterator[tuple[list[RawRecord], int]]:
+    """The worker's records within the replay's offsets, in offset order per partition, in batches
+    as Kafka hands them over: (the records, how many records were read for them)."""
+    remaining = {p for p in replay.end if replay.start[p] < replay.end[p]}
+    consumer.assign([TopicPartition(replay.topic, p, replay.start[p]) for p in remaining])
+    while remaining:
+        messages = consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
+        batch = []
+        for message in messages:
+            if message.error():
+                raise KafkaException(message.error())
+            partition, offset = message.partition(), message.offset()
+            if partition not in remaining or offset >= replay.end[partition]:
+                continue
+            if offset + 1 >= replay.end[partition]:
+                remaining.discard(partition)
+            payload = message.value()
+            if workers > 1 and owner(payload, workers) != worker:
+                continue
+            # Plain tuples: a NamedTuple per record cost more than parsing it.
+            kind, append_ms = message.timestamp()
+            batch.append((payload, partition, offset, None if kind == TIMESTAMP_NOT_AVAILABLE else append_ms))
+        if not messages:  # offsets can end in control records no message shows: ask where reading stands
+            positions = consumer.position([TopicPartition(replay.topic, p) for p in remaining])
+            remaining -= {tp.partition for tp in positions if tp.offset >= replay.end[tp.partition]}
+        yield batch, len(messages)
+
+
+def dead_letter_producer(settings: Settings) -> Producer:
+    # Idempotent, so a retried batch is written once; sized for the largest dead letter.
+    return Producer({"bootstrap.servers": settings.stack.kafka_bootstrap, "enable.idempotence": True, "acks": "all",
+                     "linger.ms": 50, "message.max.bytes": MAX_DEAD_LETTER_BYTES})  # fmt: skip
+
+
+def fold_worker(settings: Settings, replay: "ReplayPlan", worker: int, workers: int, read) -> Share:
+    """One worker's fold: its users written to the replay's namespace once per KF_REPLAY_BATCH_MS;
+    `read` (a shared integer) counts the records it has read, for the progress bar."""
+    namespace = replay.namespace
+    spec, stream = settings.pipeline.features, settings.stream
+    entity_ttl_ms = round(stream.entity_ttl_h * 3_600_000)
+    store = FeatureStore.for_stack(settings.stack)
+    fold = BackfillFold(spec, RedisWriter(store, f"backfill-{worker}", namespace), entity_ttl_ms,
+                        stream.dedupe_capacity)  # fmt: skip
+    consumer = Consumer({"bootstrap.servers": settings.stack.kafka_bootstrap, "group.id": f"backfill-{namespace}",
+                         "enable.auto.commit": False})  # fmt: skip
+    dead_letters = dead_letter_producer(settings)
+    last_flush = time.monotonic()
+    try:
+        for batch, messages in topic_batches(consumer, replay, worker, workers):
+            fold.take(batch, lambda letter: dead_letters.produce(settings.stack.topic_dlq, letter))
+            read.value += messages
+            dead_letters.poll(0)
+            if time.monotonic() - last_flush >= stream.replay_batch_ms / 1000:
+                fold.flush_users()
+                last_flush = time.monotonic()
+        fold.flush_users()
+        if dead_letters.flush(60) > 0:
+            raise RuntimeError(f"could not deliver every dead letter to {settings.stack.topic_dlq}")
+        return fold.share
+    finally:
+        consumer.close()
+        store.close()
+
+
+def _worker_main(settings: Settings, replay: "ReplayPlan", worker: int, workers: int, read,
+                 results: Connection) -> None:  # fmt: skip
+    try:
+        results.send(fold_worker(settings, replay, worker, workers, read))
+    except BaseException:
+        results.send(RuntimeError(f"backfill worker {worker} failed:\n{traceback.format_exc()}"))
+
+
+def backfill(settings: Settings, replay: "ReplayPlan", on_progress: Callable[[int], None]) -> Share:
+    """Fold the replay's offsets of its topic into its namespace with KF_BACKFILL_WORKERS processes;
+    `on_progress` gets the records read so far (the workers' mean). Returns the merged share."""
+    workers = settings.stream.backfill_workers
+    context = multiprocessing.get_context("spawn")  # a fork would copy the parent's Kafka and Redis clients
+    counters = [context.Value("q", 0, lock=False) for _ in range(workers)]
+    pipes = [context.Pipe(duplex=False) for _ in range(workers)]
+    processes = []
+    for worker in range(workers):
+        arguments = (settings, replay, worker, workers, counters[worker], pipes[worker][1])
+        processes.append(context.Process(target=_worker_main, args=arguments, name=f"backfill-{worker}"))
+    for process in processes:
+        process.start()
+    for _, sending in pipes:  # the workers hold the only writing ends: a dead one reads as EOF
+        sending.close()
+    try:
+        shares = _collect([receiving for receiving, _ in pipes], counters, on_progress)
+        if isinstance(shares[0], BaseException):
+            raise shares[0]
+    except BaseException:  # the others' work is lost with it: stop them
+        for process in processes:
+            process.kill()
+        raise
+    finally:
+        for process in processes:
+            process.join()
+    merged = Share()
+    for share in shares:
+        merged = merged.merged(share, settings.pipeline.features)
+    store = FeatureStore.for_stack(settings.stack)
+    writer = RedisWriter(store, "backfill", replay.namespace)
+    write_shared(writer, merged, settings.pipeline.features, round(settings.stream.entity_ttl_h * 3_600_000))
+    writer.close()
+    return merged
+
+
+def _collect(pipes: list[Connection], counters: list, on_progress: Callable[[int], None]) -> list:
+    """Each worker's result in worker order, reporting progress while they run; stops at the first
+    failure."""
+    results: dict[int, object] = {}
+    while len(results) < len(pipes):
+        for worker, pipe in enumerate(pipes):
+            if worker not in results and pipe.poll(PROGRESS_POLL_S / len(pipes)):
+                try:
+                    results[worker] = pipe.recv()
+                except EOFError:
+                    results[worker] = RuntimeError(f"backfill worker {worker} died without an answer")
+                if isinstance(results[worker], BaseException):
+                    return [results[worker]]
+        on_progress(sum(counter.value for counter in counters) // len(counters))
+    return [results[worker] for worker in range(len(pipes))]
