@@ -185,11 +185,17 @@ class StreamSettings(Section):
     replay_batch_ms: int = Field(
         5000,
         ge=1,
-        description="`kingfisher replay` writes a changed user once per this long (with `--flink`, its job "
-        "gathers batches this long): a backfill needs only each key's last state.",
+        description="`kingfisher replay --flink` runs its job with batches gathered this long: a key is written "
+        "once per batch, and a replay needs only each key's last state.",
     )
     backfill_workers: int = Field(
-        2, ge=1, description="Processes `kingfisher replay` folds users in (each reads the whole topic)."
+        2, ge=1, description="Processes `kingfisher replay` folds the topic in (at most one per partition)."
+    )
+    backfill_flush_s: float = Field(
+        60.0,
+        gt=0,
+        description="A `kingfisher replay` worker writes its changed users once per this long and at its end "
+        "(what it holds meanwhile grows with the events read).",
     )
     stream_key_buckets: int = Field(
         4, ge=1, description="Users and items are keyed into this many buckets; about 4x the parallelism spreads them."

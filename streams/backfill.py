@@ -7,28 +7,29 @@ backfill applies the same functions of `schemas.runtime.streaming` to the same r
 per-partition order (parse and validate, dedupe by event id, users, seen sets, items, experiments)
 with its state in dictionaries, so every key and value equals the live job's.
 
-`KF_BACKFILL_WORKERS` processes each read the whole topic and fold the users whose id hashes to
-them, so each user's events meet one worker, in order. A worker writes its changed users once per
-`KF_REPLAY_BATCH_MS` and hands back its share of the items and experiment tallies, which are sums
-and maxima of their events: the parent merges the shares, derives trending from the items, and
-writes them once at the end.
+Up to `KF_BACKFILL_WORKERS` processes each read a share of the topic's partitions, balanced by their
+records: the events contract keys each event by its user_id, so all of a user's events sit in one
+partition, in order, and meet one worker. A worker writes its changed users once per
+`KF_BACKFILL_FLUSH_S` (and at its end) and hands back its part of the items and experiment tallies,
+which are sums and maxima of their events: the parent merges the parts, derives trending from the
+items, and writes them once. A user found in two workers' partitions (a topic keyed against the
+contract) fails the backfill; the Flink job (`kingfisher replay --flink`) keys by user itself.
 
 What it gives up is the job's checkpoints: a backfill that fails leaves a partial namespace, to drop
 and replay again. Dead letters go to the DLQ through an idempotent producer (at least once).
 """
 
+import gc
 import logging
 import multiprocessing
 import time
 import traceback
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.config import Settings
@@ -40,6 +41,7 @@ from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
+    GC_THRESHOLDS,
     apply_item_event,
     apply_user_event,
     merge_item_states,
@@ -63,11 +65,16 @@ RawRecord = tuple[bytes, int, int, int | None]
 and the Kafka append time (epoch ms; None when the broker gave none)."""
 
 
+class UserInTwoShares(RuntimeError):
+    """Two workers folded events of one user: the topic holds a user's events in two partitions."""
+
+
 @dataclass
 class Share:
-    """What one worker folded beyond its users: its part of every item's events and of each
-    experiment's, and its counts of records."""
+    """What one worker folded beyond writing its users: the users it folded, its part of every
+    item's events and of each experiment's, and its counts of records."""
 
+    users: set[str] = field(default_factory=set)
     items: dict[str, ItemState] = field(default_factory=dict)
     tallies: dict[str, ExperimentTallies] = field(default_factory=dict)
     applied: int = 0
@@ -75,14 +82,21 @@ class Share:
     invalid: int = 0
 
     def merged(self, other: "Share", spec: FeatureSpec) -> "Share":
+        """Both shares as one; raises UserInTwoShares when they folded events of the same user."""
+        if shared := self.users & other.users:
+            raise UserInTwoShares(
+                f"the events of user {min(shared)!r} (and {len(shared) - 1:,} more) sit in more than one partition, "
+                "against the events contract (each event keyed by its user_id): drop the namespace and replay "
+                "with --flink, which keys events by user itself"
+            )
         items = dict(self.items)
         for item_id, state in other.items.items():
             items[item_id] = merge_item_states(items[item_id], state, spec) if item_id in items else state
         tallies = dict(self.tallies)
         for experiment, counted in other.tallies.items():
             tallies[experiment] = tallies[experiment].merged(counted) if experiment in tallies else counted
-        return Share(items, tallies, self.applied + other.applied, self.duplicates + other.duplicates,
-                     self.invalid + other.invalid)  # fmt: skip
+        return Share(self.users | other.users, items, tallies, self.applied + other.applied,
+                     self.duplicates + other.duplicates, self.invalid + other.invalid)  # fmt: skip
 
 
 class BackfillFold:
@@ -151,6 +165,12 @@ class BackfillFold:
         self.writer.flush()
         self.changed_users = set()
 
+    def finish(self) -> Share:
+        """Write the users changed since the last flush; returns the share, with the users folded."""
+        self.flush_users()
+        self.share.users = set(self.users)
+        return self.share
+
 
 def write_shared(writer: RedisWriter, share: Share, spec: FeatureSpec, entity_ttl_ms: int) -> None:
     """Write the items, trending and experiment tallies of the whole topic, each key once."""
@@ -166,23 +186,23 @@ def write_shared(writer: RedisWriter, share: Share, spec: FeatureSpec, entity_tt
     writer.flush()
 
 
-def owner(payload: bytes, workers: int) -> int:
-    """The worker that folds a record: by its user_id, so each user's events meet one worker in
-    order. A record without a readable user_id goes where the empty one does, and becomes a dead
-    letter there (as the live job puts it in the empty user_id's bucket)."""
-    try:
-        user_id = orjson.loads(payload).get("user_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        user_id = None
-    return zlib.crc32(user_id.encode() if isinstance(user_id, str) else b"") % workers
+def partition_shares(replay: "ReplayPlan", workers: int) -> list[list[int]]:
+    """The partitions each worker reads: at most `workers` non-empty shares, balanced by the records
+    to replay (largest partition first, each to the share with the fewest records so far)."""
+    sizes = {p: replay.end[p] - replay.start[p] for p in replay.end if replay.end[p] > replay.start[p]}
+    shares: list[list[int]] = [[] for _ in range(min(workers, len(sizes)))]
+    loads = [0] * len(shares)
+    for partition in sorted(sizes, key=lambda p: (-sizes[p], p)):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(partition)
+        loads[lightest] += sizes[partition]
+    return shares
 
 
-def topic_batches(
-    consumer: Consumer, replay: "ReplayPlan", worker: int, workers: int
-) -> Iterator[tuple[list[RawRecord], int]]:
-    """The worker's records within the replay's offsets, in offset order per partition, in batches
-    as Kafka hands them over: (the records, how many records were read for them)."""
-    remaining = {p for p in replay.end if replay.start[p] < replay.end[p]}
+def topic_batches(consumer: Consumer, replay: "ReplayPlan", partitions: list[int]) -> Iterator[list[RawRecord]]:
+    """The records of `partitions` within the replay's offsets, in offset order per partition, in
+    batches as Kafka hands them over."""
+    remaining = set(partitions)
     consumer.assign([TopicPartition(replay.topic, p, replay.start[p]) for p in remaining])
     while remaining:
         messages = consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
@@ -195,16 +215,13 @@ def topic_batches(
                 continue
             if offset + 1 >= replay.end[partition]:
                 remaining.discard(partition)
-            payload = message.value()
-            if workers > 1 and owner(payload, workers) != worker:
-                continue
             # Plain tuples: a NamedTuple per record cost more than parsing it.
             kind, append_ms = message.timestamp()
-            batch.append((payload, partition, offset, None if kind == TIMESTAMP_NOT_AVAILABLE else append_ms))
+            batch.append((message.value(), partition, offset, None if kind == TIMESTAMP_NOT_AVAILABLE else append_ms))
         if not messages:  # offsets can end in control records no message shows: ask where reading stands
             positions = consumer.position([TopicPartition(replay.topic, p) for p in remaining])
             remaining -= {tp.partition for tp in positions if tp.offset >= replay.end[tp.partition]}
-        yield batch, len(messages)
+        yield batch
 
 
 def dead_letter_producer(settings: Settings) -> Producer:
@@ -213,63 +230,62 @@ def dead_letter_producer(settings: Settings) -> Producer:
                      "linger.ms": 50, "message.max.bytes": MAX_DEAD_LETTER_BYTES})  # fmt: skip
 
 
-def fold_worker(settings: Settings, replay: "ReplayPlan", worker: int, workers: int, read) -> Share:
-    """One worker's fold: its users written to the replay's namespace once per KF_REPLAY_BATCH_MS;
-    `read` (a shared integer) counts the records it has read, for the progress bar."""
-    namespace = replay.namespace
+def fold_worker(settings: Settings, replay: "ReplayPlan", partitions: list[int], read) -> Share:
+    """One worker's fold of `partitions`: its users written to the replay's namespace once per
+    KF_BACKFILL_FLUSH_S and at its end; `read` (a shared integer) counts the records it has read."""
+    gc.set_threshold(*GC_THRESHOLDS)
     spec, stream = settings.pipeline.features, settings.stream
     entity_ttl_ms = round(stream.entity_ttl_h * 3_600_000)
     store = FeatureStore.for_stack(settings.stack)
-    fold = BackfillFold(spec, RedisWriter(store, f"backfill-{worker}", namespace), entity_ttl_ms,
-                        stream.dedupe_capacity)  # fmt: skip
-    consumer = Consumer({"bootstrap.servers": settings.stack.kafka_bootstrap, "group.id": f"backfill-{namespace}",
-                         "enable.auto.commit": False})  # fmt: skip
+    writer = RedisWriter(store, f"backfill-{'-'.join(map(str, partitions))}", replay.namespace)
+    fold = BackfillFold(spec, writer, entity_ttl_ms, stream.dedupe_capacity)
+    consumer = Consumer({"bootstrap.servers": settings.stack.kafka_bootstrap,
+                         "group.id": f"backfill-{replay.namespace}", "enable.auto.commit": False})  # fmt: skip
     dead_letters = dead_letter_producer(settings)
     last_flush = time.monotonic()
     try:
-        for batch, messages in topic_batches(consumer, replay, worker, workers):
+        for batch in topic_batches(consumer, replay, partitions):
             fold.take(batch, lambda letter: dead_letters.produce(settings.stack.topic_dlq, letter))
-            read.value += messages
+            read.value += len(batch)
             dead_letters.poll(0)
-            if time.monotonic() - last_flush >= stream.replay_batch_ms / 1000:
+            if time.monotonic() - last_flush >= stream.backfill_flush_s:
                 fold.flush_users()
                 last_flush = time.monotonic()
-        fold.flush_users()
+        share = fold.finish()
         if dead_letters.flush(60) > 0:
             raise RuntimeError(f"could not deliver every dead letter to {settings.stack.topic_dlq}")
-        return fold.share
+        return share
     finally:
         consumer.close()
         store.close()
 
 
-def _worker_main(settings: Settings, replay: "ReplayPlan", worker: int, workers: int, read,
-                 results: Connection) -> None:  # fmt: skip
+def _worker_main(settings: Settings, replay: "ReplayPlan", partitions: list[int], read, results: Connection) -> None:
     try:
-        results.send(fold_worker(settings, replay, worker, workers, read))
+        results.send(fold_worker(settings, replay, partitions, read))
     except BaseException:
-        results.send(RuntimeError(f"backfill worker {worker} failed:\n{traceback.format_exc()}"))
+        results.send(RuntimeError(f"backfill of partitions {partitions} failed:\n{traceback.format_exc()}"))
 
 
 def backfill(settings: Settings, replay: "ReplayPlan", on_progress: Callable[[int], None]) -> Share:
-    """Fold the replay's offsets of its topic into its namespace with KF_BACKFILL_WORKERS processes;
-    `on_progress` gets the records read so far (the workers' mean). Returns the merged share."""
-    workers = settings.stream.backfill_workers
+    """Fold the replay's offsets of its topic into its namespace with up to KF_BACKFILL_WORKERS
+    processes; `on_progress` gets the records read so far. Returns the merged share."""
+    shares = partition_shares(replay, settings.stream.backfill_workers)
     context = multiprocessing.get_context("spawn")  # a fork would copy the parent's Kafka and Redis clients
-    counters = [context.Value("q", 0, lock=False) for _ in range(workers)]
-    pipes = [context.Pipe(duplex=False) for _ in range(workers)]
+    counters = [context.Value("q", 0, lock=False) for _ in shares]
+    pipes = [context.Pipe(duplex=False) for _ in shares]
     processes = []
-    for worker in range(workers):
-        arguments = (settings, replay, worker, workers, counters[worker], pipes[worker][1])
+    for worker, partitions in enumerate(shares):
+        arguments = (settings, replay, partitions, counters[worker], pipes[worker][1])
         processes.append(context.Process(target=_worker_main, args=arguments, name=f"backfill-{worker}"))
     for process in processes:
         process.start()
     for _, sending in pipes:  # the workers hold the only writing ends: a dead one reads as EOF
         sending.close()
     try:
-        shares = _collect([receiving for receiving, _ in pipes], counters, on_progress)
-        if isinstance(shares[0], BaseException):
-            raise shares[0]
+        results = _collect([receiving for receiving, _ in pipes], counters, on_progress)
+        if isinstance(results[0], BaseException):
+            raise results[0]
     except BaseException:  # the others' work is lost with it: stop them
         for process in processes:
             process.kill()
@@ -278,7 +294,7 @@ def backfill(settings: Settings, replay: "ReplayPlan", on_progress: Callable[[in
         for process in processes:
             process.join()
     merged = Share()
-    for share in shares:
+    for share in results:
         merged = merged.merged(share, settings.pipeline.features)
     store = FeatureStore.for_stack(settings.stack)
     writer = RedisWriter(store, "backfill", replay.namespace)
@@ -297,8 +313,8 @@ def _collect(pipes: list[Connection], counters: list, on_progress: Callable[[int
                 try:
                     results[worker] = pipe.recv()
                 except EOFError:
-                    results[worker] = RuntimeError(f"backfill worker {worker} died without an answer")
+                    results[worker] = RuntimeError(f"backfill worker {worker} ended without an answer")
                 if isinstance(results[worker], BaseException):
                     return [results[worker]]
-        on_progress(sum(counter.value for counter in counters) // len(counters))
+        on_progress(sum(counter.value for counter in counters))
     return [results[worker] for worker in range(len(pipes))]

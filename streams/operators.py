@@ -24,6 +24,7 @@ from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
+    GC_THRESHOLDS,
     TrendingUpdate,
     apply_item_event,
     apply_trending_updates,
@@ -35,10 +36,6 @@ from streams.entity_states import EntityStates
 from streams.redis_writer import RedisWriter
 from streams.sample_log import SampleLogLines
 
-# The operators keep every active user's and item's state in memory and replace much of it each
-# batch, so Python's default collector (a young collection every 700 allocations, and full ones as
-# the replaced state piles up) cost 10-20 % of the job's throughput here; these cost a few MB more.
-GC_THRESHOLDS = (50_000, 20, 100)
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLES = OutputTag("training-samples", Types.STRING())
 ARM_EVENTS = OutputTag("arm-events", Types.PICKLED_BYTE_ARRAY())

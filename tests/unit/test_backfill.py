@@ -4,6 +4,7 @@ Whatever the number of workers and however the records are batched, the keys it 
 
 import math
 import random
+from collections import Counter
 from dataclasses import replace
 
 import orjson
@@ -16,7 +17,8 @@ from schemas.experiments import ArmTally, ExperimentTallies
 from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.runtime.streaming import fold_stream, merge_item_states, seen_sets, trending_list, trending_of
-from streams.backfill import BackfillFold, Share, owner, write_shared
+from streams.backfill import BackfillFold, Share, UserInTwoShares, partition_shares, write_shared
+from streams.replay import ReplayPlan
 from tests.operator_harness import MemoryWriter, kafka_records
 from tests.unit.test_operators import EVENTS, SETTINGS, SPEC, reference
 
@@ -25,16 +27,19 @@ T0 = 1_700_000_000_000
 
 
 def backfilled(records: list[tuple], workers: int, batch: int) -> tuple[MemoryWriter, list[bytes], Share]:
-    """The records folded as `kingfisher replay` folds them: by `workers` workers in batches of
-    `batch`, each writing its users after every batch, then the merged shares written."""
+    """The records folded as `kingfisher replay` folds them: their partitions shared among `workers`
+    workers, each reading its partitions' records in batches of `batch` (partitions interleaved, as
+    Kafka hands them over) and writing its users after every batch; then the merged shares written."""
+    counts = Counter(partition for _, partition, _ in records)
+    plan = ReplayPlan("events", "test", "group", dict.fromkeys(counts, 0), dict(counts))
     writer, dead_letters, merged = MemoryWriter(), [], Share()
-    for worker in range(workers):
+    for partitions in partition_shares(plan, workers):
         fold = BackfillFold(SPEC, writer, ENTITY_TTL_MS, SETTINGS.stream.dedupe_capacity)
-        mine = [(*record, 0) for record in records if owner(record[0], workers) == worker]
+        mine = [(*record, 0) for record in records if record[1] in partitions]
         for start in range(0, len(mine), batch):
             fold.take(mine[start : start + batch], dead_letters.append)
             fold.flush_users()
-        merged = merged.merged(fold.share, SPEC)
+        merged = merged.merged(fold.finish(), SPEC)
     write_shared(writer, merged, SPEC, ENTITY_TTL_MS)
     return writer, dead_letters, merged
 
@@ -77,12 +82,24 @@ def test_redeliveries_count_once_and_each_bad_record_becomes_one_dead_letter_wit
     assert "item_id" in letters[2]["reason"] and "JSON" in letters[1]["reason"]
 
 
-def test_a_user_always_meets_the_same_worker_and_unreadable_records_the_empty_user_ids():
-    for workers in (2, 3, 5):
-        by_user = {owner(e.to_json(), workers) for e in EVENTS if e.user_id == "u4"}
-        empty = owner(b'{"user_id": ""}', workers)
-        assert len(by_user) == 1
-        assert {owner(raw, workers) for raw in (b"not json", b"[1]", b'{"user_id": 7}', b"{}")} == {empty}
+def test_workers_share_the_partitions_balanced_by_their_records_and_never_more_workers_than_partitions():
+    plan = ReplayPlan("events", "test", "group", {0: 0, 1: 10, 2: 0, 3: 5}, {0: 100, 1: 40, 2: 60, 3: 5})
+
+    # Records 100, 30, 60, 0: the largest first, each to the lightest share; the empty one to none.
+    assert partition_shares(plan, 2) == [[0], [2, 1]]
+    assert partition_shares(plan, 3) == [[0], [2], [1]]
+    assert partition_shares(plan, 8) == [[0], [2], [1]]
+
+
+def test_a_user_whose_events_sit_in_two_partitions_fails_the_backfill_naming_the_user():
+    records = kafka_records(EVENTS, partitions=3)
+    # u1's third event (e6) published into the next partition, against the events contract.
+    split = [(payload, (partition + 1) % 3 if b'"e6"' in payload else partition, offset)
+             for payload, partition, offset in records]  # fmt: skip
+
+    backfilled(records, workers=3, batch=5)
+    with pytest.raises(UserInTwoShares, match=r"'u1'.*--flink"):
+        backfilled(split, workers=3, batch=5)
 
 
 def random_events(seed: int, count: int) -> list[Event]:
