@@ -42,6 +42,8 @@ EXPLAINED = 10
 CANDIDATE_GRID = (50, 100, 150, 200)
 """Faiss candidates (M) the candidate curve measures the served pipeline with."""
 TRENDING_GRID = (0, 25, 50)
+LIKE_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+"""The like weights the full report measures the served pipeline with (KF_LIKE_WEIGHT: 0.5)."""
 """Trending candidates the candidate curve measures the served pipeline with, at each M."""
 
 
@@ -107,6 +109,27 @@ def candidate_curve(
                 **ranking_metrics(lists, relevant, 10),
                 "difference": paired_difference(lists, reference, relevant, 10),
             })  # fmt: skip
+    return points
+
+
+def like_weight_curve(
+    reweighted: Callable[[float], Recommender], moments: Moments, candidates: int, configured: list[Ranked],
+    configured_weight: float,
+) -> list[dict]:  # fmt: skip
+    """The served pipeline with each like weight of LIKE_WEIGHT_GRID (`reweighted(w)`: the same
+    models, the served score next + w · log P(like)): its NDCG@10 and HitRate@10 and the difference
+    from `configured` (the answers at `configured_weight`) on the same queries, with the paired
+    standard error."""
+    relevant, reference = [query.relevant for query in moments.queries], item_lists(configured)
+    points = []
+    for weight in LIKE_WEIGHT_GRID:
+        ranked = configured if weight == configured_weight else served(reweighted(weight), moments, candidates)
+        lists = item_lists(ranked)
+        points.append({
+            "like_weight": weight,
+            **ranking_metrics(lists, relevant, 10),
+            "difference": paired_difference(lists, reference, relevant, 10),
+        })  # fmt: skip
     return points
 
 

@@ -36,13 +36,14 @@ from training.evaluate import (
     identical_reasons_share,
     intervals,
     item_lists,
+    like_weight_curve,
     pipeline_metrics,
     pool_auc,
     popularity_lists,
     retrieved,
     served,
 )
-from training.models import ItemTables
+from training.models import ItemTables, LikeReweighted
 from training.previous import PreviousDesign
 from training.recommender import InMemoryRecommender
 
@@ -155,6 +156,10 @@ class Evaluation:
         if baselines is not None:
             din, trending = plain.with_ranker(rankers["DIN"]), self.settings.pipeline.trending_candidates
             part["candidate_curve"] = candidate_curve(din, moments, candidates, trending, answers["DIN"])
+            part["like_weight_curve"] = like_weight_curve(
+                lambda weight: plain.with_ranker(LikeReweighted(rankers["DIN"], weight)), moments, candidates,
+                answers["DIN"], self.settings.training.model.like_weight,
+            )  # fmt: skip
         if isinstance(self.world, SyntheticWorld):
             part["true_click_share_top10"] = {
                 name: click_probability_share(self.world, queries, items) for name, items in lists.items()

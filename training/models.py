@@ -128,6 +128,11 @@ def _mlp(units: tuple[int, ...], name: str) -> keras.Sequential:
     return keras.Sequential(layers, name=name)
 
 
+def served_score(next_logits, like_logits, like_weight: float):
+    """next + like_weight · log sigmoid(like): log P(next) · P(like)^like_weight, up to a constant per request."""
+    return next_logits + like_weight * ops.log_sigmoid(like_logits)
+
+
 class Ranker(keras.Model):
     """Scores the candidates of a request, trained on the candidates retrieval gives: `next` logits
     (which candidate the user takes next, a softmax over them) and `like` logits (whether the user
@@ -176,7 +181,7 @@ class Ranker(keras.Model):
     def served_scores(self, items, kinds, ages, candidates, features, pairs):
         """-> (scores [B, M], attention [B, M, L] or None): what the service ranks by."""
         next_logits, like_logits, attention = self.score_candidates(items, kinds, ages, candidates, features, pairs)
-        return next_logits + self.like_weight * ops.log_sigmoid(like_logits), attention
+        return served_score(next_logits, like_logits, self.like_weight), attention
 
     def call(self, inputs, training=None):
         return self.score_candidates(
@@ -188,6 +193,21 @@ class Ranker(keras.Model):
             inputs["pairs"],
             training=training,
         )
+
+
+class LikeReweighted:
+    """A trained ranker served with another like weight. The weight enters only the served score,
+    so the like-weight curve measures each weight on the same trained model, retraining nothing."""
+
+    def __init__(self, ranker: Ranker, like_weight: float):
+        self.ranker, self.like_weight, self.behaviours = ranker, like_weight, ranker.behaviours
+
+    def served_scores(self, items, kinds, ages, candidates, features, pairs):
+        """-> (scores [B, M], attention [B, M, L] or None), as `Ranker.served_scores`."""
+        next_logits, like_logits, attention = self.ranker.score_candidates(
+            items, kinds, ages, candidates, features, pairs
+        )
+        return served_score(next_logits, like_logits, self.like_weight), attention
 
 
 class DeepInterestNetwork(Ranker):

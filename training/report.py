@@ -111,6 +111,8 @@ def split_section(name: str, split: dict[str, Any]) -> list[str]:
         f"{_cell(test['identical_reasons_top10'])} (test), "
         f"{_cell(validation['identical_reasons_top10'])} (validation).",
     ]
+    if "like_weight_curve" in validation:
+        parts.append(_like_weight_table(validation["like_weight_curve"], test["like_weight_curve"]))
     if shares := test.get("true_click_share_top10"):
         parts.append(
             table(
@@ -119,6 +121,22 @@ def split_section(name: str, split: dict[str, Any]) -> list[str]:
             )
         )
     return parts
+
+
+def _like_weight_table(validation: list[dict], test: list[dict]) -> str:
+    """The served pipeline at each like weight, each against the configured one (± paired standard error)."""
+
+    def change(point: dict, metric: str) -> str:
+        difference = point["difference"]
+        return f"{point[metric]:.4f} ({difference[metric]:+.4f} ± {difference[f'{metric}_se']:.4f})"
+
+    return table(
+        ["like weight", "NDCG@10 validation (vs configured)", "HR@10 validation", "NDCG@10 test", "HR@10 test"],
+        [
+            [v["like_weight"], *(change(point, metric) for point in (v, t) for metric in ("ndcg@10", "hitrate@10"))]
+            for v, t in zip(validation, test, strict=True)
+        ],
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:

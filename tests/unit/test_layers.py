@@ -17,7 +17,14 @@ from training.layers import (
     Standardise,
     age_buckets,
 )
-from training.models import DeepInterestNetwork, EmbeddingMLP, ItemTables, SequentialRetrieval, ranking_loss
+from training.models import (
+    DeepInterestNetwork,
+    EmbeddingMLP,
+    ItemTables,
+    LikeReweighted,
+    SequentialRetrieval,
+    ranking_loss,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -263,6 +270,21 @@ def test_the_served_score_is_the_next_logit_plus_like_weight_times_log_sigmoid_o
 
     expected = next_logits.numpy() + 0.5 * np.log(1 / (1 + np.exp(-like_logits.numpy())))
     np.testing.assert_allclose(served.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("like_weight", [0.0, 2.0])
+def test_a_ranker_served_with_another_like_weight_changes_only_the_weight_of_log_p_like(like_weight):
+    ranker = EmbeddingMLP(small_tables(), width=16, like_weight=0.5, behaviours=2)
+    inputs = {"items": tf.constant([[0, 4]]), "kinds": tf.constant([[0, 1]]), "ages": tf.constant([[0.0, 9.0]]),
+              "candidates": tf.constant([[5, 6]]), "features": tf.zeros((1, 2, 10)),
+              "pairs": tf.zeros((1, 2, 2))}  # fmt: skip
+
+    next_logits, like_logits, _ = ranker(inputs)
+    served, _ = LikeReweighted(ranker, like_weight).served_scores(*inputs.values())
+
+    expected = next_logits.numpy() + like_weight * np.log(1 / (1 + np.exp(-like_logits.numpy())))
+    np.testing.assert_allclose(served.numpy(), expected, rtol=1e-5)
+    assert ranker.like_weight == 0.5 and LikeReweighted(ranker, like_weight).behaviours == 2
 
 
 def test_the_ranking_loss_is_the_softmax_over_a_rows_candidates_plus_the_like_loss_of_rated_rows():
