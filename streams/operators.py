@@ -33,6 +33,7 @@ from schemas.runtime.streaming import (
 )
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
+from streams.gc_pauses import GcPauses
 from streams.redis_writer import RedisWriter
 from streams.sample_log import SampleLogLines
 
@@ -77,9 +78,9 @@ class JobParameters:
             log_samples=log_samples,
         )
 
-    def writer(self, name: str) -> RedisWriter:
+    def writer(self, name: str, gc_pauses: GcPauses | None = None) -> RedisWriter:
         store = FeatureStore.connect(self.redis_host, self.redis_port, self.redis_timeout_s, self.redis_cluster)
-        return RedisWriter(store, name, self.namespace)
+        return RedisWriter(store, name, self.namespace, gc_pauses=gc_pauses)
 
     def entity_states(self, runtime_context: RuntimeContext, name: str, ttl_ms: int) -> EntityStates:
         # Inactive entities expire with their Redis keys (EntityStates decides); Flink's TTL frees their storage.
@@ -140,7 +141,9 @@ class UserFeaturesFunction(KeyedProcessFunction):
         self.users = p.entity_states(runtime_context, "users", p.entity_ttl_ms)
         # A duplicate carries the same user_id, so it meets the ids remembered for that user here.
         self.recent_ids = p.entity_states(runtime_context, "recent-event-ids", p.dedupe_ttl_ms)
-        self.writer = p.writer("users")
+        self.gc_pauses = GcPauses()
+        self.gc_pauses.open()
+        self.writer = p.writer("users", self.gc_pauses)
         self.sample_log = SampleLogLines(p.spec) if p.log_samples else None
         metrics = runtime_context.get_metrics_group()
         self.dead_letters = metrics.counter("dead_letters")
@@ -213,6 +216,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
 
     def close(self) -> None:
         self.writer.close()
+        self.gc_pauses.close()
 
 
 class ItemFeaturesFunction(KeyedProcessFunction):

@@ -23,6 +23,7 @@ import redis
 
 from schemas.redis_format import KeyKind
 from schemas.runtime.feature_store import EntityWrite, FeatureStore, SeenAddition
+from streams.gc_pauses import GcPauses
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 10.0
@@ -48,11 +49,20 @@ class Freshness:
 
 
 class RedisWriter:
-    def __init__(self, store: FeatureStore, name: str, namespace: str, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        store: FeatureStore,
+        name: str,
+        namespace: str,
+        sleep: Callable[[float], None] = time.sleep,
+        gc_pauses: GcPauses | None = None,
+    ):
         # The store's writes are idempotent (a version no older, ZADD GT), so one that timed out is simply sent again.
         self.store = store
         self.name, self.namespace = name, namespace
         self.sleep = sleep
+        self.gc_pauses = gc_pauses
+        """The interpreter's collections, reported with the freshness (by one writer of the interpreter's)."""
         self.pending: dict[tuple[KeyKind, str], EntityWrite] = {}
         """(kind, entity_id) -> its newest queued state."""
         self.pending_seen: dict[str, SeenAddition] = {}
@@ -113,8 +123,9 @@ class RedisWriter:
         self.latest = self.freshness.percentiles()
         lags = ", ".join(f"{name} {value:,.0f}" for name, value in self.latest.items())
         log.info(
-            "redis writer %s: %d keys written, %d refused as older; freshness (ms): %s",
+            "redis writer %s: %d keys written, %d refused as older; freshness (ms): %s%s",
             self.name, self.freshness.writes, self.freshness.refused, lags,
+            "" if self.gc_pauses is None else f"; {self.gc_pauses.take()}",
         )  # fmt: skip
         self.freshness = Freshness()
         self.last_report = time.monotonic()

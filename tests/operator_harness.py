@@ -122,7 +122,7 @@ class _WithWriter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parameters, name)
 
-    def writer(self, _name: str) -> MemoryWriter:
+    def writer(self, _name: str, _gc_pauses: object = None) -> MemoryWriter:
         return self._writer
 
 
