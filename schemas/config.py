@@ -182,6 +182,11 @@ class StreamSettings(Section):
     stream_batch_ms: int = Field(
         100, ge=1, description="The feature job hands Python its records in batches gathered this long."
     )
+    python_gc_thresholds: Annotated[tuple[int, int, int], BeforeValidator(json_text)] = Field(
+        (50_000, 20, 100),
+        description="`gc.set_threshold` of the feature job's and the backfill's Python: they hold every active "
+        "user's and item's state and replace much of it each batch, where the default (700, 10, 10) collects often.",
+    )
     replay_batch_ms: int = Field(
         5000,
         ge=1,

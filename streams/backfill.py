@@ -41,7 +41,6 @@ from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
-    GC_THRESHOLDS,
     apply_item_event,
     apply_user_event,
     merge_item_states,
@@ -233,7 +232,7 @@ def dead_letter_producer(settings: Settings) -> Producer:
 def fold_worker(settings: Settings, replay: "ReplayPlan", partitions: list[int], read) -> Share:
     """One worker's fold of `partitions`: its users written to the replay's namespace once per
     KF_BACKFILL_FLUSH_S and at its end; `read` (a shared integer) counts the records it has read."""
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*settings.stream.python_gc_thresholds)
     spec, stream = settings.pipeline.features, settings.stream
     entity_ttl_ms = round(stream.entity_ttl_h * 3_600_000)
     store = FeatureStore.for_stack(settings.stack)

@@ -24,7 +24,6 @@ from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
-    GC_THRESHOLDS,
     TrendingUpdate,
     apply_item_event,
     apply_trending_updates,
@@ -59,6 +58,7 @@ class JobParameters:
     states_in_memory: int
     state_backend: str
     log_samples: bool
+    gc_thresholds: tuple[int, int, int]
 
     @classmethod
     def of(cls, settings: Settings, namespace: str, log_samples: bool) -> "JobParameters":
@@ -76,6 +76,7 @@ class JobParameters:
             states_in_memory=settings.stream.python_state_cache_size,
             state_backend=settings.stream.state_backend,
             log_samples=log_samples,
+            gc_thresholds=settings.stream.python_gc_thresholds,
         )
 
     def writer(self, name: str, gc_pauses: GcPauses | None = None) -> RedisWriter:
@@ -136,7 +137,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         self.parameters = parameters
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        gc.set_threshold(*GC_THRESHOLDS)
+        gc.set_threshold(*self.parameters.gc_thresholds)
         p = self.parameters
         self.users = p.entity_states(runtime_context, "users", p.entity_ttl_ms)
         # A duplicate carries the same user_id, so it meets the ids remembered for that user here.

@@ -31,12 +31,6 @@ from schemas.runtime.features import (
     update_user_features,
 )
 
-# A process folding the stream keeps every active user's and item's state in memory and replaces
-# much of it each batch, so Python's default collector (a young collection every 700 allocations,
-# and full ones as the replaced state piles up) cost the job 10-20 % of its throughput and the
-# backfill more; these cost a few MB more.
-GC_THRESHOLDS = (50_000, 20, 100)
-
 
 def apply_user_event(state: UserState, event: Event | UserEvent, spec: FeatureSpec) -> UserState:
     """Apply one new (not duplicate) event to a user; duplicates are dropped before, by event_id."""
