@@ -10,8 +10,9 @@ them. Every line carries the user's version (events applied), so a missing line 
 """
 
 import shutil
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -49,6 +50,40 @@ def snapshot_line(user_id: str, state: UserState, partition: int, offset: int, d
     spec_fields = spec.model_dump(mode="json")
     return orjson.dumps((SNAPSHOT, partition, offset, state.version, user_id, day, spec_fields, entries,
                          state.features))  # fmt: skip
+
+
+class SampleLogLines:
+    """A batch's lines, as the stream's user stage (and the backfill) collects them: one per applied
+    event, and before a user's first event of each UTC day one snapshot of the user's state. Which
+    users were snapshotted today is kept in memory only: after a restart every user is snapshotted
+    again on its next event, which is redundant but exact, so it needs no Flink state."""
+
+    def __init__(self, spec: FeatureSpec, clock: Callable[[], float] = time.time):
+        self.spec, self.clock = spec, clock
+        self.day: date | None = None
+        self.snapshotted: set[str] = set()
+        self.lines: list[bytes] = []
+
+    def start_batch(self) -> None:
+        day = datetime.fromtimestamp(self.clock(), UTC).date()
+        if day != self.day:
+            self.day, self.snapshotted = day, set()
+
+    def add(self, before: UserState, event: Event, partition: int, offset: int, version: int) -> None:
+        """Log `event`, applied at (`partition`, `offset`) to `before`, giving the user `version`."""
+        user_id = event.user_id
+        # A user without state (new, or expired in Flink) always starts from a snapshot of it.
+        if before.version == 0 or user_id not in self.snapshotted:
+            self.snapshotted.add(user_id)
+            self.lines.append(snapshot_line(user_id, before, partition, offset, self.day, self.spec))
+        self.lines.append(event_line(event, partition, offset, version))
+
+    def take(self) -> str | None:
+        """The batch's lines as one text (the file sink writes it with a final newline), or None."""
+        if not self.lines:
+            return None
+        text, self.lines = b"\n".join(self.lines).decode(), []
+        return text
 
 
 class Snapshot(NamedTuple):

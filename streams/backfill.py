@@ -22,16 +22,20 @@ and replay again. Dead letters go to the DLQ through an idempotent producer (at 
 import gc
 import logging
 import multiprocessing
+import os
 import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, Producer, TopicPartition
 
+from schemas import sample_log
 from schemas.config import Settings
 from schemas.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter
 from schemas.events import Event, parse_event
@@ -47,6 +51,7 @@ from schemas.runtime.streaming import (
     trending_list,
     trending_of,
 )
+from schemas.sample_log import SampleLogLines
 from schemas.validation import InvalidRecord
 from streams.redis_writer import RedisWriter
 
@@ -105,17 +110,21 @@ class BackfillFold:
     Records must come in offset order within each partition (a user's events share one), as Kafka
     delivers them; partitions may interleave, as they do in the live job."""
 
-    def __init__(self, spec: FeatureSpec, writer: RedisWriter, entity_ttl_ms: int, dedupe_capacity: int):
-        self.spec, self.writer = spec, writer
+    def __init__(self, spec: FeatureSpec, writer: RedisWriter, entity_ttl_ms: int, dedupe_capacity: int,
+                 sample_log: SampleLogLines | None = None):  # fmt: skip
+        self.spec, self.writer, self.sample_log = spec, writer, sample_log
         self.entity_ttl_ms, self.dedupe_capacity = entity_ttl_ms, dedupe_capacity
         self.users: dict[str, UserState] = {}
         self.recent_ids: dict[str, RecentEventIds] = {}
         self.share = Share()
         self.changed_users: set[str] = set()
 
-    def take(self, records: Iterable[RawRecord], send_dead_letter: Callable[[bytes], None]) -> None:
-        """Apply `records`; each invalid one becomes a dead letter handed to `send_dead_letter`."""
+    def take(self, records: Iterable[RawRecord], send_dead_letter: Callable[[bytes], None]) -> str | None:
+        """Apply `records`; each invalid one becomes a dead letter handed to `send_dead_letter`.
+        Returns their sample-log lines as one text when the fold logs samples (None: no lines)."""
         counted_by_experiment: dict[str, list[tuple]] = defaultdict(list)
+        if self.sample_log is not None:
+            self.sample_log.start_batch()
         for payload, partition, offset, append_ms in records:
             try:
                 event = parse_event(payload)
@@ -125,7 +134,7 @@ class BackfillFold:
                 continue
             if not self._is_new(event.user_id, event.event_id):
                 continue
-            self._apply(event)
+            self._apply(event, partition, offset)
             if (counted := counted_arm(event)) is not None:
                 experiment, arm, shadows_shown = counted
                 counted_by_experiment[experiment].append((arm, event.type, event.ts, shadows_shown))
@@ -135,6 +144,7 @@ class BackfillFold:
             for arm, event_type, ts, shadows_shown in counted:
                 experiment_tallies = experiment_tallies.counted(arm, event_type, ts, shadows_shown)
             tallies[experiment] = experiment_tallies
+        return None if self.sample_log is None else self.sample_log.take()
 
     def _is_new(self, user_id: str, event_id: str) -> bool:
         recent = self.recent_ids.get(user_id)
@@ -145,9 +155,12 @@ class BackfillFold:
         self.share.duplicates += 1
         return False
 
-    def _apply(self, event: Event) -> None:
+    def _apply(self, event: Event, partition: int, offset: int) -> None:
         spec, user_id, item_id, items = self.spec, event.user_id, event.item_id, self.share.items
-        self.users[user_id] = apply_user_event(self.users.get(user_id) or UserState(), event, spec)
+        before = self.users.get(user_id) or UserState()
+        after = self.users[user_id] = apply_user_event(before, event, spec)
+        if self.sample_log is not None:
+            self.sample_log.add(before, event, partition, offset, after.version)
         items[item_id] = apply_item_event(items.get(item_id) or ItemState(), event, spec)
         self.changed_users.add(user_id)
         if (entry := seen_entry(event)) is not None:
@@ -183,6 +196,39 @@ def write_shared(writer: RedisWriter, share: Share, spec: FeatureSpec, entity_tt
     for experiment, tallies in share.tallies.items():
         writer.put(KeyKind.EXPERIMENT, experiment, tallies.version, tallies, tallies.at_ts, 0)
     writer.flush()
+
+
+class SampleFiles:
+    """A worker's part of the namespace's sample log (`schemas.sample_log`): a hidden file in the
+    directory of each UTC day it writes on, as the job's file sink buckets by day, made visible at
+    `commit` (readers see only visible files). A failed backfill leaves hidden files nobody reads."""
+
+    def __init__(self, directory: Path, name: str, clock: Callable[[], float] = time.time):
+        self.directory, self.name, self.clock = directory, name, clock
+        self.files: dict[Path, IO[str]] = {}
+        """visible path -> the open hidden file that becomes it."""
+
+    def write(self, text: str) -> None:
+        day = datetime.fromtimestamp(self.clock(), UTC).date().isoformat()
+        path = (
+            self.directory
+            / f"{sample_log.DAY_PREFIX}{day}"
+            / f"{sample_log.PART_PREFIX}-{self.name}{sample_log.PART_SUFFIX}"
+        )
+        if path not in self.files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.files[path] = self._hidden(path).open("w")
+        self.files[path].write(text + "\n")
+
+    def commit(self) -> None:
+        for path, file in self.files.items():
+            file.close()
+            os.replace(self._hidden(path), path)
+        self.files = {}
+
+    @staticmethod
+    def _hidden(path: Path) -> Path:
+        return path.with_name(f".{path.name}.inprogress")
 
 
 def partition_shares(replay: "ReplayPlan", workers: int) -> list[list[int]]:
@@ -229,22 +275,28 @@ def dead_letter_producer(settings: Settings) -> Producer:
                      "linger.ms": 50, "message.max.bytes": MAX_DEAD_LETTER_BYTES})  # fmt: skip
 
 
-def fold_worker(settings: Settings, replay: "ReplayPlan", partitions: list[int], read) -> Share:
+def fold_worker(settings: Settings, replay: "ReplayPlan", partitions: list[int], read, samples: Path | None) -> Share:
     """One worker's fold of `partitions`: its users written to the replay's namespace once per
-    KF_BACKFILL_FLUSH_S and at its end; `read` (a shared integer) counts the records it has read."""
+    KF_BACKFILL_FLUSH_S and at its end, and its sample-log lines under `samples` (None: no log);
+    `read` (a shared integer) counts the records it has read."""
     gc.set_threshold(*settings.stream.python_gc_thresholds)
     spec, stream = settings.pipeline.features, settings.stream
     entity_ttl_ms = round(stream.entity_ttl_h * 3_600_000)
     store = FeatureStore.for_stack(settings.stack)
-    writer = RedisWriter(store, f"backfill-{'-'.join(map(str, partitions))}", replay.namespace)
-    fold = BackfillFold(spec, writer, entity_ttl_ms, stream.dedupe_capacity)
+    name = f"backfill-{'-'.join(map(str, partitions))}"
+    writer = RedisWriter(store, name, replay.namespace)
+    sample_log = None if samples is None else SampleLogLines(spec)
+    fold = BackfillFold(spec, writer, entity_ttl_ms, stream.dedupe_capacity, sample_log)
+    sample_files = None if samples is None else SampleFiles(samples, name)
     consumer = Consumer({"bootstrap.servers": settings.stack.kafka_bootstrap,
                          "group.id": f"backfill-{replay.namespace}", "enable.auto.commit": False})  # fmt: skip
     dead_letters = dead_letter_producer(settings)
     last_flush = time.monotonic()
     try:
         for batch in topic_batches(consumer, replay, partitions):
-            fold.take(batch, lambda letter: dead_letters.produce(settings.stack.topic_dlq, letter))
+            lines = fold.take(batch, lambda letter: dead_letters.produce(settings.stack.topic_dlq, letter))
+            if lines is not None and sample_files is not None:
+                sample_files.write(lines)
             read.value += len(batch)
             dead_letters.poll(0)
             if time.monotonic() - last_flush >= stream.backfill_flush_s:
@@ -253,29 +305,35 @@ def fold_worker(settings: Settings, replay: "ReplayPlan", partitions: list[int],
         share = fold.finish()
         if dead_letters.flush(60) > 0:
             raise RuntimeError(f"could not deliver every dead letter to {settings.stack.topic_dlq}")
+        if sample_files is not None:
+            sample_files.commit()
         return share
     finally:
         consumer.close()
         store.close()
 
 
-def _worker_main(settings: Settings, replay: "ReplayPlan", partitions: list[int], read, results: Connection) -> None:
+def _worker_main(settings: Settings, replay: "ReplayPlan", partitions: list[int], read, samples: Path | None,
+                 results: Connection) -> None:  # fmt: skip
     try:
-        results.send(fold_worker(settings, replay, partitions, read))
+        results.send(fold_worker(settings, replay, partitions, read, samples))
     except BaseException:
         results.send(RuntimeError(f"backfill of partitions {partitions} failed:\n{traceback.format_exc()}"))
 
 
-def backfill(settings: Settings, replay: "ReplayPlan", on_progress: Callable[[int], None]) -> Share:
+def backfill(
+    settings: Settings, replay: "ReplayPlan", on_progress: Callable[[int], None], samples: Path | None = None
+) -> Share:
     """Fold the replay's offsets of its topic into its namespace with up to KF_BACKFILL_WORKERS
-    processes; `on_progress` gets the records read so far. Returns the merged share."""
+    processes, and its sample log into `samples` (None: no log); `on_progress` gets the records
+    read so far. Returns the merged share."""
     shares = partition_shares(replay, settings.stream.backfill_workers)
     context = multiprocessing.get_context("spawn")  # a fork would copy the parent's Kafka and Redis clients
     counters = [context.Value("q", 0, lock=False) for _ in shares]
     pipes = [context.Pipe(duplex=False) for _ in shares]
     processes = []
     for worker, partitions in enumerate(shares):
-        arguments = (settings, replay, partitions, counters[worker], pipes[worker][1])
+        arguments = (settings, replay, partitions, counters[worker], samples, pipes[worker][1])
         processes.append(context.Process(target=_worker_main, args=arguments, name=f"backfill-{worker}"))
     for process in processes:
         process.start()

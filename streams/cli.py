@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--flink", action="store_true", help="run the bounded Flink feature job instead of the backfill (slower)"
     )
+    replay.add_argument(
+        "--samples", action="store_true", help="also write the namespace's training-sample log, as the live job does"
+    )
 
     namespace = commands.add_parser("namespace", help="show, switch or drop Redis namespaces")
     namespace_commands = namespace.add_subparsers(dest="action", required=True)
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         return replay_command(settings, arguments.topic or settings.stack.topic_events, arguments.namespace,
                               arguments.from_timestamp, dry_run=arguments.dry_run, switch=not arguments.no_switch,
                               show_progress=not arguments.no_progress, console=console,
-                              flink=arguments.flink)  # fmt: skip
+                              flink=arguments.flink, samples=arguments.samples)  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[bold red]error:[/] {error}")
         return 2

@@ -30,11 +30,11 @@ from schemas.runtime.streaming import (
     apply_user_event,
     trending_list,
 )
+from schemas.sample_log import SampleLogLines
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
 from streams.gc_pauses import GcPauses
 from streams.redis_writer import RedisWriter
-from streams.sample_log import SampleLogLines
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLES = OutputTag("training-samples", Types.STRING())

@@ -21,6 +21,7 @@ from rich.progress import Progress
 
 from schemas.config import Settings, environment_variable
 from schemas.runtime.feature_store import FeatureStore
+from schemas.sample_log import log_directory
 from streams.backfill import backfill
 from streams.publish import progress_bar
 
@@ -72,10 +73,12 @@ def replayed_so_far(consumer: Consumer, replay: ReplayPlan) -> int:
     return sum(max(0, tp.offset - replay.start[tp.partition]) for tp in committed if tp.offset >= 0)
 
 
-def job_command(settings: Settings, replay: ReplayPlan, from_ms: int | None) -> tuple[list[str], dict[str, str]]:
+def job_command(
+    settings: Settings, replay: ReplayPlan, from_ms: int | None, samples: bool = False
+) -> tuple[list[str], dict[str, str]]:
     """The bounded feature job's command line and environment: its batches gather for KF_REPLAY_BATCH_MS."""
     command = [sys.executable, "-m", "streams.feature_job", "--namespace", replay.namespace, "--topic", replay.topic,
-               "--bounded", "--fresh", "--no-samples"]  # fmt: skip
+               "--bounded", "--fresh"] + ([] if samples else ["--no-samples"])  # fmt: skip
     if from_ms is not None:
         command += ["--from-timestamp", str(from_ms)]
     env = os.environ | {
@@ -85,9 +88,9 @@ def job_command(settings: Settings, replay: ReplayPlan, from_ms: int | None) -> 
     return command, env
 
 
-def run_flink(settings: Settings, replay: ReplayPlan, from_ms: int | None, progress: Progress) -> int:
+def run_flink(settings: Settings, replay: ReplayPlan, from_ms: int | None, samples: bool, progress: Progress) -> int:
     """Run the bounded job with a progress bar; returns its exit code."""
-    command, env = job_command(settings, replay, from_ms)
+    command, env = job_command(settings, replay, from_ms, samples)
     log_path = settings.stack.logs_dir / f"replay-{replay.namespace}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     task = progress.add_task(f"replaying into {replay.namespace}", total=replay.events)
@@ -104,14 +107,16 @@ def run_flink(settings: Settings, replay: ReplayPlan, from_ms: int | None, progr
     return job.returncode
 
 
-def run_backfill(settings: Settings, replay: ReplayPlan, progress: Progress) -> int:
-    """Backfill with a progress bar; returns 0, or 1 when it failed (logged)."""
+def run_backfill(settings: Settings, replay: ReplayPlan, samples: bool, progress: Progress) -> int:
+    """Backfill with a progress bar (and the namespace's sample log when `samples`); returns 0, or 1
+    when it failed (logged)."""
     task = progress.add_task(f"backfilling {replay.namespace}", total=replay.events)
     store = FeatureStore.for_stack(settings.stack)
     store.record_feature_spec(replay.namespace, settings.pipeline.features)
     store.close()
     try:
-        share = backfill(settings, replay, lambda read: progress.update(task, completed=min(read, replay.events)))
+        share = backfill(settings, replay, lambda read: progress.update(task, completed=min(read, replay.events)),
+                         log_directory(settings.stack.samples_dir, replay.namespace) if samples else None)  # fmt: skip
     except (RuntimeError, KafkaException) as failure:
         log.error("%s", failure)
         return 1
@@ -121,7 +126,8 @@ def run_backfill(settings: Settings, replay: ReplayPlan, progress: Progress) -> 
 
 
 def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int | None, *, dry_run: bool,
-                   switch: bool, show_progress: bool, console: Console, flink: bool = False) -> int:  # fmt: skip
+                   switch: bool, show_progress: bool, console: Console, flink: bool = False,
+                   samples: bool = False) -> int:  # fmt: skip
     store = FeatureStore.for_stack(settings.stack)
     current = store.active_namespace(settings.stack.namespace)
     if namespace == current:
@@ -140,7 +146,10 @@ def replay_command(settings: Settings, topic: str, namespace: str, from_ms: int 
         return 0
     started = time.monotonic()
     with progress_bar(enabled=show_progress) as progress:
-        code = run_flink(settings, replay, from_ms, progress) if flink else run_backfill(settings, replay, progress)
+        if flink:
+            code = run_flink(settings, replay, from_ms, samples, progress)
+        else:
+            code = run_backfill(settings, replay, samples, progress)
     seconds = time.monotonic() - started
     if code != 0:
         where = f"see {settings.stack.logs_dir / f'replay-{namespace}.log'}" if flink else "see the log above"

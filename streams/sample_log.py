@@ -1,9 +1,4 @@
-"""The feature job's side of the training-sample log (format in `schemas.sample_log`).
-
-`SampleLogLines` collects a batch's lines in the user stage: one per applied event, and before a
-user's first event of each UTC day one snapshot of the user's state. Which users were snapshotted
-today is kept in memory only: after a restart every user is snapshotted again on its next event,
-which is redundant but exact, so it needs no Flink state.
+"""The feature job's side of the training-sample log (format and lines in `schemas.sample_log`).
 
 `SampleLogKeeper` runs in the job's driver. Flink's file sink commits the files a checkpoint covers
 when the checkpoint completes, and a restored job commits the ones its checkpoint covered; what a
@@ -16,13 +11,9 @@ and deletes days past the retention.
 import logging
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, date, datetime
 from pathlib import Path
 
-from schemas.events import Event
-from schemas.features import FeatureSpec, UserState
-from schemas.sample_log import event_line, in_progress_files, prune, snapshot_line
+from schemas.sample_log import in_progress_files, prune
 from streams.flink_env import completed_checkpoints
 
 log = logging.getLogger("kingfisher.features")
@@ -30,35 +21,6 @@ DAY_S = 86_400
 CHECKPOINTS_BEFORE_CLEANUP = 3
 RETENTION_EVERY_S = 3600.0
 POLL_S = 1.0
-
-
-class SampleLogLines:
-    def __init__(self, spec: FeatureSpec, clock: Callable[[], float] = time.time):
-        self.spec, self.clock = spec, clock
-        self.day: date | None = None
-        self.snapshotted: set[str] = set()
-        self.lines: list[bytes] = []
-
-    def start_batch(self) -> None:
-        day = datetime.fromtimestamp(self.clock(), UTC).date()
-        if day != self.day:
-            self.day, self.snapshotted = day, set()
-
-    def add(self, before: UserState, event: Event, partition: int, offset: int, version: int) -> None:
-        """Log `event`, applied at (`partition`, `offset`) to `before`, giving the user `version`."""
-        user_id = event.user_id
-        # A user without state (new, or expired in Flink) always starts from a snapshot of it.
-        if before.version == 0 or user_id not in self.snapshotted:
-            self.snapshotted.add(user_id)
-            self.lines.append(snapshot_line(user_id, before, partition, offset, self.day, self.spec))
-        self.lines.append(event_line(event, partition, offset, version))
-
-    def take(self) -> str | None:
-        """The batch's lines as one text (the file sink writes it with a final newline), or None."""
-        if not self.lines:
-            return None
-        text, self.lines = b"\n".join(self.lines).decode(), []
-        return text
 
 
 FileSignature = tuple[int, int]  # size and modification time (ns): a file being written changes it

@@ -203,14 +203,14 @@ def test_the_sample_log_is_what_training_bootstraps_from_the_same_events(bounded
 
 
 def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_and_value_by_value(bounded_run):
-    stack, topic, _, _, _ = bounded_run
+    stack, topic, _, events, _ = bounded_run
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     replay_dlq = new_topic_named(stack, "dlq-replay", partitions=1)
     replay_stack = stack.with_env(KF_TOPIC_DLQ=replay_dlq)
 
     dry = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--dry-run", "--no-progress")
     result = replay_stack.kingfisher("replay", "--namespace", "rebuilt", "--topic", topic, "--no-progress",
-                                     timeout=JOB_TIMEOUT_S)  # fmt: skip
+                                     "--samples", timeout=JOB_TIMEOUT_S)  # fmt: skip
     live, rebuilt = stored_json(client, "bounded"), stored_json(client, "rebuilt")
     letters = [orjson.loads(message.value()) for message in consume_to_end(stack, replay_dlq)]
 
@@ -224,6 +224,8 @@ def test_3_a_full_replay_into_a_new_namespace_equals_the_live_state_key_by_key_a
     live_letters = [orjson.loads(message.value()) for message in consume_to_end(stack, bounded_run[2])]
     assert sorted(map(orjson.dumps, letters)) == sorted(map(orjson.dumps, live_letters))
     assert sorted(original_payload(orjson.dumps(letter)) for letter in letters) == sorted(BAD_RECORDS)
+    # Its sample log: the rows training bootstraps from the same events, as the live job's log gives.
+    assert logged_rows(stack, "rebuilt") == bootstrap_rows(events, stack.settings.pipeline.features)
 
 
 def test_a_replay_with_the_flink_job_onto_a_redis_cluster_equals_the_pure_feature_functions_and_switches_serving(

@@ -17,9 +17,10 @@ from schemas.experiments import ArmTally, ExperimentTallies
 from schemas.features import HOUR_MS, FeatureSpec, ItemFeatures
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.runtime.streaming import fold_stream, merge_item_states, seen_sets, trending_list, trending_of
-from streams.backfill import BackfillFold, Share, UserInTwoShares, partition_shares, write_shared
+from schemas.sample_log import SampleLogLines, committed_files, today
+from streams.backfill import BackfillFold, SampleFiles, Share, UserInTwoShares, partition_shares, write_shared
 from streams.replay import ReplayPlan
-from tests.operator_harness import MemoryWriter, kafka_records
+from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, sample_lines, user_stage
 from tests.unit.test_operators import EVENTS, SETTINGS, SPEC, reference
 
 ENTITY_TTL_MS = 3_600_000
@@ -165,3 +166,19 @@ def test_experiment_tallies_merge_by_adding_each_arms_counts():
     assert merged == ExperimentTallies(
         {"a": ArmTally(5, 3), "s": ArmTally(0, 1, 1), "b": ArmTally(4, 0)}, version=11, at_ts=T0 + 9
     )
+
+
+def test_the_backfill_logs_the_lines_the_jobs_user_stage_logs_and_shows_them_only_once_committed(tmp_path):
+    records = sorted(kafka_records(EVENTS), key=lambda record: (record[1], record[2]))  # Kafka order, as the job's
+    expected = sample_lines(user_stage(KeyedState()).process_element(batch_of(records), None))
+    fold = BackfillFold(SPEC, MemoryWriter(), ENTITY_TTL_MS, SETTINGS.stream.dedupe_capacity, SampleLogLines(SPEC))
+    files = SampleFiles(tmp_path, "backfill-0")
+
+    files.write(fold.take([(*record, 0) for record in records], [].append))
+    before_commit = committed_files(tmp_path, today())
+    files.commit()
+
+    assert before_commit == []
+    [committed] = committed_files(tmp_path, today())
+    assert committed.read_bytes().splitlines() == expected
+    assert committed.parent.name == f"dt={today().isoformat()}"

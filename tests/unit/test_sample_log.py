@@ -301,7 +301,7 @@ def test_the_keeper_keeps_the_retention_and_after_a_finished_job_deletes_whateve
 @pytest.mark.parametrize("before_version", [0, 3])
 def test_a_user_without_state_is_snapshotted_even_when_seen_today(before_version):
     from schemas.features import UserState
-    from streams.sample_log import SampleLogLines
+    from schemas.sample_log import SampleLogLines
     from tests.unit.test_streaming import event
 
     lines = SampleLogLines(FeatureSpec(), clock=lambda: DAY0_S)
