@@ -2,7 +2,8 @@
 
 The replay reads the topic up to the offsets that are latest when it starts and rebuilds every key
 from it. By default it is a backfill (`streams.backfill`): the job's fold in worker processes
-without Flink, each key written once per KF_REPLAY_BATCH_MS or once at the end. With `--flink` it
+without Flink, each user written once per KF_BACKFILL_FLUSH_S and at the end, every other key once
+at the end. With `--flink` it
 is the feature job itself, bounded and without a checkpoint to restore, gathering its batches for
 KF_REPLAY_BATCH_MS instead of the live job's KF_STREAM_BATCH_MS (checkpointed, slower); its
 progress comes from the offsets the job commits to Kafka on each checkpoint.
