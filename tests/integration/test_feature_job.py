@@ -245,6 +245,25 @@ def test_a_replay_with_the_flink_job_onto_a_redis_cluster_equals_the_pure_featur
     client.close()
 
 
+def test_a_replay_from_a_kafka_time_folds_exactly_the_events_published_from_then_on(stack: Stack):
+    topic, events = new_topic_named(stack, "from-time"), messy_stream(seed=33, count=400)
+    records = [(event.kafka_key, event.to_json()) for event in events]
+    publish(stack, topic, records[:250])
+    time.sleep(0.5)  # Kafka stamps records with the producer's clock, in milliseconds: a clear gap
+    since_ms = int(time.time() * 1000)
+    publish(stack, topic, records[250:])
+    client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
+
+    result = stack.with_env(KF_TOPIC_DLQ=new_topic_named(stack, "dlq-from-time", partitions=1)).kingfisher(
+        "replay", "--namespace", "from-time", "--topic", topic, "--from-timestamp", str(since_ms), "--no-switch",
+        "--no-progress", timeout=JOB_TIMEOUT_S,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"replay {len(records) - 250} events" in " ".join(result.stderr.split())
+    assert_state_equals_reference(client, "from-time", events[250:], stack.settings.pipeline.features)
+
+
 def stored_json(client: redis.Redis, namespace: str) -> dict[str, object]:
     """'kind:entity' -> the stored hash (version and value as JSON), seen set or seen filter (bytes) of
     every data key."""
