@@ -41,19 +41,17 @@ from schemas.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter
 from schemas.events import Event, parse_event
 from schemas.experiments import ExperimentTallies, counted_arm
 from schemas.features import FeatureSpec, ItemState, RecentEventIds, UserState
-from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
     apply_item_event,
     apply_user_event,
     merge_item_states,
-    trending_list,
     trending_of,
 )
 from schemas.sample_log import SampleLogLines
 from schemas.validation import InvalidRecord
-from streams.redis_writer import RedisWriter
+from streams.redis_writer import RedisWriter, put_item, put_tallies, put_trending, put_user
 
 if TYPE_CHECKING:
     from streams.replay import ReplayPlan
@@ -169,11 +167,8 @@ class BackfillFold:
 
     def flush_users(self) -> None:
         """Write every user changed since the last flush (sequence, features, seen set), each once."""
-        put, ttl_ms = self.writer.put, self.entity_ttl_ms
         for user_id in self.changed_users:
-            state = self.users[user_id]
-            put(KeyKind.USER_SEQUENCE, user_id, state.version, state.sequence, state.features.last_ts, ttl_ms)
-            put(KeyKind.USER_FEATURES, user_id, state.version, state.features, state.features.last_ts, ttl_ms)
+            put_user(self.writer, user_id, self.users[user_id], self.entity_ttl_ms)
         self.writer.flush()
         self.changed_users = set()
 
@@ -187,14 +182,11 @@ class BackfillFold:
 def write_shared(writer: RedisWriter, share: Share, spec: FeatureSpec, entity_ttl_ms: int) -> None:
     """Write the items, trending and experiment tallies of the whole topic, each key once."""
     for item_id, state in share.items.items():
-        writer.put(KeyKind.ITEM_FEATURES, item_id, state.version, state.features, state.features.last_ts,
-                   entity_ttl_ms)  # fmt: skip
+        put_item(writer, item_id, state, entity_ttl_ms)
     if share.items:
-        trending = trending_of(share.items, spec)
-        writer.put(KeyKind.TRENDING, TRENDING_ENTITY, trending.version, trending_list(trending, spec),
-                   trending.at_ts, 0)  # fmt: skip
+        put_trending(writer, trending_of(share.items, spec), spec)
     for experiment, tallies in share.tallies.items():
-        writer.put(KeyKind.EXPERIMENT, experiment, tallies.version, tallies, tallies.at_ts, 0)
+        put_tallies(writer, experiment, tallies)
     writer.flush()
 
 

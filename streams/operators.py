@@ -20,7 +20,6 @@ from schemas.dead_letters import dead_letter
 from schemas.events import Event, EventType, parse_event
 from schemas.experiments import ExperimentTallies, counted_arm
 from schemas.features import FeatureSpec, ItemEvent, ItemState, RecentEventIds, TrendingState, UserState
-from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import FeatureStore
 from schemas.runtime.features import seen_entry
 from schemas.runtime.streaming import (
@@ -28,13 +27,12 @@ from schemas.runtime.streaming import (
     apply_item_event,
     apply_trending_updates,
     apply_user_event,
-    trending_list,
 )
 from schemas.sample_log import SampleLogLines
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
 from streams.gc_pauses import GcPauses
-from streams.redis_writer import RedisWriter
+from streams.redis_writer import RedisWriter, put_item, put_tallies, put_trending, put_user
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
 SAMPLES = OutputTag("training-samples", Types.STRING())
@@ -212,8 +210,7 @@ class UserFeaturesFunction(KeyedProcessFunction):
         """Queue the Redis writes of the users a batch changed: once per user, not per event."""
         p = self.parameters
         for user_id, state in changed:
-            for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
-                self.writer.put(kind, user_id, state.version, value, state.features.last_ts, p.entity_ttl_ms)
+            put_user(self.writer, user_id, state, p.entity_ttl_ms)
 
     def close(self) -> None:
         self.writer.close()
@@ -243,8 +240,7 @@ class ItemFeaturesFunction(KeyedProcessFunction):
             event_times.append(event.ts)
             append_times.append(append_ms)
         for item_id, state in self.items.commit():
-            self.writer.put(KeyKind.ITEM_FEATURES, item_id, state.version, state.features, state.features.last_ts,
-                            p.entity_ttl_ms)  # fmt: skip
+            put_item(self.writer, item_id, state, p.entity_ttl_ms)
         self.writer.applied(event_times, append_times)
         self.writer.flush()
         yield updates, event_times, append_times
@@ -266,8 +262,7 @@ class TrendingFunction(KeyedProcessFunction):
         state = apply_trending_updates(self.state.value() or TrendingState(), updates, p.spec)
         self.writer.applied(event_times, append_times)
         self.state.update(state)
-        self.writer.put(KeyKind.TRENDING, TRENDING_ENTITY, state.version, trending_list(state, p.spec),
-                        state.at_ts, 0)  # fmt: skip
+        put_trending(self.writer, state, p.spec)
         self.writer.flush()
         return iter(())
 
@@ -292,7 +287,7 @@ class ExperimentTalliesFunction(KeyedProcessFunction):
         for arm, event_type, ts, shadows_shown in counted:
             tallies = tallies.counted(arm, EventType(event_type), ts, shadows_shown)
         self.state.update(tallies)
-        self.writer.put(KeyKind.EXPERIMENT, experiment, tallies.version, tallies, tallies.at_ts, 0)
+        put_tallies(self.writer, experiment, tallies)
         self.writer.flush()
         return iter(())
 

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 import redis
 
-from schemas.redis_format import KeyKind
+from schemas.experiments import ExperimentTallies
+from schemas.features import FeatureSpec, ItemState, TrendingState, UserState
+from schemas.redis_format import TRENDING_ENTITY, KeyKind
 from schemas.runtime.feature_store import EntityWrite, FeatureStore, SeenAddition
+from schemas.runtime.streaming import trending_list
 from streams.gc_pauses import GcPauses
 
 log = logging.getLogger(__name__)
@@ -133,3 +136,24 @@ class RedisWriter:
     def close(self) -> None:
         self.flush()
         self.store.close()
+
+
+# Which keys each state of the stream is written to, for the job's operators and the backfill alike.
+def put_user(writer: RedisWriter, user_id: str, state: UserState, ttl_ms: int) -> None:
+    """Queue a user's sequence and features, both at the user's version."""
+    for kind, value in ((KeyKind.USER_SEQUENCE, state.sequence), (KeyKind.USER_FEATURES, state.features)):
+        writer.put(kind, user_id, state.version, value, state.features.last_ts, ttl_ms)
+
+
+def put_item(writer: RedisWriter, item_id: str, state: ItemState, ttl_ms: int) -> None:
+    writer.put(KeyKind.ITEM_FEATURES, item_id, state.version, state.features, state.features.last_ts, ttl_ms)
+
+
+def put_trending(writer: RedisWriter, state: TrendingState, spec: FeatureSpec) -> None:
+    """Queue the trending list; it never expires."""
+    writer.put(KeyKind.TRENDING, TRENDING_ENTITY, state.version, trending_list(state, spec), state.at_ts, 0)
+
+
+def put_tallies(writer: RedisWriter, experiment: str, tallies: ExperimentTallies) -> None:
+    """Queue an experiment's tallies; they never expire."""
+    writer.put(KeyKind.EXPERIMENT, experiment, tallies.version, tallies, tallies.at_ts, 0)

@@ -261,24 +261,35 @@ class Job:
 
     def cpu_seconds(self) -> float:
         """CPU time of the job's processes (its Python driver and the JVM it starts, with Python inside)."""
-        return self._summed(lambda member: member.cpu_times().user + member.cpu_times().system)
+        return self._summed(own_cpu_seconds)
 
     def resident_bytes(self) -> int:
         """Resident memory of the job's processes."""
         return round(self._summed(lambda member: member.memory_info().rss))
 
     def _summed(self, measure) -> float:
+        return sum(family_measures(self.process.pid, measure).values())
+
+
+def family_measures(pid: int, measure) -> dict[int, float]:
+    """`measure(process)` of the process `pid` and each process under it, by pid; those that ended
+    meanwhile are left out."""
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    measured = {}
+    for member in family:
         try:
-            family = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+            measured[member.pid] = measure(member)
         except psutil.NoSuchProcess:
-            return 0.0
-        total = 0.0
-        for member in family:
-            try:
-                total += measure(member)
-            except psutil.NoSuchProcess:
-                continue
-        return total
+            continue
+    return measured
+
+
+def own_cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
     def kill(self) -> None:
         """kill -9 of every process of the job, as when its machine fails."""
@@ -465,7 +476,7 @@ def replay(settings: Settings, topic: str, store: FeatureStore, engine: str) -> 
     sampled: dict[int, float] = {}
     """pid -> CPU seconds at its latest sample, for the command and every process under it."""
     while process.poll() is None:
-        sampled |= _tree_cpu_seconds(process.pid)
+        sampled |= family_measures(process.pid, own_cpu_seconds)
         count, now = processed(store, namespace), time.monotonic()
         if count and first is None:
             first = (now, count)
@@ -490,23 +501,6 @@ def replay(settings: Settings, topic: str, store: FeatureStore, engine: str) -> 
     if first and last and last[0] > first[0]:  # a backfill writes the trending key once, at its end
         result["processing_events_per_s"] = (last[1] - first[1]) / (last[0] - first[0])
     return result
-
-
-def _tree_cpu_seconds(pid: int) -> dict[int, float]:
-    """CPU seconds of the process `pid` and each process under it, now."""
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return {}
-    seconds = {}
-    for each in tree:
-        try:
-            times = each.cpu_times()
-            seconds[each.pid] = times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return seconds
 
 
 def _children_cpu_seconds() -> float:
