@@ -318,7 +318,13 @@ class ServingSettings(Section):
     max_k: int = Field(100, ge=1, description="Largest k a client may ask for.")
     admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: they answer 403.")
     model_poll_s: float = Field(5.0, gt=0, description="How often serving checks the registry for a new version.")
-    serve_model_threads: int = Field(2, ge=1, description="Threads of the service that run model and Faiss calls.")
+    serve_model_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads of a service process that run model and Faiss calls. The NumPy models hold the GIL "
+        "between small operations, so a second thread in one process mostly waits for it; KF_SERVE_WORKERS "
+        "uses more cores.",
+    )
     serve_max_batch: int = Field(
         4, ge=1, le=64, description="Most concurrent recommendation requests ranked in one model call."
     )
