@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 
 from schemas.runtime.growing import appended
+from schemas.runtime.top_k import top_k
 
 HNSW_NEIGHBOURS = 32
 HNSW_SEARCH_DEPTH = 128
@@ -108,27 +109,17 @@ class ItemIndex:
         return rows[rows >= 0]
 
     def _exact_search(self, queries, k: int, excluded: list[np.ndarray]):
-        """Every item's score in one matrix product, the excluded ones masked, the top k partitioned
-        out (ties: the lower row first). Faiss's flat search would have to go k + |excluded| deep
-        and sort all of that, and a heavy user has seen thousands of items."""
+        """Every item's score in one matrix product, the excluded ones masked, the top k picked out
+        (`top_k`; ties: the lower row first). Faiss's flat search would have to go k + |excluded|
+        deep and sort all of that, and a heavy user has seen thousands of items."""
         scores = queries @ self._vectors.T
+        best_scores = np.full((len(queries), k), -np.inf, np.float32)
+        best_rows = np.full((len(queries), k), -1, np.int64)
         for row, positions in enumerate(excluded):
             scores[row, positions] = -np.inf
-        depth, items = min(k, scores.shape[1]), scores.shape[1]
-        if depth < items:
-            top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-        else:
-            top = np.broadcast_to(np.arange(items), scores.shape)
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.lexsort((top, -top_scores), axis=1)
-        chosen_scores = np.take_along_axis(top_scores, order, axis=1)
-        found = np.isfinite(chosen_scores)
-        best_scores, best_rows = (
-            np.full((len(queries), k), -np.inf, np.float32),
-            np.full((len(queries), k), -1, np.int64),
-        )
-        best_scores[:, :depth] = np.where(found, chosen_scores, -np.inf)
-        best_rows[:, :depth] = np.where(found, np.take_along_axis(top, order, axis=1), -1)
+            top = top_k(scores[row], k)
+            found = top[np.isfinite(scores[row, top])]
+            best_scores[row, : len(found)], best_rows[row, : len(found)] = scores[row, found], found
         return best_scores, best_rows
 
     def _selected_search(self, queries, k: int, excluded: list[np.ndarray]):

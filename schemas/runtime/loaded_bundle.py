@@ -31,6 +31,7 @@ from schemas.runtime.growing import appended
 from schemas.runtime.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary, item_content
 from schemas.runtime.seen_filter import SeenFilterIndex
 from schemas.runtime.served_models import DinRanker, UserTower
+from schemas.runtime.top_k import top_k
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -219,6 +220,5 @@ class LoadedBundle:
         similarity = similarity_to(self._unit_vectors, row, self._co_watched(index), weight)
         similarity[row] = -np.inf
         similarity[self._withdrawn_rows] = -np.inf
-        best = np.argpartition(-similarity, min(k, len(similarity) - 1))[:k]
-        best = best[np.argsort(-similarity[best], kind="stable")]
+        best = top_k(similarity, k)
         return [(self.vocabulary.item_ids[n], float(similarity[n])) for n in best if np.isfinite(similarity[n])]

@@ -32,6 +32,7 @@ from schemas.runtime.model_inputs import (
     sequence_arrays,
     user_feature_matrix,
 )
+from schemas.runtime.top_k import top_k
 
 REASONS = 3
 COVISITED_RECENT, COVISITED_DECAY, COVISITED_POWER = 20, 0.8, 0.25
@@ -178,9 +179,8 @@ def covisited(recommender: Recommender, request: RankRequest) -> list[str]:
     scores = table.following(newest[counted], weights[counted])
     scores /= (recommender.popularity[: table.size] + np.float32(1)) ** np.float32(COVISITED_POWER)
     # The strongest few first (a partial sort); all of them only when exclusions leave too few.
-    for depth in (min(3 * request.covisited, len(scores) - 1), len(scores) - 1):
-        strongest = np.argpartition(-scores, depth)[: depth + 1]
-        strongest = strongest[np.lexsort((strongest, -scores[strongest]))]  # ties: the smaller index
+    for depth in (3 * request.covisited + 1, len(scores)):
+        strongest = top_k(scores, depth)  # ties: the smaller index
         ranked = (recommender.vocabulary.item_id(index) for index in strongest if scores[index] > 0)
         found = list(islice((item for item in ranked if item not in request.exclude), request.covisited))
         if len(found) == request.covisited or scores[strongest[-1]] <= 0:
