@@ -85,6 +85,7 @@ def test_sequences_keep_the_newest_entries_left_padded_with_their_behaviour_kind
     assert kinds[0].tolist() == [0, 1 + EVENT_TYPES.index("click")]
     assert kinds[1].tolist() == [behaviour_kind("rating", 4.5), 1 + EVENT_TYPES.index("play")]
     assert behaviour_kind("rating", 0.5) == 1 + len(EVENT_TYPES)
+    assert behaviour_kind("click", None) == behaviour_kind(EventType.CLICK, None) == 1 + EVENT_TYPES.index("click")
     assert behaviour_kind("rating", 5.0) == 1 + len(EVENT_TYPES) + 9
 
 
