@@ -118,7 +118,7 @@ def behaviour_kind(event_type: str, value: float | None) -> int:
     if event_type == EventType.RATING and value is not None:
         return 1 + len(EVENT_TYPES) + round((min(max(value, MIN_RATING), MAX_RATING) - MIN_RATING) * 2)
     # EventType's members hash and compare as their values, so the string finds its kind without
-    # building the member (an enum call costs ten times the lookup, once per behaviour of a request).
+    # building the member: an enum call costs more than the lookup, once per behaviour of a request.
     return _TYPE_KINDS[event_type]
 
 
