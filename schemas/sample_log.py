@@ -137,6 +137,11 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
+def part_file(directory: Path, day: date, writer: str) -> Path:
+    """The committed file of one writer's lines of `day` (the job's file sink names its own alike)."""
+    return directory / f"{DAY_PREFIX}{day.isoformat()}" / f"{PART_PREFIX}-{writer}{PART_SUFFIX}"
+
+
 def day_directories(directory: Path) -> list[tuple[date, Path]]:
     """The log's day directories, oldest first."""
     days = []

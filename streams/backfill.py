@@ -201,12 +201,7 @@ class SampleFiles:
         """visible path -> the open hidden file that becomes it."""
 
     def write(self, text: str) -> None:
-        day = datetime.fromtimestamp(self.clock(), UTC).date().isoformat()
-        path = (
-            self.directory
-            / f"{sample_log.DAY_PREFIX}{day}"
-            / f"{sample_log.PART_PREFIX}-{self.name}{sample_log.PART_SUFFIX}"
-        )
+        path = sample_log.part_file(self.directory, datetime.fromtimestamp(self.clock(), UTC).date(), self.name)
         if path not in self.files:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.files[path] = self._hidden(path).open("w")
