@@ -116,7 +116,7 @@ bench-swap: setup ## the service's resident memory across 6 hot swaps of the liv
 bench-quality: setup ## quality through the live system: each MovieLens user's newest 5 ratings withheld, the rest through a private stack as make demo runs it, the service's answers over HTTP scored beside the baselines and the same bundle in-process
 	$(PY) -m infra.benches.quality $(BENCH_ARGS)
 
-bench-similar: setup ## similar items and film series: each MovieLens sequel among its previous film's top 20, the live model beside its vectors' cosine alone
+bench-similar: setup ## similar items and film series: each MovieLens sequel among its previous film's top 20, served beside the vectors alone and co-watching alone
 	$(PY) -m infra.benches.similar $(BENCH_ARGS)
 
 soak: demo ## 30 min of events and requests on the demo stack with a retraining and hot swap midway (SOAK_ARGS="--minutes 5")

@@ -1,13 +1,16 @@
 """`make bench-similar` (`python -m infra.benches.similar`): do similar items know film series?
 
 MovieLens's titles give a labelled set (`training.series`): each numbered sequel and the film
-before it. For the live model of the registry (`make demo`'s, or KF_RUN_DIR's), the share of those
-pairs whose next film is among the first film's top k of `GET /v1/items/{id}/similar` (the bundle's
-`similar`, as the service answers it), beside the retrieval vectors' cosine alone. The pairs are
-split in two halves by the first film's id: the co-watching weight was chosen on the first
-(validation), the second (test) measures it. Co-watching also pulls popular films next to each
-other whatever their kind, so beside it: the genres each of the 300 most popular films shares with
-its top k (Jaccard, averaged), which the choice kept within 0.03 of the cosine's.
+before it. For the live model of the registry (`make demo`'s, or KF_RUN_DIR's) with the catalogue's
+titles, the share of those pairs whose next film is among the first film's top k of
+`GET /v1/items/{id}/similar` (the bundle's `similar`, as the service answers it), beside the
+retrieval vectors' cosine alone and with co-watching but no titles. The pairs are split in two
+halves by the first film's id: the weights were chosen on the first (validation), the second
+(test) measures them. The titles label the pairs too, so the served row says what users see, not
+what the models learned. Beside it, for the 300 most popular films: the genres each shares with
+its top k (Jaccard, averaged), which the choice kept within 0.03 of the cosine's, and how many of
+their top k were never watched with them (strangers: what a title match alone brings, "Knocked Up"
+beside "Up"). `--title-weights` and `--title-floors` add rows for other blends of the titles' match.
 """
 
 import argparse
@@ -19,7 +22,7 @@ from rich.table import Table
 from infra.stack import console
 from schemas.bundle import Registry
 from schemas.config import Settings
-from schemas.runtime.loaded_bundle import CO_WATCHED_WEIGHT, LoadedBundle
+from schemas.runtime.loaded_bundle import SERVED_SIMILARITY, LoadedBundle, SimilarityWeights
 from schemas.runtime.model_inputs import FIRST_ITEM
 from schemas.runtime.sources.movielens import LoadReport, catalogue_items, locate_dataset
 from training.series import series_pairs, series_recall
@@ -32,19 +35,50 @@ def jaccard(genres: dict[str, set[str]], film: str, others: list[str]) -> float:
     )
 
 
+def strangers(bundle: LoadedBundle, film: str, others: list[str]) -> int:
+    """How many of `others` were never watched next to `film` (the bundle's co-visitation, both ways)."""
+    co_watched = bundle.covisitation.co_watched(int(bundle.vocabulary.item_indices([film])[0]))
+    return int(np.count_nonzero(co_watched[bundle.vocabulary.item_indices(others)] == 0))
+
+
+def blends(arguments: argparse.Namespace) -> list[tuple[str, SimilarityWeights]]:
+    """The labelled blends to measure: the served one and those before it, then the ones asked for."""
+    served = SERVED_SIMILARITY
+    tried = [
+        (f"tried: titles {weight} from {floor}", SimilarityWeights(served.co_watched, weight, floor))
+        for weight in arguments.title_weights
+        for floor in arguments.title_floors
+    ]
+    return [
+        ("retrieval cosine alone", SimilarityWeights(0.0, 0.0)),
+        ("with co-watching (before)", SimilarityWeights(served.co_watched, 0.0)),
+        ("served: with co-watching and titles", served),
+        *tried,
+    ]
+
+
+def numbers(text: str) -> list[float]:
+    return [float(number) for number in text.split(",") if number]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.benches.similar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--k", type=int, default=20, help="similar items per film (default 20)")
+    parser.add_argument("--title-weights", type=numbers, default=[], help="titles' weights to try, e.g. 0.25,1")
+    floor = SERVED_SIMILARITY.title_floor
+    parser.add_argument("--title-floors", type=numbers, default=[floor],
+                        help=f"titles' floors to try with each weight (default {floor})")  # fmt: skip
     arguments = parser.parse_args(argv)
     settings = Settings()
     registry = Registry(settings.stack.models_dir)
     if not registry.servable():
         console.print(f"[red]no model to measure in {settings.stack.models_dir}: run make demo (or train) first")
         return 1
-    bundle = LoadedBundle(registry.path(registry.current()), settings.pipeline.faiss_exact_max_items)
     dataset = locate_dataset(settings.stack.movielens_path)
     catalogue = list(catalogue_items(dataset, LoadReport(), int(time.time() * 1000)))
+    loaded = LoadedBundle(registry.path(registry.current()), settings.pipeline.faiss_exact_max_items)
+    bundle = loaded.with_items(catalogue)  # the titles, as the service reads them from the items topic
     pairs = sorted((first, then) for first, then in series_pairs(catalogue) if first in bundle.vocabulary)
     halves = {"validation": pairs[0::2], "test": pairs[1::2]}
     genres = {item.item_id: set(item.genres) for item in catalogue}
@@ -57,14 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, half in halves.items():
         table.add_column(f"{name} ({len(half)} pairs)")
     table.add_column("genres shared, 300 most popular (Jaccard)")
-    for label, weight in (("retrieval cosine alone", 0.0), ("served: with co-watching", CO_WATCHED_WEIGHT)):
+    table.add_column(f"strangers in their {300 * arguments.k} places")
+    for label, weights in blends(arguments):
 
-        def similar_ids(item_id: str, k: int, weight: float = weight) -> list[str]:
-            return [similar for similar, _ in bundle.similar(item_id, k, weight) or []]
+        def similar_ids(item_id: str, k: int, weights: SimilarityWeights = weights) -> list[str]:
+            return [similar for similar, _ in bundle.similar(item_id, k, weights) or []]
 
         recalls = [series_recall(similar_ids, half, arguments.k) for half in halves.values()]
-        shared = np.mean([jaccard(genres, film, similar_ids(film, arguments.k)) for film in most_popular])
-        table.add_row(label, *(f"{recall:.1%}" for recall in recalls), f"{shared:.3f}")
+        lists = {film: similar_ids(film, arguments.k) for film in most_popular}
+        shared = np.mean([jaccard(genres, film, others) for film, others in lists.items()])
+        unwatched = sum(strangers(bundle, film, others) for film, others in lists.items())
+        table.add_row(label, *(f"{recall:.1%}" for recall in recalls), f"{shared:.3f}", str(unwatched))
     console.print(table)
     return 0
 

@@ -6,6 +6,7 @@ served models (NumPy), the Faiss index and the ranker's tables.
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from schemas.runtime.growing import appended
 from schemas.runtime.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary, item_content
 from schemas.runtime.seen_filter import SeenFilterIndex
 from schemas.runtime.served_models import DinRanker, UserTower
+from schemas.runtime.title_match import TitleIndex
 from schemas.runtime.top_k import top_k
 
 
@@ -54,21 +56,42 @@ def read_served_models(directory: Path) -> dict[str, dict[str, np.ndarray]]:
     return models
 
 
-CO_WATCHED_WEIGHT, CO_WATCHED_POWER = 0.5, 1.0
-"""How much co-watching counts beside the retrieval vectors' cosine in `similar`, and how much an
-item's popularity damps it: the most series found on half of MovieLens's film series while the
-popular films' similar items keep their genres (`make bench-similar`; README, Similar items)."""
+CO_WATCHED_POWER = 1.0
+"""How much an item's popularity damps how often it was watched next to another (`_co_watched`)."""
 
 
-def similarity_to(unit_vectors: np.ndarray, row: int, co_watched: np.ndarray, weight: float) -> np.ndarray:
+@dataclass(frozen=True)
+class SimilarityWeights:
+    """What `similar` adds to the retrieval vectors' cosine: co-watching scaled to at most 1, times
+    `co_watched`, and the titles' match (`schemas.runtime.title_match`) where it reaches
+    `title_floor`, times `title`. The served ones found the most series on half of MovieLens's film
+    series while the popular films' similar items kept their genres and few strangers
+    (`make bench-similar`; README, Similar items)."""
+
+    co_watched: float = 0.5
+    title: float = 0.5
+    title_floor: float = 0.5
+
+
+SERVED_SIMILARITY = SimilarityWeights()
+
+
+def similarity_to(
+    unit_vectors: np.ndarray, row: int, co_watched: np.ndarray, title_match: np.ndarray, weights: SimilarityWeights
+) -> np.ndarray:
     """unit_vectors [N, d] (retrieval vectors of unit length), co_watched [N] (how often each item was
-    watched next to row's, popularity-damped) -> [N] float32: the cosine with row's vector plus
-    `weight` times co_watched scaled to at most 1. Cosine rather than the inner product retrieval
-    uses: the vectors' lengths carry popularity, which would put the most popular items next to
-    every item; co-watching finds what the vectors miss (a film's sequel, watched by few)."""
+    watched next to row's, popularity-damped), title_match [N] (row's title's cosine with each
+    item's) -> [N] float32: the cosine with row's vector, plus `weights.co_watched` times co_watched
+    scaled to at most 1, plus `weights.title` times each title match of at least
+    `weights.title_floor`. Cosine rather than the inner product retrieval uses: the vectors' lengths
+    carry popularity, which would put the most popular items next to every item. Co-watching and
+    titles find what the vectors miss: a film's sequel, watched by few. The floor keeps a single
+    shared word of a longer title ("Man on Fire", "Man, The") from counting."""
     strongest = co_watched.max(initial=0.0)
     scaled = co_watched / strongest if strongest > 0 else co_watched
-    return (unit_vectors @ unit_vectors[row] + np.float32(weight) * scaled).astype(np.float32)
+    titles = np.where(title_match >= weights.title_floor, title_match, np.float32(0.0))
+    similarity = unit_vectors @ unit_vectors[row] + np.float32(weights.co_watched) * scaled
+    return (similarity + np.float32(weights.title) * titles).astype(np.float32)
 
 
 class LoadedBundle:
@@ -105,6 +128,9 @@ class LoadedBundle:
         """Items withdrawn from the catalogue (`with_items`): no answer holds them."""
         self._withdrawn_rows = np.empty(0, np.int64)
         """Their rows of `embeddings`, for `similar`."""
+        self._titles: dict[str, str] = {}
+        """item_id -> title, of the catalogue items `with_items` was given."""
+        self._title_index = TitleIndex.empty(len(self.vocabulary.item_ids))
 
     @property
     def version(self) -> int:
@@ -117,7 +143,8 @@ class LoadedBundle:
     def with_items(self, catalogue: Iterable[CatalogueItem], withdrawn: Iterable[str] = ()) -> "LoadedBundle":
         """This bundle with the catalogue's items it does not know yet, embedded from their content
         (`schemas.runtime.served_models`) and added to the index: retrievable, rankable (no
-        interactions, no co-visitation) and with similar items; with the items it knows whose
+        interactions, no co-visitation) and with similar items; with every item's title matched by
+        similar items (`schemas.runtime.title_match`); with the items it knows whose
         content differs from the one their rows were built from given the new content beside their
         id embeddings; and with the `withdrawn` items it knows added to `self.withdrawn` (left out of
         every answer), less those `catalogue` publishes again. Returns self when nothing changes;
@@ -128,7 +155,10 @@ class LoadedBundle:
         still_withdrawn = (self.withdrawn - published.keys()) | {
             item_id for item_id in withdrawn if item_id in self.vocabulary
         }
-        if not newest and not changed and still_withdrawn == self.withdrawn:
+        retitled = {
+            item_id: item.title for item_id, item in published.items() if self._titles.get(item_id) != item.title
+        }
+        if not newest and not changed and not retitled and still_withdrawn == self.withdrawn:
             return self
         grown = copy.copy(self)
         grown.withdrawn = frozenset(still_withdrawn)
@@ -137,6 +167,8 @@ class LoadedBundle:
             grown._change_content(changed)
         if newest:
             grown._add(newest)
+        if retitled:
+            grown._retitle(retitled)
         return grown
 
     def _changed(self, known: list[CatalogueItem]) -> list[CatalogueItem]:
@@ -186,6 +218,14 @@ class LoadedBundle:
         self._unit_vectors = appended(self._unit_vectors, _unit(vectors))
         self.popularity = appended(self.popularity, np.zeros(len(newest), self.popularity.dtype))
 
+    def _retitle(self, retitled: dict[str, str]) -> None:
+        """Give items the titles of `retitled` (item_id -> title) (only on a fresh copy: this writes it)."""
+        self._titles = self._titles | retitled
+        rows = self.vocabulary.item_indices(retitled) - FIRST_ITEM
+        self._title_index = self._title_index.with_titles(
+            len(self.vocabulary.item_ids), dict(zip(rows.tolist(), retitled.values(), strict=True))
+        )
+
     def seen_before(self, seen_filter: bytes | None) -> set[str]:
         """The items of this bundle's vocabulary that a user's seen filter holds (none without one)."""
         return set(self._seen_filter_index.held(seen_filter)) if seen_filter else set()
@@ -210,14 +250,17 @@ class LoadedBundle:
         (scores [B, M], attention [B, M, N] over the newest N = ranker_behaviours behaviours)."""
         return self._ranker(sequences.items, sequences.kinds, sequences.ages, candidates, features, pairs)
 
-    def similar(self, item_id: str, k: int, weight: float = CO_WATCHED_WEIGHT) -> list[tuple[str, float]] | None:
-        """The k most similar items to `item_id` by `similarity_to` (co-watching counting `weight`),
-        best first, withdrawn items left out; None for an unknown or withdrawn item."""
+    def similar(
+        self, item_id: str, k: int, weights: SimilarityWeights = SERVED_SIMILARITY
+    ) -> list[tuple[str, float]] | None:
+        """The k most similar items to `item_id` by `similarity_to` (blended by `weights`), best first,
+        withdrawn items left out; None for an unknown or withdrawn item."""
         index = int(self.vocabulary.item_indices([item_id])[0])
         row = index - FIRST_ITEM
         if row < 0 or item_id in self.withdrawn:
             return None
-        similarity = similarity_to(self._unit_vectors, row, self._co_watched(index), weight)
+        title_match = self._title_index.match(row)
+        similarity = similarity_to(self._unit_vectors, row, self._co_watched(index), title_match, weights)
         similarity[row] = -np.inf
         similarity[self._withdrawn_rows] = -np.inf
         best = top_k(similarity, k)

@@ -34,7 +34,7 @@ from schemas.events import validate_event
 from schemas.experiments import Z_95, Experiment, attributed_arm, item_digest
 from schemas.runtime.catalogue_topic import CatalogueChanges
 from schemas.runtime.feature_store import FeatureStore
-from schemas.runtime.loaded_bundle import read_served_models, write_served_models
+from schemas.runtime.loaded_bundle import SERVED_SIMILARITY, read_served_models, write_served_models
 from schemas.runtime.pipeline import RankRequest, rank_batch
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from serving.app import init_app
@@ -262,6 +262,33 @@ def test_12_an_item_whose_content_changes_moves_to_its_new_genre_within_seconds(
 
     print(f"{film.item_id}: {of_new_genre(before)} -> {of_new_genre(after)} of 200 similar items of {new_genre}")
     assert of_new_genre(after) > of_new_genre(before), (before, after)
+
+
+def test_14_a_film_whose_title_names_another_films_series_rises_among_its_similar_items_alone(system):
+    configured, base, _ = system
+    catalogue = list(SyntheticWorld(WorldSpec(seed=7)).catalogue(PUBLISHED))
+    film = catalogue[-1]
+    scores = lambda answer: {item["item_id"]: item["score"] for item in answer["items"]}  # noqa: E731
+    before = scores(call(base, f"/v1/items/{film.item_id}/similar?k=200")[1])
+    by_id = {item.item_id: item for item in catalogue}
+    sequel = next(item_id for item_id in list(before)[100:] if not set(by_id[item_id].genres) & set(film.genres))
+    retitled = [
+        by_id[item_id].model_copy(update={"title": title, "updated_at": PUBLISHED + 2})
+        for item_id, title in ((film.item_id, "Kingfisher Returns"), (sequel, "Kingfisher Returns Again"))
+    ]
+
+    publish(configured, configured.settings.stack.topic_items, [(item.kafka_key, item.to_json()) for item in retitled])
+    after = wait_until(
+        lambda: (answer := scores(call(base, f"/v1/items/{film.item_id}/similar?k=200")[1])) != before and answer,
+        NEW_ITEM_TIMEOUT_S,
+        "the retitled film's similar items",
+    )
+
+    print(f"{sequel}: {list(before).index(sequel)} -> {list(after).index(sequel)} among {film.item_id}'s similar")
+    assert after[sequel] - before[sequel] >= SERVED_SIMILARITY.title * SERVED_SIMILARITY.title_floor
+    assert list(after).index(sequel) < list(before).index(sequel)
+    unchanged = set(before) & set(after) - {sequel}  # their titles share no word with the film's
+    assert len(unchanged) > 150 and all(after[item] == pytest.approx(before[item], abs=1e-5) for item in unchanged)
 
 
 def tallies_reached(base: str, expected: dict[str, list[int]]) -> dict:

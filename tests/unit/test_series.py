@@ -1,7 +1,7 @@
 import numpy as np
 
 from schemas.catalogue import CatalogueItem
-from schemas.runtime.loaded_bundle import similarity_to
+from schemas.runtime.loaded_bundle import SimilarityWeights, similarity_to
 from training.series import series_pairs, series_recall
 
 
@@ -36,10 +36,14 @@ def test_series_recall_is_the_share_of_next_films_among_the_first_films_top_k():
     assert series_recall(lambda item, k: [], [], 20) == 0.0
 
 
-def test_similarity_is_the_cosine_plus_the_weight_times_co_watching_scaled_to_one():
+def test_similarity_is_the_cosine_plus_co_watching_scaled_to_one_plus_title_matches_from_the_floor():
     unit = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
     co_watched = np.array([0.0, 1.0, 4.0], np.float32)
+    no_titles = np.zeros(3, np.float32)
+    weights = SimilarityWeights(co_watched=2.0, title=0.5, title_floor=0.5)
 
-    # cosines with row 0: 1, 0.6, 0; co-watching / 4: 0, 0.25, 1
-    assert np.allclose(similarity_to(unit, 0, co_watched, 2.0), [1.0, 0.6 + 0.5, 0.0 + 2.0])
-    assert np.allclose(similarity_to(unit, 0, np.zeros(3, np.float32), 2.0), [1.0, 0.6, 0.0])
+    # cosines with row 0: 1, 0.6, 0; co-watching / 4: 0, 0.25, 1; titles 0.8 and 0.4 (< 0.5: nothing)
+    assert np.allclose(similarity_to(unit, 0, co_watched, no_titles, weights), [1.0, 0.6 + 0.5, 0.0 + 2.0])
+    assert np.allclose(similarity_to(unit, 0, np.zeros(3, np.float32), no_titles, weights), [1.0, 0.6, 0.0])
+    titles = np.array([1.0, 0.8, 0.4], np.float32)
+    assert np.allclose(similarity_to(unit, 0, no_titles, titles, weights), [1.0 + 0.5, 0.6 + 0.4, 0.0])
