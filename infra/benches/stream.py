@@ -270,6 +270,20 @@ class Job:
     def _summed(self, measure) -> float:
         return sum(family_measures(self.process.pid, measure).values())
 
+    def kill(self) -> None:
+        """kill -9 of every process of the job, as when its machine fails."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
 
 def family_measures(pid: int, measure) -> dict[int, float]:
     """`measure(process)` of the process `pid` and each process under it, by pid; those that ended
@@ -290,20 +304,6 @@ def family_measures(pid: int, measure) -> dict[int, float]:
 def own_cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
-
-    def kill(self) -> None:
-        """kill -9 of every process of the job, as when its machine fails."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 def wait_until(condition, job: Job, what: str, within_s: float = CATCH_UP_S) -> float:
