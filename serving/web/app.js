@@ -6,6 +6,7 @@
 
 const RECOMMENDATIONS = 12;
 const TRENDING = 10;
+const SIMILAR = 8;
 const APPLY_POLL_MS = 50;
 const APPLY_GIVE_UP_MS = 30000;
 const REFRESH_MS = 5000;
@@ -96,6 +97,18 @@ async function loadTrending() {
   $("trending").replaceChildren(...answer.items.map((item) => itemRow(item, { onClick: {} })));
 }
 
+// The items most like the one just clicked; an item the live model cannot answer for hides the list.
+async function loadSimilar(itemId, title) {
+  try {
+    const answer = await api(`/v1/items/${encodeURIComponent(itemId)}/similar?k=${SIMILAR}`);
+    $("similar-of").textContent = title || itemId;
+    $("similar").replaceChildren(...answer.items.map((item) => itemRow(item, { onClick: {} })));
+    $("similar-section").hidden = false;
+  } catch (error) {
+    $("similar-section").hidden = true;
+  }
+}
+
 function noticeModel(version) {
   if (version == null || version === page.modelVersion) return;
   if (page.modelVersion !== null) {
@@ -163,6 +176,7 @@ async function clickItem(itemId, requestId) {
     await loadRecommendations();
     const totalMs = performance.now() - clickedAt;
     $("click-latency").textContent = `${Math.round(totalMs)} ms (in Redis after ${Math.round(appliedMs)} ms)`;
+    await loadSimilar(itemId, profile.sequence.find((entry) => entry.event_id === event.event_id)?.title);
     await loadExperiment();
     say(`click on ${itemId} applied; recommendations updated ${Math.round(totalMs)} ms after the click.`);
   } catch (error) {

@@ -88,7 +88,7 @@ def test_1_demo_prints_the_page_and_loaded_the_synthetic_history(demo):
     assert "tensorflow" in (stack.settings.stack.logs_dir / "first-training.log").read_text()
 
 
-def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendations(demo, browser):
+def test_2_a_click_on_the_page_reaches_the_sequence_changes_the_recommendations_and_shows_more_like_it(demo, browser):
     stack, _ = demo
     page = open_page(browser, stack)
     recommendations = page.get_by_test_id("recommendations").locator("li")
@@ -106,6 +106,7 @@ def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendati
     recommendations.first.click()
     expect(page.get_by_test_id("click-latency")).to_contain_text("ms", timeout=APPLY_TIMEOUT_MS)
     newest = page.get_by_test_id("sequence").locator("li").first
+    expect(page.get_by_test_id("similar").locator("li").first).to_be_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "demo-page.png", full_page=True)
 
@@ -116,6 +117,9 @@ def test_2_a_click_on_the_page_reaches_the_sequence_and_changes_the_recommendati
     _, profile = call(f"http://127.0.0.1:{stack.settings.serving.serve_port}", f"/v1/users/{user}/profile")
     assert profile["sequence"][-1]["item_id"] == chosen and profile["sequence"][-1]["event_id"].startswith("web-")
     assert profile["sequence"][-1]["title"] == newest.locator(".title").text_content()
+    _, similar = call(f"http://127.0.0.1:{stack.settings.serving.serve_port}", f"/v1/items/{chosen}/similar?k=8")
+    assert item_ids(page, "similar") == [item["item_id"] for item in similar["items"]]  # the clicked item's
+    expect(page.get_by_test_id("similar-of")).to_have_text(profile["sequence"][-1]["title"])
 
 
 def test_3_the_page_notices_a_new_model(demo, browser):
