@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from schemas.catalogue import CatalogueItem
+from schemas.runtime.title_match import ALTERNATIVE_TITLE
 
 ROMAN = {"ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6, "vii": 7, "viii": 8}
 SEQUEL = re.compile(r"^(?P<series>.+?)\s+(?:part\s+)?(?P<number>[2-8]|ii|iii|iv|v|vi|vii|viii)(?:\s*:.*)?$")
@@ -22,7 +23,7 @@ ARTICLE = re.compile(r",\s*(the|a|an)(?=\s*(?::|$))")
 def normalised(title: str) -> str:
     """Lower case, without bracketed alternative titles, trailing articles (", The") and punctuation
     but the colon, spaces collapsed."""
-    title = re.sub(r"\([^)]*\)", " ", title.lower())
+    title = ALTERNATIVE_TITLE.sub(" ", title.lower())
     title = ARTICLE.sub("", title)
     title = re.sub(r"[^\w\s:]", " ", title)
     return re.sub(r"\s+", " ", title).strip(" :")
