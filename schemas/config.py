@@ -187,6 +187,12 @@ class StreamSettings(Section):
         description="`gc.set_threshold` of the feature job's and the backfill's Python: they hold every active "
         "user's and item's state and replace much of it each batch, where the default (700, 10, 10) collects often.",
     )
+    python_gc_per_batch: bool = Field(
+        True,
+        description="The feature job's Python collects garbage once per batch, at its end, and then freezes what "
+        "survives (`gc.freeze`), so no collection walks the states it holds again; off: collections come by "
+        "KF_PYTHON_GC_THRESHOLDS, and each full one pauses the job while it walks every state.",
+    )
     replay_batch_ms: int = Field(
         5000,
         ge=1,

@@ -1,5 +1,6 @@
-"""Python's garbage-collection pauses in the job's interpreter, for the Redis writer's log line:
-every operator's batch in that interpreter waits through them, so a long one shows in freshness."""
+"""Python's garbage collection in the job's interpreter: its pauses, for the Redis writer's log line
+(every operator's batch in that interpreter waits through them, so a long one shows in freshness),
+and the per-batch collection that keeps them short."""
 
 import gc
 import time
@@ -36,3 +37,16 @@ class GcPauses:
         text = f"python gc: {self.count} collections, longest {self.longest_ms:,.0f} ms"
         self.count, self.longest_ms = 0, 0.0
         return text
+
+
+def collect_and_freeze() -> None:
+    """Collect the garbage among the objects made since the last call, then freeze the survivors.
+
+    The job holds every active user's and item's state, over a million objects with 100,000 users,
+    and Python's full collections walked them all (README, Stream performance). Frozen objects are
+    never walked again; they are still freed by their reference counts when a state is replaced
+    (the states hold no reference cycles), and the cycles a batch makes and drops are collected
+    here, so only what lives through this call is frozen. The collection walks only what was made
+    since the last freeze: a batch's worth."""
+    gc.collect()
+    gc.freeze()

@@ -31,7 +31,7 @@ from schemas.runtime.streaming import (
 from schemas.sample_log import SampleLogLines
 from schemas.validation import InvalidRecord
 from streams.entity_states import EntityStates
-from streams.gc_pauses import GcPauses
+from streams.gc_pauses import GcPauses, collect_and_freeze
 from streams.redis_writer import RedisWriter, put_item, put_tallies, put_trending, put_user
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())
@@ -57,6 +57,7 @@ class JobParameters:
     state_backend: str
     log_samples: bool
     gc_thresholds: tuple[int, int, int]
+    gc_per_batch: bool
 
     @classmethod
     def of(cls, settings: Settings, namespace: str, log_samples: bool) -> "JobParameters":
@@ -75,6 +76,7 @@ class JobParameters:
             state_backend=settings.stream.state_backend,
             log_samples=log_samples,
             gc_thresholds=settings.stream.python_gc_thresholds,
+            gc_per_batch=settings.stream.python_gc_per_batch,
         )
 
     def writer(self, name: str, gc_pauses: GcPauses | None = None) -> RedisWriter:
@@ -179,6 +181,8 @@ class UserFeaturesFunction(KeyedProcessFunction):
         self.recent_ids.commit()
         self.writer.applied(event_times, append_times)
         self.writer.flush()
+        if self.parameters.gc_per_batch:
+            collect_and_freeze()
         if self.sample_log is not None and (lines := self.sample_log.take()) is not None:
             yield SAMPLES, lines
         for counted in by_experiment.items():

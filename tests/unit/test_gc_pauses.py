@@ -1,10 +1,18 @@
-"""The interpreter's collections as the Redis writer reports them beside freshness."""
+"""The interpreter's collections as the Redis writer reports them beside freshness, and the
+user stage's collection once per batch, which freezes what survives it."""
 
 import gc
 import logging
+import weakref
 
-from streams.gc_pauses import GcPauses
+import pytest
+
+from schemas.config import Settings
+from streams.gc_pauses import GcPauses, collect_and_freeze
+from streams.operators import UserFeaturesFunction
 from streams.redis_writer import REPORT_EVERY_S, RedisWriter
+from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
+from tests.unit.test_operators import EVENTS
 
 
 def test_each_collection_counts_once_and_the_longest_is_kept_until_taken():
@@ -47,3 +55,63 @@ def test_the_writers_freshness_line_carries_the_collections(caplog, monkeypatch)
 
     assert "; python gc: 2 collections, longest 180 ms" in caplog.text
     assert pauses.count == 0
+
+
+class Node:
+    """A container the collector tracks."""
+
+
+def tracked(value: object) -> bool:
+    """Whether a collection would walk `value`: tracked, and in a generation (not frozen)."""
+    return any(each is value for each in gc.get_objects())
+
+
+def with_per_batch(per_batch: bool) -> Settings:
+    settings = Settings()
+    stream = settings.stream.model_copy(update={"python_gc_per_batch": per_batch})
+    return settings.model_copy(update={"stream": stream})
+
+
+@pytest.fixture
+def unfrozen():
+    """The interpreter as other tests expect it: nothing frozen before or after."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_collect_and_freeze_frees_the_cycles_made_since_and_freezes_what_survives(unfrozen):
+    kept, dropped = Node(), Node()
+    dropped.itself = dropped
+    gone = weakref.ref(dropped)
+    del dropped
+
+    collect_and_freeze()
+
+    assert gone() is None
+    assert not tracked(kept) and gc.get_freeze_count() > 0
+
+
+@pytest.mark.parametrize("per_batch", [True, False])
+def test_the_user_stage_leaves_its_states_frozen_after_a_batch_only_when_told(unfrozen, per_batch):
+    settings = with_per_batch(per_batch)
+    stage = opened(UserFeaturesFunction, KeyedState(), MemoryWriter(), settings)
+
+    list(stage.process_element(batch_of(kafka_records(EVENTS)), None))
+
+    states = [state for _, state in stage.users.entries.values()]
+    assert states and all(tracked(state) is not per_batch for state in states)
+
+
+def test_the_user_stage_makes_no_reference_cycles_so_its_frozen_states_are_freed_when_replaced(unfrozen):
+    settings = with_per_batch(False)
+    stage = opened(UserFeaturesFunction, KeyedState(), MemoryWriter(), settings)
+    records = kafka_records(EVENTS)
+    gc.collect()
+    gc.disable()
+    try:
+        for start in range(0, len(records), 3):
+            list(stage.process_element(batch_of(records[start : start + 3]), None))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
