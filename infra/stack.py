@@ -63,7 +63,25 @@ class ListenPort:
 
 
 START_TIME_TOLERANCE_S = 2.0
-"""How far a pid file's start time may be from the process's and still name it."""
+"""How far a pid file of an earlier version, which held a wall-clock start time, may be from the
+process's start time and still name it."""
+
+
+def started_ticks(pid: int) -> int:
+    """When the process started, in clock ticks after boot (`/proc/<pid>/stat`'s 22nd field). Unlike
+    a start time on the wall clock (psutil's `create_time`: boot time + ticks), it does not move
+    when the clock is stepped (NTP, a virtual machine's clock sync): compared by wall-clock times,
+    the stack took its own Redis and Kafka for strangers after a step, and `make down` left them
+    running."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[19])  # fields[0] is the 3rd field, the state
+
+
+def same_start(process: psutil.Process, recorded: str) -> bool:
+    """Whether a pid file's recorded start names `process` rather than a later one that reused its pid."""
+    if "." in recorded:  # written by an earlier version: a wall-clock start time
+        return abs(process.create_time() - float(recorded)) < START_TIME_TOLERANCE_S
+    return started_ticks(process.pid) == int(recorded)
 
 
 class Service(ABC):
@@ -105,10 +123,7 @@ class Service(ABC):
             pid, started = self.pid_file.read_text().split()
             process = psutil.Process(int(pid))
             alive = process.status() != psutil.STATUS_ZOMBIE
-            # A matching start time tells our process from a later one that reused the pid. Read
-            # back it can differ by a whole second: Linux reports the boot time (which psutil adds
-            # to the start's clock ticks) in whole seconds, from a clock that NTP keeps adjusting.
-            return process if alive and abs(process.create_time() - float(started)) < START_TIME_TOLERANCE_S else None
+            return process if alive and same_start(process, started) else None
         except (FileNotFoundError, ValueError, psutil.Error):
             return None
 
@@ -573,7 +588,7 @@ def start(service: Service) -> str:
             start_new_session=True,
             env=service.environment(),
         )
-    service.pid_file.write_text(f"{process.pid} {psutil.Process(process.pid).create_time():.2f}")
+    service.pid_file.write_text(f"{process.pid} {started_ticks(process.pid)}")
     try:
         wait_ready(service, process, service.settings.stack.startup_timeout_s)
     except StackError:

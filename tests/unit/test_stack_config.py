@@ -98,8 +98,33 @@ def test_kafka_cluster_ids_never_start_with_a_dash():
     assert next(draws, None) is None
 
 
+def test_the_process_start_a_pid_file_records_is_the_one_psutil_reads_in_ticks_after_boot():
+    ticks = stack.started_ticks(os.getpid())
+
+    assert abs(ticks / os.sysconf("SC_CLK_TCK") + psutil.boot_time() - psutil.Process().create_time()) < 0.02
+
+
+@pytest.mark.parametrize(("shift_ticks", "found"), [(0, True), (-1, False), (6000, False)])
+def test_a_pid_file_names_its_process_and_no_later_one_that_reused_its_pid(settings, shift_ticks, found):
+    redis = stack.Redis(settings)
+    redis.home.mkdir(parents=True)
+    redis.pid_file.write_text(f"{os.getpid()} {stack.started_ticks(os.getpid()) + shift_ticks}")
+
+    assert (redis.running_process() is not None) is found
+
+
+def test_a_pid_file_names_its_process_though_the_wall_clock_was_stepped_since(settings, monkeypatch):
+    redis = stack.Redis(settings)
+    redis.home.mkdir(parents=True)
+    redis.pid_file.write_text(f"{os.getpid()} {stack.started_ticks(os.getpid())}")
+    create_time = psutil.Process.create_time
+    monkeypatch.setattr(psutil.Process, "create_time", lambda process: create_time(process) + 24.0)
+
+    assert redis.running_process() is not None
+
+
 @pytest.mark.parametrize(("shift_s", "found"), [(0.0, True), (-1.0, True), (1.0, True), (-60.0, False)])
-def test_a_pid_file_names_its_process_though_the_start_time_reads_back_a_second_off(settings, shift_s, found):
+def test_a_pid_file_of_an_earlier_version_still_names_its_process(settings, shift_s, found):
     redis = stack.Redis(settings)
     redis.home.mkdir(parents=True)
     me = psutil.Process(os.getpid())
