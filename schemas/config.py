@@ -182,6 +182,13 @@ class StreamSettings(Section):
     stream_batch_ms: int = Field(
         100, ge=1, description="The feature job hands Python its records in batches gathered this long."
     )
+    network_flush_ms: int = Field(
+        5,
+        ge=0,
+        description="Flink sends the records in an output buffer that is not full after at most this long "
+        "(`execution.buffer-timeout.interval`, Flink's default 100): each event crosses two such exchanges "
+        "on its way to Redis, and at a low rate a buffer seldom fills; 0 sends each record at once.",
+    )
     python_gc_thresholds: Annotated[tuple[int, int, int], BeforeValidator(json_text)] = Field(
         (50_000, 20, 100),
         description="`gc.set_threshold` of the feature job's and the backfill's Python: they hold every active "

@@ -144,6 +144,7 @@ def execution_environment(
     # Process mode: small bundles bound the time a record waits in the Python worker (<= 0 silently means 1000 ms).
     config.set_string("python.fn-execution.bundle.size", str(settings.stream.python_bundle_size))
     config.set_string("python.fn-execution.bundle.time", str(settings.stream.python_bundle_time_ms))
+    config.set_string("execution.buffer-timeout.interval", f"{settings.stream.network_flush_ms} ms")
     if settings.stream.flink_profile_python:
         config.set_string("python.profile.enabled", "true")
     if checkpoints is not None:

@@ -22,6 +22,7 @@ from rich.progress import Progress
 from infra.benches.stream import freshness_reports
 from infra.stack import kafka_admin
 from schemas import sample_log
+from schemas.config import Settings
 from schemas.dead_letters import original_payload
 from schemas.events import Event
 from schemas.features import FeatureSpec
@@ -37,6 +38,7 @@ from schemas.redis_format import (
 from schemas.runtime.samples import LABELLED_TYPES
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.runtime.streaming import fold_stream, seen_filters, seen_sets, trending_list
+from streams.flink_env import execution_environment
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
@@ -515,6 +517,13 @@ def test_6_reported_freshness_p99_stays_within_1_s_at_500_events_per_second(stac
     assert len(reports) >= 2, reports  # the gauges freshness_event_p99_ms, ... publish these same numbers
     # The README promises Redis within a second of the event; each report is a 10 s window's p99.
     assert all(0 < event_p99 <= 1000 and 0 <= append_p99 <= 1000 for event_p99, append_p99 in reports), reports
+
+
+def test_the_job_sends_buffered_records_on_after_the_configured_flush_time():
+    # Flink's own default (100 ms per exchange) is what the setting replaces; 7 is neither.
+    defaults = Settings()
+    settings = defaults.model_copy(update={"stream": defaults.stream.model_copy(update={"network_flush_ms": 7})})
+    assert execution_environment(settings, parallelism=1).get_buffer_timeout() == 7
 
 
 def publish_now(producer, topic: str, count: int, rate: int) -> int:
