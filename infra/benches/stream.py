@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -335,10 +335,14 @@ def wait_until_logged(directory: Path, count: int, job: Job) -> float:
     return wait_until(lambda: committed_event_lines(directory, counted) >= count, job, f"{count:,} events logged")
 
 
-def live_events(workload: Workload, limit: int, seed: int) -> Iterator[Event]:
-    """The workload's events, stamped with the time they are sent."""
-    for event in workload.events(limit, seed):
-        yield event.model_copy(update={"ts": int(time.time() * 1000)})
+def live_events(
+    workload: Workload, limit: int, seed: int, pacer: Pacer, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+) -> Iterator[Event]:
+    """The workload's events, each held back until the pacer lets it go and then stamped, as an app
+    stamps an event it sends: stamped before the wait, an event would look up to 1 / rate older."""
+    for index, event in enumerate(workload.events(limit, seed)):
+        pacer.wait(index, None)
+        yield event.model_copy(update={"ts": now_ms()})
 
 
 def freshness(
@@ -355,13 +359,16 @@ def freshness(
     """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are not counted."""
     before = processed(store, namespace)
     with Progress(disable=True) as quiet:
-        warm = publish(live_events(workload, int(rate * warmup_s), seed=rate), producer, topic, Pacer(rate=rate), quiet)
+        warm_up = live_events(workload, int(rate * warmup_s), seed=rate, pacer=Pacer(rate=rate))
+        warm = publish(warm_up, producer, topic, Pacer(), quiet)
     # The writer's first report after the warm-up still covers some of it: counted from the next one.
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
     # The writer reports when a batch arrives: the input goes on for one more report, which covers the end.
     measured = int(rate * (seconds + REPORT_EVERY_S + 2))
     with Progress(disable=True) as quiet:
-        summary = publish(live_events(workload, measured, seed=rate + 1), producer, topic, Pacer(rate=rate), quiet)
+        summary = publish(
+            live_events(workload, measured, seed=rate + 1, pacer=Pacer(rate=rate)), producer, topic, Pacer(), quiet
+        )
     target = before + warm.sent + summary.sent
     catch_up_until = time.monotonic() + 30
     while processed(store, namespace) < target and time.monotonic() < catch_up_until:

@@ -4,8 +4,9 @@ from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
 
-from infra.benches.stream import ACTIVE_SESSIONS, PROJECT_ROOT, Workload
+from infra.benches.stream import ACTIVE_SESSIONS, PROJECT_ROOT, Workload, live_events
 from schemas.events import EventType
+from streams.publish import Pacer
 
 SEQUENCE_LENGTH = 50
 
@@ -36,3 +37,21 @@ def test_real_histories_interleave_sessions_so_a_users_events_arrive_in_bursts_a
 
 def test_this_codes_job_runs_from_the_checkout_root():
     assert Path(__file__).resolve().parents[2] == PROJECT_ROOT
+
+
+class ManualClock:
+    """A clock that moves only when slept on."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_live_event_is_stamped_when_its_turn_to_be_sent_comes_not_before_it_waits():
+    clock = ManualClock()
+    pacer = Pacer(rate=10, clock=lambda: clock.now, sleep=clock.sleep)
+    events = live_events(Workload("real", users=100), 3, seed=1, pacer=pacer, now_ms=lambda: round(clock.now * 1000))
+    # At 10 events/s event n is due n / 10 s after the start: 0, 100 and 200 ms.
+    assert [event.ts for event in events] == [0, 100, 200]
