@@ -22,7 +22,6 @@ from rich.progress import Progress
 from infra.benches.stream import freshness_reports
 from infra.stack import kafka_admin
 from schemas import sample_log
-from schemas.config import Settings
 from schemas.dead_letters import original_payload
 from schemas.events import Event
 from schemas.features import FeatureSpec
@@ -42,7 +41,7 @@ from streams.flink_env import execution_environment
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
-from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end, free_port
+from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end, free_port, settings_of
 from tests.event_streams import messy_stream
 from training.data import bootstrap_rows, read_sample_log
 
@@ -521,8 +520,7 @@ def test_6_reported_freshness_p99_stays_within_1_s_at_500_events_per_second(stac
 
 def test_the_job_sends_buffered_records_on_after_the_configured_flush_time():
     # Flink's own default (100 ms per exchange) is what the setting replaces; 7 is neither.
-    defaults = Settings()
-    settings = defaults.model_copy(update={"stream": defaults.stream.model_copy(update={"network_flush_ms": 7})})
+    settings = settings_of({"KF_NETWORK_FLUSH_MS": "7"})
     assert execution_environment(settings, parallelism=1).get_buffer_timeout() == 7
 
 

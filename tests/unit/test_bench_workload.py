@@ -7,6 +7,7 @@ from pathlib import Path
 from infra.benches.stream import ACTIVE_SESSIONS, PROJECT_ROOT, Workload, live_events
 from schemas.events import EventType
 from streams.publish import Pacer
+from tests.unit.test_publish import FakeClock
 
 SEQUENCE_LENGTH = 50
 
@@ -39,19 +40,9 @@ def test_this_codes_job_runs_from_the_checkout_root():
     assert Path(__file__).resolve().parents[2] == PROJECT_ROOT
 
 
-class ManualClock:
-    """A clock that moves only when slept on."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_a_live_event_is_stamped_when_its_turn_to_be_sent_comes_not_before_it_waits():
-    clock = ManualClock()
-    pacer = Pacer(rate=10, clock=lambda: clock.now, sleep=clock.sleep)
-    events = live_events(Workload("real", users=100), 3, seed=1, pacer=pacer, now_ms=lambda: round(clock.now * 1000))
-    # At 10 events/s event n is due n / 10 s after the start: 0, 100 and 200 ms.
-    assert [event.ts for event in events] == [0, 100, 200]
+    clock = FakeClock()  # at 100 s
+    pacer = Pacer(rate=10, clock=clock, sleep=clock.sleep)
+    events = live_events(Workload("real", users=100), 3, seed=1, pacer=pacer, now_ms=lambda: round(clock() * 1000))
+    # At 10 events/s event n is due n / 10 s after the start: 100.0, 100.1 and 100.2 s.
+    assert [event.ts for event in events] == [100_000, 100_100, 100_200]

@@ -11,6 +11,7 @@ from schemas.config import Settings
 from streams.gc_pauses import GcPauses, collect_and_freeze
 from streams.operators import UserFeaturesFunction
 from streams.redis_writer import REPORT_EVERY_S, RedisWriter
+from tests.conftest import settings_of
 from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
 from tests.unit.test_operators import EVENTS
 
@@ -67,9 +68,7 @@ def tracked(value: object) -> bool:
 
 
 def with_per_batch(per_batch: bool) -> Settings:
-    settings = Settings()
-    stream = settings.stream.model_copy(update={"python_gc_per_batch": per_batch})
-    return settings.model_copy(update={"stream": stream})
+    return settings_of({"KF_PYTHON_GC_PER_BATCH": str(per_batch)})
 
 
 @pytest.fixture
