@@ -49,7 +49,7 @@ $(KAFKA_JARS_STAMP): infra/kafka/pom.xml
 	@touch $@
 
 $(FLINK_JARS_STAMP): infra/flink/pom.xml
-	@echo "resolving the Flink Kafka connector from Maven Central into $(JARS_DIR)/flink"
+	@echo "resolving the Flink Kafka connector and state changelog from Maven Central into $(JARS_DIR)/flink"
 	@rm -rf $(JARS_DIR)/flink
 	@mkdir -p $(JARS_DIR)
 	@$(MVN) -f infra/flink/pom.xml dependency:copy-dependencies -DexcludeTransitive=true \

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.config import Settings
+from streams.flink_classpath import with_flink_classpath
 
 INFRA_DIR = Path(__file__).resolve().parent
 FLINK_HOME = Path(importlib.util.find_spec("pyflink").submodule_search_locations[0])
@@ -270,7 +271,8 @@ class FlinkProcess(Service):
         return [str(FLINK_HOME / "bin" / self.script), "start-foreground"]
 
     def environment(self) -> dict[str, str]:
-        return os.environ | {"FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_file.parent)}
+        directories = {"FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_file.parent)}
+        return with_flink_classpath(self.settings, os.environ) | directories
 
     def overview(self) -> dict | None:
         """The JobManager's /overview (task managers, slots, jobs), None while it does not answer."""

@@ -168,6 +168,19 @@ class StreamSettings(Section):
     checkpoint_incremental: bool = Field(
         True, description="RocksDB checkpoints upload only the files written since the previous checkpoint."
     )
+    state_changelog: bool = Field(
+        True,
+        description="With the hashmap backend, a checkpoint writes Flink's log of the state changes since the "
+        "last full copy of the state, which is taken every KF_CHANGELOG_MATERIALIZE_S: while a full copy is "
+        "written, the first write to each user bucket copies the bucket's whole map, and those copies held every "
+        "event back by a few hundred ms. Not used with rocksdb, which copies nothing.",
+    )
+    changelog_materialize_s: float = Field(
+        120.0,
+        gt=0,
+        description="How often the state changelog (KF_STATE_CHANGELOG) takes a full copy of the state; a "
+        "restarted job replays the changes logged since the newest one.",
+    )
     python_execution_mode: Literal["thread", "process"] = Field(
         "thread",
         description="Where the job's Python operators run: thread (inside Flink's JVM) or process (Python workers).",

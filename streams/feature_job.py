@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--restore",
         metavar="PATH",
-        help="resume from this savepoint or checkpoint, a directory or URI (`flink stop` writes one)",
+        help="resume from this savepoint or checkpoint, a directory or URI (`flink stop` writes one); with the state "
+        "changelog (KF_STATE_CHANGELOG) the job owns it afterwards and deletes it once newer checkpoints cover it",
     )
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

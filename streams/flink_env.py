@@ -17,8 +17,15 @@ from pyflink.java_gateway import get_gateway
 
 from schemas.config import Settings
 from schemas.features import FeatureSpec
+from streams.flink_classpath import with_flink_classpath
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CHANGELOG_DIRECTORY = "changelog"
+"""Beside the job directories of a job's checkpoints: the state changelog's files."""
+
+
+def changelog_in_use(settings: Settings) -> bool:
+    return settings.stream.state_changelog and settings.stream.state_backend == "hashmap"
 
 
 def connector_jar_urls(settings: Settings) -> list[str]:
@@ -124,6 +131,9 @@ def execution_environment(
     With `checkpoints` (a URI), the job checkpoints there every KF_CHECKPOINT_INTERVAL_S into
     KF_STATE_BACKEND and keeps the checkpoints when it is cancelled or killed; `restore_from`
     (a URI) resumes from one of them."""
+    if changelog_in_use(settings):
+        # PyFlink starts the MiniCluster's JVM from this process's environment at its first Java call.
+        os.environ.update(with_flink_classpath(settings, os.environ))
     config = Configuration()
     # A MiniCluster's REST API (the bench reads checkpoint statistics from it) on a free port of this host only.
     config.set_string("rest.bind-address", settings.stack.bind_host)
@@ -156,8 +166,20 @@ def execution_environment(
         config.set_string("state.backend.type", settings.stream.state_backend)
         config.set_string("state.backend.rocksdb.localdir", str(rocksdb_directory(settings)))
         config.set_string("execution.checkpointing.incremental", str(settings.stream.checkpoint_incremental).lower())
+        if changelog_in_use(settings):
+            config.set_string("state.changelog.enabled", "true")
+            config.set_string("state.changelog.storage", "filesystem")
+            config.set_string("state.changelog.dstl.dfs.base-path", f"{checkpoints}/{CHANGELOG_DIRECTORY}")
+            config.set_string(
+                "state.changelog.periodic-materialize.interval",
+                f"{round(settings.stream.changelog_materialize_s * 1000)} ms",
+            )
     if restore_from is not None:
         config.set_string("execution.state-recovery.path", restore_from)
+        if changelog_in_use(settings):
+            # Flink's default (NO_CLAIM) makes the first checkpoint a full one, which the changelog
+            # cannot take: the job owns what it resumes from, and deletes it once newer ones cover it.
+            config.set_string("execution.state-recovery.claim-mode", "CLAIM")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(parallelism)
     env.add_jars(*connector_jar_urls(settings))

@@ -37,7 +37,7 @@ from schemas.redis_format import (
 from schemas.runtime.samples import LABELLED_TYPES
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from schemas.runtime.streaming import fold_stream, seen_filters, seen_sets, trending_list
-from streams.flink_env import execution_environment
+from streams.flink_env import CHANGELOG_DIRECTORY, execution_environment
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
@@ -354,6 +354,9 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
         job.wait()
     # What the killed job did after its last checkpoint (Redis writes, dead letters, log lines) is redone.
     assert committed_offsets(stack, topic, "crash") == ends
+    # No full copy of the state yet (KF_CHANGELOG_MATERIALIZE_S): the checkpoint holds the first part as logged changes.
+    changelog = job_stack.settings.stack.checkpoints_dir / "crash" / CHANGELOG_DIRECTORY
+    assert any(path.is_file() for path in changelog.rglob("*")), "the checkpoint did not log the state's changes"
     publish(stack, topic, [*[(e.kafka_key, e.to_json()) for e in second[300:]], bad[4]])
 
     restarted = start_job(job_stack, topic, "crash", tmp_path / "second.log")

@@ -4,14 +4,18 @@ import pytest
 
 from schemas.config import Settings
 from schemas.features import FeatureSpec
+from streams.flink_classpath import with_flink_classpath
 from streams.flink_env import (
+    CHANGELOG_DIRECTORY,
     FeatureSpecChanged,
+    changelog_in_use,
     check_feature_spec,
     checkpoint_uri,
     latest_checkpoint,
     local_directory,
     restore_location,
 )
+from tests.conftest import settings_of
 
 
 def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
@@ -21,6 +25,9 @@ def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
         metadata.write_bytes(b"")
         os.utime(metadata, (1_700_000_000 - age, 1_700_000_000 - age))
     (tmp_path / "job-b" / "chk-4").mkdir()  # still being written: no _metadata
+    changelog = tmp_path / CHANGELOG_DIRECTORY / "job-c" / "chk-9" / "_metadata"  # not a job's checkpoints
+    changelog.parent.mkdir(parents=True)
+    changelog.write_bytes(b"")
 
     assert latest_checkpoint(tmp_path.as_uri()) == str(tmp_path / "job-b" / "chk-3")
     assert latest_checkpoint((tmp_path / "nothing-here").as_uri()) is None
@@ -60,3 +67,24 @@ def test_a_job_resumes_only_checkpoints_recorded_with_its_feature_spec(tmp_path)
     check_feature_spec(checkpoints, longer, resuming=True)
     with pytest.raises(FeatureSpecChanged):
         check_feature_spec(checkpoints, spec, resuming=True)
+
+
+def test_the_state_changelog_is_used_with_the_hashmap_backend_only():
+    assert changelog_in_use(settings_of({}))
+    assert not changelog_in_use(settings_of({"KF_STATE_BACKEND": "rocksdb"}))
+    assert not changelog_in_use(settings_of({"KF_STATE_CHANGELOG": "false"}))
+
+
+def test_the_changelog_jars_join_the_classpath_of_the_flink_jvms_once(tmp_path):
+    settings = settings_of({"KF_JARS_DIR": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="make setup"):
+        with_flink_classpath(settings, {})
+    (tmp_path / "flink").mkdir()
+    for name in ("flink-dstl-dfs-2.2.0.jar", "flink-statebackend-changelog-2.2.0.jar", "flink-sql-connector-kafka.jar"):
+        (tmp_path / "flink" / name).write_bytes(b"")
+    jars = tmp_path / "flink"
+    expected = f"/opt/hadoop.jar:{jars}/flink-statebackend-changelog-2.2.0.jar:{jars}/flink-dstl-dfs-2.2.0.jar"
+
+    environment = with_flink_classpath(settings, {"HADOOP_CLASSPATH": "/opt/hadoop.jar", "PATH": "/bin"})
+    assert environment == {"HADOOP_CLASSPATH": expected, "PATH": "/bin"}
+    assert with_flink_classpath(settings, environment)["HADOOP_CLASSPATH"] == expected
