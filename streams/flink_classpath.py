@@ -13,8 +13,13 @@ from schemas.config import Settings
 CHANGELOG_JARS = ("flink-statebackend-changelog-*.jar", "flink-dstl-dfs-*.jar")
 
 
+def flink_jars_directory(settings: Settings) -> Path:
+    """Where `make setup` puts the jars of infra/flink/pom.xml."""
+    return settings.stack.jars_dir.resolve() / "flink"
+
+
 def changelog_jars(settings: Settings) -> list[Path]:
-    directory = settings.stack.jars_dir.resolve() / "flink"
+    directory = flink_jars_directory(settings)
     jars = [jar for pattern in CHANGELOG_JARS for jar in sorted(directory.glob(pattern))]
     if len(jars) < len(CHANGELOG_JARS):
         raise FileNotFoundError(

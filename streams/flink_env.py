@@ -17,7 +17,7 @@ from pyflink.java_gateway import get_gateway
 
 from schemas.config import Settings
 from schemas.features import FeatureSpec
-from streams.flink_classpath import with_flink_classpath
+from streams.flink_classpath import flink_jars_directory, with_flink_classpath
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHANGELOG_DIRECTORY = "changelog"
@@ -29,11 +29,10 @@ def changelog_in_use(settings: Settings) -> bool:
 
 
 def connector_jar_urls(settings: Settings) -> list[str]:
-    jars = sorted((settings.stack.jars_dir.resolve() / "flink").glob("flink-sql-connector-kafka-*.jar"))
+    directory = flink_jars_directory(settings)
+    jars = sorted(directory.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
-        raise FileNotFoundError(
-            f"no Flink Kafka connector jar in {settings.stack.jars_dir / 'flink'}; run `make setup` to resolve it"
-        )
+        raise FileNotFoundError(f"no Flink Kafka connector jar in {directory}; run `make setup` to resolve it")
     return [jar.as_uri() for jar in jars]
 
 
