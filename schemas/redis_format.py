@@ -143,7 +143,19 @@ class FormatError(ValueError):
 
 
 def encode_value(data: UserSequence | UserFeatures | ItemFeatures | Trending | ExperimentTallies, as_of: int) -> bytes:
-    return orjson.dumps({"format_version": FORMAT_VERSION, "as_of": as_of, "data": data})
+    plain = _sequence_data(data) if isinstance(data, UserSequence) else data
+    return orjson.dumps({"format_version": FORMAT_VERSION, "as_of": as_of, "data": plain})
+
+
+def _sequence_data(sequence: UserSequence) -> dict[str, list[dict[str, Any]]]:
+    """The stream writes a sequence of up to 50 entries per changed user and batch: orjson encodes
+    plain dicts of them about four times faster than it walks the slotted dataclasses."""
+    return {
+        "entries": [
+            {"event_id": e.event_id, "item_id": e.item_id, "type": e.type._value_, "ts": e.ts, "value": e.value}
+            for e in sequence.entries
+        ]
+    }
 
 
 _EVENT_TYPES = {event_type.value: event_type for event_type in EventType}

@@ -30,8 +30,8 @@ class FakeMapState:
         value = self.stored.get(key)
         return None if value is None else pickle.loads(value)
 
-    def put(self, key: str, value: Any) -> None:
-        self.stored[key] = pickle.dumps(value)
+    def put_all(self, entries: dict[str, Any]) -> None:
+        self.stored.update((key, pickle.dumps(value)) for key, value in entries.items())
 
     def items(self) -> list[tuple[str, Any]]:
         return [(key, pickle.loads(value)) for key, value in self.stored.items()]

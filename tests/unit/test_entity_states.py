@@ -1,5 +1,7 @@
 """EntityStates against a fake MapState that counts the reads which would be JVM round trips."""
 
+import pytest
+
 from streams.entity_states import EntityStates
 
 TTL_MS = 1000
@@ -10,13 +12,16 @@ class FakeMapState:
         self.entries = dict(entries or {})
         self.gets = 0
         self.bulk_reads = 0
+        self.bulk_writes = 0
 
     def get(self, key):
         self.gets += 1
         return self.entries.get(key)
 
-    def put(self, key, value):
-        self.entries[key] = value
+    def put_all(self, entries):
+        """As PyFlink's in thread mode: a dict."""
+        self.bulk_writes += 1
+        self.entries.update(entries.items())
 
     def items(self):
         self.bulk_reads += 1
@@ -24,6 +29,14 @@ class FakeMapState:
 
     def remove(self, key):
         del self.entries[key]
+
+
+class ProcessModeMapState(FakeMapState):
+    def put_all(self, entries):
+        """As PyFlink's in process mode: (key, value) pairs, whatever the argument."""
+        self.bulk_writes += 1
+        for key, value in entries:
+            self.entries[key] = value
 
 
 class Clock:
@@ -49,18 +62,21 @@ def test_a_bucket_is_read_in_bulk_once_and_unknown_entities_cost_no_round_trip()
     assert (flink.bulk_reads, flink.gets) == (1, 0)
 
 
-def test_changes_reach_flink_at_commit_once_per_entity_stamped_with_the_batchs_time():
-    flink = FakeMapState()
+@pytest.mark.parametrize("flink_state", [FakeMapState, ProcessModeMapState])
+def test_changes_reach_flink_at_commit_in_one_call_once_per_entity_stamped_with_the_batchs_time(flink_state):
+    flink = flink_state()
     states = states_on(flink, clock=Clock(12.5))
     states.enter("bucket-0")
 
     states.put("u1", 1)
     states.put("u1", 2)
+    states.put("u2", 7)
     assert flink.entries == {}
     changed = states.commit()
 
-    assert flink.entries == {"u1": (12_500, 2)} and changed == [("u1", 2)]
-    assert states.commit() == []
+    assert flink.entries == {"u1": (12_500, 2), "u2": (12_500, 7)} and sorted(changed) == [("u1", 2), ("u2", 7)]
+    assert flink.bulk_writes == 1
+    assert states.commit() == [] and flink.bulk_writes == 1
     assert states.get("u1", 0) == 2
 
 

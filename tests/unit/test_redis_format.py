@@ -2,8 +2,8 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
-from schemas.events import Event
-from schemas.features import FeatureSpec
+from schemas.events import Event, EventType
+from schemas.features import FeatureSpec, SequenceEntry, UserSequence
 from schemas.redis_format import (
     SEEN_FILTER_BITS,
     FormatError,
@@ -90,6 +90,19 @@ def test_the_stored_json_is_the_documented_envelope():
     raw = encode_value(Trending(items=(("i7", 12.5),), at_ts=5), as_of=5)
 
     assert orjson.loads(raw) == {"format_version": 3, "as_of": 5, "data": {"items": [["i7", 12.5]], "at_ts": 5}}
+
+
+def test_a_stored_sequence_is_the_documented_json():
+    entries = (
+        SequenceEntry("ml:1:31", "31", EventType.RATING, 964982703000, 2.5),
+        SequenceEntry("e2", "7", EventType.CLICK, 964982704000),
+    )
+
+    raw = encode_value(UserSequence(entries), as_of=964982704000)
+
+    assert raw == (b'{"format_version":3,"as_of":964982704000,"data":{"entries":['
+                   b'{"event_id":"ml:1:31","item_id":"31","type":"rating","ts":964982703000,"value":2.5},'
+                   b'{"event_id":"e2","item_id":"7","type":"click","ts":964982704000,"value":null}]}}')  # fmt: skip
 
 
 @pytest.mark.parametrize(
