@@ -94,8 +94,8 @@ class EntityStates:
         memory. Returns the changed entities with their new states, for the caller's Redis writes."""
         changed = _Entries((entity_id, self.entries[entity_id]) for entity_id in self.changed)
         if changed:
-            # One call into the JVM per batch: a call per entity cost the feature operators a
-            # quarter of their time, and the Python lock all of them share.
+            # One call into the JVM per batch, not one per entity: each call holds the Python lock
+            # that every operator of the job shares.
             self.state.put_all(changed)
         self.changed.clear()
         excess = len(self.entries) - self.capacity
