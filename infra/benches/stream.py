@@ -7,8 +7,9 @@ same run, beside it the job with --no-samples (and with --compare-with, a previo
    same users (--events) are published to a fresh topic; the live job applies the users' events,
    so it holds their state when it reaches the burst.
 2. Throughput of the burst: events/s from the first of its events applied in Redis to the last;
-   the job's CPU (its Python and JVM) per 1,000 events; and, with the log on, the seconds from the
-   last event in Redis until the sample log has committed every event.
+   the job's CPU (its Python and JVM) per 1,000 events, and that CPU by thread (in thread mode,
+   by stage); and, with the log on, the seconds from the last event in Redis until the sample log
+   has committed every event.
 3. Freshness: events stamped with the current time at each fixed rate (--rates) over the same
    users, after a warm-up at that rate that is not counted; the job's Redis writer measures write
    time - event time (and - Kafka append time) for every event and logs percentiles every 10 s.
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,6 +124,8 @@ class Result:
     cpu_ms_per_1000_events: float
     log_committed_after_s: float | None
     log_bytes_per_event: float | None
+    burst_cpu_share_by_thread: dict[str, float] = field(default_factory=dict)
+    """The job's CPU in the burst by thread name (`thread_cpu_seconds`), as shares of it, largest first."""
     freshness: list[FreshnessResult] = field(default_factory=list)
 
     @property
@@ -263,6 +267,10 @@ class Job:
         """CPU time of the job's processes (its Python driver and the JVM it starts, with Python inside)."""
         return self._summed(own_cpu_seconds)
 
+    def cpu_seconds_by_thread(self) -> Counter[str]:
+        """CPU time of the job's processes' threads, by thread name (`thread_cpu_seconds`)."""
+        return sum(family_measures(self.process.pid, thread_cpu_seconds).values(), Counter())
+
     def resident_bytes(self) -> int:
         """Resident memory of the job's processes."""
         return round(self._summed(lambda member: member.memory_info().rss))
@@ -304,6 +312,26 @@ def family_measures(pid: int, measure) -> dict[int, float]:
 def own_cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
+
+
+def thread_cpu_seconds(process: psutil.Process, proc: Path = Path("/proc")) -> Counter[str]:
+    """CPU seconds of `process`'s threads by name, digits masked so a pool's threads count as one. In
+    thread mode a Flink task's thread (named after its first operator) runs its operators' Python
+    too, so this is the job's CPU by stage."""
+    by_name: Counter[str] = Counter()
+    for thread in process.threads():
+        try:
+            name = (proc / str(process.pid) / "task" / str(thread.id) / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        by_name[re.sub(r"\d+", "N", name)] += thread.user_time + thread.system_time
+    return by_name
+
+
+def shares(seconds: Counter[str], top: int = 8) -> dict[str, float]:
+    """The `top` largest of `seconds` as shares of their whole, largest first."""
+    total = sum(seconds.values())
+    return {name: spent / total for name, spent in seconds.most_common(top)} if total > 0 else {}
 
 
 def wait_until(condition, job: Job, what: str, within_s: float = CATCH_UP_S) -> float:
@@ -415,10 +443,10 @@ def measure(
         console.print(f"  applying {state_count:,} events of {arguments.users:,} users ...")
         started = wait_until_processed(store, namespace, 1, job)  # JVM and job start-up not counted
         state_done = wait_until_processed(store, namespace, state_count, job)
-        cpu_before = job.cpu_seconds()
+        cpu_before, threads_before = job.cpu_seconds(), job.cpu_seconds_by_thread()
         console.print(f"  the burst of {len(records) - state_count:,} events ...")
         burst_done = wait_until_processed(store, namespace, len(records), job)
-        cpu = job.cpu_seconds() - cpu_before
+        cpu, threads = job.cpu_seconds() - cpu_before, job.cpu_seconds_by_thread() - threads_before
         log_dir = sample_log.log_directory(settings.stack.samples_dir, namespace)
         # A previous checkout's log may be in another format, which this one cannot count.
         logged = configuration.log_samples and configuration.code == PROJECT_ROOT
@@ -433,6 +461,7 @@ def measure(
             cpu_ms_per_1000_events=cpu * 1e6 / (len(records) - state_count),
             log_committed_after_s=None if logged_at is None else logged_at - burst_done,
             log_bytes_per_event=None if log_bytes is None else log_bytes / len(records),
+            burst_cpu_share_by_thread=shares(threads),
         )
         producer = make_producer(settings)
         for rate in map(int, arguments.rates.split(",")):
@@ -536,6 +565,9 @@ def report(results: list[Result], per_round: int, replays: list[dict[str, float 
             "-" if r.log_bytes_per_event is None else f"{r.log_bytes_per_event:.0f}",
         )
     Console().print(table)
+    for r in results:
+        by_thread = ", ".join(f"{name} {share:.0%}" for name, share in r.burst_cpu_share_by_thread.items())
+        Console().print(f"{r.label}: the burst's job CPU by thread: {by_thread}")
     for start in range(0, len(results), per_round):  # each round's first configuration against the others
         base, *others = results[start : start + per_round]
         for other in others:
