@@ -144,14 +144,16 @@ def worse_than_popularity(published):
     settings = stack.settings.updated(eval_last_n=0)
     run = TrainingRun(settings, load(settings, Source.SYNTHETIC, int(SYNTHETIC_EVENTS)), progress=False)
     measured = run.measure(run.splits[0])
-    rng = np.random.default_rng(0)
     broken = measured.recommender
-    broken.embeddings = rng.permutation(broken.embeddings)  # every item's vector another item's: retrieval is noise
+    # Retrieval finds no item a validation query could catch, and DIN scores every candidate alike,
+    # so each answer is retrieval's order: NDCG@10 0 by construction. A permuted index (noise) was
+    # not broken enough: it beat popularity in one run.
+    relevant = set().union(*(query.relevant for query in measured.split.validation))
+    ids = list(run.vocabulary.item_ids)
+    kept = [row for row, item in enumerate(ids) if item not in relevant]
     broken.index = ItemIndex(settings.pipeline.faiss_exact_max_items).index(
-        broken.embeddings, list(run.vocabulary.item_ids)
+        broken.embeddings[kept], [ids[row] for row in kept]
     )
-    # and DIN scores every candidate alike, so the answer is the noise's order. Random weights were
-    # not broken enough: the ranker's co-visitation features alone sometimes ranked within the margin.
     for variable in broken.ranker.trainable_variables:
         variable.assign(np.zeros(variable.shape, np.float32))
     return run, measured, run_dir
