@@ -183,7 +183,8 @@ class StreamSettings(Section):
     )
     python_execution_mode: Literal["thread", "process"] = Field(
         "thread",
-        description="Where the job's Python operators run: thread (inside Flink's JVM) or process (Python workers).",
+        description="Where the job's Python operators run: thread (inside Flink's JVM) or process (a Python worker "
+        "process per task slot, on the local MiniCluster too).",
     )
     python_bundle_size: int = Field(1000, ge=1, description="Flink Python bundle size (records; process mode).")
     python_bundle_time_ms: int = Field(
@@ -229,7 +230,12 @@ class StreamSettings(Section):
         "(what it holds meanwhile grows with the events read).",
     )
     stream_key_buckets: int = Field(
-        4, ge=1, description="Users and items are keyed into this many buckets; about 4x the parallelism spreads them."
+        4,
+        ge=1,
+        description="Users and items are keyed into this many buckets, a multiple of KF_FLINK_PARALLELISM: above "
+        "parallelism 1 the buckets' keys spread them evenly over the subtasks (`streams/key_layout.py`). A checkpoint "
+        "restores only into the same buckets: above parallelism 1 another number, or a move to or from parallelism 1, "
+        "is refused on restore; at parallelism 1 another number is not detected (start --fresh and replay).",
     )
     flink_profile_python: bool = Field(
         False, description="Profile the Python operators into Flink's log (process mode)."

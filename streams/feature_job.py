@@ -8,8 +8,8 @@ Operators (each named; stateful ones with a stable uid, so a checkpoint maps bac
 
     kafka-events        raw bytes with partition, offset and Kafka append time (Flink SQL)
     batches             per user bucket and KF_STREAM_BATCH_MS window: the records (Flink SQL)
-    user-features       keyed by user bucket: parse and validate (invalid -> events.dlq), dedupe,
-                        sequence, aggregates -> Redis; training samples
+    user-features       keyed by user bucket (`streams.key_layout`): parse and validate (invalid ->
+                        events.dlq), dedupe, sequence, aggregates -> Redis; training samples
     item-features       keyed by item bucket: aggregates, decayed popularity, windows -> Redis
     trending            one instance: the top-K -> Redis
     experiments         keyed by experiment: each arm's impressions and clicks -> Redis
@@ -44,6 +44,7 @@ from streams.flink_env import (
     local_directory,
     restore_location,
 )
+from streams.key_layout import bucket_keys, layout_name
 from streams.operators import (
     ARM_EVENTS,
     DEAD_LETTERS,
@@ -65,17 +66,19 @@ def build(batches: DataStream, settings: Settings, namespace: str, log_samples: 
 
     Returns the dead letters and the training-sample rows, for the caller to sink."""
     parameters = JobParameters.of(settings, namespace, log_samples)
+    buckets, parallelism = settings.stream.stream_key_buckets, settings.stream.flink_parallelism
+    keys, layout = bucket_keys(buckets, parallelism), layout_name(buckets, parallelism)
     users = (
-        batches.key_by(lambda batch: batch[0], key_type=Types.INT())
+        batches.key_by(lambda batch: keys[batch[0]], key_type=Types.INT())
         .process(UserFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("user-features")
-        .uid("user-features")
+        .uid(f"user-features{layout}")
     )
     (
-        users.key_by(lambda batch: batch[0], key_type=Types.INT())
+        users.key_by(lambda batch: keys[batch[0]], key_type=Types.INT())
         .process(ItemFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("item-features")
-        .uid("item-features")
+        .uid(f"item-features{layout}")
         .key_by(lambda _updates: TRENDING_ENTITY, key_type=Types.STRING())
         .process(TrendingFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("trending")

@@ -18,8 +18,10 @@ from pyflink.java_gateway import get_gateway
 from schemas.config import Settings
 from schemas.features import FeatureSpec
 from streams.flink_classpath import flink_jars_directory, with_flink_classpath
+from streams.key_layout import KEY_GROUPS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PYFLINK_WORKER_MODE_VARIABLE = "_python_worker_execution_mode"  # PyFlink's own spelling (pyflink.datastream)
 CHANGELOG_DIRECTORY = "changelog"
 """Beside the job directories of a job's checkpoints: the state changelog's files."""
 
@@ -141,6 +143,12 @@ def execution_environment(
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
     config.set_string("python.execution-mode", settings.stream.python_execution_mode)
+    config.set_string("pipeline.max-parallelism", str(KEY_GROUPS))
+    if settings.stream.python_execution_mode == "process":
+        # On a MiniCluster PyFlink otherwise runs the Python workers as threads of this process
+        # ("loopback"), all behind its one interpreter lock; as on a cluster, each slot's worker is
+        # then a process of its own.
+        os.environ[PYFLINK_WORKER_MODE_VARIABLE] = "process"
     if settings.stream.python_execution_mode == "thread":
         if find_libpython() is None:
             raise RuntimeError(

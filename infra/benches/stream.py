@@ -639,8 +639,9 @@ def main(argv: list[str] | None = None) -> int:
         "--with-setting",
         action="append",
         default=[],
-        metavar="KF_NAME=VALUE",
-        help="also run the job (sample log on) with this setting, in the same run; repeatable",
+        metavar="'KF_NAME=VALUE ...'",
+        help="also run the job (sample log on) with these settings (space-separated), in the same run; repeatable: "
+        "each is one more configuration",
     )
     parser.add_argument(
         "--replay-engines",
@@ -655,11 +656,14 @@ def main(argv: list[str] | None = None) -> int:
     configurations = [Configuration("as make demo runs it (sample log on)", True)]
     if arguments.beside:
         configurations.append(Configuration("--no-samples", False))
-    for setting in arguments.with_setting:
-        name, _, value = setting.partition("=")
-        if not name.startswith("KF_") or not value:
-            parser.error(f"--with-setting takes KF_NAME=VALUE, not {setting!r}")
-        configurations.append(Configuration(f"{setting} (sample log on)", True, environment={name: value}))
+    for settings_text in arguments.with_setting:
+        environment = {}
+        for setting in settings_text.split():
+            name, _, value = setting.partition("=")
+            if not name.startswith("KF_") or not value:
+                parser.error(f"--with-setting takes KF_NAME=VALUE, not {setting!r}")
+            environment[name] = value
+        configurations.append(Configuration(f"{settings_text} (sample log on)", True, environment=environment))
     if arguments.compare_with:
         name = arguments.compare_with.name
         configurations += [

@@ -298,9 +298,11 @@ def assert_same_json(actual: object, expected: object, where: str) -> None:
         assert actual == expected, where
 
 
-def test_the_job_computes_the_same_with_its_python_in_worker_processes(bounded_run):
+def test_the_job_computes_the_same_at_parallelism_2_with_its_python_in_worker_processes(bounded_run):
+    """Two subtasks of each keyed stage, their buckets under the keys `streams.key_layout` spreads,
+    each slot's Python in a worker process of its own."""
     stack, topic, _, events, _ = bounded_run
-    process_mode = stack.with_env(KF_PYTHON_EXECUTION_MODE="process",
+    process_mode = stack.with_env(KF_PYTHON_EXECUTION_MODE="process", KF_FLINK_PARALLELISM="2",
                                   KF_TOPIC_DLQ=new_topic_named(stack, "dlq-process", partitions=1))  # fmt: skip
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
 
