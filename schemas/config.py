@@ -232,7 +232,7 @@ class StreamSettings(Section):
     stream_key_buckets: int = Field(
         4,
         ge=1,
-        description="Users and items are keyed into this many buckets, a multiple of KF_FLINK_PARALLELISM: above "
+        description="Users and items are keyed into this many buckets, best a multiple of KF_FLINK_PARALLELISM: above "
         "parallelism 1 the buckets' keys spread them evenly over the subtasks (`streams/key_layout.py`). A checkpoint "
         "restores only into the same buckets: above parallelism 1 another number, or a move to or from parallelism 1, "
         "is refused on restore; at parallelism 1 another number is not detected (start --fresh and replay).",
