@@ -46,6 +46,7 @@ from tests.event_streams import messy_stream
 from training.data import bootstrap_rows, read_sample_log
 
 JOB_TIMEOUT_S = 600
+JOB_REFUSAL_TIMEOUT_S = 120
 BAD_RECORDS = [
     b"not json at all",
     b"\xff\xfe\x00 not utf-8",
@@ -311,6 +312,35 @@ def test_the_job_computes_the_same_at_parallelism_2_with_its_python_in_worker_pr
 
     assert job.returncode == 0, job.stdout + job.stderr
     assert_state_equals_reference(client, "process-mode", events, stack.settings.pipeline.features)
+
+
+def test_a_checkpoint_is_refused_by_the_job_at_a_parallelism_with_another_key_layout(stack: Stack, tmp_path):
+    """Above parallelism 1 the buckets sit under other keys (`streams.key_layout`): restored there,
+    a parallelism-1 checkpoint's state would sit where no bucket reads it."""
+    topic = new_topic_named(stack, "events-layout", partitions=1)
+    job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_RUN_DIR=str(tmp_path / "run"),
+                               KF_TOPIC_DLQ=new_topic_named(stack, "dlq-layout", 1))  # fmt: skip
+    publish(stack, topic, [(e.kafka_key, e.to_json()) for e in clicks("a", ["i1", "i2"], 0)])
+    job = start_job(job_stack, topic, "layout", tmp_path / "first.log")
+    try:
+        ends = plan(stack.settings, topic, "layout", None).end
+        wait_for(lambda: committed_offsets(stack, topic, "layout") == ends, "a checkpoint covering the events")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+    log = tmp_path / "wider.log"
+    wider = start_job(job_stack.with_env(KF_FLINK_PARALLELISM="2"), topic, "layout", log)
+    try:
+        returncode = wider.wait(timeout=JOB_REFUSAL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        returncode = None  # still running: it restored the checkpoint
+    finally:
+        os.killpg(wider.pid, signal.SIGKILL)
+        wider.wait()
+
+    assert returncode not in (None, 0), log.read_text()
+    assert "Cannot map checkpoint/savepoint state for operator" in log.read_text()
 
 
 def committed_offsets(stack: Stack, topic: str, namespace: str) -> dict[int, int]:
