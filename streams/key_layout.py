@@ -3,10 +3,11 @@
 Flink hashes a key into one of the job's KEY_GROUPS key groups, and each subtask owns a contiguous
 range of them. With a handful of keys that hash decides the balance: at parallelism 2, 8 buckets
 keyed by their own numbers split 5 to 3 between the subtasks and 16 split 11 to 5. So above
-parallelism 1, bucket b goes under the smallest key in the b-th of `buckets` equal shares of the
-key groups: the buckets spread evenly over any parallelism that divides their number, and the keys
-do not depend on the parallelism, so a checkpoint still rescales. At parallelism 1 a bucket is its
-own key, the layout that earlier checkpoints hold.
+parallelism 1, bucket b goes under the smallest key whose key group starts the b-th of `buckets`
+equal shares of the key groups: the buckets spread evenly over any parallelism that divides their
+number, and the keys do not depend on the parallelism, so a checkpoint still rescales between
+parallelisms above 1. At parallelism 1 a bucket is its own key, the layout that earlier checkpoints
+hold.
 """
 
 KEY_GROUPS = 128
