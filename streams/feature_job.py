@@ -44,7 +44,7 @@ from streams.flink_env import (
     local_directory,
     restore_location,
 )
-from streams.key_layout import bucket_keys, layout_name
+from streams.key_layout import bucket_key_selector, layout_name
 from streams.operators import (
     ARM_EVENTS,
     DEAD_LETTERS,
@@ -67,15 +67,15 @@ def build(batches: DataStream, settings: Settings, namespace: str, log_samples: 
     Returns the dead letters and the training-sample rows, for the caller to sink."""
     parameters = JobParameters.of(settings, namespace, log_samples)
     buckets, parallelism = settings.stream.stream_key_buckets, settings.stream.flink_parallelism
-    keys, layout = bucket_keys(buckets, parallelism), layout_name(buckets, parallelism)
+    bucket_key, layout = bucket_key_selector(buckets, parallelism), layout_name(buckets, parallelism)
     users = (
-        batches.key_by(lambda batch: keys[batch[0]], key_type=Types.INT())
+        batches.key_by(bucket_key, key_type=Types.INT())
         .process(UserFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("user-features")
         .uid(f"user-features{layout}")
     )
     (
-        users.key_by(lambda batch: keys[batch[0]], key_type=Types.INT())
+        users.key_by(bucket_key, key_type=Types.INT())
         .process(ItemFeaturesFunction(parameters), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("item-features")
         .uid(f"item-features{layout}")

@@ -143,7 +143,8 @@ def execution_environment(
     config.set_string("python.executable", sys.executable)
     config.set_string("python.client.executable", sys.executable)
     config.set_string("python.execution-mode", settings.stream.python_execution_mode)
-    config.set_string("pipeline.max-parallelism", str(KEY_GROUPS))
+    if parallelism > 1:  # the key layout's (streams.key_layout); Flink's default, fixed
+        config.set_string("pipeline.max-parallelism", str(KEY_GROUPS))
     if settings.stream.python_execution_mode == "process":
         # On a MiniCluster PyFlink otherwise runs the Python workers as threads of this process
         # ("loopback"), all behind its one interpreter lock; as on a cluster, each slot's worker is

@@ -10,6 +10,8 @@ parallelisms above 1. At parallelism 1 a bucket is its own key, the layout that 
 hold.
 """
 
+from collections.abc import Callable
+
 KEY_GROUPS = 128
 """The job's max parallelism: Flink's default below parallelism 86, set so that it never changes."""
 
@@ -61,6 +63,15 @@ def bucket_keys(buckets: int, parallelism: int, key_groups: int = KEY_GROUPS) ->
             keys[bucket] = key
         key += 1
     return tuple(keys[bucket] for bucket in range(buckets))
+
+
+def bucket_key_selector(buckets: int, parallelism: int) -> Callable[[tuple], int]:
+    """A batch's key (its first field is its bucket); at parallelism 1 the bucket itself, so the job
+    graph there is the one earlier versions ran."""
+    if parallelism == 1:
+        return lambda batch: batch[0]
+    keys = bucket_keys(buckets, parallelism)
+    return lambda batch: keys[batch[0]]
 
 
 def layout_name(buckets: int, parallelism: int) -> str:

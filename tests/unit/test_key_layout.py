@@ -3,7 +3,7 @@ Flink's own `KeyGroupRangeAssignment` in tests/integration/test_feature_job.py."
 
 import pytest
 
-from streams.key_layout import KEY_GROUPS, bucket_keys, key_group, layout_name, subtask_of
+from streams.key_layout import KEY_GROUPS, bucket_key_selector, bucket_keys, key_group, layout_name, subtask_of
 
 
 def test_at_parallelism_1_a_bucket_is_its_own_key_as_earlier_checkpoints_hold_it():
@@ -41,3 +41,10 @@ def test_bucket_b_takes_the_smallest_key_of_its_share_of_the_key_groups():
 def test_more_buckets_than_key_groups_is_refused():
     with pytest.raises(ValueError, match="at most one bucket per key group"):
         bucket_keys(KEY_GROUPS + 1, 2)
+
+
+def test_a_batch_is_keyed_by_its_buckets_key():
+    batch = (3, ["payload"])
+
+    assert bucket_key_selector(4, 1)(batch) == 3
+    assert bucket_key_selector(4, 2)(batch) == bucket_keys(4, 2)[3] != 3
