@@ -8,6 +8,7 @@ import tensorflow as tf
 from schemas.runtime.ann import ItemIndex
 from schemas.runtime.covisitation import CoVisitation
 from schemas.runtime.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary
+from schemas.runtime.pipeline import covisitation_damping
 from training.counts import TrainingCounts
 from training.models import Ranker, SequentialRetrieval
 
@@ -29,7 +30,7 @@ class InMemoryRecommender:
         self._user_vectors = tf.function(retrieval.user_vectors, reduce_retracing=True)
         self.sequence_length, self.exact_max_items = retrieval.length, exact_max_items
         self._use(ranker)
-        self.covisitation, self.popularity = counts.covisitation, counts.popularity
+        self._count(counts.covisitation, counts.popularity)
         self.refresh()
 
     def refresh(self) -> None:
@@ -57,8 +58,12 @@ class InMemoryRecommender:
         ranker's features: e.g. other users' only, as the ranker's training pools need."""
         other = object.__new__(InMemoryRecommender)
         other.__dict__ = dict(self.__dict__)
-        other.covisitation, other.popularity = covisitation, popularity
+        other._count(covisitation, popularity)
         return other
+
+    def _count(self, covisitation: CoVisitation, popularity: np.ndarray) -> None:
+        self.covisitation, self.popularity = covisitation, popularity
+        self.covisitation_damping = covisitation_damping(popularity, covisitation.size)
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         parts = [

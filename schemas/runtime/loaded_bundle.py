@@ -7,6 +7,7 @@ served models (NumPy), the Faiss index and the ranker's tables.
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from schemas.runtime.ann import ItemIndex
 from schemas.runtime.covisitation import CoVisitation
 from schemas.runtime.growing import appended
 from schemas.runtime.model_inputs import FIRST_ITEM, ScoreScale, SequenceArrays, Vocabulary, item_content
+from schemas.runtime.pipeline import covisitation_damping
 from schemas.runtime.seen_filter import SeenFilterIndex
 from schemas.runtime.served_models import DinRanker, UserTower
 from schemas.runtime.title_match import TitleIndex
@@ -225,6 +227,11 @@ class LoadedBundle:
         self._title_index = self._title_index.with_titles(
             len(self.vocabulary.item_ids), dict(zip(rows.tolist(), retitled.values(), strict=True))
         )
+
+    @cached_property
+    def covisitation_damping(self) -> np.ndarray:
+        """Items added since training lie past the counts' size, so a copy `with_items` made keeps it."""
+        return covisitation_damping(self.popularity, self.covisitation.size)
 
     def seen_before(self, seen_filter: bytes | None) -> set[str]:
         """The items of this bundle's vocabulary that a user's seen filter holds (none without one)."""

@@ -94,6 +94,8 @@ class Recommender(Protocol):
     covisitation: CoVisitation
     popularity: np.ndarray
     """[vocabulary.size] float32 interactions per item index in the training data."""
+    covisitation_damping: np.ndarray
+    """[covisitation.size] float32: `covisitation_damping` of `popularity`, computed once per bundle."""
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d]."""
@@ -167,6 +169,12 @@ def pool_of(recommender: Recommender, request: RankRequest, retrieved: list[str]
     return list(dict.fromkeys(retrieved + covisited(recommender, request) + trending))
 
 
+def covisitation_damping(popularity: np.ndarray, size: int) -> np.ndarray:
+    """[size] float32: what divides each item's co-visitation score in `covisited`, (its popularity +
+    1) ** COVISITED_POWER; a power over the catalogue costs more than the rest of `covisited`."""
+    return (popularity[:size] + np.float32(1)) ** np.float32(COVISITED_POWER)
+
+
 def covisited(recommender: Recommender, request: RankRequest) -> list[str]:
     """The request's `covisited` items that most often followed its newest behaviours in the
     training data (COVISITED_RECENT, _DECAY and _POWER), excluded items left out, strongest first."""
@@ -177,7 +185,7 @@ def covisited(recommender: Recommender, request: RankRequest) -> list[str]:
     weights = np.float32(COVISITED_DECAY) ** np.arange(len(newest), dtype=np.float32)[::-1]  # the newest: 1
     counted = (newest >= FIRST_ITEM) & (newest < table.size)  # items added since training followed nothing
     scores = table.following(newest[counted], weights[counted])
-    scores /= (recommender.popularity[: table.size] + np.float32(1)) ** np.float32(COVISITED_POWER)
+    scores /= recommender.covisitation_damping
     # The strongest few first (a partial sort); all of them only when exclusions leave too few.
     for depth in (3 * request.covisited + 1, len(scores)):
         strongest = top_k(scores, depth)  # ties: the smaller index

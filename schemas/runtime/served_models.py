@@ -177,23 +177,23 @@ class DinRanker:
         self._fold_attention_unit(arrays)
 
     def _fold_attention_unit(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """The unit's first layer yields y = z / 2, z Dice's normalised input (z = (x - mean) · s,
-        s = 1 / sqrt(variance + ε)), so that sigmoid(z) = (1 + tanh(y)) / 2. Dice's output
-        a = x·(alpha + (1 - alpha)·sigmoid(z)) then enters the output layer w as
-        Σ_h a_h·w_h = y·A + (y ⊙ tanh y)·B + tanh(y)·C + c (`_weights`)."""
+        """The unit's first layer yields u = -z, z Dice's normalised input (z = (x - mean) · s, s =
+        1 / sqrt(variance + ε)), so that Dice's gate is p = sigmoid(z) = 1 / (1 + exp(u)): NumPy's
+        exp is several times faster than its tanh or a sigmoid built on either. Dice's output
+        a = x·(alpha + (1 - alpha)·p), with x = mean - u / s, then enters the output layer w as
+        Σ_h a_h·w_h = u·U + (u ⊙ p)·V + p·W + c (`_weights`)."""
         unit = {
             name.removeprefix("attention/"): array for name, array in arrays.items() if name.startswith("attention/")
         }
-        half_scale = 0.5 / np.sqrt(unit["dice/normalise/moving_variance"] + np.float32(unit["dice/epsilon"]))
+        scale = 1 / np.sqrt(unit["dice/normalise/moving_variance"] + np.float32(unit["dice/epsilon"]))
         mean, alpha, out = unit["dice/normalise/moving_mean"], unit["dice/alpha"], unit["weight/kernel"][:, 0]
-        self.w_query, self.w_key = unit["w_query"] * half_scale, unit["w_key"] * half_scale
-        self.w_product, self.w_pair = unit["w_product"] * half_scale, unit["w_pair"] * half_scale
-        self.shift = (unit["bias"] - mean) * half_scale
-        through_x = out / half_scale  # x = y / half_scale + mean
-        self.y_weight = through_x * (1 + alpha) / 2
-        self.y_tanh_weight = through_x * (1 - alpha) / 2
-        self.tanh_weight = out * (1 - alpha) / 2 * mean
-        self.constant = np.float32(out @ ((1 + alpha) / 2 * mean) + unit["weight/bias"][0])
+        self.w_query, self.w_key = -unit["w_query"] * scale, -unit["w_key"] * scale
+        self.w_product, self.w_pair = -unit["w_product"] * scale, -unit["w_pair"] * scale
+        self.shift = (mean - unit["bias"]) * scale
+        self.u_weight = -out * alpha / scale
+        self.u_gate_weight = -out * (1 - alpha) / scale
+        self.gate_weight = out * (1 - alpha) * mean
+        self.constant = np.float32(out @ (alpha * mean) + unit["weight/bias"][0])
         self.queries = self._queries(self.items)
 
     @staticmethod
@@ -238,7 +238,7 @@ class DinRanker:
         return next_logits + self.like_weight * log_sigmoid, weights
 
     def _hidden(self, keys: np.ndarray, candidates: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-        """keys [N, D], candidates [M], pairs [M, N] of one row -> y [M, N, H], the folded first
+        """keys [N, D], candidates [M], pairs [M, N] of one row -> u [M, N, H], the folded first
         layer of the activation unit for every pair, as one product: [q, 1, pairs] [M, D + 1 + N]
         times [D + 1 + N, N·H], whose rows are k ⊙ W_p + W_q, then k·W_k + b, then w_pair on the
         diagonal blocks (pair l adds w_pair to behaviour l's block only)."""
@@ -252,7 +252,10 @@ class DinRanker:
         inputs = np.concatenate([self.queries[candidates], pairs], axis=1)
         return (inputs @ rows.reshape(len(rows), length * hidden)).reshape(len(candidates), length, hidden)
 
-    def _weights(self, y: np.ndarray) -> np.ndarray:
-        """y [..., H] -> the unit's output [...]."""
-        tanh = np.tanh(y)
-        return y @ self.y_weight + tanh @ self.tanh_weight + (y * tanh) @ self.y_tanh_weight + self.constant
+    def _weights(self, u: np.ndarray) -> np.ndarray:
+        """u [..., H] -> the unit's output [...]."""
+        with np.errstate(over="ignore"):  # exp(u) = inf where the gate is closed: p = 0, as it should be
+            gate = np.exp(u)
+        gate += 1
+        np.reciprocal(gate, out=gate)
+        return u @ self.u_weight + (u * gate) @ self.u_gate_weight + gate @ self.gate_weight + self.constant

@@ -11,7 +11,7 @@ from schemas.features import SequenceEntry
 from schemas.runtime.ann import ItemIndex
 from schemas.runtime.covisitation import CoVisitation
 from schemas.runtime.model_inputs import RANKER_FEATURES, ScoreScale, Vocabulary
-from schemas.runtime.pipeline import RankRequest, fallback_items, rank_batch
+from schemas.runtime.pipeline import RankRequest, covisitation_damping, fallback_items, rank_batch
 
 ITEMS = ["a", "b", "c", "d", "e"]
 NEW = ["n1", "n2", "n3"]
@@ -37,6 +37,10 @@ class HandMadeRecommender:
         self.scored: list[list[str]] = []
         self.features: list[np.ndarray] = []
         self.pairs: list[np.ndarray] = []
+
+    @property
+    def covisitation_damping(self) -> np.ndarray:  # the tests change popularity and covisitation as they go
+        return covisitation_damping(self.popularity, self.covisitation.size)
 
     def user_vectors(self, sequences):
         return np.tile(np.array([[1.0, 0.0]], np.float32), (len(sequences.items), 1))
