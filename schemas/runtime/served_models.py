@@ -33,8 +33,10 @@ MASKED_LOGIT = -1e9
 
 
 def age_buckets(seconds: np.ndarray) -> np.ndarray:
-    """[...] float32 seconds (negative counts as 0) -> [...] int32: round(log2(1 + seconds)), clipped."""
-    buckets = np.round(np.log1p(np.maximum(seconds, np.float32(0))) / np.float32(np.log(2.0)))
+    """[...] float32 seconds (negative counts as 0) -> [...] int32: round(log2(1 + seconds)), clipped.
+    The formula of `training.layers.age_buckets`, log(1 + x) rather than log1p (which NumPy also
+    computes without a vector loop)."""
+    buckets = np.round(np.log(np.maximum(seconds, np.float32(0)) + np.float32(1)) / np.float32(np.log(2.0)))
     return np.clip(buckets, 0, AGE_BUCKETS - 1).astype(np.int32)
 
 
