@@ -10,8 +10,9 @@ export, once per model version (README, Serving):
   q·W_q + k·W_k + (q ⊙ k)·W_p + b (the q - k block folds into W_q and W_k), plus the pair's
   co-visitation term. Per request row that is one product of [q, 1, pairs] [M, D + 1 + N] with a
   [D + 1 + N, N·H] matrix built from the behaviours (`DinRanker._hidden`).
-- Dice's inference-time normalisation is folded into those weights, and its sigmoid is written as
-  tanh, so the unit's output layer becomes three matrix-vector products (see `DinRanker._weights`).
+- Dice's inference-time normalisation is folded into those weights, and its sigmoid gate is
+  1 / (1 + exp(u)) of the layer's output u, so the unit's output layer becomes three
+  matrix-vector products (see `DinRanker._weights`).
 
 Items published after training (`with_items`) get rows built as the item embedding builds them,
 from their genres and year (`new_item_rows`).
