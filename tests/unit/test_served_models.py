@@ -1,5 +1,7 @@
 """The NumPy forward passes the service runs equal the Keras models they were exported from."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -77,6 +79,28 @@ def test_the_ranker_equals_the_keras_din_scores_and_attention(like_weight):
     np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
     assert np.all(attention[2, :, :-1] == 0.0)  # padding gets no attention
+
+
+def test_the_rankers_attention_gate_saturates_as_keras_where_dices_input_is_far_from_its_mean():
+    """With Dice's variance tiny its normalised input reaches thousands: exp overflows to inf in
+    float32, and the gate must still close (0) or open (1) as the sigmoid does, without a warning."""
+    model = DeepInterestNetwork(small_tables(), width=16, like_weight=0.5, behaviours=BEHAVIOURS)
+    items, kinds, ages = sequences(3)
+    candidates, features, pairs = ranker_inputs(first_candidate=1)
+    model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
+    randomised(model, 5)
+    (variance,) = [w for w in model.weights if "attention" in w.path and "moving_variance" in w.path]
+    variance.assign(np.full(variance.shape, 1e-7, np.float32))
+
+    ranker = DinRanker(ranker_arrays(model), BEHAVIOURS, 0.5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # NumPy's overflow warning
+        scores, attention = ranker(items, kinds, ages, candidates, features, pairs)
+
+    expected_scores, expected_attention = model.served_scores(items, kinds, ages, candidates, features, pairs)
+    np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-3)
 
 
 def test_a_new_items_row_is_no_id_beside_the_mean_of_its_genres_and_its_years_embedding():
