@@ -99,8 +99,8 @@ def test_the_rankers_attention_gate_saturates_as_keras_where_dices_input_is_far_
         scores, attention = ranker(items, kinds, ages, candidates, features, pairs)
 
     expected_scores, expected_attention = model.served_scores(items, kinds, ages, candidates, features, pairs)
-    np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_new_items_row_is_no_id_beside_the_mean_of_its_genres_and_its_years_embedding():
