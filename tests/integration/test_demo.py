@@ -170,11 +170,11 @@ def test_3_the_page_shows_each_users_arm_and_clicks_in_both_arms_move_that_arms_
 
 
 def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event(demo):
-    """`make soak`'s program for 2 minutes: 50 events/s from 50 new users and 10 requests/s, a
-    retraining (v3) after 12 s that the service swaps in under the load (the run must outlast the
-    retraining on a busy machine, or it ends before the swap)."""
+    """`make soak`'s program for 3 minutes: 50 events/s from 50 new users and 10 requests/s, a
+    retraining (v3) after 12 s that the service swaps in under the load. The run must outlast the
+    retraining, or it ends before the swap: on a slow day of this machine the retraining took 121 s."""
     stack, _ = demo
-    soak = ["--minutes", "2", "--retrain-at", "0.1", "--warm-up-minutes", "0.1", "--sample-every", "5"]
+    soak = ["--minutes", "3", "--retrain-at", "0.1", "--warm-up-minutes", "0.1", "--sample-every", "5"]
     load = ["--event-rate", "50", "--request-rate", "10", "--users", "50"]
 
     soaked = stack.run("-m", "infra.benches.soak", *soak, *load, timeout=900)
@@ -182,9 +182,9 @@ def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event
     [summary_file] = (stack.settings.stack.run_dir / "soak").glob("*/summary.json")
     summary = orjson.loads(summary_file.read_bytes())
     assert summary["errors"] == 0 and summary["fallbacks"] == 0, summary
-    assert summary["events"] == {"acknowledged": 50 * 120, "unsure": 0, "lost": 0, "extra": 0}
+    assert summary["events"] == {"acknowledged": 50 * 180, "unsure": 0, "lost": 0, "extra": 0}
     assert summary["retraining"]["version"] == 3 and summary["versions_served"].keys() == {"2", "3"}
-    # Two minutes are too short for the memory growth target (the swap's step is most of it), but
+    # Three minutes are too short for the memory growth target (the swap's step is most of it), but
     # memory must have been measured; every other target is met.
     assert all("resident memory grew" in miss for miss in summary["misses"]), summary["misses"]
     assert soaked.returncode == (1 if summary["misses"] else 0), soaked.stderr[-3000:]
