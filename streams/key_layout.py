@@ -66,10 +66,7 @@ def bucket_keys(buckets: int, parallelism: int, key_groups: int = KEY_GROUPS) ->
 
 
 def bucket_key_selector(buckets: int, parallelism: int) -> Callable[[tuple], int]:
-    """A batch's key (its first field is its bucket); at parallelism 1 the bucket itself, so the job
-    graph there is the one earlier versions ran."""
-    if parallelism == 1:
-        return lambda batch: batch[0]
+    """A batch's key (its first field is its bucket): its bucket's key in `bucket_keys`."""
     keys = bucket_keys(buckets, parallelism)
     return lambda batch: keys[batch[0]]
 
