@@ -181,6 +181,15 @@ class StreamSettings(Section):
         description="How often the state changelog (KF_STATE_CHANGELOG) takes a full copy of the state; a "
         "restarted job replays the changes logged since the newest one.",
     )
+    flink_log_file_size: str = Field(
+        "100MB",
+        pattern=r"^[1-9][0-9]*(KB|MB|GB)$",
+        description="A local job's Flink log (KF_RUN_DIR/logs/flink-*.log) starts a new file at this size, e.g. 64KB, "
+        "100MB, 1GB.",
+    )
+    flink_log_files: int = Field(
+        10, ge=1, description="Full Flink log files a local job keeps beside the current one (.1 the newest)."
+    )
     python_execution_mode: Literal["thread", "process"] = Field(
         "thread",
         description="Where the job's Python operators run: thread (inside Flink's JVM) or process (a Python worker "

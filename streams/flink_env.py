@@ -22,6 +22,7 @@ from streams.key_layout import KEY_GROUPS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYFLINK_WORKER_MODE_VARIABLE = "_python_worker_execution_mode"  # PyFlink's own spelling (pyflink.datastream)
+JOB_LOGGING = Path(__file__).with_name("log4j.properties")
 CHANGELOG_DIRECTORY = "changelog"
 """Beside the job directories of a job's checkpoints: the state changelog's files."""
 
@@ -124,6 +125,15 @@ def restore_location(requested: str | None, checkpoints: Path | None) -> str | N
     return Path(newest).as_uri() if newest is not None else None
 
 
+def use_job_logging(settings: Settings) -> None:
+    """The JVM PyFlink starts for a local job logs through JOB_LOGGING (a rolling file, without a
+    warning Flink repeats at every checkpoint) unless LOG4J_PROPERTIES names another configuration;
+    the JVM reads the size and count of the files from the environment."""
+    os.environ.setdefault("LOG4J_PROPERTIES", str(JOB_LOGGING))
+    os.environ["KF_FLINK_LOG_FILE_SIZE"] = settings.stream.flink_log_file_size
+    os.environ["KF_FLINK_LOG_FILES"] = str(settings.stream.flink_log_files)
+
+
 def execution_environment(
     settings: Settings, parallelism: int, checkpoints: str | None = None, restore_from: str | None = None
 ) -> StreamExecutionEnvironment:
@@ -132,6 +142,7 @@ def execution_environment(
     With `checkpoints` (a URI), the job checkpoints there every KF_CHECKPOINT_INTERVAL_S into
     KF_STATE_BACKEND and keeps the checkpoints when it is cancelled or killed; `restore_from`
     (a URI) resumes from one of them."""
+    use_job_logging(settings)
     if changelog_in_use(settings):
         # PyFlink starts the MiniCluster's JVM from this process's environment at its first Java call.
         os.environ.update(with_flink_classpath(settings, os.environ))

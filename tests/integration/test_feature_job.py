@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import orjson
 import pytest
@@ -497,6 +498,43 @@ def test_a_row_is_committed_within_an_interval_and_a_checkpoint_of_its_event_rea
     bound_s = interval_s + slowest_checkpoint_s(job_stack) + 0.5
     assert committed_after <= bound_s, f"committed {committed_after:.2f} s after the events reached Redis (> {bound_s})"
     assert not sample_log.in_progress_files(directory)
+
+
+def test_the_jobs_flink_log_rolls_over_at_its_size_and_holds_no_warning_per_checkpoint(stack: Stack, tmp_path):
+    topic = new_topic_named(stack, "events-logs")
+    size_bytes, kept = 64 * 1024, 2
+    job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S="1", KF_RUN_DIR=str(tmp_path / "run"),
+                               KF_FLINK_LOG_FILE_SIZE="64KB", KF_FLINK_LOG_FILES=str(kept),
+                               KF_TOPIC_DLQ=new_topic_named(stack, "dlq-logs", 1))  # fmt: skip
+    logs = job_stack.settings.stack.logs_dir
+    job = start_job(job_stack, topic, "logs", tmp_path / "job.log")
+    try:
+        publish(stack, topic, [(e.kafka_key, e.to_json()) for e in messy_stream(seed=43, count=300)])
+        # Past the start-up's lines, which fill the first files: checkpoints of a running job, with
+        # every sink committing, in files that are still kept.
+        wait_for(lambda: len(logs_text(logs).split("Completed checkpoint")) > 10, "ten checkpoints in the kept logs")
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+    files = sorted(path.name for path in logs.glob("flink-*.log*"))
+    current = next(name for name in files if name.endswith(".log"))
+    newest_first = [current, *(f"{current}.{n}" for n in range(1, kept + 1))]
+    assert files == sorted(newest_first), files
+    started = [(logs / name).read_text(errors="replace")[: len("2026-12-07 01:07:55,730")] for name in newest_first]
+    assert started == sorted(started, reverse=True), started
+    # Log4j starts a new file once one has passed the size: each held at most the size before its last line.
+    assert all(size_before_last_line(logs / name) <= size_bytes for name in files), files
+    assert "pendingCommittables" not in logs_text(logs)
+
+
+def size_before_last_line(path: Path) -> int:
+    content = path.read_bytes()
+    return content.rstrip(b"\n").rfind(b"\n") + 1
+
+
+def logs_text(logs: Path) -> str:
+    return "\n".join(path.read_text(errors="replace") for path in logs.glob("flink-*.log*"))
 
 
 def slowest_checkpoint_s(stack: Stack) -> float:

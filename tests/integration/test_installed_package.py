@@ -1,6 +1,7 @@
 """What users install: the wheel, in a fresh virtualenv of the locked dependencies, run from outside
 the checkout (as infra/kubernetes/Dockerfile installs it), against the test stack."""
 
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -31,10 +32,14 @@ def installed(stack: Stack, tmp_path_factory) -> tuple[Path, Path, dict]:
     """(the virtualenv's python, a working directory outside the checkout, the stack's environment
     without anything that points into the checkout)."""
     root = tmp_path_factory.mktemp("installed")
-    env = {name: value for name, value in stack.env.items() if name not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # LOG4J_PROPERTIES: the checkout's job logging, once a test in this process built a Flink environment.
+    checkout_paths = ("PYTHONPATH", "VIRTUAL_ENV", "LOG4J_PROPERTIES")
+    env = {name: value for name, value in stack.env.items() if name not in checkout_paths}
     # Relative defaults (the jars) would resolve against the working directory, which is not the checkout.
     env |= {"KF_JARS_DIR": str(stack.settings.stack.jars_dir.resolve()), "UV_NATIVE_TLS": "1"}
-    # From the source distribution (uv builds the wheel from it), so no build/ left in the checkout can leak in.
+    # From the source distribution (uv builds the wheel from it), so no build/ left in the checkout can leak in;
+    # nor the egg-info of an earlier build, whose SOURCES.txt setuptools would add to the distribution.
+    shutil.rmtree(REPO_ROOT / "kingfisher.egg-info", ignore_errors=True)
     built = run([UV, "build", "--out-dir", root / "dist", REPO_ROOT], root, env)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (root / "dist").glob("kingfisher-*.whl")
@@ -97,8 +102,9 @@ def test_the_installed_console_script_answers_help(installed):
     assert "usage:" in helped.stdout
 
 
-def test_the_installed_feature_job_writes_what_the_feature_functions_compute(installed, stack: Stack):
+def test_the_installed_feature_job_writes_what_the_feature_functions_compute(installed, stack: Stack, tmp_path):
     python, workdir, env = installed
+    env = env | {"KF_RUN_DIR": str(tmp_path)}
     topic = new_topic_named(stack, "installed")
     events = messy_stream(seed=5, count=300)
     publish(stack, topic, [(event.kafka_key, event.to_json()) for event in events])
@@ -111,6 +117,9 @@ def test_the_installed_feature_job_writes_what_the_feature_functions_compute(ins
 
     assert job.returncode == 0, job.stderr[-3000:]
     assert stored == {user_id: state.sequence for user_id, state in users.items()}
+    # Flink's log, through the logging configuration the wheel ships (without it: no file at all)
+    flink_logs = "".join(path.read_text() for path in (tmp_path / "logs").glob("flink-*.log"))
+    assert "org.apache.flink.runtime" in flink_logs
 
 
 def test_the_installed_service_serves_its_page_and_answers_without_a_model(installed, stack: Stack, tmp_path):
