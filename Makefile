@@ -17,7 +17,7 @@ MVN := mvn -B --no-transfer-progress
 # uv reads the system CA store, like pip does with PIP_CERT.
 export UV_NATIVE_TLS := 1
 
-.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap bench-quality bench-similar soak train serve
+.PHONY: help setup system-deps browser demo up down cluster-up cluster-down status clean distclean test test-unit lint lock bench bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap bench-quality bench-similar bench-instructions soak train serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -90,7 +90,7 @@ train: up ## train, evaluate and publish a model version (TRAIN_ARGS="--source m
 serve: up ## run the recommendation service in the foreground on 127.0.0.1:8080 (KF_SERVE_PORT)
 	$(PY) -m serving
 
-bench: bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap bench-quality bench-similar ## every benchmark (numbers in README.md)
+bench: bench-stream bench-state bench-train bench-incremental bench-serve bench-catalogue bench-swap bench-quality bench-similar bench-instructions ## every benchmark (numbers in README.md)
 
 bench-stream: up ## the job as make demo runs it (log on) beside --no-samples: throughput holding 100,000 users, freshness, replay
 	$(PY) -m infra.benches.stream $(BENCH_ARGS)
@@ -118,6 +118,10 @@ bench-quality: setup ## quality through the live system: each MovieLens user's n
 
 bench-similar: setup ## similar items and film series: each MovieLens sequel among its previous film's top 20, served beside the vectors alone and co-watching alone
 	$(PY) -m infra.benches.similar $(BENCH_ARGS)
+
+bench-instructions: setup ## instructions per recommendation (rank_batch, callgrind) of this checkout beside BENCH_ARGS="--previous CHECKOUT": exact where CPU time drifts
+	@bash infra/install-system-deps.sh --valgrind
+	$(PY) -m infra.benches.instructions $(BENCH_ARGS)
 
 soak: demo ## 30 min of events and requests on the demo stack with a retraining and hot swap midway (SOAK_ARGS="--minutes 5")
 	$(PY) -m infra.benches.soak $(SOAK_ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs with apt whatever of Kingfisher's system requirements is missing:
 # JDK 17+ (Kafka broker, PyFlink), Maven (resolves the jars), redis-server, python3.11 venv support,
-# and with `--browser` Debian's Chromium for the web page's browser test (Playwright drives it).
+# with `--browser` Debian's Chromium for the web page's browser test (Playwright drives it), and with
+# `--valgrind` valgrind for `make bench-instructions`.
 # Quick and silent when everything is present; safe to run again.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ if ! command -v python3.11 >/dev/null; then
 fi
 python3.11 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3.11-venv)
 if [[ ${1:-} == --browser ]]; then command -v chromium >/dev/null || missing+=(chromium); fi
+if [[ ${1:-} == --valgrind ]]; then command -v valgrind >/dev/null || missing+=(valgrind); fi
 
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 
