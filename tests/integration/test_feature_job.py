@@ -523,14 +523,19 @@ def test_the_jobs_flink_log_rolls_over_at_its_size_and_holds_no_warning_per_chec
     assert files == sorted(newest_first), files
     started = [(logs / name).read_text(errors="replace")[: len("2026-12-07 01:07:55,730")] for name in newest_first]
     assert started == sorted(started, reverse=True), started
-    # Log4j starts a new file once one has passed the size: each held at most the size before its last line.
-    assert all(size_before_last_line(logs / name) <= size_bytes for name in files), files
+    # Log4j starts a new file once one has passed the size: each held at most the size before its last event.
+    assert all(size_before_last_event(logs / name) <= size_bytes for name in files), files
     assert "pendingCommittables" not in logs_text(logs)
 
 
-def size_before_last_line(path: Path) -> int:
-    content = path.read_bytes()
-    return content.rstrip(b"\n").rfind(b"\n") + 1
+def size_before_last_event(path: Path) -> int:
+    """Where the file's last event starts: its last line that begins with a timestamp (an event
+    can span lines, e.g. a stack trace)."""
+    starts = [found.start() for found in LOG_EVENT_START.finditer(path.read_bytes())]
+    return starts[-1] if starts else 0
+
+
+LOG_EVENT_START = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.MULTILINE)
 
 
 def logs_text(logs: Path) -> str:
