@@ -7,7 +7,8 @@ does not move: callgrind simulates the process and counts every instruction it e
 on every run of the same code. What is counted: `rank_batch` (the user tower, the index search,
 the pool, the ranker's inputs and DIN, as the service calls it) for each of the first `--users`
 MovieLens users, one request at a time, on the live version of `KF_RUN_DIR`'s registry, each
-user's state folded from every rating and asked one hour after the newest. Set-up and a warm-up
+user's state, seen set and the trending list as the stream leaves them after every rating
+(`fold_stream`), asked one hour after the newest. Set-up and a warm-up
 of 20 requests run before counting starts (callgrind's instrumentation is switched on from
 outside once the worker says it is ready).
 
@@ -116,39 +117,31 @@ def report(counts: dict[str, int], users: int) -> None:
 def _worker(marks: Path, users: int) -> int:
     """Runs under callgrind, importing the checkout's modules (PYTHONPATH): set-up, then ranking
     between the marks."""
-    from collections import Counter, defaultdict
-
     import schemas
     from schemas.bundle import Registry
     from schemas.config import Settings
-    from schemas.features import UserState
     from schemas.runtime.loaded_bundle import LoadedBundle
     from schemas.runtime.pipeline import RankRequest, rank_batch
     from schemas.runtime.sources.movielens import LoadReport, locate_dataset, rating_events
-    from schemas.runtime.streaming import apply_user_event
+    from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
 
     print(f"ranking with {Path(schemas.__file__).parent}", flush=True)
     settings = Settings()
+    p, spec = settings.pipeline, settings.pipeline.features
     registry = Registry(settings.stack.run_dir / "models")
-    bundle = LoadedBundle(registry.path(registry.current()), settings.pipeline.faiss_exact_max_items)
-    states, seen, counts, newest = {}, defaultdict(set), Counter(), 0
-    for event in rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()):
-        states[event.user_id] = apply_user_event(
-            states.get(event.user_id, UserState()), event, settings.pipeline.features
-        )
-        seen[event.user_id].add(event.item_id)
-        counts[event.item_id] += 1
-        newest = max(newest, event.ts)
-    p = settings.pipeline
-    trending = [(item, float(n)) for item, n in counts.most_common(p.trending_candidates)]
+    bundle = LoadedBundle(registry.path(registry.current()), p.faiss_exact_max_items)
+    # The state the stream leaves in Redis after the history, as the service reads it.
+    events = list(rating_events(locate_dataset(settings.stack.movielens_path), LoadReport()))
+    states, _, trending = fold_stream(events, spec)
+    seen, listed = seen_sets(events, spec), trending_list(trending, spec)
     requests = [
         RankRequest(
             user,
             state.sequence.entries,
             state.features,
-            now_ms=newest + 3_600_000,
-            trending=trending,
-            exclude=seen[user],
+            now_ms=listed.at_ts + 3_600_000,
+            trending=list(listed.items[: p.trending_candidates]),
+            exclude=set(seen[user]),
             k=20,
             candidates=p.candidates,
             new_items=p.new_item_candidates,
