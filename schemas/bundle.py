@@ -13,10 +13,10 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.experiments import Experiment
 from schemas.features import FeatureSpec
@@ -31,6 +31,8 @@ NumPy runs, not TensorFlow SavedModels; 3: the ranker attends over the newest
 `Hyperparameters.ranker_behaviours` behaviours; 2 attended over the whole sequence and brought the
 sequential user tower over items, kinds and ages and the ranker's candidate features and
 co-visitation pairs; 1 had a mean-pooled user tower)."""
+ATTENTION_WIDTH_BEFORE_IT_WAS_RECORDED = 36
+"""DIN's activation unit had 36 hidden units in every bundle whose manifest lacks `ranker_attention_width`."""
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 EXPERIMENT = "EXPERIMENT.json"
@@ -76,6 +78,15 @@ class Manifest(BaseModel):
     )
     metrics: dict[str, float] = Field(default_factory=dict, description="Headline holdout metrics.")
     files: dict[str, str] = Field(default_factory=dict, description="Relative path -> SHA-256 hex digest.")
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _attention_width_before_it_was_recorded(cls, recorded: Any) -> Any:
+        # Read with today's default, such a manifest would claim a width its DIN does not have, and an
+        # incremental run would try to continue it.
+        if isinstance(recorded, dict) and "ranker_attention_width" not in recorded:
+            return recorded | {"ranker_attention_width": ATTENTION_WIDTH_BEFORE_IT_WAS_RECORDED}
+        return recorded
 
 
 class ModelUpdate(ContractRecord):

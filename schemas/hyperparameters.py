@@ -38,6 +38,12 @@ class Hyperparameters(BaseModel):
         description="DIN attends over the user's newest this many behaviours (the user tower reads the whole "
         "sequence): its work per candidate grows with them.",
     )
+    ranker_attention_width: int = Field(
+        12,
+        ge=1,
+        description="Hidden units of DIN's activation unit, which runs once per candidate-behaviour pair: the "
+        "served work per candidate grows with them.",
+    )
     ranker_epochs: int = Field(3, ge=1, description="Most epochs of the DIN ranker per split.")
     ranker_learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the DIN ranker.")
     ranker_batch_size: int = Field(128, ge=2, description="Queries (each with its candidate pool) per ranker batch.")

@@ -139,9 +139,7 @@ class Continuation:
         """The live DIN as trained (its own vocabulary), built on a batch of `rows` with every item
         index blanked (items the live vocabulary lacks would be out of its tables)."""
         spec = run.hyperparameters
-        model = DeepInterestNetwork(
-            self._tables(run), spec.ranker_width, spec.like_weight, spec.ranker_behaviours, name="din"
-        )
+        model = DeepInterestNetwork.of(self._tables(run), spec, "din")
         batch = next(rows.batches(counts, 2, run.settings.training.train_seed, spec.ranker_behaviours)(0))
         inputs = {key: batch[key][:2] for key in ("items", "kinds", "ages", "candidates", "features", "pairs")}
         model(inputs | {"items": np.zeros_like(inputs["items"]), "candidates": np.zeros_like(inputs["candidates"])})

@@ -113,7 +113,7 @@ class AttentionUnit(keras.layers.Layer):
     query [B, M, D], keys [B, L, D], mask [B, L] -> weights [B, M, L], 0 where masked.
     """
 
-    def __init__(self, hidden: int = 36, **kwargs):
+    def __init__(self, hidden: int, **kwargs):
         super().__init__(**kwargs)
         self.hidden = hidden
         self.activation = Dice(name="dice")

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from schemas.hyperparameters import Hyperparameters
 from schemas.runtime.model_inputs import BEHAVIOUR_KINDS, FIRST_ITEM
 from training.layers import (
     AGE_BUCKETS,
@@ -163,6 +164,11 @@ class Ranker(keras.Model):
         self.next_logit = keras.layers.Dense(1, name="next_logit")
         self.like_logit = keras.layers.Dense(1, name="like_logit")
 
+    @classmethod
+    def of(cls, tables: ItemTables, spec: Hyperparameters, name: str) -> "Ranker":
+        """The ranker `spec` describes."""
+        return cls(tables, spec.ranker_width, spec.like_weight, spec.ranker_behaviours, name=name)
+
     def interest(self, query, keys, mask, pairs, training=None):
         """-> (interest [B, M, D], attention weights [B, M, L] or None)."""
         raise NotImplementedError
@@ -217,10 +223,17 @@ class DeepInterestNetwork(Ranker):
     candidate followed that behaviour in other users' sequences; the weights stay unnormalised, as in
     the paper, so the sum keeps the intensity of the interest."""
 
-    def __init__(self, tables: ItemTables, width: int, like_weight: float, behaviours: int, **kwargs):
+    def __init__(
+        self, tables: ItemTables, width: int, like_weight: float, behaviours: int, attention_width: int, **kwargs
+    ):
         super().__init__(tables, width, like_weight, behaviours, **kwargs)
-        self.attention = PairAttentionUnit(name="attention")
+        self.attention = PairAttentionUnit(attention_width, name="attention")
         self.pooling = AttentionPooling()
+
+    @classmethod
+    def of(cls, tables: ItemTables, spec: Hyperparameters, name: str) -> "DeepInterestNetwork":
+        return cls(tables, spec.ranker_width, spec.like_weight, spec.ranker_behaviours, spec.ranker_attention_width,
+                   name=name)  # fmt: skip
 
     def interest(self, query, keys, mask, pairs, training=None):
         weights = self.attention(query, keys, mask, pairs, training=training)

@@ -257,7 +257,7 @@ class TrainingRun:
     def new_ranker(self, kind: type[Ranker], rows: RankerRows, counts: TrainingCounts, name: str) -> Ranker:
         """A ranker whose features are standardised as a sample of the rows' batches finds them."""
         spec = self.hyperparameters
-        model = kind(self.tables, spec.ranker_width, spec.like_weight, spec.ranker_behaviours, name=name)
+        model = kind.of(self.tables, spec, name)
         sample = next(
             rows.batches(counts, min(len(rows), STANDARDISE_SAMPLE), self.settings.training.train_seed,
                          spec.ranker_behaviours)(0)

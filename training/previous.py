@@ -33,6 +33,7 @@ from training.models import ItemTables
 POSITIVE_TYPES = frozenset({EventType.CLICK, EventType.PURCHASE})
 NEGATIVE_SAMPLING_EXPONENT = 0.75
 WIDTH, DIM, TEMPERATURE, BATCH = 44, 32, 0.1, 512
+ATTENTION_WIDTH = 36
 EPOCHS = 2
 """Both models peaked within 2-3 epochs on ml-latest-small (the like-DIN keeps the better of its two)."""
 
@@ -129,7 +130,7 @@ class LikeDIN(keras.Model):
         self.items = tables.embedding(WIDTH)
         self.behaviours = BehaviourEmbedding(self.items, name="behaviours")
         self.hours = keras.layers.Embedding(24, HOUR_DIM, name="hours")
-        self.attention, self.pooling = AttentionUnit(name="attention"), AttentionPooling()
+        self.attention, self.pooling = AttentionUnit(ATTENTION_WIDTH, name="attention"), AttentionPooling()
         layers = []
         for n, width in enumerate((200, 80)):
             layers += [keras.layers.Dense(width), keras.layers.PReLU(shared_axes=[1], name=f"prelu_{n}")]

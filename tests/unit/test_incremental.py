@@ -2,6 +2,7 @@
 and when the live version may be continued."""
 
 import numpy as np
+import orjson
 import pytest
 
 from schemas.bundle import CURRENT, MANIFEST, VOCABULARY, Manifest, Registry
@@ -98,6 +99,17 @@ def test_a_live_version_trained_otherwise_is_not_continued(tmp_path, change, rea
     registry = live(settings, created_at=0, **change)
 
     assert reason in continuable(settings, registry, now_ms=1)
+
+
+def test_a_live_version_from_before_the_attention_width_was_recorded_is_not_continued(tmp_path):
+    settings = Settings(run_dir=tmp_path)
+    registry = live(settings, created_at=0)
+    written = orjson.loads((registry.path(1) / MANIFEST).read_bytes())
+    del written["hyperparameters"]["ranker_attention_width"]  # such manifests' DIN had 36 hidden units
+    (registry.path(1) / MANIFEST).write_bytes(orjson.dumps(written))
+
+    assert settings.training.model.ranker_attention_width != 36
+    assert "other hyperparameters" in continuable(settings, registry, now_ms=1)
 
 
 def test_with_no_live_version_a_run_starts_from_scratch(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from schemas.hyperparameters import Hyperparameters
 from training.layers import (
     AGE_BUCKETS,
     AttentionPooling,
@@ -22,6 +23,7 @@ from training.models import (
     EmbeddingMLP,
     ItemTables,
     LikeReweighted,
+    Ranker,
     SequentialRetrieval,
     ranking_loss,
 )
@@ -172,6 +174,11 @@ def small_tables() -> ItemTables:
     return ItemTables(rng.integers(0, 3, (12, 8)).astype(np.int32), rng.integers(0, 32, 12).astype(np.int32), 2)
 
 
+def small_ranker(ranker_class: type[Ranker], behaviours: int) -> Ranker:
+    spec = Hyperparameters(ranker_width=16, like_weight=0.5, ranker_behaviours=behaviours, ranker_attention_width=8)
+    return ranker_class.of(small_tables(), spec, "ranker")
+
+
 def test_the_user_state_at_a_position_depends_on_earlier_behaviours_only():
     model = SequentialRetrieval(small_tables(), dim=16, length=4, dropout=0.0)
     items, kinds = np.array([[0, 4, 5, 6]], np.int32), np.array([[0, 1, 2, 1]], np.int32)
@@ -212,7 +219,7 @@ def test_next_item_loss_is_the_full_softmax_over_the_catalogue_at_labelled_posit
 
 @pytest.mark.parametrize("ranker_class", [DeepInterestNetwork, EmbeddingMLP])
 def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
-    ranker = ranker_class(small_tables(), width=16, like_weight=0.5, behaviours=4)
+    ranker = small_ranker(ranker_class, behaviours=4)
     items = tf.constant([[0, 0, 4, 5], [2, 3, 6, 7]])
     kinds = tf.constant([[0, 0, 1, 2], [3, 1, 1, 4]])
     ages = tf.constant([[0.0, 0.0, 60.0, 2.0], [9e5, 3e4, 100.0, 1.0]])
@@ -234,7 +241,7 @@ def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
 
 @pytest.mark.parametrize("ranker_class", [DeepInterestNetwork, EmbeddingMLP])
 def test_a_ranker_reads_only_its_newest_behaviours(ranker_class):
-    ranker = ranker_class(small_tables(), width=16, like_weight=0.5, behaviours=2)
+    ranker = small_ranker(ranker_class, behaviours=2)
     candidates = tf.constant([[8, 9, 10]])
     features = tf.constant(np.random.default_rng(1).normal(size=(1, 3, 10)), tf.float32)
     pairs = tf.constant(np.random.default_rng(2).random((1, 3, 2)), tf.float32)

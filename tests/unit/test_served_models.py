@@ -65,7 +65,9 @@ def test_the_user_tower_equals_the_keras_user_vectors():
 
 @pytest.mark.parametrize("like_weight", [0.0, 0.5])
 def test_the_ranker_equals_the_keras_din_scores_and_attention(like_weight):
-    model = DeepInterestNetwork(small_tables(), width=16, like_weight=like_weight, behaviours=BEHAVIOURS)
+    model = DeepInterestNetwork(
+        small_tables(), width=16, like_weight=like_weight, behaviours=BEHAVIOURS, attention_width=12
+    )
     items, kinds, ages = sequences(3)
     candidates, features, pairs = ranker_inputs(first_candidate=1)
     model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
@@ -84,7 +86,7 @@ def test_the_ranker_equals_the_keras_din_scores_and_attention(like_weight):
 def test_the_rankers_attention_gate_saturates_as_keras_where_dices_input_is_far_from_its_mean():
     """With Dice's variance tiny its normalised input reaches thousands: exp overflows to inf in
     float32, and the gate must still close (0) or open (1) as the sigmoid does, without a warning."""
-    model = DeepInterestNetwork(small_tables(), width=16, like_weight=0.5, behaviours=BEHAVIOURS)
+    model = DeepInterestNetwork(small_tables(), width=16, like_weight=0.5, behaviours=BEHAVIOURS, attention_width=12)
     items, kinds, ages = sequences(3)
     candidates, features, pairs = ranker_inputs(first_candidate=1)
     model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
@@ -157,7 +159,7 @@ def test_a_new_item_embeds_in_the_user_tower_as_keras_embeds_the_unknown_id_with
 
 def test_a_new_item_ranks_in_din_as_keras_ranks_the_unknown_id_with_its_content():
     tables = tables_whose_unknown_id_has_the_content_of(NEW_CONTENT_OF)
-    model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS)
+    model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS, attention_width=12)
     items, kinds, ages = known_items_only(*sequences(3))
     candidates, features, pairs = ranker_inputs(first_candidate=2)
     model.served_scores(items, kinds, ages, candidates, features, pairs)  # built
@@ -217,7 +219,7 @@ def test_a_changed_items_rows_in_the_user_tower_equal_keras_with_its_new_content
 
 def test_a_changed_items_rows_in_din_equal_keras_with_its_new_content():
     tables = small_tables()
-    model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS)
+    model = DeepInterestNetwork(tables, width=16, like_weight=0.5, behaviours=BEHAVIOURS, attention_width=12)
     items, kinds, ages = sequences(3)
     items[:, -1] = CHANGED
     candidates, features, pairs = ranker_inputs(first_candidate=1)
