@@ -239,6 +239,15 @@ def test_scoring_all_candidates_at_once_equals_scoring_each_alone(ranker_class):
         assert attention is None
 
 
+def test_din_is_built_with_the_hyperparameters_attention_width():
+    ranker = small_ranker(DeepInterestNetwork, behaviours=2)
+    pairs = tf.zeros((1, 1, 2))
+    ranker.served_scores(tf.constant([[3, 4]]), tf.constant([[1, 1]]), tf.constant([[5.0, 1.0]]),
+                         tf.constant([[6]]), tf.zeros((1, 1, 10)), pairs)  # fmt: skip
+
+    assert ranker.attention.w_key.shape == (16, 8)  # small_ranker's ranker_width, ranker_attention_width
+
+
 @pytest.mark.parametrize("ranker_class", [DeepInterestNetwork, EmbeddingMLP])
 def test_a_ranker_reads_only_its_newest_behaviours(ranker_class):
     ranker = small_ranker(ranker_class, behaviours=2)
