@@ -45,6 +45,16 @@ def ephemeral_ports_start() -> int:
         return 32768
 
 
+def this_workers_share(low: int, high: int) -> range:
+    """This pytest-xdist worker's own slice of [low, high): each worker picks ports in its own slice,
+    since a port another worker probed free may be bound by that worker's server a moment later
+    (CI saw one worker's Kafka controller port taken by the other's Redis)."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = (high - low) // workers
+    return range(low + worker * width, low + (worker + 1) * width)
+
+
 HANDED_OUT: set[int] = set()
 
 
@@ -52,9 +62,9 @@ def free_port() -> int:
     """A port that is free now and below the kernel's ephemeral range: a port the kernel picked
     could be taken by any process's outgoing connection (CI saw a JVM's) before the service binds it."""
     top = ephemeral_ports_start()
-    low, high = (top - 6_000, top) if top > 16_000 else (26_000, 32_000)
+    share = this_workers_share(*((top - 6_000, top) if top > 16_000 else (26_000, 32_000)))
     while True:
-        port = random.randrange(low, high)
+        port = random.choice(share)
         if port in HANDED_OUT:
             continue
         with socket.socket() as probe:
@@ -123,7 +133,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def free_cluster_ports(masters: int) -> int:
     """A base port such that it, the next `masters - 1` ports and their cluster-bus ports (+10000) are free."""
     while True:
-        base = random.randrange(10_000, 16_000)  # its bus ports too stay below free_port's and the kernel's ranges
+        # Its bus ports too stay below free_port's and the kernel's ranges.
+        base = random.choice(this_workers_share(10_000, 16_000 - masters))
         try:
             for port in (p + bus for p in range(base, base + masters) for bus in (0, CLUSTER_BUS_OFFSET)):
                 with socket.socket() as probe:
