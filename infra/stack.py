@@ -12,6 +12,7 @@ import errno
 import importlib.util
 import logging
 import os
+import random
 import re
 import shutil
 import socket
@@ -527,6 +528,32 @@ def find_executable(name: str, remedy: str) -> str:
     if path is None:
         raise StackError(f"`{name}` not found on PATH; {remedy}")
     return path
+
+
+def ports_below_ephemeral() -> range:
+    """Ports for the servers a test or bench starts: below the kernel's ephemeral range, since a
+    port the kernel hands out can be taken by any process's outgoing connection (CI saw a JVM's)
+    before the server binds it."""
+    try:
+        top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        top = 32768
+    return range(top - 6_000, top) if top > 16_000 else range(26_000, 32_000)
+
+
+def free_port(candidates: range, handed_out: set[int]) -> int:
+    """A port of `candidates` that is free now and not in `handed_out`, which it joins."""
+    while True:
+        port = random.choice(candidates)
+        if port in handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        handed_out.add(port)
+        return port
 
 
 def ensure_port_free(host: str, listen: ListenPort) -> None:

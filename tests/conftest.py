@@ -24,10 +24,12 @@ from infra.stack import (
     StackError,
     ensure_redis_cluster,
     kafka_admin,
+    ports_below_ephemeral,
     redis_servers,
     start_all,
     stop,
 )
+from infra.stack import free_port as stack_free_port
 from schemas.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,43 +39,22 @@ hypothesis.settings.register_profile("kingfisher", deadline=None)
 hypothesis.settings.load_profile("kingfisher")
 
 
-def ephemeral_ports_start() -> int:
-    """The first port the kernel hands to outgoing connections."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def this_workers_share(low: int, high: int) -> range:
-    """This pytest-xdist worker's own slice of [low, high): each worker picks ports in its own slice,
+def this_workers_share(ports: range) -> range:
+    """This pytest-xdist worker's own slice of `ports`: each worker picks ports in its own slice,
     since a port another worker probed free may be bound by that worker's server a moment later
     (CI saw one worker's Kafka controller port taken by the other's Redis)."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    width = (high - low) // workers
-    return range(low + worker * width, low + (worker + 1) * width)
+    width = len(ports) // workers
+    return ports[worker * width : (worker + 1) * width]
 
 
 HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    """A port that is free now and below the kernel's ephemeral range: a port the kernel picked
-    could be taken by any process's outgoing connection (CI saw a JVM's) before the service binds it."""
-    top = ephemeral_ports_start()
-    share = this_workers_share(*((top - 6_000, top) if top > 16_000 else (26_000, 32_000)))
-    while True:
-        port = random.choice(share)
-        if port in HANDED_OUT:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        HANDED_OUT.add(port)
-        return port
+    """A port free now, below the kernel's ephemeral range, in this worker's share of it."""
+    return stack_free_port(this_workers_share(ports_below_ephemeral()), HANDED_OUT)
 
 
 @dataclass(frozen=True)
@@ -134,7 +115,7 @@ def free_cluster_ports(masters: int) -> int:
     """A base port such that it, the next `masters - 1` ports and their cluster-bus ports (+10000) are free."""
     while True:
         # Its bus ports too stay below free_port's and the kernel's ranges.
-        base = random.choice(this_workers_share(10_000, 16_000 - masters))
+        base = random.choice(this_workers_share(range(10_000, 16_000 - masters)))
         try:
             for port in (p + bus for p in range(base, base + masters) for bus in (0, CLUSTER_BUS_OFFSET)):
                 with socket.socket() as probe:

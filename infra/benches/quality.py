@@ -26,7 +26,6 @@ paired one. The report is written as JSON (`--report`).
 import argparse
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -48,6 +47,8 @@ from infra.stack import (
     console,
     down,
     exit_code,
+    free_port,
+    ports_below_ephemeral,
     start_all,
     up,
 )
@@ -111,21 +112,16 @@ def withhold_newest(settings: Settings, newest: int) -> Withheld:
     return Withheld([event for event in events if event.event_id not in withheld], history_rows, rows, split)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def private_stack(run_dir: Path) -> Settings:
     """Settings (and this process's environment, which the programs it starts inherit) for a stack
     of its own: Kafka, Redis and the service on free ports, everything else under `run_dir`."""
+    ports, handed_out = ports_below_ephemeral(), set()
     os.environ.update({
         "KF_RUN_DIR": str(run_dir),
-        "KF_KAFKA_PORT": str(free_port()),
-        "KF_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "KF_REDIS_PORT": str(free_port()),
-        "KF_SERVE_PORT": str(free_port()),
+        "KF_KAFKA_PORT": str(free_port(ports, handed_out)),
+        "KF_KAFKA_CONTROLLER_PORT": str(free_port(ports, handed_out)),
+        "KF_REDIS_PORT": str(free_port(ports, handed_out)),
+        "KF_SERVE_PORT": str(free_port(ports, handed_out)),
     })  # fmt: skip
     return Settings()
 
