@@ -113,9 +113,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def free_cluster_ports(masters: int) -> int:
     """A base port such that it, the next `masters - 1` ports and their cluster-bus ports (+10000) are free."""
+    share = this_workers_share(range(10_000, 16_000))  # its bus ports too stay below free_port's range
     while True:
-        # Its bus ports too stay below free_port's and the kernel's ranges.
-        base = random.choice(this_workers_share(range(10_000, 16_000 - masters)))
+        base = random.choice(share[: len(share) - masters + 1])  # the whole span inside this worker's share
         try:
             for port in (p + bus for p in range(base, base + masters) for bus in (0, CLUSTER_BUS_OFFSET)):
                 with socket.socket() as probe:
