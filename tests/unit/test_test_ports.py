@@ -31,3 +31,14 @@ def test_two_workers_never_pick_overlapping_cluster_ports(monkeypatch):
         for worker in ("gw0", "gw1")
     ]
     assert not spans[0] & spans[1]
+
+
+@pytest.mark.parametrize(("worker", "pick"), [("gw0", max), ("gw1", min)])
+def test_a_cluster_span_at_the_edge_of_a_workers_share_stays_inside_it(monkeypatch, worker, pick):
+    """Worker 0 at the top of its share and worker 1 at the bottom of its own: their spans of three
+    ports must not meet."""
+    monkeypatch.setattr(conftest.random, "choice", pick)
+    base = ports_of_worker(monkeypatch, worker, lambda: free_cluster_ports(3), 1).pop()
+    share = conftest.this_workers_share(range(10_000, 16_000))
+
+    assert base in share and base + 2 in share
