@@ -10,11 +10,14 @@ halves by the first film's id: the weights were chosen on the first (validation)
 what the models learned. Beside it, for the 300 most popular films: the genres each shares with
 its top k (Jaccard, averaged), which the choice kept within 0.03 of the cosine's, and how many of
 their top k were never watched with them (strangers: what a title match alone brings, "Knocked Up"
-beside "Up"). `--title-weights` and `--title-floors` add rows for other blends of the titles' match.
+beside "Up"). `--title-weights`, `--title-floors`, `--co-watched-weights` and `--co-watched-powers`
+add a row for each blend of the values given (the served one's for those not given).
 """
 
 import argparse
+import itertools
 import time
+from dataclasses import replace
 
 import numpy as np
 from rich.table import Table
@@ -45,15 +48,19 @@ def blends(arguments: argparse.Namespace) -> list[tuple[str, SimilarityWeights]]
     """The labelled blends to measure: the served one and those before it, then the ones asked for."""
     served = SERVED_SIMILARITY
     tried = [
-        (f"tried: titles {weight} from {floor}", SimilarityWeights(served.co_watched, weight, floor))
-        for weight in arguments.title_weights
-        for floor in arguments.title_floors
+        (
+            f"tried: co-watching {co_watched} (power {power}), titles {title} from {floor}",
+            SimilarityWeights(co_watched, title, floor, power),
+        )
+        for co_watched, power, title, floor in itertools.product(
+            arguments.co_watched_weights, arguments.co_watched_powers, arguments.title_weights, arguments.title_floors
+        )
     ]
     return [
         ("retrieval cosine alone", SimilarityWeights(0.0, 0.0)),
-        ("with co-watching (before)", SimilarityWeights(served.co_watched, 0.0)),
+        ("with co-watching (before)", replace(served, title=0.0)),
         ("served: with co-watching and titles", served),
-        *tried,
+        *(tried if len(tried) > 1 or tried[0][1] != served else []),
     ]
 
 
@@ -61,15 +68,24 @@ def numbers(text: str) -> list[float]:
     return [float(number) for number in text.split(",") if number]
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m infra.benches.similar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--k", type=int, default=20, help="similar items per film (default 20)")
-    parser.add_argument("--title-weights", type=numbers, default=[], help="titles' weights to try, e.g. 0.25,1")
-    floor = SERVED_SIMILARITY.title_floor
-    parser.add_argument("--title-floors", type=numbers, default=[floor],
-                        help=f"titles' floors to try with each weight (default {floor})")  # fmt: skip
-    arguments = parser.parse_args(argv)
+    served = SERVED_SIMILARITY
+    for option, served_value, what in (
+        ("--title-weights", served.title, "titles' weights"),
+        ("--title-floors", served.title_floor, "titles' floors"),
+        ("--co-watched-weights", served.co_watched, "co-watching's weights"),
+        ("--co-watched-powers", served.co_watched_power, "powers of popularity + 1 dividing co-watching"),
+    ):
+        parser.add_argument(option, type=numbers, default=[served_value],
+                            help=f"{what} to try, e.g. 0.25,1 (default {served_value}, the served one)")  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = arguments_parser().parse_args(argv)
     settings = Settings()
     registry = Registry(settings.stack.models_dir)
     if not registry.servable():

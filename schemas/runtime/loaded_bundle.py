@@ -58,14 +58,11 @@ def read_served_models(directory: Path) -> dict[str, dict[str, np.ndarray]]:
     return models
 
 
-CO_WATCHED_POWER = 1.0
-"""How much an item's popularity damps how often it was watched next to another (`_co_watched`)."""
-
-
 @dataclass(frozen=True)
 class SimilarityWeights:
-    """What `similar` adds to the retrieval vectors' cosine: co-watching scaled to at most 1, times
-    `co_watched`, and the titles' match (`schemas.runtime.title_match`) where it reaches
+    """What `similar` adds to the retrieval vectors' cosine: co-watching (each item's count divided
+    by (its popularity + 1) ** `co_watched_power`) scaled to at most 1, times `co_watched`, and the
+    titles' match (`schemas.runtime.title_match`) where it reaches
     `title_floor`, times `title`. The served ones found the most series on half of MovieLens's film
     series while the popular films' similar items kept their genres and few strangers
     (`make bench-similar`; README, Similar items)."""
@@ -73,24 +70,32 @@ class SimilarityWeights:
     co_watched: float = 0.5
     title: float = 0.5
     title_floor: float = 0.5
+    co_watched_power: float = 1.0
 
 
 SERVED_SIMILARITY = SimilarityWeights()
 
 
 def similarity_to(
-    unit_vectors: np.ndarray, row: int, co_watched: np.ndarray, title_match: np.ndarray, weights: SimilarityWeights
+    unit_vectors: np.ndarray,
+    row: int,
+    co_watched: np.ndarray,
+    popularity: np.ndarray,
+    title_match: np.ndarray,
+    weights: SimilarityWeights,
 ) -> np.ndarray:
     """unit_vectors [N, d] (retrieval vectors of unit length), co_watched [N] (how often each item was
-    watched next to row's, popularity-damped), title_match [N] (row's title's cosine with each
-    item's) -> [N] float32: the cosine with row's vector, plus `weights.co_watched` times co_watched
-    scaled to at most 1, plus `weights.title` times each title match of at least
+    watched next to row's), popularity [N] (each item's interactions), title_match [N] (row's
+    title's cosine with each item's) -> [N] float32: the cosine with row's vector, plus
+    `weights.co_watched` times co_watched / (popularity + 1) ** `weights.co_watched_power` scaled to
+    at most 1, plus `weights.title` times each title match of at least
     `weights.title_floor`. Cosine rather than the inner product retrieval uses: the vectors' lengths
     carry popularity, which would put the most popular items next to every item. Co-watching and
     titles find what the vectors miss: a film's sequel, watched by few. The floor keeps a single
     shared word of a longer title ("Man on Fire", "Man, The") from counting."""
-    strongest = co_watched.max(initial=0.0)
-    scaled = co_watched / strongest if strongest > 0 else co_watched
+    damped = co_watched / (popularity + np.float32(1.0)) ** np.float32(weights.co_watched_power)
+    strongest = damped.max(initial=0.0)
+    scaled = damped / strongest if strongest > 0 else damped
     titles = np.where(title_match >= weights.title_floor, title_match, np.float32(0.0))
     similarity = unit_vectors @ unit_vectors[row] + np.float32(weights.co_watched) * scaled
     return (similarity + np.float32(weights.title) * titles).astype(np.float32)
@@ -237,16 +242,20 @@ class LoadedBundle:
         """The items of this bundle's vocabulary that a user's seen filter holds (none without one)."""
         return set(self._seen_filter_index.held(seen_filter)) if seen_filter else set()
 
+    def _by_row(self, by_index: np.ndarray) -> np.ndarray:
+        """by_index [vocabulary indices up to training's] -> [rows of the retrieval vectors] float32:
+        each row's value; 0 for items added since training, which no count knows."""
+        rows = np.zeros(len(self._unit_vectors), np.float32)
+        known = by_index[FIRST_ITEM : FIRST_ITEM + len(rows)]
+        rows[: len(known)] = known
+        return rows
+
     def _co_watched(self, index: int) -> np.ndarray:
         """[rows of the retrieval vectors]: how often each item was watched next to item `index`
-        (co-visitation both ways), divided by (its popularity + 1) ** CO_WATCHED_POWER; 0 for items
-        added since training, which were watched with none."""
-        co_watched = np.zeros(len(self._unit_vectors), np.float32)
-        if index < self.covisitation.size:
-            counted = self.covisitation.co_watched(index)[FIRST_ITEM:]
-            damping = (self.popularity[FIRST_ITEM : FIRST_ITEM + len(counted)] + 1) ** np.float32(CO_WATCHED_POWER)
-            co_watched[: len(counted)] = counted / damping
-        return co_watched
+        (co-visitation both ways); 0 for items added since training, which were watched with none."""
+        if index >= self.covisitation.size:
+            return np.zeros(len(self._unit_vectors), np.float32)
+        return self._by_row(self.covisitation.co_watched(index))
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         """-> [B, d] float32."""
@@ -267,7 +276,8 @@ class LoadedBundle:
         if row < 0 or item_id in self.withdrawn:
             return None
         title_match = self._title_index.match(row)
-        similarity = similarity_to(self._unit_vectors, row, self._co_watched(index), title_match, weights)
+        co_watched, popularity = self._co_watched(index), self._by_row(self.popularity)
+        similarity = similarity_to(self._unit_vectors, row, co_watched, popularity, title_match, weights)
         similarity[row] = -np.inf
         similarity[self._withdrawn_rows] = -np.inf
         best = top_k(similarity, k)

@@ -36,14 +36,21 @@ def test_series_recall_is_the_share_of_next_films_among_the_first_films_top_k():
     assert series_recall(lambda item, k: [], [], 20) == 0.0
 
 
-def test_similarity_is_the_cosine_plus_co_watching_scaled_to_one_plus_title_matches_from_the_floor():
+def test_similarity_is_the_cosine_plus_damped_co_watching_scaled_to_one_plus_title_matches_from_the_floor():
     unit = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
     co_watched = np.array([0.0, 1.0, 4.0], np.float32)
-    no_titles = np.zeros(3, np.float32)
-    weights = SimilarityWeights(co_watched=2.0, title=0.5, title_floor=0.5)
+    unpopular, none = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    weights = SimilarityWeights(co_watched=2.0, title=0.5, title_floor=0.5, co_watched_power=1.0)
 
     # cosines with row 0: 1, 0.6, 0; co-watching / 4: 0, 0.25, 1; titles 0.8 and 0.4 (< 0.5: nothing)
-    assert np.allclose(similarity_to(unit, 0, co_watched, no_titles, weights), [1.0, 0.6 + 0.5, 0.0 + 2.0])
-    assert np.allclose(similarity_to(unit, 0, np.zeros(3, np.float32), no_titles, weights), [1.0, 0.6, 0.0])
+    assert np.allclose(similarity_to(unit, 0, co_watched, unpopular, none, weights), [1.0, 0.6 + 0.5, 0.0 + 2.0])
+    assert np.allclose(similarity_to(unit, 0, none, unpopular, none, weights), [1.0, 0.6, 0.0])
     titles = np.array([1.0, 0.8, 0.4], np.float32)
-    assert np.allclose(similarity_to(unit, 0, no_titles, titles, weights), [1.0 + 0.5, 0.6 + 0.4, 0.0])
+    assert np.allclose(similarity_to(unit, 0, none, unpopular, titles, weights), [1.0 + 0.5, 0.6 + 0.4, 0.0])
+    # damped by popularity + 1: 1 / 2 and 4 / 8, each then 0.5 / 0.5 = 1 of the strongest
+    popularity = np.array([0.0, 1.0, 7.0], np.float32)
+    assert np.allclose(similarity_to(unit, 0, co_watched, popularity, none, weights), [1.0, 0.6 + 2.0, 0.0 + 2.0])
+    # by its square root: 1 / 2 and 4 / 4, the first half the strongest
+    popular = np.array([0.0, 3.0, 15.0], np.float32)
+    square_root = SimilarityWeights(co_watched=2.0, title=0.5, title_floor=0.5, co_watched_power=0.5)
+    assert np.allclose(similarity_to(unit, 0, co_watched, popular, none, square_root), [1.0, 0.6 + 1.0, 0.0 + 2.0])
