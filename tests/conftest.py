@@ -206,7 +206,7 @@ def consume_to_end(stack: Stack, topic: str) -> list[Message]:
 
 
 # Longest first (`make test` prints each test's duration): the parallel pass hands whole modules to
-# its two workers in collection order, and a long module started last would run on alone.
+# its workers in collection order, and a long module started last would run on alone.
 LONGEST_MODULES = (
     "test_feature_job.py",
     "test_demo.py",
