@@ -68,6 +68,9 @@ class Load:
     retrain_at: float
     warm_up_minutes: float
     sample_every_s: float
+    after_swap_s: float | None = None
+    """The load ends this long after the first answer from the retraining's version (at `minutes`
+    at the latest); None: it runs all `minutes`."""
 
     @property
     def seconds(self) -> float:
@@ -201,6 +204,9 @@ class Soak:
         self.walks: list[list[str]] = []
         self.demo_users: list[str] = []
         self.event_number = 0
+        self.events_sent = 0
+        self.ends_s = load.seconds
+        """When the load ends, in seconds from its start: `end_after_swap` may bring it forward."""
         self.started = time.monotonic()
         self.session: aiohttp.ClientSession | None = None
 
@@ -238,7 +244,7 @@ class Soak:
 
     async def on_schedule(self, rate: float, action: Callable[[int], Awaitable[None]], tasks: set) -> None:
         n = 0
-        while (due := n / rate) < self.load.seconds:
+        while (due := n / rate) < self.ends_s:
             await asyncio.sleep(max(0.0, due - self.elapsed()))
             task = asyncio.create_task(self.timed(action, n, self.started + due))
             tasks.add(task)
@@ -261,6 +267,7 @@ class Soak:
 
     async def post_batch(self, _n: int) -> None:
         batch = [self.soak_event() for _ in range(BATCH_SIZE)]
+        self.events_sent += BATCH_SIZE
         users = Counter(event["user_id"] for event in batch)
         self.unsure.update(users)  # until Kafka's answer is known
         async with self.session.post(self.base + "/v1/events", data=orjson.dumps(batch)) as response:
@@ -296,6 +303,13 @@ class Soak:
             if answer is not None:
                 self.versions_served[answer["model_version"]] += 1
                 self.interval.fallbacks += answer["fallback"]
+                self.end_after_swap(answer["model_version"])
+
+    def end_after_swap(self, version: int) -> None:
+        """With `after_swap_s`, bring the end forward to that long after the first answer of the
+        retraining's version: what the run is for has then been seen under the load."""
+        if self.load.after_swap_s is not None and version == self.retraining.version:
+            self.ends_s = min(self.ends_s, self.elapsed() + self.load.after_swap_s)
 
     async def expect_200(self, path: str) -> dict | None:
         async with self.session.get(self.base + path) as response:
@@ -306,7 +320,7 @@ class Soak:
             return orjson.loads(body)
 
     async def sample_periodically(self) -> None:
-        while self.elapsed() + self.load.sample_every_s < self.load.seconds:
+        while self.elapsed() + self.load.sample_every_s < self.ends_s:
             await asyncio.sleep(self.load.sample_every_s)
             await self.take_sample()
 
@@ -369,7 +383,8 @@ def summarise(soak: Soak, events: Tally, started_at: str) -> dict:
     p99s = [report.event_p99_ms for report in freshness_reports(soak.settings.stack.logs_dir, started_at)[1:]]
     errors = sum(soak.failures.values())
     return {
-        "load": asdict(soak.load), "requests": len(soak.all_latencies_ms), "errors": errors,
+        "load": asdict(soak.load), "ran_s": round(soak.ends_s, 1), "events_sent": soak.events_sent,
+        "requests": len(soak.all_latencies_ms), "errors": errors,
         "failures": dict(soak.failures), "fallbacks": sum(s.fallbacks for s in soak.samples),
         "p50_ms": percentile_ms(soak.all_latencies_ms, 50), "p99_ms": percentile_ms(soak.all_latencies_ms, 99),
         "rss_growth": growth, "rss_mb_last": soak.samples[-1].rss_mb if soak.samples else {},
@@ -386,7 +401,7 @@ def summarise(soak: Soak, events: Tally, started_at: str) -> dict:
 def report_table(summary: dict) -> Table:
     table = Table(title="soak", show_header=False)
     load = summary["load"]
-    table.add_row("load", f"{load['minutes']:g} min: {load['event_rate']:g} events/s in batches of {BATCH_SIZE}, "
+    table.add_row("load", f"{summary['ran_s']:g} s: {load['event_rate']:g} events/s in batches of {BATCH_SIZE}, "
                   f"{load['request_rate']:g} requests/s, {load['users']} new users")  # fmt: skip
     table.add_row("requests", f"{summary['requests']:,} (incl. event batches), errors {summary['errors']} "
                   f"{summary['failures'] or ''}, fallbacks {summary['fallbacks']}")  # fmt: skip
@@ -469,9 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retrain-at", type=float, default=0.33, help="fraction of the run at which to retrain")
     parser.add_argument("--warm-up-minutes", type=float, default=5.0, help="memory growth counts from here")
     parser.add_argument("--sample-every", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--end-after-swap", type=float, metavar="SECONDS",
+                        help="end the load this long after the first answer from the retraining's version "
+                        "(at --minutes at the latest; default: run all --minutes)")  # fmt: skip
     arguments = parser.parse_args(argv)
     load = Load(arguments.minutes, arguments.event_rate, arguments.request_rate, arguments.users,
-                arguments.retrain_at, arguments.warm_up_minutes, arguments.sample_every)  # fmt: skip
+                arguments.retrain_at, arguments.warm_up_minutes, arguments.sample_every,
+                arguments.end_after_swap)  # fmt: skip
     return exit_code(lambda: not soak(Settings(), load)["misses"])
 
 

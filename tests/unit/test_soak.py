@@ -1,11 +1,13 @@
 """The soak's verdicts, with hand-computed numbers: memory growth after the warm-up, events lost
 or counted twice, and the targets it reports as missed."""
 
+import time
 from collections import Counter
 
 import pytest
 
-from infra.benches.soak import Retraining, Sample, Tally, misses, rss_growth, tally
+from infra.benches.soak import Load, Retraining, Sample, Soak, Tally, misses, rss_growth, tally
+from schemas.config import Settings
 
 
 def sample(at_s: float, service_mb: float) -> Sample:
@@ -54,3 +56,32 @@ def test_every_missed_target_is_named():
         "2 acknowledged events lost, 0 counted twice (target 0)",
         "the retraining published nothing (exit code 1)",
     ]
+
+
+def soak_at(elapsed_s: float, after_swap_s: float | None, tmp_path) -> Soak:
+    """A 3-minute soak `elapsed_s` into its load, whose retraining published v3."""
+    run = Soak(Settings(), Load(3, 50, 10, 5, 0.1, 0.1, 5, after_swap_s), tmp_path)
+    run.started, run.retraining.version = time.monotonic() - elapsed_s, 3
+    return run
+
+
+def test_the_load_ends_the_given_seconds_after_the_first_answer_from_the_retrainings_version(tmp_path):
+    run = soak_at(100, 20, tmp_path)
+
+    run.end_after_swap(2)  # the version before: the end stays
+    assert run.ends_s == 180
+    run.end_after_swap(3)
+    assert run.ends_s == pytest.approx(120, abs=1)
+    run.started -= 30  # a later answer from v3 does not move the end again
+    run.end_after_swap(3)
+    assert run.ends_s == pytest.approx(120, abs=1)
+
+
+def test_the_load_runs_its_minutes_without_an_end_after_the_swap_and_never_past_them(tmp_path):
+    unset = soak_at(100, None, tmp_path)
+    unset.end_after_swap(3)
+    assert unset.ends_s == 180
+
+    late = soak_at(170, 20, tmp_path)  # 170 + 20 is past the 3 minutes
+    late.end_after_swap(3)
+    assert late.ends_s == 180
