@@ -60,7 +60,7 @@ def blends(arguments: argparse.Namespace) -> list[tuple[str, SimilarityWeights]]
         ("retrieval cosine alone", SimilarityWeights(0.0, 0.0)),
         ("with co-watching (before)", replace(served, title=0.0)),
         ("served: with co-watching and titles", served),
-        *(tried if len(tried) > 1 or tried[0][1] != served else []),
+        *(row for row in tried if row[1] != served),  # the served blend is measured once, above
     ]
 
 
