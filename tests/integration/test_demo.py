@@ -172,10 +172,10 @@ def test_3_the_page_shows_each_users_arm_and_clicks_in_both_arms_move_that_arms_
 def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event(demo):
     """`make soak`'s program: 50 events/s from 50 new users and 10 requests/s, a retraining (v3)
     after 18 s that the service swaps in under the load, which goes on for 30 s after the first
-    answer from v3. The run must outlast the retraining, or it ends before the swap: on a slow day of
-    this machine the retraining took 121 s, so its 3 minutes are only the bound."""
+    answer from v3. The run must outlast the retraining, or it ends before the swap: beside two
+    other test workers the retraining took up to 175 s, so 5 minutes are the bound."""
     stack, _ = demo
-    soak = ["--minutes", "3", "--retrain-at", "0.1", "--warm-up-minutes", "0.1", "--sample-every", "5"]
+    soak = ["--minutes", "5", "--retrain-at", "0.06", "--warm-up-minutes", "0.1", "--sample-every", "5"]
     load = ["--event-rate", "50", "--request-rate", "10", "--users", "50", "--end-after-swap", "30"]
 
     soaked = stack.run("-m", "infra.benches.soak", *soak, *load, timeout=900)
@@ -188,7 +188,7 @@ def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event
     assert summary["events_sent"] == pytest.approx(50 * summary["ran_s"], abs=20)
     assert summary["events"] == {"acknowledged": summary["events_sent"], "unsure": 0, "lost": 0, "extra": 0}
     assert summary["retraining"]["version"] == 3 and summary["versions_served"].keys() == {"2", "3"}
-    # Three minutes are too short for the memory growth target (the swap's step is most of it), but
+    # Minutes are too short for the memory growth target (the swap's step is most of it), but
     # memory must have been measured; every other target is met.
     assert all("resident memory grew" in miss for miss in summary["misses"]), summary["misses"]
     assert soaked.returncode == (1 if summary["misses"] else 0), soaked.stderr[-3000:]
