@@ -80,6 +80,9 @@ def fit(
     else:
         batches, steps = (lambda epoch: schedule.batches(arrays, epoch)), schedule.steps(arrays)
     optimizer = keras.optimizers.Adam(schedule.learning_rate)
+    # Its slots built here, not in `step`'s first call: a tf.function that creates variables is
+    # traced twice, and tracing is most of a small model's training time.
+    optimizer.build(model.trainable_variables)
 
     @tf.function(reduce_retracing=True)
     def step(batch):
