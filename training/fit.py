@@ -74,7 +74,8 @@ def fit(
     progress: Progress,
 ) -> History:
     """Adam on `loss` over shuffled batches of `arrays` (or over `(batches of an epoch, steps per
-    epoch)`), keeping the weights of the epoch with the best `validate()`."""
+    epoch)`), keeping the weights of the epoch with the best `validate()`. Every variable `loss`
+    trains must exist before (call the model once): Adam's slots are built for them here."""
     if isinstance(arrays, tuple):
         batches, steps = arrays
     else:
@@ -84,7 +85,7 @@ def fit(
     # traced twice, and tracing is most of a small model's training time.
     optimizer.build(model.trainable_variables)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def step(batch):
         with tf.GradientTape() as tape:
             value = loss(batch)

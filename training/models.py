@@ -9,6 +9,7 @@ features [B, M, F] (RANKER_FEATURES) and co-visitation pairs [B, M, N] of the ra
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from schemas.hyperparameters import Hyperparameters
@@ -97,6 +98,8 @@ class SequentialRetrieval(keras.Model):
             x = block(x, allowed[:, -queries:], gaps[:, -queries:], training=training) * shown
         return self.norm(x)
 
+    # Traced once per model: every recommender over it (one per validation epoch) calls the same graph.
+    @tf.function(reduce_retracing=True, autograph=False)
     def user_vectors(self, items, kinds, ages):
         """[B, L] each -> [B, dim]: the state after the newest behaviour, `encode`'s last position."""
         return self.encode(items, kinds, ages, training=False, newest_only=True)[:, -1]
@@ -184,9 +187,15 @@ class Ranker(keras.Model):
         hidden = self.mlp(inputs, training=training)
         return ops.squeeze(self.next_logit(hidden), -1), ops.squeeze(self.like_logit(hidden), -1), attention
 
+    @tf.function(reduce_retracing=True, autograph=False)
+    def inference_logits(self, items, kinds, ages, candidates, features, pairs):
+        """`score_candidates` at inference, traced once per model: every like weight served from it
+        and every recommender over it call the same graph."""
+        return self.score_candidates(items, kinds, ages, candidates, features, pairs)
+
     def served_scores(self, items, kinds, ages, candidates, features, pairs):
         """-> (scores [B, M], attention [B, M, L] or None): what the service ranks by."""
-        next_logits, like_logits, attention = self.score_candidates(items, kinds, ages, candidates, features, pairs)
+        next_logits, like_logits, attention = self.inference_logits(items, kinds, ages, candidates, features, pairs)
         return served_score(next_logits, like_logits, self.like_weight), attention
 
     def call(self, inputs, training=None):
@@ -210,7 +219,7 @@ class LikeReweighted:
 
     def served_scores(self, items, kinds, ages, candidates, features, pairs):
         """-> (scores [B, M], attention [B, M, L] or None), as `Ranker.served_scores`."""
-        next_logits, like_logits, attention = self.ranker.score_candidates(
+        next_logits, like_logits, attention = self.ranker.inference_logits(
             items, kinds, ages, candidates, features, pairs
         )
         return served_score(next_logits, like_logits, self.like_weight), attention

@@ -3,7 +3,6 @@ the service, so training evaluates (and builds the ranker's training rows with) 
 pipeline the service runs."""
 
 import numpy as np
-import tensorflow as tf
 
 from schemas.runtime.ann import ItemIndex
 from schemas.runtime.covisitation import CoVisitation
@@ -27,7 +26,7 @@ class InMemoryRecommender:
     ):
         self.retrieval, self.vocabulary = retrieval, vocabulary
         self.added_index = None  # training's vocabulary holds every item it evaluates
-        self._user_vectors = tf.function(retrieval.user_vectors, reduce_retracing=True)
+        self._user_vectors = retrieval.user_vectors
         self.sequence_length, self.exact_max_items = retrieval.length, exact_max_items
         self._use(ranker)
         self._count(counts.covisitation, counts.popularity)
@@ -43,7 +42,7 @@ class InMemoryRecommender:
 
     def _use(self, ranker: Ranker | None) -> None:
         self.ranker = ranker
-        self._served_scores = None if ranker is None else tf.function(ranker.served_scores, reduce_retracing=True)
+        self._served_scores = None if ranker is None else ranker.served_scores
         self.ranker_behaviours = min(ranker.behaviours if ranker else self.sequence_length, self.sequence_length)
 
     def with_ranker(self, ranker: Ranker | None) -> "InMemoryRecommender":
