@@ -26,7 +26,6 @@ class InMemoryRecommender:
     ):
         self.retrieval, self.vocabulary = retrieval, vocabulary
         self.added_index = None  # training's vocabulary holds every item it evaluates
-        self._user_vectors = retrieval.user_vectors
         self.sequence_length, self.exact_max_items = retrieval.length, exact_max_items
         self._use(ranker)
         self._count(counts.covisitation, counts.popularity)
@@ -42,7 +41,6 @@ class InMemoryRecommender:
 
     def _use(self, ranker: Ranker | None) -> None:
         self.ranker = ranker
-        self._served_scores = None if ranker is None else ranker.served_scores
         self.ranker_behaviours = min(ranker.behaviours if ranker else self.sequence_length, self.sequence_length)
 
     def with_ranker(self, ranker: Ranker | None) -> "InMemoryRecommender":
@@ -66,7 +64,7 @@ class InMemoryRecommender:
 
     def user_vectors(self, sequences: SequenceArrays) -> np.ndarray:
         parts = [
-            self._user_vectors(*(array[start : start + CALL_ROWS] for array in sequences))
+            self.retrieval.user_vectors(*(array[start : start + CALL_ROWS] for array in sequences))
             for start in range(0, len(sequences.items), CALL_ROWS)
         ]
         return np.concatenate([np.asarray(part) for part in parts])
@@ -77,7 +75,7 @@ class InMemoryRecommender:
         scores, attention = [], []
         for start in range(0, len(candidates), CALL_ROWS):
             part = slice(start, start + CALL_ROWS)
-            served, weights = self._served_scores(
+            served, weights = self.ranker.served_scores(
                 *(array[part] for array in sequences), candidates[part], features[part], pairs[part]
             )
             scores.append(np.asarray(served))

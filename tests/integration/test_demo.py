@@ -172,8 +172,8 @@ def test_3_the_page_shows_each_users_arm_and_clicks_in_both_arms_move_that_arms_
 def test_4_a_short_soak_through_a_retraining_fails_no_request_and_loses_no_event(demo):
     """`make soak`'s program: 50 events/s from 50 new users and 10 requests/s, a retraining (v3)
     after 18 s that the service swaps in under the load, which goes on for 30 s after the first
-    answer from v3. The run must outlast the retraining, or it ends before the swap: beside two
-    other test workers the retraining took up to 175 s, so 5 minutes are the bound."""
+    answer from v3. The run must outlast the retraining, or it ends before the swap: beside other
+    test workers the retraining took up to 175 s, so 5 minutes are the bound."""
     stack, _ = demo
     soak = ["--minutes", "5", "--retrain-at", "0.06", "--warm-up-minutes", "0.1", "--sample-every", "5"]
     load = ["--event-rate", "50", "--request-rate", "10", "--users", "50", "--end-after-swap", "30"]
