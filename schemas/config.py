@@ -246,6 +246,12 @@ class StreamSettings(Section):
         "restores only into the same buckets: above parallelism 1 another number, or a move to or from parallelism 1, "
         "is refused on restore; at parallelism 1 another number is not detected (start --fresh and replay).",
     )
+    flink_jvm_options: str | None = Field(
+        None,
+        description="Options of the JVM PyFlink starts for a local job (the MiniCluster), space-separated, e.g. "
+        "-XX:TieredStopAtLevel=1 for jobs of seconds (the tests'); unset: the JVM_ARGS environment variable's, if "
+        "any. Not used on a session cluster, whose JVMs read its config.yaml.",
+    )
     flink_profile_python: bool = Field(
         False, description="Profile the Python operators into Flink's log (process mode)."
     )

@@ -125,13 +125,16 @@ def restore_location(requested: str | None, checkpoints: Path | None) -> str | N
     return Path(newest).as_uri() if newest is not None else None
 
 
-def use_job_logging(settings: Settings) -> None:
-    """The JVM PyFlink starts for a local job logs through JOB_LOGGING (a rolling file, without a
-    warning Flink repeats at every checkpoint) unless LOG4J_PROPERTIES names another configuration;
-    the JVM reads the size and count of the files from the environment."""
+def prepare_local_jvm(settings: Settings) -> None:
+    """The environment of the JVM PyFlink starts for a local job: it logs through JOB_LOGGING (a
+    rolling file, without a warning Flink repeats at every checkpoint) unless LOG4J_PROPERTIES names
+    another configuration, reads the size and count of the files from the environment, and starts
+    with KF_FLINK_JVM_OPTIONS when they are set."""
     os.environ.setdefault("LOG4J_PROPERTIES", str(JOB_LOGGING))
     os.environ["KF_FLINK_LOG_FILE_SIZE"] = settings.stream.flink_log_file_size
     os.environ["KF_FLINK_LOG_FILES"] = str(settings.stream.flink_log_files)
+    if settings.stream.flink_jvm_options is not None:
+        os.environ["JVM_ARGS"] = settings.stream.flink_jvm_options  # what PyFlink's launcher passes to java
 
 
 def execution_environment(
@@ -142,7 +145,7 @@ def execution_environment(
     With `checkpoints` (a URI), the job checkpoints there every KF_CHECKPOINT_INTERVAL_S into
     KF_STATE_BACKEND and keeps the checkpoints when it is cancelled or killed; `restore_from`
     (a URI) resumes from one of them."""
-    use_job_logging(settings)
+    prepare_local_jvm(settings)
     if changelog_in_use(settings):
         # PyFlink starts the MiniCluster's JVM from this process's environment at its first Java call.
         os.environ.update(with_flink_classpath(settings, os.environ))

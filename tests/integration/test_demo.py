@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from schemas.bundle import Registry
-from tests.conftest import REPO_ROOT, Stack, free_port, settings_of, stack_environment
+from tests.conftest import MAKE_DEMO_JVM, REPO_ROOT, Stack, free_port, settings_of, stack_environment
 from tests.integration.test_serving import SHARED_MACHINE_BUDGETS, call, republished, wait_until
 from tests.integration.test_training import TINY
 
@@ -46,6 +46,7 @@ def demo(tmp_path_factory) -> Iterator[tuple[Stack, str]]:
         "KF_STARTUP_TIMEOUT_S": "300",
         **TINY,
         **SHARED_MACHINE_BUDGETS,
+        **MAKE_DEMO_JVM,
     }
     stack = Stack(settings_of(env), env)
     try:

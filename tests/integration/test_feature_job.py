@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 import redis
 from confluent_kafka import Producer, TopicPartition
@@ -42,7 +43,7 @@ from streams.flink_env import CHANGELOG_DIRECTORY, execution_environment
 from streams.publish import Pacer, make_producer
 from streams.publish import publish as publish_events
 from streams.replay import group_consumer, plan
-from tests.conftest import REPO_ROOT, Stack, consume_all, consume_to_end, free_port, settings_of
+from tests.conftest import MAKE_DEMO_JVM, REPO_ROOT, Stack, consume_all, consume_to_end, free_port, settings_of
 from tests.event_streams import messy_stream
 from training.data import bootstrap_rows, read_sample_log
 
@@ -570,11 +571,31 @@ def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) 
         time.sleep(poll_s)
 
 
+def java_under(process: psutil.Process) -> psutil.Process | None:
+    return next((child for child in process.children(recursive=True) if child.name() == "java"), None)
+
+
+def test_a_local_job_starts_its_jvm_with_the_configured_options_first(stack: Stack, tmp_path):
+    options = ["-XX:TieredStopAtLevel=1", "-Dkingfisher.probe=jvm-options"]
+    job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_FLINK_JVM_OPTIONS=" ".join(options))
+    job = start_job(job_stack, new_topic_named(stack, "events-jvm"), "jvm-options", tmp_path / "job.log")
+    try:
+        wait_for(lambda: java_under(psutil.Process(job.pid)) is not None, "the job's JVM", 120)
+        command = java_under(psutil.Process(job.pid)).cmdline()
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
+
+    assert command[1:3] == options, command
+
+
 # A latency bound: measured with nothing else running (make test's second, serial pass).
 @pytest.mark.serial
 def test_6_reported_freshness_p99_stays_within_1_s_at_500_events_per_second(stack: Stack, tmp_path):
     topic = new_topic_named(stack, "events-fresh")
-    job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1))
+    job_stack = stack.with_env(
+        KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1), **MAKE_DEMO_JVM
+    )
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     trending_key = redis_key(KeyKind.TRENDING, "global", "fresh")
     producer = make_producer(stack.settings)

@@ -13,6 +13,7 @@ from streams.flink_env import (
     checkpoint_uri,
     latest_checkpoint,
     local_directory,
+    prepare_local_jvm,
     restore_location,
 )
 from tests.conftest import settings_of
@@ -88,3 +89,14 @@ def test_the_changelog_jars_join_the_classpath_of_the_flink_jvms_once(tmp_path):
     environment = with_flink_classpath(settings, {"HADOOP_CLASSPATH": "/opt/hadoop.jar", "PATH": "/bin"})
     assert environment == {"HADOOP_CLASSPATH": expected, "PATH": "/bin"}
     assert with_flink_classpath(settings, environment)["HADOOP_CLASSPATH"] == expected
+
+
+def test_the_local_jvm_gets_the_configured_options_and_otherwise_the_environments(monkeypatch):
+    monkeypatch.setattr(os, "environ", os.environ | {"JVM_ARGS": "-Xss1m"})
+    prepare_local_jvm(Settings())
+    assert os.environ["JVM_ARGS"] == "-Xss1m"
+
+    prepare_local_jvm(Settings(flink_jvm_options="-XX:TieredStopAtLevel=1 -Xmx2g"))
+    assert os.environ["JVM_ARGS"] == "-XX:TieredStopAtLevel=1 -Xmx2g"
+    prepare_local_jvm(Settings(flink_jvm_options=""))
+    assert os.environ["JVM_ARGS"] == ""
