@@ -1,5 +1,6 @@
 """The streaming feature job on real Kafka, Redis and PyFlink."""
 
+import contextlib
 import itertools
 import os
 import re
@@ -571,8 +572,13 @@ def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) 
         time.sleep(poll_s)
 
 
-def java_under(process: psutil.Process) -> psutil.Process | None:
-    return next((child for child in process.children(recursive=True) if child.name() == "java"), None)
+def jvm_command(job: subprocess.Popen) -> list[str] | None:
+    """The command line of the job's JVM, None until it runs (a child may exit while it is read)."""
+    for child in psutil.Process(job.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.name() == "java":
+                return child.cmdline()
+    return None
 
 
 def test_a_local_job_starts_its_jvm_with_the_configured_options_first(stack: Stack, tmp_path):
@@ -580,8 +586,8 @@ def test_a_local_job_starts_its_jvm_with_the_configured_options_first(stack: Sta
     job_stack = stack.with_env(KF_RUN_DIR=str(tmp_path / "run"), KF_FLINK_JVM_OPTIONS=" ".join(options))
     job = start_job(job_stack, new_topic_named(stack, "events-jvm"), "jvm-options", tmp_path / "job.log")
     try:
-        wait_for(lambda: java_under(psutil.Process(job.pid)) is not None, "the job's JVM", 120)
-        command = java_under(psutil.Process(job.pid)).cmdline()
+        wait_for(lambda: jvm_command(job) is not None, "the job's JVM", 120)
+        command = jvm_command(job)
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait(timeout=60)
