@@ -1,3 +1,4 @@
+import hashlib
 import io
 import math
 import pickle
@@ -49,6 +50,24 @@ def test_remembered_ids_survive_a_checkpoint():
 
     assert [restored.remember(event_id) for event_id in ["b", "c", "d", "a"]] == [False, False, False, True]
     assert restored.remember("b")  # "a" pushed the oldest out, as before the checkpoint
+
+
+def test_remembered_ids_checkpoint_as_eight_little_endian_bytes_of_blake2b_per_id_oldest_first():
+    """The form Flink's checkpoints hold: a checkpoint written by an earlier version restores."""
+    recent = RecentEventIds(capacity=3)
+    for event_id in ["a", "b", "c", "d"]:
+        recent.remember(event_id)
+    digests = b"".join(hashlib.blake2b(event_id.encode(), digest_size=8).digest() for event_id in ["b", "c", "d"])
+
+    assert recent.__reduce__() == (RecentEventIds, (3, digests))
+
+
+def test_remembered_ids_restored_under_a_smaller_capacity_keep_the_newest():
+    digests = b"".join(hashlib.blake2b(event_id.encode(), digest_size=8).digest() for event_id in ["a", "b", "c"])
+
+    restored = RecentEventIds(2, digests)
+
+    assert [restored.remember(event_id) for event_id in ["b", "c", "a"]] == [False, False, True]
 
 
 class ClassesNamed(pickle.Unpickler):
