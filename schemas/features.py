@@ -233,9 +233,8 @@ class RecentEventIds:
     """A user's newest `capacity` event ids, to drop redeliveries, which arrive close behind the
     original in the user's partition. Kept as 64-bit digests (a false match is a 1 in 2^64 / capacity
     chance): the stream checkpoints them with each changed user, as one string of 8 bytes per id.
-    They are held in that form too (an array, oldest first), which pickles as one copy: a deque of
-    a heavy user's 500 ids took longer to pickle, at every batch that changed the user, than the
-    user's features took to update."""
+    They are held in that form too (an array, oldest first), so that pickling them, once per batch
+    for every user the batch changed, is one copy of the bytes rather than a walk over the ids."""
 
     __slots__ = ("_members", "_order", "capacity")
 
