@@ -52,20 +52,22 @@ def test_remembered_ids_survive_a_checkpoint():
     assert restored.remember("b")  # "a" pushed the oldest out, as before the checkpoint
 
 
+def digests_of(event_ids: list[str]) -> bytes:
+    """The ids as a checkpoint holds them: 8 bytes of blake2b each, in order."""
+    return b"".join(hashlib.blake2b(event_id.encode(), digest_size=8).digest() for event_id in event_ids)
+
+
 def test_remembered_ids_checkpoint_as_eight_little_endian_bytes_of_blake2b_per_id_oldest_first():
     """The form Flink's checkpoints hold: a checkpoint written by an earlier version restores."""
     recent = RecentEventIds(capacity=3)
     for event_id in ["a", "b", "c", "d"]:
         recent.remember(event_id)
-    digests = b"".join(hashlib.blake2b(event_id.encode(), digest_size=8).digest() for event_id in ["b", "c", "d"])
 
-    assert recent.__reduce__() == (RecentEventIds, (3, digests))
+    assert recent.__reduce__() == (RecentEventIds, (3, digests_of(["b", "c", "d"])))
 
 
 def test_remembered_ids_restored_under_a_smaller_capacity_keep_the_newest():
-    digests = b"".join(hashlib.blake2b(event_id.encode(), digest_size=8).digest() for event_id in ["a", "b", "c"])
-
-    restored = RecentEventIds(2, digests)
+    restored = RecentEventIds(2, digests_of(["a", "b", "c"]))
 
     assert [restored.remember(event_id) for event_id in ["b", "c", "a"]] == [False, False, True]
 
