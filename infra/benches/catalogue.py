@@ -46,7 +46,7 @@ from infra.benches.serve import (
     BenchState,
     drive,
     ensure_model,
-    service_cpu_s,
+    service_cpu,
     service_totals,
     wait_ready,
     where_time_went,
@@ -138,9 +138,9 @@ async def phase(base: str, state: BenchState, arguments: argparse.Namespace, add
 
 def measured_phase(service: subprocess.Popen, base: str, state, arguments, adds) -> tuple[dict, list[float]]:
     """`phase`, with the service's CPU per request sent (ms)."""
-    cpu_s = service_cpu_s(service)
+    cpu = service_cpu(service)
     load, waits = uvloop.run(phase(base, state, arguments, adds))
-    return load | {"cpu_ms": 1000 * (service_cpu_s(service) - cpu_s) / load["sent"]}, waits
+    return load | {"cpu_ms": 1000 * (service_cpu(service) - cpu).total_s / load["sent"]}, waits
 
 
 def placement(settings: Settings, version: int) -> dict[str, np.ndarray]:

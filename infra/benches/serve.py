@@ -12,7 +12,9 @@ from a cache of earlier ones; `repeat` asks about unchanged states. Reports p50/
 where the time went: the mean candidates ranked per request, the mean batch of a model call, the
 mean wait for the models, the mean model call (user tower, Faiss and DIN for the whole batch) and
 the time garbage collection stopped the service, and the CPU time the service's processes used per
-request sent (user + system, from /proc through psutil). `--workers 1,2` measures the service with
+request sent (user + system, from /proc through psutil), and of it the event loops' (each process's
+main thread: HTTP, the Redis read, decoding the state, the answer's JSON); the rest is the model
+threads' (user tower, Faiss and DIN) and the idle pollers'. `--workers 1,2` measures the service with
 one process and then with two sharing the port (KF_SERVE_WORKERS), side by side in one table;
 `--previous CHECKOUT` measures another checkout's service (the previous code) right after this
 one's on the same model and state, and prints the ratio of their CPU per request.
@@ -30,6 +32,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -236,16 +239,31 @@ async def wait_all_workers(base: str, workers: int) -> None:
     raise TimeoutError(f"not every worker had a model in {READY_TIMEOUT_S}s")
 
 
-def service_cpu_s(service: subprocess.Popen) -> float:
+@dataclass(frozen=True)
+class ServiceCpu:
     """User + system CPU seconds of the service process and every process under it (the workers)."""
+
+    total_s: float
+    loop_s: float
+    """Of `total_s`, the processes' main threads': where each runs its event loop."""
+
+    def __sub__(self, earlier: "ServiceCpu") -> "ServiceCpu":
+        return ServiceCpu(self.total_s - earlier.total_s, self.loop_s - earlier.loop_s)
+
+
+def service_cpu(service: subprocess.Popen) -> ServiceCpu:
     processes = [psutil.Process(service.pid)]
     processes += processes[0].children(recursive=True)
-    total = 0.0
+    total = loop = 0.0
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess):
             times = process.cpu_times()
             total += times.user + times.system
-    return total
+            # A thread's id is its kernel task id, and a process's main thread's is the process's pid.
+            loop += sum(
+                thread.user_time + thread.system_time for thread in process.threads() if thread.id == process.pid
+            )
+    return ServiceCpu(total, loop)
 
 
 def measure(
@@ -276,10 +294,14 @@ def measure(
         uvloop.run(wait_all_workers(base, workers))
         uvloop.run(drive(base, state, 20, 5, arguments.k, REPEAT))  # warm-up, not reported
         for mix, rate in itertools.product(arguments.mixes.split(","), arguments.rates.split(",")):
-            before, cpu_s = uvloop.run(service_totals(base)), service_cpu_s(service)
+            before, cpu = uvloop.run(service_totals(base)), service_cpu(service)
             driven = uvloop.run(drive(base, state, float(rate), arguments.seconds, arguments.k, mix))
-            cpu_s = service_cpu_s(service) - cpu_s
-            results.append({"code": label, "workers": workers, "cpu_ms": 1000 * cpu_s / driven["sent"]} | driven)
+            cpu = service_cpu(service) - cpu
+            per_request = {
+                "cpu_ms": 1000 * cpu.total_s / driven["sent"],
+                "loop_cpu_ms": 1000 * cpu.loop_s / driven["sent"],
+            }
+            results.append({"code": label, "workers": workers} | per_request | driven)
             results[-1] |= where_time_went(before, uvloop.run(service_totals(base)))
             log.info(
                 "%s",
@@ -353,7 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         "p50 ms",
         "p95 ms",
     )
-    for column in (*columns, "p99 ms", "CPU ms/req", "candidates", "batch", "queue ms", "model call ms", "gc ms"):
+    for column in (
+        *columns,
+        "p99 ms",
+        "CPU ms/req",
+        "loop CPU ms/req",
+        "candidates",
+        "batch",
+        "queue ms",
+        "model call ms",
+        "gc ms",
+    ):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
@@ -369,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p95']:.1f}",
             f"{r['p99']:.1f}",
             f"{r['cpu_ms']:.2f}",
+            f"{r['loop_cpu_ms']:.2f}",
             f"{r['candidates']:.0f}",
             f"{r['batch']:.1f}",
             f"{r['queue']:.1f}",
