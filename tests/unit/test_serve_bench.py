@@ -47,8 +47,9 @@ def burner():
 
 def test_the_event_loop_share_is_the_main_threads_cpu_and_the_total_counts_every_thread(burner):
     cpu = service_cpu(burner)
-    assert 0.1 <= cpu.loop_s < 0.3  # the main thread's 0.1 s, plus the interpreter's start
-    assert cpu.total_s - cpu.loop_s >= 0.5  # the other threads': the live one's and the ended one's
+    # /proc charges CPU by the clock tick (10 ms), to the thread found running at it: a few ticks either way.
+    assert 0.08 <= cpu.loop_s < 0.3  # the main thread's 0.1 s, plus the interpreter's start
+    assert cpu.total_s - cpu.loop_s >= 0.45  # the other threads' 0.5 s: the live one's and the ended one's
 
 
 def test_a_difference_of_readings_is_what_was_spent_between_them():
