@@ -11,7 +11,7 @@ Operators (each named; stateful ones with a stable uid, so a checkpoint maps bac
     user-features       keyed by user bucket (`streams.key_layout`): parse and validate (invalid ->
                         events.dlq), dedupe, sequence, aggregates -> Redis; training samples
     item-features       keyed by item bucket: aggregates, decayed popularity, windows -> Redis
-    trending            one instance: the top-K -> Redis
+    trending            one instance: the top-K -> Redis, at most once per KF_STREAM_BATCH_MS
     experiments         keyed by experiment: each arm's impressions and clicks -> Redis
     training-samples    the sample log (schemas/SAMPLE_LOG.md): files per UTC day, committed on every checkpoint
 """
@@ -61,11 +61,13 @@ log = logging.getLogger("kingfisher.features")
 DLQ_TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
 
 
-def build(batches: DataStream, settings: Settings, namespace: str, log_samples: bool) -> tuple[DataStream, DataStream]:
+def build(
+    batches: DataStream, settings: Settings, namespace: str, log_samples: bool, bounded: bool
+) -> tuple[DataStream, DataStream]:
     """Wire the feature graph onto batches of raw records (see `streams.operators.in_kafka_order`).
 
     Returns the dead letters and the training-sample rows, for the caller to sink."""
-    parameters = JobParameters.of(settings, namespace, log_samples)
+    parameters = JobParameters.of(settings, namespace, log_samples, bounded)
     buckets, parallelism = settings.stream.stream_key_buckets, settings.stream.flink_parallelism
     bucket_key, layout = bucket_key_selector(buckets, parallelism), layout_name(buckets, parallelism)
     users = (
@@ -219,7 +221,7 @@ def assemble(
     """The whole job on `env`: Kafka source, the feature graph, the DLQ and the sample log."""
     t_env = StreamTableEnvironment.create(env)
     batches = kafka_event_batches(t_env, settings, topic, settings.feature_job_name(namespace), bounded, from_ms)
-    dead_letters, samples = build(batches, settings, namespace, log_samples=samples_dir is not None)
+    dead_letters, samples = build(batches, settings, namespace, samples_dir is not None, bounded)
     dead_letters.sink_to(dead_letter_sink(settings, namespace)).name("events.dlq").uid("events.dlq")
     if samples_dir is not None:
         samples.sink_to(sample_log_sink(samples_dir)).name("training-samples").uid("training-samples")

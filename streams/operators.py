@@ -58,9 +58,13 @@ class JobParameters:
     log_samples: bool
     gc_thresholds: tuple[int, int, int]
     gc_per_batch: bool
+    trending_write_ms: int
+    """The trending list is written at most once per this long (0: at every message)."""
 
     @classmethod
-    def of(cls, settings: Settings, namespace: str, log_samples: bool) -> "JobParameters":
+    def of(cls, settings: Settings, namespace: str, log_samples: bool, bounded: bool = False) -> "JobParameters":
+        """Flink drops processing-time timers at the end of a bounded input, so a bounded job writes
+        trending at every message instead of once per batch window."""
         return cls(
             redis_host=settings.stack.redis_address,
             redis_port=settings.stack.redis_port,
@@ -77,6 +81,7 @@ class JobParameters:
             log_samples=log_samples,
             gc_thresholds=settings.stream.python_gc_thresholds,
             gc_per_batch=settings.stream.python_gc_per_batch,
+            trending_write_ms=0 if bounded else settings.stream.stream_batch_ms,
         )
 
     def writer(self, name: str, gc_pauses: GcPauses | None = None) -> RedisWriter:
@@ -254,6 +259,12 @@ class ItemFeaturesFunction(KeyedProcessFunction):
 
 
 class TrendingFunction(KeyedProcessFunction):
+    """One instance: takes each item-bucket message's updates into the top-K, and writes the list at
+    most once per batch window (`JobParameters.trending_write_ms`): every user bucket's batch sends a
+    message per item bucket, and writing the list for each cost more than taking the updates in.
+    The write waits on a processing-time timer, which a checkpoint holds with the state, so a job
+    restored before it fired still writes what it holds."""
+
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
@@ -266,9 +277,21 @@ class TrendingFunction(KeyedProcessFunction):
         state = apply_trending_updates(self.state.value() or TrendingState(), updates, p.spec)
         self.writer.applied(event_times, append_times)
         self.state.update(state)
-        put_trending(self.writer, state, p.spec)
-        self.writer.flush()
+        if p.trending_write_ms == 0:
+            self._write(state)
+        else:
+            # One timer per window: Flink keeps one of several timers at the same time and key.
+            timers, interval = ctx.timer_service(), p.trending_write_ms
+            timers.register_processing_time_timer((timers.current_processing_time() // interval + 1) * interval)
         return iter(())
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        self._write(self.state.value())
+        return iter(())
+
+    def _write(self, state: TrendingState) -> None:
+        put_trending(self.writer, state, self.parameters.spec)
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -85,6 +85,8 @@ class KeyedState:
     """Every state descriptor's entries of one operator instance: what a checkpoint holds."""
 
     maps: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    timers: set[int] = field(default_factory=set)
+    """Processing-time timers registered and not yet fired, in epoch ms: a checkpoint holds them too."""
 
     def context(self) -> SimpleNamespace:
         counters = SimpleNamespace(inc=lambda *_: None)
@@ -98,10 +100,34 @@ class KeyedState:
         return copy.deepcopy(self)
 
 
+class ProcessingTime:
+    """What an operator's call gets as its context: a processing-time timer service over the timers
+    of a keyed state, on a clock the test moves."""
+
+    def __init__(self, state: KeyedState, now_ms: int = 0):
+        self.state, self.now_ms = state, now_ms
+
+    def timer_service(self) -> "ProcessingTime":
+        return self
+
+    def current_processing_time(self) -> int:
+        return self.now_ms
+
+    def register_processing_time_timer(self, timestamp_ms: int) -> None:
+        self.state.timers.add(timestamp_ms)
+
+    def advance(self, function: Any, ms: int) -> None:
+        """Move the clock on by `ms`, calling `function.on_timer` for each timer then due, oldest first."""
+        self.now_ms += ms
+        for due in sorted(timer for timer in self.state.timers if timer <= self.now_ms):
+            self.state.timers.discard(due)
+            list(function.on_timer(due, self))
+
+
 def opened(kind: type, state: KeyedState, writer: MemoryWriter, settings: Settings | None = None,
-           log_samples: bool = True):  # fmt: skip
+           log_samples: bool = True, bounded: bool = False):  # fmt: skip
     """An opened operator of `kind` over `state`, writing to `writer`."""
-    parameters = JobParameters.of(settings or Settings(), "test", log_samples)
+    parameters = JobParameters.of(settings or Settings(), "test", log_samples, bounded)
     function = kind(parameters)
     function.parameters = _WithWriter(parameters, writer)
     function.open(state.context())

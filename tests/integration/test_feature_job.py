@@ -397,7 +397,8 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
     restarted = start_job(job_stack, topic, "crash", tmp_path / "second.log")
     directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "crash")
     try:
-        # Each operator writes Redis before it passes a batch on: trending counting every event means all are written.
+        # The user and item stages write Redis before they pass a batch on: trending counting every
+        # event means all are written.
         wait_for(lambda: version_of(client, trending_key) >= applied(events), "every event in Redis")
         assert_state_equals_reference(client, "crash", events, stack.settings.pipeline.features)
         wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")

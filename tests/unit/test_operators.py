@@ -18,7 +18,7 @@ from streams.operators import (
     TrendingFunction,
     UserFeaturesFunction,
 )
-from tests.operator_harness import KeyedState, MemoryWriter, batch_of, kafka_records, opened
+from tests.operator_harness import KeyedState, MemoryWriter, ProcessingTime, batch_of, kafka_records, opened
 
 SETTINGS = Settings()
 SPEC = SETTINGS.pipeline.features
@@ -68,9 +68,11 @@ class Job:
         )
         self.experiments: dict[str, ExperimentTalliesFunction] = {}
         self.dead_letters: list[dict] = []
+        self.trending_time = ProcessingTime(self.states[2])
 
     def run(self, records: list[tuple[bytes, int, int]]) -> None:
-        """One batch of raw records through the stages, as the job's keyed streams pass them on."""
+        """One batch of raw records through the stages, as the job's keyed streams pass them on, and
+        the batch window's end."""
         for output in list(self.users.process_element(batch_of(records), None)):
             if output[0] is DEAD_LETTERS:
                 self.dead_letters.append(orjson.loads(output[1]))
@@ -78,7 +80,8 @@ class Job:
                 list(self._experiment(output[1][0]).process_element(output[1], None))
             elif output[0] is not SAMPLES:
                 for updates in list(self.items.process_element(output, None)):
-                    list(self.trending.process_element(updates, None))
+                    list(self.trending.process_element(updates, self.trending_time))
+        self.trending_time.advance(self.trending, SETTINGS.stream.stream_batch_ms)
 
     def _experiment(self, name: str) -> ExperimentTalliesFunction:
         if name not in self.experiments:
@@ -148,3 +151,63 @@ def test_a_job_restored_from_a_checkpoint_reapplies_what_came_after_it_and_count
 
     assert stored(restored.writer) == reference(EVENTS)
     assert restored.writer.stored[redis_key(KeyKind.USER_FEATURES, "u1", "test")][0] == 3  # u1's three events
+
+
+# Three item-bucket messages of one batch window: (item, rank key, time) updates, event and append times.
+TRENDING_MESSAGES = [([(item, rank, START + n)], [START + n], [START + n]) for n, (item, rank) in
+                     enumerate([("i1", 1.0), ("i2", 3.0), ("i3", 2.0)])]  # fmt: skip
+TRENDING_KEY = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "test")
+
+
+class CountingWriter(MemoryWriter):
+    """Counts the flushes that wrote the trending list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trending_writes = 0
+
+    def flush(self) -> None:
+        self.trending_writes += TRENDING_KEY in self.pending
+        super().flush()
+
+
+def test_trending_is_written_once_per_batch_window_however_many_messages_arrive_in_it():
+    state, writer = KeyedState(), CountingWriter()
+    trending = opened(TrendingFunction, state, writer, SETTINGS)
+    clock = ProcessingTime(state, now_ms=1_000_000)
+
+    for message in TRENDING_MESSAGES:
+        list(trending.process_element(message, clock))
+    written_before_the_window_closed = writer.trending_writes
+    clock.advance(trending, SETTINGS.stream.stream_batch_ms)
+
+    assert written_before_the_window_closed == 0
+    assert writer.trending_writes == 1
+    version, listed = writer.stored[TRENDING_KEY]
+    assert version == 3 and [item for item, _ in listed.items] == ["i2", "i3", "i1"]  # by rank key: 3, 2, 1
+
+
+def test_a_trending_write_still_waiting_at_a_checkpoint_is_made_by_the_job_restored_from_it():
+    state = KeyedState()
+    first = opened(TrendingFunction, state, MemoryWriter(), SETTINGS)
+    for message in TRENDING_MESSAGES:
+        list(first.process_element(message, ProcessingTime(state, now_ms=1_000_000)))
+    saved = state.checkpoint()  # the job dies before its timer fires: nothing of the window is in Redis
+
+    writer = MemoryWriter()
+    restored = opened(TrendingFunction, saved, writer, SETTINGS)
+    ProcessingTime(saved, now_ms=1_000_000).advance(restored, SETTINGS.stream.stream_batch_ms)
+
+    version, listed = writer.stored[TRENDING_KEY]
+    assert version == 3 and [item for item, _ in listed.items] == ["i2", "i3", "i1"]
+
+
+def test_a_bounded_job_writes_trending_at_every_message_since_flink_drops_its_timers_at_the_end():
+    writer = CountingWriter()
+    trending = opened(TrendingFunction, KeyedState(), writer, SETTINGS, bounded=True)
+
+    for message in TRENDING_MESSAGES:
+        list(trending.process_element(message, None))
+
+    assert writer.trending_writes == 3
+    assert writer.stored[TRENDING_KEY][0] == 3
