@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from infra.stack import Redis as RedisServer
 from schemas import sample_log
 from schemas.config import Settings
 from schemas.events import Event, EventType
@@ -112,6 +113,12 @@ class FreshnessResult:
     p99_ms: float | None
     append_p50_ms: float | None
     append_p99_ms: float | None
+    cpu_ms_per_1000_events: float
+    """The job's CPU while the measured events were sent, per 1,000 of them."""
+    cpu_ms_per_1000_events_by_thread: dict[str, float]
+    """The same by thread name (`thread_cpu_seconds`; in thread mode, by stage), largest first."""
+    redis_cpu_ms_per_1000_events: float | None
+    """The stack's Redis server's CPU over the same time, per 1,000 events (None: not found)."""
 
 
 @dataclass
@@ -383,8 +390,10 @@ def freshness(
     warmup_s: float,
     store: FeatureStore,
     namespace: str,
+    redis_server: psutil.Process | None,
 ) -> FreshnessResult:
-    """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are not counted."""
+    """Freshness while events arrive at `rate` for `seconds`, after `warmup_s` at that rate that are
+    not counted, and the CPU of the job and of `redis_server` while they arrive."""
     before = processed(store, namespace)
     with Progress(disable=True) as quiet:
         warm_up = live_events(workload, int(rate * warmup_s), seed=rate, pacer=Pacer(rate=rate))
@@ -393,10 +402,14 @@ def freshness(
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() + REPORT_EVERY_S))
     # The writer reports when a batch arrives: the input goes on for one more report, which covers the end.
     measured = int(rate * (seconds + REPORT_EVERY_S + 2))
+    cpu_before, threads_before, redis_before = job.cpu_seconds(), job.cpu_seconds_by_thread(), cpu_of(redis_server)
     with Progress(disable=True) as quiet:
         summary = publish(
             live_events(workload, measured, seed=rate + 1, pacer=Pacer(rate=rate)), producer, topic, Pacer(), quiet
         )
+    per_1000_events = 1e6 / summary.sent
+    cpu, threads = job.cpu_seconds() - cpu_before, job.cpu_seconds_by_thread() - threads_before
+    redis_cpu = None if redis_before is None else cpu_of(redis_server) - redis_before
     target = before + warm.sent + summary.sent
     catch_up_until = time.monotonic() + 30
     while processed(store, namespace) < target and time.monotonic() < catch_up_until:
@@ -421,7 +434,18 @@ def freshness(
         p99_ms=max(values("event_p99_ms"), default=None),
         append_p50_ms=median("append_p50_ms"),
         append_p99_ms=max(values("append_p99_ms"), default=None),
+        cpu_ms_per_1000_events=cpu * per_1000_events,
+        cpu_ms_per_1000_events_by_thread={name: spent * per_1000_events for name, spent in threads.most_common(8)},
+        redis_cpu_ms_per_1000_events=None if redis_cpu is None else redis_cpu * per_1000_events,
     )
+
+
+def cpu_of(process: psutil.Process | None) -> float | None:
+    """CPU seconds of `process`, None when there is none or it ended."""
+    try:
+        return None if process is None else own_cpu_seconds(process)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def measure(
@@ -463,7 +487,7 @@ def measure(
             log_bytes_per_event=None if log_bytes is None else log_bytes / len(records),
             burst_cpu_share_by_thread=shares(threads),
         )
-        producer = make_producer(settings)
+        producer, redis_server = make_producer(settings), RedisServer(settings).running_process()
         for rate in map(int, arguments.rates.split(",")):
             console.print(f"  freshness at {rate:,} events/s for {arguments.seconds:.0f} s ...")
             result.freshness.append(
@@ -477,6 +501,7 @@ def measure(
                     arguments.warmup_seconds,
                     store,
                     namespace,
+                    redis_server,
                 )
             )
     finally:
@@ -583,6 +608,8 @@ def report(results: list[Result], per_round: int, replays: list[dict[str, float 
         "p99 ms",
         "Kafka append→Redis p50 ms",
         "p99 ms",
+        "job CPU ms / 1,000 events",
+        "Redis CPU ms / 1,000",
         title="freshness",
     )
     for r in results:
@@ -593,10 +620,15 @@ def report(results: list[Result], per_round: int, replays: list[dict[str, float 
                 "yes" if f.caught_up else f"no ({f.backlog:,})",
                 *(
                     f"{v:,.0f}" if v is not None else "-"
-                    for v in (f.p50_ms, f.p99_ms, f.append_p50_ms, f.append_p99_ms)
+                    for v in (f.p50_ms, f.p99_ms, f.append_p50_ms, f.append_p99_ms, f.cpu_ms_per_1000_events)
                 ),
+                "-" if f.redis_cpu_ms_per_1000_events is None else f"{f.redis_cpu_ms_per_1000_events:,.1f}",
             )
     Console().print(fresh)
+    for r in results:
+        for f in r.freshness:
+            by_thread = ", ".join(f"{name} {ms:,.1f}" for name, ms in f.cpu_ms_per_1000_events_by_thread.items())
+            Console().print(f"{r.label} at {f.rate:,} events/s: job CPU ms per 1,000 events by thread: {by_thread}")
     for replayed in replays:
         between = replayed.get("processing_events_per_s")
         Console().print(
@@ -627,7 +659,10 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup-seconds", type=float, default=20, help="how long each rate is held before it is measured (default 20)"
     )
     parser.add_argument(
-        "--no-samples-beside", dest="beside", action="store_false", help="skip the --no-samples configuration"
+        "--no-samples-beside",
+        dest="beside",
+        action="store_false",
+        help="skip the --no-samples configurations (this checkout's and --compare-with's)",
     )
     parser.add_argument(
         "--compare-with",
@@ -666,10 +701,9 @@ def main(argv: list[str] | None = None) -> int:
         configurations.append(Configuration(f"{settings_text} (sample log on)", True, environment=environment))
     if arguments.compare_with:
         name = arguments.compare_with.name
-        configurations += [
-            Configuration(f"{name}: sample log on", True, arguments.compare_with.resolve()),
-            Configuration(f"{name}: --no-samples", False, arguments.compare_with.resolve()),
-        ]
+        configurations.append(Configuration(f"{name}: sample log on", True, arguments.compare_with.resolve()))
+        if arguments.beside:
+            configurations.append(Configuration(f"{name}: --no-samples", False, arguments.compare_with.resolve()))
     workloads = [Workload(name, arguments.users) for name in arguments.workloads.split(",")]
     if unknown := {workload.name for workload in workloads} - set(WORKLOADS):
         parser.error(f"unknown workloads {sorted(unknown)}: choose from {', '.join(WORKLOADS)}")
