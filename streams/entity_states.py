@@ -85,6 +85,11 @@ class EntityStates:
         self.entries[entity_id] = value  # newest last: eviction takes the least recently used first
         return state
 
+    def age_ms(self, entity_id: str) -> int:
+        """How long before the current batch the entity's state was written; it must be in memory, as
+        `get` leaves it."""
+        return self.now_ms - self.entries[entity_id][0]
+
     def put(self, entity_id: str, value: Any) -> None:
         self.entries[entity_id] = (self.now_ms, value)
         self.changed.add(entity_id)

@@ -58,13 +58,13 @@ class JobParameters:
     log_samples: bool
     gc_thresholds: tuple[int, int, int]
     gc_per_batch: bool
-    trending_write_ms: int
-    """The trending list is written at most once per this long (0: at every message)."""
+    window_write_ms: int
+    """The item and trending stages write each key at most once per this long (0: at every message)."""
 
     @classmethod
     def of(cls, settings: Settings, namespace: str, log_samples: bool, bounded: bool = False) -> "JobParameters":
-        """Flink drops processing-time timers at the end of a bounded input, so a bounded job writes
-        trending at every message instead of once per batch window."""
+        """Flink drops processing-time timers at the end of a bounded input, so a bounded job's item
+        and trending stages write at every message instead of once per batch window."""
         return cls(
             redis_host=settings.stack.redis_address,
             redis_port=settings.stack.redis_port,
@@ -81,7 +81,7 @@ class JobParameters:
             log_samples=log_samples,
             gc_thresholds=settings.stream.python_gc_thresholds,
             gc_per_batch=settings.stream.python_gc_per_batch,
-            trending_write_ms=0 if bounded else settings.stream.stream_batch_ms,
+            window_write_ms=0 if bounded else settings.stream.stream_batch_ms,
         )
 
     def writer(self, name: str, gc_pauses: GcPauses | None = None) -> RedisWriter:
@@ -128,6 +128,13 @@ def in_kafka_order(batch: Row) -> list[tuple[bytes, int, int, int | None]]:
     _, payloads, partitions, offsets, append_times = batch
     records = zip(map(bytes, payloads), partitions, offsets, append_times, strict=True)
     return sorted(records, key=lambda record: (record[1], record[2]))
+
+
+def _write_at_window_end(ctx: KeyedProcessFunction.Context, window_ms: int) -> None:
+    """Call the operator's `on_timer` for the current key at the end of this window. Flink keeps one
+    of several timers at the same time and key, so every message of a window registers the same one."""
+    timers = ctx.timer_service()
+    timers.register_processing_time_timer((timers.current_processing_time() // window_ms + 1) * window_ms)
 
 
 class UserFeaturesFunction(KeyedProcessFunction):
@@ -229,13 +236,20 @@ class UserFeaturesFunction(KeyedProcessFunction):
 class ItemFeaturesFunction(KeyedProcessFunction):
     """Keyed by item bucket; passes each event's new item features on to trending as one message per
     batch: (updates, event times, Kafka append times). Events arrive, and updates leave, as rows of
-    plain values: they pickle several times faster than NamedTuples."""
+    plain values: they pickle several times faster than NamedTuples.
+
+    A bucket's changed items are written once per batch window (`JobParameters.window_write_ms`):
+    every user bucket's batch sends each item bucket a message, and an item changed by several of
+    them is written once. Until the window's timer fires, the items it owes a write are kept in
+    Flink state, so a job restored from a checkpoint taken in between still writes them."""
 
     def __init__(self, parameters: JobParameters):
         self.parameters = parameters
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.items = self.parameters.entity_states(runtime_context, "items", self.parameters.entity_ttl_ms)
+        descriptor = ValueStateDescriptor("items-unwritten", Types.PICKLED_BYTE_ARRAY())
+        self.unwritten = runtime_context.get_state(descriptor)
         self.writer = self.parameters.writer("items")
 
     def process_element(self, batch: tuple, ctx: KeyedProcessFunction.Context):
@@ -248,11 +262,30 @@ class ItemFeaturesFunction(KeyedProcessFunction):
             updates.append(tuple(TrendingUpdate.of(event.item_id, state.features, p.spec)))
             event_times.append(event.ts)
             append_times.append(append_ms)
-        for item_id, state in self.items.commit():
-            put_item(self.writer, item_id, state, p.entity_ttl_ms)
+        changed = self.items.commit()
         self.writer.applied(event_times, append_times)
-        self.writer.flush()
+        if p.window_write_ms == 0:
+            self._write(changed)
+        else:
+            self.unwritten.update((self.unwritten.value() or set()).union(item_id for item_id, _ in changed))
+            _write_at_window_end(ctx, p.window_write_ms)
         yield updates, event_times, append_times
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        self.items.enter(ctx.get_current_key())
+        for item_id in self.unwritten.value() or ():
+            if (state := self.items.get(item_id, None)) is not None:
+                # Expire in Redis when Flink's copy does (EntityStates), not a window later: a
+                # returning item's new state must not meet its old key and be refused as older.
+                put_item(self.writer, item_id, state, self.parameters.entity_ttl_ms - self.items.age_ms(item_id))
+        self.writer.flush()
+        self.unwritten.clear()
+        return iter(())
+
+    def _write(self, changed: list[tuple[str, ItemState]]) -> None:
+        for item_id, state in changed:
+            put_item(self.writer, item_id, state, self.parameters.entity_ttl_ms)
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
@@ -260,7 +293,7 @@ class ItemFeaturesFunction(KeyedProcessFunction):
 
 class TrendingFunction(KeyedProcessFunction):
     """One instance: takes each item-bucket message's updates into the top-K, and writes the list at
-    most once per batch window (`JobParameters.trending_write_ms`): every user bucket's batch sends a
+    most once per batch window (`JobParameters.window_write_ms`): every user bucket's batch sends a
     message per item bucket, and writing the list for each cost more than taking the updates in.
     The write waits on a processing-time timer, which a checkpoint holds with the state, so a job
     restored before it fired still writes what it holds."""
@@ -277,12 +310,10 @@ class TrendingFunction(KeyedProcessFunction):
         state = apply_trending_updates(self.state.value() or TrendingState(), updates, p.spec)
         self.writer.applied(event_times, append_times)
         self.state.update(state)
-        if p.trending_write_ms == 0:
+        if p.window_write_ms == 0:
             self._write(state)
         else:
-            # One timer per window: Flink keeps one of several timers at the same time and key.
-            timers, interval = ctx.timer_service(), p.trending_write_ms
-            timers.register_processing_time_timer((timers.current_processing_time() // interval + 1) * interval)
+            _write_at_window_end(ctx, p.window_write_ms)
         return iter(())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):

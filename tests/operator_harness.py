@@ -38,14 +38,20 @@ class FakeMapState:
 
 
 class FakeValueState:
-    def __init__(self, stored: dict[str, bytes]):
-        self.stored = stored
+    """One value per key, as Flink's: the key of `keyed`'s current call."""
+
+    def __init__(self, stored: dict[Any, bytes], keyed: "KeyedState"):
+        self.stored, self.keyed = stored, keyed
 
     def value(self) -> Any:
-        return pickle.loads(self.stored["value"]) if "value" in self.stored else None
+        value = self.stored.get(self.keyed.current_key)
+        return None if value is None else pickle.loads(value)
 
     def update(self, value: Any) -> None:
-        self.stored["value"] = pickle.dumps(value)
+        self.stored[self.keyed.current_key] = pickle.dumps(value)
+
+    def clear(self) -> None:
+        self.stored.pop(self.keyed.current_key, None)
 
 
 class MemoryWriter:
@@ -59,9 +65,12 @@ class MemoryWriter:
         self.latest: dict[str, float] = {}
         self.seen: dict[str, dict[str, int]] = {}
         """The seen sets, as ZADD GT and the trim leave them."""
+        self.ttls: dict[str, int] = {}
+        """Each key's time to live at its newest write, in ms."""
 
     def put(self, kind: KeyKind, entity_id: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
-        self.pending[redis_key(kind, entity_id, self.namespace)] = (version, value)
+        key = redis_key(kind, entity_id, self.namespace)
+        self.pending[key], self.ttls[key] = (version, value), ttl_ms
 
     def add_seen(self, user_id: str, item_id: str, ts: int, capacity: int, ttl_ms: int) -> None:
         key = redis_key(KeyKind.USER_SEEN, user_id, self.namespace)
@@ -85,14 +94,16 @@ class KeyedState:
     """Every state descriptor's entries of one operator instance: what a checkpoint holds."""
 
     maps: dict[str, dict[str, bytes]] = field(default_factory=dict)
-    timers: set[int] = field(default_factory=set)
-    """Processing-time timers registered and not yet fired, in epoch ms: a checkpoint holds them too."""
+    timers: set[tuple[int, Any]] = field(default_factory=set)
+    """Processing-time timers registered and not yet fired, (epoch ms, key): a checkpoint holds them too."""
+    current_key: Any = None
+    """The key value states read and write: set by `ProcessingTime.key`."""
 
     def context(self) -> SimpleNamespace:
         counters = SimpleNamespace(inc=lambda *_: None)
         return SimpleNamespace(
             get_map_state=lambda descriptor: FakeMapState(self.maps.setdefault(descriptor.name, {})),
-            get_state=lambda descriptor: FakeValueState(self.maps.setdefault(descriptor.name, {})),
+            get_state=lambda descriptor: FakeValueState(self.maps.setdefault(descriptor.name, {}), self),
             get_metrics_group=lambda: SimpleNamespace(counter=lambda _name: counters, gauge=lambda *_: None),
         )
 
@@ -102,26 +113,40 @@ class KeyedState:
 
 class ProcessingTime:
     """What an operator's call gets as its context: a processing-time timer service over the timers
-    of a keyed state, on a clock the test moves."""
+    of a keyed state, on a clock the test moves, and the key of the call (set `key` before it)."""
 
-    def __init__(self, state: KeyedState, now_ms: int = 0):
+    def __init__(self, state: KeyedState, now_ms: int = 0, key: Any = None):
         self.state, self.now_ms = state, now_ms
+        self.key = key
+
+    @property
+    def key(self) -> Any:
+        return self.state.current_key
+
+    @key.setter
+    def key(self, key: Any) -> None:
+        self.state.current_key = key
 
     def timer_service(self) -> "ProcessingTime":
         return self
+
+    def get_current_key(self) -> Any:
+        return self.key
 
     def current_processing_time(self) -> int:
         return self.now_ms
 
     def register_processing_time_timer(self, timestamp_ms: int) -> None:
-        self.state.timers.add(timestamp_ms)
+        self.state.timers.add((timestamp_ms, self.key))
 
     def advance(self, function: Any, ms: int) -> None:
-        """Move the clock on by `ms`, calling `function.on_timer` for each timer then due, oldest first."""
+        """Move the clock on by `ms`, calling `function.on_timer` for each timer then due, oldest
+        first, with its key as the current key."""
         self.now_ms += ms
-        for due in sorted(timer for timer in self.state.timers if timer <= self.now_ms):
-            self.state.timers.discard(due)
-            list(function.on_timer(due, self))
+        for timer in sorted((timer for timer in self.state.timers if timer[0] <= self.now_ms), key=lambda t: t[0]):
+            self.state.timers.discard(timer)
+            self.key = timer[1]
+            list(function.on_timer(timer[0], self))
 
 
 def opened(kind: type, state: KeyedState, writer: MemoryWriter, settings: Settings | None = None,

@@ -12,10 +12,9 @@ import pytest
 import redis
 
 from schemas.events import parse_event
-from schemas.redis_format import KeyKind, redis_key
 from schemas.runtime.sources.synthetic import SyntheticWorld, WorldSpec
 from tests.conftest import Stack, consume_to_end, free_port, settings_of, stack_environment
-from tests.integration.test_feature_job import assert_state_equals_reference, start_job, version_of, wait_for
+from tests.integration.test_feature_job import assert_state_equals_reference, start_job, wait_for, wait_for_every_event
 from tests.integration.test_serving import Process, call
 
 PUBLISHED_EVENTS, PUBLISH_RATE, SEED = 4000, 150, 9
@@ -83,8 +82,7 @@ def test_3_a_broker_killed_under_publishers_loses_no_acknowledged_event_and_repo
             wait_for(lambda batch=batch: call(base, "/v1/events", batch)[0] == 202, "a resent batch accepted")
         in_topic = [parse_event(m.value()) for m in consume_to_end(own_stack, settings.stack.topic_events)]
         client = redis.Redis(host=settings.stack.bind_host, port=settings.stack.redis_port)
-        trending_key = redis_key(KeyKind.TRENDING, "global", "broker")
-        wait_for(lambda: version_of(client, trending_key) >= len({e.event_id for e in in_topic}), "the topic in Redis")
+        wait_for_every_event(client, "broker", in_topic, settings.pipeline.features)
         assert_state_equals_reference(client, "broker", in_topic, settings.pipeline.features)
     finally:
         service.stop()

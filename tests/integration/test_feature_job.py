@@ -397,9 +397,7 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
     restarted = start_job(job_stack, topic, "crash", tmp_path / "second.log")
     directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "crash")
     try:
-        # The user and item stages write Redis before they pass a batch on: trending counting every
-        # event means all are written.
-        wait_for(lambda: version_of(client, trending_key) >= applied(events), "every event in Redis")
+        wait_for_every_event(client, "crash", events, stack.settings.pipeline.features)
         assert_state_equals_reference(client, "crash", events, stack.settings.pipeline.features)
         wait_for(lambda: not sample_log.in_progress_files(directory), "no sample-log file in progress")
         assert logged_rows(job_stack, "crash") == bootstrap_rows(events, stack.settings.pipeline.features)
@@ -565,6 +563,23 @@ def version_of(client: redis.Redis, key: str) -> int:
     return int(version) if version is not None else 0
 
 
+def wait_for_every_event(client: redis.Redis, namespace: str, events: list[Event], spec: FeatureSpec) -> None:
+    """Wait for a live job to have written every event: trending counting them all, and each item's
+    key its last. The user stage writes before it passes a batch on, but the item and trending
+    stages each write at their batch window's end, neither waiting for the other."""
+    _, items, _ = fold_stream(events, spec)
+    trending_key = redis_key(KeyKind.TRENDING, "global", namespace)
+    wait_for(
+        lambda: version_of(client, trending_key) >= len({e.event_id for e in events}), "trending to count every event"
+    )
+    item_keys = {
+        redis_key(KeyKind.ITEM_FEATURES, item_id, namespace): state.version for item_id, state in items.items()
+    }
+    wait_for(
+        lambda: all(version_of(client, key) >= version for key, version in item_keys.items()), "every item's last event"
+    )
+
+
 def wait_for(condition, what: str, timeout_s: float = 240, poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -701,7 +716,7 @@ def test_2_redis_hung_then_stopped_under_the_live_job_loses_and_doubles_nothing(
         publish(stack, topic, [bad[2], *[(e.kafka_key, e.to_json()) for e in parts[2]]])
         time.sleep(8)
         server.restart()
-        wait_for(lambda: version_of(server.client(), trending_key) >= len({e.event_id for e in events}), "all events")
+        wait_for_every_event(server.client(), "down", events, stack.settings.pipeline.features)
         directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "down")
         expected_rows = bootstrap_rows(events, stack.settings.pipeline.features)
         wait_for(lambda: len(logged_rows(job_stack, "down")) >= len(expected_rows), "every row committed")

@@ -2,11 +2,14 @@
 that pickles (as Flink's does), a writer in memory. Their Redis writes must equal what
 `fold_stream` computes, through batches, duplicates, bad records and a restore from a checkpoint."""
 
+from collections import Counter
+
 import orjson
 
 from schemas.config import Settings
 from schemas.events import Event, EventType
 from schemas.experiments import ArmTally, ExperimentTallies
+from schemas.features import ItemEvent
 from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.runtime.streaming import fold_stream, seen_sets, trending_list
 from streams.operators import (
@@ -68,7 +71,7 @@ class Job:
         )
         self.experiments: dict[str, ExperimentTalliesFunction] = {}
         self.dead_letters: list[dict] = []
-        self.trending_time = ProcessingTime(self.states[2])
+        self.items_time, self.trending_time = ProcessingTime(self.states[1]), ProcessingTime(self.states[2])
 
     def run(self, records: list[tuple[bytes, int, int]]) -> None:
         """One batch of raw records through the stages, as the job's keyed streams pass them on, and
@@ -79,8 +82,10 @@ class Job:
             elif output[0] is ARM_EVENTS:
                 list(self._experiment(output[1][0]).process_element(output[1], None))
             elif output[0] is not SAMPLES:
-                for updates in list(self.items.process_element(output, None)):
+                self.items_time.key = output[0]  # the item bucket
+                for updates in list(self.items.process_element(output, self.items_time)):
                     list(self.trending.process_element(updates, self.trending_time))
+        self.items_time.advance(self.items, SETTINGS.stream.stream_batch_ms)
         self.trending_time.advance(self.trending, SETTINGS.stream.stream_batch_ms)
 
     def _experiment(self, name: str) -> ExperimentTalliesFunction:
@@ -160,14 +165,14 @@ TRENDING_KEY = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "test")
 
 
 class CountingWriter(MemoryWriter):
-    """Counts the flushes that wrote the trending list."""
+    """Counts each key's writes."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.trending_writes = 0
+        self.writes: Counter[str] = Counter()
 
     def flush(self) -> None:
-        self.trending_writes += TRENDING_KEY in self.pending
+        self.writes.update(self.pending.keys())
         super().flush()
 
 
@@ -178,11 +183,11 @@ def test_trending_is_written_once_per_batch_window_however_many_messages_arrive_
 
     for message in TRENDING_MESSAGES:
         list(trending.process_element(message, clock))
-    written_before_the_window_closed = writer.trending_writes
+    written_before_the_window_closed = writer.writes[TRENDING_KEY]
     clock.advance(trending, SETTINGS.stream.stream_batch_ms)
 
     assert written_before_the_window_closed == 0
-    assert writer.trending_writes == 1
+    assert writer.writes[TRENDING_KEY] == 1
     version, listed = writer.stored[TRENDING_KEY]
     assert version == 3 and [item for item, _ in listed.items] == ["i2", "i3", "i1"]  # by rank key: 3, 2, 1
 
@@ -209,5 +214,71 @@ def test_a_bounded_job_writes_trending_at_every_message_since_flink_drops_its_ti
     for message in TRENDING_MESSAGES:
         list(trending.process_element(message, None))
 
-    assert writer.trending_writes == 3
+    assert writer.writes[TRENDING_KEY] == 3
     assert writer.stored[TRENDING_KEY][0] == 3
+
+
+# Two user buckets' messages to item bucket 7 in one batch window: i1 is in both.
+ITEM_EVENTS = [event(1, "u1", "i1"), event(2, "u1", "i2"), event(3, "u2", "i1", EventType.IMPRESSION)]
+ITEM_MESSAGES = [(7, [(ItemEvent.row_of(item_event), START) for item_event in ITEM_EVENTS[:2]]),
+                 (7, [(ItemEvent.row_of(ITEM_EVENTS[2]), START)])]  # fmt: skip
+ITEM_KEYS = {item: redis_key(KeyKind.ITEM_FEATURES, item, "test") for item in ("i1", "i2")}
+
+
+def expected_items() -> dict[str, tuple[int, object]]:
+    """(version, features) of i1 and i2 after the three events: i1 has two, i2 one."""
+    _, items, _ = fold_stream(ITEM_EVENTS, SPEC)
+    return {ITEM_KEYS["i1"]: (2, items["i1"].features), ITEM_KEYS["i2"]: (1, items["i2"].features)}
+
+
+def test_an_item_changed_by_several_messages_of_a_batch_window_is_written_once_at_its_end():
+    state, writer = KeyedState(), CountingWriter()
+    items = opened(ItemFeaturesFunction, state, writer, SETTINGS)
+    clock = ProcessingTime(state, now_ms=1_000_000, key=7)
+
+    for message in ITEM_MESSAGES:
+        list(items.process_element(message, clock))
+    written_before_the_window_closed = sum(writer.writes.values())
+    clock.advance(items, SETTINGS.stream.stream_batch_ms)
+
+    assert written_before_the_window_closed == 0
+    assert writer.writes == {ITEM_KEYS["i1"]: 1, ITEM_KEYS["i2"]: 1}
+    assert writer.stored == expected_items()
+
+
+def test_item_writes_still_waiting_at_a_checkpoint_are_made_by_the_job_restored_from_it():
+    state = KeyedState()
+    first = opened(ItemFeaturesFunction, state, MemoryWriter(), SETTINGS)
+    for message in ITEM_MESSAGES:
+        list(first.process_element(message, ProcessingTime(state, now_ms=1_000_000, key=7)))
+    saved = state.checkpoint()  # the job dies before its timer fires: nothing of the window is in Redis
+
+    writer = MemoryWriter()
+    restored = opened(ItemFeaturesFunction, saved, writer, SETTINGS)
+    ProcessingTime(saved, now_ms=1_000_000).advance(restored, SETTINGS.stream.stream_batch_ms)
+
+    assert writer.stored == expected_items()
+
+
+def test_an_item_written_at_its_windows_end_expires_in_redis_when_its_flink_state_does():
+    state, writer = KeyedState(), MemoryWriter()
+    items = opened(ItemFeaturesFunction, state, writer, SETTINGS)
+    wall_clock_s = [1_000.0]
+    items.items.clock = lambda: wall_clock_s[0]  # what EntityStates stamps each entity's state with
+    list(items.process_element(ITEM_MESSAGES[0], ProcessingTime(state, key=7)))
+    wall_clock_s[0] += 0.125  # the window's timer fires 125 ms after the batch
+    ProcessingTime(state, key=7).advance(items, SETTINGS.stream.stream_batch_ms)
+
+    entity_ttl_ms = round(SETTINGS.stream.entity_ttl_h * 3_600_000)
+    assert writer.ttls == {ITEM_KEYS["i1"]: entity_ttl_ms - 125, ITEM_KEYS["i2"]: entity_ttl_ms - 125}
+
+
+def test_a_bounded_job_writes_items_at_every_message_since_flink_drops_its_timers_at_the_end():
+    writer = CountingWriter()
+    items = opened(ItemFeaturesFunction, KeyedState(), writer, SETTINGS, bounded=True)
+
+    for message in ITEM_MESSAGES:
+        list(items.process_element(message, None))
+
+    assert writer.writes == {ITEM_KEYS["i1"]: 2, ITEM_KEYS["i2"]: 1}
+    assert writer.stored == expected_items()
