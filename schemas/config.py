@@ -203,7 +203,10 @@ class StreamSettings(Section):
         200_000, ge=1, description="Users' and items' states each feature operator keeps in memory (the rest in Flink)."
     )
     stream_batch_ms: int = Field(
-        100, ge=1, description="The feature job hands Python its records in batches gathered this long."
+        100,
+        ge=1,
+        description="The feature job hands Python its records in batches gathered this long; its item and trending "
+        "stages write each key at most once per this long.",
     )
     network_flush_ms: int = Field(
         5,
