@@ -9,7 +9,9 @@ inside the batch means a checkpoint (taken between batches) never covers an even
 write is still pending, so a restart can only rewrite, never lose; the version check makes the
 rewrite harmless.
 While Redis is unreachable a flush retries, holding the job back rather than dropping writes.
-The writer also measures freshness: write time - event time, and - Kafka append time.
+The writer also measures freshness: write time - event time, and - Kafka append time; and, per
+report, the batches noted, the largest, and the longest time between two (a stall before the
+operator, where freshness alone cannot say which side of it the time went).
 """
 
 import logging
@@ -41,6 +43,11 @@ class Freshness:
     since_append: list[int] = field(default_factory=list)
     writes: int = 0
     refused: int = 0
+    batches: int = 0
+    largest_batch: int = 0
+    """Events in the largest batch noted."""
+    longest_gap_ms: float = 0.0
+    """The longest time between two batches noted: a stall before the operator shows here."""
 
     def percentiles(self) -> dict[str, float]:
         result = {}
@@ -59,6 +66,7 @@ class RedisWriter:
         namespace: str,
         sleep: Callable[[float], None] = time.sleep,
         gc_pauses: GcPauses | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         # The store's writes are idempotent (a version no older, ZADD GT), so one that timed out is simply sent again.
         self.store = store
@@ -72,8 +80,10 @@ class RedisWriter:
         """user_id -> the items to add to the user's seen set."""
         self.event_times: list[int] = []
         self.append_times: list[int] = []
+        self.clock = clock
         self.freshness = Freshness()
-        self.last_report = time.monotonic()
+        self.last_report = clock()
+        self.last_batch: float | None = None
         self.latest: dict[str, float] = {}
 
     def put(self, kind: KeyKind, entity_id: str, version: int, value: Any, as_of: int, ttl_ms: int) -> None:
@@ -93,8 +103,15 @@ class RedisWriter:
     def applied(self, event_times: Iterable[int], append_times: Iterable[int | None]) -> None:
         """Note events the queued writes carry (event times and Kafka append times, in epoch ms):
         their freshness is measured when they are written. Once per batch, not per event."""
+        noted = len(self.event_times)
         self.event_times.extend(event_times)
         self.append_times.extend(ms for ms in append_times if ms is not None)
+        now, freshness = self.clock(), self.freshness
+        freshness.batches += 1
+        freshness.largest_batch = max(freshness.largest_batch, len(self.event_times) - noted)
+        if self.last_batch is not None:
+            freshness.longest_gap_ms = max(freshness.longest_gap_ms, (now - self.last_batch) * 1000)
+        self.last_batch = now
 
     def flush(self) -> None:
         """Write every queued key; retries while Redis is unreachable and returns only once written."""
@@ -121,17 +138,18 @@ class RedisWriter:
                 attempt += 1
 
     def _report(self) -> None:
-        if time.monotonic() - self.last_report < REPORT_EVERY_S:
+        if self.clock() - self.last_report < REPORT_EVERY_S:
             return
-        self.latest = self.freshness.percentiles()
+        f, self.latest = self.freshness, self.freshness.percentiles()
         lags = ", ".join(f"{name} {value:,.0f}" for name, value in self.latest.items())
         log.info(
-            "redis writer %s: %d keys written, %d refused as older; freshness (ms): %s%s",
-            self.name, self.freshness.writes, self.freshness.refused, lags,
+            "redis writer %s: %d keys written, %d refused as older; freshness (ms): %s; "
+            "%d batches, largest %d events, longest gap %.0f ms%s",
+            self.name, f.writes, f.refused, lags, f.batches, f.largest_batch, f.longest_gap_ms,
             "" if self.gc_pauses is None else f"; {self.gc_pauses.take()}",
         )  # fmt: skip
         self.freshness = Freshness()
-        self.last_report = time.monotonic()
+        self.last_report = self.clock()
 
     def close(self) -> None:
         self.flush()

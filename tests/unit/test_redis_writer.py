@@ -1,10 +1,12 @@
 """The stream's Redis writer without Redis: what it writes, and that it never drops writes."""
 
+import logging
+
 import redis
 
 from schemas.redis_format import KeyKind
 from schemas.runtime.feature_store import EntityWrite, SeenAddition
-from streams.redis_writer import RETRY_BACKOFF_S, RedisWriter
+from streams.redis_writer import REPORT_EVERY_S, RETRY_BACKOFF_S, RedisWriter
 
 
 class FakeStore:
@@ -79,3 +81,18 @@ def test_seen_items_queued_in_a_batch_are_written_once_per_set_with_each_items_n
     writer.flush()
 
     assert calls == [{"u1": SeenAddition({"i1": 100, "i2": 300}, 2000, 9), "u2": SeenAddition({"i1": 70}, 2000, 9)}]
+
+
+def test_the_report_names_the_batches_the_largest_and_the_longest_gap_between_two(caplog):
+    now = [0.0]
+    writer = RedisWriter(FakeStore(lambda encoded, seen: len(encoded)), "users", "ns", clock=lambda: now[0])
+    for at_s, events in ((0.0, 2), (0.5, 5), (0.6, 1)):  # gaps of 500 and 100 ms
+        now[0] = at_s
+        writer.applied([0] * events, [0] * events)
+    now[0] = REPORT_EVERY_S
+
+    with caplog.at_level(logging.INFO, logger="streams.redis_writer"):
+        writer.put(KeyKind.USER_FEATURES, "u1", 1, {}, 0, 0)
+        writer.flush()
+
+    assert "; 3 batches, largest 5 events, longest gap 500 ms" in caplog.text
