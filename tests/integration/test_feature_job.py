@@ -30,6 +30,7 @@ from schemas.events import Event
 from schemas.features import FeatureSpec
 from schemas.redis_format import (
     FEATURE_SPEC_ENTITY,
+    TRENDING_ENTITY,
     KeyKind,
     active_namespace_key,
     decode_value,
@@ -366,7 +367,7 @@ def test_2_a_job_killed_mid_stream_restores_its_checkpoint_and_logs_every_event_
     first_run = job_stack.with_env(KF_CHECKPOINT_INTERVAL_S="15")
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
     events = messy_stream(seed=33, count=1200)
-    trending_key = redis_key(KeyKind.TRENDING, "global", "crash")
+    trending_key = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "crash")
     first, second = events[:600], events[600:]
     bad = [(b"bad", record) for record in BAD_RECORDS[:5]]
     applied = lambda part: len({e.event_id for e in part})  # noqa: E731
@@ -474,7 +475,7 @@ def test_a_row_is_committed_within_an_interval_and_a_checkpoint_of_its_event_rea
     job_stack = stack.with_env(KF_CHECKPOINT_INTERVAL_S=str(interval_s), KF_RUN_DIR=str(tmp_path / "run"),
                                KF_TOPIC_DLQ=new_topic_named(stack, "dlq-visible", 1))  # fmt: skip
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
-    trending_key = redis_key(KeyKind.TRENDING, "global", "visible")
+    trending_key = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "visible")
     warm_up, burst = messy_stream(seed=41, count=300), messy_stream(seed=42, count=900)
     directory = sample_log.log_directory(job_stack.settings.stack.samples_dir, "visible")
     job = start_job(job_stack, topic, "visible", tmp_path / "job.log")
@@ -568,7 +569,7 @@ def wait_for_every_event(client: redis.Redis, namespace: str, events: list[Event
     key its last. The user stage writes before it passes a batch on, but the item and trending
     stages each write at their batch window's end, neither waiting for the other."""
     _, items, _ = fold_stream(events, spec)
-    trending_key = redis_key(KeyKind.TRENDING, "global", namespace)
+    trending_key = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace)
     wait_for(
         lambda: version_of(client, trending_key) >= len({e.event_id for e in events}), "trending to count every event"
     )
@@ -619,7 +620,7 @@ def test_6_reported_freshness_p99_stays_within_1_s_at_500_events_per_second(stac
         KF_RUN_DIR=str(tmp_path / "run"), KF_TOPIC_DLQ=new_topic_named(stack, "dlq-fresh", 1), **MAKE_DEMO_JVM
     )
     client = redis.Redis(host=stack.settings.stack.bind_host, port=stack.settings.stack.redis_port)
-    trending_key = redis_key(KeyKind.TRENDING, "global", "fresh")
+    trending_key = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "fresh")
     producer = make_producer(stack.settings)
     job = start_job(job_stack, topic, "fresh", tmp_path / "job.log")
     try:
@@ -703,7 +704,7 @@ def test_2_redis_hung_then_stopped_under_the_live_job_loses_and_doubles_nothing(
                                KF_CHECKPOINT_INTERVAL_S="2")  # fmt: skip
     events, bad = messy_stream(seed=51, count=1200), [(b"bad", record) for record in BAD_RECORDS[:3]]
     parts = [events[:400], events[400:800], events[800:]]
-    trending_key = redis_key(KeyKind.TRENDING, "global", "down")
+    trending_key = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, "down")
     publish(stack, topic, [bad[0], *[(e.kafka_key, e.to_json()) for e in parts[0]]])
     job = start_job(job_stack, topic, "down", tmp_path / "job.log")
     try:

@@ -26,7 +26,7 @@ from infra.stack import (
 )
 from schemas import sample_log
 from schemas.events import Event
-from schemas.redis_format import KeyKind, redis_key
+from schemas.redis_format import TRENDING_ENTITY, KeyKind, redis_key
 from schemas.runtime.samples import LABELLED_TYPES
 from streams.replay import plan
 from tests.conftest import REPO_ROOT, Stack, free_port
@@ -173,7 +173,8 @@ def test_a_taskmanager_killed_between_checkpoints_restarts_the_job_from_the_last
     topic, client, first, second = live_job_with_a_first_half(cluster, namespace, 34, tmp_path / "job.log")
     directory = sample_log.log_directory(cluster.settings.stack.samples_dir, namespace)
     trending = redis.Redis(host=cluster.settings.stack.bind_host, port=cluster.settings.stack.redis_port)
-    trending_key, applied_first, victim = redis_key(KeyKind.TRENDING, "global", namespace), first_applied(first), None
+    trending_key = redis_key(KeyKind.TRENDING, TRENDING_ENTITY, namespace)
+    applied_first, victim = first_applied(first), None
     try:
         job_id = job_of(cluster, namespace)["jid"]
         ends = plan(cluster.settings, topic, namespace, None).end
